@@ -1,0 +1,29 @@
+"""Model registry: every model is reachable by one name everywhere (config, task, bundle, Slicer)."""
+from __future__ import annotations
+
+from importlib import import_module
+
+from ..errors import UnknownModel
+
+# name -> (module, class)
+_REGISTRY = {
+    "mlcsc": ("sparsesight.models.mlcsc", "MLCSC"),
+}
+NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def _module(name: str):
+    if name not in _REGISTRY:
+        raise UnknownModel(f"unknown model {name!r}; known models: {', '.join(NAMES)}")
+    return import_module(_REGISTRY[name][0])
+
+
+def default_config(name: str) -> dict:
+    """The model's default hyperparameters."""
+    return _module(name).default_config()
+
+
+def build(name: str, config: dict | None = None):
+    """Instantiate model `name` with `config` overriding its defaults."""
+    mod = _module(name)
+    return getattr(mod, _REGISTRY[name][1])(**(config or {}))

@@ -1,0 +1,141 @@
+"""Segmentation inference and the result bundle of the segmentation models."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from . import CLASSES, MODALITIES
+from .bundle import BundleWriter
+from .data.io import load_image
+from .errors import InvalidInput
+from .transforms import intensity_normalisation
+
+#: every output the segmentation bundle can hold; `outputs=None` means all of them
+BUNDLE_OUTPUTS = ("label", "probabilities", "components", "reconstruction", "residual", "code_energy",
+                  "sparsity", "params", "params_plot", "preview")
+
+
+def normalise(image: np.ndarray) -> torch.Tensor:
+    """(C, X, Y, Z) array -> normalised (1, C, X, Y, Z) tensor, as in training."""
+    out = intensity_normalisation()({"image": torch.as_tensor(image, dtype=torch.float32)})["image"]
+    return torch.as_tensor(out).unsqueeze(0)
+
+
+def _roi(model, shape) -> list[int]:
+    roi = getattr(model, "config", {}).get("roi_size", [128, 128, 128])
+    return [min(r, s) if s >= 16 else r for r, s in zip(roi, shape)]
+
+
+@torch.no_grad()
+def predict_logits(model, image: np.ndarray, device="cpu", roi_size=None, overlap: float = 0.25) -> torch.Tensor:
+    """Sliding-window logits (1, K, X, Y, Z) of a normalised-on-the-fly (C, X, Y, Z) image."""
+    device = torch.device(device)
+    x = normalise(image).to(device)
+    model = model.to(device).eval()
+    inferer = SlidingWindowInferer(roi_size=roi_size or _roi(model, x.shape[2:]), sw_batch_size=1,
+                                   overlap=overlap, mode="gaussian", padding_mode="constant")
+    return inferer(x, model).cpu()
+
+
+def predict(model, image: np.ndarray, device="cpu", roi_size=None) -> np.ndarray:
+    """(C, X, Y, Z) image -> label map (X, Y, Z) uint8 (argmax of the softmax)."""
+    if image.ndim != 4:
+        raise InvalidInput(f"expected a (C, X, Y, Z) image; got shape {image.shape}")
+    return predict_logits(model, image, device, roi_size)[0].argmax(0).numpy().astype(np.uint8)
+
+
+def _params_plot(rows: list[dict]) -> bytes:
+    """Grouped bars of the learned thresholds and step sizes per class; negative values hatched in red."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in rows[0] if k not in ("class", "negative", "consistent")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for ax, prefix, title in ((axes[0], "lam", "thresholds λ"), (axes[1], "mu", "step sizes μ")):
+        ks = [k for k in keys if k.startswith(prefix)]
+        width = 0.8 / len(rows)
+        for j, r in enumerate(rows):
+            vals = [r[k] for k in ks]
+            bars = ax.bar(np.arange(len(ks)) + j * width, vals, width, label=r["class"])
+            for b, v in zip(bars, vals):
+                if v < 0:
+                    b.set_hatch("//")
+                    b.set_edgecolor("red")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(np.arange(len(ks)) + 0.4 - width / 2)
+        ax.set_xticklabels(ks)
+        ax.set_title(title + " (hatched red: negative, inconsistent with sparse coding)", fontsize=8)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None,
+               device="cpu") -> Path:
+    """Segment `image_path` and write the result bundle (DESIGN.md) with the model's interpretable outputs.
+
+    `outputs` selects from BUNDLE_OUTPUTS (None: all). Volumes share the input's affine and shape.
+    """
+    from .preview import preview_png
+
+    wanted = list(BUNDLE_OUTPUTS) if outputs is None else list(outputs)
+    unknown = sorted(set(wanted) - set(BUNDLE_OUTPUTS))
+    if unknown:
+        raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)}")
+    image, affine = load_image(image_path, channels=getattr(model, "n", 4))
+    shape = image.shape[1:]
+    w = BundleWriter(name, version, image_id, affine, shape, modalities=list(MODALITIES))
+    label = predict(model, image, device)
+    w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k})
+    interp = None
+    if any(o in wanted for o in ("probabilities", "components", "reconstruction", "residual", "code_energy",
+                                 "sparsity", "preview")) and hasattr(model, "interpret"):
+        with torch.no_grad():
+            interp = model.to(device).interpret(normalise(image).to(device), contributions=False)
+        interp = {k: v.cpu() for k, v in interp.items()}
+    classes = [CLASSES[c] for c in range(len(CLASSES))]
+    if interp is not None:
+        if "probabilities" in wanted:
+            for c in range(1, len(classes)):
+                w.add_volume(f"probability/{classes[c]}", interp["probabilities"][0, c].numpy(),
+                             colormap="probability", range=[0.0, 1.0], dtype=np.int16)
+        if "components" in wanted:
+            comps = interp["components"][0].numpy()
+            for c, cname in enumerate(classes):
+                for i, mod in enumerate(MODALITIES):
+                    w.add_volume(f"component/{cname}/{mod}", comps[c, i], dtype=np.int16,
+                                 description=f"morphological component Phi_c^(i) gamma_c, class {cname}, modality {mod} (eq. 2)")
+        if "reconstruction" in wanted:
+            for i, mod in enumerate(MODALITIES):
+                w.add_volume(f"reconstruction/{mod}", interp["reconstruction"][0, i].numpy(), dtype=np.int16,
+                             description="sum over classes of the components (normalised intensity units)")
+        if "residual" in wanted:
+            w.add_volume("residual_energy", interp["residual_energy"][0].numpy(), dtype=np.int16,
+                         description="sum_i (x_i - reconstruction_i)^2: how poorly the dictionaries explain each voxel")
+        if "code_energy" in wanted:
+            for c, cname in enumerate(classes):
+                w.add_volume(f"code_energy/{cname}", interp["code_energy"][0, c].numpy(), dtype=np.int16,
+                             description="||gamma_{c,L}||^2 per voxel (deepest sparse code energy)")
+        if "sparsity" in wanted:
+            sp = interp["sparsity"].numpy()
+            layers = ["gamma_c"] + [f"gamma_c{l}" for l in range(1, sp.shape[0])]
+            w.add_table("sparsity", [{"layer": layers[l], **{classes[c]: round(float(sp[l, c]), 6)
+                                                          for c in range(sp.shape[1])}} for l in range(sp.shape[0])],
+                        description="fraction of non-zero coefficients per layer and class")
+    if hasattr(model, "parameter_table"):
+        rows = model.parameter_table()
+        if "params" in wanted:
+            w.add_table("params", rows, description="learned thresholds and step sizes (Table III) with sign check")
+        if "params_plot" in wanted:
+            w.add_plot("params_plot", _params_plot(rows))
+    if "preview" in wanted and interp is not None:
+        w.add_plot("preview", preview_png(image, label, interp["components"][0].numpy()))
+    return w.write(out_path)
