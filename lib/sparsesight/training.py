@@ -47,9 +47,9 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     cfg.update(config or {})
     torch.manual_seed(cfg["seed"])
     device = torch.device(device)
-    ds = CacheDataset(items, transform=train_transforms(cfg["patch_size"], cfg["samples_per_image"]),
-                      progress=False, num_workers=0)
-    ds.set_random_state(seed=cfg["seed"])
+    transforms = train_transforms(cfg["patch_size"], cfg["samples_per_image"])
+    transforms.set_random_state(seed=cfg["seed"])
+    ds = CacheDataset(items, transform=transforms, progress=False, num_workers=0)
     sampler = DistributedSampler(ds, shuffle=True) if _distributed() else None
     loader = DataLoader(ds, batch_size=cfg["batch_size"], shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg["num_workers"])

@@ -79,6 +79,17 @@ class _Dictionary(nn.Module):
             s = s / s.norm()
         return float(self.T(s).norm())
 
+    def T_shared(self, s: torch.Tensor) -> torch.Tensor:
+        """D_c^T s for every class c of one signal s (B, sig) shared by all classes -> (B, m*code).
+
+        Equals T(s repeated m times) with a single dense convolution (m times less input)."""
+        return F.conv3d(s, self.weight, stride=self.stride, padding=self.pad)
+
+    def synthesis_sum(self, g: torch.Tensor) -> torch.Tensor:
+        """sum_c D_c g_c (B, sig): one dense transposed convolution sums the classes' syntheses."""
+        return F.conv_transpose3d(g, self.weight, stride=self.stride, padding=self.pad,
+                                  output_padding=self.stride - 1)
+
     def T(self, s: torch.Tensor) -> torch.Tensor:
         """D^T s: analysis (convolution), signal (B, m*sig) -> code (B, m*code)."""
         return F.conv3d(s, self.weight, stride=self.stride, padding=self.pad, groups=self.groups)
@@ -149,8 +160,8 @@ class MLCSC(nn.Module):
     def ml_ista_step(self, x: torch.Tensor, gamma_L: torch.Tensor, lam0: torch.Tensor) -> list[torch.Tensor]:
         """One merged JF-ML-ISTA step (eq. 7 for L layers); returns [h_0, ..., h_L], h_L = new gamma_{c,L}."""
         g = self.synthesis(gamma_L)
-        r = self.components(g[0]).sum(1) - x                      # sum_c Phi_c g_0,c - x
-        grad0 = self.Phi.T(r.repeat(1, self.m, 1, 1, 1))          # Phi_c^T r for every class
+        r = self.Phi.synthesis_sum(g[0]) - x                      # sum_c Phi_c g_0,c - x
+        grad0 = self.Phi.T_shared(r)                              # Phi_c^T r for every class
         a0 = self.Phi.code_ch
         h = [self._shrink(g[0] - self._per_channel(self.mu0, a0) * grad0,
                           self._per_channel(self.mu0 * lam0, a0))]

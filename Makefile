@@ -1,0 +1,41 @@
+# SparseSight: `make demo`, `make test` (what CI runs), `make bench`, `make serve`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STUDIES ?= out/demo/datastore
+MODEL_DIR ?= apps/sparsesight/model
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench serve sample-data clean
+
+setup: $(VENV)/.installed
+
+# CPU torch 2.13.0 and the pinned set; --no-deps keeps pip away from monailabel's CUDA/torchvision extras.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+sample-data: setup
+	$(PY) -m sparsesight.cli sample-data
+
+demo: setup
+	$(PY) -m sparsesight.cli demo --port $(PORT)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m sparsesight.bench.segmentation
+
+# Serve your own images: STUDIES=/path/to/niftis make serve (monailabel CLI needs the venv on PATH)
+serve: setup
+	source $(VENV)/bin/activate && monailabel start_server --app apps/sparsesight --studies $(STUDIES) \
+	  --host $(HOST) --port $(PORT) --conf model_dir $(abspath $(MODEL_DIR))
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,86 @@
+"""The ``sparsesight`` command line: one subcommand per task.
+
+To add a subcommand (``demo``, ``bench``, ...): write ``_add_<name>(sub)`` that creates its parser with
+``sub.add_parser(...)``, adds the options and sets ``func=<handler>``; a handler takes the parsed
+``argparse.Namespace`` and returns an exit code. Then list ``_add_<name>`` in ``SUBCOMMANDS``.
+Heavy imports go inside the handlers so ``sparsesight --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_SAMPLE_OUT = Path("sample_data") / "generated" / "Task01_SparseSightPhantom"
+
+
+# ---------------------------------------------------------------------------------------------- sample-data
+def add_sample_data_arguments(p: argparse.ArgumentParser, default_out=DEFAULT_SAMPLE_OUT) -> argparse.ArgumentParser:
+    """Options of ``sample-data`` (shared with sample_data/make_sample_data.py)."""
+    p.add_argument("--out", type=Path, default=Path(default_out),
+                   help="output folder (MSD Task01 layout); default: %(default)s")
+    p.add_argument("--cases", type=int, default=12, help="number of cases in all, test ones included (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; case i uses a seed derived from (seed, i)")
+    p.add_argument("--downsample", type=int, default=1,
+                   help="voxel size in mm: 1 gives the BraTS grid 240x240x155, k gives ceil(240/k)x... (default 1)")
+    p.add_argument("--n-test", type=int, default=2, help="the last N cases go to imagesTs/labelsTs (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    """Write the BraTS-like phantom dataset and say where it is."""
+    from .data.phantom import write_dataset
+
+    if args.cases < 1 or args.n_test < 0 or args.n_test > args.cases:
+        print("error: need --cases >= 1 and 0 <= --n-test <= --cases", file=sys.stderr)
+        return 2
+    if args.downsample < 1:
+        print("error: --downsample must be >= 1", file=sys.stderr)
+        return 2
+    path = write_dataset(args.out, n_cases=args.cases, seed=args.seed, downsample=args.downsample,
+                         n_test=args.n_test, progress=not args.quiet)
+    root = path.parent.resolve()
+    print(f"wrote {args.cases - args.n_test} training + {args.n_test} test cases "
+          f"({args.downsample} mm) to {root}")
+    print(f"dataset.json: {path.resolve()}")
+    return 0
+
+
+def _add_sample_data(sub) -> None:
+    p = sub.add_parser("sample-data", help="make the BraTS-like 4-modality phantom dataset (MSD Task01 layout)",
+                       description="Make BraTS-like brain tumour phantoms (FLAIR, T1, T1ce, T2 + labels) on the "
+                                   "MNI152 anatomy shipped with nilearn; nothing is downloaded.")
+    add_sample_data_arguments(p)
+    p.set_defaults(func=cmd_sample_data)
+
+
+# ----------------------------------------------------------------------------------------------------- main
+#: subcommand registrars, in --help order (others add theirs here: _add_demo, _add_bench, ...)
+SUBCOMMANDS = [_add_sample_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="sparsesight", description="SparseSight: interpretable sparse-coding "
+                                     "models for medical images (served by MONAI Label, shown in 3D Slicer).")
+    parser.add_argument("--version", action="version", version=f"sparsesight {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``sparsesight`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""`make demo`: sample data -> real MONAI Label server -> train ML-CSC (if needed) -> infer over REST -> bundle + PNG.
+
+Everything goes through the server's REST API, as a client (3D Slicer, the CLI) would use it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import requests
+
+from .bundle import read, validate
+from .data.io import load_label
+from .metrics import region_dice
+from .server import MonaiLabelServer
+
+
+def prepare_datastore(dataset_json: Path, datastore: Path) -> tuple[list[str], list[dict]]:
+    """MONAI Label local datastore from an MSD dataset: training images with their labels as `final`
+    labels, held-out images without labels. Returns (training ids, held-out items)."""
+    root = dataset_json.parent
+    meta = json.loads(dataset_json.read_text())
+    (datastore / "labels" / "final").mkdir(parents=True, exist_ok=True)
+    train_ids = []
+    for it in meta["training"]:
+        name = Path(it["image"]).name
+        for src, dst in ((root / it["image"], datastore / name), (root / it["label"], datastore / "labels" / "final" / name)):
+            if not dst.exists():
+                shutil.copyfile(src, dst)
+        train_ids.append(name.removesuffix(".nii.gz"))
+    held_out = []
+    for it in meta["test"]:
+        name = Path(it["image"]).name
+        if not (datastore / name).exists():
+            shutil.copyfile(root / it["image"], datastore / name)
+        held_out.append({"id": name.removesuffix(".nii.gz"), "label": str(root / it["label"])})
+    return train_ids, held_out
+
+
+def _train(url: str, model: str, epochs: int, poll: float = 2.0):
+    r = requests.post(f"{url}/train/{model}", json={"epochs": epochs}, timeout=60)
+    if r.status_code >= 400:
+        raise RuntimeError(f"train request refused ({r.status_code}): {r.text}")
+    seen = 0
+    while True:
+        time.sleep(poll)
+        st = requests.get(f"{url}/train/", timeout=30).json()
+        st = st[-1] if isinstance(st, list) else st
+        details = st.get("details", [])
+        for line in details[seen:]:
+            if any(k in line for k in ("epoch", "train", "loss", "version", "Error", "error")):
+                print("  server:", line.rstrip()[-160:])
+        seen = len(details)
+        if st.get("status") in ("DONE", "ERROR", "STOPPED"):
+            if st.get("status") != "DONE":
+                raise RuntimeError(f"training ended with {st.get('status')}: {details[-20:]}")
+            return st
+
+
+def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsample: int = 2, epochs: int = 40,
+        seed: int = 0, retrain: bool = False) -> Path:
+    from .data.phantom import write_dataset
+
+    out_dir = Path(out).resolve()
+    data_root = out_dir / "sample_data"
+    ds_json = data_root / "dataset.json"
+    if not ds_json.is_file():
+        print(f"[1/5] generating {cases} phantom cases ({downsample} mm) in {data_root}")
+        write_dataset(data_root, n_cases=cases, seed=seed, downsample=downsample, n_test=2)
+    else:
+        print(f"[1/5] sample data present: {data_root}")
+    datastore = out_dir / "datastore"
+    train_ids, held_out = prepare_datastore(ds_json, datastore)
+    model_dir = out_dir / "model"
+    if retrain and (model_dir / "mlcsc.pt").exists():
+        (model_dir / "mlcsc.pt").unlink()
+    server = MonaiLabelServer(datastore, port=port, conf={"model_dir": model_dir}, log_path=out_dir / "server.log")
+    print(f"[2/5] starting MONAI Label: {' '.join(server.command())}")
+    with server as url:
+        info = requests.get(f"{url}/info/", timeout=30).json()
+        print(f"      {url} serves models {sorted(info.get('models', {}))}, strategies {sorted(info.get('strategies', {}))}")
+        if not (model_dir / "mlcsc.pt").exists():
+            print(f"[3/5] no checkpoint: training mlcsc on {len(train_ids)} labelled cases for {epochs} epochs")
+            _train(url, "mlcsc", epochs)
+        else:
+            print(f"[3/5] checkpoint present: {model_dir / 'mlcsc.pt'} (make demo RETRAIN=1 to train again)")
+        case = held_out[0]
+        print(f"[4/5] inference on held-out {case['id']} over REST (bundle)")
+        r = requests.post(f"{url}/infer/mlcsc", params={"image": case["id"], "output": "image"},
+                          data={"params": json.dumps({"bundle": True})}, timeout=1800)
+        if r.status_code != 200:
+            raise RuntimeError(f"infer failed ({r.status_code}): {r.text[:2000]}")
+        bundle_path = out_dir / f"mlcsc_{case['id']}.zip"
+        bundle_path.write_bytes(r.content)
+    manifest = validate(bundle_path)
+    b = read(bundle_path)
+    preview = out_dir / f"mlcsc_{case['id']}_preview.png"
+    preview.write_bytes(b.read_bytes("preview"))
+    pred, _ = b.volume("label")
+    ref, _ = load_label(case["label"])
+    b.close()
+    dice = region_dice(pred, ref)
+    print(f"[5/5] bundle: {bundle_path} ({len(manifest['outputs'])} outputs, model {manifest['model_version']})")
+    print(f"      preview: {preview}")
+    print(f"      Dice vs the phantom's true label: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    print(f"      server log: {server.log_path}")
+    return bundle_path

@@ -1,0 +1,95 @@
+"""Start and stop the real MONAI Label server with the SparseSight app (used by the demo and the tests).
+
+The server runs as a child process (`monailabel start_server`), so nothing here imports monailabel.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "sparsesight"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class MonaiLabelServer:
+    """`with MonaiLabelServer(studies, conf={"model_dir": ...}) as url:` runs the server for the block."""
+
+    def __init__(self, studies, app_dir=APP_DIR, host: str = "127.0.0.1", port: int | None = None,
+                 conf: dict | None = None, log_path=None):
+        self.studies, self.app_dir, self.host = Path(studies), Path(app_dir), host
+        self.port = port or free_port(host)
+        self.conf = {k: str(v) for k, v in (conf or {}).items()}
+        self.log_path = Path(log_path) if log_path else self.studies.parent / f"monailabel-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        exe = Path(sys.executable).parent / "monailabel"
+        cmd = [str(exe) if exe.exists() else "monailabel", "start_server", "--app", str(self.app_dir),
+               "--studies", str(self.studies), "--host", self.host, "--port", str(self.port)]
+        for k, v in self.conf.items():
+            cmd += ["--conf", k, v]
+        return cmd
+
+    def start(self, timeout: float = 180.0) -> str:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"MONAI Label server exited with {self.proc.returncode}; log:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=2).status_code == 200:
+                    return self.url
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"MONAI Label server did not answer in {timeout:.0f} s; log:\n{self.log()}")
+
+    def log(self, tail: int = 8000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
