@@ -24,7 +24,7 @@ sample-data: setup
 	$(PY) -m sparsesight.cli sample-data
 
 demo: setup
-	$(PY) -m sparsesight.cli demo --port $(PORT)
+	$(PY) -m sparsesight.cli demo $(if $(RETRAIN),--retrain)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -55,9 +55,35 @@ def _add_sample_data(sub) -> None:
     p.set_defaults(func=cmd_sample_data)
 
 
+# ----------------------------------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Sample data -> real MONAI Label server -> train if needed -> infer over REST -> bundle + PNG."""
+    from .demo import run
+
+    try:
+        run(out=args.out, port=args.port, cases=args.cases, downsample=args.downsample, epochs=args.epochs,
+            seed=args.seed, retrain=args.retrain)
+    except RuntimeError as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="end-to-end demo through the real MONAI Label server")
+    p.add_argument("--out", default="out/demo", help="working folder (data, datastore, model, results)")
+    p.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
+    p.add_argument("--cases", type=int, default=12, help="phantom cases (2 held out)")
+    p.add_argument("--downsample", type=int, default=2, help="phantom voxel size in mm (2: fast on a CPU)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs when no checkpoint exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
+    p.set_defaults(func=cmd_demo)
+
+
 # ----------------------------------------------------------------------------------------------------- main
 #: subcommand registrars, in --help order (others add theirs here: _add_demo, _add_bench, ...)
-SUBCOMMANDS = [_add_sample_data]
+SUBCOMMANDS = [_add_sample_data, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

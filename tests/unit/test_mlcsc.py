@@ -152,6 +152,8 @@ def test_first_step_from_zero_is_layered_soft_thresholding(tiny):
     x = torch.randn(1, 2, 8, 8, 8)
     lam0 = tiny.lam_schedule(0)
     h = tiny.ml_ista_step(x, torch.zeros(1, 6, 2, 2, 2), lam0)
+    h_none = tiny.ml_ista_step(x, None, lam0)  # the shortcut for gamma_L = 0 used by codes()
+    assert all(torch.allclose(a, b) for a, b in zip(h, h_none))
     a = tiny._per_channel
     z = torch.relu(a(tiny.mu0, 2) * tiny.Phi.T(x.repeat(1, 3, 1, 1, 1)) - a(tiny.mu0 * lam0, 2))
     assert torch.allclose(h[0], z)

@@ -157,10 +157,18 @@ class MLCSC(nn.Module):
         out = self.Phi(gamma_c)
         return out.view(out.shape[0], self.m, self.n, *out.shape[2:])
 
-    def ml_ista_step(self, x: torch.Tensor, gamma_L: torch.Tensor, lam0: torch.Tensor) -> list[torch.Tensor]:
-        """One merged JF-ML-ISTA step (eq. 7 for L layers); returns [h_0, ..., h_L], h_L = new gamma_{c,L}."""
-        g = self.synthesis(gamma_L)
-        r = self.Phi.synthesis_sum(g[0]) - x                      # sum_c Phi_c g_0,c - x
+    def ml_ista_step(self, x: torch.Tensor, gamma_L: torch.Tensor | None, lam0: torch.Tensor) -> list[torch.Tensor]:
+        """One merged JF-ML-ISTA step (eq. 7 for L layers); returns [h_0, ..., h_L], h_L = new gamma_{c,L}.
+
+        gamma_L = None stands for gamma_{c,L} = 0 (the first step): every g_l is 0 and the synthesis is skipped,
+        which leaves the layered soft-thresholding forward pass of Table I.
+        """
+        if gamma_L is None:
+            g = [0.0] * (self.L + 1)
+            r = -x
+        else:
+            g = self.synthesis(gamma_L)
+            r = self.Phi.synthesis_sum(g[0]) - x                  # sum_c Phi_c g_0,c - x
         grad0 = self.Phi.T_shared(r)                              # Phi_c^T r for every class
         a0 = self.Phi.code_ch
         h = [self._shrink(g[0] - self._per_channel(self.mu0, a0) * grad0,
@@ -174,10 +182,7 @@ class MLCSC(nn.Module):
 
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run the T x M unrolled iterations from gamma_{c,L} = 0; returns the last step's [h_0..h_L]."""
-        B, _, *sp = x.shape
-        sp_L = [s // self.scale for s in sp]
-        gamma_L = x.new_zeros(B, self.m * self.D[-1].code_ch, *sp_L)
-        h = None
+        gamma_L, h = None, None  # None: gamma_{c,L} = 0
         for t in range(self.config["T"]):
             lam0 = self.lam_schedule(t)
             for _ in range(self.config["M"]):

@@ -1,0 +1,220 @@
+"""A local datastore that refuses what would break it.
+
+MONAI Label's LocalDatastore stores whatever it is given under whatever id it is given: `../x` or an absolute
+path as image id (or label tag) writes outside the datastore, and a truncated file or a label of the wrong shape
+is stored and only fails later, inside training. This subclass checks every upload first:
+
+- ids and tags are plain names (no separator, no '..', not absolute, not empty)         -> 400
+- the upload is a NIfTI file (.nii / .nii.gz, recognised by its bytes, not its name)     -> 415
+- the content is usable: readable, 4 channels FLAIR/T1/T1ce/T2, finite voxels; a label
+  has its image's spatial shape and affine and values 0..3 (sparsesight.data.io)        -> 422
+- unknown image or label                                                                 -> 404
+- replacing an image whose stored labels have another shape                              -> 409
+
+The upload is validated in a temporary folder outside the datastore, then copied next to its destination
+under a name the datastore does not list and moved into place with os.replace, so a refused or interrupted
+upload leaves every stored file and the datastore's index as they were.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Any, Dict, Optional
+
+import nibabel as nib
+import numpy as np
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from sparsesight.data import io as sio
+
+from .http_errors import (
+    CONFLICT,
+    NOT_FOUND,
+    UNPROCESSABLE,
+    UNSUPPORTED_MEDIA,
+    check_id,
+    check_new_id,
+    http_errors,
+    refuse,
+)
+
+logger = logging.getLogger(__name__)
+
+CHANNELS = 4  # FLAIR, T1, T1ce, T2 (DESIGN.md, data conventions)
+NIFTI_EXTENSIONS = ("*.nii.gz", "*.nii")
+
+
+def nifti_suffix(path: str) -> str:
+    """'.nii.gz' or '.nii' from the file's first bytes; 415 for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise refuse(UNPROCESSABLE, f"the upload could not be read: {e}") from e
+    if head[:2] == b"\x1f\x8b":
+        return ".nii.gz"
+    if len(head) == 4 and (int.from_bytes(head, "little") in (348, 540) or int.from_bytes(head, "big") in (348, 540)):
+        return ".nii"
+    if not head:
+        raise refuse(UNPROCESSABLE, "the upload is empty: send the NIfTI file's content")
+    raise refuse(
+        UNSUPPORTED_MEDIA,
+        "the upload is not a NIfTI image (.nii or .nii.gz); convert it first (e.g. SimpleITK.WriteImage or "
+        "nibabel.save)",
+    )
+
+
+class SparseSightDatastore(LocalDatastore):
+    def __init__(self, datastore_path: str, **kwargs):
+        kwargs.setdefault("extensions", NIFTI_EXTENSIONS)
+        super().__init__(datastore_path, **kwargs)
+
+    # ------------------------------------------------------------------ helpers
+    def _object(self, image_id):
+        check_id(image_id)
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise refuse(
+                NOT_FOUND,
+                f"image {image_id!r} is not in the datastore; GET /datastore/?output=all lists the image ids",
+            )
+        return obj
+
+    def _image_file(self, image_id: str, obj) -> str:
+        return os.path.realpath(os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext)))
+
+    @staticmethod
+    def _stage(upload: str, workdir: str) -> str:
+        """Copy the upload into workdir under the suffix its bytes call for (nibabel reads by suffix)."""
+        staged = os.path.join(workdir, "upload" + nifti_suffix(upload))
+        shutil.copyfile(upload, staged)
+        return staged
+
+    def _commit(self, staged: str, folder: str, name: str, old_name: Optional[str]) -> None:
+        """Move the validated file into folder/name atomically; drop the old file if its name differs."""
+        os.makedirs(folder, exist_ok=True)
+        dest = os.path.join(folder, name)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")  # not listed: does not end in .nii(.gz)
+        try:
+            shutil.copyfile(staged, tmp)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if old_name and old_name != name:
+            old = os.path.join(folder, old_name)
+            if os.path.exists(old):
+                os.unlink(old)
+
+    def _label_shape(self, image_id: str, tag: str, label) -> tuple:
+        path = os.path.join(self._datastore.label_path(tag), self._filename(image_id, label.ext))
+        return tuple(nib.load(path).shape[:3])
+
+    # ------------------------------------------------------------------ writes
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        with http_errors():
+            if not image_id:  # the stock endpoint passes the upload's file name stem when no id is given
+                image_id, _ = self._to_id(os.path.basename(image_filename))
+            check_new_id(image_id)
+            with tempfile.TemporaryDirectory(prefix="sparsesight-upload-") as work:
+                staged = self._stage(image_filename, work)
+                image, _ = sio.load_image(staged, channels=CHANNELS)
+                spatial = tuple(image.shape[1:])
+                ext = ".nii.gz" if staged.endswith(".nii.gz") else ".nii"
+                name = self._filename(image_id, ext)
+
+                with FileLock(self._lock_file):
+                    old = self._datastore.objects.get(image_id)
+                    labels = dict(old.labels) if old else {}
+                    for tag, label in labels.items():
+                        shape = self._label_shape(image_id, tag, label)
+                        if shape != spatial:
+                            raise refuse(
+                                CONFLICT,
+                                f"image {image_id!r} already has a {tag!r} label of shape {shape}, the new image is "
+                                f"{spatial}: upload it under a new id, or DELETE /datastore/image?id={image_id} first",
+                            )
+                    old_name = self._filename(image_id, old.image.ext) if old else None
+                    self._commit(staged, self._datastore.image_path(), name, old_name)
+
+                    info = dict(image_info or {})
+                    info.update({"ts": int(time.time()), "name": name, "shape": list(spatial), "channels": CHANNELS})
+                    self._datastore.objects[image_id] = ImageLabelModel(
+                        image=DataModel(info=info, ext=ext), labels=labels
+                    )
+                    self._update_datastore_file(lock=False)
+        logger.info(f"Added image {image_id} ({name}, spatial shape {spatial})")
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        with http_errors():
+            obj = self._object(image_id)
+            check_new_id(label_tag, "label tag")
+            image_file = self._image_file(image_id, obj)
+            try:
+                header = nib.load(image_file)
+            except Exception as e:  # a file placed in the folder by hand
+                raise refuse(CONFLICT, f"the stored image {image_id!r} cannot be read ({e}); replace it first") from e
+            spatial = tuple(header.shape[:3])
+            with tempfile.TemporaryDirectory(prefix="sparsesight-upload-") as work:
+                staged = self._stage(label_filename, work)
+                _, affine = sio.load_label(staged, spatial_shape=spatial)
+                if not np.allclose(np.asarray(affine, float), header.affine, atol=1e-2):
+                    raise refuse(
+                        UNPROCESSABLE,
+                        f"the label's affine (voxel-to-world matrix) differs from image {image_id!r}'s: save the "
+                        f"label on the image's grid (same origin, spacing and orientation)",
+                    )
+                ext = ".nii.gz" if staged.endswith(".nii.gz") else ".nii"
+                name = self._filename(image_id, ext)
+
+                with FileLock(self._lock_file):
+                    old = obj.labels.get(label_tag)
+                    old_name = self._filename(image_id, old.ext) if old else None
+                    self._commit(staged, self._datastore.label_path(label_tag), name, old_name)
+                    info = dict(label_info or {})
+                    info.update({"ts": int(time.time()), "name": name})
+                    obj.labels[label_tag] = DataModel(info=info, ext=ext)
+                    self._update_datastore_file(lock=False)
+        logger.info(f"Saved {label_tag} label for {image_id} ({name})")
+        return image_id
+
+    # ------------------------------------------------------------------ lookups that answer 404, not 500
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        if image_id is None:  # the active-learning endpoint asks for the info of "no image" (nothing left)
+            return {}
+        self._object(image_id)
+        return super().get_image_info(image_id)
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        self._object(image_id)
+        return super().update_image_info(image_id, info)
+
+    def remove_image(self, image_id: str) -> None:
+        self._object(image_id)
+        return super().remove_image(image_id)
+
+    def _label(self, label_id: str, label_tag: str):
+        check_id(label_id)
+        check_id(label_tag, "label tag")
+        label = self._datastore.label(label_id, label_tag)
+        if label is None:
+            raise refuse(NOT_FOUND, f"image {label_id!r} has no {label_tag!r} label")
+        return label
+
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        self._label(label_id, label_tag)
+        return super().get_label_info(label_id, label_tag)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        self._label(label_id, label_tag)
+        return super().update_label_info(label_id, label_tag, info)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        self._label(label_id, label_tag)
+        return super().remove_label(label_id, label_tag)

@@ -1,0 +1,107 @@
+"""Infer task for any SparseSight model: plain label NIfTI by default, the result bundle on request.
+
+Request keys (besides MONAI Label's own): `bundle` (bool) returns the result-bundle zip of
+`sparsesight.segment.run_bundle` instead of the label; `outputs` (list of output names) narrows the bundle;
+`device` overrides the app's device.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from typing import Any, Dict, Tuple, Union
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from sparsesight import segment
+from sparsesight.data import io as sio
+
+from ..http_errors import BAD_REQUEST, CONFLICT, http_errors, refuse
+from ..model_file import ModelFile, pick_device
+
+logger = logging.getLogger(__name__)
+
+CHANNELS = 4
+
+
+def _flag(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class SparseSightInfer(InferTask):
+    def __init__(self, name: str, model_file: ModelFile, labels: Dict[str, int], description: str, device=None):
+        super().__init__(
+            type=InferType.SEGMENTATION,
+            labels=labels,
+            dimension=3,
+            description=description,
+            config={"bundle": False, "outputs": []},
+        )
+        self.name = name
+        self.model_file = model_file
+        self.device = device
+
+    # ---------------------------------------------------------------- what /info shows
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        meta = self.model_file.meta()
+        info["version"] = meta.get("version") if meta else None
+        info["trained"] = meta is not None
+        if meta:
+            info["created"] = meta.get("created")
+        return info
+
+    def is_valid(self) -> bool:
+        return True  # listed even before the first training; infer then answers 409 with what to do
+
+    def get_path(self, validate=True):
+        return self.model_file.path if (not validate or self.model_file.exists()) else None
+
+    # ---------------------------------------------------------------- the task
+    def __call__(self, request) -> Tuple[Union[str, None], Dict]:
+        with http_errors():
+            return self._run(request)
+
+    def _run(self, request):
+        start = time.time()
+        device = pick_device(request.get("device"), self.device)
+        model, meta = self.model_file.load(device)
+        if model is None:
+            raise refuse(
+                CONFLICT,
+                f"model {self.name} has no trained checkpoint yet: POST /train/{self.name} first "
+                f"(it trains on the datastore's images that have a final label)",
+            )
+        version = meta["version"]
+        image_path = request["image"]
+        image_id = request.get("image_id") or os.path.basename(image_path).split(".")[0]
+        outputs = request.get("outputs") or None
+        if outputs is not None and (
+            not isinstance(outputs, (list, tuple)) or not all(isinstance(o, str) for o in outputs)
+        ):
+            raise refuse(BAD_REQUEST, "'outputs' must be a list of output names, e.g. [\"label\", \"params\"]")
+
+        params = {"model": self.name, "model_version": version, "image": image_id, "device": device}
+        if _flag(request.get("bundle", False)):
+            fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".zip")
+            os.close(fd)
+            try:
+                out = str(segment.run_bundle(model, self.name, version, image_path, image_id, out,
+                                             outputs=outputs, device=device))
+            except BaseException:
+                os.unlink(out)
+                raise
+            params.update({"bundle": True, "outputs": outputs or "all"})
+        else:
+            image, affine = sio.load_image(image_path, channels=CHANNELS)
+            label = segment.predict(model, image, device=device)
+            fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".nii.gz")
+            os.close(fd)
+            out = str(sio.save_nifti(label, affine, out))
+            params.update({"bundle": False, "label_names": self.labels, "shape": list(label.shape)})
+        params["latencies"] = {"total": round(time.time() - start, 3)}
+        logger.info(f"{self.name} {version} on {image_id}: {params['latencies']['total']} s")
+        return out, params

@@ -1,0 +1,141 @@
+"""Pre-flight routes in front of four stock MONAI Label endpoints.
+
+The stock endpoints stay as they are; for POST /infer/{model}, POST /train/{model}, PUT /datastore/image (and its
+deprecated alias PUT /datastore/) and PUT /datastore/label this module puts a route with the same path,
+parameters and RBAC dependency *in front of* the stock one (first match wins). Each runs the checks that must
+happen before the stock code, then calls the stock endpoint function unchanged:
+
+- /train/{model}: training runs in a child process, so the stock endpoint answers 200 with a task id even when
+  training cannot start; here unknown model (404), bad parameters (400) and no final labels (409) are refused
+  before a process is started.
+- /infer/{model}: an `image` query parameter must be a datastore id (the stock app would also accept any
+  existing server path); unknown model 404, path-like id 400, unknown id 404, neither id nor file 400.
+- all four: the stock endpoints delete the temporary copy of an upload in a FastAPI background task, which runs
+  only after a successful answer; on a refusal the wrapper runs those queued clean-ups itself, so refused uploads
+  leave nothing behind in the temp folder.
+
+The content checks themselves (NIfTI, channels, NaN/Inf, label shape, ids) live in the datastore subclass and
+the app, which raise fastapi.HTTPException: MONAI Label's endpoints let it through and FastAPI answers it with
+its status code and {"detail": reason}. Installed once, in the server process, when MONAI Label switches the
+app to server mode (MyApp.server_mode).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+from monailabel.config import settings
+from monailabel.endpoints import datastore as stock_datastore
+from monailabel.endpoints import infer as stock_infer
+from monailabel.endpoints import train as stock_train
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+logger = logging.getLogger(__name__)
+
+
+def _json_object(text: str, field: str = "params") -> None:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError as e:
+        raise HTTPException(400, f"the form field {field!r} is not valid JSON ({e}); send e.g. {field}={{}}") from None
+    if not isinstance(value, dict):
+        raise HTTPException(400, f"the form field {field!r} must be a JSON object, e.g. {{\"bundle\": true}}")
+
+
+async def _cleanup_on_refusal(background_tasks: BackgroundTasks, call, params: str = "{}"):
+    try:
+        _json_object(params)
+        return call()
+    except HTTPException:
+        await background_tasks()  # the stock endpoint's queued remove_file() of its temporary upload copy
+        raise
+
+
+def build_router(app) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/train/{model}", include_in_schema=False)
+    async def train_model(
+        model: str,
+        params: Optional[dict] = None,
+        run_sync: Optional[bool] = False,
+        enqueue: Optional[bool] = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ):
+        app.check_train(model, params or {})
+        return stock_train.run_model(model, params, run_sync, enqueue)
+
+    @router.post("/infer/{model}", include_in_schema=False)
+    async def infer(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        params: str = Form("{}"),
+        file: UploadFile = File(None),
+        label: UploadFile = File(None),
+        output: Optional[stock_infer.ResultType] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        app.check_infer(model, image, has_file=bool(file), has_session=bool(session_id))
+        return await _cleanup_on_refusal(
+            background_tasks,
+            lambda: stock_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output),
+            params,
+        )
+
+    async def add_image(
+        background_tasks: BackgroundTasks,
+        image: Optional[str] = None,
+        params: str = Form("{}"),
+        file: UploadFile = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        return await _cleanup_on_refusal(
+            background_tasks,
+            lambda: stock_datastore.add_image(background_tasks, image, params, file, user.username),
+            params,
+        )
+
+    router.add_api_route("/datastore/image", add_image, methods=["PUT"], include_in_schema=False)
+    router.add_api_route("/datastore/", add_image, methods=["PUT"], include_in_schema=False)
+
+    @router.put("/datastore/label", include_in_schema=False)
+    async def save_label(
+        background_tasks: BackgroundTasks,
+        image: str,
+        params: str = Form("{}"),
+        tag: str = DefaultLabelTag.FINAL.value,
+        label: UploadFile = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        return await _cleanup_on_refusal(
+            background_tasks,
+            lambda: stock_datastore.save_label(background_tasks, image, params, tag, label, user.username),
+            params,
+        )
+
+    return router
+
+
+def install(fastapi_app, app) -> None:
+    if getattr(fastapi_app.state, "sparsesight_preflight", False):
+        return
+    router = build_router(app)
+    routes = fastapi_app.router.routes
+    n = len(routes)
+    fastapi_app.include_router(router, prefix=settings.MONAI_LABEL_API_STR)
+    added = routes[n:]  # the routes themselves, or one wrapper for the included router (FastAPI >= 0.13x)
+    del routes[n:]
+    routes[:0] = added  # the router tries routes in order, first match wins: these answer before the stock ones
+    mark_changed = getattr(fastapi_app.router, "_mark_routes_changed", None)
+    if mark_changed:
+        mark_changed()
+    fastapi_app.state.sparsesight_preflight = True
+    logger.info(
+        "SparseSight pre-flight routes installed: "
+        + ", ".join(f"{'/'.join(sorted(r.methods))} {r.path}" for r in router.routes if hasattr(r, "methods"))
+    )

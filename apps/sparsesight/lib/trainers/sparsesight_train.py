@@ -1,0 +1,158 @@
+"""Train task for any SparseSight model on the datastore's final labels.
+
+MONAI Label runs it in a child process (`python -m monailabel.interfaces.utils.app -m train`) and shows that
+process' last stdout lines in GET /train/, so progress is printed one line per epoch. Training continues from
+the current checkpoint when there is one; the new checkpoint is written atomically by
+`sparsesight.checkpoint.save` and the server's infer task picks it up on its next call (see model_file.py).
+
+Request keys: `epochs` (default from the app config), `max_minutes` (stop after the epoch that passes it),
+`device`, `train_config` (dict handed to sparsesight.training.train).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from sparsesight import checkpoint, models, training
+from sparsesight.data import io as sio
+from sparsesight.errors import InvalidInput
+
+from ..http_errors import BAD_REQUEST, CONFLICT, refuse
+from ..model_file import ModelFile, pick_device
+
+logger = logging.getLogger(__name__)
+
+MAX_EPOCHS = 10_000
+CHANNELS = 4
+
+
+def train_params(request: Dict[str, Any], default_epochs: int) -> Dict[str, Any]:
+    """Validated `epochs`, `max_minutes` and `train_config` of a train request (HTTP 400 with the reason)."""
+    out: Dict[str, Any] = {}
+    epochs = request.get("epochs", request.get("max_epochs", default_epochs))
+    try:
+        epochs_i = int(epochs)
+        if epochs_i != float(epochs):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise refuse(BAD_REQUEST, f"'epochs' must be a whole number, got {epochs!r}") from None
+    if not 1 <= epochs_i <= MAX_EPOCHS:
+        raise refuse(BAD_REQUEST, f"'epochs' must be between 1 and {MAX_EPOCHS}, got {epochs_i}")
+    out["epochs"] = epochs_i
+    minutes = request.get("max_minutes")
+    if minutes is not None:
+        try:
+            minutes_f = float(minutes)
+        except (TypeError, ValueError):
+            raise refuse(BAD_REQUEST, f"'max_minutes' must be a number of minutes, got {minutes!r}") from None
+        if not minutes_f > 0:
+            raise refuse(BAD_REQUEST, f"'max_minutes' must be positive, got {minutes_f}")
+        out["max_minutes"] = minutes_f
+    else:
+        out["max_minutes"] = None
+    config = request.get("train_config")
+    if config is not None and not isinstance(config, dict):
+        raise refuse(BAD_REQUEST, "'train_config' must be a JSON object")
+    out["train_config"] = config
+    return out
+
+
+def require_final_labels(name: str, datastore: Datastore) -> list:
+    items = datastore.datalist()
+    if not items:
+        raise refuse(
+            CONFLICT,
+            f"cannot train {name}: no image in the datastore has a final label yet; save one with "
+            f"PUT /datastore/label?image=ID&tag=final",
+        )
+    return items
+
+
+class SparseSightTrain(TrainTask):
+    def __init__(self, name: str, model_file: ModelFile, model_config: dict, description: str,
+                 default_epochs: int = 2, device=None):
+        """model_config: hyperparameters of a fresh model (sparsesight.models.build), used without a checkpoint."""
+        super().__init__(description)
+        self.name = name
+        self.model_file = model_file
+        self.model_config = model_config
+        self.default_epochs = default_epochs
+        self.device = device
+
+    def config(self):
+        return {"epochs": self.default_epochs, "max_minutes": None}
+
+    def stats(self):
+        meta = self.model_file.meta()
+        if not meta:
+            return {"version": None}
+        return {"version": meta.get("version"), "created": meta.get("created"), "train": meta.get("train", {})}
+
+    def check(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
+        """Everything that can be refused before a training process is started (the server's pre-flight)."""
+        params = train_params(request, self.default_epochs)
+        require_final_labels(self.name, datastore)
+        return params
+
+    @staticmethod
+    def usable(items: list) -> list:
+        """The pairs that load cleanly; files put into the datastore folder by hand were never checked."""
+        good = []
+        for item in items:
+            try:
+                image, _ = sio.load_image(item["image"], channels=CHANNELS)
+                sio.load_label(item["label"], spatial_shape=image.shape[1:])
+                good.append(item)
+            except InvalidInput as e:
+                print(f"skipping {os.path.basename(item['image'])}: {e}", flush=True)
+        if not good:
+            raise InvalidInput("none of the labelled images can be used for training (see the lines above)")
+        return good
+
+    def __call__(self, request, datastore: Datastore):
+        p = self.check(request, datastore)
+        items = self.usable(datastore.datalist())
+        device = pick_device(request.get("device"), self.device)
+
+        model, meta = self.model_file.load(device)
+        if model is None:
+            config, previous = dict(self.model_config), None
+            model = models.build(self.name, config).to(device)
+        else:  # incremental: continue from the served weights with their hyperparameters
+            config, previous = meta["config"], meta["version"]
+
+        print(f"train {self.name}: {len(items)} labelled image(s), {p['epochs']} epoch(s), device {device}, "
+              f"starting from {previous or 'fresh weights'}", flush=True)
+        start = time.time()
+
+        def progress(d: dict):
+            d = dict(d)
+            head = f"epoch {d.pop('epoch', '?')}/{d.pop('epochs', p['epochs'])}"
+            fields = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+            print(f"train {self.name}: {head} {fields}", flush=True)
+
+        model.train()
+        stats = training.train(model, items, epochs=p["epochs"], device=device, config=p["train_config"],
+                               progress=progress, max_minutes=p["max_minutes"], show_progress=False)
+        model.eval()
+        train_meta = {
+            "epochs": p["epochs"],
+            "images": len(items),
+            "previous_version": previous,
+            "seconds": round(time.time() - start, 1),
+            "device": device,
+            "final_loss": (stats or {}).get("loss", [None])[-1] if (stats or {}).get("loss") else None,
+            **{k: v for k, v in (stats or {}).items() if k not in ("seconds",) and isinstance(v, (int, float, str, bool))},
+        }
+        version = checkpoint.save(self.model_file.path, model, self.name, config, meta={"train": train_meta})
+        print(f"train {self.name}: saved version {version} (was {previous or 'none'}) "
+              f"in {train_meta['seconds']} s", flush=True)
+        result = {"model": self.name, "version": version, **train_meta}
+        print("train result " + json.dumps(result, default=str), flush=True)
+        return result

@@ -1,0 +1,218 @@
+"""SparseSight MONAI Label app: serves every model of the `sparsesight` library by its one name.
+
+    monailabel start_server --app apps/sparsesight --studies DATASTORE [--conf models all] [--conf model_dir DIR]
+
+conf options: `models` ("all" or a comma-separated list of config names), `model_dir` (checkpoints
+<model_dir>/<model>.pt; default apps/sparsesight/model), `device` (default cuda when present, else cpu),
+`epochs` (default epochs of a train request).
+
+Refusals are HTTP 4xx with a reason (see lib/http_errors.py): the app checks ids, models and uploads in its own
+layer and raises fastapi.HTTPException, which MONAI Label's endpoints pass through.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from typing import Dict
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+
+import sparsesight
+
+# Everything from the app's lib/ is imported here, while MONAI Label has the app folder on sys.path.
+from lib import preflight
+from lib.datastore import SparseSightDatastore
+from lib.http_errors import (
+    BAD_REQUEST,
+    NOT_FOUND,
+    check_id,
+    http_errors,
+    is_stock_upload,
+    refuse,
+)
+from lib.model_file import pick_device
+from lib.strategies.random import Random
+
+logger = logging.getLogger(__name__)
+
+APP_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def discover_configs(folder: str = os.path.join(APP_DIR, "configs")) -> Dict[str, type]:
+    """{model name: TaskConfig class} from configs/<model name>.py (one TaskConfig subclass per file)."""
+    found = {}
+    for file in sorted(os.listdir(folder)):
+        name, ext = os.path.splitext(file)
+        if ext != ".py" or name.startswith("_"):
+            continue
+        module_name = f"sparsesight_app_configs.{name}"
+        spec = importlib.util.spec_from_file_location(module_name, os.path.join(folder, file))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        classes = [
+            c for c in vars(module).values()
+            if isinstance(c, type) and issubclass(c, TaskConfig) and c is not TaskConfig and c.__module__ == module_name
+        ]
+        if len(classes) != 1:
+            raise RuntimeError(f"configs/{file} must define exactly one TaskConfig subclass, found {len(classes)}")
+        found[name] = classes[0]
+    return found
+
+
+CONFIGS = discover_configs()
+
+
+def _flag(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class MyApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        conf = conf or {}
+        self.model_dir = os.path.abspath(conf.get("model_dir") or os.path.join(app_dir, "model"))
+        self.device = pick_device(conf.get("device"))
+
+        wanted = conf.get("models", "all")
+        names = list(CONFIGS) if wanted.strip() in ("", "all") else [n.strip() for n in wanted.split(",") if n.strip()]
+        unknown = [n for n in names if n not in CONFIGS]
+        if unknown:
+            raise ValueError(f"--conf models: unknown {', '.join(unknown)}; available: {', '.join(CONFIGS)} or all")
+
+        self.task_configs: Dict[str, TaskConfig] = {}
+        for name in names:
+            config = CONFIGS[name]()
+            config.init(name, self.model_dir, conf, None, device=self.device)
+            self.task_configs[name] = config
+        logger.info(f"SparseSight models: {names}; checkpoints in {self.model_dir}; device {self.device}")
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="SparseSight",
+            description="Interpretable sparse-coding models for medical images",
+            version=sparsesight.__version__,
+            labels={v: k for k, v in sparsesight.CLASSES.items() if k},
+        )
+
+    # ------------------------------------------------------------------ tasks
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        from monailabel.config import settings
+
+        return SparseSightDatastore(
+            self.studies,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        return {name: c.infer() for name, c in self.task_configs.items()}
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        return {name: t for name, c in self.task_configs.items() if (t := c.trainer()) is not None}
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        return {"random": Random()}
+
+    def init_scoring_methods(self):
+        return {}
+
+    def server_mode(self, mode: bool):
+        super().server_mode(mode)
+        fastapi_app = getattr(sys.modules.get("monailabel.app"), "app", None)
+        if mode and fastapi_app is not None:
+            preflight.install(fastapi_app, self)
+
+    # ------------------------------------------------------------------ checks in front of the stock flow
+    def _unknown(self, kind: str, name, known) -> Exception:
+        return refuse(NOT_FOUND, f"unknown {kind} {name!r}; available: {', '.join(known) or 'none'}")
+
+    def _is_upload(self, path: str, request) -> bool:
+        """True for the temporary file the stock /infer endpoint writes for an uploaded image (or a session's)."""
+        if is_stock_upload(path):
+            return True
+        sessions = self.sessions()
+        if request.get("session") and sessions is not None and os.path.isfile(path):
+            return os.path.realpath(path).startswith(os.path.realpath(sessions.store_path) + os.sep)
+        return False
+
+    def _check_image_id(self, image, datastore=None):
+        check_id(image)
+        if image not in (datastore or self.datastore()).list_images():
+            raise refuse(
+                NOT_FOUND,
+                f"image {image!r} is not in the datastore; GET /datastore/?output=all lists the image ids, or send "
+                f"the image itself as the multipart field 'file'",
+            )
+
+    def check_infer(self, model: str, image: str, has_file: bool, has_session: bool) -> None:
+        """Refuse an infer request before the stock endpoint touches it (called by the pre-flight route)."""
+        with http_errors():
+            if model not in self._infers:
+                raise self._unknown("model", model, self._infers)
+            if has_file or has_session:
+                return
+            if not image:
+                raise refuse(
+                    BAD_REQUEST,
+                    "no input: give ?image=ID of a datastore image, or send a NIfTI file as the multipart field 'file'",
+                )
+            self._check_image_id(image)
+
+    def infer(self, request, datastore=None):
+        with http_errors():
+            model = request.get("model")
+            if model not in self._infers:
+                raise self._unknown("model", model, self._infers)
+            request = dict(request)
+            image = request.get("image")
+            if isinstance(image, str):
+                if self._is_upload(image, request):
+                    request.setdefault("image_id", "upload")
+                else:
+                    self._check_image_id(image, datastore)
+                    request["image_id"] = image
+            if _flag(request.get("bundle", False)):
+                request["save_label"] = False  # a bundle is not a label
+            return super().infer(request, datastore)
+
+    def check_train(self, model: str, params: dict) -> dict:
+        """Refuse a train request the training process would fail on (called by the pre-flight route)."""
+        with http_errors():
+            if not isinstance(params, dict):
+                raise refuse(BAD_REQUEST, "the train request body must be a JSON object, e.g. {\"epochs\": 1}")
+            task = self._trainers.get(model)
+            if task is None:
+                raise self._unknown("model", model, self._trainers)
+            check = getattr(task, "check", None)
+            return check(params, self.datastore()) if check else {}
+
+    def train(self, request):
+        with http_errors():
+            if request.get("model") not in self._trainers:
+                raise self._unknown("model", request.get("model"), self._trainers)
+            return super().train(request)
+
+    def next_sample(self, request):
+        with http_errors():
+            strategy = request.get("strategy") or "random"
+            task = self._strategies.get(strategy)
+            if task is None:
+                raise self._unknown("strategy", strategy, self._strategies)
+            res = task(request, self.datastore()) or {}
+            if not res.get("id"):
+                # The endpoint still looks the id up: None means "no image" to our datastore (answer 200).
+                return {"id": None, "message": res.get("message", "no image to suggest")}
+            res["path"] = self.datastore().get_image_uri(res["id"])
+            return res
