@@ -25,9 +25,10 @@ def normalise(image: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(out).unsqueeze(0)
 
 
-def _roi(model, shape) -> list[int]:
-    roi = getattr(model, "config", {}).get("roi_size", [128, 128, 128])
-    return [min(r, s) if s >= 16 else r for r, s in zip(roi, shape)]
+def _roi(model) -> list[int]:
+    """The model's sliding-window size (smaller images are padded up to it by the inferer)."""
+    cfg = getattr(model, "config", None)
+    return list(cfg["roi_size"]) if isinstance(cfg, dict) and "roi_size" in cfg else [96, 96, 96]
 
 
 @torch.no_grad()
@@ -36,7 +37,7 @@ def predict_logits(model, image: np.ndarray, device="cpu", roi_size=None, overla
     device = torch.device(device)
     x = normalise(image).to(device)
     model = model.to(device).eval()
-    inferer = SlidingWindowInferer(roi_size=roi_size or _roi(model, x.shape[2:]), sw_batch_size=1,
+    inferer = SlidingWindowInferer(roi_size=roi_size or _roi(model), sw_batch_size=1,
                                    overlap=overlap, mode="gaussian", padding_mode="constant")
     return inferer(x, model).cpu()
 

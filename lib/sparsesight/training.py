@@ -22,7 +22,7 @@ from .transforms import train_transforms
 
 def default_train_config() -> dict:
     """Defaults that train the sample-data phantoms to a useful model on 2 CPU cores in minutes."""
-    return {"patch_size": [64, 64, 64], "samples_per_image": 2, "batch_size": 2, "lr": 1e-2,
+    return {"patch_size": [64, 64, 64], "samples_per_image": 2, "batch_size": 2, "lr": 2e-3, "grad_clip": 1.0,
             "weight_decay": 1e-5, "iterations_per_epoch": None, "seed": 0, "num_workers": 0}
 
 
@@ -72,8 +72,10 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net(x), y)
             loss.backward()
+            # unrolled sparse coding diverges if one update makes ||D|| too large for the step sizes mu
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         sched.step()
         stats["loss"].append(float(np.mean(losses)))
         stats["epochs"] = epoch + 1

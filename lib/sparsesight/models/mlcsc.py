@@ -71,7 +71,7 @@ class _Dictionary(nn.Module):
             self.weight /= self.operator_norm()
 
     @torch.no_grad()
-    def operator_norm(self, size: int = 16, iters: int = 30) -> float:
+    def operator_norm(self, size: int = 8, iters: int = 20) -> float:
         """Spectral norm ||D||_2 by power iteration on D^T D over a size^3 signal."""
         s = torch.randn(1, self.groups * self.sig_ch, size, size, size, generator=torch.Generator().manual_seed(0))
         for _ in range(iters):
@@ -132,6 +132,9 @@ class MLCSC(nn.Module):
         self.mu = nn.Parameter(torch.full((self.L, m), float(cfg["mu_init"])))
         # classifier shared by all classes (Section V-B): logit_c = w . gamma_{c,L} + b
         self.classifier = nn.Conv3d(atoms[-1], 1, kernel_size=1)
+        with torch.no_grad():  # start from near-uniform class scores: large initial logits make DiceCE explode
+            self.classifier.weight.normal_(0.0, 0.01)
+            self.classifier.bias.zero_()
         self._shrink = soft_threshold_nonneg if cfg["nonneg"] else soft_threshold
 
     # --- the maths -----------------------------------------------------------------------------
@@ -263,12 +266,13 @@ class MLCSC(nn.Module):
         threshold or step size is negative (sparse coding theory requires lam >= 0, mu > 0).
         """
         rows = []
+        lam_min, mu0, lam, mu = (p.detach() for p in (self.lam_min, self.mu0, self.lam, self.mu))
         for c in range(self.m):
             row = {"class": CLASS_NAMES[c] if self.m == len(CLASS_NAMES) else f"class_{c}",
-                   "lam_min_c": float(self.lam_min[c]), "mu_c": float(self.mu0[c])}
+                   "lam_min_c": float(lam_min[c]), "mu_c": float(mu0[c])}
             for l in range(self.L):
-                row[f"lam_c{l + 1}"] = float(self.lam[l, c])
-                row[f"mu_c{l + 1}"] = float(self.mu[l, c])
+                row[f"lam_c{l + 1}"] = float(lam[l, c])
+                row[f"mu_c{l + 1}"] = float(mu[l, c])
             negative = [k for k, v in row.items() if k != "class" and v < 0]
             row["negative"] = ";".join(negative)
             row["consistent"] = not negative
