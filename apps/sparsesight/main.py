@@ -32,6 +32,7 @@ from lib.http_errors import (
     BAD_REQUEST,
     NOT_FOUND,
     check_id,
+    flag,
     http_errors,
     is_stock_upload,
     refuse,
@@ -67,12 +68,6 @@ def discover_configs(folder: str = os.path.join(APP_DIR, "configs")) -> Dict[str
 
 
 CONFIGS = discover_configs()
-
-
-def _flag(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 class MyApp(MONAILabelApp):
@@ -183,7 +178,7 @@ class MyApp(MONAILabelApp):
                 else:
                     self._check_image_id(image, datastore)
                     request["image_id"] = image
-            if _flag(request.get("bundle", False)):
+            if flag(request.get("bundle", False)):
                 request["save_label"] = False  # a bundle is not a label
             return super().infer(request, datastore)
 

@@ -92,3 +92,10 @@ def is_stock_upload(path) -> bool:
     real = os.path.realpath(path)
     return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
 
+
+
+def flag(value) -> bool:
+    """A request's boolean: true, "true", "1", "yes", "on" (any case) are true."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -13,4 +13,4 @@ def soft_threshold_nonneg(z: torch.Tensor, lam) -> torch.Tensor:
     Table I of seed 000 identifies the soft-thresholding operator with ReLU(z - lam); this is the
     non-negative sparse coding variant used by ML-ISTA networks.
     """
-    return torch.relu(z - lam)
+    return (z - lam).relu_()  # in place on the fresh difference: one temporary less, autograd-safe

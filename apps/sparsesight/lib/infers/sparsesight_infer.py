@@ -17,18 +17,12 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from sparsesight import segment
 from sparsesight.data import io as sio
 
-from ..http_errors import BAD_REQUEST, CONFLICT, http_errors, refuse
+from ..http_errors import BAD_REQUEST, CONFLICT, flag, http_errors, refuse
 from ..model_file import ModelFile, pick_device
 
 logger = logging.getLogger(__name__)
 
 CHANNELS = 4
-
-
-def _flag(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 class SparseSightInfer(InferTask):
@@ -85,7 +79,7 @@ class SparseSightInfer(InferTask):
             raise refuse(BAD_REQUEST, "'outputs' must be a list of output names, e.g. [\"label\", \"params\"]")
 
         params = {"model": self.name, "model_version": version, "image": image_id, "device": device}
-        if _flag(request.get("bundle", False)):
+        if flag(request.get("bundle", False)):
             fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".zip")
             os.close(fd)
             try:
