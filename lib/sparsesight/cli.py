@@ -74,7 +74,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default="out/demo", help="working folder (data, datastore, model, results)")
     p.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
     p.add_argument("--cases", type=int, default=12, help="phantom cases (2 held out)")
-    p.add_argument("--downsample", type=int, default=2, help="phantom voxel size in mm (2: fast on a CPU)")
+    p.add_argument("--downsample", type=int, default=1, help="phantom voxel size in mm (1: the BraTS grid)")
     p.add_argument("--epochs", type=int, default=40, help="training epochs when no checkpoint exists")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")

@@ -16,6 +16,10 @@ from .data.io import load_label
 from .metrics import region_dice
 from .server import MonaiLabelServer
 
+#: what the demo asks the server for (every output, with the components of T1ce only, as in Fig. 1 of the paper)
+DEMO_OUTPUTS = ["label", "probabilities", "components:T1ce", "reconstruction", "residual", "sparsity", "params",
+                "params_plot", "preview"]
+
 
 def prepare_datastore(dataset_json: Path, datastore: Path) -> tuple[list[str], list[dict]]:
     """MONAI Label local datastore from an MSD dataset: training images with their labels as `final`
@@ -43,23 +47,23 @@ def _train(url: str, model: str, epochs: int, poll: float = 2.0):
     r = requests.post(f"{url}/train/{model}", json={"epochs": epochs}, timeout=60)
     if r.status_code >= 400:
         raise RuntimeError(f"train request refused ({r.status_code}): {r.text}")
-    seen = 0
+    printed = set()  # the status keeps only the latest lines: remember what was shown, not how many
     while True:
         time.sleep(poll)
         st = requests.get(f"{url}/train/", timeout=30).json()
         st = st[-1] if isinstance(st, list) else st
         details = st.get("details", [])
-        for line in details[seen:]:
-            if any(k in line for k in ("epoch", "train", "loss", "version", "Error", "error")):
-                print("  server:", line.rstrip()[-160:])
-        seen = len(details)
+        for line in details:
+            if line not in printed and any(k in line for k in ("epoch", "train", "loss", "version", "rror")):
+                print("  server:", line.rstrip()[-160:], flush=True)
+            printed.add(line)
         if st.get("status") in ("DONE", "ERROR", "STOPPED"):
             if st.get("status") != "DONE":
                 raise RuntimeError(f"training ended with {st.get('status')}: {details[-20:]}")
             return st
 
 
-def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsample: int = 2, epochs: int = 40,
+def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsample: int = 1, epochs: int = 40,
         seed: int = 0, retrain: bool = False) -> Path:
     from .data.phantom import write_dataset
 
@@ -89,7 +93,7 @@ def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsam
         case = held_out[0]
         print(f"[4/5] inference on held-out {case['id']} over REST (bundle)")
         r = requests.post(f"{url}/infer/mlcsc", params={"image": case["id"], "output": "image"},
-                          data={"params": json.dumps({"bundle": True})}, timeout=1800)
+                          data={"params": json.dumps({"bundle": True, "outputs": DEMO_OUTPUTS})}, timeout=1800)
         if r.status_code != 200:
             raise RuntimeError(f"infer failed ({r.status_code}): {r.text[:2000]}")
         bundle_path = out_dir / f"mlcsc_{case['id']}.zip"

@@ -11,9 +11,14 @@ _LABEL_COLOURS = {1: (0.1, 0.8, 0.1), 2: (0.9, 0.1, 0.1), 3: (1.0, 0.85, 0.0)}  
 
 
 def _centre(label: np.ndarray) -> tuple[int, int, int]:
-    """Centre of mass of the tumour (or of the volume when there is none)."""
-    idx = np.argwhere(label > 0)
-    return tuple(int(v) for v in (idx.mean(0) if len(idx) else np.array(label.shape) / 2))
+    """Centre of mass of the largest connected tumour region (the volume's centre when there is none)."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(label > 0)
+    if n == 0:
+        return tuple(int(s // 2) for s in label.shape)
+    largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(regions), regions, index=np.arange(1, n + 1))))
+    return tuple(int(round(v)) for v in ndimage.center_of_mass(regions == largest))
 
 
 def _slices(vol: np.ndarray, c) -> list[np.ndarray]:
@@ -61,8 +66,8 @@ def preview_png(image: np.ndarray, label: np.ndarray, components: np.ndarray | N
             ax = axes[r, j]
             if cmap == "RdBu_r":
                 ax.imshow(im, cmap=cmap, vmin=-vmax, vmax=vmax)
-            elif cmap:
-                ax.imshow(im, cmap=cmap)
+            elif cmap:  # grey: 0 (outside the brain) is black, brain windowed to its 99.5th percentile
+                ax.imshow(im, cmap=cmap, vmin=0, vmax=float(np.percentile(im[im > 0], 99.5)) if (im > 0).any() else 1)
             else:
                 ax.imshow(im)
             ax.set_xticks([])

@@ -88,9 +88,18 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     from .preview import preview_png
 
     wanted = list(BUNDLE_OUTPUTS) if outputs is None else list(outputs)
+    # "components:T1ce" narrows the components to some modalities (all of them are 4 x m full-size volumes)
+    comp_mods = [o.split(":", 1)[1] for o in wanted if o.startswith("components:")]
+    if comp_mods:
+        bad = sorted(set(comp_mods) - set(MODALITIES))
+        if bad:
+            raise InvalidInput(f"unknown modality in components:{bad[0]}; choose from {list(MODALITIES)}")
+        wanted = [o for o in wanted if not o.startswith("components:")] + ["components"]
+    comp_mods = comp_mods or list(MODALITIES)
     unknown = sorted(set(wanted) - set(BUNDLE_OUTPUTS))
     if unknown:
-        raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)}")
+        raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)} "
+                           f"(components:<modality> for one modality's components)")
     image, affine = load_image(image_path, channels=getattr(model, "n", 4))
     shape = image.shape[1:]
     w = BundleWriter(name, version, image_id, affine, shape, modalities=list(MODALITIES))
@@ -112,6 +121,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
             comps = interp["components"][0].numpy()
             for c, cname in enumerate(classes):
                 for i, mod in enumerate(MODALITIES):
+                    if mod not in comp_mods:
+                        continue
                     w.add_volume(f"component/{cname}/{mod}", comps[c, i], dtype=np.int16,
                                  description=f"morphological component Phi_c^(i) gamma_c, class {cname}, modality {mod} (eq. 2)")
         if "reconstruction" in wanted:

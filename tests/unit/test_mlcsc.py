@@ -170,12 +170,12 @@ def test_threshold_schedule_decreases_to_lam_min(tiny):
 
 def test_components_sum_to_reconstruction_and_logits_decompose(tiny):
     """Sum_c Phi_c^(i) gamma_c is the synthesis whose residual eq. 7 uses; logits = sum of contributions + b."""
-    x = torch.randn(1, 2, 8, 8, 8)
+    x = torch.randn(2, 2, 12, 8, 16)  # batch > 1 and unequal sides: channels-last layouts must not break views
     out = tiny.interpret(x)
-    gamma_L = tiny.codes(x)[-1]
+    gamma_L = tiny.codes(tiny._pad(x)[0])[-1]
     g0 = tiny.synthesis(gamma_L)[0]
-    recon = tiny.Phi(g0).view(1, 3, 2, 8, 8, 8).sum(1)
-    assert out["components"].shape == (1, 3, 2, 8, 8, 8)
+    recon = tiny.Phi(g0).reshape(2, 3, 2, 12, 8, 16).sum(1)
+    assert out["components"].shape == (2, 3, 2, 12, 8, 16)
     assert torch.allclose(out["components"].sum(1), out["reconstruction"])
     assert torch.allclose(out["reconstruction"], recon)
     assert torch.allclose(out["residual_energy"], ((x - recon) ** 2).sum(1))

@@ -80,6 +80,11 @@ def test_train_predict_bundle(case, tmp_path):
     b.close()
     small = run_bundle(m, "mlcsc", "v", case["image"], "case_003", tmp_path / "s", outputs=["label", "params"])
     assert [o["name"] for o in bundle.validate(small)["outputs"]] == ["label", "params"]
+    one = run_bundle(m, "mlcsc", "v", case["image"], "case_003", tmp_path / "c", outputs=["label", "components:T1ce"])
+    assert sorted(o["name"] for o in bundle.validate(one)["outputs"] if o["name"].startswith("component/")) == [
+        f"component/{c}/T1ce" for c in ("background", "enhancing", "non-enhancing core", "oedema")]
+    with pytest.raises(InvalidInput, match="unknown modality"):
+        run_bundle(m, "mlcsc", "v", case["image"], "case_003", tmp_path / "y.zip", outputs=["components:DWI"])
     with pytest.raises(InvalidInput, match="unknown bundle outputs"):
         run_bundle(m, "mlcsc", "v", case["image"], "case_003", tmp_path / "x.zip", outputs=["label", "nonsense"])
     assert set(BUNDLE_OUTPUTS) >= {"label", "components", "params"}

@@ -158,7 +158,7 @@ class MLCSC(nn.Module):
     def components(self, gamma_c: torch.Tensor) -> torch.Tensor:
         """Phi_c^(i) gamma_c for every class c and modality i: (B, m, n, X, Y, Z) (eq. 2)."""
         out = self.Phi(gamma_c)
-        return out.view(out.shape[0], self.m, self.n, *out.shape[2:])
+        return out.reshape(out.shape[0], self.m, self.n, *out.shape[2:])
 
     def ml_ista_step(self, x: torch.Tensor, gamma_L: torch.Tensor | None, lam0: torch.Tensor) -> list[torch.Tensor]:
         """One merged JF-ML-ISTA step (eq. 7 for L layers); returns [h_0, ..., h_L], h_L = new gamma_{c,L}.
@@ -206,7 +206,7 @@ class MLCSC(nn.Module):
         """Shared 1x1x1 classifier: (B, m*K_L, ...) -> logits (B, m, ...) at code resolution."""
         B, _, *sp = gamma_L.shape
         per_class = gamma_L.reshape(B * self.m, -1, *sp)
-        return self.classifier(per_class).view(B, self.m, *sp)
+        return self.classifier(per_class).reshape(B, self.m, *sp)
 
     # --- nn.Module API -------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor):
@@ -253,8 +253,8 @@ class MLCSC(nn.Module):
         comps = self.components(g[0])[(..., *[slice(0, s) for s in size])]
         recon = comps.sum(1)
         logits = self._upsample(self.classify(gamma_L), size)
-        energy = self._upsample((gamma_L.view(B, self.m, KL, *sp) ** 2).sum(2), size)
-        sparsity = torch.stack([(hl.view(B, self.m, -1) != 0).float().mean(dim=(0, 2)) for hl in h])
+        energy = self._upsample((gamma_L.reshape(B, self.m, KL, *sp) ** 2).sum(2), size)
+        sparsity = torch.stack([(hl.reshape(B, self.m, -1) != 0).float().mean(dim=(0, 2)) for hl in h])
         out = {
             "logits": logits,
             "probabilities": torch.softmax(logits, 1),
@@ -266,8 +266,8 @@ class MLCSC(nn.Module):
         }
         if contributions:
             w = self.classifier.weight.view(1, 1, KL, 1, 1, 1)
-            contrib = (gamma_L.view(B, self.m, KL, *sp) * w).reshape(B, self.m * KL, *sp)
-            out["logit_contributions"] = self._upsample(contrib, size).view(B, self.m, KL, *size)
+            contrib = (gamma_L.reshape(B, self.m, KL, *sp) * w).reshape(B, self.m * KL, *sp)
+            out["logit_contributions"] = self._upsample(contrib, size).reshape(B, self.m, KL, *size)
         return out
 
     def parameter_table(self) -> list[dict]:
