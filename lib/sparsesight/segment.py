@@ -21,7 +21,8 @@ BUNDLE_OUTPUTS = ("label", "probabilities", "components", "reconstruction", "res
 
 def normalise(image: np.ndarray) -> torch.Tensor:
     """(C, X, Y, Z) array -> normalised (1, C, X, Y, Z) tensor, as in training."""
-    out = intensity_normalisation()({"image": torch.as_tensor(image, dtype=torch.float32)})["image"]
+    # torch.tensor copies: MONAI normalises in place, and the caller's array must stay as it was
+    out = intensity_normalisation()({"image": torch.tensor(image, dtype=torch.float32)})["image"]
     return torch.as_tensor(out).unsqueeze(0)
 
 

@@ -62,7 +62,9 @@ def test_train_predict_bundle(case, tmp_path):
                   config={"patch_size": [32, 32, 32], "samples_per_image": 1, "batch_size": 1})
     assert stats["epochs"] == 2 and all(np.isfinite(stats["loss"]))
     image, affine = load_image(case["image"])
+    before = image.copy()
     label = predict(m, image)
+    assert np.array_equal(image, before)  # the caller's image is not normalised in place
     assert label.shape == image.shape[1:] and label.dtype == np.uint8 and label.max() <= 3
     path = run_bundle(m, "mlcsc", "sha256:test", case["image"], "case_003", tmp_path / "b.zip")
     manifest = bundle.validate(path)
