@@ -33,39 +33,31 @@ def test_soft_threshold_closed_form():
 # --- a direct NumPy implementation of strided grouped convolution and its adjoint -----------------------
 def np_conv(s, W, stride, groups):
     """D^T s: out[g*k+o, z] = sum_{i, t} W[g*k+o, i, t] s[g*ci+i, stride*z + t - 1] (zero padding 1)."""
-    C, *sp = s.shape
-    ci = C // groups
-    oc = W.shape[0] // groups
-    out_sp = [(n + 2 - 3) // stride + 1 for n in sp]
+    out_sp = [(n + 2 - 3) // stride + 1 for n in s.shape[1:]]
     sp_pad = np.pad(s, [(0, 0)] + [(1, 1)] * 3)
     out = np.zeros((W.shape[0], *out_sp))
-    for g in range(groups):
-        for o in range(oc):
-            for i in range(ci):
-                for a in range(3):
-                    for b in range(3):
-                        for c in range(3):
-                            patch = sp_pad[g * ci + i, a:a + stride * out_sp[0]:stride,
-                                           b:b + stride * out_sp[1]:stride, c:c + stride * out_sp[2]:stride]
-                            out[g * oc + o] += W[g * oc + o, i, a, b, c] * patch
+    for o, i, i_sig, tap, window in _taps(W, groups, stride, out_sp):
+        out[o] += W[(o, i, *tap)] * sp_pad[(i_sig, *window)]
     return out
 
 
 def np_conv_T(gamma, W, stride, groups, out_sp):
     """D gamma, the exact adjoint of np_conv (scatter-add of every tap)."""
-    oc = W.shape[0] // groups
-    ci = W.shape[1]
-    out = np.zeros((groups * ci, *[n + 2 for n in out_sp]))
-    n = gamma.shape[1:]
-    for g in range(groups):
-        for o in range(oc):
-            for i in range(ci):
-                for a in range(3):
-                    for b in range(3):
-                        for c in range(3):
-                            out[g * ci + i, a:a + stride * n[0]:stride, b:b + stride * n[1]:stride,
-                                c:c + stride * n[2]:stride] += W[g * oc + o, i, a, b, c] * gamma[g * oc + o]
+    out = np.zeros((groups * W.shape[1], *[n + 2 for n in out_sp]))
+    for o, i, i_sig, tap, window in _taps(W, groups, stride, gamma.shape[1:]):
+        out[(i_sig, *window)] += W[(o, i, *tap)] * gamma[o]
     return out[:, 1:-1, 1:-1, 1:-1]
+
+
+def _taps(W, groups, stride, code_sp):
+    """For every grouped connection: code channel o, its kernel's input index i, the signal channel g*ci + i,
+    the kernel tap and the (padded) signal window that tap touches over the code grid code_sp."""
+    oc, ci = W.shape[0] // groups, W.shape[1]
+    for o in range(W.shape[0]):
+        g = o // oc
+        for i in range(ci):
+            for tap in np.ndindex(3, 3, 3):
+                yield o, i, g * ci + i, tap, tuple(slice(t, t + stride * n, stride) for t, n in zip(tap, code_sp))
 
 
 def relu(v):
@@ -218,3 +210,16 @@ def test_forward_shapes_odd_sizes_and_gradients():
 def test_unknown_config_key_is_refused():
     with pytest.raises(ValueError, match="unknown MLCSC config"):
         MLCSC(layers=4)
+
+
+def test_two_sided_soft_threshold_variant_runs_and_matches_its_definition():
+    """nonneg=False: h_0 of the first step is S_{mu lam}(mu Phi^T x) with the two-sided soft-threshold."""
+    torch.manual_seed(1)
+    model = MLCSC(in_channels=2, num_classes=2, atoms=[2, 2, 2, 2], strides=[2, 1, 1, 1], nonneg=False)
+    x = torch.randn(1, 2, 8, 8, 8)
+    lam0 = model.lam_schedule(0)
+    h = model.ml_ista_step(x, None, lam0)
+    mu = model._per_channel(model.mu0, 2)
+    assert torch.allclose(h[0], soft_threshold(mu * model.Phi.T_shared(x), model._per_channel(model.mu0 * lam0, 2)))
+    assert (h[0] < 0).any()  # negative coefficients survive, unlike ReLU(z - lam)
+    assert model(x).shape == (1, 2, 8, 8, 8)
