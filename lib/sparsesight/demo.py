@@ -108,6 +108,6 @@ def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsam
     dice = region_dice(pred, ref)
     print(f"[5/5] bundle: {bundle_path} ({len(manifest['outputs'])} outputs, model {manifest['model_version']})")
     print(f"      preview: {preview}")
-    print(f"      Dice vs the phantom's true label: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    print("      Dice vs the phantom's true label: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
     print(f"      server log: {server.log_path}")
     return bundle_path

@@ -1,5 +1,4 @@
 """Input checks: every unusable image or label is a named InvalidInput with a reason."""
-import nibabel as nib
 import numpy as np
 import pytest
 
