@@ -104,14 +104,17 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     image, affine = load_image(image_path, channels=getattr(model, "n", 4))
     shape = image.shape[1:]
     w = BundleWriter(name, version, image_id, affine, shape, modalities=list(MODALITIES))
-    label = predict(model, image, device)
-    w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k})
     interp = None
     if any(o in wanted for o in ("probabilities", "components", "reconstruction", "residual", "code_energy",
                                  "sparsity", "preview")) and hasattr(model, "interpret"):
         with torch.no_grad():
             interp = model.to(device).interpret(normalise(image).to(device), contributions=False)
         interp = {k: v.cpu() for k, v in interp.items()}
+        # one whole-volume pass gives every output, so the label is the argmax of the probabilities shown
+        label = interp["logits"][0].argmax(0).numpy().astype(np.uint8)
+    else:
+        label = predict(model, image, device)
+    w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k})
     classes = [CLASSES[c] for c in range(len(CLASSES))]
     if interp is not None:
         if "probabilities" in wanted:
