@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.soft_threshold import soft_threshold, soft_threshold_nonneg
+from ..ops.soft_threshold import soft_threshold
 
 CLASS_NAMES = ("background", "oedema", "non-enhancing core", "enhancing")
 MODALITY_NAMES = ("FLAIR", "T1", "T1ce", "T2")
@@ -135,7 +135,6 @@ class MLCSC(nn.Module):
         with torch.no_grad():  # start from near-uniform class scores: large initial logits make DiceCE explode
             self.classifier.weight.normal_(0.0, 0.01)
             self.classifier.bias.zero_()
-        self._shrink = soft_threshold_nonneg if cfg["nonneg"] else soft_threshold
 
     # --- the maths -----------------------------------------------------------------------------
     def _per_channel(self, v: torch.Tensor, channels: int) -> torch.Tensor:
@@ -184,13 +183,10 @@ class MLCSC(nn.Module):
         For S_lam(z) = ReLU(z - lam): ReLU(g - mu (A^T s + lam)), the threshold riding on the convolution's
         bias and g - mu(.) fused in one addcmul (g = 0.0 in the first step)."""
         mu_c = self._per_channel(mu, channels)
-        if self.config["nonneg"]:
-            grad = analysis(lam.repeat_interleave(channels))
-            z = -mu_c * grad if isinstance(g, float) else torch.addcmul(g, mu_c, grad, value=-1.0)
-            return z.relu_()
-        grad = analysis(None)
+        nonneg = self.config["nonneg"]
+        grad = analysis(lam.repeat_interleave(channels) if nonneg else None)
         z = -mu_c * grad if isinstance(g, float) else torch.addcmul(g, mu_c, grad, value=-1.0)
-        return self._shrink(z, self._per_channel(mu * lam, channels))
+        return z.relu_() if nonneg else soft_threshold(z, self._per_channel(mu * lam, channels))
 
     def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run the T x M unrolled iterations from gamma_{c,L} = 0; returns the last step's [h_0..h_L]."""
