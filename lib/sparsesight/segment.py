@@ -50,6 +50,12 @@ def predict(model, image: np.ndarray, device="cpu", roi_size=None) -> np.ndarray
     return predict_logits(model, image, device, roi_size)[0].argmax(0).numpy().astype(np.uint8)
 
 
+def predict_file(model, image_path, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Label map (X, Y, Z) uint8 and affine of the 4-channel image file `image_path` (the infer task's default)."""
+    image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
+    return predict(model, image, device), affine
+
+
 def _params_plot(rows: list[dict]) -> bytes:
     """Grouped bars of the learned thresholds and step sizes per class; negative values hatched in red."""
     import matplotlib

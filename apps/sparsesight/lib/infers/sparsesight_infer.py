@@ -1,8 +1,14 @@
 """Infer task for any SparseSight model: plain label NIfTI by default, the result bundle on request.
 
-Request keys (besides MONAI Label's own): `bundle` (bool) returns the result-bundle zip of
-`sparsesight.segment.run_bundle` instead of the label; `outputs` (list of output names) narrows the bundle;
-`device` overrides the app's device.
+Request keys (besides MONAI Label's own): `bundle` (bool) returns the result-bundle zip of the model's runner
+instead of the label; `outputs` (list of output names) narrows the bundle; `device` overrides the app's device;
+plus the model's own options (declared by its config as `options`, e.g. SUM's `alpha`), handed to the runner.
+
+A runner is any object (usually a module of the library) with
+    predict_file(model, image_path, device="cpu", **options) -> (label or main map ndarray, affine)
+    run_bundle(model, name, version, image_path, image_id, out_path, outputs=None, device="cpu", **options) -> path
+raising sparsesight.errors.InvalidInput for bad inputs or options (answered as HTTP 400 with the reason).
+The default runner is sparsesight.segment (4-channel brain-tumour segmentation).
 """
 from __future__ import annotations
 
@@ -22,21 +28,31 @@ from ..model_file import ModelFile, pick_device
 
 logger = logging.getLogger(__name__)
 
-CHANNELS = 4
+RESERVED = {"bundle", "outputs", "device"}
 
 
 class SparseSightInfer(InferTask):
-    def __init__(self, name: str, model_file: ModelFile, labels: Dict[str, int], description: str, device=None):
+    def __init__(self, name: str, model_file: ModelFile, labels: Dict[str, int], description: str, device=None,
+                 runner=segment, options: Dict[str, Any] | None = None, infer_type=InferType.SEGMENTATION,
+                 dimension: int = 3):
+        """`options`: {request key: default} of the model's own infer options, shown in /info and passed to
+        the runner only when the request sets them."""
+        options = dict(options or {})
+        clash = RESERVED & set(options)
+        if clash:
+            raise ValueError(f"infer options {sorted(clash)} are reserved")
         super().__init__(
-            type=InferType.SEGMENTATION,
+            type=infer_type,
             labels=labels,
-            dimension=3,
+            dimension=dimension,
             description=description,
-            config={"bundle": False, "outputs": []},
+            config={"bundle": False, "outputs": [], **options},
         )
         self.name = name
         self.model_file = model_file
         self.device = device
+        self.runner = runner
+        self.options = options
 
     # ---------------------------------------------------------------- what /info shows
     def info(self) -> Dict[str, Any]:
@@ -78,20 +94,21 @@ class SparseSightInfer(InferTask):
         ):
             raise refuse(BAD_REQUEST, "'outputs' must be a list of output names, e.g. [\"label\", \"params\"]")
 
-        params = {"model": self.name, "model_version": version, "image": image_id, "device": device}
+        # the model's own options, only those the request sets (the runner keeps its defaults otherwise)
+        opts = {k: request[k] for k in self.options if k in request and request[k] is not None}
+        params = {"model": self.name, "model_version": version, "image": image_id, "device": device, **opts}
         if flag(request.get("bundle", False)):
             fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".zip")
             os.close(fd)
             try:
-                out = str(segment.run_bundle(model, self.name, version, image_path, image_id, out,
-                                             outputs=outputs, device=device))
+                out = str(self.runner.run_bundle(model, self.name, version, image_path, image_id, out,
+                                                 outputs=outputs, device=device, **opts))
             except BaseException:
                 os.unlink(out)
                 raise
             params.update({"bundle": True, "outputs": outputs or "all"})
         else:
-            image, affine = sio.load_image(image_path, channels=CHANNELS)
-            label = segment.predict(model, image, device=device)
+            label, affine = self.runner.predict_file(model, image_path, device=device, **opts)
             fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".nii.gz")
             os.close(fd)
             out = str(sio.save_nifti(label, affine, out))
