@@ -75,7 +75,11 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+def server(request, tmp_path_factory) -> Server:
+    running = getattr(request.config, "_sparsesight_server", None)
+    if running is not None:  # this fixture re-exported by another conftest (tests/slicer): the same server
+        yield running
+        return
     work = tmp_path_factory.mktemp("monailabel")
     phantom = work / "phantom"
     write_dataset(phantom, n_cases=N_CASES, seed=0, downsample=4, n_test=0, progress=False)
@@ -102,8 +106,10 @@ def server(tmp_path_factory) -> Server:
     srv = Server(url, studies, phantom, model_dir, tmpdir, proc, frozenset(p.name for p in tmpdir.iterdir()))
     try:
         srv.train()  # so that the infer tests have a checkpoint
+        request.config._sparsesight_server = srv  # one server per session, whichever conftest asks first
         yield srv
     finally:
+        request.config._sparsesight_server = None
         proc.stop()
 
 
