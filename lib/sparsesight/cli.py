@@ -25,6 +25,11 @@ def add_sample_data_arguments(p: argparse.ArgumentParser, default_out=DEFAULT_SA
                    help="voxel size in mm: 1 gives the BraTS grid 240x240x155, k gives ceil(240/k)x... (default 1)")
     p.add_argument("--n-test", type=int, default=2, help="the last N cases go to imagesTs/labelsTs (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dwi", action="store_true",
+                   help="also write the DWI phantom (two crossing white-matter fibre populations on the MNI152 "
+                        "anatomy, HCP MGH protocol, FSL bval/bvec sidecars, WM mask, ground truth) to <out>/dwi")
+    p.add_argument("--dwi-subsample", type=int, default=1,
+                   help="keep every k-th volume of each shell of the DWI protocol (1: all 552; 4: 138)")
     return p
 
 
@@ -38,12 +43,20 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     if args.downsample < 1:
         print("error: --downsample must be >= 1", file=sys.stderr)
         return 2
+    if getattr(args, "dwi_subsample", 1) < 1:
+        print("error: --dwi-subsample must be >= 1", file=sys.stderr)
+        return 2
     path = write_dataset(args.out, n_cases=args.cases, seed=args.seed, downsample=args.downsample,
                          n_test=args.n_test, progress=not args.quiet)
     root = path.parent.resolve()
     print(f"wrote {args.cases - args.n_test} training + {args.n_test} test cases "
           f"({args.downsample} mm) to {root}")
     print(f"dataset.json: {path.resolve()}")
+    if getattr(args, "dwi", False):
+        from .data.diffusion import hcp_mgh_protocol, write_dwi_phantom
+
+        paths = write_dwi_phantom(Path(args.out) / "dwi", hcp_mgh_protocol(args.dwi_subsample), seed=args.seed)
+        print(f"DWI phantom: {paths['dwi'].resolve()} (+ .bval, .bvec, _mask, _truth_*)")
     return 0
 
 

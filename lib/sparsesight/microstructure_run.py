@@ -1,0 +1,381 @@
+"""Microstructure maps of a DWI volume: the runner of the `microstructure` infer task (predict_file, run_bundle)
+and the per-volume helpers (loading with the gradient table, mask, CSD peaks, protocol checks).
+
+Inputs: a 4D NIfTI (X, Y, Z, volumes) with its gradient table as options (`bvals` list, `bvecs` 3 x M or M x 3
+list) or as FSL sidecars next to the image (`<stem>.bval`, `<stem>.bvec`, `<stem>` = file name without
+.nii/.nii.gz); an optional mask (`<stem>_mask.nii.gz` next to it, or the datastore label of tag "mask"; the
+`mask` option false uses every voxel with signal, and without a mask the b=0 signal is thresholded).
+Orientations: DIPY's constrained spherical deconvolution peaks (Tournier et al. 2007, as the paper), two per
+voxel; a voxel with one peak gets the same orientation twice.
+"""
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import BundleWriter
+from .data import diffusion as dif
+from .data.io import _read
+from .errors import InvalidInput
+from .models import microstructure as ms
+
+MAP_NAMES = ("nu_1", "r_1", "f_1", "nu_2", "r_2", "f_2")
+#: every output the bundle can hold; "tsne" (t-SNE of the hybrid's activations, slow) only when asked for
+BUNDLE_OUTPUTS = ("maps", "free_water", "peaks", "sparsity", "residual", "nnls_maps", "weights", "weights_plot",
+                  "preview", "tsne")
+DEFAULT_OUTPUTS = tuple(o for o in BUNDLE_OUTPUTS if o != "tsne")
+SHELL_TOL = 100.0  # s/mm²
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def stem(path) -> Path:
+    p = Path(path)
+    name = p.name
+    for suf in (".nii.gz", ".nii"):
+        if name.endswith(suf):
+            return p.with_name(name[: -len(suf)])
+    return p.with_suffix("")
+
+
+def sidecars(image_path) -> dict:
+    """The FSL sidecars and mask of an image, those that exist: `<stem>.bval`, `<stem>.bvec` next to it; the mask
+    as `<stem>_mask.nii.gz` next to it or as the datastore label of tag "mask" (`labels/mask/<stem>.nii.gz`,
+    saved with PUT /datastore/label?tag=mask)."""
+    s = stem(image_path)
+    found = {}
+    candidates = (("bval", Path(f"{s}.bval")), ("bvec", Path(f"{s}.bvec")), ("mask", Path(f"{s}_mask.nii.gz")),
+                  ("mask", s.parent / "labels" / "mask" / f"{s.name}.nii.gz"))
+    for key, path in candidates:
+        if key not in found and path.is_file():
+            found[key] = path
+    return found
+
+
+def _floats(value, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"'{what}' must be a list of numbers") from None
+    return arr
+
+
+def gradient_table(image_path, bvals=None, bvecs=None, big_delta=None, small_delta=None,
+                   default: dif.Protocol | None = None) -> dif.Protocol:
+    """The protocol from options, else from sidecars; timing (ms in options) defaults to `default`'s."""
+    default = default or dif.hcp_mgh_protocol(40)
+    try:
+        bd = float(big_delta) * 1e-3 if big_delta is not None else default.big_delta
+        sd = float(small_delta) * 1e-3 if small_delta is not None else default.small_delta
+    except (TypeError, ValueError):
+        raise InvalidInput("'big_delta' and 'small_delta' are pulse timings in ms") from None
+    if (bvals is None) != (bvecs is None):
+        raise InvalidInput("give both 'bvals' and 'bvecs' (or neither, to use the <image>.bval/.bvec sidecars)")
+    if bvals is not None:
+        return dif.Protocol(_floats(bvals, "bvals"), _floats(bvecs, "bvecs"), bd, sd, "request")
+    side = sidecars(image_path)
+    if "bval" not in side or "bvec" not in side:
+        raise InvalidInput("no gradient table: give 'bvals' and 'bvecs' as infer options, or store the FSL files "
+                           f"{stem(image_path).name}.bval and {stem(image_path).name}.bvec next to the image")
+    return dif.read_bvals_bvecs(side["bval"], side["bvec"], bd, sd)
+
+
+def load_dwi(image_path, bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
+             default_protocol: dif.Protocol | None = None):
+    """(data (X, Y, Z, M) float32, affine, Protocol, mask (X, Y, Z) bool) with every check of the inputs."""
+    data, affine = _read(image_path, "image")
+    if data.ndim != 4:
+        raise InvalidInput(f"a DWI must be a 4D image (X, Y, Z, volumes); got shape {tuple(data.shape)}")
+    protocol = gradient_table(image_path, bvals, bvecs, big_delta, small_delta, default_protocol)
+    dif.check_gradients(protocol.bvals, protocol.bvecs, n_volumes=data.shape[3])
+    data = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise InvalidInput(f"the DWI has {int((~np.isfinite(data)).sum())} NaN/Inf values; replace them first")
+    s0 = data[..., protocol.b0_mask].mean(-1)
+    if isinstance(mask, (str, Path)):
+        mask = np.asarray(_read(mask, "mask")[0])
+    if isinstance(mask, np.ndarray) and mask.ndim > 0:
+        if mask.shape[:3] != data.shape[:3]:
+            raise InvalidInput(f"mask shape {tuple(mask.shape)} differs from the DWI's {tuple(data.shape[:3])}")
+        m = mask.reshape(data.shape[:3]) > 0
+    elif mask is None and "mask" in sidecars(image_path):
+        m = np.asarray(_read(sidecars(image_path)["mask"], "mask")[0]).reshape(-1)
+        if m.size != int(np.prod(data.shape[:3])):
+            raise InvalidInput("the mask sidecar's shape differs from the DWI's")
+        m = m.reshape(data.shape[:3]) > 0
+    else:  # no mask: voxels with a b=0 signal above a fifth of its robust maximum
+        m = s0 > 0.2 * np.percentile(s0[s0 > 0], 99) if (s0 > 0).any() else np.zeros(s0.shape, bool)
+    m &= s0 > 0
+    if not m.any():
+        raise InvalidInput("the mask selects no voxel with a positive b=0 signal")
+    return data, affine, protocol, m
+
+
+def check_protocol(model: ms.Microstructure, protocol: dif.Protocol, method: str) -> None:
+    """Refuse a protocol the method cannot use: the MLP needs the trained protocol itself, the hybrid its
+    shells (its networks read NNLS weights, which do not depend on the directions, the paper's Section 5)."""
+    trained = model.protocol
+    if method == "fingerprinting":
+        return
+    shells, tshells = protocol.shells(SHELL_TOL), trained.shells(SHELL_TOL)
+    if method == "hybrid":
+        if len(shells) != len(tshells) or not np.allclose(shells, tshells):
+            raise InvalidInput(
+                f"protocol too different from the trained one: shells {shells.tolist()} s/mm², the hybrid was "
+                f"trained on {tshells.tolist()}; train it for this protocol (POST /train/microstructure with this "
+                f"image) or use method=fingerprinting")
+        return
+    if protocol.m != trained.m:
+        raise InvalidInput(f"protocol too different from the trained one: {protocol.m} volumes, the MLP was trained "
+                           f"on {trained.m}; train it for this protocol or use method=hybrid/fingerprinting")
+    db = np.abs(protocol.bvals - trained.bvals)
+    if (db > np.maximum(SHELL_TOL, 0.05 * trained.bvals)).any():
+        raise InvalidInput(f"protocol too different from the trained one: b-values differ by up to {db.max():.0f} "
+                           f"s/mm² (volume {int(db.argmax())}); the MLP reads the volumes in the trained order")
+    dw = protocol.bvals > dif.B0_THRESHOLD
+    cos = np.abs((protocol.bvecs[dw] * trained.bvecs[dw]).sum(1))
+    if (cos < np.cos(np.deg2rad(10))).any():
+        raise InvalidInput("protocol too different from the trained one: gradient directions differ by more than "
+                           "10 degrees; train the MLP for this protocol or use method=hybrid/fingerprinting")
+
+
+# ------------------------------------------------------------------------------------------------ orientations
+def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks: int = 2):
+    """Two fibre orientations per voxel from DIPY's CSD (Tournier et al. 2007) on the shell closest to
+    b = 3000 s/mm², peaks sorted by amplitude. Returns (u (X, Y, Z, 2, 3), number of peaks (X, Y, Z))."""
+    from dipy.data import default_sphere
+    from dipy.direction import peaks_from_model
+    from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, auto_response_ssst
+
+    shells = protocol.shells(SHELL_TOL)
+    dw = shells[shells > dif.B0_THRESHOLD]
+    b = dw[np.argmin(np.abs(dw - 3000.0))]
+    sel = protocol.b0_mask | (np.abs(protocol.bvals - b) < SHELL_TOL)
+    sub = protocol.subset(np.nonzero(sel)[0])
+    gtab = sub.gtab()
+    d = data[..., sel]
+    n_dir = int((~sub.b0_mask).sum())
+    order = max(2, min(8, int((np.sqrt(8 * n_dir + 1) - 3) / 2) // 2 * 2))  # (L+1)(L+2)/2 <= directions
+    response = None
+    try:
+        response, ratio = auto_response_ssst(gtab, d * mask[..., None], roi_radii=max(2, min(d.shape[:3]) // 2),
+                                             fa_thr=0.5)
+        if not np.isfinite(response[0]).all() or response[1] <= 0:
+            response = None
+    except (ValueError, IndexError, ZeroDivisionError, np.linalg.LinAlgError):
+        response = None
+    if response is None:  # a single fibre of the model: D = 2e-9 along, a tortuous 0.6e-9 across
+        response = (np.array([2.0e-3, 0.35e-3, 0.35e-3]), float(np.median(d[mask][:, sub.b0_mask])))
+    with warnings.catch_warnings():  # DIPY's CSD uses its legacy SH basis internally (a pending deprecation)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        csd = ConstrainedSphericalDeconvModel(gtab, response, sh_order_max=order)
+        pk = peaks_from_model(csd, d, default_sphere, relative_peak_threshold=0.3, min_separation_angle=25,
+                              mask=mask, npeaks=npeaks, return_sh=False, legacy=False)
+    u = np.asarray(pk.peak_dirs, dtype=np.float64)[..., :2, :]
+    n = (np.linalg.norm(u, axis=-1) > 0.5).sum(-1)
+    one = n <= 1
+    u[..., 1, :] = np.where(one[..., None], u[..., 0, :], u[..., 1, :])
+    u[mask & (n == 0)] = np.array([1.0, 0.0, 0.0])
+    return u, n.astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ maps
+def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray,
+             method: str = "hybrid", orientations: np.ndarray | None = None, device="cpu",
+             interpret: bool = False, log=print) -> dict:
+    """Parameter maps of the masked voxels: {"nu", "r", "f" (X, Y, Z, 2), "nu_fw", "sparsity", "residual",
+    "peaks" (X, Y, Z, 2, 3), "n_peaks"} (+ "w", "voxels", "activations" for the hybrid with interpret)."""
+    if method not in ms.METHODS:
+        raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(ms.METHODS)}")
+    check_protocol(model, protocol, method)
+    shape = data.shape[:3]
+    idx = np.nonzero(mask)
+    y = dif.normalise_s0(data[idx].astype(np.float64), protocol)
+    t0 = time.time()
+    if orientations is None:
+        peaks, n_peaks = csd_peaks(data, protocol, mask)
+        log(f"microstructure: CSD peaks of {len(y)} voxels in {time.time() - t0:.1f} s")
+    else:
+        peaks = np.asarray(orientations, dtype=np.float64).reshape(shape + (2, 3))
+        n_peaks = np.full(shape, 2, np.uint8)
+    u = peaks[idx]
+    step = max(1, len(y) // 10)
+    last = [0]
+
+    def progress(done, total):
+        if done - last[0] >= step or done == total:
+            last[0] = done
+            log(f"microstructure: {method} {done}/{total} voxels ({time.time() - t0:.1f} s)")
+
+    acts: dict | None = {} if (interpret and method != "fingerprinting") else None
+    est = ms.estimate(model, y, u, method, protocol=protocol, device=device, activations=acts, progress=progress)
+    out = {"peaks": peaks.astype(np.float32), "n_peaks": n_peaks, "seconds": est["seconds"], "voxels": idx,
+           "method": method}
+    for p in ms.PARAMS:
+        vol = np.zeros(shape + (ms.K,), np.float32)
+        vol[idx] = est[p]
+        out[p] = vol
+    for p in ("nu_fw", "residual", "sparsity"):
+        if p in est:
+            vol = np.zeros(shape, np.float32)
+            vol[idx] = est[p]
+            out[p] = vol
+    if "w" in est:
+        out["w"] = est["w"]
+        wp = ms.weighted_atom_parameters(model, est["w"])
+        for p in ("r", "f"):
+            vol = np.zeros(shape + (ms.K,), np.float32)
+            vol[idx] = wp[p]
+            out[f"nnls_{p}"] = vol
+    if "j" in est:
+        out["j"], out["w_pair"] = est["j"], est["w_pair"]
+    if acts:
+        out["activations"] = {k: v.cpu().numpy() for k, v in acts.items()}
+    log(f"microstructure: {method} on {len(y)} voxels in {est['seconds']:.2f} s "
+        f"({1e3 * est['seconds'] / max(len(y), 1):.3f} ms/voxel)")
+    return out
+
+
+def stacked(maps: dict) -> np.ndarray:
+    """(X, Y, Z, 6) float32: ν_1, r_1, f_1, ν_2, r_2, f_2 (the plain infer output)."""
+    return np.stack([maps[p][..., k] for k in range(ms.K) for p in ms.PARAMS], -1).astype(np.float32)
+
+
+def _options(method, mask):
+    """Validated request options: method name; mask None/true (sidecar or b=0 threshold), false (every voxel
+    with signal) or an array (library callers)."""
+    if not isinstance(method, str) or method not in ms.METHODS:
+        raise InvalidInput(f"'method' must be one of {', '.join(ms.METHODS)}; got {method!r}")
+    if isinstance(mask, str) and mask.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        mask = mask.strip().lower() in ("true", "1", "yes")
+    if isinstance(mask, bool):
+        mask = None if mask else np.bool_(False)
+    elif mask is not None and not isinstance(mask, np.ndarray):
+        raise InvalidInput("'mask' is true or false; a mask image goes next to the DWI as <stem>_mask.nii.gz")
+    return method, mask
+
+
+def _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta):
+    if isinstance(mask, np.bool_):  # mask=false: the whole volume with signal
+        data, affine, protocol, m = load_dwi(image_path, bvals, bvecs, None, big_delta, small_delta, model.protocol)
+        return data, affine, protocol, data[..., protocol.b0_mask].mean(-1) > 0
+    return load_dwi(image_path, bvals, bvecs, mask, big_delta, small_delta, model.protocol)
+
+
+def predict_file(model, image_path, device="cpu", method: str = "hybrid", bvals=None, bvecs=None, mask=None,
+                 big_delta=None, small_delta=None, log=print):
+    """(X, Y, Z, 6) maps ν_1, r_1 (µm), f_1, ν_2, r_2, f_2 and the affine of a DWI file (the infer task's call)."""
+    method, mask = _options(method, mask)
+    data, affine, protocol, m = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta)
+    return stacked(fit_maps(model, data, protocol, m, method, device=device, log=log)), affine
+
+
+def _preview_png(maps: dict, method: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = maps["nu"].shape[2] // 2
+    panels = [(f"ν_{k + 1}", maps["nu"][..., z, k], (0, 1)) for k in range(ms.K)]
+    panels += [(f"r_{k + 1} (µm)", maps["r"][..., z, k], (0, 7)) for k in range(ms.K)]
+    panels += [(f"f_{k + 1}", maps["f"][..., z, k], (0, 1)) for k in range(ms.K)]
+    if "sparsity" in maps:
+        panels.append(("|w|_0", maps["sparsity"][..., z], None))
+    if "residual" in maps:
+        panels.append(("residual (rel. RMS)", maps["residual"][..., z], None))
+    u = np.abs(maps["peaks"][..., z, 0, :]) * maps["nu"][..., z, :1]
+    fig, axes = plt.subplots(2, (len(panels) + 2) // 2, figsize=(2.6 * ((len(panels) + 2) // 2), 5.2))
+    axes = axes.ravel()
+    for ax, (title, img, rng) in zip(axes, panels):
+        im = ax.imshow(np.rot90(img), cmap="viridis", vmin=None if rng is None else rng[0],
+                       vmax=None if rng is None else rng[1])
+        ax.set_title(title, fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    axes[len(panels)].imshow(np.rot90(np.clip(u / max(float(u.max()), 1e-6), 0, 1)))
+    axes[len(panels)].set_title("peak 1 (RGB x ν_1)", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"microstructure, {method}, axial slice {z}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
+               method: str = "hybrid", bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
+               log=print) -> Path:
+    """Maps and their interpretation as a result bundle (DESIGN.md). `outputs` from BUNDLE_OUTPUTS (None: all
+    but "tsne"): maps (nu|r|f/<population>), free_water, peaks (peak/<k>/x|y|z, n_peaks), sparsity (|w|_0),
+    residual, nnls_maps (weight-averaged r, f of the chosen fingerprints), weights (table of the chosen
+    fingerprints per voxel), weights_plot, preview, tsne (hybrid's split/joint activations, Fig. 4)."""
+    wanted = list(DEFAULT_OUTPUTS) if outputs is None else list(outputs)
+    unknown = sorted(set(wanted) - set(BUNDLE_OUTPUTS))
+    if unknown:
+        raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)}")
+    method, mask = _options(method, mask)
+    data, affine, protocol, m = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta)
+    maps = fit_maps(model, data, protocol, m, method, device=device, interpret="tsne" in wanted, log=log)
+    w = BundleWriter(name, version, image_id, affine, data.shape[:3], method=method,
+                     protocol={"volumes": protocol.m, "shells": protocol.shells(SHELL_TOL).tolist()},
+                     seconds=round(float(maps["seconds"]), 3), voxels=int(m.sum()))
+    units = {"nu": "volume fraction", "r": "axon radius index (µm)", "f": "intra-axonal fraction"}
+    if "maps" in wanted:
+        for k in range(ms.K):
+            for p in ms.PARAMS:
+                w.add_volume(f"{p}/{k + 1}", maps[p][..., k], colormap="viridis",
+                             description=f"{units[p]} of population {k + 1} ({method})")
+    if "free_water" in wanted and "nu_fw" in maps:
+        w.add_volume("nu/free_water", maps["nu_fw"], description="free-water share of the dictionary weights")
+    if "peaks" in wanted:
+        for k in range(ms.K):
+            for c, axis in enumerate("xyz"):
+                w.add_volume(f"peak/{k + 1}/{axis}", maps["peaks"][..., k, c],
+                             description=f"orientation u_{k + 1} (CSD peak), {axis} component")
+        w.add_volume("n_peaks", maps["n_peaks"], kind="labelmap", classes={1: "one peak", 2: "two peaks"})
+    if "sparsity" in wanted and "sparsity" in maps:
+        w.add_volume("sparsity", maps["sparsity"], description="|w|_0: fingerprints with non-zero weight")
+    if "residual" in wanted and "residual" in maps:
+        w.add_volume("residual", maps["residual"], description="||y - D w|| / ||y|| (relative RMS)")
+    if "nnls_maps" in wanted and "nnls_r" in maps:
+        for k in range(ms.K):
+            w.add_volume(f"nnls/r/{k + 1}", maps["nnls_r"][..., k],
+                         description="weight-averaged r of the fingerprints NNLS chose (first stage alone)")
+            w.add_volume(f"nnls/f/{k + 1}", maps["nnls_f"][..., k],
+                         description="weight-averaged f of the fingerprints NNLS chose (first stage alone)")
+    vox = np.stack(maps["voxels"], 1)
+    if "weights" in wanted:
+        rows = []
+        if "w" in maps:
+            for v, chosen in enumerate(ms.chosen_fingerprints(model, maps["w"])):
+                for c in chosen:
+                    rows.append({"i": int(vox[v, 0]), "j": int(vox[v, 1]), "k": int(vox[v, 2]), **c})
+        elif "j" in maps:
+            for v in range(len(vox)):
+                for k in range(ms.K):
+                    a = int(maps["j"][v, k])
+                    rows.append({"i": int(vox[v, 0]), "j": int(vox[v, 1]), "k": int(vox[v, 2]), "population": k + 1,
+                                 "r_um": float(model.grid.r_of_atom[a]), "f": float(model.grid.f_of_atom[a]),
+                                 "atom": k * model.grid.n + a, "weight": float(maps["w_pair"][v, k])})
+        if rows:
+            w.add_table("weights", rows, description="chosen fingerprints per voxel (voxel i, j, k; population, r, "
+                                                     "f, weight); NNLS weights under 1% of the voxel's total omitted")
+    if "weights_plot" in wanted and "w" in maps:
+        pick = np.linspace(0, len(vox) - 1, min(4, len(vox))).astype(int)
+        w.add_plot("weights_plot", ms.weights_png(model, maps["w"][pick],
+                                                  titles=[f"voxel {tuple(vox[p])}" for p in pick]))
+    if "preview" in wanted:
+        w.add_plot("preview", _preview_png(maps, method))
+    if "tsne" in wanted and maps.get("activations"):
+        acts = maps["activations"]
+        layers = [k for k in acts if k.endswith("layer1")][:1] + [k for k in ("split/last",) if k in acts]
+        layers += [k for k in acts if k.startswith(("joint", "mlp"))][-1:]
+        sel = maps["voxels"]
+        colour = {"ν_1": maps["nu"][sel][:, 0], "r_1": maps["r"][sel][:, 0], "f_1": maps["f"][sel][:, 0]}
+        w.add_plot("tsne", ms.tsne_png(acts, colour, layers, max_points=800))
+    return w.write(out_path)

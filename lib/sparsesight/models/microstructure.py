@@ -1,0 +1,557 @@
+"""White-matter microstructure from DW-MRI (Rensonnet, Adam & Macq, ICML IMLH 2021, seed 002).
+
+Per voxel, K = 2 crossing axon populations with orientations u_k (pre-estimated, or given), volume fractions
+ν_k, axon radius index r_k and intra-axonal fraction f_k; plus a free-water atom. Three estimators:
+
+- fingerprinting (Section 3.2, eqs. 3-4): the best of N_1·N_2 small NNLS problems, one fingerprint per
+  sub-dictionary C^k (and the free-water atom);
+- fully-learned (Section 3.3, Fig. 2b): an MLP from the normalised signal y to (ν, r, f);
+- hybrid (Section 3.4, Fig. 2a): one NNLS over the whole dictionary D = [C^1 C^2 fw] (eq. 5), then split MLPs,
+  one per sub-vector w_k, and a joint MLP on their concatenation.
+
+The dictionary for the orientations of a voxel is never built atom by atom: every fingerprint is
+f · intra(r) + (1 - f) · extra(f) (data/diffusion.py), so D = Φ S with a small basis Φ (the 34 intra- and 23
+extra-axonal signals per population and free water, Q = 115 columns at the paper's grid) and a fixed 2-sparse
+S. NNLS and fingerprinting work on Φ^T Φ and Φ^T y only (ops/nnls.FactoredGram).
+
+The nn.Module `Microstructure` holds the two networks and the dictionary's definition (protocol, (r, f) grid);
+`estimate(model, y, u, method)` runs any method; `interpret(...)` gives the named outputs (NNLS weights and the
+(r, f) of the chosen fingerprints, sparsity |w|_0, residual, activations of the split/joint layers).
+"""
+from __future__ import annotations
+
+import io
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import diffusion as dif
+from ..errors import InvalidInput
+from ..ops.nnls import FactoredGram, nnls_gram, nnls_small
+
+K = 2  # axon populations per voxel
+METHODS = ("fingerprinting", "mlp", "hybrid")
+PARAMS = ("nu", "r", "f")
+R_SCALE = 7.0  # µm: network targets are r / R_SCALE, ν and f as they are
+
+
+def default_config() -> dict:
+    """The paper's dictionary (HCP MGH protocol, N = 782 per population) and networks sized for a CPU
+    (the paper's: 3,600 / 1,700 hidden units, 3e6 / 4.6e5 parameters, Table 1)."""
+    return {
+        "protocol": dif.hcp_mgh_protocol().to_config(),
+        "grid": dif.paper_grid().to_config(),
+        "free_water": True,
+        "mlp_hidden": [512, 256, 256],
+        "split_hidden": [256, 128],
+        "joint_hidden": [256, 128],
+        "dropout_mlp": 0.05,  # Table 1
+        "dropout_hybrid": 0.1,  # Table 1
+    }
+
+
+def _mlp(sizes: list[int], dropout: float, last_relu: bool = True) -> nn.Sequential:
+    """fc -> ReLU -> Dropout per layer (Fig. 2: ReLU after every fc layer; dropout in every layer, Section 3.3)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if last_relu or i < len(sizes) - 2:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class FullyLearnedMLP(nn.Module):
+    """Fig. 2b: y (M) -> hidden fc layers -> (ν_k, r_k, f_k) for k = 1..K."""
+
+    def __init__(self, m: int, hidden: list[int], dropout: float):
+        super().__init__()
+        self.body = _mlp([m, *hidden], dropout)
+        self.head = nn.Linear(hidden[-1], 3 * K)
+
+    def forward(self, y, activations: dict | None = None):
+        h = y
+        for i, layer in enumerate(self.body):
+            h = layer(h)
+            if activations is not None and isinstance(layer, nn.ReLU):
+                activations[f"mlp/layer{i // 3 + 1}"] = h.detach()
+        return self.head(h)
+
+
+class HybridNet(nn.Module):
+    """Fig. 2a: NNLS weights w = [w_1 .. w_K, w_fw] -> split MLP per w_k (independent branches) -> joint MLP on
+    the concatenated branch outputs (and w_fw) -> (ν_k, r_k, f_k)."""
+
+    def __init__(self, n: int, split_hidden: list[int], joint_hidden: list[int], dropout: float,
+                 free_water: bool):
+        super().__init__()
+        self.n = n
+        self.free_water = free_water
+        self.split = nn.ModuleList([_mlp([n, *split_hidden], dropout) for _ in range(K)])
+        self.joint = _mlp([K * split_hidden[-1] + int(free_water), *joint_hidden], dropout)
+        self.head = nn.Linear(joint_hidden[-1], 3 * K)
+
+    def forward(self, w, activations: dict | None = None):
+        hs = []
+        for k, branch in enumerate(self.split):
+            h = w[:, k * self.n:(k + 1) * self.n]
+            relu = 0
+            for layer in branch:
+                h = layer(h)
+                if activations is not None and isinstance(layer, nn.ReLU):
+                    relu += 1
+                    activations[f"split{k + 1}/layer{relu}"] = h.detach()
+            hs.append(h)
+        if activations is not None:
+            activations["split/last"] = torch.cat(hs, 1).detach()
+        h = torch.cat(hs + ([w[:, K * self.n:]] if self.free_water else []), 1)
+        relu = 0
+        for layer in self.joint:
+            h = layer(h)
+            if activations is not None and isinstance(layer, nn.ReLU):
+                relu += 1
+                activations[f"joint/layer{relu}"] = h.detach()
+        return self.head(h)
+
+
+class Microstructure(nn.Module):
+    """Both networks plus the dictionary's definition; built by name from its config (sparsesight.models)."""
+
+    def __init__(self, protocol: dict | None = None, grid: dict | None = None, free_water: bool = True,
+                 mlp_hidden=(512, 256, 256), split_hidden=(256, 128), joint_hidden=(256, 128),
+                 dropout_mlp: float = 0.05, dropout_hybrid: float = 0.1):
+        super().__init__()
+        self.protocol = dif.Protocol.from_config(protocol) if protocol else dif.hcp_mgh_protocol()
+        g = grid or dif.paper_grid().to_config()
+        self.grid = dif.Grid(tuple(g["radii_um"]), tuple(g["fractions"]))
+        self.free_water = bool(free_water)
+        self.config = {"protocol": self.protocol.to_config(), "grid": self.grid.to_config(),
+                       "free_water": self.free_water, "mlp_hidden": list(mlp_hidden),
+                       "split_hidden": list(split_hidden), "joint_hidden": list(joint_hidden),
+                       "dropout_mlp": dropout_mlp, "dropout_hybrid": dropout_hybrid}
+        self.mlp = FullyLearnedMLP(self.protocol.m, list(mlp_hidden), dropout_mlp)
+        self.hybrid = HybridNet(self.grid.n, list(split_hidden), list(joint_hidden), dropout_hybrid, self.free_water)
+        self._cache: dict = {}
+
+    @property
+    def n_atoms(self) -> int:
+        return K * self.grid.n + int(self.free_water)
+
+    def interpret(self, y: np.ndarray, u: np.ndarray, device="cpu") -> dict:
+        """The hybrid's named interpretable outputs for voxels y (B, M) with orientations u (B, K, 3): see the
+        module function `interpret`."""
+        return interpret(self, y, u, device)
+
+    def atom_table(self) -> list[dict]:
+        """(population, r, f) of every column of D (the free-water atom last)."""
+        rows = [{"population": k + 1, "r_um": float(r), "f": float(f)}
+                for k in range(K) for r, f in zip(self.grid.r_of_atom, self.grid.f_of_atom)]
+        if self.free_water:
+            rows.append({"population": "free water", "r_um": None, "f": None})
+        return rows
+
+
+# ------------------------------------------------------------------------------------------------ dictionary
+def basis_layout(grid: dif.Grid, free_water: bool) -> dict:
+    """Columns of Φ = [I_1 E_1 I_2 E_2 (fw)] and the 2-sparse S with D = Φ S: atom (k, r_i, f_j) is
+    f_j · I_k[:, i] + (1 - f_j) · E_k[:, j]."""
+    nr, nf = len(grid.radii_um), len(grid.fractions)
+    ir = np.repeat(np.arange(nr), nf)
+    jf = np.tile(np.arange(nf), nr)
+    fv = np.asarray(grid.fractions, dtype=np.float64)[jf]
+    ia, ib, ca, cb = [], [], [], []
+    for k in range(K):
+        off = k * (nr + nf)
+        ia.append(off + ir)
+        ib.append(off + nr + jf)
+        ca.append(fv)
+        cb.append(1 - fv)
+    q = K * (nr + nf)
+    if free_water:
+        ia.append(np.array([q]))
+        ib.append(np.array([q]))
+        ca.append(np.array([1.0]))
+        cb.append(np.array([0.0]))
+        q += 1
+    return {"ia": np.concatenate(ia), "ib": np.concatenate(ib), "ca": np.concatenate(ca),
+            "cb": np.concatenate(cb), "q": q}
+
+
+def basis(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: bool = True,
+          log_perp: np.ndarray | None = None) -> torch.Tensor:
+    """Φ for each voxel's orientations u (B, K, 3): (B, M, Q) float64, columns as in basis_layout."""
+    u = np.asarray(u, dtype=np.float64)
+    u = u / np.maximum(np.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
+    lp = dif.intra_log_perp_table(protocol, grid.radii_um) if log_perp is None else log_perp
+    cols = []
+    for k in range(K):
+        c2 = dif.cos2_angles(protocol, u[:, k])  # (B, M)
+        cols.append(dif.intra_signal(protocol, c2, lp))
+        cols.append(dif.extra_signal(protocol, c2, grid.fractions))
+    if free_water:
+        cols.append(np.broadcast_to(dif.free_water_signal(protocol)[None, :, None], (len(u), protocol.m, 1)))
+    return torch.from_numpy(np.concatenate(cols, 2))
+
+
+def _problem(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: dif.Protocol | None = None):
+    """(FactoredGram of D^T D, Φ^T y, ||y||², Φ) for a batch of voxels."""
+    protocol = protocol or model.protocol
+    key = ("lp", protocol.m, float(protocol.bvals.sum()), protocol.big_delta, protocol.small_delta)
+    if key not in model._cache:
+        model._cache.clear()
+        model._cache[key] = dif.intra_log_perp_table(protocol, model.grid.radii_um)
+    phi = basis(protocol, model.grid, u, model.free_water, model._cache[key])
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    lay = basis_layout(model.grid, model.free_water)
+    h = phi.transpose(1, 2) @ phi
+    return FactoredGram(h, lay["ia"], lay["ca"], lay["ib"], lay["cb"]), (yt[:, None] @ phi)[:, 0], (yt * yt).sum(1), phi
+
+
+def nnls_weights(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: dif.Protocol | None = None,
+                 chunk: int = 2048, progress: Callable[[int, int], None] | None = None) -> dict:
+    """First stage of the hybrid (eq. 5): ŵ = argmin_{w >= 0} ||y - D w||² over the whole dictionary, per voxel.
+
+    y (B, M) normalised signals, u (B, K, 3). Returns {"w" (B, N_tot) float32, "residual" (B,) relative RMS
+    ||y - D ŵ|| / ||y||, "sparsity" (B,) |ŵ|_0}.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    out_w = np.zeros((len(y), model.n_atoms), dtype=np.float32)
+    res = np.zeros(len(y), dtype=np.float32)
+    for s in range(0, len(y), chunk):
+        e = min(s + chunk, len(y))
+        op, aty, yy, phi = _problem(model, y[s:e], u[s:e], protocol)
+        w, _ = nnls_gram(op, op.apply_st(aty[..., None])[..., 0])
+        nz = w > 0
+        # residual through the basis: ||y - Φ S w||
+        coef = op.basis_coefficients(*_sparse(w, nz))
+        r = torch.as_tensor(y[s:e]) - (phi @ coef[..., None])[..., 0]
+        res[s:e] = (r.norm(dim=1) / yy.sqrt().clamp_min(1e-12)).numpy()
+        out_w[s:e] = w.numpy()
+        if progress is not None:
+            progress(e, len(y))
+    return {"w": out_w, "residual": res, "sparsity": (out_w > 0).sum(1).astype(np.int32)}
+
+
+def _sparse(w: torch.Tensor, nz: torch.Tensor):
+    p = max(int(nz.sum(1).max()), 1)
+    order = torch.argsort((~nz).to(torch.int8), dim=1, stable=True)[:, :p]
+    val = torch.gather(w, 1, order) * torch.gather(nz, 1, order)
+    return order, val
+
+
+def fingerprint(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: dif.Protocol | None = None,
+                max_pairs: int = 4_000_000, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Dictionary fingerprinting (eqs. 3-4): for every pair (j_1, j_2) of fingerprints of C^1 and C^2 (plus the
+    free-water atom) solve the K(+1)-variable NNLS exactly and keep the pair of smallest residual.
+
+    Returns {"j" (B, K) chosen atoms, "w" (B, K+fw) their weights, "residual" (B,) relative RMS}.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = model.grid.n
+    lay = basis_layout(model.grid, model.free_water)
+    per = max(1, max_pairs // (n * n))
+    j_out = np.zeros((len(y), K), dtype=np.int64)
+    w_out = np.zeros((len(y), K + int(model.free_water)), dtype=np.float64)
+    res = np.zeros(len(y), dtype=np.float32)
+    for s in range(0, len(y), per):
+        e = min(s + per, len(y))
+        op, aty, yy, _ = _problem(model, y[s:e], u[s:e], protocol)
+        b = op.apply_st(aty[..., None])[..., 0]  # D^T y (B, N_tot)
+        h = op.h
+        q2 = lay["q"] - int(model.free_water)  # basis columns of the populations
+        # D^T D restricted to the blocks that eq. 4 needs: <A_j1, A_j2>, ||A_j||², <A_j, fw>
+        st_h = op.apply_st(h)  # (B, N_tot, Q) = S^T H
+        cross = op.apply_st(st_h[:, :n].transpose(1, 2))  # (B, N_tot, n) = S^T H S[:, pop1]
+        g12 = cross[:, n:2 * n].transpose(1, 2)  # (B, n, n): rows pop1, cols pop2
+        diag = _gram_diag(op, h)
+        g11, g22 = diag[:, :n], diag[:, n:2 * n]
+        kk = K + int(model.free_water)
+        bsz = e - s
+        # the Gram and A^T y of every pair as broadcastable (B, n, n) views: nothing of size n² x K² is built
+        g = [[g11[:, :, None], g12], [g12, g22[:, None, :]]]
+        rhs = [b[:, :n, None], b[:, None, n:2 * n]]
+        if model.free_water:
+            fw = st_h[:, :, q2]  # <A_j, fw> (B, N_tot)
+            g[0].append(fw[:, :n, None])
+            g[1].append(fw[:, None, n:2 * n])
+            g.append([g[0][2], g[1][2], h[:, q2, q2][:, None, None]])
+            rhs.append(b[:, 2 * n, None, None])
+        w, r2 = nnls_small(g, rhs, yy[:, None, None])
+        best = r2.reshape(bsz, -1).argmin(1)
+        j_out[s:e, 0] = (best // n).numpy()
+        j_out[s:e, 1] = (best % n).numpy()
+        w_out[s:e] = w.reshape(bsz, n * n, kk)[torch.arange(bsz), best].numpy()
+        res[s:e] = (r2.reshape(bsz, -1)[torch.arange(bsz), best].sqrt() / yy.sqrt().clamp_min(1e-12)).numpy()
+        if progress is not None:
+            progress(e, len(y))
+    return {"j": j_out, "w": w_out, "residual": res}
+
+
+def _gram_diag(op: FactoredGram, h: torch.Tensor) -> torch.Tensor:
+    """||A_j||² = ca² H[ia, ia] + 2 ca cb H[ia, ib] + cb² H[ib, ib] for every atom, (B, N_tot)."""
+    d = torch.diagonal(h, dim1=1, dim2=2)
+    hab = h[:, op.ia, op.ib]
+    return op.ca**2 * d[:, op.ia] + 2 * op.ca * op.cb * hab + op.cb**2 * d[:, op.ib]
+
+
+# ------------------------------------------------------------------------------------------------ estimates
+def targets(nu: np.ndarray, r: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Network targets (B, 3K): (ν_k, r_k / 7 µm, f_k) per population."""
+    return np.stack([nu, r / R_SCALE, f], -1).reshape(len(nu), -1).astype(np.float32)
+
+
+def decode(out: np.ndarray) -> dict:
+    """Network outputs (B, 3K) -> {"nu", "r" (µm), "f"} each (B, K), clipped to the dictionary's ranges."""
+    o = out.reshape(len(out), K, 3)
+    return {"nu": o[..., 0].clip(0, 1), "r": (o[..., 1] * R_SCALE).clip(0.1, 10.0), "f": o[..., 2].clip(0, 1)}
+
+
+def _net_forward(net: nn.Module, x: np.ndarray, device="cpu", chunk: int = 65536,
+                 activations: dict | None = None) -> np.ndarray:
+    net = net.to(device).eval()
+    outs = []
+    with torch.no_grad():
+        for s in range(0, len(x), chunk):
+            xt = torch.as_tensor(x[s:s + chunk], dtype=torch.float32, device=device)
+            outs.append(net(xt, activations).cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 3 * K), np.float32)
+
+
+def estimate(model: Microstructure, y: np.ndarray, u: np.ndarray | None = None, method: str = "hybrid",
+             protocol: dif.Protocol | None = None, device="cpu", activations: dict | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    """(ν_k, r_k, f_k) of each voxel by `method` (fingerprinting | mlp | hybrid).
+
+    y (B, M) signals normalised by their b=0 mean, in the model's protocol (or `protocol`, for the
+    dictionary methods); u (B, K, 3) orientations (not used by the MLP). Returns {"nu", "r", "f"} (B, K) plus,
+    for the dictionary methods, "nu_fw", "residual", "sparsity", and "w" (hybrid: NNLS weights (B, N_tot);
+    fingerprinting: "j" the chosen atoms), "seconds" (wall) and "cpu_seconds" (this process' CPU time).
+    """
+    if method not in METHODS:
+        raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    t0, c0 = time.perf_counter(), time.process_time()
+    y = np.asarray(y, dtype=np.float64)
+    if method != "mlp" and u is None:
+        raise InvalidInput(f"method {method} needs the populations' orientations")
+    if method == "mlp":
+        out = decode(_net_forward(model.mlp, y, device, activations=activations))
+    elif method == "fingerprinting":
+        fp = fingerprint(model, y, u, protocol, progress=progress)
+        w = fp["w"]
+        tot = np.maximum(w.sum(1, keepdims=True), 1e-12)
+        r_atoms, f_atoms = model.grid.r_of_atom, model.grid.f_of_atom
+        out = {"nu": w[:, :K] / tot, "r": r_atoms[fp["j"]], "f": f_atoms[fp["j"]],
+               "nu_fw": (w[:, K] / tot[:, 0]) if model.free_water else np.zeros(len(y)),
+               "residual": fp["residual"], "sparsity": (w > 0).sum(1).astype(np.int32), "j": fp["j"],
+               "w_pair": w}
+    else:
+        nw = nnls_weights(model, y, u, protocol, progress=progress)
+        out = decode(_net_forward(model.hybrid, nw["w"], device, activations=activations))
+        tot = np.maximum(nw["w"].sum(1), 1e-12)
+        out.update({"nu_fw": (nw["w"][:, -1] / tot) if model.free_water else np.zeros(len(y)),
+                    "residual": nw["residual"], "sparsity": nw["sparsity"], "w": nw["w"]})
+    out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = time.process_time() - c0  # CPU time of this process: less inflated by a shared CPU
+    return out
+
+
+def chosen_fingerprints(model: Microstructure, w: np.ndarray, min_share: float = 0.01) -> list[list[dict]]:
+    """Interpretability of the hybrid's first stage: per voxel, the fingerprints with non-zero NNLS weight
+    (at least `min_share` of the voxel's total) and their (population, r, f, weight), largest first."""
+    table = model.atom_table()
+    out = []
+    for row in np.atleast_2d(w):
+        tot = max(float(row.sum()), 1e-12)
+        idx = np.nonzero(row > min_share * tot)[0]
+        idx = idx[np.argsort(-row[idx])]
+        out.append([{**table[j], "atom": int(j), "weight": float(row[j])} for j in idx])
+    return out
+
+
+def weighted_atom_parameters(model: Microstructure, w: np.ndarray) -> dict:
+    """The NNLS weights' own estimates, Σ_j w_j r_j / Σ_j w_j per population (and f likewise): what the
+    first stage alone says, before the networks."""
+    n = model.grid.n
+    out = {}
+    for name, vals in (("r", model.grid.r_of_atom), ("f", model.grid.f_of_atom)):
+        cols = []
+        for k in range(K):
+            wk = w[:, k * n:(k + 1) * n]
+            cols.append((wk * vals).sum(1) / np.maximum(wk.sum(1), 1e-12))
+        out[name] = np.stack(cols, 1)
+    return out
+
+
+def interpret(model: Microstructure, y: np.ndarray, u: np.ndarray, device="cpu") -> dict:
+    """Named interpretable outputs of the hybrid on a batch of voxels:
+
+    "w" (B, N_tot) NNLS weights; "sparsity" (B,) |w|_0; "residual" (B,) relative RMS of y - D w;
+    "weighted_r", "weighted_f" (B, K) weight-averaged (r, f) of the chosen fingerprints; "chosen" the
+    fingerprints per voxel (chosen_fingerprints); "activations" {layer: (B, units)} of the split branches
+    (first and last layer) and the joint MLP (Fig. 4); "nu", "r", "f" the predictions.
+    """
+    acts: dict = {}
+    est = estimate(model, y, u, "hybrid", device=device, activations=acts)
+    wp = weighted_atom_parameters(model, est["w"])
+    return {**est, "weighted_r": wp["r"], "weighted_f": wp["f"], "chosen": chosen_fingerprints(model, est["w"]),
+            "activations": {k: v.cpu().numpy() for k, v in acts.items()}}
+
+
+# ------------------------------------------------------------------------------------------------ training
+def simulate_training_set(model: Microstructure, n: int, snrs=(25, 50, 100), seed: int = 0,
+                          ranges: dif.SimulationRanges | None = None, with_weights: bool = True,
+                          progress: Callable[[str], None] | None = None) -> dict:
+    """n voxels of eq. 2 in the model's protocol, SNR drawn from `snrs` per voxel, ground-truth orientations
+    (as the paper's training), plus their NNLS weights (eq. 5) for the hybrid."""
+    rng = np.random.default_rng(seed)
+    snr_of = rng.choice(np.asarray(snrs, dtype=np.float64), n)
+    parts = []
+    for snr in np.unique(snr_of):
+        m = int((snr_of == snr).sum())
+        parts.append(dif.simulate(model.protocol, m, float(snr), rng, ranges))
+    sim = {k: np.concatenate([p[k] for p in parts]) for k in ("signal", "nu", "r", "f", "nu_fw", "u", "angle")}
+    sim["snr"] = np.concatenate([np.full(len(p["signal"]), p["snr"]) for p in parts])
+    perm = rng.permutation(n)
+    sim = {k: v[perm] for k, v in sim.items()}
+    if with_weights:
+        t0 = time.time()
+
+        def tell(done, total):
+            if progress is not None:
+                progress(f"NNLS weights {done}/{total} ({time.time() - t0:.0f} s)")
+
+        sim["w"] = nnls_weights(model, sim["signal"], sim["u"], progress=tell)["w"]
+    return sim
+
+
+def fit_networks(model: Microstructure, data: dict, epochs: int = 20, batch_size: int = 256, lr: float = 1e-3,
+                 which=("mlp", "hybrid"), device="cpu", seed: int = 0, val_fraction: float = 0.1,
+                 max_minutes: float | None = None, progress: Callable[[dict], None] | None = None) -> dict:
+    """Train the fully-learned MLP on y and the hybrid's networks on ŵ with the MSE of eqs. 3-4's parameters
+    (ν, r / 7 µm, f), Adam (the paper uses Adagrad; Adam converges in fewer CPU epochs), dropout as Table 1.
+    `progress(dict)` after each epoch: {"epoch", "epochs", "<net>_loss", "<net>_val"}. Returns the history."""
+    torch.manual_seed(seed)
+    y_t = targets(data["nu"], data["r"], data["f"])
+    n = len(y_t)
+    n_val = max(1, int(round(val_fraction * n)))
+    idx = np.random.default_rng(seed).permutation(n)
+    tr, va = idx[n_val:], idx[:n_val]
+    inputs = {"mlp": data["signal"].astype(np.float32)}
+    if "hybrid" in which:
+        inputs["hybrid"] = data["w"].astype(np.float32)
+    nets = {name: getattr(model, name).to(device) for name in which}
+    opts = {name: torch.optim.Adam(net.parameters(), lr=lr) for name, net in nets.items()}
+    hist = {"epochs": 0, **{f"{k}_loss": [] for k in which}, **{f"{k}_val": [] for k in which}}
+    t0 = time.time()
+    yt = torch.as_tensor(y_t, device=device)
+    xs = {k: torch.as_tensor(v, device=device) for k, v in inputs.items()}
+    for epoch in range(epochs):
+        perm = torch.as_tensor(np.random.default_rng(seed + epoch).permutation(tr))
+        rec = {"epoch": epoch + 1, "epochs": epochs}
+        for name, net in nets.items():
+            net.train()
+            losses = []
+            for s in range(0, len(perm), batch_size):
+                b = perm[s:s + batch_size]
+                loss = nn.functional.mse_loss(net(xs[name][b]), yt[b])
+                opts[name].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[name].step()
+                losses.append(loss.item())
+            net.eval()
+            with torch.no_grad():
+                val = float(nn.functional.mse_loss(net(xs[name][va]), yt[va]))
+            hist[f"{name}_loss"].append(float(np.mean(losses)))
+            hist[f"{name}_val"].append(val)
+            rec[f"{name}_loss"], rec[f"{name}_val"] = hist[f"{name}_loss"][-1], val
+        hist["epochs"] = epoch + 1
+        rec["seconds"] = time.time() - t0
+        if progress is not None:
+            progress(rec)
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            break
+    hist["seconds"] = time.time() - t0
+    model.eval()
+    return hist
+
+
+def mae(est: dict, truth: dict) -> dict:
+    """Mean absolute errors of ν, r (µm), f over populations and voxels."""
+    return {p: float(np.mean(np.abs(np.asarray(est[p]) - np.asarray(truth[p])))) for p in PARAMS}
+
+
+# ------------------------------------------------------------------------------------------------ t-SNE (Fig. 4)
+def tsne_png(activations: dict, colour: dict, layers: list[str] | None = None, seed: int = 0,
+             max_points: int = 1500) -> bytes:
+    """t-SNE embeddings of layer activations (sklearn.manifold.TSNE), one column per layer, one row per
+    parameter used as colour (e.g. r_1, f_1, ν_1), as in Fig. 4. Returns PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    layers = layers or list(activations)
+    n = len(next(iter(activations.values())))
+    pick = np.random.default_rng(seed).permutation(n)[:max_points]
+    fig, axes = plt.subplots(len(colour), len(layers), figsize=(3.1 * len(layers), 2.8 * len(colour)),
+                             squeeze=False)
+    for c, layer in enumerate(layers):
+        a = np.asarray(activations[layer])[pick]
+        emb = TSNE(n_components=2, init="pca", perplexity=min(30.0, max(5.0, len(a) / 4)),
+                   random_state=seed).fit_transform(a.astype(np.float32))
+        for rrow, (cname, cval) in enumerate(colour.items()):
+            ax = axes[rrow, c]
+            sc = ax.scatter(emb[:, 0], emb[:, 1], c=np.asarray(cval)[pick], s=3, cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if rrow == 0:
+                ax.set_title(layer, fontsize=8)
+            if c == len(layers) - 1:
+                fig.colorbar(sc, ax=ax, fraction=0.046).set_label(cname, fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def weights_png(model: Microstructure, w: np.ndarray, truth: dict | None = None, titles=None) -> bytes:
+    """NNLS weights of a few voxels on the (r, f) grid, one panel per voxel and population (the fingerprints
+    the first stage chose), with the true (r, f) marked when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = np.atleast_2d(w)
+    nr, nf, n = len(model.grid.radii_um), len(model.grid.fractions), model.grid.n
+    fig, axes = plt.subplots(len(w), K, figsize=(3.4 * K, 2.6 * len(w)), squeeze=False)
+    for v in range(len(w)):
+        for k in range(K):
+            ax = axes[v, k]
+            img = w[v, k * n:(k + 1) * n].reshape(nr, nf)
+            ax.imshow(img.T, origin="lower", aspect="auto", cmap="magma",
+                      extent=[model.grid.radii_um[0], model.grid.radii_um[-1],
+                              model.grid.fractions[0], model.grid.fractions[-1]])
+            if truth is not None:
+                ax.plot(truth["r"][v, k], truth["f"][v, k], "c+", ms=10, mew=2)
+            ax.set_xlabel("r (µm)", fontsize=7)
+            ax.set_ylabel("f", fontsize=7)
+            t = f"|w|_0={int((w[v] > 0).sum())}" if k == 0 else ""
+            ax.set_title(f"{titles[v] + ' ' if titles else ''}population {k + 1} {t}", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def n_parameters(net: nn.Module) -> int:
+    return int(sum(p.numel() for p in net.parameters()))
+
+
+__all__ = ["Microstructure", "default_config", "estimate", "fingerprint", "nnls_weights", "interpret",
+           "simulate_training_set", "fit_networks", "mae", "tsne_png", "weights_png", "METHODS"]

@@ -1,0 +1,160 @@
+"""The `microstructure` infer and train tasks through the real MONAI Label server (see conftest.py).
+
+A small DWI phantom (subsampled HCP MGH protocol, 8 mm grid, 2 slices) goes into the datastore folder with its
+FSL sidecars (the datastore's upload endpoint takes 4-channel tumour images only, so the files are placed in the
+folder, which the datastore watches), its white-matter mask as the label of tag "mask" through the REST API; it
+is removed again at the end of the module.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import time
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sparsesight import bundle
+from sparsesight.data import diffusion as dif
+
+pytestmark = pytest.mark.server
+
+DWI = "dwi_micro"
+# a dictionary and networks small enough for a CPU test; the served default is the paper's (782 per population)
+TRAIN = {"n_train": 1500, "grid": {"n_r": 6, "n_f": 5}, "mlp_hidden": [64, 64], "split_hidden": [32, 32],
+         "joint_hidden": [32], "batch_size": 64, "lr": 3e-3}
+
+
+def nifti_bytes(array, affine=np.eye(4)) -> bytes:
+    return gzip.compress(nib.Nifti1Image(np.asarray(array, np.float32), affine).to_bytes())
+
+
+def load_nifti(data: bytes):
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    img = nib.Nifti1Image.from_bytes(data)
+    return np.asanyarray(img.dataobj), img.affine
+
+
+def files_of(server) -> dict:
+    return {str(p.relative_to(server.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(server.studies.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def dwi(server, tmp_path_factory):
+    protocol = dif.hcp_mgh_protocol(8)
+    paths = dif.write_dwi_phantom(tmp_path_factory.mktemp("dwi"), protocol, downsample=8, slices=2, snr=50,
+                                  seed=3, name=DWI)
+    # the FSL sidecars next to the image first, then the image (the datastore lists it once it appears)
+    for key in ("bval", "bvec"):
+        (server.studies / paths[key].name).write_bytes(paths[key].read_bytes())
+    (server.studies / f"{DWI}.nii.gz").write_bytes(paths["dwi"].read_bytes())
+    deadline = time.time() + 60
+    while DWI not in server.get("/datastore/", params={"output": "all"}).json()["objects"]:
+        assert time.time() < deadline, "the datastore did not pick up the DWI"
+        time.sleep(0.5)
+    # the white-matter mask is the image's label of tag "mask", saved through the REST API
+    r = server.put("/datastore/label", params={"image": DWI, "tag": "mask"},
+                   files={"label": ("mask.nii.gz", paths["mask"].read_bytes())})
+    assert r.status_code == 200, r.text
+    yield {"protocol": protocol, "paths": paths, "shape": nib.load(paths["dwi"]).shape}
+    r = server.delete("/datastore/image", params={"id": DWI})
+    assert r.status_code == 200, r.text
+    for suffix in (".bval", ".bvec"):
+        (server.studies / f"{DWI}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def trained(server, dwi):
+    status = server.train("microstructure", epochs=4, image=DWI, train_config=TRAIN, timeout=600)
+    return status
+
+
+def test_info_lists_microstructure(server):
+    info = server.info()
+    assert "microstructure" in info["models"] and "microstructure" in info["trainers"]
+    cfg = info["models"]["microstructure"]["config"]
+    assert cfg["method"] == "hybrid" and "bvals" in cfg
+
+
+def test_train_on_the_images_protocol(server, dwi, trained):
+    text = "\n".join(trained.get("details", []))
+    assert f"M = {dwi['protocol'].m}" in text and "epoch 4/4" in text
+    assert server.version("microstructure").startswith("sha256:")
+
+
+@pytest.mark.parametrize("method", ["hybrid", "fingerprinting", "mlp"])
+def test_infer_maps_of_a_datastore_dwi(server, dwi, trained, method):
+    r = server.post("/infer/microstructure", params={"image": DWI, "output": "image"},
+                    data={"params": json.dumps({"method": method})})
+    assert r.status_code == 200, r.text
+    maps, affine = load_nifti(r.content)
+    assert maps.shape == dwi["shape"][:3] + (6,)
+    np.testing.assert_allclose(affine, nib.load(dwi["paths"]["mask"]).affine, atol=1e-5)
+    mask = np.asarray(nib.load(dwi["paths"]["mask"]).dataobj) > 0
+    nu = maps[..., [0, 3]]
+    assert (nu[mask].sum(-1) > 0.3).mean() > 0.9 and (maps[~mask] == 0).all()
+    assert 0.3 < np.median(maps[..., 1][mask]) < 7.5  # r_1 in µm
+
+
+def test_infer_bundle_with_interpretation(server, dwi, trained, tmp_path):
+    r = server.post("/infer/microstructure", params={"image": DWI, "output": "image"},
+                    data={"params": json.dumps({"bundle": True, "method": "hybrid"})})
+    assert r.status_code == 200, r.text
+    assert zipfile.is_zipfile(io.BytesIO(r.content))
+    path = tmp_path / "b.zip"
+    path.write_bytes(r.content)
+    man = bundle.validate(path)
+    assert man["model"] == "microstructure" and man["model_version"] == server.version("microstructure")
+    assert man["method"] == "hybrid" and man["image"] == DWI
+    names = {o["name"] for o in man["outputs"]}
+    assert {"nu/1", "r/1", "f/1", "nu/2", "r/2", "f/2", "peak/1/x", "peak/2/z", "sparsity", "residual", "weights",
+            "weights_plot", "preview"} <= names
+    b = bundle.read(path)
+    sp, _ = b.volume("sparsity")
+    assert sp.max() >= 2
+    b.close()
+
+
+def test_infer_on_an_upload_with_gradient_options(server, dwi, trained):
+    p = dwi["protocol"]
+    opts = {"method": "fingerprinting", "bvals": p.bvals.tolist(), "bvecs": p.bvecs.T.tolist(), "mask": False}
+    r = server.post("/infer/microstructure", params={"output": "image"}, data={"params": json.dumps(opts)},
+                    files={"file": ("dwi.nii.gz", dwi["paths"]["dwi"].read_bytes())})
+    assert r.status_code == 200, r.text
+    maps, _ = load_nifti(r.content)
+    assert maps.shape == dwi["shape"][:3] + (6,)
+
+
+def test_bad_dwi_requests_are_refused_and_nothing_stored_changes(server, dwi, trained):
+    p = dwi["protocol"]
+    data = np.asanyarray(nib.load(dwi["paths"]["dwi"]).dataobj)
+    before = files_of(server)
+    grads = {"bvals": p.bvals.tolist(), "bvecs": p.bvecs.tolist()}
+    other = dif.hcp_mgh_protocol(4)
+    cases = [
+        ("bvals count", data, {**grads, "bvals": p.bvals[:-2].tolist()}, "b-values"),
+        ("volumes vs bvals", data[..., :-1], grads, "volumes"),
+        ("3D image", data[..., 0], grads, "4D"),
+        ("no b=0", data, {**grads, "bvals": np.where(p.bvals == 0, 1000, p.bvals).tolist()}, "b = 0"),
+        ("no gradient table", data, {}, "bval"),
+        ("protocol too different (mlp)", np.ones(data.shape[:3] + (other.m,)),
+         {"bvals": other.bvals.tolist(), "bvecs": other.bvecs.tolist(), "method": "mlp"}, "too different"),
+        ("unknown method", data, {**grads, "method": "svm"}, "method"),
+    ]
+    for what, arr, opts, reason in cases:
+        r = server.post("/infer/microstructure", params={"output": "image"}, data={"params": json.dumps(opts)},
+                        files={"file": ("x.nii.gz", nifti_bytes(arr))})
+        assert r.status_code == 400, (what, r.status_code, r.text)
+        assert reason in r.json()["detail"], (what, r.json()["detail"])
+    r = server.post("/train/microstructure", json={"epochs": 1, "train_config": {"grid": "tiny"}})
+    assert r.status_code == 400 and "grid" in r.json()["detail"]
+    r = server.post("/train/microstructure", json={"epochs": 1, "image": "case_000"})
+    assert r.status_code == 400 and "bval" in r.json()["detail"]
+    assert files_of(server) == before
+    assert server.get("/info/").status_code == 200

@@ -1,0 +1,220 @@
+"""Microstructure fingerprinting, fully-learned MLP and hybrid NNLS + split MLP (models/microstructure.py) and
+the volume runner (microstructure_run.py), on a subsampled protocol and (r, f) grid so that they run on a CPU."""
+from __future__ import annotations
+
+import itertools
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import nnls as scipy_nnls
+
+from sparsesight import bundle, checkpoint, models
+from sparsesight import microstructure_run as run
+from sparsesight.data import diffusion as dif
+from sparsesight.errors import InvalidInput
+from sparsesight.models import microstructure as ms
+
+SMALL_NETS = {"mlp_hidden": [64, 64], "split_hidden": [32, 32], "joint_hidden": [32]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny batched ops: one thread avoids OpenMP oversubscription stalls on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    return dif.hcp_mgh_protocol(8)  # M = 69
+
+
+def make_model(protocol, grid):
+    return models.build("microstructure", {"protocol": protocol.to_config(), "grid": grid.to_config(), **SMALL_NETS})
+
+
+@pytest.fixture(scope="module")
+def trained(protocol):
+    """A small model trained on simulations (both networks), and its training set."""
+    model = make_model(protocol, dif.small_grid(6, 5))
+    data = ms.simulate_training_set(model, 2000, (25, 50, 100), seed=0)
+    hist = ms.fit_networks(model, data, epochs=15, batch_size=64, lr=3e-3)
+    return model, data, hist
+
+
+def test_registry_builds_the_model_with_the_papers_dictionary():
+    model = models.build("microstructure")
+    assert model.protocol.m == 552 and model.grid.n == 782 and model.n_atoms == 2 * 782 + 1
+    assert model.hybrid.split[0][0].in_features == 782
+    cfg = models.default_config("microstructure")
+    assert len(cfg["grid"]["radii_um"]) == 34 and len(cfg["grid"]["fractions"]) == 23
+
+
+def test_basis_times_selection_is_the_dictionary(protocol):
+    grid = dif.small_grid(5, 4)
+    u = np.array([[[1.0, 0, 0], [0, 0.6, 0.8]]])
+    phi = ms.basis(protocol, grid, u).numpy()[0]
+    lay = ms.basis_layout(grid, True)
+    s = np.zeros((lay["q"], 2 * grid.n + 1))
+    np.add.at(s, (lay["ia"], np.arange(s.shape[1])), lay["ca"])
+    np.add.at(s, (lay["ib"], np.arange(s.shape[1])), lay["cb"])
+    np.testing.assert_allclose(phi @ s, dif.dictionary(protocol, u[0], grid), rtol=1e-12)
+
+
+def test_fingerprinting_recovers_on_grid_noiseless_parameters_exactly(protocol):
+    grid = dif.small_grid(8, 6)
+    model = make_model(protocol, grid)
+    sim = dif.simulate(protocol, 30, None, 3, grid=grid)
+    est = ms.estimate(model, sim["signal"], sim["u"], "fingerprinting")
+    np.testing.assert_array_equal(est["r"], sim["r"])
+    np.testing.assert_array_equal(est["f"], sim["f"])
+    np.testing.assert_allclose(est["nu"], sim["nu"], atol=1e-6)
+    np.testing.assert_allclose(est["nu_fw"], sim["nu_fw"], atol=1e-6)
+    assert est["residual"].max() < 1e-5
+
+
+def test_fingerprinting_is_the_exhaustive_search_of_eq4(protocol):
+    # eq. 4 written out: every pair (j1, j2) with the free-water atom, each solved by scipy's NNLS
+    grid = dif.small_grid(4, 3)
+    model = make_model(protocol, grid)
+    sim = dif.simulate(protocol, 3, 30, 5)
+    est = ms.fingerprint(model, sim["signal"], sim["u"])
+    for v in range(3):
+        d = dif.dictionary(protocol, sim["u"][v], grid)
+        n = grid.n
+        best = min(((scipy_nnls(d[:, [j1, n + j2, 2 * n]], sim["signal"][v])[1], j1, j2)
+                    for j1, j2 in itertools.product(range(n), range(n))))
+        assert tuple(est["j"][v]) == best[1:]
+        assert est["residual"][v] == pytest.approx(best[0] / np.linalg.norm(sim["signal"][v]), rel=1e-5)
+
+
+def test_hybrid_first_stage_is_the_nnls_of_eq5(protocol):
+    grid = dif.small_grid(6, 5)
+    model = make_model(protocol, grid)
+    sim = dif.simulate(protocol, 8, 50, 7)
+    out = ms.nnls_weights(model, sim["signal"], sim["u"])
+    assert out["w"].shape == (8, 2 * grid.n + 1) and (out["w"] >= 0).all()
+    for v in range(8):
+        d = dif.dictionary(protocol, sim["u"][v], grid)
+        _, rn = scipy_nnls(d, sim["signal"][v], maxiter=5000)
+        y = sim["signal"][v]
+        assert np.linalg.norm(y - d @ out["w"][v]) == pytest.approx(rn, rel=1e-4)
+        assert out["residual"][v] == pytest.approx(rn / np.linalg.norm(y), rel=1e-4)
+        assert out["sparsity"][v] == (out["w"][v] > 0).sum() < d.shape[0]
+    # interpretability: the chosen fingerprints carry their (population, r, f) and sum to the weights
+    chosen = ms.chosen_fingerprints(model, out["w"][:1], min_share=0.0)[0]
+    assert sum(c["weight"] for c in chosen) == pytest.approx(float(out["w"][0].sum()), rel=1e-6)
+    assert {c["population"] for c in chosen} <= {1, 2, "free water"}
+
+
+def test_hybrid_beats_a_trivial_predictor_on_held_out_simulations(trained, protocol):
+    model, data, hist = trained
+    assert hist["hybrid_val"][-1] < hist["hybrid_val"][0]
+    test = dif.simulate(protocol, 300, 50, 99)
+    trivial = {k: np.broadcast_to(data[k].mean(0), test[k].shape) for k in ms.PARAMS}
+    base = ms.mae(trivial, test)
+    hyb = ms.mae(ms.estimate(model, test["signal"], test["u"], "hybrid"), test)
+    for p in ms.PARAMS:
+        assert hyb[p] < 0.85 * base[p], (p, hyb, base)
+    mlp = ms.mae(ms.estimate(model, test["signal"], None, "mlp"), test)
+    assert mlp["f"] < base["f"]
+
+
+def test_checkpoint_round_trip_gives_the_same_estimates(trained, protocol, tmp_path):
+    model, _, _ = trained
+    version = checkpoint.save(tmp_path / "m.pt", model, "microstructure", model.config)
+    back, meta = checkpoint.load(tmp_path / "m.pt")
+    assert meta["version"] == version and back.grid.n == model.grid.n
+    sim = dif.simulate(protocol, 20, 50, 4)
+    for method in ("mlp", "hybrid"):
+        a = ms.estimate(model, sim["signal"], sim["u"], method)
+        b = ms.estimate(back, sim["signal"], sim["u"], method)
+        np.testing.assert_allclose(a["nu"], b["nu"], rtol=1e-5)
+
+
+def test_tsne_of_split_and_joint_activations(trained, protocol):
+    model, _, _ = trained
+    sim = dif.simulate(protocol, 80, 50, 8)
+    out = ms.interpret(model, sim["signal"], sim["u"])
+    acts = out["activations"]
+    assert {"split1/layer1", "split2/layer2", "split/last", "joint/layer1"} <= set(acts)
+    assert acts["split/last"].shape == (80, 64)
+    png = ms.tsne_png(acts, {"r_1": sim["r"][:, 0], "ν_1": sim["nu"][:, 0]}, ["split1/layer1", "joint/layer1"])
+    assert png.startswith(b"\x89PNG")
+    assert out["weighted_r"].shape == (80, 2)
+
+
+# ------------------------------------------------------------------------------------------------ volumes
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory, protocol):
+    out = tmp_path_factory.mktemp("dwi")
+    return dif.write_dwi_phantom(out, protocol, downsample=8, slices=2, snr=50, seed=0)
+
+
+def test_bundle_of_a_dwi_phantom(trained, phantom, tmp_path):
+    model, _, _ = trained
+    path = run.run_bundle(model, "microstructure", "v1", phantom["dwi"], "dwi_000", tmp_path / "b.zip",
+                          method="hybrid", log=lambda s: None)
+    man = bundle.validate(path)
+    names = {o["name"] for o in man["outputs"]}
+    assert {"nu/1", "r/2", "f/1", "peak/1/x", "n_peaks", "sparsity", "residual", "weights", "weights_plot",
+            "preview", "nnls/r/1"} <= names
+    b = bundle.read(path)
+    nu, aff = b.volume("nu/1")
+    mask = np.asarray(nib.load(phantom["mask"]).dataobj) > 0
+    np.testing.assert_allclose(aff, nib.load(phantom["dwi"]).affine)
+    assert (nu[mask] > 0).mean() > 0.9 and (nu[~mask] == 0).all()  # the mask sidecar was used
+    sp, _ = b.volume("sparsity")
+    assert sp[mask].min() >= 1
+    rows = b.table("weights")
+    assert {"i", "j", "k", "population", "r_um", "f", "weight"} <= set(rows[0])
+    # orientations from CSD: the first peak is close to one of the true populations in most WM voxels
+    truth = np.asarray(nib.load(phantom["u"]).dataobj).reshape(mask.shape + (2, 3))
+    u1 = np.stack([b.volume(f"peak/1/{a}")[0] for a in "xyz"], -1)
+    cos = np.abs((u1[..., None, :] * truth).sum(-1)).max(-1)
+    assert np.median(cos[mask]) > np.cos(np.deg2rad(25))
+    b.close()
+    maps, aff = run.predict_file(model, phantom["dwi"], method="fingerprinting", log=lambda s: None)
+    assert maps.shape == mask.shape + (6,) and np.isfinite(maps).all()
+
+
+def _write(tmp_path, data, bvals=None, bvecs=None, name="x"):
+    path = tmp_path / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4)), str(path))
+    if bvals is not None:
+        np.savetxt(tmp_path / f"{name}.bval", np.asarray(bvals)[None], fmt="%g")
+        np.savetxt(tmp_path / f"{name}.bvec", np.asarray(bvecs).T, fmt="%.6f")
+    return path
+
+
+def test_bad_inputs_are_refused_with_a_reason(trained, protocol, tmp_path):
+    model, _, _ = trained
+    rng = np.random.default_rng(0)
+    vol = rng.uniform(100, 200, (8, 8, 8, protocol.m))
+    quiet = {"log": lambda s: None}
+    cases = [
+        (_write(tmp_path, vol[..., 0], name="three_d"), dict(bvals=protocol.bvals, bvecs=protocol.bvecs), "4D"),
+        (_write(tmp_path, vol[..., :-3], name="short"), dict(bvals=protocol.bvals, bvecs=protocol.bvecs),
+         "volumes"),
+        (_write(tmp_path, vol, name="nob0"), dict(bvals=np.full(protocol.m, 1000.0), bvecs=protocol.bvecs), "b = 0"),
+        (_write(tmp_path, vol, name="nosidecar"), {}, "bval"),
+        (_write(tmp_path, vol, name="bad_method"), dict(bvals=protocol.bvals, bvecs=protocol.bvecs, method="svm"),
+         "method"),
+    ]
+    other = dif.hcp_mgh_protocol(4)
+    v2 = rng.uniform(100, 200, (8, 8, 8, other.m))
+    cases.append((_write(tmp_path, v2, name="other"), dict(bvals=other.bvals, bvecs=other.bvecs, method="mlp"),
+                  "too different"))
+    shells = dif.Protocol(np.where(protocol.bvals == 10000, 7000, protocol.bvals), protocol.bvecs)
+    cases.append((_write(tmp_path, vol, name="shells"), dict(bvals=shells.bvals, bvecs=shells.bvecs, method="hybrid"),
+                  "too different"))
+    for path, opts, reason in cases:
+        with pytest.raises(InvalidInput, match=reason):
+            run.predict_file(model, path, **opts, **quiet)
+    with pytest.raises(InvalidInput, match="unknown bundle outputs"):
+        run.run_bundle(model, "microstructure", "v", cases[0][0], "x", tmp_path / "o.zip", outputs=["nope"], **quiet)
+    assert not (tmp_path / "o.zip").exists()
