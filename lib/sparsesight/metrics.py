@@ -16,3 +16,41 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def region_dice(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     """Dice of each BraTS region between two label maps with values 0..3."""
     return {r: dice(np.isin(pred, c), np.isin(label, c)) for r, c in REGIONS.items()}
+
+
+# ---------------------------------------------------------------------- reconstruction (seed 001, Section 2.4)
+def _masked(a: np.ndarray, b: np.ndarray, mask):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    return a, b, (np.ones(a.shape, bool) if mask is None else np.asarray(mask, bool))
+
+
+def mse(x: np.ndarray, ref: np.ndarray, mask=None) -> float:
+    """Mean squared error (1/|M|) sum_{i in M} (x_i - ref_i)^2 over the mask M (all pixels by default)."""
+    x, ref, m = _masked(x, ref, mask)
+    return float(np.mean((x[m] - ref[m]) ** 2))
+
+
+def ssim(x: np.ndarray, ref: np.ndarray, mask=None, data_range: float | None = None) -> float:
+    """Structural similarity (Wang et al. 2004; skimage, 7x7 uniform window, K1 0.01, K2 0.03) averaged over the
+    mask M; data_range defaults to ref's max - min over the image."""
+    from skimage.metrics import structural_similarity
+
+    x, ref, m = _masked(x, ref, mask)
+    if data_range is None:
+        data_range = float(ref.max() - ref.min()) or 1.0
+    _, smap = structural_similarity(x, ref, data_range=data_range, full=True)
+    return float(smap[m].mean())
+
+
+def blur(x: np.ndarray, mask=None, h_size: int = 11) -> float:
+    """No-reference blur metric of Crete-Roffet et al. 2007 (skimage.measure.blur_effect; 0 sharp .. 1 blurred)
+    on the bounding box of the mask (the whole image by default); the higher, the blurrier."""
+    from skimage.measure import blur_effect
+
+    x = np.asarray(x, np.float64)
+    if mask is not None and np.any(mask):
+        idx = np.nonzero(mask)
+        x = x[tuple(slice(i.min(), i.max() + 1) for i in idx)]
+    return float(blur_effect(x, h_size=h_size))

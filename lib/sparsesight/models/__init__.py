@@ -8,6 +8,9 @@ from ..errors import UnknownModel
 # name -> (module, class)
 _REGISTRY = {
     "mlcsc": ("sparsesight.models.mlcsc", "MLCSC"),
+    "microstructure": ("sparsesight.models.microstructure", "Microstructure"),
+    "sum": ("sparsesight.models.sum", "SUM"),
+    "cdl": ("sparsesight.models.cdl", "CDL"),
 }
 NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
