@@ -19,7 +19,8 @@ from typing import Dict
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
-from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -38,7 +39,12 @@ from lib.http_errors import (
     refuse,
 )
 from lib.model_file import pick_device
+from lib.scoring.cached import CachedScoring
+from lib.scoring.epistemic import EpistemicScoring
+from lib.scoring.sparse_residual import SparseResidualScoring
+from lib.strategies.epistemic import Epistemic
 from lib.strategies.random import Random
+from lib.strategies.sparse_residual import SparseResidual
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +123,43 @@ class MyApp(MONAILabelApp):
     def init_trainers(self) -> Dict[str, TrainTask]:
         return {name: t for name, c in self.task_configs.items() if (t := c.trainer()) is not None}
 
-    def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": Random()}
+    def _active_learning_scoring(self) -> Dict[str, CachedScoring]:
+        """The cached image scores of the served segmentation models (shared by strategies and scoring methods)."""
+        if not hasattr(self, "_al_scoring"):
+            files = {n: t.model_file for n, t in self._infers.items()
+                     if getattr(t, "model_file", None) is not None and t.type == InferType.SEGMENTATION}
+            kw = {"device": self.device, "datastore": self.datastore}
+            self._al_scoring = {"sparse_residual": SparseResidualScoring(files, self.model_dir, **kw),
+                                "epistemic": EpistemicScoring(files, self.model_dir, **kw)}
+        return self._al_scoring
 
-    def init_scoring_methods(self):
-        return {}
+    def init_strategies(self) -> Dict[str, Strategy]:
+        scoring = self._active_learning_scoring()
+        return {"random": Random(), "sparse_residual": SparseResidual(scoring["sparse_residual"]),
+                "epistemic": Epistemic(scoring["epistemic"])}
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        return dict(self._active_learning_scoring())
+
+    def async_scoring(self, method, params=None):
+        """Refresh the scores that are out of date; nothing to do is not a reason to start a process.
+
+        In the server, stale methods go to MONAI Label's background scoring (a child process each). In the
+        training process (MONAI Label calls this when training ends) the scores are computed right there, with
+        the new checkpoint and the modules already loaded, so a finished training leaves current scores."""
+        methods = [method] if method else list(self._scoring_methods)
+        stale = [m for m in methods
+                 if m in self._scoring_methods and getattr(self._scoring_methods[m], "stale", lambda d: True)(self.datastore())]
+        if self._server_mode:
+            return {m: super(MyApp, self).async_scoring(m, params) for m in stale}
+        result = {}
+        for m in stale:
+            try:
+                result[m] = self.scoring({"method": m, "in_use_only": True, **((params or {}).get(m) or {})})
+            except Exception as e:  # the training itself succeeded: report, do not fail it
+                logger.exception(f"scoring {m} after training failed")
+                print(f"scoring {m} failed: {e}", flush=True)
+        return result
 
     def server_mode(self, mode: bool):
         super().server_mode(mode)

@@ -1,4 +1,5 @@
-"""`make demo`: sample data -> real MONAI Label server -> train ML-CSC (if needed) -> infer over REST -> bundle + PNG.
+"""`make demo`: sample data -> real MONAI Label server -> train ML-CSC and SUM (if needed) -> infer over REST ->
+bundles + PNG.
 
 Everything goes through the server's REST API, as a client (3D Slicer, the CLI) would use it.
 """
@@ -19,6 +20,10 @@ from .server import MonaiLabelServer
 #: what the demo asks the server for (every output, with the components of T1ce only, as in Fig. 1 of the paper)
 DEMO_OUTPUTS = ["label", "probabilities", "components:T1ce", "reconstruction", "residual", "sparsity", "params",
                 "params_plot", "preview"]
+
+
+#: the SUM bundle's pictures the demo saves next to the bundle (impulse/frequency responses, alpha sweep, thresholds)
+SUM_DEMO_PLOTS = ["response", "alpha_sweep_plot", "params_plot"]
 
 
 def prepare_datastore(dataset_json: Path, datastore: Path) -> tuple[list[str], list[dict]]:
@@ -63,8 +68,37 @@ def _train(url: str, model: str, epochs: int, poll: float = 2.0):
             return st
 
 
+def _sum_demo(url: str, model_dir: Path, case: dict, out_dir: Path, epochs: int, retrain: bool) -> dict:
+    """SUM (seed 003) over REST: train `sum` if needed, infer its bundle on `case`; returns what to print."""
+    ckpt = model_dir / "sum.pt"
+    if retrain and ckpt.exists():
+        ckpt.unlink()
+    if not ckpt.exists():
+        print(f"      sum: no checkpoint: training SUM_Rec for {epochs} epochs")
+        _train(url, "sum", epochs)
+    print(f"      sum: inference on {case['id']} over REST (bundle, alpha = 1)")
+    r = requests.post(f"{url}/infer/sum", params={"image": case["id"], "output": "image"},
+                      data={"params": json.dumps({"bundle": True, "alpha": 1.0})}, timeout=1800)
+    if r.status_code != 200:
+        raise RuntimeError(f"sum infer failed ({r.status_code}): {r.text[:2000]}")
+    path = out_dir / f"sum_{case['id']}.zip"
+    path.write_bytes(r.content)
+    manifest = validate(path)
+    b = read(path)
+    pngs = []
+    for name in SUM_DEMO_PLOTS:
+        png = out_dir / f"sum_{case['id']}_{name}.png"
+        png.write_bytes(b.read_bytes(name))
+        pngs.append(png)
+    pred, _ = b.volume("label")
+    b.close()
+    ref, _ = load_label(case["label"])
+    return {"bundle": path, "outputs": len(manifest["outputs"]), "version": manifest["model_version"], "pngs": pngs,
+            "dice": region_dice(pred, ref)}
+
+
 def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsample: int = 1, epochs: int = 40,
-        seed: int = 0, retrain: bool = False) -> Path:
+        seed: int = 0, retrain: bool = False, sum_epochs: int | None = None) -> Path:
     from .data.phantom import write_dataset
 
     out_dir = Path(out).resolve()
@@ -98,6 +132,7 @@ def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsam
             raise RuntimeError(f"infer failed ({r.status_code}): {r.text[:2000]}")
         bundle_path = out_dir / f"mlcsc_{case['id']}.zip"
         bundle_path.write_bytes(r.content)
+        sum_result = _sum_demo(url, model_dir, case, out_dir, sum_epochs or min(10, epochs), retrain)
     manifest = validate(bundle_path)
     b = read(bundle_path)
     preview = out_dir / f"mlcsc_{case['id']}_preview.png"
@@ -109,5 +144,8 @@ def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsam
     print(f"[5/5] bundle: {bundle_path} ({len(manifest['outputs'])} outputs, model {manifest['model_version']})")
     print(f"      preview: {preview}")
     print("      Dice vs the phantom's true label: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    print(f"      sum bundle: {sum_result['bundle']} ({sum_result['outputs']} outputs, model {sum_result['version']}); "
+          "Dice " + ", ".join(f"{k} {v:.3f}" for k, v in sum_result["dice"].items()))
+    print("      sum plots: " + ", ".join(str(p) for p in sum_result["pngs"]))
     print(f"      server log: {server.log_path}")
     return bundle_path

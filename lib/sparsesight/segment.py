@@ -50,10 +50,13 @@ def predict(model, image: np.ndarray, device="cpu", roi_size=None) -> np.ndarray
     return predict_logits(model, image, device, roi_size)[0].argmax(0).numpy().astype(np.uint8)
 
 
-def predict_file(model, image_path, device="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Label map (X, Y, Z) uint8 and affine of the 4-channel image file `image_path` (the infer task's default)."""
+def predict_file(model, image_path, device="cpu", **options) -> tuple[np.ndarray, np.ndarray]:
+    """Label map (X, Y, Z) uint8 and affine of the 4-channel image file `image_path` (the infer task's default);
+    an attribution map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti)."""
     image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
-    return predict(model, image, device), affine
+    from .explain.served import nifti_map
+    amap = nifti_map(model.to(device), normalise(image).to(device), options)
+    return (amap if amap is not None else predict(model, image, device)), affine
 
 
 def _params_plot(rows: list[dict]) -> bytes:
@@ -86,14 +89,29 @@ def _params_plot(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
+def add_label(w: BundleWriter, label: np.ndarray) -> dict:
+    """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names."""
+    return w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k})
+
+
+def add_probabilities(w: BundleWriter, probabilities: np.ndarray, **meta) -> None:
+    """One "probability/<class>" volume per tumour class from (K, X, Y, Z) scores in [0, 1]."""
+    for c in range(1, len(CLASSES)):
+        w.add_volume(f"probability/{CLASSES[c]}", probabilities[c], colormap="probability", range=[0.0, 1.0],
+                     dtype=np.int16, **meta)
+
+
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None,
-               device="cpu") -> Path:
+               device="cpu", **options) -> Path:
     """Segment `image_path` and write the result bundle (DESIGN.md) with the model's interpretable outputs.
 
     `outputs` selects from BUNDLE_OUTPUTS (None: all). Volumes share the input's affine and shape.
+    `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS).
     """
     from .preview import preview_png
 
+    from .explain import served
+    attribution = served.parse_options(options)  # bad attribution options fail before any work
     wanted = list(BUNDLE_OUTPUTS) if outputs is None else list(outputs)
     # "components:T1ce" narrows the components to some modalities (all of them are 4 x m full-size volumes)
     comp_mods = [o.split(":", 1)[1] for o in wanted if o.startswith("components:")]
@@ -120,13 +138,11 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         label = interp["logits"][0].argmax(0).numpy().astype(np.uint8)
     else:
         label = predict(model, image, device)
-    w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k})
+    add_label(w, label)
     classes = [CLASSES[c] for c in range(len(CLASSES))]
     if interp is not None:
         if "probabilities" in wanted:
-            for c in range(1, len(classes)):
-                w.add_volume(f"probability/{classes[c]}", interp["probabilities"][0, c].numpy(),
-                             colormap="probability", range=[0.0, 1.0], dtype=np.int16)
+            add_probabilities(w, interp["probabilities"][0].numpy())
         if "components" in wanted:
             comps = interp["components"][0].numpy()
             for c, cname in enumerate(classes):
@@ -160,4 +176,5 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
             w.add_plot("params_plot", _params_plot(rows))
     if "preview" in wanted and interp is not None:
         w.add_plot("preview", preview_png(image, label, interp["components"][0].numpy()))
+    served.add_attributions(w, model.to(device), normalise(image).to(device), attribution)
     return w.write(out_path)

@@ -23,7 +23,7 @@ from .transforms import train_transforms
 def default_train_config() -> dict:
     """Defaults that train the sample-data phantoms to a useful model on 2 CPU cores in minutes."""
     return {"patch_size": [64, 64, 64], "samples_per_image": 2, "batch_size": 2, "lr": 2e-3, "grad_clip": 1.0,
-            "weight_decay": 1e-5, "iterations_per_epoch": None, "seed": 0, "num_workers": 0}
+            "optimizer": "adam", "weight_decay": 1e-5, "iterations_per_epoch": None, "seed": 0, "num_workers": 0}
 
 
 def _distributed() -> bool:
@@ -33,7 +33,8 @@ def _distributed() -> bool:
 def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict | None = None,
           progress: Callable[[dict], None] | None = None, max_minutes: float | None = None,
           show_progress: bool = True) -> dict:
-    """Train `model` in place on `items` = [{"image": path, "label": path}] with DiceCE loss and Adam.
+    """Train `model` in place on `items` = [{"image": path, "label": path}] with DiceCE loss and Adam, or the
+    model's own `loss(net, x, y)` and `train_defaults()` (e.g. SUM: soft IoU + reconstruction, AdamW).
 
     An epoch visits every case once and draws `samples_per_image` patches of `patch_size` per case
     (2:1 tumour-centred : random). `progress(dict)` is called after each epoch with
@@ -44,6 +45,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     if epochs < 1:
         raise InvalidInput(f"epochs must be at least 1; got {epochs}")
     cfg = default_train_config()
+    cfg.update(getattr(model, "train_defaults", dict)())  # a model's own optimiser settings (SUM: AdamW)
     cfg.update(config or {})
     torch.manual_seed(cfg["seed"])
     device = torch.device(device)
@@ -55,8 +57,13 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
                         num_workers=cfg["num_workers"])
     model.to(device).train()
     net = torch.nn.parallel.DistributedDataParallel(model) if _distributed() else model
+    # a model with its own objective (SUM's eq. 13) provides loss(net, x, y); the others get DiceCE
+    model_loss = getattr(model, "loss", None)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if cfg.get("optimizer", "adam") not in optimizers:
+        raise InvalidInput(f"unknown optimizer {cfg['optimizer']!r}; choose from {sorted(optimizers)}")
+    opt = optimizers[cfg.get("optimizer", "adam")](model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     stats = {"epochs": 0, "loss": [], "seconds": 0.0, "cases": len(items), "config": cfg}
     t0 = time.time()
@@ -70,7 +77,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
                 break
             x, y = batch["image"].to(device), batch["label"].to(device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
+            loss = model_loss(net, x, y) if model_loss is not None else loss_fn(net(x), y)
             loss.backward()
             # unrolled sparse coding diverges if one update makes ||D|| too large for the step sizes mu
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])

@@ -11,6 +11,7 @@ from monailabel.interfaces.config import TaskConfig
 
 import sparsesight
 from sparsesight import models
+from sparsesight.explain import served
 
 
 class MLCSC(TaskConfig):
@@ -29,7 +30,9 @@ class MLCSC(TaskConfig):
         return SparseSightInfer(
             self.name, self.model_file, self.labels, device=self.device,
             description="ML-CSC segmentation of FLAIR/T1/T1ce/T2 into oedema, non-enhancing core, enhancing; "
-                        "{'bundle': true} returns the result bundle (label, components, sparsity, params)",
+                        "{'bundle': true} returns the result bundle (label, components, sparsity, params); "
+                        "'attribution': 'ig' adds attribution maps with faithfulness scores",
+            options=dict(served.INFER_OPTIONS),
         )
 
     def trainer(self):

@@ -17,20 +17,30 @@ from monailabel.interfaces.tasks.strategy import Strategy
 logger = logging.getLogger(__name__)
 
 
+def unlabelled(request, datastore: Datastore) -> list:
+    """The images without a label of the request's tag (default: final), in the datastore's order."""
+    return datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
+
+
+def nothing_left(datastore: Datastore) -> dict:
+    """The answer when no image is left to annotate: id None and why."""
+    total = len(datastore.list_images())
+    return {
+        "id": None,
+        "message": f"no unlabelled image left: all {total} images have a final label"
+        if total
+        else "the datastore has no images: PUT /datastore/image?image=ID with a 4-channel NIfTI first",
+    }
+
+
 class Random(Strategy):
     def __init__(self):
         super().__init__("Random unlabelled image (least recently handed out first)")
 
     def __call__(self, request, datastore: Datastore):
-        images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
+        images = unlabelled(request, datastore)
         if not images:
-            total = len(datastore.list_images())
-            return {
-                "id": None,
-                "message": f"no unlabelled image left: all {total} images have a final label"
-                if total
-                else "the datastore has no images: PUT /datastore/image?image=ID with a 4-channel NIfTI first",
-            }
+            return nothing_left(datastore)
         strategy = request.get("strategy", "random")
         now = int(time.time())
         weights = [
