@@ -1,0 +1,56 @@
+"""SUM (soft-shrinkage Haar U-Net proxy) brain-tumour segmentation with denoising explanations: infer + train `sum`."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+from lib.http_errors import BAD_REQUEST, http_errors, refuse
+from lib.infers.sparsesight_infer import SparseSightInfer
+from lib.model_file import ModelFile
+from lib.trainers.sparsesight_train import SparseSightTrain
+from monailabel.interfaces.config import TaskConfig
+
+import sparsesight
+from sparsesight import denoise, models
+from sparsesight.errors import InvalidInput
+from sparsesight.models.sum import check_alpha
+
+
+class SUMInfer(SparseSightInfer):
+    """The generic infer task; a bad `alpha` is a bad request (400), refused before the model is loaded."""
+
+    def __call__(self, request):
+        with http_errors():
+            if request.get("alpha") is not None:
+                try:
+                    check_alpha(request["alpha"])
+                except InvalidInput as e:
+                    raise refuse(BAD_REQUEST, str(e)) from None
+        return super().__call__(request)
+
+
+class SUM(TaskConfig):
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
+        super().init(name, model_dir, conf, planner, **kwargs)
+        self.device = kwargs.get("device")
+        self.labels = {v: k for k, v in sparsesight.CLASSES.items() if k}
+        self.path = os.path.join(model_dir, f"{name}.pt")
+        # SUM_Rec (lambda_rec = 0.35) by default; a checkpoint carries its own config
+        self.model_config = models.default_config(name)
+        self.model_file = ModelFile(name, self.path)
+        self.epochs = int(conf.get("epochs", 2))
+
+    def infer(self):
+        return SUMInfer(
+            self.name, self.model_file, self.labels, device=self.device, runner=denoise, options={"alpha": 1.0},
+            description="SUM (soft-shrinkage Haar U-Net proxy) segmentation of FLAIR/T1/T1ce/T2; 'alpha' scales "
+                        "every threshold (0: linear filter banks, 1: trained); {'bundle': true} returns the "
+                        "denoised reconstruction ED_alpha(x), shrinkage masks, impulse/frequency responses, "
+                        "SDS/FDS/FDV, alpha sweep and thresholds",
+        )
+
+    def trainer(self):
+        return SparseSightTrain(
+            self.name, self.model_file, self.model_config, device=self.device, default_epochs=self.epochs,
+            description="Train SUM_Rec (soft IoU + 0.35 L1 reconstruction, AdamW) on the datastore's final labels",
+        )

@@ -1,0 +1,213 @@
+"""Benchmark: robustness of SUM, SUM_Rec and MONAI's UNet to noise and blur (seed 003, App. E / Table 2).
+
+    python -m sparsesight.bench.robustness [--epochs 10] [--downsample 4] [--cases 8] [--out bench/results]
+
+The three models are trained in one run with the same budget (cases, epochs, patches, seed; each with its own
+objective: SUM/SUM_Rec soft IoU (+ 0.35 L1 reconstruction) with AdamW, UNet DiceCE with Adam) and evaluated on the
+held-out phantoms: Dice WT/TC/ET on clean inputs, with additive Gaussian noise of sigma = a fraction of each
+channel's dynamic range, and with Gaussian blur of several widths (voxels). Noise is added, and blur is cut back,
+inside the brain (non-zero voxels), so that the z-score normalisation's brain mask is the one of the clean image.
+Also reported: parameter counts and inference time (segment.predict) on one 96^3 sliding window of 4 channels
+(--time-brats: a whole 240x240x155 volume).
+Writes robustness.json, robustness.csv and robustness.png under --out and prints the ratio table against UNet.
+Aims (issue 4): SUM parameters <= 1/10 of UNet's; SUM_Rec's WT Dice drop at the strongest noise <= half of
+UNet's; SUM inference time <= 0.5x UNet's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..data.io import load_image, load_label
+from ..metrics import region_dice
+from ..models.baselines import unet
+from ..models.sum import sum_rec, sum_seg
+from ..segment import predict
+from ..training import train
+from .segmentation import BRATS_SHAPE, _dataset, _time_inference
+
+REGIONS = ("WT", "TC", "ET")
+WINDOW = (96, 96, 96)  # one sliding window of segment.predict: the unit every volume's inference time scales with
+MODELS = {"SUM": sum_seg, "SUM_Rec": sum_rec, "monai_unet": unet}
+
+
+def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """x + n inside the brain, n ~ N(0, (sigma * dynamic range of the channel)^2) (App. E: 10 % of the range)."""
+    brain = np.any(image != 0, axis=0)
+    out = image.copy()
+    for c in range(image.shape[0]):
+        vals = image[c][brain]
+        span = float(vals.max() - vals.min()) if vals.size else 0.0
+        out[c][brain] += (sigma * span * rng.standard_normal(vals.size)).astype(image.dtype)
+    return out
+
+
+def blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of width `sigma` voxels per channel (App. E: sigma_blur = 1), kept inside the brain."""
+    brain = np.any(image != 0, axis=0)
+    return np.stack([ndimage.gaussian_filter(ch, sigma) * brain for ch in image]).astype(image.dtype)
+
+
+def corruptions(noise: list[float], blurs: list[float]) -> list[tuple[str, float]]:
+    return [("clean", 0.0)] + [("noise", s) for s in noise] + [("blur", s) for s in blurs]
+
+
+def evaluate(model, cases: list[dict], conds: list[tuple[str, float]], seed: int) -> dict:
+    """Mean and std of Dice per region for every (corruption, level) over the held-out cases."""
+    per = {c: [] for c in conds}
+    for k, it in enumerate(cases):
+        img, _ = load_image(it["image"])
+        lab, _ = load_label(it["label"])
+        roi = [-(-s // 16) * 16 for s in img.shape[1:]]  # one window per case (a multiple of 2**4) for every model
+        for kind, level in conds:
+            x = img if kind == "clean" else (add_noise(img, level, np.random.default_rng(seed + 1000 * k))
+                                             if kind == "noise" else blur(img, level))
+            per[(kind, level)].append(region_dice(predict(model, x, roi_size=roi), lab))
+    return {f"{kind}:{level:g}": {"kind": kind, "level": level,
+                                  "dice": {r: float(np.mean([d[r] for d in ds])) for r in REGIONS},
+                                  "dice_std": {r: float(np.std([d[r] for d in ds])) for r in REGIONS}}
+            for (kind, level), ds in per.items()}
+
+
+def _plot(results: dict, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["models"])
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for j, (kind, xlabel) in enumerate((("noise", "noise sigma (fraction of dynamic range)"),
+                                        ("blur", "blur sigma (voxels)"))):
+        for n in names:
+            ev = results["models"][n]["eval"]
+            pts = [(0.0, ev["clean:0"]["dice"]["WT"])] + sorted(
+                (e["level"], e["dice"]["WT"]) for e in ev.values() if e["kind"] == kind)
+            axes[j].plot(*zip(*pts), "o-", label=n)
+        axes[j].set_xlabel(xlabel)
+        axes[j].set_ylabel("Dice WT")
+        axes[j].set_ylim(0, 1)
+        axes[j].set_title(f"whole tumour Dice under {kind}")
+        axes[j].grid(alpha=0.3)
+        axes[j].legend(fontsize=8)
+    axes[2].bar(names, [results["models"][n]["params"] for n in names], color=["C0", "C1", "C2"])
+    axes[2].set_yscale("log")
+    axes[2].set_title("parameters")
+    timed = [n for n in names if results["models"][n].get("inference_s")]
+    axes[3].bar(timed, [results["models"][n]["inference_s"] for n in timed], color=[f"C{names.index(n)}" for n in timed])
+    axes[3].set_title(f"inference on {tuple(results['time_shape'])} x4 (s, {results['threads']} threads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run(epochs: int = 10, downsample: int = 4, n_cases: int = 8, seed: int = 0, out: str = "bench/results",
+        patch: int = 32, noise=(0.05, 0.1, 0.2), blurs=(1.0, 2.0), repeats: int = 1, time_inference: bool = True,
+        data_dir: str = "out/bench/data", time_shape=WINDOW) -> dict:
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = _dataset(Path(data_dir), n_cases, downsample, seed)
+    conds = corruptions(list(noise), list(blurs))
+    results = {"epochs": epochs, "downsample_mm": downsample, "patch": patch, "train_cases": len(data["train"]),
+               "test_cases": len(data["test"]), "threads": torch.get_num_threads(),
+               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                          f"torch {torch.__version__}",
+               "corruptions": [f"{k}:{v:g}" for k, v in conds], "models": {}}
+    full = np.random.default_rng(seed).normal(size=(4, *time_shape)).astype(np.float32) if time_inference else None
+    results["time_shape"] = list(time_shape)
+    for name, make in MODELS.items():
+        torch.manual_seed(seed)
+        model = make()
+        print(f"[{name}] training {epochs} epochs on {len(data['train'])} phantoms ({downsample} mm)", flush=True)
+        stats = train(model, data["train"], epochs=epochs, config={"patch_size": [patch] * 3, "seed": seed})
+        print(f"[{name}] evaluating {len(conds)} conditions x {len(data['test'])} held-out cases", flush=True)
+        r = {"params": int(sum(p.numel() for p in model.parameters())), "train_s": stats["seconds"],
+             "loss": stats["loss"], "eval": evaluate(model, data["test"], conds, seed)}
+        if time_inference and name != "SUM":  # SUM and SUM_Rec share one architecture: time it once
+            print(f"[{name}] timing inference on {tuple(time_shape)}", flush=True)
+            r["inference_s"] = _time_inference(model, full, repeats)
+        results["models"][name] = r
+    if time_inference:
+        results["models"]["SUM"]["inference_s"] = results["models"]["SUM_Rec"]["inference_s"]
+    results["ratios"] = ratios(results, max(noise) if noise else None)
+    (out_dir / "robustness.json").write_text(json.dumps(results, indent=2))
+    rows = ["model,params,train_s,inference_s,condition,level," + ",".join(f"dice_{r}" for r in REGIONS)]
+    for n, r in results["models"].items():
+        for e in r["eval"].values():
+            rows.append(f"{n},{r['params']},{r['train_s']:.1f},{r.get('inference_s', float('nan')):.2f},{e['kind']},"
+                        f"{e['level']:g}," + ",".join(f"{e['dice'][k]:.4f}" for k in REGIONS))
+    (out_dir / "robustness.csv").write_text("\n".join(rows) + "\n")
+    _plot(results, out_dir / "robustness.png")
+    report(results)
+    print(f"written: {out_dir / 'robustness.csv'}, {out_dir / 'robustness.json'}, {out_dir / 'robustness.png'}")
+    return results
+
+
+def ratios(results: dict, strongest_noise: float | None) -> dict:
+    """Ratios against UNet: parameters, inference time, WT Dice drop at the strongest noise and blur."""
+    m = results["models"]
+    u = m["monai_unet"]
+    out = {}
+    for n in ("SUM", "SUM_Rec"):
+        out[n] = {"params": m[n]["params"] / u["params"]}
+        if u.get("inference_s"):
+            out[n]["inference_time"] = m[n]["inference_s"] / u["inference_s"]
+        for kind, level in (("noise", strongest_noise), ("blur", max((e["level"] for e in u["eval"].values()
+                                                                      if e["kind"] == "blur"), default=None))):
+            if level is None:
+                continue
+            key = f"{kind}:{level:g}"
+            drop = lambda r: r["eval"]["clean:0"]["dice"]["WT"] - r["eval"][key]["dice"]["WT"]  # noqa: E731
+            out[n][f"wt_drop_{kind}"] = drop(m[n])
+            out[n][f"wt_drop_{kind}_unet"] = drop(u)
+            out[n][f"wt_drop_{kind}_ratio"] = drop(m[n]) / drop(u) if drop(u) > 1e-9 else float("nan")
+    return out
+
+
+def report(results: dict):
+    print(f"\nSUM / SUM_Rec vs MONAI UNet — {results['epochs']} epochs each, {results['train_cases']} train / "
+          f"{results['test_cases']} held-out phantoms at {results['downsample_mm']} mm; {results['machine']}")
+    conds = results["corruptions"]
+    print(f"{'model':<11}{'params':>9}{'infer s':>9}  " + "".join(f"{c:>11}" for c in conds) + "   (Dice WT)")
+    for n, r in results["models"].items():
+        print(f"{n:<11}{r['params']:>9}{r.get('inference_s', float('nan')):>9.2f}  "
+              + "".join(f"{r['eval'][c]['dice']['WT']:>11.3f}" for c in conds))
+    for n, ra in results["ratios"].items():
+        parts = [f"params {ra['params']:.3f}x (aim <= 0.1)"]
+        if "inference_time" in ra:
+            parts.append(f"inference time {ra['inference_time']:.2f}x (aim <= 0.5)")
+        if "wt_drop_noise" in ra:
+            parts.append(f"WT drop at strongest noise {ra['wt_drop_noise']:+.3f} vs UNet "
+                         f"{ra['wt_drop_noise_unet']:+.3f} = {ra['wt_drop_noise_ratio']:.2f}x (aim <= 0.5 for SUM_Rec)")
+        if "wt_drop_blur" in ra:
+            parts.append(f"at strongest blur {ra['wt_drop_blur']:+.3f} vs {ra['wt_drop_blur_unet']:+.3f}")
+        print(f"ratio {n}/unet: " + "; ".join(parts))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--downsample", type=int, default=4, help="phantom voxel size in mm (1 = BraTS grid)")
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--patch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.1, 0.2])
+    p.add_argument("--blur", type=float, nargs="*", default=[1.0, 2.0])
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--no-timing", action="store_true", help="skip the inference timing")
+    p.add_argument("--time-brats", action="store_true",
+                   help=f"time inference on a full {BRATS_SHAPE} volume instead of one {WINDOW} window")
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--data", default="out/bench/data", help="where the phantom cases are generated (cached)")
+    a = p.parse_args(argv)
+    run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.patch, a.noise, a.blur, a.repeats, not a.no_timing, a.data,
+        BRATS_SHAPE if a.time_brats else WINDOW)
+
+
+if __name__ == "__main__":
+    main()

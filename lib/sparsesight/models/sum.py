@@ -1,0 +1,326 @@
+"""SUM: the simplified U-Net-proxy model with soft-shrinkage activations and Haar wavelet sampling (seed 003).
+
+Zavala-Mondragón et al., "Segmentation CNNs are denoising models". The network is C(x) = Omega(ED_S(alpha)(x))
+(eq. 9): an encoder-decoder ED that decomposes the image with bias-free 3x3 convolutions K and the orthonormal
+Haar DWT, sparsifies every feature map with soft shrinkage S_{alpha b}(z) = sign(z) max(|z| - alpha b, 0)
+(eq. 17, one learned threshold b per channel, initialised at 0), and reconstructs with the inverse DWT and the
+decoder kernels K~ (Fig. 1); the output layer Omega is a 1x1 convolution followed by clipping to [0, 1].
+
+Layout (Fig. 1, levels l = 0..L-1, F_l = features * 2**l feature maps):
+
+    encoder  e_l = S(K_{1,l} S(K_{0,l} a_l)),   a_0 = x,   (a_{l+1}, h_l) = DWT(e_l)   (low band, detail bands)
+    decoder  u_l = IDWT(d_{l+1}, h_l)   with d_L = a_L (the deepest approximation band),
+             v_l = S(K^u_l u_l + K^d_l e_l)       (the U-Net's concatenation + reduction as a sum of two convs)
+             d_l = S(K~_l v_l)  (F_l -> F_{l-1});  at l = 0, ED(x) = K~_0 v_0 (F_0 -> in_channels, linear)
+    output   m^ = C_{0,1}(K_Omega ED(x) + b_Omega)   (one map per class)
+
+alpha scales every threshold: alpha = 0 makes ED linear, ED_{alpha=0}(x) = K~...K x (App. B, eqs. 22-24), and
+alpha = 1 is the trained model. Training loss (eq. 13-15): soft IoU (Huang et al. 2019, with smoothing) on the
+clipped outputs plus lambda_rec * ||x - ED_{alpha=0}(x)||_1 (mean absolute error); lambda_rec = 0.35 gives
+SUM_Rec, lambda_rec = 0 SUM_Seg. Works on 3D volumes and 2D slices (`spatial_dims`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidInput
+from ..ops.haar import dwt, idwt
+from ..ops.soft_threshold import soft_threshold
+
+LAMBDA_REC = 0.35  # Section 4.2: SUM_Rec
+ALPHA_RANGE = (0.0, 2.0)  # the paper sweeps alpha in [0, 1]; up to 2 shows stronger-than-trained shrinkage
+
+
+def default_config() -> dict:
+    """Hyperparameters (not learned): 4 decomposition levels, 8 feature maps after the first convolution (4.2)."""
+    return {
+        "in_channels": 4,           # FLAIR, T1, T1ce, T2
+        "num_classes": 4,           # background, oedema, non-enhancing core, enhancing
+        "spatial_dims": 3,          # 3 for volumes, 2 for slices
+        "features": 8,              # F_0; doubles with every level
+        "levels": 4,                # DWT decomposition levels
+        "lambda_rec": LAMBDA_REC,   # eq. 13; 0 trains SUM_Seg
+        "smooth": 1.0,              # soft-IoU smoothing
+        "init": "identity",         # "identity": filter banks start as a perfect-reconstruction pair (eq. 6) plus
+                                    # small noise; "random": variance-preserving Gaussian kernels
+        "roi_size": [96, 96, 96],   # sliding-window size used by segment.predict (a multiple of 2**levels)
+    }
+
+
+def train_defaults() -> dict:
+    """Optimiser settings of Section 4.3 (AdamW, weight decay 0.25); the learning rate suits short CPU budgets."""
+    return {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.25}
+
+
+def check_alpha(alpha) -> float:
+    """alpha as a float in ALPHA_RANGE, or InvalidInput with the reason."""
+    try:
+        if isinstance(alpha, bool):
+            raise TypeError
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"'alpha' must be a number between {ALPHA_RANGE[0]} and {ALPHA_RANGE[1]}, "
+                           f"got {alpha!r}") from None
+    if not (ALPHA_RANGE[0] <= a <= ALPHA_RANGE[1]):  # also refuses NaN
+        raise InvalidInput(f"'alpha' must be between {ALPHA_RANGE[0]} (linear model) and {ALPHA_RANGE[1]}, "
+                           f"got {alpha!r}; 1 is the trained model")
+    return a
+
+
+def soft_shrink(z: torch.Tensor, b: torch.Tensor, alpha) -> torch.Tensor:
+    """S_{alpha b}(z) = sign(z) max(|z| - alpha b, 0) with one threshold per channel (eq. 17, Fig. 1)."""
+    return soft_threshold(z, (alpha * b).view(1, -1, *([1] * (z.dim() - 2))))
+
+
+def soft_iou(probabilities: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft IoU per class over the batch (Huang et al. 2019): (sum p y + s) / (sum p + sum y - sum p y + s).
+
+    probabilities, target: (B, K, *S) in [0, 1]; returns (K,)."""
+    dims = [0] + list(range(2, probabilities.dim()))
+    inter = (probabilities * target).sum(dims)
+    union = probabilities.sum(dims) + target.sum(dims) - inter
+    return (inter + smooth) / (union + smooth)
+
+
+def reconstruction_l1(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """R_Rec = ||x - x^||_1 (eq. 14), as the mean absolute error so that lambda_rec is independent of size."""
+    return (x - x_hat).abs().mean()
+
+
+class SUM(nn.Module):
+    """Simplified U-Net-proxy model (seed 003, Fig. 1).
+
+    forward(x, alpha=None, output="logits"): x (B, in_channels, *S) normalised image ->
+      "logits": K_Omega ED(x) + b_Omega (B, num_classes, *S), the pre-clipping output (argmax gives the label);
+      "ed": ED_alpha(x) (B, in_channels, *S).  alpha=None uses the model's `alpha` buffer (1 after training).
+    interpret(x): the named intermediate outputs (see its docstring).
+    loss(net, x, y): eq. 13 for a batch with integer labels y (B, 1, *S).
+    """
+
+    def __init__(self, **config):
+        super().__init__()
+        cfg = default_config()
+        unknown = set(config) - set(cfg)
+        if unknown:
+            raise ValueError(f"unknown SUM config keys: {sorted(unknown)}")
+        cfg.update(config)
+        if cfg["spatial_dims"] not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {cfg['spatial_dims']}")
+        self.config = cfg
+        d, n, L, f0 = cfg["spatial_dims"], cfg["in_channels"], cfg["levels"], cfg["features"]
+        self.dims, self.n, self.m, self.L = d, n, cfg["num_classes"], L
+        self.scale = 2**L
+        feats = [f0 * 2**level for level in range(L)]
+        self.features = feats
+        conv = lambda cin, cout: _conv(d, cin, cout)  # noqa: E731
+        self.enc0 = nn.ModuleList(conv(n if level == 0 else feats[level - 1], feats[level]) for level in range(L))
+        self.enc1 = nn.ModuleList(conv(feats[level], feats[level]) for level in range(L))
+        self.dec_up = nn.ModuleList(conv(feats[level], feats[level]) for level in range(L))    # K^u_l
+        self.dec_skip = nn.ModuleList(conv(feats[level], feats[level]) for level in range(L))  # K^d_l
+        self.dec_out = nn.ModuleList(conv(feats[level], n if level == 0 else feats[level - 1]) for level in range(L))
+        if cfg["init"] == "identity":
+            self._init_identity()
+        elif cfg["init"] == "random":
+            for up, skip in zip(self.dec_up, self.dec_skip):  # the sum of two convs keeps the variance of one
+                for c in (up, skip):
+                    with torch.no_grad():
+                        c.weight /= math.sqrt(2.0)
+        else:
+            raise ValueError(f"init must be 'identity' or 'random', got {cfg['init']!r}")
+        # per-channel thresholds b, initialised at 0 (the network starts linear)
+        self.b_enc0 = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
+        self.b_enc1 = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
+        self.b_dec = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
+        self.b_dec_out = nn.ParameterList(nn.Parameter(torch.zeros(feats[level - 1])) for level in range(1, L))
+        # output layer Omega: 1x1 convolution (with bias: ED is odd, ED(-x) = -ED(x), so offsets need one)
+        self.omega = (nn.Conv2d if d == 2 else nn.Conv3d)(n, self.m, kernel_size=1)
+        with torch.no_grad():  # start inside the clipping range, where the soft-IoU gradient is not cut
+            self.omega.weight.normal_(0.0, 0.01)
+            self.omega.bias.fill_(0.5)
+        self.register_buffer("alpha", torch.tensor(1.0))
+
+    @torch.no_grad()
+    def _init_identity(self, noise: float = 0.1):
+        """Delta kernels that copy the first min(C_in, C_out) channels (K^u, K^d halved), plus Gaussian noise of
+        std noise / sqrt(fan_in): with alpha = 0 the network then starts close to ED(x) = x (eq. 6)."""
+        centre = (1,) * self.dims
+        for mods, gain in ((self.enc0, 1.0), (self.enc1, 1.0), (self.dec_up, 0.5), (self.dec_skip, 0.5),
+                           (self.dec_out, 1.0)):
+            for c in mods:
+                c.weight.normal_(0.0, noise / math.sqrt(c.in_channels * 3**self.dims))
+                for k in range(min(c.in_channels, c.out_channels)):
+                    c.weight[(k, k, *centre)] += gain
+
+    # --- the maths -----------------------------------------------------------------------------
+    def _alpha(self, alpha):
+        return self.alpha if alpha is None else alpha
+
+    def ed(self, x: torch.Tensor, alpha=None, masks: dict | None = None) -> torch.Tensor:
+        """ED_S(alpha)(x) (Fig. 1, eq. 15 for alpha = 0) on a padded input; fills `masks` (name -> bool tensor
+        of the coefficients that survive each shrinkage, |z| > alpha b) when given."""
+        a = self._alpha(alpha)
+        K = 2**self.dims
+
+        def shrink(z, b, name):
+            if masks is not None:
+                masks[name] = z.abs() > (a * b).view(1, -1, *([1] * self.dims))
+            return soft_shrink(z, b, a)
+
+        skips, details = [], []
+        h = x
+        for level in range(self.L):
+            e = shrink(self.enc0[level](h), self.b_enc0[level], f"encoder_{level}.0")
+            e = shrink(self.enc1[level](e), self.b_enc1[level], f"encoder_{level}.1")
+            w = dwt(e, self.dims)
+            B, C = e.shape[:2]
+            w = w.view(B, C, K, *w.shape[2:])
+            skips.append(e)
+            details.append(w[:, :, 1:])
+            h = w[:, :, 0]  # approximation band a_{l+1}
+        d = h  # the deepest approximation band goes straight to the inverse DWT
+        for level in reversed(range(self.L)):
+            det = details[level]
+            u = idwt(torch.cat([d.unsqueeze(2), det], 2).flatten(1, 2), self.dims)
+            v = shrink(self.dec_up[level](u) + self.dec_skip[level](skips[level]), self.b_dec[level],
+                       f"decoder_{level}.0")
+            d = self.dec_out[level](v)
+            if level > 0:
+                d = shrink(d, self.b_dec_out[level - 1], f"decoder_{level}.1")
+        return d
+
+    def omega_logits(self, c: torch.Tensor) -> torch.Tensor:
+        """K_Omega c + b_Omega: the output layer before clipping."""
+        return self.omega(c)
+
+    @staticmethod
+    def clip(z: torch.Tensor) -> torch.Tensor:
+        """C_{0,1}: the saturating part of the output layer Omega (eq. 12)."""
+        return z.clamp(0.0, 1.0)
+
+    # --- nn.Module API -------------------------------------------------------------------------
+    def _pad(self, x: torch.Tensor):
+        if x.dim() != self.dims + 2 or x.shape[1] != self.n:
+            raise InvalidInput(f"SUM expects a (B, {self.n}, {', '.join('XYZ'[:self.dims])}) tensor; "
+                               f"got {tuple(x.shape)}")
+        sp = tuple(x.shape[2:])
+        pads = []
+        for s in reversed(sp):
+            pads += [0, int(math.ceil(s / self.scale) * self.scale) - s]
+        return (F.pad(x, pads) if any(pads) else x), sp
+
+    def _crop(self, t: torch.Tensor, size) -> torch.Tensor:
+        return t[(..., *[slice(0, s) for s in size])]
+
+    def forward(self, x: torch.Tensor, alpha=None, output: str = "logits") -> torch.Tensor:
+        xp, size = self._pad(x)
+        c = self.ed(xp, alpha)
+        if output == "ed":
+            return self._crop(c, size)
+        return self._crop(self.omega_logits(c), size)
+
+    def loss(self, net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """L = (1 - mean_k softIoU_k(C_{0,1}(logits), onehot(y))) + lambda_rec ||x - ED_{alpha=0}(x)||_1 (eq. 13-15).
+
+        `net` is this model or its DistributedDataParallel wrapper (both passes go through it)."""
+        target = F.one_hot(y[:, 0].long(), self.m).movedim(-1, 1).to(x.dtype)
+        seg = 1.0 - soft_iou(self.clip(net(x)), target, self.config["smooth"]).mean()
+        lam = self.config["lambda_rec"]
+        if not lam:
+            return seg
+        return seg + lam * reconstruction_l1(x, net(x, alpha=0.0, output="ed"))
+
+    @contextlib.contextmanager
+    def using_alpha(self, alpha):
+        """Temporarily scale every threshold by `alpha` (None: leave it as it is)."""
+        if alpha is None:
+            yield self
+            return
+        old = self.alpha.clone()
+        self.alpha.fill_(check_alpha(alpha))
+        try:
+            yield self
+        finally:
+            self.alpha.copy_(old)
+
+    @torch.no_grad()
+    def interpret(self, x: torch.Tensor, alpha=None, **_) -> dict:
+        """Named interpretable outputs for x (B, in_channels, *S):
+
+        - "logits" (B, K, *S): K_Omega ED_alpha(x) + b_Omega, the output layer's input scaled (argmax: label).
+        - "probabilities" (B, K, *S): the clipped output m^ = C_{0,1}(logits) in [0, 1] (eq. 12).
+        - "ed" (B, in_channels, *S): ED_alpha(x), the denoised signal that enters the output layer ("Inp. sig. O.L.").
+        - "ed_linear" (B, in_channels, *S): ED_{alpha=0}(x), what the filter banks alone reconstruct (eq. 15).
+        - "masks": {layer name: bool (B, C_l, *S_l)}: the coefficients that survive each shrinkage (|z| > alpha b).
+        - "survival" (B, 2L, *S): per level, the fraction of surviving coefficients over the level's encoder
+          ("encoder_l") and decoder ("decoder_l") shrinkages, repeated up to the input grid (order: SURVIVAL_NAMES).
+        - "sparsity" (n_layers,): fraction of surviving coefficients per shrinkage layer (order: masks' keys).
+        """
+        a = self._alpha(alpha)
+        xp, size = self._pad(x)
+        masks: dict = {}
+        c = self.ed(xp, a, masks)
+        lin = self.ed(xp, 0.0)
+        logits = self.omega_logits(c)
+        survival = []
+        for name in self.survival_names():
+            kind, level = name.split("_")
+            ms = [m.float().mean(1, keepdim=True) for k, m in masks.items() if k.startswith(f"{kind}_{level}.")]
+            frac = torch.stack(ms).mean(0)
+            factor = xp.shape[-1] // frac.shape[-1]
+            if factor > 1:
+                frac = F.interpolate(frac, scale_factor=factor, mode="nearest")
+            survival.append(frac)
+        return {
+            "logits": self._crop(logits, size),
+            "probabilities": self._crop(self.clip(logits), size),
+            "ed": self._crop(c, size),
+            "ed_linear": self._crop(lin, size),
+            "masks": masks,
+            "survival": self._crop(torch.cat(survival, 1), size),
+            "sparsity": torch.stack([m.float().mean() for m in masks.values()]),
+        }
+
+    train_defaults = staticmethod(train_defaults)
+
+    def survival_names(self) -> list[str]:
+        return [f"encoder_{level}" for level in range(self.L)] + [f"decoder_{level}" for level in range(self.L)]
+
+    def parameter_table(self) -> list[dict]:
+        """Learned thresholds b per shrinkage layer (summary over channels) and the scalar alpha.
+
+        Rows: layer, channels, b_mean, b_min, b_max, negative (channels with b < 0: those boost instead of
+        shrink, Fig. 6), then one row "alpha" with its value."""
+        rows = []
+        layers = ([(f"encoder_{lv}.0", b) for lv, b in enumerate(self.b_enc0)]
+                  + [(f"encoder_{lv}.1", b) for lv, b in enumerate(self.b_enc1)]
+                  + [(f"decoder_{lv}.0", b) for lv, b in enumerate(self.b_dec)]
+                  + [(f"decoder_{lv + 1}.1", b) for lv, b in enumerate(self.b_dec_out)])
+        for name, b in layers:
+            b = b.detach().cpu()
+            rows.append({"layer": name, "channels": int(b.numel()), "b_mean": float(b.mean()),
+                         "b_min": float(b.min()), "b_max": float(b.max()), "negative": int((b < 0).sum())})
+        rows.append({"layer": "alpha", "channels": 1, "b_mean": float(self.alpha), "b_min": float(self.alpha),
+                     "b_max": float(self.alpha), "negative": int(float(self.alpha) < 0)})
+        return rows
+
+
+def _conv(dims: int, cin: int, cout: int) -> nn.Module:
+    """Bias-free 3x3(x3) convolution, variance-preserving initialisation (no normalisation layers in SUM)."""
+    c = (nn.Conv2d if dims == 2 else nn.Conv3d)(cin, cout, kernel_size=3, padding=1, bias=False)
+    nn.init.normal_(c.weight, 0.0, 1.0 / math.sqrt(cin * 3**dims))
+    return c
+
+
+def sum_seg(**config) -> SUM:
+    """SUM_Seg: trained with the segmentation loss only (lambda_rec = 0)."""
+    return SUM(**{**config, "lambda_rec": 0.0})
+
+
+def sum_rec(**config) -> SUM:
+    """SUM_Rec: segmentation loss + 0.35 ||x - ED_{alpha=0}(x)||_1 (Section 4.2)."""
+    return SUM(**{**config, "lambda_rec": LAMBDA_REC})

@@ -1,0 +1,110 @@
+"""SUM through the real MONAI Label server (see conftest.py): train `sum`, infer the label, the bundle with alpha."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sparsesight import bundle
+
+pytestmark = pytest.mark.server
+
+
+def _label(data: bytes):
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    img = nib.Nifti1Image.from_bytes(data)
+    return np.asanyarray(img.dataobj), img.affine
+
+
+def _files(server) -> dict:
+    return {str(p.relative_to(server.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(server.studies.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def trained(server):
+    """One short training of `sum` through POST /train/sum (a fresh model: no checkpoint yet)."""
+    info = server.info()
+    assert "sum" in info["models"] and "sum" in info["trainers"]
+    assert info["models"]["sum"]["config"]["alpha"] == 1.0  # the model option, shown in /info
+    status = server.train(model="sum")
+    assert any("train sum: epoch 1/1" in line for line in status["details"]), status["details"]
+    version = server.version("sum")
+    assert version and version.startswith("sha256:")
+    return version
+
+
+def test_infer_label(server, trained):
+    img = nib.load(server.studies / "case_001.nii.gz")
+    r = server.post("/infer/sum", params={"image": "case_001", "output": "image"})
+    assert r.status_code == 200, r.text
+    label, affine = _label(r.content)
+    assert label.shape == img.shape[:3]
+    np.testing.assert_allclose(affine, img.affine, atol=1e-5)
+    assert set(np.unique(label)) <= {0, 1, 2, 3}
+    # alpha is a request option of the label answer too
+    r = server.post("/infer/sum", params={"image": "case_001", "output": "json"},
+                    data={"params": json.dumps({"alpha": 0.0})})
+    assert r.status_code == 200, r.text
+    assert r.json()["alpha"] == 0.0 and r.json()["model_version"] == trained
+
+
+def test_infer_bundle_with_alpha(server, trained, tmp_path):
+    r = server.post("/infer/sum", params={"image": "case_001", "output": "image"},
+                    data={"params": json.dumps({"bundle": True, "alpha": 0.0})})
+    assert r.status_code == 200, r.text
+    path = tmp_path / "sum.zip"
+    path.write_bytes(r.content)
+    manifest = bundle.validate(path)
+    assert manifest["model"] == "sum" and manifest["model_version"] == trained and manifest["alpha"] == 0.0
+    names = {o["name"] for o in manifest["outputs"]}
+    for expected in ("label", "probability/enhancing", "reconstruction/FLAIR", "linear_reconstruction/T2",
+                     "shrinkage/encoder_0", "shrinkage/decoder_3", "response", "response_metrics", "alpha_sweep",
+                     "alpha_sweep_plot", "params", "params_plot"):
+        assert expected in names, expected
+    b = bundle.read(path)
+    try:
+        # at alpha = 0 every threshold is zero: ED_alpha(x) is the linear reconstruction ED_0(x) (eq. 15)
+        ed, _ = b.volume("reconstruction/T1ce")
+        lin, _ = b.volume("linear_reconstruction/T1ce")
+        np.testing.assert_allclose(ed, lin, atol=1e-3 * (np.abs(lin).max() + 1e-6))
+        metrics = b.table("response_metrics")
+        assert len(metrics) == 16 and {"SDS", "FDS", "FDV"} <= set(metrics[0])
+        sweep = b.table("alpha_sweep")
+        assert [float(row["alpha"]) for row in sweep] == [0.0, 0.5, 1.0, 1.5, 2.0]
+        params = b.table("params")
+        assert params[-1]["layer"] == "alpha" and float(params[-1]["b_mean"]) == 1.0  # the stored model is unchanged
+    finally:
+        b.close()
+
+    r = server.post("/infer/sum", params={"image": "case_001", "output": "image"},
+                    data={"params": json.dumps({"bundle": True, "alpha": 1.5, "outputs": ["label", "shrinkage"]})})
+    assert r.status_code == 200, r.text
+    path.write_bytes(r.content)
+    manifest = bundle.validate(path)
+    assert manifest["alpha"] == 1.5
+    shrinkage = {f"shrinkage/{kind}_{level}" for kind in ("encoder", "decoder") for level in range(4)}
+    assert {o["name"] for o in manifest["outputs"]} == {"label"} | shrinkage
+
+
+@pytest.mark.parametrize("alpha", ["lots", -1, 7, [0.5]])
+def test_bad_alpha_is_refused(server, trained, alpha):
+    before = _files(server)
+    for params in ({"alpha": alpha}, {"alpha": alpha, "bundle": True}):
+        r = server.post("/infer/sum", params={"image": "case_001"}, data={"params": json.dumps(params)})
+        assert r.status_code == 400, r.text
+        assert "alpha" in r.json()["detail"] and "Traceback" not in r.json()["detail"]
+    assert _files(server) == before
+    assert server.version("sum") == trained
+
+
+def test_unknown_bundle_output_is_refused(server, trained):
+    r = server.post("/infer/sum", params={"image": "case_001"},
+                    data={"params": json.dumps({"bundle": True, "outputs": ["components"]})})
+    assert r.status_code == 422, r.text
+    assert "components" in r.json()["detail"] and "reconstruction" in r.json()["detail"]
