@@ -1,0 +1,365 @@
+"""Labelling-efficiency benchmark: Dice against the number of labelled images, per active-learning strategy.
+
+    python -m sparsesight.bench.active_learning [--strategies random,sparse_residual,epistemic] [--seeds 2]
+        [--pool 8] [--test 2] [--initial 2] [--rounds 2] [--batch 2] [--epochs 3] [--downsample 4]
+        [--model-config JSON] [--out bench/results]
+
+Everything goes through the real MONAI Label server with apps/sparsesight (started once, as a child process):
+a simulated annotator starts from `initial` labelled phantoms of the pool and then, for `rounds` rounds, asks
+the strategy for the next image `batch` times (POST /activelearning/<strategy>, submitting each image's true
+label with PUT /datastore/label before asking again), retrains (POST /train/mlcsc: incremental from the
+current checkpoint on all final labels, `epochs` epochs; the training process refreshes the strategy's
+cached scores before it ends) and measures Dice on a fixed held-out set that never enters the datastore,
+by segmenting each held-out image through POST /infer/mlcsc (its result bundle: label and probabilities).
+Per seed the initial labelled set, the initial model (trained once, its checkpoint restored before every
+strategy) and the training seed are the same for every strategy, so the curves differ only by the images the
+strategies pick. Reported per strategy: the area under the Dice-vs-labels curve (normalised: the mean Dice
+over the budget), mean and spread over the seeds, and its ratio to `random` measured in the same run; the
+same for the soft Dice of the probabilities, which moves even while the hard Dice is still 0.
+
+Writes active_learning.{csv,json,png} under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from .. import REGIONS
+from ..active_learning import area_under_curve
+from ..data.io import load_label
+from ..metrics import region_dice
+
+MODEL = "mlcsc"
+METRICS = {"dice": "Dice", "soft_dice": "soft Dice"}
+#: one CPU epoch in seconds on the 4 mm phantoms (60 x 60 x 39 voxels)
+FAST_TRAIN = {"patch_size": [32, 32, 32], "samples_per_image": 2, "batch_size": 2}
+
+
+# ------------------------------------------------------------------------------------------- the annotator
+class Annotator:
+    """A simulated annotator talking to the server's REST API; true labels come from `labels/<id>.nii.gz`."""
+
+    def __init__(self, url: str, labels_dir, model: str = MODEL, timeout: float = 600):
+        self.url, self.labels_dir, self.model, self.timeout = url.rstrip("/"), Path(labels_dir), model, timeout
+
+    def _ok(self, r: requests.Response) -> requests.Response:
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.request.method} {r.url}: {r.status_code} {r.text[:500]}")
+        return r
+
+    def objects(self) -> dict:
+        return self._ok(requests.get(f"{self.url}/datastore/", params={"output": "all"}, timeout=60)).json()["objects"]
+
+    def labelled(self) -> set:
+        return {k for k, v in self.objects().items() if "final" in v.get("labels", {})}
+
+    def unlabelled(self) -> set:
+        return set(self.objects()) - self.labelled()
+
+    def version(self):
+        return self._ok(requests.get(f"{self.url}/info/", timeout=60)).json()["models"][self.model]["version"]
+
+    def pick(self, strategy: str, **params) -> dict:
+        """POST /activelearning/<strategy>: the server's answer (id None when nothing is left)."""
+        return self._ok(requests.post(f"{self.url}/activelearning/{strategy}", json=params, timeout=self.timeout)).json()
+
+    def annotate(self, image_id: str) -> None:
+        """Submit the true label of image_id as its final label."""
+        path = self.labels_dir / f"{image_id}.nii.gz"
+        self._ok(requests.put(f"{self.url}/datastore/label", params={"image": image_id, "tag": "final"},
+                              files={"label": (path.name, path.read_bytes())}, timeout=120))
+
+    def unlabel(self, image_ids) -> None:
+        """Remove the final labels of image_ids and wait until the datastore lists them as unlabelled."""
+        for image_id in image_ids:
+            self._ok(requests.delete(f"{self.url}/datastore/label", params={"id": image_id, "tag": "final"},
+                                     timeout=60))
+        deadline = time.time() + 60
+        while set(image_ids) & self.labelled():  # the datastore catches up through its file watcher
+            if time.time() > deadline:
+                raise TimeoutError(f"labels of {sorted(image_ids)} still listed after removal")
+            time.sleep(0.3)
+
+    def train(self, epochs: int, train_config: dict | None = None) -> dict:
+        """POST /train/<model> and wait for it; returns the final task status (raises unless DONE)."""
+        r = self._ok(requests.post(f"{self.url}/train/{self.model}",
+                                   json={"epochs": epochs, "train_config": train_config or FAST_TRAIN}, timeout=120))
+        task_id, deadline = r.json()["id"], time.time() + self.timeout
+        while time.time() < deadline:
+            status = requests.get(f"{self.url}/train/", timeout=60).json()
+            if status.get("id") == task_id and status["status"] not in ("SUBMITTED", "RUNNING"):
+                if status["status"] != "DONE":
+                    raise RuntimeError("training failed:\n" + "\n".join(status.get("details", [])))
+                return status
+            time.sleep(0.5)
+        raise TimeoutError(f"training did not finish in {self.timeout} s")
+
+    def segment(self, image_path) -> tuple[np.ndarray, np.ndarray]:
+        """The served model's label map (X, Y, Z) and class probabilities (K, X, Y, Z) of an image file, from its
+        result bundle (uploaded: held-out images stay out of the datastore)."""
+        from .. import CLASSES, bundle
+
+        path = Path(image_path)
+        r = self._ok(requests.post(f"{self.url}/infer/{self.model}", params={"output": "image"},
+                                   data={"params": json.dumps({"bundle": True, "outputs": ["label", "probabilities"]})},
+                                   files={"file": (path.name, path.read_bytes())}, timeout=self.timeout))
+        with tempfile.TemporaryDirectory(prefix="sparsesight-al-") as d:
+            zip_path = Path(d) / "bundle.zip"
+            zip_path.write_bytes(r.content)
+            b = bundle.read(zip_path)
+            try:
+                label = b.volume("label")[0]
+                fg = np.stack([b.volume(f"probability/{CLASSES[c]}")[0] for c in range(1, len(CLASSES))])
+            finally:
+                b.close()
+        return label, np.concatenate([np.clip(1 - fg.sum(0, keepdims=True), 0, 1), fg])
+
+    def evaluate(self, cases) -> dict:
+        """Over held-out [(image path, label path)]: mean region Dice (WT, TC, ET) of the label map and their mean
+        ("dice"), and the mean soft Dice of the probabilities ("soft_dice", moves with any change of the model)."""
+        per, soft = [], []
+        for image, label in cases:
+            truth, _ = load_label(label)
+            pred, prob = self.segment(image)
+            per.append(region_dice(pred, truth))
+            soft.append(np.mean(list(region_soft_dice(prob, truth).values())))
+        out = {k: float(np.mean([d[k] for d in per])) for k in REGIONS}
+        out["dice"] = float(np.mean([out[k] for k in REGIONS]))
+        out["soft_dice"] = float(np.mean(soft))
+        return out
+
+
+def soft_dice(p: np.ndarray, y: np.ndarray) -> float:
+    """2 sum p y / (sum p + sum y) for a probability map p and a binary mask y; 1 when both are empty."""
+    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    s = p.sum() + y.sum()
+    return 1.0 if s == 0 else float(2 * (p * y).sum() / s)
+
+
+def region_soft_dice(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Soft Dice of each BraTS region: the region's probability is the sum of its classes' (prob (K, X, Y, Z))."""
+    return {r: soft_dice(prob[list(c)].sum(0), np.isin(label, c)) for r, c in REGIONS.items()}
+
+
+# ------------------------------------------------------------------------------------------- the run
+def _dataset(root: Path, pool: int, test: int, downsample: int, seed: int) -> dict:
+    from ..data.phantom import write_dataset
+
+    folder = root / f"phantom_p{pool}_t{test}_d{downsample}_s{seed}"
+    meta_path = folder / "dataset.json"
+    if not meta_path.is_file():
+        write_dataset(folder, n_cases=pool + test, seed=seed, downsample=downsample, n_test=test)
+    meta = json.loads(meta_path.read_text())
+    ids = [Path(it["image"]).name.split(".")[0] for it in meta["training"]]
+    tests = [(folder / it["image"], folder / it["label"]) for it in meta["test"]]
+    return {"folder": folder, "pool": ids, "test": tests}
+
+
+def _restore(src: Path, dst: Path) -> None:
+    """Put a saved checkpoint back in place atomically (the server reloads it on its next use)."""
+    tmp = dst.with_name(f".{dst.name}.restore.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, pool: int = 8, test: int = 2,
+        initial: int = 2, rounds: int = 2, batch: int = 2, epochs: int = 3, initial_epochs: int | None = None,
+        downsample: int = 4, model_config: dict | None = None, data_seed: int = 0, out: str = "bench/results",
+        work: str | None = None) -> dict:
+    """Run the benchmark (see the module docstring); `model_config` overrides the model's default hyperparameters
+    of the fresh network each seed starts from (default: the served model's defaults)."""
+    import torch
+
+    from .. import checkpoint, models
+    from ..server import MonaiLabelServer
+
+    if "random" not in strategies:
+        strategies = ("random", *strategies)  # the baseline of the ratio table
+    if initial < 1 or batch < 1 or initial + rounds * batch > pool:
+        raise ValueError(f"need initial >= 1, batch >= 1 and initial + rounds x batch <= pool; got "
+                         f"{initial} + {rounds} x {batch} > {pool}")
+    initial_epochs = initial_epochs or 2 * epochs
+    model_config = dict(model_config or {})
+    config = {**models.default_config(MODEL), **model_config}
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = _dataset(Path(work or "out/bench") / "data", pool, test, downsample, data_seed)
+    tmp = Path(tempfile.mkdtemp(prefix="sparsesight-al-"))
+    studies, model_dir = tmp / "datastore", tmp / "model"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for image_id in data["pool"]:
+        shutil.copy(data["folder"] / "imagesTr" / f"{image_id}.nii.gz", studies / f"{image_id}.nii.gz")
+    ckpt = model_dir / f"{MODEL}.pt"
+
+    rows, t_start = [], time.time()
+    server = MonaiLabelServer(studies, conf={"model_dir": model_dir}, log_path=tmp / "server.log")
+    print(f"active learning: {len(data['pool'])} pool / {len(data['test'])} held-out phantoms at {downsample} mm, "
+          f"start {initial}, {rounds} rounds x {batch} labels, {epochs} epochs per round, {seeds} seed(s), "
+          f"strategies {', '.join(strategies)}; server log {tmp / 'server.log'}", flush=True)
+    try:
+        url = server.start(timeout=300)
+        ann = Annotator(url, data["folder"] / "labelsTr")
+        for seed in range(seeds):
+            rng = np.random.default_rng(1000 + seed)
+            start_ids = sorted(rng.choice(data["pool"], size=initial, replace=False).tolist())
+            ann.unlabel(sorted(ann.labelled()))
+            shutil.rmtree(model_dir / "scores", ignore_errors=True)
+            torch.manual_seed(seed)  # the fresh network of this seed; the server trains it from here
+            checkpoint.save(ckpt, models.build(MODEL, config), MODEL, config)
+            for image_id in start_ids:
+                ann.annotate(image_id)
+            train_config = {**FAST_TRAIN, "seed": seed}
+            ann.train(initial_epochs, train_config)
+            saved = tmp / f"initial_seed{seed}.pt"
+            shutil.copyfile(ckpt, saved)
+            d0, v0 = ann.evaluate(data["test"]), ann.version()
+            print(f"seed {seed}: initial {start_ids} -> {v0}, Dice {d0['dice']:.3f}, soft Dice {d0['soft_dice']:.3f}",
+                  flush=True)
+            for strategy in strategies:
+                ann.unlabel(sorted(ann.labelled() - set(start_ids)))
+                _restore(saved, ckpt)
+                shutil.rmtree(model_dir / "scores", ignore_errors=True)  # only this strategy's scores refresh
+                rows.append({"strategy": strategy, "seed": seed, "round": 0, "n_labels": initial, "image": "",
+                             "score": None, "model_version": v0, "seconds": 0.0, **d0})
+                for r in range(1, rounds + 1):
+                    t = time.time()
+                    picked, scores = [], []
+                    for _ in range(batch):
+                        before = ann.unlabelled()
+                        answer = ann.pick(strategy)
+                        image_id = answer.get("id")
+                        if image_id not in before:
+                            raise RuntimeError(f"{strategy} suggested {image_id!r}, not an unlabelled image: {answer}")
+                        ann.annotate(image_id)
+                        picked.append(image_id)
+                        scores.append(answer.get("score"))
+                    version_before = ann.version()
+                    ann.train(epochs, train_config)
+                    version = ann.version()
+                    if version == version_before:
+                        raise RuntimeError("training did not change the model version")
+                    d = ann.evaluate(data["test"])
+                    rows.append({"strategy": strategy, "seed": seed, "round": r, "n_labels": initial + r * batch,
+                                 "image": " ".join(picked),
+                                 "score": " ".join(f"{x:.6g}" for x in scores if x is not None) or None,
+                                 "model_version": version, "seconds": round(time.time() - t, 1), **d})
+                    print(f"seed {seed} {strategy:>15} round {r}/{rounds}: labelled {', '.join(picked)} -> "
+                          f"Dice {d['dice']:.3f} (WT {d['WT']:.3f} TC {d['TC']:.3f} ET {d['ET']:.3f}), soft Dice "
+                          f"{d['soft_dice']:.3f} [{time.time() - t:.0f} s, {time.time() - t_start:.0f} s total]",
+                          flush=True)
+    finally:
+        server.stop()
+    results = summarise(rows, strategies)
+    results.update({"pool": len(data["pool"]), "test": len(data["test"]), "initial": initial, "rounds": rounds,
+                    "batch": batch, "epochs": epochs, "initial_epochs": initial_epochs, "seeds": seeds,
+                    "downsample_mm": downsample, "model_config": model_config, "train_config": FAST_TRAIN,
+                    "seconds": round(time.time() - t_start, 1),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
+                               f"load average {os.getloadavg()[0]:.1f} at the end",
+                    "rows": rows})
+    write(results, out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def summarise(rows: list[dict], strategies) -> dict:
+    """Per strategy and metric (Dice, soft Dice): AUC per seed, its mean and standard deviation over the seeds,
+    the mean curve, and the AUC ratio to random."""
+    out = {"strategies": {}}
+    for s in strategies:
+        res = {}
+        seeds = sorted({r["seed"] for r in rows if r["strategy"] == s})
+        for metric in METRICS:
+            aucs, curves = [], []
+            for seed in seeds:
+                pts = sorted((r["n_labels"], r[metric]) for r in rows if r["strategy"] == s and r["seed"] == seed)
+                aucs.append(area_under_curve([p[0] for p in pts], [p[1] for p in pts]))
+                curves.append([p[1] for p in pts])
+            c = np.array(curves)
+            res[metric] = {"auc": aucs, "auc_mean": float(np.mean(aucs)), "auc_std": float(np.std(aucs)),
+                           "mean": c.mean(0).tolist(), "std": c.std(0).tolist(), "final_mean": float(c[:, -1].mean())}
+        res["n_labels"] = sorted({r["n_labels"] for r in rows if r["strategy"] == s})
+        out["strategies"][s] = res
+    for metric in METRICS:
+        base = out["strategies"]["random"][metric]["auc_mean"]
+        for r in out["strategies"].values():
+            r[metric]["auc_ratio_vs_random"] = r[metric]["auc_mean"] / base if base > 0 else None
+    return out
+
+
+def write(results: dict, out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out_dir / "active_learning.json").write_text(json.dumps(results, indent=2, default=str))
+    keys = ["strategy", "seed", "round", "n_labels", "image", "score", "dice", "soft_dice", "WT", "TC", "ET",
+            "model_version", "seconds"]
+    lines = [",".join(keys)] + [",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in results["rows"]]
+    (out_dir / "active_learning.csv").write_text("\n".join(lines) + "\n")
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5.6 * len(METRICS), 4.2))
+    for ax, metric in zip(axes, METRICS):
+        for i, (s, r) in enumerate(results["strategies"].items()):
+            n, m, sd = np.array(r["n_labels"]), np.array(r[metric]["mean"]), np.array(r[metric]["std"])
+            ax.plot(n, m, "o-", color=f"C{i}",
+                    label=f"{s}: AUC {r[metric]['auc_mean']:.3f} ± {r[metric]['auc_std']:.3f}")
+            ax.fill_between(n, m - sd, m + sd, color=f"C{i}", alpha=0.18)
+        ax.set_xlabel("labelled images")
+        ax.set_ylabel(f"mean {METRICS[metric]} (WT, TC, ET), held-out phantoms")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"labelling efficiency through the MONAI Label server: {results['seeds']} seeds, mean ± 1 sd, "
+                 f"{results['downsample_mm']} mm phantoms", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_dir / "active_learning.png", dpi=100)
+    plt.close(fig)
+
+    print(f"\nactive learning, {results['seeds']} seeds, {results['initial']} + {results['rounds']} x "
+          f"{results['batch']} labels, {results['epochs']} epochs/round, {results['seconds']:.0f} s; "
+          f"{results['machine']}")
+    print(f"{'strategy':<17}" + "".join(f"{'AUC ' + m:>16}{'sd':>8}{'final':>8}{'/ random':>10}" for m in METRICS))
+    for s, r in results["strategies"].items():
+        cells = []
+        for m in METRICS:
+            ratio = r[m]["auc_ratio_vs_random"]
+            cells.append(f"{r[m]['auc_mean']:>16.4f}{r[m]['auc_std']:>8.4f}{r[m]['final_mean']:>8.4f}"
+                         + (f"{ratio:>10.3f}" if ratio is not None else f"{'n/a':>10}"))
+        print(f"{s:<17}" + "".join(cells))
+    print(f"wrote {out_dir / 'active_learning.csv'}, .json, .png")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--strategies", default="random,sparse_residual,epistemic")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--pool", type=int, default=8)
+    p.add_argument("--test", type=int, default=2)
+    p.add_argument("--initial", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=2, help="labels per round (one training per round)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--initial-epochs", type=int, default=None)
+    p.add_argument("--downsample", type=int, default=4)
+    p.add_argument("--model-config", default=None, help="JSON overriding the fresh model's hyperparameters")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--out", default="bench/results")
+    p.add_argument("--work", default="out/bench", help="where the phantom data are cached")
+    a = p.parse_args(argv)
+    run(tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds, pool=a.pool, test=a.test,
+        initial=a.initial, rounds=a.rounds, batch=a.batch, epochs=a.epochs, initial_epochs=a.initial_epochs,
+        downsample=a.downsample, model_config=json.loads(a.model_config) if a.model_config else None,
+        data_seed=a.data_seed, out=a.out, work=a.work)
+
+
+if __name__ == "__main__":
+    main()
