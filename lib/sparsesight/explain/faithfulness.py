@@ -1,0 +1,202 @@
+"""Faithfulness of attribution maps: deletion and insertion AUC, and the model-randomisation sanity check.
+
+Deletion / insertion (Petsiuk et al. 2018, RISE, Sec. 4.1): voxels are ranked by the map (summed over channels,
+largest first). Deletion replaces the top fraction f of the voxels by the baseline and records the score p(f);
+insertion starts from the baseline and puts the top fraction back. AUC = int_0^1 p(f) df (trapezoid over
+`steps` + 1 fractions). The score is the mean softmax probability of the target class over the fixed target
+region (the region of the explained score, computed once at x). A faithful map has a low deletion AUC and a high
+insertion AUC. Baselines: zero for deletion (the normalised mean), a Gaussian blur of x for insertion (RISE).
+
+Model randomisation (Adebayo et al. 2018, Sec. 3.1, cascading): re-initialise the layers from the output towards
+the input, one more each time, recompute the map and report its similarity to the map of the trained model
+(Spearman rank correlation of |map| and of the signed map, SSIM of |map|). A map that depends on what the model
+learned loses its similarity as layers are randomised.
+"""
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInput
+from .attribution import attribute, gaussian_blur, make_baseline, plain, region_mask
+
+
+def auc(p) -> float:
+    """int_0^1 p(f) df by the trapezoid rule on equally spaced fractions f_k = k / (len(p) - 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    return float(np.trapezoid(p, dx=1.0 / (len(p) - 1))) if hasattr(np, "trapezoid") else \
+        float(np.trapz(p, dx=1.0 / (len(p) - 1)))
+
+
+def class_probability(model: nn.Module, x: torch.Tensor, target: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean softmax probability of class `target` over the region `mask` (every voxel when None), per batch row."""
+    z = model(x)
+    p = torch.softmax(z, 1)[:, target]
+    if p.ndim == 1:
+        return p
+    if mask is None:
+        return p.flatten(1).mean(1)
+    return (p * mask).flatten(1).sum(1) / mask.sum()
+
+
+def voxel_order(attr: torch.Tensor) -> torch.Tensor:
+    """Rank of every voxel (0 = most important) by the channel-summed map (C, *spatial); ties keep voxel order."""
+    s = attr.sum(0)  # (C, *spatial) -> (*spatial)
+    order = torch.argsort(-s.flatten().double(), stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank.view(s.shape)
+
+
+@torch.no_grad()
+def deletion_insertion(model: nn.Module, x, attr, target: int, region="predicted", steps: int = 16,
+                       deletion_baseline="zero", insertion_baseline="blur", blur_sigma: float = 5.0,
+                       batch: int | None = None, progress: bool = False) -> dict:
+    """Deletion and insertion curves and AUCs of map `attr` (x's shape) for `model` at x: (C, *spatial) or
+    (1, C, *spatial) when its first axis is 1 and it has 4+ axes (as attribute() reads it)."""
+    x = plain(x)
+    xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)  # (1, C, *spatial), as attribute() reads it
+    a = plain(attr).to(xb.device, xb.dtype)
+    a = a[0] if a.ndim == xb.ndim else a
+    if tuple(a.shape) != tuple(xb.shape[1:]):
+        raise InvalidInput(f"map shape {list(a.shape)} differs from the input's {list(xb.shape[1:])}")
+    if not (isinstance(steps, (int, np.integer)) and steps >= 2):
+        raise InvalidInput(f"steps must be an integer >= 2; got {steps!r}")
+    model.eval()
+    mask, _ = region_mask(model, xb, target, region)
+    rank = voxel_order(a).to(xb.device)
+    n = rank.numel()
+    fractions = np.linspace(0, 1, steps + 1)
+    counts = [int(round(f * n)) for f in fractions]
+    bl = {"deletion": make_baseline(xb, deletion_baseline),
+          "insertion": gaussian_blur(xb, blur_sigma) if insertion_baseline == "blur"
+          else make_baseline(xb, insertion_baseline)}
+    chunk = batch or max(1, 2 ** 24 // xb[0].numel())
+    curves = {}
+    with tqdm(total=2 * len(counts), desc="deletion/insertion", disable=not progress, leave=False) as bar:
+        for kind in ("deletion", "insertion"):
+            src, dst = (xb, bl[kind]) if kind == "deletion" else (bl[kind], xb)
+            scores = []
+            for s in range(0, len(counts), chunk):
+                ks = counts[s:s + chunk]
+                # top-k voxels (every channel) come from dst, the rest from src
+                sel = torch.stack([(rank < k) for k in ks]).unsqueeze(1)
+                pts = torch.where(sel, dst, src)
+                scores += class_probability(model, pts, target, mask).tolist()
+                bar.update(len(ks))
+            curves[kind] = scores
+    return {"fractions": fractions.tolist(), "deletion_curve": curves["deletion"],
+            "insertion_curve": curves["insertion"], "deletion_auc": auc(curves["deletion"]),
+            "insertion_auc": auc(curves["insertion"]), "steps": int(steps)}
+
+
+# ----------------------------------------------------------------------------------------------- randomisation
+def parameterised_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules that own parameters, from the output end to the input end (reverse registration order);
+    the root's own parameters (e.g. learned thresholds) come last as '(root)'."""
+    mods = [(name or "(root)", m) for name, m in model.named_modules() if any(True for _ in m.parameters(False))]
+    root = [t for t in mods if t[0] == "(root)"]
+    return [t for t in reversed(mods) if t[0] != "(root)"] + root
+
+
+@torch.no_grad()
+def reinitialise(module: nn.Module, generator: torch.Generator):
+    """Fresh random weights: the module's reset_parameters when it has one (its own initialisation), else
+    Gaussian values with each parameter's mean and standard deviation."""
+    if callable(getattr(module, "reset_parameters", None)):
+        module.reset_parameters()
+        return
+    for p in module.parameters(recurse=False):
+        std = float(p.std()) if p.numel() > 1 else float(p.abs().mean())
+        p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) * (std or 1.0) + p.mean())
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Spearman rank correlation of |a|, |b| and of a, b; SSIM of |a|, |b| (channel-summed, scaled to [0, 1])."""
+    from scipy.stats import spearmanr
+    from skimage.metrics import structural_similarity
+
+    a_np, b_np = a.detach().cpu().double().numpy(), b.detach().cpu().double().numpy()
+    out = {"spearman_abs": float(spearmanr(np.abs(a_np).ravel(), np.abs(b_np).ravel())[0]),
+           "spearman": float(spearmanr(a_np.ravel(), b_np.ravel())[0])}
+    sa, sb = np.abs(a_np).sum(0), np.abs(b_np).sum(0)
+    sa, sb = sa / (sa.max() or 1.0), sb / (sb.max() or 1.0)
+    try:
+        out["ssim_abs"] = float(structural_similarity(sa, sb, data_range=1.0))
+    except ValueError:  # an image smaller than SSIM's 7-voxel window
+        out["ssim_abs"] = float("nan")
+    return {k: (0.0 if np.isnan(v) and k != "ssim_abs" else v) for k, v in out.items()}
+
+
+def randomisation_check(model: nn.Module, x, method: str = "integrated_gradients", target: int = 1,
+                        region="predicted", seed: int = 0, progress: bool = False, **options) -> list[dict]:
+    """Cascading model randomisation: rows {layer, n_randomised, spearman_abs, spearman, ssim_abs}, the first
+    row the trained model against itself. The model is copied; its weights stay as they were."""
+    x = plain(x)
+    xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
+    model = model.eval()
+    mask, _ = region_mask(model, xb, target, region)
+    roi = mask[0].cpu().numpy() if mask is not None else "all"  # the same region for every randomised model
+    ref = attribute(model, xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
+    rows = [{"layer": "(trained)", "n_randomised": 0, **similarity(ref[0], ref[0])}]
+    rand = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    layers = parameterised_modules(rand)
+    for i, (name, mod) in enumerate(tqdm(layers, desc="randomisation", disable=not progress, leave=False), 1):
+        reinitialise(mod, gen)
+        amap = attribute(rand, xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
+        rows.append({"layer": name, "n_randomised": i, **similarity(ref[0], amap[0])})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- pictures
+def curves_png(results: dict[str, dict], title: str = "") -> bytes:
+    """Deletion and insertion curves of several maps ({label: deletion_insertion result}) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for label, r in results.items():
+        axes[0].plot(r["fractions"], r["deletion_curve"], label=f"{label} ({r['deletion_auc']:.3f})")
+        axes[1].plot(r["fractions"], r["insertion_curve"], label=f"{label} ({r['insertion_auc']:.3f})")
+    for ax, t in zip(axes, ("deletion (AUC, lower is better)", "insertion (AUC, higher is better)")):
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("fraction of voxels")
+        ax.set_ylabel("mean class probability in region")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def randomisation_png(rows: list[dict], title: str = "") -> bytes:
+    """Similarity to the trained model's map against the number of randomised layers, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows)), 3.4))
+    xs = np.arange(len(rows))
+    for key in ("spearman_abs", "spearman", "ssim_abs"):
+        ax.plot(xs, [r[key] for r in rows], marker="o", label=key)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["layer"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("similarity to trained map")
+    ax.set_title(title or "cascading randomisation (output -> input)", fontsize=9)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()

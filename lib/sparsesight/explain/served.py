@@ -1,0 +1,152 @@
+"""Attribution maps as served outputs: the infer options, the bundle outputs and the plain-NIfTI map.
+
+Infer options (INFER_OPTIONS, declared by each model's config in apps/sparsesight/configs/<model>.py):
+  attribution           method(s), comma-separated: gradient, smoothgrad, ig, guided_ig, blur_ig, xrai ("" = none)
+  attribution_target    class name(s) or index(es), comma-separated (default "enhancing")
+  attribution_steps     path points of the path methods / SmoothGrad samples (default 16)
+  attribution_baseline  zero (default, the seed's choice), min, max, blur, or a number
+  attribution_region    predicted (default: the voxels labelled with the target), all, or a voxel "i,j,k"
+  attribution_nifti     true: the plain NIfTI answer is the (first) map instead of the label, for stock clients
+
+Each map becomes the bundle output "attribution/<method>/<class>" (kind scalar, the map summed over modalities,
+float32) whose manifest entry carries method, target, steps, baseline, region, modality_share and
+"faithfulness": {"deletion_auc", "insertion_auc"} (faithfulness.deletion_insertion), plus one plot
+"attribution/faithfulness" with every map's deletion and insertion curves.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import CLASSES, MODALITIES
+from ..errors import InvalidInput
+from .attribution import BASELINES, SHORT, attribute, method_name, plain, region_mask
+from .faithfulness import curves_png, deletion_insertion
+
+INFER_OPTIONS = {"attribution": "", "attribution_target": "enhancing", "attribution_steps": 16,
+                 "attribution_baseline": "zero", "attribution_region": "predicted", "attribution_nifti": False}
+#: points of the deletion / insertion curves of a served map
+FAITHFULNESS_STEPS = 10
+
+
+def _list(value) -> list:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if v not in ("", None)]
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _class_index(value, classes: dict) -> int:
+    names = {v.lower(): k for k, v in classes.items()}
+    s = str(value).strip().lower()
+    if s in names:
+        return names[s]
+    if s.lstrip("-").isdigit() and int(s) in classes:
+        return int(s)
+    raise InvalidInput(f"unknown attribution_target {value!r}; choose a class name {list(classes.values())} "
+                       f"or index {list(classes)}")
+
+
+def _flag(v) -> bool:
+    return v is True or str(v).lower() in ("1", "true", "yes", "on")
+
+
+def parse_options(options: dict, classes: dict | None = None) -> dict | None:
+    """The attribution request in `options` (INFER_OPTIONS keys; other keys are ignored), checked.
+    None when no method is asked for. InvalidInput names the bad option and what is allowed."""
+    classes = classes or CLASSES
+    methods = [method_name(m) for m in _list(options.get("attribution"))]
+    if not methods:
+        if _flag(options.get("attribution_nifti", False)):
+            raise InvalidInput("attribution_nifti asks for a map: name the method in 'attribution', e.g. \"ig\"")
+        return None
+    targets = [_class_index(t, classes) for t in _list(options.get("attribution_target", "enhancing"))]
+    if not targets:
+        raise InvalidInput("attribution_target is empty; name a class, e.g. \"enhancing\"")
+    steps = options.get("attribution_steps", INFER_OPTIONS["attribution_steps"])
+    try:
+        steps_i = int(steps)
+    except (TypeError, ValueError):
+        steps_i = None
+    if steps_i is None or steps_i != float(steps) or not 1 <= steps_i <= 512:
+        raise InvalidInput(f"attribution_steps must be an integer in [1, 512]; got {steps!r}")
+    baseline = options.get("attribution_baseline", "zero")
+    if str(baseline) not in BASELINES:
+        try:
+            baseline = float(baseline)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"unknown attribution_baseline {baseline!r}; choose from {list(BASELINES)} "
+                               f"or a number") from None
+    region = options.get("attribution_region", "predicted")
+    if isinstance(region, str) and region not in ("predicted", "all"):
+        try:
+            region = tuple(int(v) for v in region.split(","))
+        except ValueError:
+            raise InvalidInput(f"attribution_region must be 'predicted', 'all' or a voxel 'i,j,k'; "
+                               f"got {region!r}") from None
+    elif isinstance(region, list):
+        region = tuple(int(v) for v in region)
+    return {"methods": methods, "targets": targets, "steps": steps_i, "baseline": baseline, "region": region,
+            "nifti": _flag(options.get("attribution_nifti", False))}
+
+
+def voxel_map(attr: torch.Tensor, method: str) -> np.ndarray:
+    """(C, *spatial) map -> (*spatial): summed over modalities (XRAI's map is one value per region already)."""
+    a = attr[0] if method == "xrai" else attr.sum(0)
+    return a.detach().cpu().numpy().astype(np.float32)
+
+
+def compute(model, x: torch.Tensor, req: dict, method: str, target: int, progress: bool = True) -> torch.Tensor:
+    """One map (C, *spatial) of the batched input x (1, C, *spatial) as `req` (parse_options) asks."""
+    kw = {"steps": req["steps"], "region": req["region"], "baseline": req["baseline"]}
+    if method == "smoothgrad":
+        kw["samples"] = req["steps"]
+    return attribute(model, x, method, target, progress=progress, spatial_dims=x.ndim - 2, **kw)[0]
+
+
+def add_attributions(writer, model, x: torch.Tensor, options: dict | None, classes: dict | None = None,
+                     progress: bool = True) -> list[dict]:
+    """Add the requested maps (with their faithfulness) to a BundleWriter; x is the normalised (1, C, *spatial)
+    input the model saw; options are the infer options or parse_options' result (checked before the bundle's
+    other work). Returns the manifest entries added ([] when no attribution was asked for)."""
+    classes = classes or CLASSES
+    req = options if options is None or "methods" in options else parse_options(options, classes)
+    if req is None:
+        return []
+    x = plain(x)
+    entries, curves = [], {}
+    mods = list(MODALITIES) if x.shape[1] == len(MODALITIES) else [f"channel_{i}" for i in range(x.shape[1])]
+    for target in req["targets"]:
+        cname = classes[target]
+        _, region_desc = region_mask(model.eval(), x, target, req["region"])  # what the region turned out to be
+        for method in req["methods"]:
+            attr = compute(model, x, req, method, target, progress)
+            faith = deletion_insertion(model, x, attr, target, region=req["region"], steps=FAITHFULNESS_STEPS)
+            per_mod = attr.abs().flatten(1).sum(1)
+            share = (per_mod / per_mod.sum().clamp_min(1e-30)).tolist()
+            entries.append(writer.add_volume(
+                f"attribution/{SHORT[method]}/{cname}", voxel_map(attr, method),
+                method=method, target=cname, target_index=target, steps=req["steps"],
+                baseline=req["baseline"] if method in ("integrated_gradients", "guided_ig") else
+                {"xrai": "min and max", "blur_ig": "blurred input", "smoothgrad": "none (noise)",
+                 "gradient": "none"}[method],
+                region=region_desc,
+                faithfulness={"deletion_auc": round(faith["deletion_auc"], 6),
+                              "insertion_auc": round(faith["insertion_auc"], 6)},
+                modality_share={m: round(s, 6) for m, s in zip(mods, share)},
+                colormap="diverging", description=f"{method} attribution of class {cname} summed over modalities"))
+            curves[f"{SHORT[method]}/{cname}"] = faith
+    writer.add_plot("attribution/faithfulness", curves_png(curves, "deletion and insertion of the served maps"),
+                    description="deletion / insertion curves (Petsiuk et al. 2018) of every attribution map")
+    return entries
+
+
+def nifti_map(model, x: torch.Tensor, options: dict, classes: dict | None = None,
+              progress: bool = True) -> np.ndarray | None:
+    """The first requested map (*spatial) when attribution_nifti is set; None otherwise (answer the label)."""
+    req = parse_options(options, classes or CLASSES)
+    if req is None or not req["nifti"]:
+        return None
+    method, target = req["methods"][0], req["targets"][0]
+    return voxel_map(compute(model, plain(x), req, method, target, progress), method)

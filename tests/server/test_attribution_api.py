@@ -1,0 +1,85 @@
+"""Attribution maps served by the real MONAI Label server (see conftest.py): in the bundle with their
+faithfulness, and as a plain NIfTI for stock clients."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sparsesight import bundle
+
+pytestmark = pytest.mark.server
+
+ASK = {"attribution": "ig,gradient", "attribution_target": "enhancing", "attribution_steps": 4,
+       "attribution_region": "all"}
+
+
+def _nifti(data: bytes):
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    return img.get_fdata(dtype=np.float32), img.affine
+
+
+def test_info_lists_the_attribution_options(server):
+    config = server.info()["models"]["mlcsc"]["config"]
+    for key in ("attribution", "attribution_target", "attribution_steps", "attribution_baseline",
+                "attribution_nifti"):
+        assert key in config
+
+
+def test_bundle_holds_maps_with_faithfulness_and_plain_nifti_is_the_same_map(server, tmp_path):
+    r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "image"},
+                    data={"params": json.dumps({"bundle": True, "outputs": ["label"], **ASK})})
+    assert r.status_code == 200, r.text
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(r.content)
+    manifest = bundle.validate(path)
+    outs = {o["name"]: o for o in manifest["outputs"]}
+    assert set(outs) == {"label", "attribution/ig/enhancing", "attribution/gradient/enhancing",
+                         "attribution/faithfulness"}
+    ig = outs["attribution/ig/enhancing"]
+    assert ig["kind"] == "scalar" and ig["method"] == "integrated_gradients"
+    assert ig["target"] == "enhancing" and ig["steps"] == 4 and ig["baseline"] == "zero"
+    for name in ("attribution/ig/enhancing", "attribution/gradient/enhancing"):
+        f = outs[name]["faithfulness"]
+        assert set(f) == {"deletion_auc", "insertion_auc"}
+        assert all(0.0 <= v <= 1.0 for v in f.values())
+    b = bundle.read(path)
+    bundled, affine = b.volume("attribution/ig/enhancing")
+    label, _ = b.volume("label")
+    b.close()
+    assert bundled.shape == label.shape and np.abs(bundled).max() > 0
+
+    # a stock client (no bundle) gets the same map as the NIfTI answer
+    r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "image"},
+                    data={"params": json.dumps({**ASK, "attribution": "ig", "attribution_nifti": True})})
+    assert r.status_code == 200, r.text
+    plain, plain_affine = _nifti(r.content)
+    np.testing.assert_allclose(plain_affine, affine, atol=1e-5)
+    np.testing.assert_allclose(plain, bundled, rtol=1e-4, atol=1e-6 * np.abs(bundled).max())
+
+    # without attribution_nifti the answer stays the label
+    r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "image"},
+                    data={"params": json.dumps(ASK)})
+    assert r.status_code == 200, r.text
+    lab, _ = _nifti(r.content)
+    assert set(np.unique(lab)) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("params, reason", [
+    ({"attribution": "lime"}, "unknown attribution method"),
+    ({"attribution": "ig", "attribution_target": "tumour"}, "unknown attribution_target"),
+    ({"attribution": "ig", "attribution_steps": 100000}, "attribution_steps"),
+    ({"attribution": "ig", "attribution_baseline": "grey"}, "attribution_baseline"),
+    ({"attribution_nifti": True}, "name the method"),
+])
+def test_bad_attribution_options_are_refused_with_the_reason(server, params, reason):
+    before = sorted(p.name for p in server.studies.rglob("*") if p.is_file())
+    for extra in ({"bundle": True}, {}):
+        r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "image"},
+                        data={"params": json.dumps({**extra, **params})})
+        assert 400 <= r.status_code < 500, r.text
+        assert reason in r.text
+    assert sorted(p.name for p in server.studies.rglob("*") if p.is_file()) == before

@@ -1,0 +1,140 @@
+"""Faithfulness (explain/faithfulness.py): AUC, deletion / insertion curves, model randomisation; served options."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsesight import bundle, models
+from sparsesight.errors import InvalidInput
+from sparsesight.explain import attribution as A
+from sparsesight.explain import faithfulness as Fa
+from sparsesight.explain import served
+
+
+class BoxModel(nn.Module):
+    """A model with a known relevant region: the class-1 logit of every pixel is k * (mean of channel 0 over the
+    box R - 0.5); class 0 is 0. Nothing outside R matters."""
+
+    def __init__(self, box=(slice(4, 10), slice(6, 12)), k=8.0):
+        super().__init__()
+        self.box, self.k = box, k
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        s = self.k * (x[:, 0][(slice(None), *self.box)].mean(dim=(1, 2)) * self.scale - 0.5)
+        z1 = s.view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])
+        return torch.cat([torch.zeros_like(z1), z1], 1)
+
+
+def test_auc_closed_forms():
+    assert Fa.auc([0.7] * 11) == pytest.approx(0.7)
+    assert Fa.auc(np.linspace(0, 1, 5)) == pytest.approx(0.5)  # int_0^1 f df
+    f = np.linspace(0, 1, 101)
+    assert Fa.auc(f ** 2) == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_curve_endpoints_are_the_scores_at_the_input_and_the_baseline():
+    net = BoxModel()
+    x = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5
+    attr = torch.randn(1, 16, 16)
+    r = Fa.deletion_insertion(net, x, attr, 1, region="all", steps=8, insertion_baseline="zero")
+    p = lambda t: float(torch.softmax(net(t[None]), 1)[0, 1].mean())  # noqa: E731
+    assert r["deletion_curve"][0] == pytest.approx(p(x))
+    assert r["deletion_curve"][-1] == pytest.approx(p(torch.zeros_like(x)))
+    assert r["insertion_curve"][0] == pytest.approx(p(torch.zeros_like(x)))
+    assert r["insertion_curve"][-1] == pytest.approx(p(x))
+    assert len(r["fractions"]) == 9
+
+
+def test_good_map_beats_random_map():
+    """Deletion of the relevant box first drops the score at once (low AUC), its insertion raises it at once
+    (high AUC); a random order does neither."""
+    net = BoxModel()
+    x = torch.rand(1, 24, 24, generator=torch.Generator().manual_seed(1)) + 0.5
+    good = A.attribute(net, x, "ig", target=1, region="all", steps=8)
+    assert good[0][net.box].abs().sum() > 0 and good.abs().sum() == pytest.approx(good[0][net.box].abs().sum())
+    rand = torch.rand(1, 24, 24, generator=torch.Generator().manual_seed(2))
+    rg = Fa.deletion_insertion(net, x, good, 1, region="all", steps=16, insertion_baseline="zero")
+    rr = Fa.deletion_insertion(net, x, rand, 1, region="all", steps=16, insertion_baseline="zero")
+    assert rg["deletion_auc"] < rr["deletion_auc"] - 0.2
+    assert rg["insertion_auc"] > rr["insertion_auc"] + 0.2
+    png = Fa.curves_png({"ig": rg, "random": rr})
+    assert png.startswith(b"\x89PNG")
+
+
+def _tiny_mlcsc():
+    torch.manual_seed(0)
+    m = models.build("mlcsc", {"atoms": [4, 4, 4, 4], "T": 1, "lam_init": -0.05, "lam_min_init": 0.05})
+    with torch.no_grad():
+        m.classifier.weight.normal_(0.0, 1.0)
+    return m.eval()
+
+
+def test_randomising_the_weights_lowers_map_similarity():
+    """Adebayo et al. 2018: the trained model's gradient map against the maps of ever more randomised copies."""
+    net = _tiny_mlcsc()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 16, 16, 12, generator=torch.Generator().manual_seed(3))
+    rows = Fa.randomisation_check(net, x, "gradient", target=1, region="all")
+    assert rows[0]["layer"] == "(trained)" and rows[0]["spearman_abs"] == pytest.approx(1.0)
+    assert [r["layer"] for r in rows[1:]] == ["classifier", "D.2", "D.1", "D.0", "Phi", "(root)"]
+    assert rows[-1]["spearman_abs"] < 0.5 and rows[-1]["spearman"] < 0.5
+    assert min(r["spearman_abs"] for r in rows[1:]) < rows[0]["spearman_abs"] - 0.5
+    # the model itself keeps its weights
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert Fa.randomisation_png(rows).startswith(b"\x89PNG")
+
+
+def test_similarity_closed_forms():
+    a = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(4))
+    s = Fa.similarity(a, 3 * a)
+    assert s["spearman_abs"] == pytest.approx(1.0) and s["spearman"] == pytest.approx(1.0)
+    assert s["ssim_abs"] == pytest.approx(1.0)
+    assert Fa.similarity(a, -a)["spearman"] == pytest.approx(-1.0)
+
+
+def test_voxel_order_ranks_the_channel_sum():
+    attr = torch.tensor([[[0.1, 3.0], [2.0, -1.0]], [[0.0, 0.0], [1.5, 0.0]]])
+    np.testing.assert_array_equal(Fa.voxel_order(attr).numpy(), [[2, 1], [0, 3]])
+
+
+def test_served_options_are_checked():
+    assert served.parse_options({}) is None
+    req = served.parse_options({"attribution": "ig, gradient", "attribution_target": "enhancing,1",
+                                "attribution_steps": "8", "attribution_region": "1,2,3"})
+    assert req["methods"] == ["integrated_gradients", "gradient"] and req["targets"] == [3, 1]
+    assert req["steps"] == 8 and req["region"] == (1, 2, 3)
+    for bad, msg in [({"attribution": "lime"}, "unknown attribution method"),
+                     ({"attribution": "ig", "attribution_target": "tumour"}, "unknown attribution_target"),
+                     ({"attribution": "ig", "attribution_steps": 0}, "attribution_steps"),
+                     ({"attribution": "ig", "attribution_steps": 2.5}, "attribution_steps"),
+                     ({"attribution": "ig", "attribution_baseline": "grey"}, "attribution_baseline"),
+                     ({"attribution": "ig", "attribution_region": "centre"}, "attribution_region"),
+                     ({"attribution_nifti": True}, "name the method")]:
+        with pytest.raises(InvalidInput, match=msg):
+            served.parse_options(bad)
+
+
+def test_served_bundle_entries_carry_faithfulness(tmp_path):
+    net = _tiny_mlcsc()
+    x = torch.randn(1, 4, 16, 16, 12, generator=torch.Generator().manual_seed(5))
+    w = bundle.BundleWriter("mlcsc", "v", "case", np.eye(4), (16, 16, 12))
+    entries = served.add_attributions(w, net, x, {"attribution": "ig,gradient", "attribution_target": "oedema",
+                                                  "attribution_steps": 4, "attribution_region": "all"},
+                                      progress=False)
+    m = bundle.validate(w.write(tmp_path / "b.zip"))
+    names = [o["name"] for o in m["outputs"]]
+    assert names == ["attribution/ig/oedema", "attribution/gradient/oedema", "attribution/faithfulness"]
+    for e in entries:
+        assert e["kind"] == "scalar" and e["target"] == "oedema" and e["steps"] == 4
+        f = e["faithfulness"]
+        assert 0 <= f["deletion_auc"] <= 1 and 0 <= f["insertion_auc"] <= 1
+        assert math.isclose(sum(e["modality_share"].values()), 1.0, rel_tol=1e-4)
+    # the stored map is the channel sum of attribute()
+    ig = A.attribute(net, x, "ig", 1, region="all", steps=4)
+    vol, _ = bundle.read(tmp_path / "b.zip").volume("attribution/ig/oedema")
+    np.testing.assert_allclose(vol, ig[0].sum(0).numpy(), rtol=1e-5, atol=1e-6)
