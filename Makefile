@@ -29,8 +29,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# every benchmark at its default size (each prints its ratio table and writes bench/results or out/bench)
+BENCHES ?= segmentation robustness reconstruction microstructure attribution active_learning
 bench: setup
-	$(PY) -m sparsesight.bench.segmentation
+	set -e; for b in $(BENCHES); do echo "== sparsesight.bench.$$b"; $(PY) -m sparsesight.bench.$$b; done
 
 # Serve your own images: STUDIES=/path/to/niftis make serve (monailabel CLI needs the venv on PATH)
 serve: setup

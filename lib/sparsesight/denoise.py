@@ -27,11 +27,12 @@ BUNDLE_OUTPUTS = ("label", "probabilities", "reconstruction", "linear_reconstruc
 SWEEP_CROP = 64  # the alpha sweep runs on a cube of this side around the predicted tumour (10 passes)
 
 
-def predict_file(model, image_path, device="cpu", alpha=None) -> tuple[np.ndarray, np.ndarray]:
-    """Label map (X, Y, Z) uint8 and affine of a 4-channel image file, thresholds scaled by `alpha`."""
+def predict_file(model, image_path, device="cpu", alpha=None, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Label map (X, Y, Z) uint8 and affine of a 4-channel image file, thresholds scaled by `alpha`; an attribution
+    map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti)."""
     a = None if alpha is None else check_alpha(alpha)
     with model.using_alpha(a):
-        return segment.predict_file(model, image_path, device)
+        return segment.predict_file(model, image_path, device, **options)
 
 
 def _sweep_crop(x: torch.Tensor, label: np.ndarray, side: int) -> torch.Tensor:
@@ -73,12 +74,16 @@ def params_plot(rows: list[dict]) -> bytes:
 
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
-               alpha=None) -> Path:
+               alpha=None, **options) -> Path:
     """Segment `image_path` with SUM and write the result bundle (DESIGN.md) with its denoising explanations.
 
     `outputs` selects from BUNDLE_OUTPUTS (None: all); `alpha` scales the thresholds (default: the model's, 1).
+    `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS), computed at that alpha.
     Volumes share the input's affine and shape; the manifest records alpha.
     """
+    from .explain import served
+
+    attribution = served.parse_options(options)  # bad attribution options fail before any work
     a = float(model.alpha) if alpha is None else check_alpha(alpha)
     wanted = list(BUNDLE_OUTPUTS) if outputs is None else list(outputs)
     unknown = sorted(set(wanted) - set(BUNDLE_OUTPUTS))
@@ -134,4 +139,6 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
             w.add_table("params", table, description="learned thresholds b per shrinkage layer and alpha")
         if "params_plot" in wanted:
             w.add_plot("params_plot", params_plot(table))
+    with model.using_alpha(a):
+        served.add_attributions(w, model, x, attribution)
     return w.write(out_path)

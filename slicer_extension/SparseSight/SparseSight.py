@@ -28,7 +28,7 @@ from SparseSightLib import scene as S
 from SparseSightLib import selftest
 from SparseSightLib.logic import SparseSightLogicCore, message
 
-#: attribution methods of the library (explain/attribution.py), offered for the "attributions" output
+#: attribution methods of the library (explain/attribution.py), sent as the infer option "attribution"
 ATTRIBUTION_METHODS = ["integrated_gradients", "guided_ig", "blur_ig", "smoothgrad", "gradient", "xrai"]
 
 
@@ -228,8 +228,8 @@ class SparseSightWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             component_modalities=[p.componentModality] if p.componentModality != "all" else ())
         options = {}
         if p.wantAttributions:
-            outputs.append("attributions")
-            options = {"attribution_method": p.attributionMethod, "attribution_class": p.attributionClass}
+            # attribution maps are asked for by infer options (explain/served.py), not by output name
+            options = {"attribution": p.attributionMethod, "attribution_target": p.attributionClass}
         if not self.logic.is_segmentation(p.model):
             outputs = None  # reconstruction / parameter-map models: every output they have
         progress = slicer.util.createProgressDialog(labelText=_("Loading outputs"), maximum=100)

@@ -108,3 +108,22 @@ def test_unknown_bundle_output_is_refused(server, trained):
                     data={"params": json.dumps({"bundle": True, "outputs": ["components"]})})
     assert r.status_code == 422, r.text
     assert "components" in r.json()["detail"] and "reconstruction" in r.json()["detail"]
+
+
+def test_sum_serves_attribution_maps_with_faithfulness(server, trained, tmp_path):
+    """The attribution options work on `sum` as on `mlcsc`: maps at the requested alpha, with their scores."""
+    ask = {"bundle": True, "outputs": ["label"], "alpha": 0.5, "attribution": "gradient",
+           "attribution_target": "oedema", "attribution_region": "all"}
+    r = server.post("/infer/sum", params={"image": "case_001", "output": "image"}, data={"params": json.dumps(ask)})
+    assert r.status_code == 200, r.text
+    path = tmp_path / "sum_attr.zip"
+    path.write_bytes(r.content)
+    manifest = bundle.validate(path)
+    outs = {o["name"]: o for o in manifest["outputs"]}
+    assert {"label", "attribution/gradient/oedema", "attribution/faithfulness"} <= set(outs)
+    assert manifest["alpha"] == 0.5
+    f = outs["attribution/gradient/oedema"]["faithfulness"]
+    assert set(f) == {"deletion_auc", "insertion_auc"} and all(0.0 <= v <= 1.0 for v in f.values())
+    bad = server.post("/infer/sum", params={"image": "case_001"},
+                      data={"params": json.dumps({"attribution": "no_such_method"})})
+    assert 400 <= bad.status_code < 500 and "no_such_method" in bad.text

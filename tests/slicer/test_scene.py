@@ -147,6 +147,21 @@ def test_labelmap_becomes_segments_with_class_names_colours_and_values(mrml, bun
     np.testing.assert_allclose(img.affine, oblique_affine(), atol=1e-4)
 
 
+def test_all_background_label_still_gives_every_class_and_exports_zeros(mrml, tmp_path):
+    """A young model that predicts only background: the segmentation keeps one empty segment per class (ready to
+    paint) and the exported label is all zeros in the input's geometry."""
+    affine = oblique_affine()
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 8), np.uint8), affine), tmp_path / "zeros.nii.gz")
+    entry = {"name": "label", "kind": "labelmap", "classes": {str(k): v for k, v in CLASSES.items()}}
+    seg_node = S.add_labelmap(mrml, tmp_path / "zeros.nii.gz", "zeros", entry, affine=affine)
+    seg = seg_node.GetSegmentation()
+    assert sorted(seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())) == \
+        sorted(CLASSES.values())
+    img = nib.load(S.export_label(mrml, seg_node, tmp_path / "zeros_back.nii.gz"))
+    assert img.shape == (12, 10, 8) and not np.asarray(img.dataobj).any()
+    np.testing.assert_allclose(img.affine, affine, atol=1e-4)
+
+
 def slicer_binary_labelmap(scene, seg_node, segment_id):
     """One segment as a labelmap volume node in the segmentation's reference geometry."""
     import slicer

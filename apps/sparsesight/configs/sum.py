@@ -13,6 +13,7 @@ from monailabel.interfaces.config import TaskConfig
 import sparsesight
 from sparsesight import denoise, models
 from sparsesight.errors import InvalidInput
+from sparsesight.explain import served
 from sparsesight.models.sum import check_alpha
 
 
@@ -42,7 +43,8 @@ class SUM(TaskConfig):
 
     def infer(self):
         return SUMInfer(
-            self.name, self.model_file, self.labels, device=self.device, runner=denoise, options={"alpha": 1.0},
+            self.name, self.model_file, self.labels, device=self.device, runner=denoise,
+            options={"alpha": 1.0, **served.INFER_OPTIONS},
             description="SUM (soft-shrinkage Haar U-Net proxy) segmentation of FLAIR/T1/T1ce/T2; 'alpha' scales "
                         "every threshold (0: linear filter banks, 1: trained); {'bundle': true} returns the "
                         "denoised reconstruction ED_alpha(x), shrinkage masks, impulse/frequency responses, "

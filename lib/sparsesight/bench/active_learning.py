@@ -352,7 +352,7 @@ def main(argv=None):
     p.add_argument("--downsample", type=int, default=4)
     p.add_argument("--model-config", default=None, help="JSON overriding the fresh model's hyperparameters")
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--out", default="bench/results")
+    p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--work", default="out/bench", help="where the phantom data are cached")
     a = p.parse_args(argv)
     run(tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds, pool=a.pool, test=a.test,

@@ -236,7 +236,7 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["mlcsc", "sum"])
     p.add_argument("--full", action="store_true", help="also measure peak memory on a full-size volume "
                    "(two fresh processes per model; minutes on a CPU)")
-    p.add_argument("--out", default="bench/results")
+    p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=16, help="FISTA iterations (CDL-Λ and scalar λ)")
     p.add_argument("--dictionary", default="K16_k7")
     p.add_argument("--crop", type=int, default=48, help="training crop size")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--out", type=Path, default=Path("out/bench"), help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     run(a.train_steps, a.test_slices, a.iterations, a.dictionary, a.crop, a.out, a.seed)

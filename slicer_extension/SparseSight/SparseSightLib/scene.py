@@ -365,6 +365,18 @@ def _class_table(scene, classes: dict, colors: dict, name: str):
     return table
 
 
+def _empty_labelmap_like(volume):
+    """An all-zero binary labelmap on `volume`'s grid (an empty segment that still exports to that geometry)."""
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(volume.GetImageData().GetDimensions())
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    image.GetPointData().GetScalars().Fill(0)
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    image.SetImageToWorldMatrix(matrix)
+    return image
+
+
 def add_labelmap(scene, path, name: str, entry: dict, affine=None):
     """A segmentation node with one segment per class (empty classes included, so they can be painted).
     `affine`: the input's NIfTI affine (the manifest's), kept so that export_label writes voxels in its order."""
@@ -380,15 +392,27 @@ def add_labelmap(scene, path, name: str, entry: dict, affine=None):
         seg.SetReferenceImageGeometryParameterFromVolumeNode(label)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, seg):
             raise SceneError(f"{name}: Slicer could not import the labelmap")
+        empty = _empty_labelmap_like(label)
     finally:
         for node in (label.GetDisplayNode(), label, table):
             if node is not None:
                 scene.RemoveNode(node)
     segmentation = seg.GetSegmentation()
     present = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    if not segmentation.GetSourceRepresentationName():  # an all-background label imports no representation
+        segmentation.SetSourceRepresentationName(labelmap_name)
     for k, cname in sorted(classes.items()):
         if cname not in present:
-            segmentation.AddEmptySegment(cname, cname, list(colors[k]))
+            # an empty segment built by hand: AddEmptySegment needs a converter rule that a bare scene may lack
+            segment = slicer.vtkSegment()
+            segment.SetName(cname)
+            segment.SetColor(*colors[k])
+            blank = slicer.vtkOrientedImageData()
+            blank.DeepCopy(empty)
+            segment.AddRepresentation(labelmap_name, blank)
+            if not segmentation.AddSegment(segment, cname):
+                raise SceneError(f"{name}: could not add the empty segment {cname!r}")
     for i in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(i)
         k = next(k for k, v in classes.items() if v == segment.GetName())
