@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from typing import Any, Dict
 
 import numpy as np
-from lib.http_errors import BAD_REQUEST, CONFLICT, http_errors, refuse
+from lib.http_errors import BAD_REQUEST, CONFLICT, RequestRunner, bad_request, http_errors, refuse
 from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_file import ModelFile, pick_device
 from lib.trainers.sparsesight_train import SparseSightTrain, train_params
@@ -31,27 +30,7 @@ from sparsesight.errors import InvalidInput
 from sparsesight.models import cdl
 
 
-@contextmanager
-def bad_request():
-    """The runner's InvalidInput is about the request (image, k-space, options): HTTP 400."""
-    try:
-        yield
-    except InvalidInput as e:
-        raise refuse(BAD_REQUEST, str(e)) from None
-
-
-class Runner:
-    """sparsesight.reconstruct with its refusals answered as 400."""
-
-    @staticmethod
-    def predict_file(*args, **kw):
-        with bad_request():
-            return reconstruct.predict_file(*args, **kw)
-
-    @staticmethod
-    def run_bundle(*args, **kw):
-        with bad_request():
-            return reconstruct.run_bundle(*args, **kw)
+Runner = RequestRunner(reconstruct)  # its InvalidInput is about the request: 400
 
 
 def reference_slices(paths, channel) -> np.ndarray:

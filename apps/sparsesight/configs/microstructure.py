@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from typing import Any, Dict
 
 import numpy as np
 import torch
-from lib.http_errors import BAD_REQUEST, NOT_FOUND, check_id, http_errors, refuse
+from lib.http_errors import BAD_REQUEST, NOT_FOUND, RequestRunner, bad_request, check_id, http_errors, refuse
 from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_file import ModelFile, pick_device
 from lib.trainers.sparsesight_train import SparseSightTrain, train_params
@@ -26,7 +25,6 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from sparsesight import checkpoint, microstructure_run, models
 from sparsesight.data import diffusion as dif
-from sparsesight.errors import InvalidInput
 from sparsesight.models import microstructure as ms
 
 INFER_OPTIONS = {"method": "hybrid", "bvals": None, "bvecs": None, "mask": True, "big_delta": None,
@@ -35,27 +33,7 @@ TRAIN_KEYS = {"n_train", "snr", "lr", "batch_size", "seed", "grid", "mlp_hidden"
               "threads"}
 
 
-@contextmanager
-def bad_request():
-    """The runner's InvalidInput is about the request (image, gradient table, options): HTTP 400."""
-    try:
-        yield
-    except InvalidInput as e:
-        raise refuse(BAD_REQUEST, str(e)) from None
-
-
-class Runner:
-    """sparsesight.microstructure_run with its refusals answered as 400."""
-
-    @staticmethod
-    def predict_file(*args, **kw):
-        with bad_request():
-            return microstructure_run.predict_file(*args, **kw)
-
-    @staticmethod
-    def run_bundle(*args, **kw):
-        with bad_request():
-            return microstructure_run.run_bundle(*args, **kw)
+Runner = RequestRunner(microstructure_run)  # its InvalidInput is about the request: 400
 
 
 def _int(value, what, lo, hi):

@@ -50,6 +50,31 @@ def http_errors():
         raise refuse(NOT_FOUND, e.msg) from e
 
 
+@contextmanager
+def bad_request():
+    """InvalidInput raised while reading the request's own image, k-space, gradient table or options: HTTP 400."""
+    try:
+        yield
+    except InvalidInput as e:
+        raise refuse(BAD_REQUEST, str(e)) from None
+
+
+class RequestRunner:
+    """A library runner (predict_file / run_bundle, see infers/sparsesight_infer.py) whose refusals are about the
+    request and so answered 400 (for models whose inputs are the request's own data: cdl, microstructure)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def predict_file(self, *args, **kw):
+        with bad_request():
+            return self.module.predict_file(*args, **kw)
+
+    def run_bundle(self, *args, **kw):
+        with bad_request():
+            return self.module.run_bundle(*args, **kw)
+
+
 def check_id(value, what: str = "image id") -> str:
     """Refuse ids that could name a path outside the datastore: empty, absolute, with a separator or '..'."""
     if not isinstance(value, str) or not value.strip():
