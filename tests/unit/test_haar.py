@@ -60,3 +60,21 @@ def test_refusals():
         dwt(torch.zeros(1, 1, 4))
     with pytest.raises(InvalidInput, match="subbands"):
         idwt(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 4, 6, 8)])
+def test_channels_last_gives_the_same_transform_and_keeps_the_format(shape):
+    """Channels-last input (SUM's format) goes through the butterfly synthesis: same numbers, format kept."""
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(*shape)
+    y = dwt(x)
+    y_cl = dwt(x.contiguous(memory_format=fmt)).contiguous(memory_format=fmt)
+    assert torch.allclose(y_cl, y, atol=1e-6)
+    x_cl = idwt(y_cl)
+    assert x_cl.is_contiguous(memory_format=fmt) and not x_cl.is_contiguous()
+    assert torch.allclose(x_cl, idwt(y.contiguous()), atol=1e-6)
+    assert torch.allclose(x_cl, x, atol=1e-5)
+    g = torch.randn(*shape)  # gradients through the butterflies: W^T's adjoint is W
+    yr = y_cl.clone().requires_grad_()
+    (idwt(yr) * g).sum().backward()
+    assert torch.allclose(yr.grad, dwt(g), atol=1e-5)

@@ -1,8 +1,10 @@
 """Benchmark: robustness of SUM, SUM_Rec and MONAI's UNet to noise and blur (seed 003, App. E / Table 2).
 
-    python -m sparsesight.bench.robustness [--epochs 10] [--downsample 4] [--cases 8] [--out bench/results]
+    python -m sparsesight.bench.robustness [--epochs 60] [--samples 2] [--downsample 4] [--cases 12] [--threads 1]
+                                           [--out bench/results]
 
-The three models are trained in one run with the same budget (cases, epochs, patches, seed; each with its own
+The three models are trained in one run with the same budget (cases, epochs, patches per case and epoch, seed,
+learning-rate schedule; each with its own
 objective: SUM/SUM_Rec soft IoU (+ 0.35 L1 reconstruction) with AdamW, UNet DiceCE with Adam) and evaluated on the
 held-out phantoms: Dice WT/TC/ET on clean inputs, with additive Gaussian noise of sigma = a fraction of each
 channel's dynamic range, and with Gaussian blur of several widths (voxels). Noise is added, and blur is cut back,
@@ -106,14 +108,17 @@ def _plot(results: dict, path: Path):
     plt.close(fig)
 
 
-def run(epochs: int = 10, downsample: int = 4, n_cases: int = 8, seed: int = 0, out: str = "bench/results",
-        patch: int = 32, noise=(0.05, 0.1, 0.2), blurs=(1.0, 2.0), repeats: int = 1, time_inference: bool = True,
-        data_dir: str = "out/bench/data", time_shape=WINDOW) -> dict:
+def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0, out: str = "bench/results",
+        patch: int = 32, noise=(0.05, 0.1, 0.2), blurs=(1.0, 2.0), repeats: int = 3, time_inference: bool = True,
+        data_dir: str = "out/bench/data", time_shape=WINDOW, samples: int = 2, threads: int | None = 1) -> dict:
+    if threads:  # on a shared CPU more OpenMP threads than free cores make every convolution many times slower
+        torch.set_num_threads(threads)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _dataset(Path(data_dir), n_cases, downsample, seed)
     conds = corruptions(list(noise), list(blurs))
-    results = {"epochs": epochs, "downsample_mm": downsample, "patch": patch, "train_cases": len(data["train"]),
+    results = {"epochs": epochs, "downsample_mm": downsample, "patch": patch, "samples_per_image": samples,
+               "train_cases": len(data["train"]),
                "test_cases": len(data["test"]), "threads": torch.get_num_threads(),
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"torch {torch.__version__}",
@@ -124,7 +129,8 @@ def run(epochs: int = 10, downsample: int = 4, n_cases: int = 8, seed: int = 0, 
         torch.manual_seed(seed)
         model = make()
         print(f"[{name}] training {epochs} epochs on {len(data['train'])} phantoms ({downsample} mm)", flush=True)
-        stats = train(model, data["train"], epochs=epochs, config={"patch_size": [patch] * 3, "seed": seed})
+        stats = train(model, data["train"], epochs=epochs,
+                      config={"patch_size": [patch] * 3, "samples_per_image": samples, "seed": seed})
         print(f"[{name}] evaluating {len(conds)} conditions x {len(data['test'])} held-out cases", flush=True)
         r = {"params": int(sum(p.numel() for p in model.parameters())), "train_s": stats["seconds"],
              "loss": stats["loss"], "eval": evaluate(model, data["test"], conds, seed)}
@@ -191,14 +197,16 @@ def report(results: dict):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--downsample", type=int, default=4, help="phantom voxel size in mm (1 = BraTS grid)")
-    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--cases", type=int, default=12)
     p.add_argument("--patch", type=int, default=32)
+    p.add_argument("--samples", type=int, default=2, help="patches per case and epoch (samples_per_image)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave PyTorch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.1, 0.2])
     p.add_argument("--blur", type=float, nargs="*", default=[1.0, 2.0])
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-timing", action="store_true", help="skip the inference timing")
     p.add_argument("--time-brats", action="store_true",
                    help=f"time inference on a full {BRATS_SHAPE} volume instead of one {WINDOW} window")
@@ -206,7 +214,7 @@ def main(argv=None):
     p.add_argument("--data", default="out/bench/data", help="where the phantom cases are generated (cached)")
     a = p.parse_args(argv)
     run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.patch, a.noise, a.blur, a.repeats, not a.no_timing, a.data,
-        BRATS_SHAPE if a.time_brats else WINDOW)
+        BRATS_SHAPE if a.time_brats else WINDOW, a.samples, a.threads)
 
 
 if __name__ == "__main__":
