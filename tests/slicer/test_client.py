@@ -21,7 +21,9 @@ def logic(server, mrml, tmp_path):
 
 
 def stored_image(server, image_id):
-    img = nib.load(server.studies / f"{image_id}.nii.gz")
+    # the datastore keeps an upload's own extension (.nii or .nii.gz)
+    path = next(p for ext in (".nii.gz", ".nii") if (p := server.studies / f"{image_id}{ext}").is_file())
+    img = nib.load(path)
     return np.asarray(img.dataobj), img.affine
 
 
