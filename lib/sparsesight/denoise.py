@@ -8,7 +8,6 @@ impulse/frequency responses with their SDS/FDS/FDV table, and the alpha sweep.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from .data.io import load_image
 from .errors import InvalidInput
 from .explain import response
 from .models.sum import check_alpha
+from .preview import png_bytes
 
 #: every output the SUM bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("label", "probabilities", "reconstruction", "linear_reconstruction", "shrinkage", "response",
@@ -66,11 +66,7 @@ def params_plot(rows: list[dict]) -> bytes:
     ax.set_ylabel("threshold b (mean, min-max)")
     ax.set_title(f"SUM: learned soft-shrinkage thresholds (applied as alpha b, alpha = {alpha:g}); red: b < 0 boosts",
                  fontsize=9)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)
 
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",

@@ -10,7 +10,6 @@ voxel; a voxel with one peak gets the same orientation twice.
 """
 from __future__ import annotations
 
-import io
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from .data import diffusion as dif
 from .data.io import _read
 from .errors import InvalidInput
 from .models import microstructure as ms
+from .preview import png_bytes
 
 MAP_NAMES = ("nu_1", "r_1", "f_1", "nu_2", "r_2", "f_2")
 #: every output the bundle can hold; "tsne" (t-SNE of the hybrid's activations, slow) only when asked for
@@ -300,11 +300,7 @@ def _preview_png(maps: dict, method: str) -> bytes:
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"microstructure, {method}, axial slice {z}", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)
 
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",

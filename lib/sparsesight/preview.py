@@ -10,6 +10,17 @@ from . import CLASSES, MODALITIES
 _LABEL_COLOURS = {1: (0.1, 0.8, 0.1), 2: (0.9, 0.1, 0.1), 3: (1.0, 0.85, 0.0)}  # BraTS viewer convention
 
 
+def png_bytes(fig, dpi: int = 90) -> bytes:
+    """A matplotlib figure as PNG bytes (tight layout), closing the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _centre(label: np.ndarray) -> tuple[int, int, int]:
     """Centre of mass of the largest connected tumour region (the volume's centre when there is none)."""
     from scipy import ndimage
@@ -78,8 +89,4 @@ def preview_png(image: np.ndarray, label: np.ndarray, components: np.ndarray | N
                 ax.set_title(("axial", "coronal", "sagittal")[j], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)

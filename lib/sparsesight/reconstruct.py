@@ -8,7 +8,6 @@ Runner contract of apps/sparsesight/lib/infers/sparsesight_infer.py: predict_fil
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from .bundle import BundleWriter
 from .data import convdict, lfmri
 from .data.io import _read, load_image
 from .errors import InvalidInput
+from .preview import png_bytes
 
 #: every output the reconstruction bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("reconstruction", "zero_filled", "reference", "lambda", "lambda_summary", "code_energy",
@@ -192,11 +192,7 @@ def preview_png(rec: dict, reference, filters: np.ndarray, stats: list[dict]) ->
     ax.imshow(tile, cmap="RdBu_r")
     ax.set_title(f"dictionary: {k} filters {ks}×{ks}", fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)
 
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",

@@ -1,7 +1,6 @@
 """Segmentation inference and the result bundle of the segmentation models."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from . import CLASSES, MODALITIES
 from .bundle import BundleWriter
 from .data.io import load_image
 from .errors import InvalidInput
+from .preview import png_bytes
 from .transforms import intensity_normalisation
 
 #: every output the segmentation bundle can hold; `outputs=None` means all of them
@@ -82,11 +82,7 @@ def _params_plot(rows: list[dict]) -> bytes:
         ax.set_xticklabels(ks)
         ax.set_title(title + " (hatched red: negative, inconsistent with sparse coding)", fontsize=8)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=90)
 
 
 def add_label(w: BundleWriter, label: np.ndarray) -> dict:

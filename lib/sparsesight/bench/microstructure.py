@@ -27,6 +27,7 @@ import torch
 from ..data import diffusion as dif
 from ..models import microstructure as ms
 from .. import microstructure_run as run
+from ..preview import png_bytes
 
 PAPER_TIME = {"fingerprinting": 1.25, "mlp": 1.02e-4, "hybrid": 1.45e-1}  # s per voxel, Table 1
 
@@ -230,8 +231,7 @@ def main(argv=None) -> int:
 
 def _slab_png(maps: dict, ph: dict) -> bytes:
     """Hybrid maps of the phantom's middle slice next to the ground truth (white-matter mask)."""
-    import io
-
+    
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,11 +248,7 @@ def _slab_png(maps: dict, ph: dict) -> bytes:
             axes[row, col].axis("off")
         fig.colorbar(im, ax=axes[1, col], orientation="horizontal", fraction=0.05, pad=0.02)
     fig.suptitle("DWI phantom, middle slice of the slab: ground truth (top) and hybrid estimates (bottom)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=70)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=70)
 
 
 def _figure(curves: dict, bins, snrs, path: Path, tpv: dict) -> None:

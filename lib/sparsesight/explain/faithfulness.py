@@ -15,7 +15,6 @@ learned loses its similarity as layers are randomised.
 from __future__ import annotations
 
 import copy
-import io
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
+from ..preview import png_bytes
 from .attribution import attribute, gaussian_blur, make_baseline, plain, region_mask
 
 
@@ -172,11 +172,7 @@ def curves_png(results: dict[str, dict], title: str = "") -> bytes:
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=90)
 
 
 def randomisation_png(rows: list[dict], title: str = "") -> bytes:
@@ -195,8 +191,4 @@ def randomisation_png(rows: list[dict], title: str = "") -> bytes:
     ax.set_title(title or "cascading randomisation (output -> input)", fontsize=9)
     ax.axhline(0, color="k", lw=0.6)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=90)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import CLASSES
 from ..errors import InvalidInput
+from ..preview import png_bytes
 
 
 @torch.no_grad()
@@ -143,11 +143,7 @@ def plot_png(rows: list[dict], title: str = "") -> bytes:
     axes[1].legend(fontsize=7, markerscale=2)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=90)
 
 
 def main(argv=None):

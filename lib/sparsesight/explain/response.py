@@ -19,13 +19,14 @@ Multi-channel networks have one response per (input channel, output channel) pai
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+from ..preview import png_bytes
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
@@ -158,11 +159,7 @@ def _mid(a: np.ndarray) -> np.ndarray:
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)
 
 
 def plot_response(r: np.ndarray, names: Sequence[str], rows: list[dict] | None = None) -> bytes:

@@ -20,7 +20,6 @@ The nn.Module `Microstructure` holds the two networks and the dictionary's defin
 """
 from __future__ import annotations
 
-import io
 import time
 from typing import Callable
 
@@ -31,6 +30,7 @@ from torch import nn
 from ..data import diffusion as dif
 from ..errors import InvalidInput
 from ..ops.nnls import FactoredGram, nnls_gram, nnls_small
+from ..preview import png_bytes
 
 K = 2  # axon populations per voxel
 METHODS = ("fingerprinting", "mlp", "hybrid")
@@ -511,11 +511,7 @@ def tsne_png(activations: dict, colour: dict, layers: list[str] | None = None, s
                 ax.set_title(layer, fontsize=8)
             if c == len(layers) - 1:
                 fig.colorbar(sc, ax=ax, fraction=0.046).set_label(cname, fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)
 
 
 def weights_png(model: Microstructure, w: np.ndarray, truth: dict | None = None, titles=None) -> bytes:
@@ -542,11 +538,7 @@ def weights_png(model: Microstructure, w: np.ndarray, truth: dict | None = None,
             ax.set_ylabel("f", fontsize=7)
             t = f"|w|_0={int((w[v] > 0).sum())}" if k == 0 else ""
             ax.set_title(f"{titles[v] + ' ' if titles else ''}population {k + 1} {t}", fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=80)
 
 
 def n_parameters(net: nn.Module) -> int:
