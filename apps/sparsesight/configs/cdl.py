@@ -18,9 +18,9 @@ from typing import Any, Dict
 import numpy as np
 from lib.http_errors import BAD_REQUEST, CONFLICT, RequestRunner, bad_request, http_errors, refuse
 from lib.infers.sparsesight_infer import SparseSightInfer
-from lib.model_file import ModelFile, pick_device
+from lib.model_config import ModelConfig
+from lib.model_file import pick_device
 from lib.trainers.sparsesight_train import SparseSightTrain, train_params
-from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from sparsesight import checkpoint, models, reconstruct
@@ -119,15 +119,8 @@ class CDLTrain(SparseSightTrain):
         return result
 
 
-class CDL(TaskConfig):
-    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
-        super().init(name, model_dir, conf, planner, **kwargs)
-        self.device = kwargs.get("device")
-        self.labels = {}
-        self.path = os.path.join(model_dir, f"{name}.pt")
-        self.model_config = models.default_config(name)
-        self.model_file = ModelFile(name, self.path)
-        self.epochs = int(conf.get("epochs", 2))
+class CDL(ModelConfig):
+    segmentation = False
 
     def infer(self):
         return SparseSightInfer(

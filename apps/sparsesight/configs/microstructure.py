@@ -10,7 +10,6 @@ checkpoint, or the HCP MGH protocol; no labels needed.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Dict
 
@@ -18,9 +17,9 @@ import numpy as np
 import torch
 from lib.http_errors import BAD_REQUEST, NOT_FOUND, RequestRunner, bad_request, check_id, http_errors, refuse
 from lib.infers.sparsesight_infer import SparseSightInfer
-from lib.model_file import ModelFile, pick_device
+from lib.model_config import ModelConfig
+from lib.model_file import pick_device
 from lib.trainers.sparsesight_train import SparseSightTrain, train_params
-from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from sparsesight import checkpoint, microstructure_run, models
@@ -162,15 +161,8 @@ class MicrostructureInfer(SparseSightInfer):
         return super().__call__(request)
 
 
-class Microstructure(TaskConfig):
-    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
-        super().init(name, model_dir, conf, planner, **kwargs)
-        self.device = kwargs.get("device")
-        self.labels = {}
-        self.path = os.path.join(model_dir, f"{name}.pt")
-        self.model_config = models.default_config(name)
-        self.model_file = ModelFile(name, self.path)
-        self.epochs = int(conf.get("epochs", 2))
+class Microstructure(ModelConfig):
+    segmentation = False
 
     def infer(self):
         return MicrostructureInfer(

@@ -1,17 +1,12 @@
 """SUM (soft-shrinkage Haar U-Net proxy) brain-tumour segmentation with denoising explanations: infer + train `sum`."""
 from __future__ import annotations
 
-import os
-from typing import Any, Dict
-
 from lib.http_errors import BAD_REQUEST, http_errors, refuse
 from lib.infers.sparsesight_infer import SparseSightInfer
-from lib.model_file import ModelFile
+from lib.model_config import ModelConfig
 from lib.trainers.sparsesight_train import SparseSightTrain
-from monailabel.interfaces.config import TaskConfig
 
-import sparsesight
-from sparsesight import denoise, models
+from sparsesight import denoise
 from sparsesight.errors import InvalidInput
 from sparsesight.explain import served
 from sparsesight.models.sum import check_alpha
@@ -30,17 +25,7 @@ class SUMInfer(SparseSightInfer):
         return super().__call__(request)
 
 
-class SUM(TaskConfig):
-    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
-        super().init(name, model_dir, conf, planner, **kwargs)
-        self.device = kwargs.get("device")
-        self.labels = {v: k for k, v in sparsesight.CLASSES.items() if k}
-        self.path = os.path.join(model_dir, f"{name}.pt")
-        # SUM_Rec (lambda_rec = 0.35) by default; a checkpoint carries its own config
-        self.model_config = models.default_config(name)
-        self.model_file = ModelFile(name, self.path)
-        self.epochs = int(conf.get("epochs", 2))
-
+class SUM(ModelConfig):
     def infer(self):
         return SUMInfer(
             self.name, self.model_file, self.labels, device=self.device, runner=denoise,
