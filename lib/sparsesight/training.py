@@ -84,13 +84,20 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
             opt.step()
             losses.append(float(loss.detach()))
         sched.step()
-        stats["loss"].append(float(np.mean(losses)))
-        stats["epochs"] = epoch + 1
-        stats["seconds"] = time.time() - t0
-        bar.set_postfix(loss=f"{stats['loss'][-1]:.4f}")
-        if progress is not None:
-            progress({"epoch": epoch + 1, "epochs": epochs, "loss": stats["loss"][-1], "seconds": stats["seconds"]})
-        if max_minutes is not None and stats["seconds"] > 60 * max_minutes:
+        if end_epoch(stats, losses, epoch, epochs, t0, bar, progress, max_minutes):
             break
     model.eval()
     return stats
+
+
+def end_epoch(stats: dict, losses: list, epoch: int, epochs: int, t0: float, bar, progress=None,
+              max_minutes=None, digits: int = 4) -> bool:
+    """Record an epoch's mean loss and elapsed seconds in `stats`, show them on the tqdm `bar` and hand
+    {"epoch", "epochs", "loss", "seconds"} to `progress`; True when `max_minutes` has passed (stop training)."""
+    stats["loss"].append(float(np.mean(losses)))
+    stats["epochs"] = epoch + 1
+    stats["seconds"] = time.time() - t0
+    bar.set_postfix(loss=f"{stats['loss'][-1]:.{digits}f}")
+    if progress is not None:
+        progress({"epoch": epoch + 1, "epochs": epochs, "loss": stats["loss"][-1], "seconds": stats["seconds"]})
+    return max_minutes is not None and stats["seconds"] > 60 * max_minutes

@@ -39,6 +39,7 @@ from ..data import convdict
 from ..errors import InvalidInput
 from ..ops import kspace
 from ..ops.fista import analysis, fista, step_size, synthesis
+from ..training import end_epoch
 
 VARIANTS = ("v1", "v2", "v3")
 
@@ -309,13 +310,7 @@ def train(model: CDL, references: np.ndarray, *, epochs: int, device="cpu", conf
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             opt.step()
             losses.append(float(loss.detach()))
-        stats["loss"].append(float(np.mean(losses)))
-        stats["epochs"] = epoch + 1
-        stats["seconds"] = time.time() - t0
-        bar.set_postfix(loss=f"{stats['loss'][-1]:.5f}")
-        if progress is not None:
-            progress({"epoch": epoch + 1, "epochs": epochs, "loss": stats["loss"][-1], "seconds": stats["seconds"]})
-        if max_minutes is not None and stats["seconds"] > 60 * max_minutes:
+        if end_epoch(stats, losses, epoch, epochs, t0, bar, progress, max_minutes, digits=5):
             break
     model.eval()
     return stats
