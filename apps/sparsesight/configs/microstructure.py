@@ -19,7 +19,7 @@ from lib.http_errors import BAD_REQUEST, NOT_FOUND, RequestRunner, bad_request, 
 from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_config import ModelConfig
 from lib.model_file import pick_device
-from lib.trainers.sparsesight_train import SparseSightTrain, train_params
+from lib.trainers.sparsesight_train import SparseSightTrain, train_params, whole_number
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from sparsesight import checkpoint, microstructure_run, models
@@ -33,18 +33,6 @@ TRAIN_KEYS = {"n_train", "snr", "lr", "batch_size", "seed", "grid", "mlp_hidden"
 
 
 Runner = RequestRunner(microstructure_run)  # its InvalidInput is about the request: 400
-
-
-def _int(value, what, lo, hi):
-    try:
-        v = int(value)
-        if v != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise refuse(BAD_REQUEST, f"'{what}' must be a whole number, got {value!r}") from None
-    if not lo <= v <= hi:
-        raise refuse(BAD_REQUEST, f"'{what}' must be between {lo} and {hi}, got {v}")
-    return v
 
 
 class MicrostructureTrain(SparseSightTrain):
@@ -76,7 +64,7 @@ class MicrostructureTrain(SparseSightTrain):
         unknown = sorted(set(tc) - TRAIN_KEYS)
         if unknown:
             raise refuse(BAD_REQUEST, f"unknown train_config keys {unknown}; known: {sorted(TRAIN_KEYS)}")
-        tc["n_train"] = _int(tc.get("n_train", 20000), "n_train", 200, 2_000_000)
+        tc["n_train"] = whole_number(tc.get("n_train", 20000), "n_train", 200, 2_000_000)
         snr = tc.get("snr", [25, 50, 100])
         snr = snr if isinstance(snr, list) else [snr]
         try:
@@ -90,7 +78,8 @@ class MicrostructureTrain(SparseSightTrain):
         if grid != "paper":
             if not isinstance(grid, dict) or set(grid) != {"n_r", "n_f"}:
                 raise refuse(BAD_REQUEST, "'grid' is \"paper\" (34 x 23) or {\"n_r\": .., \"n_f\": ..}")
-            grid = {"n_r": _int(grid["n_r"], "grid.n_r", 2, 100), "n_f": _int(grid["n_f"], "grid.n_f", 2, 100)}
+            grid = {"n_r": whole_number(grid["n_r"], "grid.n_r", 2, 100),
+                    "n_f": whole_number(grid["n_f"], "grid.n_f", 2, 100)}
         tc["grid"] = grid
         for key in ("mlp_hidden", "split_hidden", "joint_hidden"):
             if key in tc and (not isinstance(tc[key], list) or not tc[key]

@@ -32,19 +32,24 @@ MAX_EPOCHS = 10_000
 CHANNELS = 4
 
 
+def whole_number(value, what: str, lo: int, hi: int) -> int:
+    """`value` as an int in [lo, hi] (HTTP 400 naming `what` when it is not a whole number or out of range)."""
+    try:
+        v = int(value)
+        if v != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise refuse(BAD_REQUEST, f"'{what}' must be a whole number, got {value!r}") from None
+    if not lo <= v <= hi:
+        raise refuse(BAD_REQUEST, f"'{what}' must be between {lo} and {hi}, got {v}")
+    return v
+
+
 def train_params(request: Dict[str, Any], default_epochs: int) -> Dict[str, Any]:
     """Validated `epochs`, `max_minutes` and `train_config` of a train request (HTTP 400 with the reason)."""
     out: Dict[str, Any] = {}
-    epochs = request.get("epochs", request.get("max_epochs", default_epochs))
-    try:
-        epochs_i = int(epochs)
-        if epochs_i != float(epochs):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise refuse(BAD_REQUEST, f"'epochs' must be a whole number, got {epochs!r}") from None
-    if not 1 <= epochs_i <= MAX_EPOCHS:
-        raise refuse(BAD_REQUEST, f"'epochs' must be between 1 and {MAX_EPOCHS}, got {epochs_i}")
-    out["epochs"] = epochs_i
+    out["epochs"] = whole_number(request.get("epochs", request.get("max_epochs", default_epochs)), "epochs",
+                                 1, MAX_EPOCHS)
     minutes = request.get("max_minutes")
     if minutes is not None:
         try:
