@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import MODALITIES, segment
+from . import MODALITIES, REGIONS, segment
 from .bundle import BundleWriter
 from .data.io import load_image
 from .errors import InvalidInput
@@ -22,7 +22,7 @@ from .models.sum import check_alpha
 from .preview import png_bytes
 
 #: every output the SUM bundle can hold; `outputs=None` means all of them
-BUNDLE_OUTPUTS = ("label", "probabilities", "reconstruction", "linear_reconstruction", "shrinkage", "response",
+BUNDLE_OUTPUTS = ("label", "probabilities", "regions", "reconstruction", "linear_reconstruction", "shrinkage", "response",
                   "response_metrics", "alpha_sweep", "alpha_sweep_plot", "params", "params_plot")
 SWEEP_CROP = 64  # the alpha sweep runs on a cube of this side around the predicted tumour (10 passes)
 
@@ -95,7 +95,13 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     segment.add_label(w, label)
     if "probabilities" in wanted:
         segment.add_probabilities(w, interp["probabilities"][0].cpu().numpy(),
-                                  description="clipped output C_{0,1}(K_Omega ED_alpha(x)) (eq. 12)")
+                                  description="class membership min(q_k, 1 - q_{k+1}) of the clipped region maps")
+    if "regions" in wanted:
+        for k, region in enumerate(list(REGIONS)[: model.m - 1]):
+            w.add_volume(f"region/{region}", interp["region_probabilities"][0, k].cpu().numpy(),
+                         colormap="probability", range=[0.0, 1.0], dtype=np.int16,
+                         description=f"{region}: the output layer C_{{0,1}}(K_Omega ED_alpha(x) + b_Omega) (eq. 12), "
+                                     "decided at 0.5")
     for key, out, what in (("ed", "reconstruction", f"ED_alpha(x), alpha = {a:g}: the denoised signal entering "
                                                     "the output layer (normalised units)"),
                            ("ed_linear", "linear_reconstruction", "ED_{alpha=0}(x): what the filter banks alone "

@@ -63,7 +63,7 @@ def test_infer_bundle_with_alpha(server, trained, tmp_path):
     manifest = bundle.validate(path)
     assert manifest["model"] == "sum" and manifest["model_version"] == trained and manifest["alpha"] == 0.0
     names = {o["name"] for o in manifest["outputs"]}
-    for expected in ("label", "probability/enhancing", "reconstruction/FLAIR", "linear_reconstruction/T2",
+    for expected in ("label", "probability/enhancing", "region/WT", "region/ET", "reconstruction/FLAIR", "linear_reconstruction/T2",
                      "shrinkage/encoder_0", "shrinkage/decoder_3", "response", "response_metrics", "alpha_sweep",
                      "alpha_sweep_plot", "params", "params_plot"):
         assert expected in names, expected
@@ -73,6 +73,10 @@ def test_infer_bundle_with_alpha(server, trained, tmp_path):
         ed, _ = b.volume("reconstruction/T1ce")
         lin, _ = b.volume("linear_reconstruction/T1ce")
         np.testing.assert_allclose(ed, lin, atol=1e-3 * (np.abs(lin).max() + 1e-6))
+        # the label is the paper's per-region decision: whole tumour where the WT map exceeds 0.5 (and nesting)
+        label, _ = b.volume("label")
+        wt, _ = b.volume("region/WT")
+        assert np.all((label > 0) <= (wt > 0.5 - 1e-3)) and 0.0 <= float(wt.min()) and float(wt.max()) <= 1.0
         metrics = b.table("response_metrics")
         assert len(metrics) == 16 and {"SDS", "FDS", "FDV"} <= set(metrics[0])
         sweep = b.table("alpha_sweep")

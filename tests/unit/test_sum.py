@@ -12,7 +12,9 @@ from sparsesight.errors import InvalidInput
 from sparsesight.models.sum import (
     SUM,
     check_alpha,
+    class_memberships,
     reconstruction_l1,
+    region_targets,
     soft_iou,
     soft_shrink,
     sum_rec,
@@ -109,9 +111,12 @@ def test_interpret_outputs_and_monotone_sparsity():
     x = torch.randn(1, 4, 16, 12, 8)
     out = model.interpret(x, alpha=1.0)
     assert out["logits"].shape == out["probabilities"].shape == (1, 4, 16, 12, 8)
+    assert out["regions"].shape == out["region_probabilities"].shape == (1, 3, 16, 12, 8)
     assert out["ed"].shape == out["ed_linear"].shape == x.shape
     assert 0.0 <= float(out["probabilities"].min()) and float(out["probabilities"].max()) <= 1.0
-    np.testing.assert_allclose(out["probabilities"].numpy(), out["logits"].clamp(0, 1).numpy())
+    np.testing.assert_allclose(out["region_probabilities"].numpy(), out["regions"].clamp(0, 1).numpy())
+    np.testing.assert_allclose(out["regions"].numpy(), model(x, output="regions").detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["probabilities"].numpy(), class_memberships(out["region_probabilities"]).numpy())
     np.testing.assert_allclose(out["ed_linear"].numpy(), model(x, alpha=0.0, output="ed").detach().numpy(), atol=1e-6)
     assert out["survival"].shape == (1, 2 * model.L, 16, 12, 8)
     assert set(out["masks"]) == {r["layer"] for r in model.parameter_table() if r["layer"] != "alpha"}
@@ -150,8 +155,9 @@ def test_loss_is_soft_iou_plus_weighted_reconstruction():
     x = torch.randn(2, 4, 16, 16, 8)
     y = torch.randint(0, 4, (2, 1, 16, 16, 8))
     with torch.no_grad():
-        onehot = torch.nn.functional.one_hot(y[:, 0], 4).movedim(-1, 1).float()
-        expected_seg = 1 - soft_iou(rec(x).clamp(0, 1), onehot, 1.0).mean()
+        regions = torch.stack([y[:, 0] >= 1, y[:, 0] >= 2, y[:, 0] == 3], 1).float()  # WT, TC, ET
+        assert torch.equal(region_targets(y, 4), regions)
+        expected_seg = 1 - soft_iou(rec(x, output="regions").clamp(0, 1), regions, 1.0).mean()
         expected_rec = (x - rec(x, alpha=0.0, output="ed")).abs().mean()
         assert float(seg.loss(seg, x, y)) == pytest.approx(float(expected_seg), rel=1e-5)
         assert float(rec.loss(rec, x, y)) == pytest.approx(float(expected_seg + 0.35 * expected_rec), rel=1e-5)
@@ -161,12 +167,42 @@ def test_loss_is_soft_iou_plus_weighted_reconstruction():
     assert rec.omega.weight.grad.abs().sum() > 0 and rec.enc0[0].weight.grad.abs().sum() > 0
 
 
+def test_class_memberships_argmax_is_the_thresholded_regions():
+    """argmax_k s_k equals the label of thresholding every nested region at 0.5 (WT on -> 1, also TC -> 2, ...)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.rand(1, 3, 4000, generator=g)
+    s = class_memberships(q)
+    on = q > 0.5
+    wt, tc = on[:, 0], on[:, 0] & on[:, 1]
+    expected = wt.long() + tc.long() + (tc & on[:, 2]).long()
+    assert torch.equal(s.argmax(1), expected)
+    assert float(s.max(1).values.min()) >= 0.5  # the chosen class is always a member
+    # hand-computed: q = (0.9, 0.7, 0.2) -> s = (0.1, 0.3, 0.7, 0.2)
+    s1 = class_memberships(torch.tensor([0.9, 0.7, 0.2]).view(1, 3, 1))[0, :, 0]
+    np.testing.assert_allclose(s1.numpy(), [0.1, 0.3, 0.7, 0.2], atol=1e-6)
+    # a region inside a region that is off counts as off (nested): q = (0.2, 0.9, 0.9) -> background
+    assert int(class_memberships(torch.tensor([0.2, 0.9, 0.9]).view(1, 3, 1)).argmax(1)) == 0
+
+
+def test_clip_passes_gradient_only_to_wrongly_saturated_voxels():
+    """C_{0,1} values are the clamp; its gradient is the clamp's inside [0, 1], passes where a saturated voxel is
+    asked to come back, and is 0 where it is asked to go further out."""
+    z = torch.tensor([-2.0, -2.0, 0.5, 3.0, 3.0], requires_grad=True)
+    out = SUM.clip(z)
+    assert torch.equal(out.detach(), z.detach().clamp(0, 1))
+    (out * torch.tensor([-1.0, 1.0, 1.0, 1.0, -1.0])).sum().backward()  # d loss / d out
+    # z=-2 asked up (grad -1): passes; z=-2 asked down: 0; inside: 1; z=3 asked down (grad +1): passes; up: 0
+    assert z.grad.tolist() == [-1.0, 0.0, 1.0, 1.0, 0.0]
+    with torch.no_grad():
+        assert torch.equal(SUM.clip(z), z.clamp(0, 1))
+
+
 def test_paper_architecture_and_parameters():
     model = models.build("sum")
     assert model.features == [8, 16, 32, 64] and model.L == 4
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
     assert all(c.bias is None and c.kernel_size == (3, 3, 3) for c in convs if c is not model.omega)
-    assert model.omega.kernel_size == (1, 1, 1)
+    assert model.omega.kernel_size == (1, 1, 1) and model.omega.out_channels == 3  # WT, TC, ET
     thresholds = [p for n, p in model.named_parameters() if n.startswith("b_")]
     assert thresholds and all(float(p.detach().abs().sum()) == 0 for p in thresholds)  # initialised at 0
     table = model.parameter_table()
@@ -207,3 +243,31 @@ def test_trains_with_its_own_loss_and_adamw(tmp_path):
     assert all(math.isfinite(v) for v in stats["loss"]) and len(stats["loss"]) == 2
     assert all(0.0 <= v <= 1.0 + 0.35 * 10 for v in stats["loss"])  # soft-IoU loss in [0, 1] + L1 term
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_learns_to_segment_a_bright_cube(tmp_path):
+    """Regression: with the clip's zero gradient and Omega starting inside [0, 1], SUM never segmented (Dice 0).
+    A small SUM_Rec must now find the whole tumour of a bright cube within 120 short epochs."""
+    import nibabel as nib
+
+    from sparsesight.metrics import region_dice
+    from sparsesight.segment import predict
+    from sparsesight.training import train
+
+    rng = np.random.default_rng(0)
+    items = []
+    for k in range(2):
+        label = np.zeros((24, 24, 16), np.uint8)
+        o = 2 * k
+        label[6 + o:18, 6:18 - o, 4:12], label[9:15, 9 + o:15, 6:10], label[11:13, 11:13, 7:9] = 1, 2, 3
+        image = rng.normal(size=(24, 24, 16, 4)).astype(np.float32) + 2.0 * label[..., None] + 5.0
+        nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / f"img{k}.nii.gz")
+        nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / f"lab{k}.nii.gz")
+        items.append({"image": str(tmp_path / f"img{k}.nii.gz"), "label": str(tmp_path / f"lab{k}.nii.gz")})
+    torch.manual_seed(0)
+    model = models.build("sum", SMALL)
+    train(model, items, epochs=120, config={"patch_size": [16, 16, 16], "samples_per_image": 2, "batch_size": 2},
+          show_progress=False)
+    image = nib.load(items[0]["image"]).get_fdata().astype(np.float32).transpose(3, 0, 1, 2)
+    label = np.asarray(nib.load(items[0]["label"]).dataobj)
+    assert region_dice(predict(model, image, roi_size=[24, 24, 16]), label)["WT"] > 0.8

@@ -12,12 +12,18 @@ Layout (Fig. 1, levels l = 0..L-1, F_l = features * 2**l feature maps):
     decoder  u_l = IDWT(d_{l+1}, h_l)   with d_L = a_L (the deepest approximation band),
              v_l = S(K^u_l u_l + K^d_l e_l)       (the U-Net's concatenation + reduction as a sum of two convs)
              d_l = S(K~_l v_l)  (F_l -> F_{l-1});  at l = 0, ED(x) = K~_0 v_0 (F_0 -> in_channels, linear)
-    output   m^ = C_{0,1}(K_Omega ED(x) + b_Omega)   (one map per class)
+    output   m^_k = C_{0,1}(K_Omega ED(x) + b_Omega)_k   (one binary map per nested region k = 1..K-1)
 
 alpha scales every threshold: alpha = 0 makes ED linear, ED_{alpha=0}(x) = K~...K x (App. B, eqs. 22-24), and
-alpha = 1 is the trained model. Training loss (eq. 13-15): soft IoU (Huang et al. 2019, with smoothing) on the
-clipped outputs plus lambda_rec * ||x - ED_{alpha=0}(x)||_1 (mean absolute error); lambda_rec = 0.35 gives
+alpha = 1 is the trained model. Training loss (eq. 13-15): soft IoU (Huang et al. 2019, with smoothing) of the
+clipped region maps plus lambda_rec * ||x - ED_{alpha=0}(x)||_1 (mean absolute error); lambda_rec = 0.35 gives
 SUM_Rec, lambda_rec = 0 SUM_Seg. Works on 3D volumes and 2D slices (`spatial_dims`).
+
+Training device (the model itself is unchanged): C_{0,1} has zero derivative outside [0, 1], so a tumour voxel
+pushed below 0 (or a background voxel above 1) could never come back, and with the short budgets of a CPU the
+whole output died at 0 (Dice 0). The clip's backward pass therefore lets the gradient through where a voxel is
+saturated on the wrong side (the loss asks to move it back into the range) and keeps the true zero derivative
+where it is saturated on the right side; Omega's bias starts at 0 (every region off) instead of inside the range.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ def default_config() -> dict:
     """Hyperparameters (not learned): 4 decomposition levels, 8 feature maps after the first convolution (4.2)."""
     return {
         "in_channels": 4,           # FLAIR, T1, T1ce, T2
-        "num_classes": 4,           # background, oedema, non-enhancing core, enhancing
+        "num_classes": 4,           # background, oedema, non-enhancing core, enhancing (K-1 nested region maps)
         "spatial_dims": 3,          # 3 for volumes, 2 for slices
         "features": 8,              # F_0; doubles with every level
         "levels": 4,                # DWT decomposition levels
@@ -90,6 +96,41 @@ def soft_iou(probabilities: torch.Tensor, target: torch.Tensor, smooth: float = 
     return (inter + smooth) / (union + smooth)
 
 
+def region_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Binary nested-region masks r_k = [y >= k], k = 1..K-1 (BraTS: WT, TC, ET), of integer labels y (B, 1, *S)."""
+    k = torch.arange(1, num_classes, device=y.device).reshape(1, -1, *([1] * (y.dim() - 2)))
+    return (y >= k).to(torch.float32)
+
+
+def class_memberships(q: torch.Tensor) -> torch.Tensor:
+    """s_k = min(q'_k, 1 - q'_{k+1}), k = 0..K-1, from clipped region maps q (B, K-1, *S) in [0, 1].
+
+    q'_k = min(q_1, ..., q_k) makes the regions nested (q'_0 = 1, q'_K = 0): "inside region k and not inside
+    region k+1". The class c decided by thresholding every region at 0.5 (r_1..r_c on, r_{c+1} off) is the only
+    one with s_c >= 0.5 (strictly greater unless a region sits exactly at 0.5), so argmax_k s_k reproduces it."""
+    nested = torch.cummin(q, dim=1).values
+    ones = torch.ones_like(q[:, :1])
+    inside = torch.cat([ones, nested], 1)               # q'_0 .. q'_{K-1}
+    outside_next = 1.0 - torch.cat([nested, 0 * ones], 1)  # 1 - q'_1 .. 1 - q'_K
+    return torch.minimum(inside, outside_next)
+
+
+class _ClipWrongSide(torch.autograd.Function):
+    """C_{0,1}(z) forward; backward passes the gradient where z is in [0, 1] and where z is saturated on the side
+    the loss wants to leave (z < 0 asked to grow, z > 1 asked to shrink); zero where it is saturated correctly."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return z.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        keep = ((z >= 0) & (z <= 1)) | ((z < 0) & (g < 0)) | ((z > 1) & (g > 0))
+        return g * keep
+
+
 def reconstruction_l1(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """R_Rec = ||x - x^||_1 (eq. 14), as the mean absolute error so that lambda_rec is independent of size."""
     return (x - x_hat).abs().mean()
@@ -99,7 +140,8 @@ class SUM(nn.Module):
     """Simplified U-Net-proxy model (seed 003, Fig. 1).
 
     forward(x, alpha=None, output="logits"): x (B, in_channels, *S) normalised image ->
-      "logits": K_Omega ED(x) + b_Omega (B, num_classes, *S), the pre-clipping output (argmax gives the label);
+      "logits": log s_k (B, num_classes, *S), the class memberships of the clipped region maps (argmax: label);
+      "regions": K_Omega ED(x) + b_Omega (B, num_classes - 1, *S), the region maps before clipping;
       "ed": ED_alpha(x) (B, in_channels, *S).  alpha=None uses the model's `alpha` buffer (1 after training).
     interpret(x): the named intermediate outputs (see its docstring).
     loss(net, x, y): eq. 13 for a batch with integer labels y (B, 1, *S).
@@ -141,10 +183,10 @@ class SUM(nn.Module):
         self.b_dec = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
         self.b_dec_out = nn.ParameterList(nn.Parameter(torch.zeros(feats[level - 1])) for level in range(1, L))
         # output layer Omega: 1x1 convolution (with bias: ED is odd, ED(-x) = -ED(x), so offsets need one)
-        self.omega = (_Conv2d if d == 2 else _Conv3d)(n, self.m, kernel_size=1)
-        with torch.no_grad():  # start inside the clipping range, where the soft-IoU gradient is not cut
-            self.omega.weight.normal_(0.0, 0.01)
-            self.omega.bias.fill_(0.5)
+        self.omega = (_Conv2d if d == 2 else _Conv3d)(n, self.m - 1, kernel_size=1)
+        with torch.no_grad():  # every region starts off (at the clip's lower edge); the clip's gradient pulls
+            self.omega.weight.normal_(0.0, 0.01)  # the tumour voxels up (_ClipWrongSide)
+            self.omega.bias.zero_()
         self.register_buffer("alpha", torch.tensor(1.0))
 
     @torch.no_grad()
@@ -194,13 +236,19 @@ class SUM(nn.Module):
         return d
 
     def omega_logits(self, c: torch.Tensor) -> torch.Tensor:
-        """K_Omega c + b_Omega: the output layer before clipping."""
+        """K_Omega c + b_Omega: the region maps before clipping (B, K-1, *S)."""
         return self.omega(c)
 
     @staticmethod
     def clip(z: torch.Tensor) -> torch.Tensor:
-        """C_{0,1}: the saturating part of the output layer Omega (eq. 12)."""
-        return z.clamp(0.0, 1.0)
+        """C_{0,1}: the saturating part of the output layer Omega (eq. 12); when gradients are recorded its
+        backward lets wrongly saturated voxels come back (_ClipWrongSide), the values are the same."""
+        return _ClipWrongSide.apply(z) if torch.is_grad_enabled() and z.requires_grad else z.clamp(0.0, 1.0)
+
+    @staticmethod
+    def log_memberships(q: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+        """log(s_k + eps) of the clipped region maps q: the class scores whose argmax is the label."""
+        return torch.log(class_memberships(q) + eps)
 
     # --- nn.Module API -------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor):
@@ -220,17 +268,20 @@ class SUM(nn.Module):
 
     def forward(self, x: torch.Tensor, alpha=None, output: str = "logits") -> torch.Tensor:
         xp, size = self._pad(x)
+        if output not in ("logits", "regions", "ed"):
+            raise ValueError(f"output must be 'logits', 'regions' or 'ed', got {output!r}")
         c = self.ed(xp, alpha)
         if output == "ed":
             return self._crop(c, size)
-        return self._crop(self.omega_logits(c), size)
+        z = self._crop(self.omega_logits(c), size)
+        return z if output == "regions" else self.log_memberships(self.clip(z))
 
     def loss(self, net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """L = (1 - mean_k softIoU_k(C_{0,1}(logits), onehot(y))) + lambda_rec ||x - ED_{alpha=0}(x)||_1 (eq. 13-15).
+        """L = (1 - mean_k softIoU(C_{0,1}(regions_k), [y >= k])) + lambda_rec ||x - ED_{alpha=0}(x)||_1 (eq. 13-15).
 
         `net` is this model or its DistributedDataParallel wrapper (both passes go through it)."""
-        target = F.one_hot(y[:, 0].long(), self.m).movedim(-1, 1).to(x.dtype)
-        seg = 1.0 - soft_iou(self.clip(net(x)), target, self.config["smooth"]).mean()
+        target = region_targets(y, self.m).to(x.dtype)
+        seg = 1.0 - soft_iou(self.clip(net(x, output="regions")), target, self.config["smooth"]).mean()
         lam = self.config["lambda_rec"]
         if not lam:
             return seg
@@ -253,8 +304,10 @@ class SUM(nn.Module):
     def interpret(self, x: torch.Tensor, alpha=None, **_) -> dict:
         """Named interpretable outputs for x (B, in_channels, *S):
 
-        - "logits" (B, K, *S): K_Omega ED_alpha(x) + b_Omega, the output layer's input scaled (argmax: label).
-        - "probabilities" (B, K, *S): the clipped output m^ = C_{0,1}(logits) in [0, 1] (eq. 12).
+        - "regions" (B, K-1, *S): K_Omega ED_alpha(x) + b_Omega, the region maps (WT, TC, ET) before clipping.
+        - "region_probabilities" (B, K-1, *S): the clipped outputs m^_k = C_{0,1}(regions_k) in [0, 1] (eq. 12).
+        - "probabilities" (B, K, *S): the class memberships s_k of the clipped regions (class_memberships).
+        - "logits" (B, K, *S): log s_k (argmax: the label, region maps thresholded at 0.5).
         - "ed" (B, in_channels, *S): ED_alpha(x), the denoised signal that enters the output layer ("Inp. sig. O.L.").
         - "ed_linear" (B, in_channels, *S): ED_{alpha=0}(x), what the filter banks alone reconstruct (eq. 15).
         - "masks": {layer name: bool (B, C_l, *S_l)}: the coefficients that survive each shrinkage (|z| > alpha b).
@@ -267,7 +320,8 @@ class SUM(nn.Module):
         masks: dict = {}
         c = self.ed(xp, a, masks)
         lin = self.ed(xp, 0.0)
-        logits = self.omega_logits(c)
+        regions = self.omega_logits(c)
+        q = self.clip(regions)
         survival = []
         for name in self.survival_names():
             kind, level = name.split("_")
@@ -278,8 +332,10 @@ class SUM(nn.Module):
                 frac = F.interpolate(frac, scale_factor=factor, mode="nearest")
             survival.append(frac)
         return {
-            "logits": self._crop(logits, size),
-            "probabilities": self._crop(self.clip(logits), size),
+            "regions": self._crop(regions, size),
+            "region_probabilities": self._crop(q, size),
+            "probabilities": self._crop(class_memberships(q), size),
+            "logits": self._crop(self.log_memberships(q), size),
             "ed": self._crop(c, size),
             "ed_linear": self._crop(lin, size),
             "masks": masks,
