@@ -15,7 +15,6 @@ colormap, range, ...) are kept as they are.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .data.io import nifti_image_from_bytes
 from .errors import BundleError
 
 KINDS = {"labelmap": (".nii.gz",), "scalar": (".nii.gz",), "table": (".csv",), "plot": (".png",)}
@@ -156,7 +156,7 @@ class Bundle:
 
     def volume(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(array, affine) of a labelmap or scalar output."""
-        img = nib.Nifti1Image.from_bytes(_gunzip(self.read_bytes(name)))
+        img = nifti_image_from_bytes(self.read_bytes(name))
         if self.output(name)["kind"] == "labelmap":
             return np.asarray(img.dataobj).astype(np.uint8), np.asarray(img.affine)
         return img.get_fdata(dtype=np.float32), np.asarray(img.affine)
@@ -167,10 +167,6 @@ class Bundle:
     def close(self):
         if self._zip is not None:
             self._zip.close()
-
-
-def _gunzip(data: bytes) -> bytes:
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
 def read(path) -> Bundle:
@@ -214,7 +210,7 @@ def validate(path) -> dict:
             data = b.read_bytes(fname)
             if kind in ("labelmap", "scalar"):
                 try:
-                    img = nib.Nifti1Image.from_bytes(_gunzip(data))
+                    img = nifti_image_from_bytes(data)
                 except Exception as e:  # noqa: BLE001 - any decoding failure is a protocol violation
                     problems.append(f"{o['name']}: unreadable NIfTI ({e})")
                     continue

@@ -7,6 +7,7 @@ server fails, the tail of the server's log is added to its report.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -54,6 +55,11 @@ class Server:
         r = self.get("/info/")
         assert r.status_code == 200, r.text
         return r.json()
+
+    def files(self) -> dict:
+        """{path in the datastore: sha1}: a snapshot to show a refused request changed nothing stored."""
+        return {str(p.relative_to(self.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
+                for p in sorted(self.studies.rglob("*")) if p.is_file() and p.name != ".lock"}
 
     def version(self, model="mlcsc"):
         return self.info()["models"][model]["version"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import tempfile
@@ -15,6 +14,7 @@ import pytest
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 from sparsesight import bundle
+from sparsesight.data.io import nifti_from_bytes
 
 pytestmark = pytest.mark.server
 
@@ -26,13 +26,6 @@ def nifti_bytes(array, affine, gz=True) -> bytes:
     return gzip.compress(data) if gz else data
 
 
-def load_nifti(data: bytes):
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    img = nib.Nifti1Image.from_bytes(data)
-    return np.asanyarray(img.dataobj), img.affine
-
-
 def case(server, name="case_001"):
     img = nib.load(server.studies / f"{name}.nii.gz")
     return np.asanyarray(img.dataobj), img.affine
@@ -40,12 +33,7 @@ def case(server, name="case_001"):
 
 def snapshot(server) -> tuple:
     """The datastore as the server lists it, and every file in its folder with a content hash."""
-    listing = server.get("/datastore/", params={"output": "all"}).json()
-    files = {}
-    for p in sorted(server.studies.rglob("*")):
-        if p.is_file() and p.name != ".lock":
-            files[str(p.relative_to(server.studies))] = hashlib.sha1(p.read_bytes()).hexdigest()
-    return listing, files
+    return server.get("/datastore/", params={"output": "all"}).json(), server.files()
 
 
 def stray_uploads(server, wait=3.0) -> list:
@@ -88,7 +76,7 @@ def test_infer_returns_label_with_input_geometry(server):
     image, affine = case(server, "case_001")
     r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "image"})
     assert r.status_code == 200, r.text
-    label, label_affine = load_nifti(r.content)
+    label, label_affine = nifti_from_bytes(r.content)
     assert label.shape == image.shape[:3]
     np.testing.assert_allclose(label_affine, affine, atol=1e-5)
     assert np.issubdtype(label.dtype, np.integer)
@@ -103,7 +91,7 @@ def test_infer_default_answer_is_multipart_for_stock_clients(server):
     params = json.loads(parts["params"].content)
     assert params["model"] == "mlcsc" and params["model_version"] == server.version()
     assert params["image"] == "case_001"
-    label, _ = load_nifti(parts["image"].content)
+    label, _ = nifti_from_bytes(parts["image"].content)
     assert label.shape == case(server, "case_001")[0].shape[:3]
 
 
@@ -112,7 +100,7 @@ def test_infer_on_uploaded_file(server):
     r = server.post("/infer/mlcsc", params={"output": "image"},
                     files={"file": ("mine.nii.gz", (server.studies / "case_002.nii.gz").read_bytes())})
     assert r.status_code == 200, r.text
-    label, label_affine = load_nifti(r.content)
+    label, label_affine = nifti_from_bytes(r.content)
     assert label.shape == image.shape[:3]
     np.testing.assert_allclose(label_affine, affine, atol=1e-5)
     assert stray_uploads(server) == []
@@ -331,4 +319,4 @@ def test_valid_upload_is_stored_and_served(server):
     assert stray_uploads(server) == []
     r = server.post("/infer/mlcsc", params={"image": "uploaded_case", "output": "image"})
     assert r.status_code == 200, r.text
-    assert load_nifti(r.content)[0].shape == data.shape[:3]
+    assert nifti_from_bytes(r.content)[0].shape == data.shape[:3]

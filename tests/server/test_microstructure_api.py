@@ -8,7 +8,6 @@ is removed again at the end of the module.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from sparsesight import bundle
+from sparsesight.data.io import nifti_from_bytes
 from sparsesight.data import diffusion as dif
 
 pytestmark = pytest.mark.server
@@ -31,18 +31,6 @@ TRAIN = {"n_train": 1500, "grid": {"n_r": 6, "n_f": 5}, "mlp_hidden": [64, 64], 
 
 def nifti_bytes(array, affine=np.eye(4)) -> bytes:
     return gzip.compress(nib.Nifti1Image(np.asarray(array, np.float32), affine).to_bytes())
-
-
-def load_nifti(data: bytes):
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    img = nib.Nifti1Image.from_bytes(data)
-    return np.asanyarray(img.dataobj), img.affine
-
-
-def files_of(server) -> dict:
-    return {str(p.relative_to(server.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(server.studies.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +81,7 @@ def test_infer_maps_of_a_datastore_dwi(server, dwi, trained, method):
     r = server.post("/infer/microstructure", params={"image": DWI, "output": "image"},
                     data={"params": json.dumps({"method": method})})
     assert r.status_code == 200, r.text
-    maps, affine = load_nifti(r.content)
+    maps, affine = nifti_from_bytes(r.content)
     assert maps.shape == dwi["shape"][:3] + (6,)
     np.testing.assert_allclose(affine, nib.load(dwi["paths"]["mask"]).affine, atol=1e-5)
     mask = np.asarray(nib.load(dwi["paths"]["mask"]).dataobj) > 0
@@ -127,14 +115,14 @@ def test_infer_on_an_upload_with_gradient_options(server, dwi, trained):
     r = server.post("/infer/microstructure", params={"output": "image"}, data={"params": json.dumps(opts)},
                     files={"file": ("dwi.nii.gz", dwi["paths"]["dwi"].read_bytes())})
     assert r.status_code == 200, r.text
-    maps, _ = load_nifti(r.content)
+    maps, _ = nifti_from_bytes(r.content)
     assert maps.shape == dwi["shape"][:3] + (6,)
 
 
 def test_bad_dwi_requests_are_refused_and_nothing_stored_changes(server, dwi, trained):
     p = dwi["protocol"]
     data = np.asanyarray(nib.load(dwi["paths"]["dwi"]).dataobj)
-    before = files_of(server)
+    before = server.files()
     grads = {"bvals": p.bvals.tolist(), "bvecs": p.bvecs.tolist()}
     other = dif.hcp_mgh_protocol(4)
     cases = [
@@ -156,5 +144,5 @@ def test_bad_dwi_requests_are_refused_and_nothing_stored_changes(server, dwi, tr
     assert r.status_code == 400 and "grid" in r.json()["detail"]
     r = server.post("/train/microstructure", json={"epochs": 1, "image": "case_000"})
     assert r.status_code == 400 and "bval" in r.json()["detail"]
-    assert files_of(server) == before
+    assert server.files() == before
     assert server.get("/info/").status_code == 200

@@ -1,8 +1,6 @@
 """SUM through the real MONAI Label server (see conftest.py): train `sum`, infer the label, the bundle with alpha."""
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 
 import nibabel as nib
@@ -10,20 +8,9 @@ import numpy as np
 import pytest
 
 from sparsesight import bundle
+from sparsesight.data.io import nifti_from_bytes
 
 pytestmark = pytest.mark.server
-
-
-def _label(data: bytes):
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    img = nib.Nifti1Image.from_bytes(data)
-    return np.asanyarray(img.dataobj), img.affine
-
-
-def _files(server) -> dict:
-    return {str(p.relative_to(server.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(server.studies.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +30,7 @@ def test_infer_label(server, trained):
     img = nib.load(server.studies / "case_001.nii.gz")
     r = server.post("/infer/sum", params={"image": "case_001", "output": "image"})
     assert r.status_code == 200, r.text
-    label, affine = _label(r.content)
+    label, affine = nifti_from_bytes(r.content)
     assert label.shape == img.shape[:3]
     np.testing.assert_allclose(affine, img.affine, atol=1e-5)
     assert set(np.unique(label)) <= {0, 1, 2, 3}
@@ -98,12 +85,12 @@ def test_infer_bundle_with_alpha(server, trained, tmp_path):
 
 @pytest.mark.parametrize("alpha", ["lots", -1, 7, [0.5]])
 def test_bad_alpha_is_refused(server, trained, alpha):
-    before = _files(server)
+    before = server.files()
     for params in ({"alpha": alpha}, {"alpha": alpha, "bundle": True}):
         r = server.post("/infer/sum", params={"image": "case_001"}, data={"params": json.dumps(params)})
         assert r.status_code == 400, r.text
         assert "alpha" in r.json()["detail"] and "Traceback" not in r.json()["detail"]
-    assert _files(server) == before
+    assert server.files() == before
     assert server.version("sum") == trained
 
 

@@ -11,13 +11,16 @@ channel's dynamic range, and with Gaussian blur of several widths (voxels). Nois
 inside the brain (non-zero voxels), so that the z-score normalisation's brain mask is the one of the clean image.
 Also reported: parameter counts and inference time (segment.predict) on one 96^3 sliding window of 4 channels
 (--time-brats: a whole 240x240x155 volume).
-Writes robustness.json, robustness.csv and robustness.png under --out and prints the ratio table against UNet.
+Writes robustness.json, robustness.csv and robustness.png under --out and prints the ratio table against UNet;
+for SUM and SUM_Rec also the impulse / frequency response of their filter banks with SDS, FDS, FDV and the alpha
+sweep on a held-out case (robustness_response/<model>/), the paper's Fig. 3 comparison.
 Aims (issue 4): SUM parameters <= 1/10 of UNet's; SUM_Rec's WT Dice drop at the strongest noise <= half of
 UNet's; SUM inference time <= 0.5x UNet's.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 from pathlib import Path
@@ -134,6 +137,8 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
         print(f"[{name}] evaluating {len(conds)} conditions x {len(data['test'])} held-out cases", flush=True)
         r = {"params": int(sum(p.numel() for p in model.parameters())), "train_s": stats["seconds"],
              "loss": stats["loss"], "eval": evaluate(model, data["test"], conds, seed)}
+        if hasattr(model, "ed"):  # SUM, SUM_Rec: what their filter banks pass (App. B, C; the paper's Fig. 3)
+            r["response"] = filter_bank_response(model, data["test"][0], out_dir / "robustness_response" / name)
         if time_inference and name != "SUM":  # SUM and SUM_Rec share one architecture: time it once
             print(f"[{name}] timing inference on {tuple(time_shape)}", flush=True)
             r["inference_s"] = _time_inference(model, full, repeats)
@@ -152,6 +157,23 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
     report(results)
     print(f"written: {out_dir / 'robustness.csv'}, {out_dir / 'robustness.json'}, {out_dir / 'robustness.png'}")
     return results
+
+
+def filter_bank_response(model, case: dict, out_dir: Path) -> dict:
+    """Impulse response of ED_{alpha=0} (thresholds at zero), its SDS / FDS / FDV per channel pair, and the alpha
+    sweep on one held-out case (response.png/.csv, alpha_sweep.png/.csv in out_dir). Returns the means of the
+    metrics over the matched pairs (input channel = output channel): the paper expects SUM_Seg's response to
+    spread wider in space (SDS) and pass a narrower band (FDS) than SUM_Rec's."""
+    from .. import MODALITIES
+    from ..explain.response import explain
+    from ..segment import normalise
+
+    img, _ = load_image(case["image"])
+    lab, _ = load_label(case["label"])
+    files = explain(model, normalise(img), out_dir, names=MODALITIES, label=lab)
+    with open(files["response_csv"]) as f:
+        rows = [row for row in csv.DictReader(f) if row["input"] == row["output"]]
+    return {k: float(np.mean([float(row[k]) for row in rows])) for k in ("SDS", "FDS", "FDV", "dc_gain")}
 
 
 def ratios(results: dict, strongest_noise: float | None) -> dict:
@@ -193,6 +215,10 @@ def report(results: dict):
         if "wt_drop_blur" in ra:
             parts.append(f"at strongest blur {ra['wt_drop_blur']:+.3f} vs {ra['wt_drop_blur_unet']:+.3f}")
         print(f"ratio {n}/unet: " + "; ".join(parts))
+    for n, r in results["models"].items():
+        if "response" in r:
+            print(f"{n} filter banks (ED_alpha=0, matched channels): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in r["response"].items()))
 
 
 def main(argv=None):

@@ -66,6 +66,17 @@ def load_label(path, spatial_shape=None) -> tuple[np.ndarray, np.ndarray]:
     return arr.astype(np.uint8), affine
 
 
+def nifti_image_from_bytes(data: bytes) -> nib.Nifti1Image:
+    """A NIfTI image from the bytes of a .nii or .nii.gz file (gzip detected by its magic number)."""
+    return nib.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+
+
+def nifti_from_bytes(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(array as stored, affine) of the bytes of a .nii or .nii.gz file (a server's answer, a bundle member)."""
+    img = nifti_image_from_bytes(data)
+    return np.asanyarray(img.dataobj), np.asarray(img.affine, dtype=np.float64)
+
+
 def save_nifti(array, affine, path) -> Path:
     """Write array with affine; (C, X, Y, Z) arrays of more than one channel are stored channel-last."""
     path = Path(path)
