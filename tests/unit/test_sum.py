@@ -271,3 +271,8 @@ def test_learns_to_segment_a_bright_cube(tmp_path):
     image = nib.load(items[0]["image"]).get_fdata().astype(np.float32).transpose(3, 0, 1, 2)
     label = np.asarray(nib.load(items[0]["label"]).dataobj)
     assert region_dice(predict(model, image, roi_size=[24, 24, 16]), label)["WT"] > 0.8
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ValueError, match=r"unknown SUM config keys: \['depth'\]"):
+        SUM(depth=5)

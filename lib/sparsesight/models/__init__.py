@@ -26,6 +26,14 @@ def default_config(name: str) -> dict:
     return _module(name).default_config()
 
 
+def with_defaults(defaults: dict, config: dict, model: str) -> dict:
+    """`defaults` updated by `config`; ValueError naming the keys `model` does not know."""
+    unknown = set(config) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {model} config keys: {sorted(unknown)}")
+    return {**defaults, **config}
+
+
 def build(name: str, config: dict | None = None):
     """Instantiate model `name` with `config` overriding its defaults."""
     mod = _module(name)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.soft_threshold import soft_threshold
+from . import with_defaults
 
 CLASS_NAMES = ("background", "oedema", "non-enhancing core", "enhancing")
 MODALITY_NAMES = ("FLAIR", "T1", "T1ce", "T2")
@@ -109,11 +110,7 @@ class MLCSC(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        cfg = default_config()
-        unknown = set(config) - set(cfg)
-        if unknown:
-            raise ValueError(f"unknown MLCSC config keys: {sorted(unknown)}")
-        cfg.update(config)
+        cfg = with_defaults(default_config(), config, "MLCSC")
         self.config = cfg
         n, m = cfg["in_channels"], cfg["num_classes"]
         atoms, strides, k = cfg["atoms"], cfg["strides"], cfg["kernel_size"]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInput
+from . import with_defaults
 from ..ops.haar import dwt, idwt
 from ..ops.soft_threshold import soft_threshold
 
@@ -153,11 +154,7 @@ class SUM(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        cfg = default_config()
-        unknown = set(config) - set(cfg)
-        if unknown:
-            raise ValueError(f"unknown SUM config keys: {sorted(unknown)}")
-        cfg.update(config)
+        cfg = with_defaults(default_config(), config, "SUM")
         if cfg["spatial_dims"] not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {cfg['spatial_dims']}")
         self.config = cfg
