@@ -2,14 +2,13 @@
 faithfulness, and as a plain NIfTI for stock clients."""
 from __future__ import annotations
 
-import gzip
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from sparsesight import bundle
+from sparsesight.data.io import nifti_image_from_bytes
 
 pytestmark = pytest.mark.server
 
@@ -18,7 +17,7 @@ ASK = {"attribution": "ig,gradient", "attribution_target": "enhancing", "attribu
 
 
 def _nifti(data: bytes):
-    img = nib.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    img = nifti_image_from_bytes(data)
     return img.get_fdata(dtype=np.float32), img.affine
 
 

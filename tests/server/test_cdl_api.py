@@ -5,7 +5,6 @@ CPU sizes: the served model has the reference settings (K = 32 filters of 9x9, 6
 runs 2 steps on 32x32 crops, and inference swaps in the stored 8-filter dictionary (V3 takes any dictionary)."""
 from __future__ import annotations
 
-import gzip
 import json
 import re
 
@@ -15,18 +14,12 @@ import pytest
 
 from sparsesight import bundle
 from sparsesight.data import lfmri
+from sparsesight.data.io import nifti_from_bytes
 
 pytestmark = pytest.mark.server
 
 TRAIN = {"steps_per_epoch": 2, "batch_size": 1, "crop": 32}
 FAST = {"dictionary": "K8_k7", "batch": 8}
-
-
-def _nifti(data: bytes):
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    img = nib.Nifti1Image.from_bytes(data)
-    return np.asanyarray(img.dataobj), img.affine
 
 
 def _infer(server, params, image="case_001", **kw):
@@ -61,7 +54,7 @@ def test_train_uses_images_without_labels(server, trained):
 def test_infer_returns_reconstruction_in_input_geometry(server, trained):
     r = _infer(server, FAST)
     assert r.status_code == 200, r.text
-    rec, affine = _nifti(r.content)
+    rec, affine = nifti_from_bytes(r.content)
     img = nib.load(server.studies / "case_001.nii.gz")
     assert rec.shape == img.shape[:3]
     np.testing.assert_allclose(affine, img.affine, atol=1e-5)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from sparsesight import bundle
-from sparsesight.data.io import nifti_from_bytes
 from sparsesight.data import diffusion as dif
+from sparsesight.data.io import nifti_from_bytes
 
 pytestmark = pytest.mark.server
 

@@ -208,8 +208,7 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
     rows, t_start = [], time.time()
     server = MonaiLabelServer(studies, conf={"model_dir": model_dir}, log_path=tmp / "server.log")
     print(f"active learning ({model}): {len(data['pool'])} pool / {len(data['test'])} held-out phantoms at "
-          f"{downsample} mm, "
-          f"start {initial}, {rounds} rounds x {batch} labels, {epochs} epochs per round, {seeds} seed(s), "
+          f"{downsample} mm, start {initial}, {rounds} rounds x {batch} labels, {epochs} epochs per round, {seeds} seed(s), "
           f"strategies {', '.join(strategies)}; server log {tmp / 'server.log'}", flush=True)
     try:
         url = server.start(timeout=300)

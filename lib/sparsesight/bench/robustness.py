@@ -20,7 +20,6 @@ UNet's; SUM inference time <= 0.5x UNet's.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 from pathlib import Path
@@ -170,10 +169,9 @@ def filter_bank_response(model, case: dict, out_dir: Path) -> dict:
 
     img, _ = load_image(case["image"])
     lab, _ = load_label(case["label"])
-    files = explain(model, normalise(img), out_dir, names=MODALITIES, label=lab)
-    with open(files["response_csv"]) as f:
-        rows = [row for row in csv.DictReader(f) if row["input"] == row["output"]]
-    return {k: float(np.mean([float(row[k]) for row in rows])) for k in ("SDS", "FDS", "FDV", "dc_gain")}
+    rows = explain(model, normalise(img), out_dir, names=MODALITIES, label=lab)["metrics"]
+    matched = [row for row in rows if row["input"] == row["output"]]
+    return {k: float(np.mean([row[k] for row in matched])) for k in ("SDS", "FDS", "FDV", "dc_gain")}
 
 
 def ratios(results: dict, strongest_noise: float | None) -> dict:

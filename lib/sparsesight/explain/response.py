@@ -157,8 +157,6 @@ def _mid(a: np.ndarray) -> np.ndarray:
 
 
 def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
     return png_bytes(fig, dpi=80)
 
 
@@ -244,7 +242,8 @@ def response_size(model, limit: int = 64) -> list[int]:
 def explain(model, x: torch.Tensor, out_dir, names: Sequence[str] | None = None, label: np.ndarray | None = None,
             alphas: Sequence[float] = DEFAULT_ALPHAS, size: int = 64) -> dict:
     """Write response.png/.csv and alpha_sweep.png/.csv for a SUM-like model and one normalised input x
-    (1, C, *S) into out_dir; prints one progress line per step. Returns the file paths."""
+    (1, C, *S) into out_dir; prints one progress line per step. Returns the file paths and, under "metrics",
+    the rows of response.csv (response_metrics)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(names) if names is not None else [f"ch{i}" for i in range(x.shape[1])]
@@ -253,7 +252,7 @@ def explain(model, x: torch.Tensor, out_dir, names: Sequence[str] | None = None,
     r = impulse_response(lambda t: model(t, alpha=0.0, output="ed"), x.shape[1], response_size(model, size),
                          device=x.device)
     rows = response_metrics(r, names)
-    files = {"response_csv": write_csv(rows, out / "response.csv")}
+    files = {"response_csv": write_csv(rows, out / "response.csv"), "metrics": rows}
     files["response_png"] = out / "response.png"
     files["response_png"].write_bytes(plot_response(r, names, rows))
     print(f"response: alpha sweep over {list(alphas)}", flush=True)

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInput
-from . import with_defaults
 from ..ops.haar import dwt, idwt
 from ..ops.soft_threshold import soft_threshold
+from . import with_defaults
 
 LAMBDA_REC = 0.35  # Section 4.2: SUM_Rec
 ALPHA_RANGE = (0.0, 2.0)  # the paper sweeps alpha in [0, 1]; up to 2 shows stronger-than-trained shrinkage
