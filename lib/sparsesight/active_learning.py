@@ -173,7 +173,7 @@ def has_reconstruction(model) -> bool:
 
 def sparse_residual_score(model, image: np.ndarray, device="cpu") -> dict:
     """{"score": R(x), "brain_voxels"} of a raw (C, X, Y, Z) image, normalised as in training."""
-    from .segment import normalise
+    from .runners.segmentation import normalise
 
     if not has_reconstruction(model):
         raise InvalidInput(f"{type(model).__name__} has no interpret(): no reconstruction to score")
@@ -190,7 +190,7 @@ def tta_probabilities(model, image: np.ndarray, device="cpu", flips: Iterable[tu
     """p (R, K, X, Y, Z): softmax of the model on each flipped image, flipped back (p_r = T_r^{-1} f(T_r x)).
 
     One whole-volume pass per sample (as the result bundle does), not the sliding window: R passes per image."""
-    from .segment import normalise
+    from .runners.segmentation import normalise
 
     x = normalise(image).to(device)
     model = model.to(device).eval()

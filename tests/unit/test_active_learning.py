@@ -33,7 +33,7 @@ from sparsesight.active_learning import (
 )
 from sparsesight.data.phantom import make_case
 from sparsesight.errors import InvalidInput
-from sparsesight.segment import normalise
+from sparsesight.runners.segmentation import normalise
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """CDL-Lambda (seed 001): (PH) and (PR) against closed forms and SPORCO, the Lambda estimators V1-V3, truncated
-back-propagation, training, the metrics and the served runner (sparsesight.reconstruct).
+back-propagation, training, the metrics and the served runner (sparsesight.runners.cdl).
 
 CPU sizes: the stored 8-filter 7x7 dictionary, 6-16 FISTA iterations and 2-level U-Nets of 4-8 features instead
 of the reference K = 32 filters of 9x9, 64 iterations (default_config)."""
@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from sparsesight import bundle, checkpoint, metrics, models, reconstruct
+from sparsesight import bundle, checkpoint, metrics, models
+from sparsesight.runners import cdl as cdl_runner
 from sparsesight.data import convdict, lfmri
 from sparsesight.errors import InvalidInput
 from sparsesight.models import cdl
 from sparsesight.ops import kspace
 from sparsesight.ops.fista import synthesis
+from sparsesight.training import cdl as cdl_training
 
 SMALL = {"dictionary": "K8_k7", "iterations": 8, "backprop_iterations": 3, "channels": [4, 8]}
 
@@ -119,7 +121,7 @@ def test_v3_is_invariant_to_filter_permutation():
 
 def test_v3_runs_with_a_filter_count_never_seen_in_training():
     model = cdl.CDL(variant="v3", **SMALL)
-    assert {d.shape[0] for _, d in cdl.training_dictionaries(model)} == {int(n[1:].split("_")[0]) for n in convdict.available()}
+    assert {d.shape[0] for _, d in cdl_training.training_dictionaries(model)} == {int(n[1:].split("_")[0]) for n in convdict.available()}
     d5 = torch.as_tensor(convdict.load("K8_k7"))[:5, 1:-1, 1:-1]  # K = 5 filters of 5 x 5: not a stored size
     y, m, _ = _acquire(_phantom_slice())
     out = model.interpret(y, m, d5)
@@ -153,7 +155,7 @@ def test_training_lowers_the_loss_on_held_out_slices():
             return float((model(y, m) - target).abs().pow(2).mean())
 
     before = loss()
-    stats = cdl.train(model, refs, epochs=2, config={"steps_per_epoch": 4, "batch_size": 1, "lr": 5e-2,
+    stats = cdl_training.train(model, refs, epochs=2, config={"steps_per_epoch": 4, "batch_size": 1, "lr": 5e-2,
                                                      "sigma": [0.15, 0.25], "dictionaries": ["K8_k7"]},
                       show_progress=False)
     assert stats["epochs"] == 2 and len(stats["loss"]) == 2
@@ -175,7 +177,7 @@ def test_bad_configs_are_named_errors():
     with pytest.raises(InvalidInput, match="stored"):
         cdl.CDL(dictionary="K7_k3", iterations=2, channels=[4, 8])
     with pytest.raises(InvalidInput, match="train_config"):
-        cdl.train(cdl.CDL(**SMALL), np.zeros((2, 16, 16), np.float32), epochs=1, config={"lr0": 1})
+        cdl_training.train(cdl.CDL(**SMALL), np.zeros((2, 16, 16), np.float32), epochs=1, config={"lr0": 1})
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -231,7 +233,7 @@ def _volume_file(tmp_path, channels=4):
 def test_run_bundle_from_image_and_from_kspace(tmp_path):
     model = cdl.CDL(variant="v3", **SMALL)
     path, vol = _volume_file(tmp_path)
-    out = reconstruct.run_bundle(model, "cdl", "sha256:test", path, "img", tmp_path / "b.zip",
+    out = cdl_runner.run_bundle(model, "cdl", "sha256:test", path, "img", tmp_path / "b.zip",
                                  channel="T1", sigma=0.1, keep=0.625, batch=2)
     man = bundle.validate(out)
     names = {o["name"] for o in man["outputs"]}
@@ -253,11 +255,11 @@ def test_run_bundle_from_image_and_from_kspace(tmp_path):
     ks, masks, _ = lfmri.simulate_volume(vol, "random", acceleration=2, sigma=0.1, seed=1)
     kpath = tmp_path / "k.nii"
     nib.save(nib.Nifti1Image(ks.astype(np.complex64), np.eye(4)), str(kpath))
-    out = reconstruct.run_bundle(model, "cdl", "sha256:test", kpath, "k", tmp_path / "k.zip",
+    out = cdl_runner.run_bundle(model, "cdl", "sha256:test", kpath, "k", tmp_path / "k.zip",
                                  outputs=["reconstruction", "metrics", "lambda_summary"])
     names = {o["name"] for o in bundle.validate(out)["outputs"]}
     assert names == {"reconstruction", "lambda_mean", "lambda_min"}  # no reference: no metrics
-    rec, _ = reconstruct.predict_file(model, kpath)
+    rec, _ = cdl_runner.predict_file(model, kpath)
     x0 = np.abs(lfmri.zero_filled(ks[..., 2], masks[..., 2]))
     assert rec.shape == (32, 32, 8) and abs(rec[..., 2].mean() - x0.mean()) < 0.2 * x0.mean()
 
@@ -268,10 +270,10 @@ def test_runner_refuses_bad_options(tmp_path):
     for opts, match in (({"channel": "DWI"}, "channel"), ({"mask": "radial"}, "mask"), ({"sigma": 5}, "sigma"),
                         ({"keep": 0}, "keep"), ({"dictionary": "K16_k7"}, "K = 8"), ({"dictionary": "nope"}, "K32_k9")):
         with pytest.raises(InvalidInput, match=match):
-            reconstruct.predict_file(model, path, **opts)
+            cdl_runner.predict_file(model, path, **opts)
     with pytest.raises(InvalidInput, match="unknown bundle outputs"):
-        reconstruct.run_bundle(model, "cdl", "v", path, "img", tmp_path / "x.zip", outputs=["label"])
+        cdl_runner.run_bundle(model, "cdl", "v", path, "img", tmp_path / "x.zip", outputs=["label"])
     bad = tmp_path / "k3.nii"
     nib.save(nib.Nifti1Image(np.ones((8, 8, 2, 2), np.complex64), np.eye(4)), str(bad))
     with pytest.raises(InvalidInput, match="k-space"):
-        reconstruct.predict_file(model, bad)
+        cdl_runner.predict_file(model, bad)

@@ -1,5 +1,5 @@
 """Microstructure fingerprinting, fully-learned MLP and hybrid NNLS + split MLP (models/microstructure.py) and
-the volume runner (microstructure_run.py), on a subsampled protocol and (r, f) grid so that they run on a CPU."""
+the volume runner (runners/microstructure.py), on a subsampled protocol and (r, f) grid so that they run on a CPU."""
 from __future__ import annotations
 
 import itertools
@@ -11,10 +11,12 @@ import torch
 from scipy.optimize import nnls as scipy_nnls
 
 from sparsesight import bundle, checkpoint, models
-from sparsesight import microstructure_run as run
+from sparsesight.runners import microstructure as run
 from sparsesight.data import diffusion as dif
 from sparsesight.errors import InvalidInput
+from sparsesight.explain import microstructure_plots
 from sparsesight.models import microstructure as ms
+from sparsesight.training import microstructure as ms_training
 
 SMALL_NETS = {"mlp_hidden": [64, 64], "split_hidden": [32, 32], "joint_hidden": [32]}
 
@@ -41,8 +43,8 @@ def make_model(protocol, grid):
 def trained(protocol):
     """A small model trained on simulations (both networks), and its training set."""
     model = make_model(protocol, dif.small_grid(6, 5))
-    data = ms.simulate_training_set(model, 2000, (25, 50, 100), seed=0)
-    hist = ms.fit_networks(model, data, epochs=15, batch_size=64, lr=3e-3)
+    data = ms_training.simulate_training_set(model, 2000, (25, 50, 100), seed=0)
+    hist = ms_training.fit_networks(model, data, epochs=15, batch_size=64, lr=3e-3)
     return model, data, hist
 
 
@@ -143,7 +145,7 @@ def test_tsne_of_split_and_joint_activations(trained, protocol):
     acts = out["activations"]
     assert {"split1/layer1", "split2/layer2", "split/last", "joint/layer1"} <= set(acts)
     assert acts["split/last"].shape == (80, 64)
-    png = ms.tsne_png(acts, {"r_1": sim["r"][:, 0], "ν_1": sim["nu"][:, 0]}, ["split1/layer1", "joint/layer1"])
+    png = microstructure_plots.tsne_png(acts, {"r_1": sim["r"][:, 0], "ν_1": sim["nu"][:, 0]}, ["split1/layer1", "joint/layer1"])
     assert png.startswith(b"\x89PNG")
     assert out["weighted_r"].shape == (80, 2)
 

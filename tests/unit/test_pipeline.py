@@ -8,7 +8,8 @@ from sparsesight.data.io import load_image, save_nifti
 from sparsesight.data.phantom import make_case
 from sparsesight.errors import InvalidInput, UnknownModel
 from sparsesight.metrics import dice, region_dice
-from sparsesight.segment import BUNDLE_OUTPUTS, normalise, predict, run_bundle
+from sparsesight.runners.mlcsc import BUNDLE_OUTPUTS, run_bundle
+from sparsesight.runners.segmentation import normalise, predict
 from sparsesight.training import train
 
 

@@ -251,7 +251,7 @@ def test_learns_to_segment_a_bright_cube(tmp_path):
     import nibabel as nib
 
     from sparsesight.metrics import region_dice
-    from sparsesight.segment import predict
+    from sparsesight.runners.segmentation import predict
     from sparsesight.training import train
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_config import ModelConfig
 from lib.trainers.sparsesight_train import SparseSightTrain
 
-from sparsesight.explain import served
+from sparsesight.runners import mlcsc as runner
 
 
 class MLCSC(ModelConfig):
@@ -15,7 +15,7 @@ class MLCSC(ModelConfig):
             description="ML-CSC segmentation of FLAIR/T1/T1ce/T2 into oedema, non-enhancing core, enhancing; "
                         "{'bundle': true} returns the result bundle (label, components, sparsity, params); "
                         "'attribution': 'ig' adds attribution maps with faithfulness scores",
-            options=dict(served.INFER_OPTIONS),
+            runner=runner, options=dict(runner.OPTIONS),
         )
 
     def trainer(self):

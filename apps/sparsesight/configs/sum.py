@@ -6,9 +6,8 @@ from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_config import ModelConfig
 from lib.trainers.sparsesight_train import SparseSightTrain
 
-from sparsesight import denoise
+from sparsesight.runners import sum as runner
 from sparsesight.errors import InvalidInput
-from sparsesight.explain import served
 from sparsesight.models.sum import check_alpha
 
 
@@ -28,8 +27,8 @@ class SUMInfer(SparseSightInfer):
 class SUM(ModelConfig):
     def infer(self):
         return SUMInfer(
-            self.name, self.model_file, self.labels, device=self.device, runner=denoise,
-            options={"alpha": 1.0, **served.INFER_OPTIONS},
+            self.name, self.model_file, self.labels, device=self.device, runner=runner,
+            options=dict(runner.OPTIONS),
             description="SUM (soft-shrinkage Haar U-Net proxy) segmentation of FLAIR/T1/T1ce/T2; 'alpha' scales "
                         "every threshold (0: linear filter banks, 1: trained); {'bundle': true} returns the "
                         "denoised reconstruction ED_alpha(x), shrinkage masks, impulse/frequency responses, "

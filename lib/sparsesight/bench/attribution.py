@@ -32,7 +32,7 @@ from .. import models
 from ..data.io import load_image, load_label
 from ..explain.attribution import METHODS, SHORT, TargetScore, attribute, grad_and_score
 from ..explain.faithfulness import deletion_insertion
-from ..segment import normalise
+from ..runners.segmentation import normalise
 from ..training import train
 from .segmentation import BRATS_SHAPE, _dataset
 

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from ..data import diffusion as dif
+from ..explain import microstructure_plots
 from ..models import microstructure as ms
-from .. import microstructure_run as run
+from ..training import microstructure as ms_training
+from ..runners import microstructure as run
 from ..preview import png_bytes
 
 PAPER_TIME = {"fingerprinting": 1.25, "mlp": 1.02e-4, "hybrid": 1.45e-1}  # s per voxel, Table 1
@@ -82,10 +84,10 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- training
     t0 = time.time()
-    data = ms.simulate_training_set(model, a.n_train, a.snr, seed=a.seed, progress=log)
+    data = ms_training.simulate_training_set(model, a.n_train, a.snr, seed=a.seed, progress=log)
     t_sim = time.time() - t0
     log(f"training set: {a.n_train} voxels with NNLS weights in {t_sim:.0f} s")
-    hist = ms.fit_networks(model, data, epochs=a.epochs, batch_size=128, lr=2e-3, seed=a.seed,
+    hist = ms_training.fit_networks(model, data, epochs=a.epochs, batch_size=128, lr=2e-3, seed=a.seed,
                            progress=lambda d: log("epoch {epoch}/{epochs} mlp val {mlp_val:.4f} hybrid val "
                                                   "{hybrid_val:.4f}".format(**d)))
     log(f"trained both networks in {hist['seconds']:.0f} s")
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
         layers = [k for k in ("split1/layer1", "split/last") if k in acts]
         layers += [k for k in acts if k.startswith("joint")][-1:]
         layers += [k for k in acts if k.startswith("mlp")][:1] + [k for k in acts if k.startswith("mlp")][-1:]
-        png = ms.tsne_png(acts, {"r_1 (µm)": sub["r"][:, 0], "f_1": sub["f"][:, 0], "ν_1": sub["nu"][:, 0]},
+        png = microstructure_plots.tsne_png(acts, {"r_1 (µm)": sub["r"][:, 0], "f_1": sub["f"][:, 0], "ν_1": sub["nu"][:, 0]},
                           layers, max_points=600)
         (a.out / "microstructure_tsne.png").write_bytes(png)
 

@@ -28,6 +28,7 @@ from .. import metrics
 from ..data import convdict, lfmri
 from ..models import cdl
 from ..ops import kspace
+from ..training import cdl as cdl_training
 
 SETTINGS = [(0.5, 0.10), (0.5, 0.25), (0.375, 0.10), (0.375, 0.25)]  # (keep, sigma)
 TRAIN_SEEDS, VAL_SEED, TEST_SEED = (8001, 8002, 8003), 7002, 7001
@@ -111,7 +112,7 @@ def run(train_steps: int = 20, test_slices: int = 3, iterations: int = 16, dicti
         cfg = {"steps_per_epoch": 10, "batch_size": 2, "crop": crop, "lr": 2e-3, "keep": [0.375, 0.5],
                "sigma": [0.075, 0.30], "dictionaries": v3_dicts if variant == "v3" else [dictionary], "seed": seed}
         t0 = time.time()
-        stats = cdl.train(model, train, epochs=max(1, train_steps // 10), config=cfg,
+        stats = cdl_training.train(model, train, epochs=max(1, train_steps // 10), config=cfg,
                           progress=lambda s, v=variant: print(f"train {v}: epoch {s['epoch']}/{s['epochs']} "
                                                               f"loss {s['loss']:.5f} {s['seconds']:.0f} s", flush=True),
                           show_progress=False)

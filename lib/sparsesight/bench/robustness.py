@@ -9,7 +9,7 @@ objective: SUM/SUM_Rec soft IoU (+ 0.35 L1 reconstruction) with AdamW, UNet Dice
 held-out phantoms: Dice WT/TC/ET on clean inputs, with additive Gaussian noise of sigma = a fraction of each
 channel's dynamic range, and with Gaussian blur of several widths (voxels). Noise is added, and blur is cut back,
 inside the brain (non-zero voxels), so that the z-score normalisation's brain mask is the one of the clean image.
-Also reported: parameter counts and inference time (segment.predict) on one 96^3 sliding window of 4 channels
+Also reported: parameter counts and inference time (runners.segmentation.predict) on one 96^3 sliding window of 4 channels
 (--time-brats: a whole 240x240x155 volume).
 Writes robustness.json, robustness.csv and robustness.png under --out and prints the ratio table against UNet;
 for SUM and SUM_Rec also the impulse / frequency response of their filter banks with SDS, FDS, FDV and the alpha
@@ -32,12 +32,12 @@ from ..data.io import load_image, load_label
 from ..metrics import region_dice
 from ..models.baselines import unet
 from ..models.sum import sum_rec, sum_seg
-from ..segment import predict
+from ..runners.segmentation import predict
 from ..training import train
 from .segmentation import BRATS_SHAPE, _dataset, _time_inference
 
 REGIONS = ("WT", "TC", "ET")
-WINDOW = (96, 96, 96)  # one sliding window of segment.predict: the unit every volume's inference time scales with
+WINDOW = (96, 96, 96)  # one sliding window of runners.segmentation.predict: the unit every volume's inference time scales with
 MODELS = {"SUM": sum_seg, "SUM_Rec": sum_rec, "monai_unet": unet}
 
 
@@ -165,7 +165,7 @@ def filter_bank_response(model, case: dict, out_dir: Path) -> dict:
     spread wider in space (SDS) and pass a narrower band (FDS) than SUM_Rec's."""
     from .. import MODALITIES
     from ..explain.response import explain
-    from ..segment import normalise
+    from ..runners.segmentation import normalise
 
     img, _ = load_image(case["image"])
     lab, _ = load_label(case["label"])

@@ -22,7 +22,7 @@ from .. import models
 from ..data.io import load_image, load_label
 from ..metrics import region_dice
 from ..models.baselines import unet
-from ..segment import predict
+from ..runners.segmentation import predict
 from ..training import train
 
 BRATS_SHAPE = (240, 240, 155)

@@ -149,7 +149,7 @@ def plot_png(rows: list[dict], title: str = "") -> bytes:
 def main(argv=None):
     from .. import checkpoint, models
     from ..data.io import load_image, load_label
-    from ..segment import normalise
+    from ..runners.segmentation import normalise
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mlcsc")

@@ -20,15 +20,12 @@ b (the reference setting of the authors' code); the estimator variants of Sectio
                                                    invariant) and any K works at inference
 
 The FISTA step size is 0.97 / ||D||^2 (||A|| <= 1) with ||D|| from power iteration (ops/fista.py). Training
-(`train`) minimises the MSE (eq. 4) over references, acquisitions and a set of dictionaries, with truncated
+(training/cdl.py) minimises the MSE (eq. 4) over references, acquisitions and a set of dictionaries, with truncated
 back-propagation (Section 2.3): the first T - T_bp iterations run without tracking gradients, the last T_bp with.
 """
 from __future__ import annotations
 
 import math
-import time
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,7 +36,6 @@ from ..data import convdict
 from ..errors import InvalidInput
 from ..ops import kspace
 from ..ops.fista import analysis, fista, step_size, synthesis
-from ..training import end_epoch
 
 VARIANTS = ("v1", "v2", "v3")
 
@@ -220,97 +216,3 @@ class CDL(nn.Module):
                 "sparse_part": _complexify(synthesis(s.reshape(-1, *s.shape[2:]), d)).abs(),
                 "lambda": out["lam"], "code_energy": (s ** 2).sum(1),
                 "sparsity": (s != 0).any(1).float().mean((-2, -1))}
-
-
-# ------------------------------------------------------------------------------------------ training
-def default_train_config() -> dict:
-    """Defaults of `train`: acquisitions drawn per sample (paper: sigma 0.075-0.30, 120/160/200 of 320 lines)."""
-    return {"lr": 1e-3, "batch_size": 2, "steps_per_epoch": 16, "keep": [0.375, 0.5, 0.625],
-            "sigma": [0.075, 0.30], "mask": "lowres", "acceleration": [2.0, 4.0], "grad_clip": 1.0, "seed": 0,
-            "dictionaries": None, "crop": None}
-
-
-def training_dictionaries(model: CDL, names=None) -> list[tuple[str, torch.Tensor]]:
-    """The dictionaries to train over (eq. 4): `names`, else the model's own for V1/V2 and every stored
-    dictionary for V3 (V1/V2 can only use dictionaries with the model's K)."""
-    if names is None:
-        names = convdict.available() if model.variant == "v3" else [model.config["dictionary"]]
-    out = []
-    for n in names:
-        d = torch.as_tensor(convdict.load(n))
-        if model.variant != "v3" and d.shape[0] != model.num_filters:
-            continue
-        out.append((n, d))
-    if not out:
-        raise InvalidInput(f"no training dictionary fits CDL {model.variant} with K = {model.num_filters}")
-    return out
-
-
-def sample_batch(refs: np.ndarray, rng: np.random.Generator, cfg: dict) -> tuple[torch.Tensor, ...]:
-    """A batch of (y, mask, target) from reference slices (N, H, W): random slice, random acquisition."""
-    from ..data import lfmri
-
-    idx = rng.integers(0, len(refs), size=int(cfg["batch_size"]))
-    ys, ms, ts = [], [], []
-    for i in idx:
-        x = refs[i]
-        if cfg.get("crop"):
-            c = int(cfg["crop"])
-            if min(x.shape) > c:
-                r0, c0 = rng.integers(0, x.shape[0] - c + 1), rng.integers(0, x.shape[1] - c + 1)
-                x = x[r0:r0 + c, c0:c0 + c]
-        if cfg["mask"] == "random":
-            m = lfmri.random_mask(x.shape, float(rng.uniform(*cfg["acceleration"])), seed=int(rng.integers(1 << 30)))
-        else:
-            m = lfmri.lowres_mask(x.shape, float(rng.choice(cfg["keep"])))
-        y, scale = lfmri.simulate(x, m, float(rng.uniform(*cfg["sigma"])), rng)
-        ys.append(y)
-        ms.append(m)
-        ts.append(x / scale)
-    return (torch.as_tensor(np.stack(ys)), torch.as_tensor(np.stack(ms)),
-            torch.as_tensor(np.stack(ts).astype(np.complex64)))
-
-
-def train(model: CDL, references: np.ndarray, *, epochs: int, device="cpu", config: dict | None = None,
-          progress: Callable[[dict], None] | None = None, max_minutes: float | None = None,
-          show_progress: bool = True) -> dict:
-    """Train the Lambda estimator in place: MSE (eq. 4) between x* and the reference over random slices of
-    `references` (N, H, W) (all the same size), random acquisitions and the training dictionaries; Adam;
-    truncated back-propagation through the last T_bp FISTA iterations. progress(dict) after every epoch."""
-    from tqdm.auto import tqdm
-
-    refs = np.asarray(references, dtype=np.float32)
-    if refs.ndim != 3 or len(refs) == 0:
-        raise InvalidInput("training needs reference slices (N, H, W); none were found")
-    if epochs < 1:
-        raise InvalidInput(f"epochs must be at least 1; got {epochs}")
-    cfg = default_train_config()
-    cfg.update(config or {})
-    unknown = set(cfg) - set(default_train_config())
-    if unknown:
-        raise InvalidInput(f"unknown CDL train_config keys {sorted(unknown)}; known: {sorted(default_train_config())}")
-    rng = np.random.default_rng(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    device = torch.device(device)
-    dicts = [(n, d.to(device)) for n, d in training_dictionaries(model, cfg["dictionaries"])]
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    stats = {"epochs": 0, "loss": [], "seconds": 0.0, "slices": len(refs), "dictionaries": [n for n, _ in dicts]}
-    t0 = time.time()
-    bar = tqdm(range(epochs), desc="train cdl", unit="epoch", disable=not show_progress)
-    for epoch in bar:
-        losses = []
-        for _ in range(int(cfg["steps_per_epoch"])):
-            y, m, target = (t.to(device) for t in sample_batch(refs, rng, cfg))
-            _, d = dicts[int(rng.integers(len(dicts)))]
-            opt.zero_grad(set_to_none=True)
-            x = model(y, m, d)
-            loss = torch.mean(torch.abs(x - target) ** 2)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            opt.step()
-            losses.append(float(loss.detach()))
-        if end_epoch(stats, losses, epoch, epochs, t0, bar, progress, max_minutes, digits=5):
-            break
-    model.eval()
-    return stats

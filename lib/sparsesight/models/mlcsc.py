@@ -52,7 +52,7 @@ def default_config() -> dict:
         "lam_min_init": 0.1,
         "lam_init": 0.01,
         "mu_init": 1.0,
-        "roi_size": [96, 96, 96],    # sliding-window size used by segment.predict
+        "roi_size": [96, 96, 96],    # sliding-window size used by runners.segmentation.predict
     }
 
 

@@ -55,7 +55,7 @@ def default_config() -> dict:
         "smooth": 1.0,              # soft-IoU smoothing
         "init": "identity",         # "identity": filter banks start as a perfect-reconstruction pair (eq. 6) plus
                                     # small noise; "random": variance-preserving Gaussian kernels
-        "roi_size": [96, 96, 96],   # sliding-window size used by segment.predict (a multiple of 2**levels)
+        "roi_size": [96, 96, 96],   # sliding-window size used by runners.segmentation.predict (a multiple of 2**levels)
     }
 
 

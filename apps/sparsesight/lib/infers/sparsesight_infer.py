@@ -8,7 +8,7 @@ A runner is any object (usually a module of the library) with
     predict_file(model, image_path, device="cpu", **options) -> (label or main map ndarray, affine)
     run_bundle(model, name, version, image_path, image_id, out_path, outputs=None, device="cpu", **options) -> path
 raising sparsesight.errors.InvalidInput for bad inputs or options (answered as HTTP 400 with the reason).
-The default runner is sparsesight.segment (4-channel brain-tumour segmentation).
+The default runner is sparsesight.runners.mlcsc; the protocol is sparsesight.runners.Runner.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any, Dict, Tuple, Union
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from sparsesight import segment
+from sparsesight.runners import mlcsc
 from sparsesight.data import io as sio
 
 from ..http_errors import BAD_REQUEST, CONFLICT, flag, http_errors, refuse
@@ -33,7 +33,7 @@ RESERVED = {"bundle", "outputs", "device"}
 
 class SparseSightInfer(InferTask):
     def __init__(self, name: str, model_file: ModelFile, labels: Dict[str, int], description: str, device=None,
-                 runner=segment, options: Dict[str, Any] | None = None, infer_type=InferType.SEGMENTATION,
+                 runner=mlcsc, options: Dict[str, Any] | None = None, infer_type=InferType.SEGMENTATION,
                  dimension: int = 3):
         """`options`: {request key: default} of the model's own infer options, shown in /info and passed to
         the runner only when the request sets them."""

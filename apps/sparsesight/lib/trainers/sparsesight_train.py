@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
@@ -80,6 +80,11 @@ def require_final_labels(name: str, datastore: Datastore) -> list:
 
 
 class SparseSightTrain(TrainTask):
+    """The train task every model uses: validate, gather the data, continue from the checkpoint (or build a fresh
+    model), train with the library, save atomically, report. A model with other data (cdl, microstructure)
+    overrides `check`, `prepare`, `starting_model`, `describe` and `fit`; the default trains a segmentation
+    model on the datastore's final labels (sparsesight.training.train)."""
+
     def __init__(self, name: str, model_file: ModelFile, model_config: dict, description: str,
                  default_epochs: int = 2, device=None):
         """model_config: hyperparameters of a fresh model (sparsesight.models.build), used without a checkpoint."""
@@ -99,14 +104,52 @@ class SparseSightTrain(TrainTask):
             return {"version": None}
         return {"version": meta.get("version"), "created": meta.get("created"), "train": meta.get("train", {})}
 
+    def say(self, line: str) -> None:
+        """One line of the training process' stdout: MONAI Label shows the last ones in GET /train/."""
+        print(f"train {self.name}: {line}", flush=True)
+
+    def progress(self, d: dict) -> None:
+        """An epoch's line: "epoch 3/10 loss 0.1234 seconds 12.5" (any float or other field of `d`)."""
+        d = dict(d)
+        head = f"epoch {d.pop('epoch', '?')}/{d.pop('epochs', '?')}"
+        fields = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+        self.say(f"{head} {fields}")
+
+    # ---------------------------------------------------------------- what a model overrides
     def check(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
         """Everything that can be refused before a training process is started (the server's pre-flight)."""
         params = train_params(request, self.default_epochs)
+        known = training.default_train_config()
+        unknown = sorted(set(params["train_config"] or {}) - set(known))
+        if unknown:
+            raise refuse(BAD_REQUEST, f"unknown train_config keys {unknown}; known: {sorted(known)}")
         require_final_labels(self.name, datastore)
         return params
 
-    @staticmethod
-    def usable(items: list) -> list:
+    def prepare(self, request, datastore: Datastore) -> Tuple[Dict[str, Any], Any]:
+        """The checked parameters and the training data (here: the labelled images that load)."""
+        p = self.check(request, datastore)
+        return p, self.usable(datastore.datalist())
+
+    def starting_model(self, p: Dict[str, Any], device: str):
+        """(model, its config, the version it continues from or None): the served checkpoint, else fresh weights."""
+        model, meta = self.model_file.load(device)
+        if model is None:
+            return models.build(self.name, dict(self.model_config)).to(device), dict(self.model_config), None
+        return model, meta["config"], meta["version"]
+
+    def describe(self, p: Dict[str, Any], data, config: dict) -> str:
+        return f"{len(data)} labelled image(s)"
+
+    def fit(self, model, data, p: Dict[str, Any], device: str) -> Dict[str, Any]:
+        """Train `model` in place on `data`; returns the fields of the checkpoint's train metadata."""
+        stats = training.train(model, data, epochs=p["epochs"], device=device, config=p["train_config"],
+                               progress=self.progress, max_minutes=p["max_minutes"], show_progress=False)
+        return {"epochs": p["epochs"], "images": len(data),
+                "final_loss": stats["loss"][-1] if stats.get("loss") else None,
+                **{k: v for k, v in stats.items() if k != "seconds" and isinstance(v, (int, float, str, bool))}}
+
+    def usable(self, items: list) -> list:
         """The pairs that load cleanly; files put into the datastore folder by hand were never checked."""
         good = []
         for item in items:
@@ -115,49 +158,25 @@ class SparseSightTrain(TrainTask):
                 sio.load_label(item["label"], spatial_shape=image.shape[1:])
                 good.append(item)
             except InvalidInput as e:
-                print(f"skipping {os.path.basename(item['image'])}: {e}", flush=True)
+                self.say(f"skipping {os.path.basename(item['image'])}: {e}")
         if not good:
             raise InvalidInput("none of the labelled images can be used for training (see the lines above)")
         return good
 
+    # ---------------------------------------------------------------- the task
     def __call__(self, request, datastore: Datastore):
-        p = self.check(request, datastore)
-        items = self.usable(datastore.datalist())
+        p, data = self.prepare(request, datastore)
         device = pick_device(request.get("device"), self.device)
-
-        model, meta = self.model_file.load(device)
-        if model is None:
-            config, previous = dict(self.model_config), None
-            model = models.build(self.name, config).to(device)
-        else:  # incremental: continue from the served weights with their hyperparameters
-            config, previous = meta["config"], meta["version"]
-
-        print(f"train {self.name}: {len(items)} labelled image(s), {p['epochs']} epoch(s), device {device}, "
-              f"starting from {previous or 'fresh weights'}", flush=True)
+        model, config, previous = self.starting_model(p, device)
+        self.say(f"{self.describe(p, data, config)}, {p['epochs']} epoch(s), device {device}, "
+                 f"starting from {previous or 'fresh weights'}")
         start = time.time()
-
-        def progress(d: dict):
-            d = dict(d)
-            head = f"epoch {d.pop('epoch', '?')}/{d.pop('epochs', p['epochs'])}"
-            fields = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
-            print(f"train {self.name}: {head} {fields}", flush=True)
-
-        model.train()
-        stats = training.train(model, items, epochs=p["epochs"], device=device, config=p["train_config"],
-                               progress=progress, max_minutes=p["max_minutes"], show_progress=False)
+        fields = self.fit(model, data, p, device)
         model.eval()
-        train_meta = {
-            "epochs": p["epochs"],
-            "images": len(items),
-            "previous_version": previous,
-            "seconds": round(time.time() - start, 1),
-            "device": device,
-            "final_loss": (stats or {}).get("loss", [None])[-1] if (stats or {}).get("loss") else None,
-            **{k: v for k, v in (stats or {}).items() if k not in ("seconds",) and isinstance(v, (int, float, str, bool))},
-        }
+        train_meta = {**fields, "previous_version": previous, "seconds": round(time.time() - start, 1),
+                      "device": device}
         version = checkpoint.save(self.model_file.path, model, self.name, config, meta={"train": train_meta})
-        print(f"train {self.name}: saved version {version} (was {previous or 'none'}) "
-              f"in {train_meta['seconds']} s", flush=True)
+        self.say(f"saved version {version} (was {previous or 'none'}) in {train_meta['seconds']} s")
         result = {"model": self.name, "version": version, **train_meta}
         print("train result " + json.dumps(result, default=str), flush=True)
         return result

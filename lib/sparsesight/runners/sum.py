@@ -3,7 +3,7 @@
 The infer task `sum` calls predict_file (label, as for every segmentation model) and run_bundle (the bundle) with
 the model option `alpha`, the factor that scales every learned threshold (1: the trained model, 0: the linear
 filter banks only). Normalisation, sliding-window prediction and the label/probability volumes come from
-segment.py; this module adds what makes SUM a denoiser: ED_alpha(x) and ED_0(x), the shrinkage masks, the
+runners/segmentation.py; this module adds what makes SUM a denoiser: ED_alpha(x) and ED_0(x), the shrinkage masks, the
 impulse/frequency responses with their SDS/FDS/FDV table, and the alpha sweep.
 """
 from __future__ import annotations
@@ -13,18 +13,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import MODALITIES, REGIONS, segment
-from .bundle import BundleWriter
-from .data.io import load_image
-from .errors import InvalidInput
-from .explain import response
-from .models.sum import check_alpha
-from .preview import png_bytes
+from .. import MODALITIES, REGIONS
+from ..bundle import BundleWriter
+from ..data.io import load_image
+from ..errors import InvalidInput
+from ..explain import response
+from ..models.sum import check_alpha
+from ..preview import png_bytes
+from ..explain.served import INFER_OPTIONS
+from ..models.sum import train_defaults
+from ..training import default_train_config as _segmentation_train_config
+from . import segmentation
 
 #: every output the SUM bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("label", "probabilities", "regions", "reconstruction", "linear_reconstruction", "shrinkage", "response",
                   "response_metrics", "alpha_sweep", "alpha_sweep_plot", "params", "params_plot")
+#: the model's own infer options: `alpha` scales every threshold; attribution maps (explain/served.py)
+OPTIONS = {"alpha": 1.0, **INFER_OPTIONS}
 SWEEP_CROP = 64  # the alpha sweep runs on a cube of this side around the predicted tumour (10 passes)
+
+
+def default_train_config() -> dict:
+    """The segmentation training defaults with SUM's optimiser (Section 4.3: AdamW, weight decay 0.25)."""
+    return {**_segmentation_train_config(), **train_defaults()}
 
 
 def predict_file(model, image_path, device="cpu", alpha=None, **options) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +43,7 @@ def predict_file(model, image_path, device="cpu", alpha=None, **options) -> tupl
     map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti)."""
     a = None if alpha is None else check_alpha(alpha)
     with model.using_alpha(a):
-        return segment.predict_file(model, image_path, device, **options)
+        return segmentation.predict_file(model, image_path, device, **options)
 
 
 def _sweep_crop(x: torch.Tensor, label: np.ndarray, side: int) -> torch.Tensor:
@@ -77,7 +88,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS), computed at that alpha.
     Volumes share the input's affine and shape; the manifest records alpha.
     """
-    from .explain import served
+    from ..explain import served
 
     attribution = served.parse_options(options)  # bad attribution options fail before any work
     a = float(model.alpha) if alpha is None else check_alpha(alpha)
@@ -88,13 +99,13 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     image, affine = load_image(image_path, channels=model.n)
     w = BundleWriter(name, version, image_id, affine, image.shape[1:], modalities=list(MODALITIES), alpha=a)
     model = model.to(device).eval()
-    x = segment.normalise(image).to(device)
+    x = segmentation.normalise(image).to(device)
     print(f"{name}: interpreting {image_id} {tuple(image.shape[1:])} at alpha {a:g}", flush=True)
     interp = model.interpret(x, alpha=a)  # one whole-volume pass: the label is the argmax of what is shown
     label = interp["logits"][0].argmax(0).cpu().numpy().astype(np.uint8)
-    segment.add_label(w, label)
+    segmentation.add_label(w, label)
     if "probabilities" in wanted:
-        segment.add_probabilities(w, interp["probabilities"][0].cpu().numpy(),
+        segmentation.add_probabilities(w, interp["probabilities"][0].cpu().numpy(),
                                   description="class membership min(q_k, 1 - q_{k+1}) of the clipped region maps")
     if "regions" in wanted:
         for k, region in enumerate(list(REGIONS)[: model.m - 1]):

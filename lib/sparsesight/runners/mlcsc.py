@@ -1,62 +1,28 @@
-"""Segmentation inference and the result bundle of the segmentation models."""
+"""Runner of ML-CSC (seed 000, the `mlcsc` infer task): the label, and the result bundle with the model's
+morphological components, reconstruction, residual, code energy, sparsity and learned parameters."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 
-from . import CLASSES, MODALITIES
-from .bundle import BundleWriter
-from .data.io import load_image
-from .errors import InvalidInput
-from .preview import png_bytes
-from .transforms import intensity_normalisation
+from .. import CLASSES, MODALITIES
+from ..bundle import BundleWriter
+from ..data.io import load_image
+from ..errors import InvalidInput
+from ..explain.served import INFER_OPTIONS
+from ..preview import png_bytes
+from ..training import default_train_config
+from .segmentation import add_label, add_probabilities, normalise, predict, predict_file
 
+__all__ = ["BUNDLE_OUTPUTS", "OPTIONS", "default_train_config", "predict_file", "run_bundle"]
+
+#: the model's own infer options and their defaults (attribution maps, explain/served.py)
+OPTIONS = dict(INFER_OPTIONS)
 #: every output the segmentation bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("label", "probabilities", "components", "reconstruction", "residual", "code_energy",
                   "sparsity", "params", "params_plot", "preview")
-
-
-def normalise(image: np.ndarray) -> torch.Tensor:
-    """(C, X, Y, Z) array -> normalised (1, C, X, Y, Z) tensor, as in training."""
-    # torch.tensor copies: MONAI normalises in place, and the caller's array must stay as it was
-    out = intensity_normalisation()({"image": torch.tensor(image, dtype=torch.float32)})["image"]
-    return torch.as_tensor(out).unsqueeze(0)
-
-
-def _roi(model) -> list[int]:
-    """The model's sliding-window size (smaller images are padded up to it by the inferer)."""
-    cfg = getattr(model, "config", None)
-    return list(cfg["roi_size"]) if isinstance(cfg, dict) and "roi_size" in cfg else [96, 96, 96]
-
-
-@torch.no_grad()
-def predict_logits(model, image: np.ndarray, device="cpu", roi_size=None, overlap: float = 0.25) -> torch.Tensor:
-    """Sliding-window logits (1, K, X, Y, Z) of a normalised-on-the-fly (C, X, Y, Z) image."""
-    device = torch.device(device)
-    x = normalise(image).to(device)
-    model = model.to(device).eval()
-    inferer = SlidingWindowInferer(roi_size=roi_size or _roi(model), sw_batch_size=1,
-                                   overlap=overlap, mode="gaussian", padding_mode="constant")
-    return inferer(x, model).cpu()
-
-
-def predict(model, image: np.ndarray, device="cpu", roi_size=None) -> np.ndarray:
-    """(C, X, Y, Z) image -> label map (X, Y, Z) uint8 (argmax of the softmax)."""
-    if image.ndim != 4:
-        raise InvalidInput(f"expected a (C, X, Y, Z) image; got shape {image.shape}")
-    return predict_logits(model, image, device, roi_size)[0].argmax(0).numpy().astype(np.uint8)
-
-
-def predict_file(model, image_path, device="cpu", **options) -> tuple[np.ndarray, np.ndarray]:
-    """Label map (X, Y, Z) uint8 and affine of the 4-channel image file `image_path` (the infer task's default);
-    an attribution map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti)."""
-    image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
-    from .explain.served import nifti_map
-    amap = nifti_map(model.to(device), normalise(image).to(device), options)
-    return (amap if amap is not None else predict(model, image, device)), affine
 
 
 def _params_plot(rows: list[dict]) -> bytes:
@@ -85,18 +51,6 @@ def _params_plot(rows: list[dict]) -> bytes:
     return png_bytes(fig, dpi=90)
 
 
-def add_label(w: BundleWriter, label: np.ndarray) -> dict:
-    """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names."""
-    return w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k})
-
-
-def add_probabilities(w: BundleWriter, probabilities: np.ndarray, **meta) -> None:
-    """One "probability/<class>" volume per tumour class from (K, X, Y, Z) scores in [0, 1]."""
-    for c in range(1, len(CLASSES)):
-        w.add_volume(f"probability/{CLASSES[c]}", probabilities[c], colormap="probability", range=[0.0, 1.0],
-                     dtype=np.int16, **meta)
-
-
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None,
                device="cpu", **options) -> Path:
     """Segment `image_path` and write the result bundle (DESIGN.md) with the model's interpretable outputs.
@@ -104,9 +58,9 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     `outputs` selects from BUNDLE_OUTPUTS (None: all). Volumes share the input's affine and shape.
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS).
     """
-    from .preview import preview_png
+    from ..explain import served
+    from ..preview import preview_png
 
-    from .explain import served
     attribution = served.parse_options(options)  # bad attribution options fail before any work
     wanted = list(BUNDLE_OUTPUTS) if outputs is None else list(outputs)
     # "components:T1ce" narrows the components to some modalities (all of them are 4 x m full-size volumes)

@@ -4,7 +4,7 @@ Input: an image file (4D FLAIR/T1/T1ce/T2 volume, a chosen channel, or a 3D sing
 simulated for every axial slice with the chosen mask, keep/acceleration and noise (data/lfmri.py); or k-space
 itself: a complex-valued (X, Y, Z) NIfTI, one centred 2D k-space per axial slice, unmeasured samples 0.
 Output: |x*| per slice in the input's intensity units (times the slice's k-space scale).
-Runner contract of apps/sparsesight/lib/infers/sparsesight_infer.py: predict_file / run_bundle.
+Runner contract: runners/__init__.py (Runner).
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import MODALITIES, metrics
-from .bundle import BundleWriter
-from .data import convdict, lfmri
-from .data.io import _read, load_image
-from .errors import InvalidInput
-from .preview import png_bytes
+from .. import MODALITIES, metrics
+from ..bundle import BundleWriter
+from ..data import convdict, lfmri
+from ..data.io import _read, load_image
+from ..errors import InvalidInput
+from ..training.cdl import default_train_config
+from ..preview import png_bytes
 
 #: every output the reconstruction bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("reconstruction", "zero_filled", "reference", "lambda", "lambda_summary", "code_energy",

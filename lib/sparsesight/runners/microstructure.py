@@ -16,19 +16,29 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import BundleWriter
-from .data import diffusion as dif
-from .data.io import _read
-from .errors import InvalidInput
-from .models import microstructure as ms
-from .preview import png_bytes
+from ..bundle import BundleWriter
+from ..data import diffusion as dif
+from ..data.io import _read
+from ..errors import InvalidInput
+from ..explain import microstructure_plots
+from ..models import microstructure as ms
+from ..preview import png_bytes
 
-MAP_NAMES = ("nu_1", "r_1", "f_1", "nu_2", "r_2", "f_2")
+#: infer options and their defaults (the app shows them in /info)
+OPTIONS = {"method": "hybrid", "bvals": None, "bvecs": None, "mask": True, "big_delta": None, "small_delta": None}
+#: the keys a train request's `train_config` may hold
+TRAIN_CONFIG_KEYS = ("n_train", "snr", "lr", "batch_size", "seed", "grid", "mlp_hidden", "split_hidden",
+                     "joint_hidden", "threads")
 #: every output the bundle can hold; "tsne" (t-SNE of the hybrid's activations, slow) only when asked for
 BUNDLE_OUTPUTS = ("maps", "free_water", "peaks", "sparsity", "residual", "nnls_maps", "weights", "weights_plot",
                   "preview", "tsne")
 DEFAULT_OUTPUTS = tuple(o for o in BUNDLE_OUTPUTS if o != "tsne")
 SHELL_TOL = 100.0  # s/mm²
+
+
+def default_train_config() -> dict:
+    """How many voxels to simulate for training, at which SNRs, on which fingerprint grid (paper: 34 x 23)."""
+    return {"n_train": 20000, "snr": [25, 50, 100], "grid": "paper"}
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -363,7 +373,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                                                      "f, weight); NNLS weights under 1% of the voxel's total omitted")
     if "weights_plot" in wanted and "w" in maps:
         pick = np.linspace(0, len(vox) - 1, min(4, len(vox))).astype(int)
-        w.add_plot("weights_plot", ms.weights_png(model, maps["w"][pick],
+        w.add_plot("weights_plot", microstructure_plots.weights_png(model, maps["w"][pick],
                                                   titles=[f"voxel {tuple(vox[p])}" for p in pick]))
     if "preview" in wanted:
         w.add_plot("preview", _preview_png(maps, method))
@@ -373,5 +383,5 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         layers += [k for k in acts if k.startswith(("joint", "mlp"))][-1:]
         sel = maps["voxels"]
         colour = {"ν_1": maps["nu"][sel][:, 0], "r_1": maps["r"][sel][:, 0], "f_1": maps["f"][sel][:, 0]}
-        w.add_plot("tsne", ms.tsne_png(acts, colour, layers, max_points=800))
+        w.add_plot("tsne", microstructure_plots.tsne_png(acts, colour, layers, max_points=800))
     return w.write(out_path)
