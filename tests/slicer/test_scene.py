@@ -1,7 +1,7 @@
 """Result bundle -> MRML scene on slicer-core: nodes, names, classes, colours, geometry, windows, MRB round trip.
 
 The bundles are written by the library's own BundleWriter (the protocol's writer), read by the module's
-scene.py through Slicer's own readers; the expectations come from the arrays and the affine written.
+scene/ (SparseSightLib) through Slicer's own readers; the expectations come from the arrays and the affine written.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from torch import nn
 from sparsesight import models
 from sparsesight.errors import InvalidInput
 from sparsesight.explain import attribution as A
+from sparsesight.explain import gradients, xrai
 
 
 # ---------------------------------------------------------------------------------------------- small models
@@ -102,7 +103,7 @@ def test_ig_completeness_on_a_smooth_model(baseline):
     net = smooth_cnn(dims=3, channels=2)
     x = torch.randn(2, 10, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     ig = A.attribute(net, x, "ig", target=1, region="all", steps=32, baseline=baseline)
-    delta = score(net, x, 1) - score(net, A.make_baseline(x[None], baseline)[0], 1)
+    delta = score(net, x, 1) - score(net, gradients.make_baseline(x[None], baseline)[0], 1)
     assert abs(delta) > 1e-2
     assert float(ig.sum()) == pytest.approx(delta, rel=1e-4)
 
@@ -113,7 +114,7 @@ def test_ig_completeness_on_mlcsc(baseline):
     falls with the steps; within 2 % at 256 steps (double precision)."""
     net = tiny_mlcsc().double()
     x = torch.randn(4, 12, 12, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    delta = score(net, x, 1) - score(net, A.make_baseline(x[None], baseline)[0], 1)
+    delta = score(net, x, 1) - score(net, gradients.make_baseline(x[None], baseline)[0], 1)
     assert abs(delta) > 1e-2
     err = {n: abs(float(A.attribute(net, x, "ig", target=1, region="all", steps=n, baseline=baseline).sum())
                   - delta) / abs(delta) for n in (8, 256)}
@@ -200,7 +201,7 @@ def test_xrai_agrees_with_saliency_package(algorithm):
     x = _image(2, h=40, w=40)
     img = np.moveaxis(x.numpy(), 0, -1)
     # the over-segmentation of the paper: Felzenszwalb at 6 scales on 224^2, dilated by a disk of 5
-    ours_segs = A.segments_2d(x.numpy())
+    ours_segs = xrai.segments_2d(x.numpy())
     ref_segs = pair_xrai._get_segments_felzenszwalb(img)
     assert len(ours_segs) == len(ref_segs)
     assert all(np.array_equal(a, b) for a, b in zip(ours_segs, ref_segs))
@@ -209,7 +210,7 @@ def test_xrai_agrees_with_saliency_package(algorithm):
     params.experimental_params["min_pixel_diff"] = 20
     ref = saliency.XRAI().GetMaskWithDetails(img, None, base_attribution=np.moveaxis(base.numpy(), 0, -1),
                                              segments=ref_segs, extra_parameters=params)
-    ours, ranks = A.xrai(None, x[None], base_attribution=base[None], masks=ours_segs, algorithm=algorithm,
+    ours, ranks = xrai.xrai(None, x[None], base_attribution=base[None], masks=ours_segs, algorithm=algorithm,
                          min_diff=20, return_ranks=True)
     np.testing.assert_allclose(ours[0, 0].numpy(), ref.attribution_mask, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(ranks, ref.segments)
@@ -220,8 +221,8 @@ def test_xrai_regions_partition_a_volume():
     base attribution over it, so the map keeps the attribution's total (XRAI's area attribution)."""
     net = tiny_mlcsc()
     x = torch.randn(4, 16, 16, 12, generator=torch.Generator().manual_seed(5))
-    amap, ranks = A.xrai(A.TargetScore(net, 1), x[None], steps=4, return_ranks=True, min_diff=10)
-    base = torch.stack([A.integrated_gradients(A.TargetScore(net, 1), x[None], A.make_baseline(x[None], b),
+    amap, ranks = xrai.xrai(A.TargetScore(net, 1), x[None], steps=4, return_ranks=True, min_diff=10)
+    base = torch.stack([gradients.integrated_gradients(A.TargetScore(net, 1), x[None], gradients.make_baseline(x[None], b),
                                                steps=4) for b in ("min", "max")]).mean(0)[0].max(0).values
     assert ranks.shape == x.shape[1:] and ranks.min() == 1
     labels = np.unique(ranks)
@@ -241,12 +242,15 @@ def test_xrai_regions_partition_a_volume():
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+#: each method's own options at a size that runs in a moment
+TINY_OPTIONS = {"smoothgrad": {"samples": 2}, "xrai": {"segment_options": {"n_segments": (4, 16)}, "min_diff": 4}}
+
+
 def test_every_method_returns_the_input_shape_on_mlcsc():
     net = tiny_mlcsc()
     x = torch.randn(4, 8, 8, 8, generator=torch.Generator().manual_seed(6))
     for method in A.METHODS:
-        a = A.attribute(net, x, method, target=1, steps=2, samples=2, segment_options={"n_segments": (4, 16)},
-                        min_diff=4)
+        a = A.attribute(net, x, method, target=1, steps=2, **TINY_OPTIONS.get(method, {}))
         assert a.shape == x.shape and torch.isfinite(a).all(), method
     b = A.attribute(net, x[None], "ig", target=1, steps=4)
     assert b.shape == x[None].shape
@@ -259,6 +263,11 @@ def test_bad_requests_raise_invalid_input():
         A.attribute(net, x, "lime", target=1)
     with pytest.raises(InvalidInput, match="steps"):
         A.attribute(net, x, "ig", target=1, steps=0)
+    # a misspelt or misplaced option is refused, naming the method's own options
+    with pytest.raises(InvalidInput, match=r"unknown option\(s\) \['sample'\] for smoothgrad.*'samples'"):
+        A.attribute(net, x, "smoothgrad", target=1, sample=4)
+    with pytest.raises(InvalidInput, match=r"\['samples'\] for integrated_gradients"):
+        A.attribute(net, x, "ig", target=1, samples=4)
     with pytest.raises(InvalidInput, match="inside"):
         A.attribute(net, x, "gradient", target=1, region=(8, 0, 0))
     with pytest.raises(InvalidInput, match="ROI mask has shape"):
@@ -279,8 +288,7 @@ def test_sum_model_every_method_and_ig_completeness():
     net = models.build("sum", {"features": 2, "levels": 2}).eval()
     x = torch.randn(4, 8, 8, 8, generator=torch.Generator().manual_seed(7))
     for method in A.METHODS:
-        a = A.attribute(net, x, method, target=3, steps=2, samples=2, segment_options={"n_segments": (4, 16)},
-                        min_diff=4)
+        a = A.attribute(net, x, method, target=3, steps=2, **TINY_OPTIONS.get(method, {}))
         assert a.shape == x.shape and torch.isfinite(a).all(), method
     net = net.double()
     xd = x.double()

@@ -30,7 +30,8 @@ import torch
 
 from .. import models
 from ..data.io import load_image, load_label
-from ..explain.attribution import METHODS, SHORT, TargetScore, attribute, grad_and_score
+from ..explain.attribution import METHODS, SHORT, TargetScore, attribute
+from ..explain.gradients import grad_and_score
 from ..explain.faithfulness import deletion_insertion
 from ..runners.segmentation import normalise
 from ..training import train
@@ -114,7 +115,8 @@ def faithfulness_table(name: str, data: dict, epochs: int, steps: int, n_eval: i
         maps = {}
         for m in METHODS:
             t = time.perf_counter()
-            maps[m] = (attribute(model, x, m, TARGET, steps=steps, samples=steps, progress=True),
+            maps[m] = (attribute(model, x, m, TARGET, steps=steps, progress=True,
+                                 **({"samples": steps} if m == "smoothgrad" else {})),
                        time.perf_counter() - t)
         g = torch.Generator().manual_seed(seed)
         maps["random"] = (torch.rand(x.shape, generator=g), 0.0)

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
 from ..preview import png_bytes
-from .attribution import attribute, gaussian_blur, make_baseline, plain, region_mask
+from .attribution import attribute, plain, region_mask
+from .gradients import gaussian_blur, make_baseline
 
 
 def auc(p) -> float:

@@ -20,7 +20,8 @@ import torch
 
 from .. import CLASSES, MODALITIES
 from ..errors import InvalidInput
-from .attribution import BASELINES, SHORT, attribute, method_name, plain, region_mask
+from .attribution import SHORT, attribute, method_name, plain, region_mask
+from .gradients import BASELINES
 from .faithfulness import curves_png, deletion_insertion
 
 INFER_OPTIONS = {"attribution": "", "attribution_target": "enhancing", "attribution_steps": 16,
