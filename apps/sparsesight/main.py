@@ -25,9 +25,10 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 import sparsesight
+from sparsesight.data import io as sio
 
 # Everything from the app's lib/ is imported here, while MONAI Label has the app folder on sys.path.
-from lib import preflight
+from lib import guard, preflight
 from lib.datastore import SparseSightDatastore
 from lib.http_errors import (
     BAD_REQUEST,
@@ -39,6 +40,7 @@ from lib.http_errors import (
     refuse,
 )
 from lib.model_file import pick_device
+from lib.security import Settings, check_infer_request, check_train_request
 from lib.scoring.cached import CachedScoring
 from lib.scoring.epistemic import EpistemicScoring
 from lib.scoring.sparse_residual import SparseResidualScoring
@@ -79,6 +81,7 @@ CONFIGS = discover_configs()
 class MyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = conf or {}
+        self.security = Settings.from_conf(conf)  # token, CORS, size limits, queue (lib/security.py)
         self.model_dir = os.path.abspath(conf.get("model_dir") or os.path.join(app_dir, "model"))
         self.device = pick_device(conf.get("device"))
 
@@ -113,6 +116,7 @@ class MyApp(MONAILabelApp):
 
         return SparseSightDatastore(
             self.studies,
+            limits=self.security,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
@@ -166,10 +170,24 @@ class MyApp(MONAILabelApp):
         fastapi_app = getattr(sys.modules.get("monailabel.app"), "app", None)
         if mode and fastapi_app is not None:
             preflight.install(fastapi_app, self)
+            guard.install(fastapi_app, self.security)
+
+    def info(self):
+        info = super().info()
+        info["security"] = self.security.public()  # limits and whether a token is needed; never the token
+        queue = getattr(self, "infer_queue", None)
+        if queue is not None:
+            info["infer_queue"] = queue.state()
+        return info
 
     # ------------------------------------------------------------------ checks in front of the stock flow
     def _unknown(self, kind: str, name, known) -> Exception:
         return refuse(NOT_FOUND, f"unknown {kind} {name!r}; available: {', '.join(known) or 'none'}")
+
+    def check_name(self, kind: str, name: str, known) -> None:
+        """A strategy or scoring method named in the path must exist: 404 naming the valid ones."""
+        if name not in known:
+            raise self._unknown(kind, name, known)
 
     def _is_upload(self, path: str, request) -> bool:
         """True for the temporary file the stock /infer endpoint writes for an uploaded image (or a session's)."""
@@ -210,9 +228,12 @@ class MyApp(MONAILabelApp):
                 raise self._unknown("model", model, self._infers)
             request = dict(request)
             image = request.get("image")
+            check_infer_request(request)
             if isinstance(image, str):
                 if self._is_upload(image, request):
                     request.setdefault("image_id", "upload")
+                    s = self.security  # header and inflated size before any voxel is read
+                    sio.check_nifti(image, s.max_voxels, s.max_decompressed_bytes, "upload")
                 else:
                     self._check_image_id(image, datastore)
                     request["image_id"] = image
@@ -228,6 +249,7 @@ class MyApp(MONAILabelApp):
             task = self._trainers.get(model)
             if task is None:
                 raise self._unknown("model", model, self._trainers)
+            check_train_request(params, self.security)
             check = getattr(task, "check", None)
             return check(params, self.datastore()) if check else {}
 

@@ -18,3 +18,7 @@ class UnknownModel(SparseSightError, KeyError):
 
 class BundleError(SparseSightError, ValueError):
     """A result bundle that does not follow the protocol of bundle.py."""
+
+
+class TooLarge(InvalidInput):
+    """An input over a configured size limit (voxels, bytes); the message names the limit. HTTP 413."""

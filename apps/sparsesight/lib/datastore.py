@@ -70,7 +70,9 @@ def nifti_suffix(path: str) -> str:
 
 
 class SparseSightDatastore(LocalDatastore):
-    def __init__(self, datastore_path: str, **kwargs):
+    def __init__(self, datastore_path: str, limits=None, **kwargs):
+        """limits: the app's security.Settings (voxel and inflated-byte caps of an upload); None for no caps."""
+        self._limits = {"max_voxels": limits.max_voxels, "max_bytes": limits.max_decompressed_bytes} if limits else {}
         kwargs.setdefault("extensions", NIFTI_EXTENSIONS)
         super().__init__(datastore_path, **kwargs)
 
@@ -123,7 +125,7 @@ class SparseSightDatastore(LocalDatastore):
             check_new_id(image_id)
             with tempfile.TemporaryDirectory(prefix="sparsesight-upload-") as work:
                 staged = self._stage(image_filename, work)
-                image, _ = sio.load_image(staged, channels=CHANNELS)
+                image, _ = sio.load_image(staged, channels=CHANNELS, **self._limits)
                 spatial = tuple(image.shape[1:])
                 ext = ".nii.gz" if staged.endswith(".nii.gz") else ".nii"
                 name = self._filename(image_id, ext)
@@ -163,7 +165,7 @@ class SparseSightDatastore(LocalDatastore):
             spatial = tuple(header.shape[:3])
             with tempfile.TemporaryDirectory(prefix="sparsesight-upload-") as work:
                 staged = self._stage(label_filename, work)
-                _, affine = sio.load_label(staged, spatial_shape=spatial)
+                _, affine = sio.load_label(staged, spatial_shape=spatial, **self._limits)
                 if not np.allclose(np.asarray(affine, float), header.affine, atol=1e-2):
                     raise refuse(
                         UNPROCESSABLE,

@@ -17,13 +17,15 @@ from pathlib import PurePosixPath, PureWindowsPath
 from fastapi import HTTPException
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
-from sparsesight.errors import BundleError, InvalidInput, UnknownModel
+from sparsesight.errors import BundleError, InvalidInput, TooLarge, UnknownModel
+from sparsesight.options import flag  # noqa: F401 (the app's one reading of a boolean option)
 
 BAD_REQUEST = 400
 NOT_FOUND = 404
 CONFLICT = 409  # the request is fine but the server is not ready for it (no checkpoint, no final labels)
 UNSUPPORTED_MEDIA = 415
 UNPROCESSABLE = 422  # the uploaded content cannot be used (not an image, NaN voxels, wrong shape, ...)
+TOO_LARGE = 413  # over a configured size limit (security.Settings)
 
 # ids the app creates: a file-name stem without any path meaning
 _NEW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -40,6 +42,8 @@ def http_errors():
         yield
     except HTTPException:
         raise
+    except TooLarge as e:
+        raise refuse(TOO_LARGE, str(e)) from e
     except InvalidInput as e:
         raise refuse(UNPROCESSABLE, str(e)) from e
     except UnknownModel as e:
@@ -55,6 +59,8 @@ def bad_request():
     """InvalidInput raised while reading the request's own image, k-space, gradient table or options: HTTP 400."""
     try:
         yield
+    except TooLarge as e:
+        raise refuse(TOO_LARGE, str(e)) from None
     except InvalidInput as e:
         raise refuse(BAD_REQUEST, str(e)) from None
 
@@ -118,9 +124,3 @@ def is_stock_upload(path) -> bool:
     return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
 
 
-
-def flag(value) -> bool:
-    """A request's boolean: true, "true", "1", "yes", "on" (any case) are true."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

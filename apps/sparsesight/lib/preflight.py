@@ -27,11 +27,17 @@ from typing import Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
 from monailabel.config import settings
+from monailabel.endpoints import activelearning as stock_activelearning
 from monailabel.endpoints import datastore as stock_datastore
 from monailabel.endpoints import infer as stock_infer
+from monailabel.endpoints import info as stock_info
+from monailabel.endpoints import scoring as stock_scoring
 from monailabel.endpoints import train as stock_train
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
+from starlette.concurrency import run_in_threadpool
+
+from .workers import InferQueue
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +51,15 @@ def _json_object(text: str, field: str = "params") -> None:
         raise HTTPException(400, f"the form field {field!r} must be a JSON object, e.g. {{\"bundle\": true}}")
 
 
-async def _cleanup_on_refusal(background_tasks: BackgroundTasks, call, params: str = "{}"):
+async def _cleanup_on_refusal(background_tasks: BackgroundTasks, call, params: str = "{}", run=run_in_threadpool):
+    """`call` (a stock endpoint function: synchronous, slow) runs off the event loop through `run`."""
     try:
         _json_object(params)
-        return call()
+        try:
+            return await run(call)
+        except MemoryError:
+            logger.exception("out of memory in a request")
+            raise HTTPException(507, "the server ran out of memory for this request; send a smaller input") from None
     except HTTPException:
         await background_tasks()  # the stock endpoint's queued remove_file() of its temporary upload copy
         raise
@@ -56,6 +67,30 @@ async def _cleanup_on_refusal(background_tasks: BackgroundTasks, call, params: s
 
 def build_router(app) -> APIRouter:
     router = APIRouter()
+    app.infer_queue = InferQueue(app.security.infer_workers, app.security.infer_queue)
+
+    @router.get("/info/", include_in_schema=False)
+    async def info(user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+        return await run_in_threadpool(stock_info.app_info)  # may (re)load checkpoints: not on the event loop
+
+    @router.post("/activelearning/{strategy}", include_in_schema=False)
+    async def activelearning(
+        strategy: str,
+        params: Optional[dict] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        app.check_name("strategy", strategy, app._strategies)
+        return await run_in_threadpool(stock_activelearning.sample, strategy, params, user.username)
+
+    @router.post("/scoring/{method}", include_in_schema=False)
+    async def scoring(
+        method: str,
+        params: Optional[dict] = None,
+        run_sync: Optional[bool] = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        app.check_name("scoring method", method, app._scoring_methods)
+        return await run_in_threadpool(stock_scoring.run_method, method, params, run_sync)
 
     @router.post("/train/{model}", include_in_schema=False)
     async def train_model(
@@ -65,8 +100,8 @@ def build_router(app) -> APIRouter:
         enqueue: Optional[bool] = False,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
     ):
-        app.check_train(model, params or {})
-        return stock_train.run_model(model, params, run_sync, enqueue)
+        await run_in_threadpool(app.check_train, model, params or {})
+        return await run_in_threadpool(stock_train.run_model, model, params, run_sync, enqueue)
 
     @router.post("/infer/{model}", include_in_schema=False)
     async def infer(
@@ -85,6 +120,7 @@ def build_router(app) -> APIRouter:
             background_tasks,
             lambda: stock_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output),
             params,
+            app.infer_queue.run,  # at most infer_workers at once, infer_queue waiting, else 503
         )
 
     async def add_image(
