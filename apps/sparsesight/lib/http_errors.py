@@ -18,7 +18,6 @@ from fastapi import HTTPException
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
 from sparsesight.errors import BundleError, InvalidInput, TooLarge, UnknownModel
-from sparsesight.options import flag  # noqa: F401 (the app's one reading of a boolean option)
 
 BAD_REQUEST = 400
 NOT_FOUND = 404
@@ -124,3 +123,9 @@ def is_stock_upload(path) -> bool:
     return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
 
 
+
+def flag(value) -> bool:
+    """A request's boolean: true, "true", "1", "yes", "on" (any case) are true."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
