@@ -88,8 +88,16 @@ def _fsync_dir(folder) -> None:
 
 
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = " ".join(str(e).split()) or type(e).__name__
     return text[:MAX_REASON]
+
+
+def _check_shapes(name: str, shapes: dict, state: dict) -> None:
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    if given != shapes:
+        wrong = sorted(set(shapes) ^ set(given)) or sorted(k for k in shapes if shapes[k] != given[k])
+        raise InvalidInput(f"the checkpoint's weights do not fit a {name} model with its config: "
+                           f"{', '.join(wrong[:5])} missing, unexpected or of another shape")
 
 
 def read_payload(source) -> dict:
@@ -130,13 +138,11 @@ def _build(name: str, config: dict, state: dict, expect: str | None = None):
     except (RuntimeError, NotImplementedError):
         shapes = None  # this model cannot be built on meta (it computes at init): checked after the build
     if shapes is not None:
-        given = {k: tuple(v.shape) for k, v in state.items()}
-        if given != shapes:
-            wrong = sorted(set(shapes) ^ set(given)) or sorted(k for k in shapes if shapes[k] != given[k])
-            raise InvalidInput(f"the checkpoint's weights do not fit a {name} model with its config: "
-                               f"{', '.join(wrong[:5])} missing, unexpected or of another shape")
+        _check_shapes(name, shapes, state)
     try:
         model = models.build(name, config)
+        if shapes is None:
+            _check_shapes(name, {k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
         model.load_state_dict(state, strict=True)
     except MemoryError:
         raise InvalidInput(f"the checkpoint's {name} config asks for more memory than the server has") from None

@@ -1,20 +1,31 @@
-"""One model's checkpoint file, re-read whenever it changes.
+"""One model's checkpoint file, re-read whenever it changes; a broken file breaks only its own model.
 
 The trainer runs in a separate process (MONAI Label starts one per training) and replaces the checkpoint with
 `sparsesight.checkpoint.save`, which writes a temporary file and os.replace()s it. The server process keeps the
 loaded model together with the file's (inode, mtime, size); every infer and every /info compares that key
 with a fresh os.stat and reloads when it differs, so the first request after training uses the new weights and
 reports the new version, without a restart and without re-reading an unchanged file.
+
+A file that cannot be loaded (truncated, corrupt, not weights-only, wrong shapes) is remembered with its reason
+under the same key: `error()` gives the reason for /info, `load()` raises BrokenModel (answered 503), and the
+other models are untouched. Inference never moves the shared model: there is one copy per device, the cpu copy
+being the loaded one, and only devices of `valid_devices()` are accepted.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
 
 from sparsesight import checkpoint
+from sparsesight.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
+
+
+class BrokenModel(RuntimeError):
+    """The model's checkpoint exists but cannot be loaded; str() is the reason."""
 
 
 class ModelFile:
@@ -23,9 +34,9 @@ class ModelFile:
         self.path = path
         self._lock = threading.Lock()
         self._key = None
-        self._model = None
+        self._copies: dict = {}  # device -> model; "cpu" is the loaded one
         self._meta = None
-        self._device = "cpu"
+        self._error = None
 
     def _stat(self):
         try:
@@ -37,41 +48,91 @@ class ModelFile:
     def exists(self) -> bool:
         return self._stat() is not None
 
+    def _refresh(self, key) -> None:
+        """Load the file under `key` once (lock held); a failure is kept as the reason until the file changes."""
+        if key == self._key:
+            return
+        try:
+            model, meta = checkpoint.load(self.path, map_location="cpu", expect=self.name)
+        except InvalidInput as e:
+            self._key, self._copies, self._meta, self._error = key, {}, None, str(e)
+            logger.warning(f"model {self.name}: checkpoint {os.path.basename(self.path)} cannot be loaded: {e}")
+            return
+        logger.info(f"Loaded {self.name} {meta.get('version')} from {os.path.basename(self.path)}")
+        self._key, self._copies, self._meta, self._error = key, {"cpu": model}, meta, None
+
     def load(self, device: str = "cpu"):
-        """(model on device in eval mode, meta) of the current file, or (None, None) when there is none."""
+        """(model on device in eval mode, meta) of the current file, (None, None) when there is none.
+
+        The model is shared by concurrent requests: use it read-only. BrokenModel when the file is unusable."""
         key = self._stat()
         if key is None:
             return None, None
+        device = check_device(device)
         with self._lock:
-            if key != self._key:
-                model, meta = checkpoint.load(self.path, map_location="cpu")
-                logger.info(f"Loaded {self.name} {meta.get('version')} from {self.path}")
-                self._key, self._model, self._meta, self._device = key, model, meta, "cpu"
-            if device != self._device:
-                self._model.to(device)
-                self._device = device
-            return self._model, self._meta
+            self._refresh(key)
+            if self._error:
+                raise BrokenModel(self._error)
+            model = self._copies.get(device)
+            if model is None:
+                model = copy.deepcopy(self._copies["cpu"]).to(device).eval()
+                self._copies[device] = model
+            return model, self._meta
 
-    def meta(self) -> dict | None:
+    def error(self) -> str | None:
+        """Why the current file cannot be loaded, None when it can (or when there is none)."""
         key = self._stat()
         if key is None:
             return None
         with self._lock:
-            if key == self._key:
-                return self._meta
-        return self.load(self._device)[1]
+            self._refresh(key)
+            return self._error
+
+    def meta(self) -> dict | None:
+        """The current checkpoint's meta; None without a usable file."""
+        key = self._stat()
+        if key is None:
+            return None
+        with self._lock:
+            self._refresh(key)
+            return self._meta
 
     def version(self) -> str | None:
         meta = self.meta()
         return meta.get("version") if meta else None
 
 
-def pick_device(requested=None, default=None) -> str:
-    """The request's device, else the app's, else cuda when present; cuda falls back to cpu when absent."""
+def valid_devices() -> list:
+    """"cpu", and "cuda" / "cuda:N" for the GPUs present."""
     import torch
 
-    device = str(requested or default or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        logger.info(f"{device} requested but no GPU is present: using cpu")
-        device = "cpu"
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n)] if n else [])
+
+
+def check_device(device) -> str:
+    """The device as a key of valid_devices() ("cuda" normalised to its index); InvalidInput naming them."""
+    valid = valid_devices()
+    if not isinstance(device, str) or device.strip().lower() not in valid:
+        raise InvalidInput(f"device {device!r} is not available on this server; valid devices: {', '.join(valid)}")
+    device = device.strip().lower()
+    if device == "cuda":
+        import torch
+
+        device = f"cuda:{torch.cuda.current_device()}"
     return device
+
+
+def pick_device(requested=None, default=None) -> str:
+    """The request's device (must be valid: InvalidInput otherwise), else the app's, else cuda when present.
+
+    Only the app's default falls back to cpu when it names a GPU that is absent (logged); a request never does."""
+    import torch
+
+    if requested not in (None, ""):
+        return check_device(requested)
+    device = str(default or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.startswith("cuda") and device not in valid_devices():
+        logger.warning(f"device {device} configured but not present: using cpu")
+        device = "cpu"
+    return check_device(device)

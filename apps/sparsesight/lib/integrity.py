@@ -1,0 +1,222 @@
+"""Pre-flight routes for storage and model integrity (installed in front of the stock ones by preflight.install).
+
+- PUT /model/{model}: off (403 with the reason) unless both `allow_model_upload` and `api_token` are set; then
+  the upload is size-bounded (max_upload_bytes -> 413), loaded weights-only into the named model (422 with the
+  reason when it does not fit), and written atomically to the model's checkpoint path. The answer carries the
+  version the server computed from the loaded weights, never one read from the file.
+- PUT /session/?uncompress=true: every member of the uploaded tar/zip is checked before the stock code unpacks
+  it: absolute or escaping paths, links, devices/fifos and totals over max_decompressed_bytes -> 400 naming
+  the member.
+- GET /datastore/?output=train: the image/label pairs relative to the datastore, not as server paths.
+
+Blocking work (reading, loading, scanning, unpacking) runs in worker threads, not on the event loop.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import uuid
+import zipfile
+from pathlib import PurePosixPath
+from typing import List, Optional
+
+from fastapi import APIRouter, BackgroundTasks, Depends, File, HTTPException, Request, UploadFile
+from monailabel.config import settings
+from monailabel.endpoints import datastore as stock_datastore
+from monailabel.endpoints import session as stock_session
+from monailabel.endpoints.user.auth import RBAC, User
+from starlette.concurrency import run_in_threadpool
+
+from sparsesight import checkpoint
+from sparsesight.errors import InvalidInput
+
+from .datastore import TEMP_NAME
+from .security import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_MEMBERS = 10_000  # files in one session archive
+CHUNK = 1 << 20
+
+
+def settings_of(app) -> Settings:
+    return getattr(app, "security", None) or Settings.from_conf(getattr(app, "conf", {}))
+
+
+def _token_ok(request: Request, token: str) -> bool:
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def sweep_model_dir(model_dir: str) -> None:
+    """Remove temp files of checkpoint writes a crash interrupted (no write is in flight at server start)."""
+    if not os.path.isdir(model_dir):
+        return
+    for name in os.listdir(model_dir):
+        if TEMP_NAME.match(name) or (name.startswith(".") and name.endswith(".tmp") and ".pt." in name):
+            try:
+                os.unlink(os.path.join(model_dir, name))
+                logger.warning(f"removed {name}, left in the model folder by an interrupted write")
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------- model upload
+def _receive(file: UploadFile, dest: str, limit: int) -> None:
+    """Copy the upload to dest, at most `limit` bytes (413 beyond)."""
+    size = 0
+    file.file.seek(0)
+    with open(dest, "wb") as out:
+        while chunk := file.file.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the checkpoint is larger than max_upload_bytes ({limit} bytes)")
+            out.write(chunk)
+
+
+def store_checkpoint(app, model: str, file: UploadFile) -> dict:
+    """Validate the upload as a checkpoint of `model` and write it atomically to the model's path."""
+    task = app._infers.get(model)
+    model_file = getattr(task, "model_file", None)
+    if model_file is None:
+        known = [n for n, t in app._infers.items() if getattr(t, "model_file", None) is not None]
+        raise HTTPException(404, f"unknown model {model!r}; available: {', '.join(known) or 'none'}")
+    limit = settings_of(app).max_upload_bytes
+    folder = os.path.dirname(model_file.path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{model}.upload.{uuid.uuid4().hex}.tmp")
+    try:
+        _receive(file, tmp, limit)
+        try:
+            net, meta = checkpoint.load_payload(tmp, expect=model)
+        except InvalidInput as e:
+            raise HTTPException(422, f"checkpoint refused: {e}") from None
+        extra = {k: v for k, v in meta.items() if k not in ("model", "version", "config", "created")}
+        extra["source"] = "upload"
+        version = checkpoint.save(model_file.path, net, model, meta["config"], meta=extra)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    st = os.stat(model_file.path)
+    with open(model_file.path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    logger.info(f"model {model}: uploaded checkpoint stored as {version}")
+    return {"model": model, "version": version, "checksum": f"SHA256:{digest}", "modified_time": int(st.st_mtime)}
+
+
+# ---------------------------------------------------------------------- session archives
+def _escapes(name: str) -> bool:
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.is_absolute() or (len(name) > 1 and name[1] == ":") or ".." in path.parts
+
+
+def check_archive(fileobj, filename: str, max_bytes: int) -> None:
+    """400 naming the first member of a tar/zip that is unsafe to extract, or a name shutil cannot unpack."""
+    known = {ext: fmt for fmt, exts, _ in shutil.get_unpack_formats() for ext in exts}
+    fmt = next((f for ext, f in sorted(known.items(), key=lambda x: -len(x[0])) if filename.lower().endswith(ext)), None)
+    if fmt is None:
+        raise HTTPException(400, f"uncompress: {filename!r} is not a .zip or .tar(.gz/.bz2/.xz) archive by name; "
+                                 f"use one of {', '.join(sorted(known))}")
+    fileobj.seek(0)
+    total, count = 0, 0
+
+    def refuse(member: str, why: str):
+        raise HTTPException(400, f"uncompress: archive member {member!r} {why}; nothing was extracted")
+
+    if fmt == "zip":
+        if not zipfile.is_zipfile(fileobj):
+            raise HTTPException(400, f"uncompress: {filename!r} is not a valid zip archive")
+        fileobj.seek(0)
+        with zipfile.ZipFile(fileobj) as zf:
+            for info in zf.infolist():
+                count += 1
+                mode = info.external_attr >> 16
+                if _escapes(info.filename):
+                    refuse(info.filename, "has an absolute path or leaves the session folder")
+                if stat.S_ISLNK(mode):
+                    refuse(info.filename, "is a symbolic link")
+                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    refuse(info.filename, "is a device, fifo or other special file")
+                total += info.file_size
+                if total > max_bytes:
+                    refuse(info.filename, f"takes the archive past max_decompressed_bytes ({max_bytes} bytes)")
+                if count > MAX_MEMBERS:
+                    refuse(info.filename, f"is past the limit of {MAX_MEMBERS} members")
+    else:
+        try:
+            with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
+                for member in tf:
+                    count += 1
+                    if _escapes(member.name):
+                        refuse(member.name, "has an absolute path or leaves the session folder")
+                    if member.issym() or member.islnk():
+                        refuse(member.name, "is a symbolic or hard link")
+                    if not (member.isfile() or member.isdir()):
+                        refuse(member.name, "is a device, fifo or other special file")
+                    total += member.size
+                    if total > max_bytes:
+                        refuse(member.name, f"takes the archive past max_decompressed_bytes ({max_bytes} bytes)")
+                    if count > MAX_MEMBERS:
+                        refuse(member.name, f"is past the limit of {MAX_MEMBERS} members")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise HTTPException(400, f"uncompress: {filename!r} is not a readable tar archive ({e})") from None
+    fileobj.seek(0)
+
+
+# ---------------------------------------------------------------------- routes
+def build_router(app) -> APIRouter:
+    router = APIRouter()
+
+    @router.put("/model/{model}", include_in_schema=False)
+    async def upload_model(
+        request: Request,
+        model: str,
+        file: UploadFile = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ):
+        s = settings_of(app)
+        if not (s.allow_model_upload and s.api_token):
+            raise HTTPException(403, "model upload is off: the operator enables it with --conf allow_model_upload "
+                                     "true together with --conf api_token TOKEN")
+        if not _token_ok(request, s.api_token):
+            raise HTTPException(401, "model upload needs the API token: Authorization: Bearer TOKEN")
+        return await run_in_threadpool(store_checkpoint, app, model, file)
+
+    @router.put("/session/", include_in_schema=False)
+    async def create_session(
+        background_tasks: BackgroundTasks,
+        uncompress: bool = False,
+        expiry: int = 0,
+        files: List[UploadFile] = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        if uncompress and len(files) == 1:  # the stock code unpacks only a single file
+            f = files[0]
+            await run_in_threadpool(check_archive, f.file, f.filename or "", settings_of(app).max_decompressed_bytes)
+        try:
+            return await run_in_threadpool(stock_session.create_session, background_tasks, uncompress, expiry, files)
+        except HTTPException:
+            await background_tasks()  # the stock code's queued removal of its received files
+            raise
+        except (shutil.ReadError, zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
+            await background_tasks()
+            raise HTTPException(400, f"uncompress: the archive cannot be unpacked ({e})") from None
+
+    @router.get("/datastore/", include_in_schema=False)
+    async def datastore(
+        output: Optional[stock_datastore.ResultType] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        if output != stock_datastore.ResultType.train:
+            return await run_in_threadpool(stock_datastore.datastore, output)
+        d = app.datastore()
+        root = os.path.realpath(d._datastore_path)
+        return [{k: os.path.relpath(v, root) for k, v in item.items()} for item in d.datalist()]
+
+    return router
