@@ -83,7 +83,7 @@ class MyApp(MONAILabelApp):
         conf = conf or {}
         self.security = Settings.from_conf(conf)  # token, CORS, size limits, queue (lib/security.py)
         self.model_dir = os.path.abspath(conf.get("model_dir") or os.path.join(app_dir, "model"))
-        self.device = pick_device(conf.get("device"))
+        self.device = pick_device(default=conf.get("device"))  # an absent GPU falls back to cpu (logged)
 
         wanted = conf.get("models", "all")
         names = list(CONFIGS) if wanted.strip() in ("", "all") else [n.strip() for n in wanted.split(",") if n.strip()]
@@ -269,5 +269,5 @@ class MyApp(MONAILabelApp):
             if not res.get("id"):
                 # The endpoint still looks the id up: None means "no image" to our datastore (answer 200).
                 return {"id": None, "message": res.get("message", "no image to suggest")}
-            res["path"] = self.datastore().get_image_uri(res["id"])
+            res["path"] = os.path.basename(self.datastore().get_image_uri(res["id"]))  # never a server path
             return res

@@ -12,13 +12,20 @@ is stored and only fails later, inside training. This subclass checks every uplo
 - replacing an image whose stored labels have another shape                              -> 409
 
 The upload is validated in a temporary folder outside the datastore, then copied next to its destination
-under a name the datastore does not list and moved into place with os.replace, so a refused or interrupted
-upload leaves every stored file and the datastore's index as they were.
+under a name the datastore does not list, fsync'd and moved into place with os.replace, so a refused or
+interrupted upload leaves every stored file and the datastore's index as they were.
+
+Crash safety: the index (datastore_v2.json) is written to a temp file, fsync'd, the previous index kept as
+datastore_v2.json.bak, then os.replace'd and the folder fsync'd. On start an empty or corrupt index is set
+aside (datastore_v2.json.corrupt-<time>) and rebuilt from the .bak when that is valid, else from the files on
+disk, with a warning; temp files of interrupted writes are removed. The server always starts.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -28,7 +35,7 @@ from typing import Any, Dict, Optional
 import nibabel as nib
 import numpy as np
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
 from sparsesight.data import io as sio
 
@@ -47,6 +54,30 @@ logger = logging.getLogger(__name__)
 
 CHANNELS = 4  # FLAIR, T1, T1ce, T2 (DESIGN.md, data conventions)
 NIFTI_EXTENSIONS = ("*.nii.gz", "*.nii")
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # ".<name>.<uuid hex>.tmp": an interrupted write of ours
+STALE_UPLOAD_SECONDS = 3600  # our upload work folders in TMPDIR older than this belong to a dead process
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: str, data: bytes) -> None:
+    """`data` into the file `path`, fsync'd (the caller renames it into place)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def nifti_suffix(path: str) -> str:
@@ -74,7 +105,101 @@ class SparseSightDatastore(LocalDatastore):
         """limits: the app's security.Settings (voxel and inflated-byte caps of an upload); None for no caps."""
         self._limits = {"max_voxels": limits.max_voxels, "max_bytes": limits.max_decompressed_bytes} if limits else {}
         kwargs.setdefault("extensions", NIFTI_EXTENSIONS)
+        self._sweep_temp_files(datastore_path)
         super().__init__(datastore_path, **kwargs)
+
+    # ------------------------------------------------------------------ crash safety
+    @staticmethod
+    def _sweep_temp_files(root: str) -> None:
+        """Remove what interrupted writes of ours left: temp files in the datastore, old upload folders."""
+        removed = 0
+        for folder, _, names in os.walk(root):
+            for name in names:
+                if TEMP_NAME.match(name):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+                    except OSError:
+                        pass
+        tmp = tempfile.gettempdir()
+        for name in os.listdir(tmp) if os.path.isdir(tmp) else []:
+            path = os.path.join(tmp, name)
+            try:
+                if name.startswith("sparsesight-upload-") and time.time() - os.stat(path).st_mtime > STALE_UPLOAD_SECONDS:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+            except OSError:
+                pass
+        if removed:
+            logger.warning(f"removed {removed} temp file(s) left by interrupted writes")
+
+    def _read_index(self, path: str) -> Optional[LocalDatastoreModel]:
+        """The index at `path`, None when it is missing, empty or not a valid index."""
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+            return LocalDatastoreModel.model_validate_json(text) if text.strip() else None
+        except (OSError, ValueError):
+            return None
+
+    def _init_from_datastore_file(self, throw_exception=False):
+        """The stock reader, except that an empty or corrupt index is rebuilt instead of stopping the server."""
+        path = self._datastore_config_path
+        with FileLock(self._lock_file):
+            try:
+                ts = os.stat(path).st_mtime
+            except FileNotFoundError:
+                return
+            if ts == self._config_ts:
+                return
+            model = self._read_index(path)
+            if model is None:
+                model = self._recover_index(path)
+            model.base_path = self._datastore_path
+            self._datastore = model
+            self._config_ts = os.stat(path).st_mtime if os.path.exists(path) else 0
+
+    def _recover_index(self, path: str) -> LocalDatastoreModel:
+        """Set the bad index aside; the .bak when valid, else an empty index (reconcile re-adds files on disk)."""
+        aside = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        os.replace(path, aside)
+        model = self._read_index(path + ".bak")
+        source = "its backup datastore_v2.json.bak" if model is not None else "the image and label files on disk"
+        if model is None:
+            model = LocalDatastoreModel(name="new-dataset", description="New Dataset",
+                                        images_dir=self._datastore.images_dir, labels_dir=self._datastore.labels_dir)
+        logger.warning(f"datastore index {os.path.basename(path)} was empty or corrupt (kept as "
+                       f"{os.path.basename(aside)}): rebuilt from {source}")
+        self._datastore = model
+        self._datastore.base_path = self._datastore_path
+        self._update_datastore_file(lock=False)
+        return model
+
+    def _update_datastore_file(self, lock=True):
+        """Atomic index write: temp + fsync, previous index hard-linked to .bak, os.replace, folder fsync."""
+        if lock:
+            with FileLock(self._lock_file):
+                return self._update_datastore_file(lock=False)
+        path = self._datastore_config_path
+        folder = os.path.dirname(path) or "."
+        data = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str).encode()
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            write_durably(tmp, data)
+            if os.path.exists(path):  # keep the previous version: a second name for its file, swapped in atomically
+                bak_tmp = os.path.join(folder, f".{os.path.basename(path)}.bak.{uuid.uuid4().hex}.tmp")
+                try:
+                    os.link(path, bak_tmp)
+                except OSError:
+                    shutil.copyfile(path, bak_tmp)
+                os.replace(bak_tmp, path + ".bak")
+            self._ignore_event_config = True
+            os.replace(tmp, path)
+            fsync_dir(folder)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._config_ts = os.stat(path).st_mtime
 
     # ------------------------------------------------------------------ helpers
     def _object(self, image_id):
@@ -104,7 +229,10 @@ class SparseSightDatastore(LocalDatastore):
         tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")  # not listed: does not end in .nii(.gz)
         try:
             shutil.copyfile(staged, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, dest)
+            fsync_dir(folder)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -191,7 +319,10 @@ class SparseSightDatastore(LocalDatastore):
         if image_id is None:  # the active-learning endpoint asks for the info of "no image" (nothing left)
             return {}
         self._object(image_id)
-        return super().get_image_info(image_id)
+        info = super().get_image_info(image_id)
+        if info.get("path"):  # the stock info holds the absolute server path: answer it relative to the datastore
+            info["path"] = os.path.relpath(info["path"], os.path.realpath(self._datastore_path))
+        return info
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         self._object(image_id)

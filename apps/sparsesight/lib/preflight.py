@@ -35,6 +35,8 @@ from monailabel.endpoints import scoring as stock_scoring
 from monailabel.endpoints import train as stock_train
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
+
+from . import integrity
 from starlette.concurrency import run_in_threadpool
 
 from .workers import InferQueue
@@ -161,6 +163,8 @@ def install(fastapi_app, app) -> None:
     if getattr(fastapi_app.state, "sparsesight_preflight", False):
         return
     router = build_router(app)
+    router.include_router(integrity.build_router(app))  # model upload, session archives, listings (part A)
+    integrity.sweep_model_dir(getattr(app, "model_dir", ""))
     routes = fastapi_app.router.routes
     n = len(routes)
     fastapi_app.include_router(router, prefix=settings.MONAI_LABEL_API_STR)

@@ -23,12 +23,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from sparsesight.runners import mlcsc
 from sparsesight.data import io as sio
 
-from ..http_errors import BAD_REQUEST, CONFLICT, flag, http_errors, refuse
-from ..model_file import ModelFile, pick_device
+from ..http_errors import BAD_REQUEST, CONFLICT, bad_request, flag, http_errors, refuse
+from ..model_file import BrokenModel, ModelFile, pick_device
 
 logger = logging.getLogger(__name__)
 
 RESERVED = {"bundle", "outputs", "device"}
+SERVICE_UNAVAILABLE = 503
 
 
 class SparseSightInfer(InferTask):
@@ -62,6 +63,9 @@ class SparseSightInfer(InferTask):
         info["trained"] = meta is not None
         if meta:
             info["created"] = meta.get("created")
+        error = self.model_file.error()
+        if error:
+            info["error"] = error  # this model only; the others keep serving
         return info
 
     def is_valid(self) -> bool:
@@ -77,8 +81,13 @@ class SparseSightInfer(InferTask):
 
     def _run(self, request):
         start = time.time()
-        device = pick_device(request.get("device"), self.device)
-        model, meta = self.model_file.load(device)
+        with bad_request():  # a device outside the allow-list: 400 naming the valid ones
+            device = pick_device(request.get("device"), self.device)
+        try:
+            model, meta = self.model_file.load(device)
+        except BrokenModel as e:
+            raise refuse(SERVICE_UNAVAILABLE, f"model {self.name} cannot serve: its checkpoint is unusable ({e}); "
+                                              f"retrain it or upload a valid checkpoint") from None
         if model is None:
             raise refuse(
                 CONFLICT,

@@ -54,7 +54,7 @@ class CachedScoring(ScoringMethod):
                           model_name)
 
     def trained_models(self) -> List[str]:
-        return [name for name, f in self.model_files.items() if f.exists()]
+        return [name for name, f in self.model_files.items() if f.exists() and not f.error()]  # broken: skipped
 
     def pick_model(self, request) -> Optional[str]:
         """The request's `model` (404 if not scored here), else the first served model with a checkpoint."""
@@ -63,7 +63,7 @@ class CachedScoring(ScoringMethod):
             if name not in self.model_files:
                 raise refuse(NOT_FOUND, f"model {name!r} is not scored by {self.method}; "
                                         f"available: {', '.join(self.model_files) or 'none'}")
-            return name if self.model_files[name].exists() else None
+            return name if name in self.trained_models() else None
         trained = self.trained_models()
         return trained[0] if trained else None
 
