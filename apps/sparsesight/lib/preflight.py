@@ -35,10 +35,9 @@ from monailabel.endpoints import scoring as stock_scoring
 from monailabel.endpoints import train as stock_train
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
-
-from . import integrity
 from starlette.concurrency import run_in_threadpool
 
+from . import integrity
 from .workers import InferQueue
 
 logger = logging.getLogger(__name__)
