@@ -39,7 +39,7 @@ def pick(nodes: dict) -> list:
         cmap = node.GetDisplayNode().GetColorNode().GetName()
         by_map.setdefault(cmap, []).append(name)
     chosen = []
-    for cmap, names in by_map.items():
+    for names in by_map.values():
         names.sort(key=lambda n: (not n.startswith("component/"), "enhancing" not in n, n))
         chosen.append(names[0])
     return chosen[:4]

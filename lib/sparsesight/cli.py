@@ -8,6 +8,7 @@ Heavy imports go inside the handlers so ``sparsesight --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def main(argv=None) -> int:
     """Entry point of the ``sparsesight`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

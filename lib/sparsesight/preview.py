@@ -10,6 +10,16 @@ from . import CLASSES, MODALITIES
 _LABEL_COLOURS = {1: (0.1, 0.8, 0.1), 2: (0.9, 0.1, 0.1), 3: (1.0, 0.85, 0.0)}  # BraTS viewer convention
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend: the one place the library chooses the backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def png_bytes(fig, dpi: int = 90) -> bytes:
     """A matplotlib figure as PNG bytes (tight layout), closing the figure."""
     import matplotlib.pyplot as plt
@@ -21,7 +31,7 @@ def png_bytes(fig, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _centre(label: np.ndarray) -> tuple[int, int, int]:
+def _centre(label: np.ndarray) -> tuple[int, ...]:
     """Centre of mass of the largest connected tumour region (the volume's centre when there is none)."""
     from scipy import ndimage
 
@@ -56,12 +66,10 @@ def preview_png(image: np.ndarray, label: np.ndarray, components: np.ndarray | N
 
     image (C, X, Y, Z); label (X, Y, Z); components (m, n, X, Y, Z) or None.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     c = _centre(label if label.any() else (reference if reference is not None else label))
-    rows = [(f"{MODALITIES[i]}", _slices(image[i], c), "gray") for i in range(image.shape[0])]
+    rows: list[tuple[str, list, str | None]] = [(f"{MODALITIES[i]}", _slices(image[i], c), "gray") for i in range(image.shape[0])]
     flair = _slices(image[0], c)
     rows.append(("prediction on FLAIR", [overlay(f, l) for f, l in zip(flair, _slices(label, c))], None))
     if reference is not None:

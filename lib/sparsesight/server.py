@@ -14,7 +14,18 @@ from pathlib import Path
 
 import requests
 
-APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "sparsesight"
+#: environment variable naming the MONAI Label app folder to serve
+APP_DIR_ENV = "SPARSESIGHT_APP_DIR"
+
+
+def default_app_dir() -> Path:
+    """The app to serve: $SPARSESIGHT_APP_DIR, else apps/sparsesight of the source checkout (repository layout:
+    lib/sparsesight/ beside apps/); FileNotFoundError saying how to set it when neither is a folder."""
+    env = os.environ.get(APP_DIR_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "apps" / "sparsesight"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no SparseSight app at {path}: set {APP_DIR_ENV} to the apps/sparsesight folder")
+    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -27,9 +38,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class MonaiLabelServer:
     """`with MonaiLabelServer(studies, conf={"model_dir": ...}) as url:` runs the server for the block."""
 
-    def __init__(self, studies, app_dir=APP_DIR, host: str = "127.0.0.1", port: int | None = None,
+    def __init__(self, studies, app_dir=None, host: str = "127.0.0.1", port: int | None = None,
                  conf: dict | None = None, log_path=None):
-        self.studies, self.app_dir, self.host = Path(studies), Path(app_dir), host
+        self.studies, self.app_dir, self.host = Path(studies), Path(app_dir or default_app_dir()), host
         self.port = port or free_port(host)
         self.conf = {k: str(v) for k, v in (conf or {}).items()}
         self.log_path = Path(log_path) if log_path else self.studies.parent / f"monailabel-{self.port}.log"

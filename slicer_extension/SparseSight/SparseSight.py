@@ -89,7 +89,6 @@ class SparseSightWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._trainTimer = None
-        self._inference = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -246,7 +245,6 @@ class SparseSightWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             progress.close()
         if inference is None:
             return
-        self._inference = inference
         self.ui.outputsTreeView.setCurrentItem(inference.folder)
         label = inference.nodes.get("label")
         if label is not None:

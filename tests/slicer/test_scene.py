@@ -19,7 +19,6 @@ from scipy.spatial.transform import Rotation
 
 from sparsesight.bundle import BundleWriter
 from sparsesight.bundle import read as read_bundle
-
 from SparseSightLib import scene as S
 from SparseSightLib import selftest
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from sparsesight import bundle, checkpoint, metrics, models
-from sparsesight.runners import cdl as cdl_runner
 from sparsesight.data import convdict, lfmri
 from sparsesight.errors import InvalidInput
 from sparsesight.models import cdl
 from sparsesight.ops import kspace
 from sparsesight.ops.fista import synthesis
+from sparsesight.runners import cdl as cdl_runner
 from sparsesight.training import cdl as cdl_training
 
 SMALL = {"dictionary": "K8_k7", "iterations": 8, "backprop_iterations": 3, "channels": [4, 8]}

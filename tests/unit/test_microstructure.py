@@ -11,11 +11,11 @@ import torch
 from scipy.optimize import nnls as scipy_nnls
 
 from sparsesight import bundle, checkpoint, models
-from sparsesight.runners import microstructure as run
 from sparsesight.data import diffusion as dif
 from sparsesight.errors import InvalidInput
 from sparsesight.explain import microstructure_plots
 from sparsesight.models import microstructure as ms
+from sparsesight.runners import microstructure as run
 from sparsesight.training import microstructure as ms_training
 
 SMALL_NETS = {"mlp_hidden": [64, 64], "split_hidden": [32, 32], "joint_hidden": [32]}

@@ -8,7 +8,6 @@ from sparsesight.models.mlcsc import MLCSC
 from sparsesight.ops import soft_threshold, soft_threshold_nonneg
 
 
-
 @pytest.fixture(autouse=True)
 def float64():
     """Exact comparisons in double precision; restored for the other test modules."""

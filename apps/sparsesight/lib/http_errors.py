@@ -18,6 +18,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
 from sparsesight.errors import BundleError, InvalidInput, TooLarge, UnknownModel
+from sparsesight.options import flag  # noqa: F401 (the app's one reading of a boolean option)
 
 BAD_REQUEST = 400
 NOT_FOUND = 404
@@ -121,11 +122,3 @@ def is_stock_upload(path) -> bool:
         return False
     real = os.path.realpath(path)
     return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
-
-
-
-def flag(value) -> bool:
-    """A request's boolean: true, "true", "1", "yes", "on" (any case) are true."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)

@@ -22,8 +22,11 @@ Writes active_learning.{csv,json,png} under --out.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -38,6 +41,10 @@ from .. import REGIONS
 from ..active_learning import area_under_curve
 from ..data.io import load_label
 from ..metrics import region_dice
+from ..preview import pyplot
+from . import log_to_stderr
+
+logger = logging.getLogger(__name__)
 
 MODEL = "mlcsc"  # the annotator's default served model
 #: the benchmark's default: SUM learns the 4 mm phantoms within the budget of a round; ML-CSC's deepest codes sit
@@ -207,9 +214,9 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
 
     rows, t_start = [], time.time()
     server = MonaiLabelServer(studies, conf={"model_dir": model_dir}, log_path=tmp / "server.log")
-    print(f"active learning ({model}): {len(data['pool'])} pool / {len(data['test'])} held-out phantoms at "
+    logger.info(f"active learning ({model}): {len(data['pool'])} pool / {len(data['test'])} held-out phantoms at "
           f"{downsample} mm, start {initial}, {rounds} rounds x {batch} labels, {epochs} epochs per round, {seeds} seed(s), "
-          f"strategies {', '.join(strategies)}; server log {tmp / 'server.log'}", flush=True)
+          f"strategies {', '.join(strategies)}; server log {tmp / 'server.log'}")
     try:
         url = server.start(timeout=300)
         ann = Annotator(url, data["folder"] / "labelsTr", model)
@@ -227,8 +234,7 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
             saved = tmp / f"initial_seed{seed}.pt"
             shutil.copyfile(ckpt, saved)
             d0, v0 = ann.evaluate(data["test"]), ann.version()
-            print(f"seed {seed}: initial {start_ids} -> {v0}, Dice {d0['dice']:.3f}, soft Dice {d0['soft_dice']:.3f}",
-                  flush=True)
+            logger.info(f"seed {seed}: initial {start_ids} -> {v0}, Dice {d0['dice']:.3f}, soft Dice {d0['soft_dice']:.3f}")
             for strategy in strategies:
                 ann.unlabel(sorted(ann.labelled() - set(start_ids)))
                 _restore(saved, ckpt)
@@ -241,7 +247,7 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
                     for _ in range(batch):
                         before = ann.unlabelled()
                         answer = ann.pick(strategy)
-                        image_id = answer.get("id")
+                        image_id = str(answer.get("id"))
                         if image_id not in before:
                             raise RuntimeError(f"{strategy} suggested {image_id!r}, not an unlabelled image: {answer}")
                         ann.annotate(image_id)
@@ -257,10 +263,9 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
                                  "image": " ".join(picked),
                                  "score": " ".join(f"{x:.6g}" for x in scores if x is not None) or None,
                                  "model_version": version, "seconds": round(time.time() - t, 1), **d})
-                    print(f"seed {seed} {strategy:>15} round {r}/{rounds}: labelled {', '.join(picked)} -> "
+                    logger.info(f"seed {seed} {strategy:>15} round {r}/{rounds}: labelled {', '.join(picked)} -> "
                           f"Dice {d['dice']:.3f} (WT {d['WT']:.3f} TC {d['TC']:.3f} ET {d['ET']:.3f}), soft Dice "
-                          f"{d['soft_dice']:.3f} [{time.time() - t:.0f} s, {time.time() - t_start:.0f} s total]",
-                          flush=True)
+                          f"{d['soft_dice']:.3f} [{time.time() - t:.0f} s, {time.time() - t_start:.0f} s total]")
     finally:
         server.stop()
     results = summarise(rows, strategies)
@@ -279,9 +284,9 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
 def summarise(rows: list[dict], strategies) -> dict:
     """Per strategy and metric (Dice, soft Dice): AUC per seed, its mean and standard deviation over the seeds,
     the mean curve, and the AUC ratio to random."""
-    out = {"strategies": {}}
+    out: dict[str, Any] = {"strategies": {}}
     for s in strategies:
-        res = {}
+        res: dict[str, Any] = {}
         seeds = sorted({r["seed"] for r in rows if r["strategy"] == s})
         for metric in METRICS:
             aucs, curves = [], []
@@ -302,9 +307,7 @@ def summarise(rows: list[dict], strategies) -> dict:
 
 
 def write(results: dict, out_dir: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     (out_dir / "active_learning.json").write_text(json.dumps(results, indent=2, default=str))
     keys = ["strategy", "seed", "round", "n_labels", "image", "score", "dice", "soft_dice", "WT", "TC", "ET",
@@ -361,6 +364,7 @@ def main(argv=None):
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--work", default="out/bench", help="where the phantom data are cached")
     a = p.parse_args(argv)
+    log_to_stderr()
     run(tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds, pool=a.pool, test=a.test,
         initial=a.initial, rounds=a.rounds, batch=a.batch, epochs=a.epochs, initial_epochs=a.initial_epochs,
         downsample=a.downsample, model_config=json.loads(a.model_config) if a.model_config else None,

@@ -15,6 +15,8 @@ Writes attribution.json, attribution.csv and attribution.png under --out and pri
 """
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import json
 import math
@@ -31,10 +33,12 @@ import torch
 from .. import models
 from ..data.io import load_image, load_label
 from ..explain.attribution import METHODS, SHORT, TargetScore, attribute
-from ..explain.gradients import grad_and_score
 from ..explain.faithfulness import deletion_insertion
+from ..explain.gradients import grad_and_score
+from ..preview import pyplot
 from ..runners.segmentation import normalise
 from ..training import train
+from . import log_to_stderr
 from .segmentation import BRATS_SHAPE, _dataset
 
 TARGET = 3  # enhancing
@@ -144,9 +148,7 @@ def _summary(rows: list[dict]) -> list[dict]:
 
 
 def _plot(results: dict, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summ = results["faithfulness"]
     names = list(dict.fromkeys(r["model"] for r in summ))
@@ -187,7 +189,7 @@ def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, 
     data = _dataset(Path("out/bench") / "data", n_cases, downsample, seed)
     img, _ = load_image(data["test"][0]["image"])
     x = normalise(img).as_subclass(torch.Tensor)
-    res = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+    res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                       f"torch {torch.__version__} (shared with other jobs while measured)",
            "steps": steps, "downsample_mm": downsample, "epochs": epochs, "ig_cost": {}, "memory": {}}
     for n in names:
@@ -242,6 +244,7 @@ def main(argv=None):
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    log_to_stderr()
     if a._memory:
         print(json.dumps(_memory_child(a._memory, a._model, a.steps)))
         return

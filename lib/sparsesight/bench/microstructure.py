@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import platform
 import time
@@ -27,15 +28,17 @@ import torch
 from ..data import diffusion as dif
 from ..explain import microstructure_plots
 from ..models import microstructure as ms
-from ..training import microstructure as ms_training
+from ..preview import png_bytes, pyplot
 from ..runners import microstructure as run
-from ..preview import png_bytes
+from ..training import microstructure as ms_training
+from . import log_to_stderr
+
+logger = logging.getLogger(__name__)
 
 PAPER_TIME = {"fingerprinting": 1.25, "mlp": 1.02e-4, "hybrid": 1.45e-1}  # s per voxel, Table 1
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logger.info  # progress lines (bench/__init__.log_to_stderr shows them with the time)
 
 
 def csd_orientations(signal: np.ndarray, protocol: dif.Protocol) -> np.ndarray:
@@ -72,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/bench"), help="where results go (recorded runs: --out bench/results)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    log_to_stderr()
     torch.set_num_threads(a.threads)
     t_start = time.time()
 
@@ -234,10 +238,7 @@ def main(argv=None) -> int:
 def _slab_png(maps: dict, ph: dict) -> bytes:
     """Hybrid maps of the phantom's middle slice next to the ground truth (white-matter mask)."""
     
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     z = ph["mask"].shape[2] // 2
     m = ph["mask"][..., z]
@@ -254,10 +255,7 @@ def _slab_png(maps: dict, ph: dict) -> bytes:
 
 
 def _figure(curves: dict, bins, snrs, path: Path, tpv: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = (bins[:-1] + bins[1:]) / 2
     colours = {"fingerprinting": "tab:blue", "mlp": "tab:red", "hybrid": "tab:green"}

@@ -15,8 +15,11 @@ reconstruction.{csv,json,png} under --out and prints ratios against scalar-lambd
 """
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -28,7 +31,11 @@ from .. import metrics
 from ..data import convdict, lfmri
 from ..models import cdl
 from ..ops import kspace
+from ..preview import pyplot
 from ..training import cdl as cdl_training
+from . import log_to_stderr
+
+logger = logging.getLogger(__name__)
 
 SETTINGS = [(0.5, 0.10), (0.5, 0.25), (0.375, 0.10), (0.375, 0.25)]  # (keep, sigma)
 TRAIN_SEEDS, VAL_SEED, TEST_SEED = (8001, 8002, 8003), 7002, 7001
@@ -99,7 +106,7 @@ def run(train_steps: int = 20, test_slices: int = 3, iterations: int = 16, dicti
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     train, val, test = _data(test_slices)
-    print(f"data: {len(train)} training, {len(val)} validation, {len(test)} test slices {test.shape[1:]}", flush=True)
+    logger.info(f"data: {len(train)} training, {len(val)} validation, {len(test)} test slices {test.shape[1:]}")
     d = torch.as_tensor(convdict.load(dictionary))
     k = d.shape[0]
     v3_dicts = [n for n in convdict.available() if int(n[1:].split("_")[0]) <= k]
@@ -113,8 +120,9 @@ def run(train_steps: int = 20, test_slices: int = 3, iterations: int = 16, dicti
                "sigma": [0.075, 0.30], "dictionaries": v3_dicts if variant == "v3" else [dictionary], "seed": seed}
         t0 = time.time()
         stats = cdl_training.train(model, train, epochs=max(1, train_steps // 10), config=cfg,
-                          progress=lambda s, v=variant: print(f"train {v}: epoch {s['epoch']}/{s['epochs']} "
-                                                              f"loss {s['loss']:.5f} {s['seconds']:.0f} s", flush=True),
+                          progress=lambda s, v=variant: logger.info(  # type: ignore[misc]
+                              f"train {v}: epoch {s['epoch']}/{s['epochs']} "
+                                                              f"loss {s['loss']:.5f} {s['seconds']:.0f} s"),
                           show_progress=False)
         nets[variant] = model.eval()
         train_info[variant] = {"seconds": round(time.time() - t0, 1), "loss": stats["loss"],
@@ -149,7 +157,7 @@ def run(train_steps: int = 20, test_slices: int = 3, iterations: int = 16, dicti
         examples[setting] = {"reference": t[j], **{name: np.abs(x[j]) for name, (x, _) in recs.items()},
                              "lambda_mean": nets["v3"].interpret(yt[j:j + 1], mt[j:j + 1], d)["lambda"][0].mean(0).numpy()}
 
-    results = {"settings": [list(s) for s in SETTINGS], "rows": rows, "train": train_info,
+    results: dict[str, Any] = {"settings": [list(s) for s in SETTINGS], "rows": rows, "train": train_info,
                "config": {"train_steps": train_steps, "test_slices": len(test), "iterations": iterations,
                           "dictionary": dictionary, "crop": crop, "slice_shape": list(test.shape[1:]),
                           "train_slices": len(train), "v3_dictionaries": v3_dicts},
@@ -164,9 +172,7 @@ def run(train_steps: int = 20, test_slices: int = 3, iterations: int = 16, dicti
 def _write(results, examples, out: Path):
     import csv
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     (out / "reconstruction.json").write_text(json.dumps(results, indent=2))
     with open(out / "reconstruction.csv", "w", newline="") as f:
@@ -219,6 +225,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    log_to_stderr()
     run(a.train_steps, a.test_slices, a.iterations, a.dictionary, a.crop, a.out, a.seed)
     return 0
 

@@ -19,8 +19,11 @@ UNet's; SUM inference time <= 0.5x UNet's.
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import argparse
 import json
+import logging
 import platform
 from pathlib import Path
 
@@ -32,13 +35,17 @@ from ..data.io import load_image, load_label
 from ..metrics import region_dice
 from ..models.baselines import unet
 from ..models.sum import sum_rec, sum_seg
+from ..preview import pyplot
 from ..runners.segmentation import predict
 from ..training import train
+from . import log_to_stderr
 from .segmentation import BRATS_SHAPE, _dataset, _time_inference
+
+logger = logging.getLogger(__name__)
 
 REGIONS = ("WT", "TC", "ET")
 WINDOW = (96, 96, 96)  # one sliding window of runners.segmentation.predict: the unit every volume's inference time scales with
-MODELS = {"SUM": sum_seg, "SUM_Rec": sum_rec, "monai_unet": unet}
+MODELS: dict[str, Callable[[], Any]] = {"SUM": sum_seg, "SUM_Rec": sum_rec, "monai_unet": unet}
 
 
 def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -80,9 +87,7 @@ def evaluate(model, cases: list[dict], conds: list[tuple[str, float]], seed: int
 
 
 def _plot(results: dict, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results["models"])
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
@@ -119,7 +124,7 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _dataset(Path(data_dir), n_cases, downsample, seed)
     conds = corruptions(list(noise), list(blurs))
-    results = {"epochs": epochs, "downsample_mm": downsample, "patch": patch, "samples_per_image": samples,
+    results: dict[str, Any] = {"epochs": epochs, "downsample_mm": downsample, "patch": patch, "samples_per_image": samples,
                "train_cases": len(data["train"]),
                "test_cases": len(data["test"]), "threads": torch.get_num_threads(),
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -130,16 +135,17 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
     for name, make in MODELS.items():
         torch.manual_seed(seed)
         model = make()
-        print(f"[{name}] training {epochs} epochs on {len(data['train'])} phantoms ({downsample} mm)", flush=True)
+        logger.info(f"[{name}] training {epochs} epochs on {len(data['train'])} phantoms ({downsample} mm)")
         stats = train(model, data["train"], epochs=epochs,
                       config={"patch_size": [patch] * 3, "samples_per_image": samples, "seed": seed})
-        print(f"[{name}] evaluating {len(conds)} conditions x {len(data['test'])} held-out cases", flush=True)
+        logger.info(f"[{name}] evaluating {len(conds)} conditions x {len(data['test'])} held-out cases")
         r = {"params": int(sum(p.numel() for p in model.parameters())), "train_s": stats["seconds"],
              "loss": stats["loss"], "eval": evaluate(model, data["test"], conds, seed)}
         if hasattr(model, "ed"):  # SUM, SUM_Rec: what their filter banks pass (App. B, C; the paper's Fig. 3)
             r["response"] = filter_bank_response(model, data["test"][0], out_dir / "robustness_response" / name)
         if time_inference and name != "SUM":  # SUM and SUM_Rec share one architecture: time it once
-            print(f"[{name}] timing inference on {tuple(time_shape)}", flush=True)
+            logger.info(f"[{name}] timing inference on {tuple(time_shape)}")
+            assert full is not None
             r["inference_s"] = _time_inference(model, full, repeats)
         results["models"][name] = r
     if time_inference:
@@ -237,6 +243,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench/results")
     p.add_argument("--data", default="out/bench/data", help="where the phantom cases are generated (cached)")
     a = p.parse_args(argv)
+    log_to_stderr()
     run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.patch, a.noise, a.blur, a.repeats, not a.no_timing, a.data,
         BRATS_SHAPE if a.time_brats else WINDOW, a.samples, a.threads)
 

@@ -9,6 +9,8 @@ as the ratio ML-CSC / UNet.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import json
 import platform
@@ -22,8 +24,10 @@ from .. import models
 from ..data.io import load_image, load_label
 from ..metrics import region_dice
 from ..models.baselines import unet
+from ..preview import pyplot
 from ..runners.segmentation import predict
 from ..training import train
+from . import log_to_stderr
 
 BRATS_SHAPE = (240, 240, 155)
 
@@ -50,9 +54,7 @@ def _time_inference(model, image: np.ndarray, repeats: int) -> float:
 
 
 def _plot(results: dict, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(results["models"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -85,7 +87,7 @@ def run(epochs: int = 40, downsample: int = 2, n_cases: int = 16, seed: int = 0,
     data = _dataset(out_dir / "data", n_cases, downsample, seed)
     full = np.random.default_rng(seed).normal(size=(4, *BRATS_SHAPE)).astype(np.float32)
     nets = {"mlcsc": lambda: models.build("mlcsc"), "monai_unet": unet}
-    results = {"epochs": epochs, "downsample_mm": downsample, "train_cases": len(data["train"]),
+    results: dict[str, Any] = {"epochs": epochs, "downsample_mm": downsample, "train_cases": len(data["train"]),
                "test_cases": len(data["test"]), "threads": torch.get_num_threads(),
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                "models": {}}
@@ -138,6 +140,7 @@ def main(argv=None):
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
+    log_to_stderr()
     run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.repeats, a.patch)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInput
+from ..preview import pyplot
 
 FOLDER = Path(__file__).with_name("dictionaries")
 #: the stored set: (filters K, kernel size k); names K{K}_k{k}
@@ -89,9 +90,7 @@ def learn(images: np.ndarray, k: int, ksize: int, iterations: int = 60, lmbda: f
 
 def plot(names, path) -> Path:
     """One panel per dictionary: its filters tiled (red positive, blue negative)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.9))
     for ax, name in zip(np.atleast_1d(axes), names):

@@ -16,12 +16,16 @@ MNI152 anatomy shipped with nilearn): nothing is downloaded.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from .. import MODALITIES
 from ..errors import InvalidInput
 from ..ops import kspace
+
+logger = logging.getLogger(__name__)
 
 MASKS = ("lowres", "random")
 SIGMA_RANGE = (0.0, 1.0)
@@ -160,7 +164,7 @@ def reference_slices(seeds, downsample: int = 2, channel="T2", min_fraction: flo
     out = []
     for i, seed in enumerate(seeds):
         if progress:
-            print(f"reference slices: case {i + 1}/{len(seeds)} (seed {seed})", flush=True)
+            logger.info("reference slices: case %d/%d (seed %d)", i + 1, len(seeds), seed)
         vol = make_case(int(seed), downsample=downsample, noise=noise).image[..., c]
         vol = vol / max(float(vol.max()), 1e-6)
         for z in brain_slices(vol, min_fraction)[::every]:

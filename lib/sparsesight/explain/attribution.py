@@ -27,6 +27,7 @@ The methods live in gradients.py (the first five) and xrai.py; this module holds
 from __future__ import annotations
 
 import inspect
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ class _Counted(nn.Module):
 
 
 
-_FUNCS = {"gradient": gradient, "smoothgrad": smoothgrad, "integrated_gradients": integrated_gradients,
+_FUNCS: dict[str, Callable[..., Any]] = {"gradient": gradient, "smoothgrad": smoothgrad, "integrated_gradients": integrated_gradients,
           "guided_ig": guided_ig, "blur_ig": blur_ig, "xrai": xrai}
 _NEEDS_BASELINE = {"integrated_gradients", "guided_ig"}
 

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
-from ..preview import png_bytes
+from ..preview import png_bytes, pyplot
 from .attribution import attribute, plain, region_mask
 from .gradients import gaussian_blur, make_baseline
 
@@ -110,7 +110,7 @@ def reinitialise(module: nn.Module, generator: torch.Generator):
     """Fresh random weights: the module's reset_parameters when it has one (its own initialisation), else
     Gaussian values with each parameter's mean and standard deviation."""
     if callable(getattr(module, "reset_parameters", None)):
-        module.reset_parameters()
+        module.reset_parameters()  # type: ignore[operator]
         return
     for p in module.parameters(recurse=False):
         std = float(p.std()) if p.numel() > 1 else float(p.abs().mean())
@@ -158,9 +158,7 @@ def randomisation_check(model: nn.Module, x, method: str = "integrated_gradients
 # ----------------------------------------------------------------------------------------------- pictures
 def curves_png(results: dict[str, dict], title: str = "") -> bytes:
     """Deletion and insertion curves of several maps ({label: deletion_insertion result}) as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for label, r in results.items():
@@ -178,9 +176,7 @@ def curves_png(results: dict[str, dict], title: str = "") -> bytes:
 
 def randomisation_png(rows: list[dict], title: str = "") -> bytes:
     """Similarity to the trained model's map against the number of randomised layers, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows)), 3.4))
     xs = np.arange(len(rows))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import CLASSES
 from ..errors import InvalidInput
-from ..preview import png_bytes
+from ..preview import png_bytes, pyplot
 
 
 @torch.no_grad()
@@ -126,9 +126,7 @@ def write_csv(rows: list[dict], path) -> Path:
 
 def plot_png(rows: list[dict], title: str = "") -> bytes:
     """PCA and t-SNE scatter plots coloured by the dominant class of each position."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     colours = {"background": "#bbbbbb", "oedema": "#2ca02c", "non-enhancing core": "#1f77b4", "enhancing": "#d62728"}

@@ -5,17 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.microstructure import K, Microstructure
-from ..preview import png_bytes
+from ..preview import png_bytes, pyplot
 
 
 def tsne_png(activations: dict, colour: dict, layers: list[str] | None = None, seed: int = 0,
              max_points: int = 1500) -> bytes:
     """t-SNE embeddings of layer activations (sklearn.manifold.TSNE), one column per layer, one row per
     parameter used as colour (e.g. r_1, f_1, ν_1), as in Fig. 4. Returns PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.manifold import TSNE
 
     layers = layers or list(activations)
@@ -42,10 +39,7 @@ def tsne_png(activations: dict, colour: dict, layers: list[str] | None = None, s
 def weights_png(model: Microstructure, w: np.ndarray, truth: dict | None = None, titles=None) -> bytes:
     """NNLS weights of a few voxels on the (r, f) grid, one panel per voxel and population (the fingerprints
     the first stage chose), with the true (r, f) marked when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     w = np.atleast_2d(w)
     nr, nf, n = len(model.grid.radii_um), len(model.grid.fractions), model.grid.n

@@ -19,14 +19,17 @@ Multi-channel networks have one response per (input channel, output channel) pai
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from ..preview import png_bytes
+from ..preview import png_bytes, pyplot
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
@@ -163,9 +166,7 @@ def _png(fig) -> bytes:
 def plot_response(r: np.ndarray, names: Sequence[str], rows: list[dict] | None = None) -> bytes:
     """PNG: the impulse response (top) and log frequency response (bottom) of every channel onto itself, central
     slice, with SDS / FDS / FDV in the titles (Fig. 3 of the paper)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     d = r.ndim - 2
     f = frequency_response(r, d)
@@ -190,9 +191,7 @@ def plot_response(r: np.ndarray, names: Sequence[str], rows: list[dict] | None =
 def plot_alpha_sweep(rows: list[dict], images: dict, channel: int = 0, channel_name: str = "") -> bytes:
     """PNG: ED_alpha(x) (top) and ED_alpha(x + noise) (middle) for each alpha, central slice of one channel, and
     the survival / noise-transfer / detail curves (bottom)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     alphas = [row["alpha"] for row in rows]
     n = len(alphas)
@@ -242,20 +241,20 @@ def response_size(model, limit: int = 64) -> list[int]:
 def explain(model, x: torch.Tensor, out_dir, names: Sequence[str] | None = None, label: np.ndarray | None = None,
             alphas: Sequence[float] = DEFAULT_ALPHAS, size: int = 64) -> dict:
     """Write response.png/.csv and alpha_sweep.png/.csv for a SUM-like model and one normalised input x
-    (1, C, *S) into out_dir; prints one progress line per step. Returns the file paths and, under "metrics",
+    (1, C, *S) into out_dir; logs one progress line per step. Returns the file paths and, under "metrics",
     the rows of response.csv (response_metrics)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(names) if names is not None else [f"ch{i}" for i in range(x.shape[1])]
     model.eval()
-    print(f"response: impulse responses on a {response_size(model, size)} grid", flush=True)
+    logger.info("response: impulse responses on a %s grid", response_size(model, size))
     r = impulse_response(lambda t: model(t, alpha=0.0, output="ed"), x.shape[1], response_size(model, size),
                          device=x.device)
     rows = response_metrics(r, names)
-    files = {"response_csv": write_csv(rows, out / "response.csv"), "metrics": rows}
+    files: dict[str, Any] = {"response_csv": write_csv(rows, out / "response.csv"), "metrics": rows}
     files["response_png"] = out / "response.png"
     files["response_png"].write_bytes(plot_response(r, names, rows))
-    print(f"response: alpha sweep over {list(alphas)}", flush=True)
+    logger.info("response: alpha sweep over %s", list(alphas))
     sweep, images = alpha_sweep(model, x, alphas, label=label)
     files["alpha_sweep_csv"] = write_csv(sweep, out / "alpha_sweep.csv")
     files["alpha_sweep_png"] = out / "alpha_sweep.png"

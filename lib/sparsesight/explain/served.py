@@ -20,9 +20,10 @@ import torch
 
 from .. import CLASSES, MODALITIES
 from ..errors import InvalidInput
+from ..options import flag
 from .attribution import SHORT, attribute, method_name, plain, region_mask
-from .gradients import BASELINES
 from .faithfulness import curves_png, deletion_insertion
+from .gradients import BASELINES
 
 INFER_OPTIONS = {"attribution": "", "attribution_target": "enhancing", "attribution_steps": 16,
                  "attribution_baseline": "zero", "attribution_region": "predicted", "attribution_nifti": False}
@@ -49,17 +50,13 @@ def _class_index(value, classes: dict) -> int:
                        f"or index {list(classes)}")
 
 
-def _flag(v) -> bool:
-    return v is True or str(v).lower() in ("1", "true", "yes", "on")
-
-
 def parse_options(options: dict, classes: dict | None = None) -> dict | None:
     """The attribution request in `options` (INFER_OPTIONS keys; other keys are ignored), checked.
     None when no method is asked for. InvalidInput names the bad option and what is allowed."""
     classes = classes or CLASSES
     methods = [method_name(m) for m in _list(options.get("attribution"))]
     if not methods:
-        if _flag(options.get("attribution_nifti", False)):
+        if flag(options.get("attribution_nifti", False)):
             raise InvalidInput("attribution_nifti asks for a map: name the method in 'attribution', e.g. \"ig\"")
         return None
     targets = [_class_index(t, classes) for t in _list(options.get("attribution_target", "enhancing"))]
@@ -89,7 +86,7 @@ def parse_options(options: dict, classes: dict | None = None) -> dict | None:
     elif isinstance(region, list):
         region = tuple(int(v) for v in region)
     return {"methods": methods, "targets": targets, "steps": steps_i, "baseline": baseline, "region": region,
-            "nifti": _flag(options.get("attribution_nifti", False))}
+            "nifti": flag(options.get("attribution_nifti", False))}
 
 
 def voxel_map(attr: torch.Tensor, method: str) -> np.ndarray:

@@ -1,5 +1,5 @@
 """MONAI baselines used by the benchmarks (same input/output convention as our models)."""
-from monai.networks.nets import SegResNet, UNet
+from monai.networks.nets import UNet
 
 
 def unet(in_channels: int = 4, num_classes: int = 4, channels=(16, 32, 64, 128, 256)) -> UNet:
@@ -7,7 +7,3 @@ def unet(in_channels: int = 4, num_classes: int = 4, channels=(16, 32, 64, 128, 
     return UNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, channels=channels,
                 strides=(2,) * (len(channels) - 1), num_res_units=2, norm="instance")
 
-
-def segresnet(in_channels: int = 4, num_classes: int = 4, init_filters: int = 16) -> SegResNet:
-    """MONAI SegResNet (Myronenko 2018) at a small width."""
-    return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, init_filters=init_filters)

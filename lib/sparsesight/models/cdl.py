@@ -26,7 +26,7 @@ back-propagation (Section 2.3): the first T - T_bp iterations run without tracki
 from __future__ import annotations
 
 import math
-import numpy as np
+
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import UNet
@@ -126,6 +126,7 @@ def _pad_to(x: torch.Tensor, m: int) -> tuple[torch.Tensor, tuple[int, int]]:
 
 
 class CDL(nn.Module):
+    filters: torch.Tensor  # the model's own dictionary (a buffer)
     """Unrolled FISTA for (PR) with U-Net-estimated sparsity maps Lambda (variants V1, V2, V3)."""
 
     def __init__(self, variant: str = "v3", dictionary: str = "K32_k9", iterations: int = 64,
@@ -146,7 +147,7 @@ class CDL(nn.Module):
         k = self.filters.shape[0]
         c_in, c_out = {"v1": (2, k), "v2": (2 * k, k), "v3": (2, 1)}[variant]
         self.net = UNet(spatial_dims=2, in_channels=c_in, out_channels=c_out, channels=tuple(channels),
-                        strides=(2,) * (len(channels) - 1), num_res_units=1, norm=None)
+                        strides=(2,) * (len(channels) - 1), num_res_units=1, norm=None)  # type: ignore[arg-type]
         self.offset = nn.Parameter(torch.tensor(float(offset_init)))  # the global learnable scalar of (V1)
         self._stride = 2 ** (len(channels) - 1)
 

@@ -30,7 +30,6 @@ from torch import nn
 from ..data import diffusion as dif
 from ..errors import InvalidInput
 from ..ops.nnls import FactoredGram, nnls_gram, nnls_small
-from ..preview import png_bytes
 
 K = 2  # axon populations per voxel
 METHODS = ("fingerprinting", "mlp", "hybrid")
@@ -98,7 +97,7 @@ class HybridNet(nn.Module):
         for k, branch in enumerate(self.split):
             h = w[:, k * self.n:(k + 1) * self.n]
             relu = 0
-            for layer in branch:
+            for layer in branch:  # type: ignore[attr-defined]  # (an nn.Sequential)
                 h = layer(h)
                 if activations is not None and isinstance(layer, nn.ReLU):
                     relu += 1
@@ -338,6 +337,7 @@ def estimate(model: Microstructure, y: np.ndarray, u: np.ndarray | None = None, 
     if method == "mlp":
         out = decode(_net_forward(model.mlp, y, device, activations=activations))
     elif method == "fingerprinting":
+        assert u is not None
         fp = fingerprint(model, y, u, protocol, progress=progress)
         w = fp["w"]
         tot = np.maximum(w.sum(1, keepdims=True), 1e-12)
@@ -347,6 +347,7 @@ def estimate(model: Microstructure, y: np.ndarray, u: np.ndarray | None = None, 
                "residual": fp["residual"], "sparsity": (w > 0).sum(1).astype(np.int32), "j": fp["j"],
                "w_pair": w}
     else:
+        assert u is not None
         nw = nnls_weights(model, y, u, protocol, progress=progress)
         out = decode(_net_forward(model.hybrid, nw["w"], device, activations=activations))
         tot = np.maximum(nw["w"].sum(1), 1e-12)

@@ -34,7 +34,6 @@ from ..ops.soft_threshold import soft_threshold
 from . import with_defaults
 
 CLASS_NAMES = ("background", "oedema", "non-enhancing core", "enhancing")
-MODALITY_NAMES = ("FLAIR", "T1", "T1ce", "T2")
 
 
 def default_config() -> dict:
@@ -69,7 +68,7 @@ class _Dictionary(nn.Module):
         self.stride, self.pad = stride, kernel_size // 2
         self.weight = nn.Parameter(torch.randn(groups * code_ch, sig_ch, kernel_size, kernel_size, kernel_size))
         with torch.no_grad():  # ||D|| = 1 at initialisation, so that step sizes of about 1 are stable
-            self.weight /= self.operator_norm()
+            self.weight /= self.operator_norm()  # type: ignore[misc]  # (in-place on a Parameter)
 
     @torch.no_grad()
     def operator_norm(self, size: int = 8, iters: int = 20) -> float:
@@ -171,7 +170,7 @@ class MLCSC(nn.Module):
         h = [self._prox_step(g[0], self.mu0, lam0, self.Phi.code_ch, lambda b: self.Phi.T_shared(r, b))]
         for l, D in enumerate(self.D, start=1):
             diff = g[l - 1] - h[l - 1]
-            h.append(self._prox_step(g[l], self.mu[l - 1], self.lam[l - 1], D.code_ch, lambda b: D.T(diff, b)))
+            h.append(self._prox_step(g[l], self.mu[l - 1], self.lam[l - 1], D.code_ch, lambda b, D=D, diff=diff: D.T(diff, b)))
         return h
 
     def _prox_step(self, g, mu, lam, channels: int, analysis) -> torch.Tensor:
@@ -193,7 +192,7 @@ class MLCSC(nn.Module):
             for _ in range(self.config["M"]):
                 h = self.ml_ista_step(x, gamma_L, lam0)
                 gamma_L = h[-1]
-        return h
+        return h  # type: ignore[return-value]  # (T, M >= 1: set in the loop)
 
     def classify(self, gamma_L: torch.Tensor) -> torch.Tensor:
         """Shared 1x1x1 classifier: (B, m*K_L, ...) -> logits (B, m, ...) at code resolution."""
@@ -277,7 +276,7 @@ class MLCSC(nn.Module):
             for l in range(self.L):
                 row[f"lam_c{l + 1}"] = float(lam[l, c])
                 row[f"mu_c{l + 1}"] = float(mu[l, c])
-            negative = [k for k, v in row.items() if k != "class" and v < 0]
+            negative = [k for k, v in row.items() if k != "class" and float(v) < 0]  # type: ignore[arg-type]
             row["negative"] = ";".join(negative)
             row["consistent"] = not negative
             rows.append(row)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -363,8 +364,9 @@ class SUM(nn.Module):
             b = b.detach().cpu()
             rows.append({"layer": name, "channels": int(b.numel()), "b_mean": float(b.mean()),
                          "b_min": float(b.min()), "b_max": float(b.max()), "negative": int((b < 0).sum())})
-        rows.append({"layer": "alpha", "channels": 1, "b_mean": float(self.alpha), "b_min": float(self.alpha),
-                     "b_max": float(self.alpha), "negative": int(float(self.alpha) < 0)})
+        alpha = float(self.alpha)  # type: ignore[arg-type]  # (a buffer)
+        rows.append({"layer": "alpha", "channels": 1, "b_mean": alpha, "b_min": alpha, "b_max": alpha,
+                     "negative": int(alpha < 0)})
         return rows
 
 
@@ -373,12 +375,21 @@ class _OneDNN:
     convolutions with few channels x rows (every SUM layer below the first level) to its native kernel, which is
     up to 15x slower and returns contiguous tensors (dropping channels-last). Same maths, same parameters."""
 
+    # provided by the torch convolution it is mixed into (_Conv2d, _Conv3d)
+    weight: Any
+    bias: Any
+    padding: Any
+    stride: Any
+    dilation: Any
+    groups: Any
+    padding_mode: Any
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
             return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding), list(self.stride),
                                                      list(self.dilation), self.groups)
-        return super().forward(x)
+        return super().forward(x)  # type: ignore[misc]  # (the convolution's forward, next in the MRO)
 
 
 class _Conv2d(_OneDNN, nn.Conv2d):

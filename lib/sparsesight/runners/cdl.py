@@ -8,7 +8,9 @@ Runner contract: runners/__init__.py (Runner).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +20,9 @@ from ..bundle import BundleWriter
 from ..data import convdict, lfmri
 from ..data.io import _read, load_image
 from ..errors import InvalidInput
-from ..training.cdl import default_train_config
-from ..preview import png_bytes
+from ..preview import png_bytes, pyplot
+
+logger = logging.getLogger(__name__)
 
 #: every output the reconstruction bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("reconstruction", "zero_filled", "reference", "lambda", "lambda_summary", "code_energy",
@@ -82,7 +85,7 @@ def reconstruct_volume(model, ks: np.ndarray, masks: np.ndarray, scales: np.ndar
     d = None if d is None else torch.as_tensor(d, dtype=torch.float32, device=device)
     k = model.num_filters if d is None else d.shape[0]
     shape = ks.shape
-    out = {n: np.zeros(shape, np.float32) for n in ("reconstruction", "zero_filled", "code_energy")}
+    out: dict[str, Any] = {n: np.zeros(shape, np.float32) for n in ("reconstruction", "zero_filled", "code_energy")}
     if keep_maps:
         out["lambda"] = np.zeros((k,) + shape, np.float32)
         out["code_energy_k"] = np.zeros((k,) + shape, np.float32)
@@ -92,7 +95,7 @@ def reconstruct_volume(model, ks: np.ndarray, masks: np.ndarray, scales: np.ndar
     for i in range(0, len(zs), batch):
         idx = zs[i:i + batch]
         if progress:
-            print(f"cdl: slices {i + 1}-{i + len(idx)} of {len(zs)}", flush=True)
+            logger.info("cdl: slices %d-%d of %d", i + 1, i + len(idx), len(zs))
         y = torch.as_tensor(np.moveaxis(ks[..., idx], -1, 0)).to(device)
         m = torch.as_tensor(np.moveaxis(masks[..., idx], -1, 0)).to(device)
         r = {n: v.cpu().numpy() for n, v in model.interpret(y, m, d).items()}
@@ -153,9 +156,7 @@ def lambda_stats(lam: np.ndarray, sparsity: np.ndarray, slices) -> list[dict]:
 def preview_png(rec: dict, reference, filters: np.ndarray, stats: list[dict]) -> bytes:
     """Middle reconstructed slice: reference, zero-filled, CDL-Lambda, mean Lambda, code energy; the four Lambda
     maps of largest variance with their filters."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     zs = rec["slices"]
     z = zs[len(zs) // 2] if zs else rec["reconstruction"].shape[2] // 2

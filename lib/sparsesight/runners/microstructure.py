@@ -10,9 +10,11 @@ voxel; a voxel with one peak gets the same orientation twice.
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +24,9 @@ from ..data.io import _read
 from ..errors import InvalidInput
 from ..explain import microstructure_plots
 from ..models import microstructure as ms
-from ..preview import png_bytes
+from ..preview import png_bytes, pyplot
+
+logger = logging.getLogger(__name__)
 
 #: infer options and their defaults (the app shows them in /info)
 OPTIONS = {"method": "hybrid", "bvals": None, "bvecs": None, "mask": True, "big_delta": None, "small_delta": None}
@@ -158,7 +162,10 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
     b = 3000 s/mm², peaks sorted by amplitude. Returns (u (X, Y, Z, 2, 3), number of peaks (X, Y, Z))."""
     from dipy.data import default_sphere
     from dipy.direction import peaks_from_model
-    from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel, auto_response_ssst
+    from dipy.reconst.csdeconv import (
+        ConstrainedSphericalDeconvModel,
+        auto_response_ssst,
+    )
 
     shells = protocol.shells(SHELL_TOL)
     dw = shells[shells > dif.B0_THRESHOLD]
@@ -195,7 +202,7 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
 # ------------------------------------------------------------------------------------------------ maps
 def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray,
              method: str = "hybrid", orientations: np.ndarray | None = None, device="cpu",
-             interpret: bool = False, log=print) -> dict:
+             interpret: bool = False, log=logger.info) -> dict:
     """Parameter maps of the masked voxels: {"nu", "r", "f" (X, Y, Z, 2), "nu_fw", "sparsity", "residual",
     "peaks" (X, Y, Z, 2, 3), "n_peaks"} (+ "w", "voxels", "activations" for the hybrid with interpret)."""
     if method not in ms.METHODS:
@@ -276,7 +283,7 @@ def _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta):
 
 
 def predict_file(model, image_path, device="cpu", method: str = "hybrid", bvals=None, bvecs=None, mask=None,
-                 big_delta=None, small_delta=None, log=print):
+                 big_delta=None, small_delta=None, log=logger.info):
     """(X, Y, Z, 6) maps ν_1, r_1 (µm), f_1, ν_2, r_2, f_2 and the affine of a DWI file (the infer task's call)."""
     method, mask = _options(method, mask)
     data, affine, protocol, m = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta)
@@ -284,13 +291,10 @@ def predict_file(model, image_path, device="cpu", method: str = "hybrid", bvals=
 
 
 def _preview_png(maps: dict, method: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     z = maps["nu"].shape[2] // 2
-    panels = [(f"ν_{k + 1}", maps["nu"][..., z, k], (0, 1)) for k in range(ms.K)]
+    panels: list[tuple[str, Any, tuple[int, int] | None]] = [(f"ν_{k + 1}", maps["nu"][..., z, k], (0, 1)) for k in range(ms.K)]
     panels += [(f"r_{k + 1} (µm)", maps["r"][..., z, k], (0, 7)) for k in range(ms.K)]
     panels += [(f"f_{k + 1}", maps["f"][..., z, k], (0, 1)) for k in range(ms.K)]
     if "sparsity" in maps:
@@ -315,7 +319,7 @@ def _preview_png(maps: dict, method: str) -> bytes:
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
                method: str = "hybrid", bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
-               log=print) -> Path:
+               log=logger.info) -> Path:
     """Maps and their interpretation as a result bundle (DESIGN.md). `outputs` from BUNDLE_OUTPUTS (None: all
     but "tsne"): maps (nu|r|f/<population>), free_water, peaks (peak/<k>/x|y|z, n_peaks), sparsity (|w|_0),
     residual, nnls_maps (weight-averaged r, f of the chosen fingerprints), weights (table of the chosen

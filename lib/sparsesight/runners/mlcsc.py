@@ -12,7 +12,7 @@ from ..bundle import BundleWriter
 from ..data.io import load_image
 from ..errors import InvalidInput
 from ..explain.served import INFER_OPTIONS
-from ..preview import png_bytes
+from ..preview import png_bytes, pyplot
 from ..training import default_train_config
 from .segmentation import add_label, add_probabilities, normalise, predict, predict_file
 
@@ -27,9 +27,7 @@ BUNDLE_OUTPUTS = ("label", "probabilities", "components", "reconstruction", "res
 
 def _params_plot(rows: list[dict]) -> bytes:
     """Grouped bars of the learned thresholds and step sizes per class; negative values hatched in red."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = [k for k in rows[0] if k not in ("class", "negative", "consistent")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))

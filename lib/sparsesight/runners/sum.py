@@ -8,6 +8,7 @@ impulse/frequency responses with their SDS/FDS/FDV table, and the alpha sweep.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,13 @@ from ..bundle import BundleWriter
 from ..data.io import load_image
 from ..errors import InvalidInput
 from ..explain import response
-from ..models.sum import check_alpha
-from ..preview import png_bytes
 from ..explain.served import INFER_OPTIONS
-from ..models.sum import train_defaults
+from ..models.sum import check_alpha, train_defaults
+from ..preview import png_bytes, pyplot
 from ..training import default_train_config as _segmentation_train_config
 from . import segmentation
+
+logger = logging.getLogger(__name__)
 
 #: every output the SUM bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("label", "probabilities", "regions", "reconstruction", "linear_reconstruction", "shrinkage", "response",
@@ -61,9 +63,7 @@ def _sweep_crop(x: torch.Tensor, label: np.ndarray, side: int) -> torch.Tensor:
 
 def params_plot(rows: list[dict]) -> bytes:
     """Bars of the learned thresholds b per shrinkage layer (mean, with the channels' min-max range)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = [r for r in rows if r["layer"] != "alpha"]
     alpha = next((r["b_mean"] for r in rows if r["layer"] == "alpha"), 1.0)
@@ -100,7 +100,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     w = BundleWriter(name, version, image_id, affine, image.shape[1:], modalities=list(MODALITIES), alpha=a)
     model = model.to(device).eval()
     x = segmentation.normalise(image).to(device)
-    print(f"{name}: interpreting {image_id} {tuple(image.shape[1:])} at alpha {a:g}", flush=True)
+    logger.info("%s: interpreting %s %s at alpha %g", name, image_id, tuple(image.shape[1:]), a)
     interp = model.interpret(x, alpha=a)  # one whole-volume pass: the label is the argmax of what is shown
     label = interp["logits"][0].argmax(0).cpu().numpy().astype(np.uint8)
     segmentation.add_label(w, label)
@@ -129,7 +129,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     del interp
     if "response" in wanted or "response_metrics" in wanted:
         size = response.response_size(model)
-        print(f"{name}: impulse responses on {size}", flush=True)
+        logger.info("%s: impulse responses on %s", name, size)
         r = response.impulse_response(lambda t: model(t, alpha=0.0, output="ed"), model.n, size, device=device)
         rows = response.response_metrics(r, MODALITIES[: model.n])
         if "response_metrics" in wanted:
@@ -139,7 +139,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
             w.add_plot("response", response.plot_response(r, MODALITIES[: model.n], rows))
     if "alpha_sweep" in wanted or "alpha_sweep_plot" in wanted:
         crop = _sweep_crop(x, label, SWEEP_CROP)
-        print(f"{name}: alpha sweep {list(response.DEFAULT_ALPHAS)} on a {tuple(crop.shape[2:])} crop", flush=True)
+        logger.info("%s: alpha sweep %s on a %s crop", name, list(response.DEFAULT_ALPHAS), tuple(crop.shape[2:]))
         rows, images = response.alpha_sweep(model, crop, response.DEFAULT_ALPHAS)
         if "alpha_sweep" in wanted:
             w.add_table("alpha_sweep", rows, description="per alpha: surviving coefficients, noise let through "

@@ -10,6 +10,7 @@ import torch
 from ..data import convdict, lfmri
 from ..errors import InvalidInput
 from ..models.cdl import CDL
+from ..options import check_known
 from .loop import Objective, check_epochs, fit
 
 
@@ -70,10 +71,8 @@ def train(model: CDL, references: np.ndarray, *, epochs: int, device="cpu", conf
         raise InvalidInput("training needs reference slices (N, H, W); none were found")
     check_epochs(epochs)
     cfg = default_train_config()
+    check_known(config or {}, cfg, "CDL train_config keys")
     cfg.update(config or {})
-    unknown = set(cfg) - set(default_train_config())
-    if unknown:
-        raise InvalidInput(f"unknown CDL train_config keys {sorted(unknown)}; known: {sorted(default_train_config())}")
     rng = np.random.default_rng(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     device = torch.device(device)

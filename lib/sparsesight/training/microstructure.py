@@ -69,7 +69,7 @@ def fit_networks(model: Microstructure, data: dict, epochs: int = 20, batch_size
 
         return Objective(net, torch.optim.Adam(net.parameters(), lr=lr), batches, name=name,
                          loss=lambda b: nn.functional.mse_loss(net(xs[name][b]), yt[b]),
-                         validate=lambda: nn.functional.mse_loss(net(xs[name][va]), yt[va]))
+                         validate=lambda: float(nn.functional.mse_loss(net(xs[name][va]), yt[va])))
 
     hist = fit([objective(name) for name in which], epochs, progress=progress, max_minutes=max_minutes)
     model.eval()

@@ -13,6 +13,7 @@ from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceCELoss
 
 from ..errors import InvalidInput
+from ..options import check_known
 from ..transforms import train_transforms
 from .loop import Objective, check_epochs, ddp, fit, sampler
 
@@ -42,9 +43,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     check_epochs(epochs)
     cfg = default_train_config()
     cfg.update(getattr(model, "train_defaults", dict)())  # a model's own optimiser settings (SUM: AdamW)
-    unknown = sorted(set(config or {}) - set(cfg))
-    if unknown:
-        raise InvalidInput(f"unknown train_config keys {unknown}; known: {sorted(cfg)}")
+    check_known(config or {}, cfg, "train_config keys")
     cfg.update(config or {})
     if cfg["optimizer"] not in OPTIMIZERS:
         raise InvalidInput(f"unknown optimizer {cfg['optimizer']!r}; choose from {sorted(OPTIMIZERS)}")

@@ -31,7 +31,8 @@ def load_mni152() -> tuple:
              "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
              "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
     spec = importlib.util.find_spec("nilearn")
-    root = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" if spec else None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    root = Path(locations[0]) / "datasets" / "data" if locations else None
     if root is not None and all((root / f).is_file() for f in names.values()):
         imgs = {k: nib.load(str(root / f)) for k, f in names.items()}
         arrs = {}

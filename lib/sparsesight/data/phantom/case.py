@@ -89,7 +89,7 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True) -> Case:
     base = resample_anatomy(tmaps, aff, T, (lo, hi))  # only the box that holds the brain
     vox = float(abs(aff[0, 0]))
 
-    for attempt in range(20):
+    for attempt in range(20):  # noqa: B007 (the count is recorded after the loop)
         n_les = 2 if r_tum.uniform() < 0.2 else 1
         lesions = []
         for i in range(n_les):
