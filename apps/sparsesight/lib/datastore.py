@@ -105,15 +105,16 @@ class SparseSightDatastore(LocalDatastore):
         """limits: the app's security.Settings (voxel and inflated-byte caps of an upload); None for no caps."""
         self._limits = {"max_voxels": limits.max_voxels, "max_bytes": limits.max_decompressed_bytes} if limits else {}
         kwargs.setdefault("extensions", NIFTI_EXTENSIONS)
-        self._sweep_temp_files(datastore_path)
         super().__init__(datastore_path, **kwargs)
 
     # ------------------------------------------------------------------ crash safety
-    @staticmethod
-    def _sweep_temp_files(root: str) -> None:
-        """Remove what interrupted writes of ours left: temp files in the datastore, old upload folders."""
+    def sweep_temp_files(self) -> None:
+        """Remove what interrupted writes of ours left: temp files in the datastore, old upload folders.
+
+        Called once by the server process at start (integrity.sweep), never by a training process, whose
+        datastore would otherwise delete a temp file the server is about to rename."""
         removed = 0
-        for folder, _, names in os.walk(root):
+        for folder, _, names in os.walk(self._datastore_path):
             for name in names:
                 if TEMP_NAME.match(name):
                     try:

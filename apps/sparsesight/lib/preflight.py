@@ -163,7 +163,7 @@ def install(fastapi_app, app) -> None:
         return
     router = build_router(app)
     router.include_router(integrity.build_router(app))  # model upload, session archives, listings (part A)
-    integrity.sweep_model_dir(getattr(app, "model_dir", ""))
+    integrity.sweep(app)  # temp files of writes a crash interrupted (server process, at start)
     routes = fastapi_app.router.routes
     n = len(routes)
     fastapi_app.include_router(router, prefix=settings.MONAI_LABEL_API_STR)
