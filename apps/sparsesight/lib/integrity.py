@@ -7,7 +7,8 @@
 - PUT /session/?uncompress=true: every member of the uploaded tar/zip is checked before the stock code unpacks
   it: absolute or escaping paths, links, devices/fifos and totals over max_decompressed_bytes -> 400 naming
   the member.
-- GET /datastore/?output=train: the image/label pairs relative to the datastore, not as server paths.
+- GET /datastore/?output=train: the image/label pairs relative to the datastore, not as server paths; the
+  session answers (PUT /session/, GET and DELETE /session/{id}) with paths relative to the sessions folder.
 
 Blocking work (reading, loading, scanning, unpacking) runs in worker threads, not on the event loop.
 """
@@ -54,9 +55,17 @@ def _token_ok(request: Request, token: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
+def sweep(app) -> None:
+    """At server start: remove temp files of writes a crash interrupted, in the datastore and the model folder."""
+    sweep_datastore = getattr(app.datastore(), "sweep_temp_files", None)
+    if sweep_datastore:
+        sweep_datastore()
+    sweep_model_dir(getattr(app, "model_dir", ""))
+
+
 def sweep_model_dir(model_dir: str) -> None:
     """Remove temp files of checkpoint writes a crash interrupted (no write is in flight at server start)."""
-    if not os.path.isdir(model_dir):
+    if not model_dir or not os.path.isdir(model_dir):
         return
     for name in os.listdir(model_dir):
         if TEMP_NAME.match(name) or (name.startswith(".") and name.endswith(".tmp") and ".pt." in name):
@@ -141,7 +150,7 @@ def check_archive(fileobj, filename: str, max_bytes: int) -> None:
                     refuse(info.filename, "has an absolute path or leaves the session folder")
                 if stat.S_ISLNK(mode):
                     refuse(info.filename, "is a symbolic link")
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded (a file)
                     refuse(info.filename, "is a device, fifo or other special file")
                 total += info.file_size
                 if total > max_bytes:
@@ -167,6 +176,21 @@ def check_archive(fileobj, filename: str, max_bytes: int) -> None:
         except (tarfile.TarError, EOFError, OSError) as e:
             raise HTTPException(400, f"uncompress: {filename!r} is not a readable tar archive ({e})") from None
     fileobj.seek(0)
+
+
+def public_session(app, answer):
+    """A session answer with its folder and image relative to the sessions folder instead of server paths."""
+    sessions = app.sessions()
+    if sessions is None or not isinstance(answer, dict):
+        return answer
+    root = os.path.realpath(sessions.store_path)
+    out = dict(answer)
+    for key in ("path", "image"):
+        if isinstance(out.get(key), str) and os.path.isabs(out[key]):
+            out[key] = os.path.relpath(os.path.realpath(out[key]), root)
+    if isinstance(out.get("session_info"), dict):
+        out["session_info"] = public_session(app, out["session_info"])
+    return out
 
 
 # ---------------------------------------------------------------------- routes
@@ -200,13 +224,31 @@ def build_router(app) -> APIRouter:
             f = files[0]
             await run_in_threadpool(check_archive, f.file, f.filename or "", settings_of(app).max_decompressed_bytes)
         try:
-            return await run_in_threadpool(stock_session.create_session, background_tasks, uncompress, expiry, files)
+            answer = await run_in_threadpool(stock_session.create_session, background_tasks, uncompress, expiry, files)
+            return public_session(app, answer)
         except HTTPException:
             await background_tasks()  # the stock code's queued removal of its received files
             raise
         except (shutil.ReadError, zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
             await background_tasks()
             raise HTTPException(400, f"uncompress: the archive cannot be unpacked ({e})") from None
+
+    @router.get("/session/{session_id}", include_in_schema=False)
+    async def get_session(
+        session_id: str,
+        update_ts: bool = False,
+        image: bool = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        answer = await run_in_threadpool(stock_session.get_session, session_id, update_ts, image)
+        return answer if image else public_session(app, answer)
+
+    @router.delete("/session/{session_id}", include_in_schema=False)
+    async def remove_session(
+        session_id: str,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        return public_session(app, await run_in_threadpool(stock_session.remove_session, session_id))
 
     @router.get("/datastore/", include_in_schema=False)
     async def datastore(
