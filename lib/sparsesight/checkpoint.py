@@ -55,8 +55,9 @@ def save(path, model, name: str, config: dict, meta: dict | None = None) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = _plain(config)  # as stored, so that load() recomputes the same version
     version = model_version(state, name, config)
-    payload = {"model": name, "config": _plain(config), "state_dict": state, "version": version,
+    payload = {"model": name, "config": config, "state_dict": state, "version": version,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "meta": _plain(meta or {})}
     buf = io.BytesIO()
     torch.save(payload, buf)

@@ -99,9 +99,12 @@ def test_trainer_metadata_is_weights_only_loadable(tmp_path):
 
     meta = {"train": {"final_loss": np.float32(0.5), "epochs": np.int64(3), "shape": (1, 2), "where": tmp_path,
                       "loss": np.array([1.0, 0.5])}}
-    checkpoint.save(tmp_path / "m.pt", models.build("mlcsc"), "mlcsc", models.default_config("mlcsc"), meta=meta)
+    config = {k: np.int64(v) if type(v) is int else v for k, v in models.default_config("mlcsc").items()}
+    assert any(isinstance(v, np.int64) for v in config.values())
+    version = checkpoint.save(tmp_path / "m.pt", models.build("mlcsc"), "mlcsc", config, meta=meta)
     train = torch.load(tmp_path / "m.pt", weights_only=True)["meta"]["train"]
     assert train == {"final_loss": 0.5, "epochs": 3, "shape": [1, 2], "where": str(tmp_path), "loss": [1.0, 0.5]}
+    assert checkpoint.version_of(tmp_path / "m.pt") == version  # the stored (plain) config is the hashed one
 
 
 # ---------------------------------------------------------------------------------------------- the server
