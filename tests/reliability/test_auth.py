@@ -111,3 +111,20 @@ def test_cors_unlisted_origin(request, which):
     assert r.status_code == 200
     assert "access-control-allow-origin" not in r.headers
     assert "access-control-allow-credentials" not in r.headers
+
+
+def test_slicer_client_sends_the_token(guarded, monkeypatch):
+    """The Slicer module's REST client: token argument, else $SPARSESIGHT_API_TOKEN; without it the server's reason."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "slicer_extension" / "SparseSight"))
+    from SparseSightLib.client import ServerError, SparseSightClient
+
+    monkeypatch.delenv("SPARSESIGHT_API_TOKEN", raising=False)
+    with pytest.raises(ServerError) as refused:
+        SparseSightClient(guarded.url, timeout=30).datastore()
+    assert refused.value.status == 401 and "API token" in refused.value.reason
+    assert "case_001" in str(SparseSightClient(guarded.url, timeout=30, token=TOKEN).datastore())
+    monkeypatch.setenv("SPARSESIGHT_API_TOKEN", TOKEN)
+    assert "case_001" in str(SparseSightClient(guarded.url, timeout=30).datastore())

@@ -73,10 +73,14 @@ def train_progress(status: dict) -> tuple[int, int]:
 class SparseSightClient:
     """`SparseSightClient("http://127.0.0.1:8000")`: one method per server task."""
 
-    def __init__(self, url: str, timeout: float = 600.0):
+    def __init__(self, url: str, timeout: float = 600.0, token: str | None = None):
+        """`token`: the server's API token (its --conf api_token), else $SPARSESIGHT_API_TOKEN, else none."""
         self.url = url.strip().rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        token = token if token is not None else os.environ.get("SPARSESIGHT_API_TOKEN", "").strip()
+        if token:
+            self.session.headers["X-API-Key"] = token
 
     # ------------------------------------------------------------------ plumbing
     def _request(self, method: str, path: str, ok=(200,), **kw) -> requests.Response:

@@ -67,8 +67,8 @@ class SparseSightLogicCore:
         self.info: dict = {}
 
     # ------------------------------------------------------------------ server
-    def connect(self, url: str) -> dict:
-        self.client = SparseSightClient(url)
+    def connect(self, url: str, token: str | None = None) -> dict:
+        self.client = SparseSightClient(url, token=token)
         self.info = self.client.info()
         return self.info
 
