@@ -7,11 +7,13 @@ README describes the whole security model.
 
 conf / env                         default        meaning
 api_token / SPARSESIGHT_API_TOKEN  (none)         when set: required (Authorization: Bearer TOKEN, or
-                                                  X-API-Key: TOKEN) on every PUT/POST/DELETE and on reads of
-                                                  images, labels, models and the datastore listing
+                                                  X-API-Key: TOKEN) on every route but GET /info/, the API
+                                                  docs and static files (guard.OPEN_GET): every PUT/POST/DELETE,
+                                                  every read of images, labels, models, sessions, logs, listings
 cors_origins                       (none)         comma-separated origins allowed cross-origin; never "*"
 allow_model_upload                 false          PUT /model/{name}; needs api_token as well
-max_upload_bytes                   256 MiB        one uploaded file, as sent
+max_upload_bytes                   256 MiB        an upload body (infer, datastore, model, session), as
+                                                  sent, plus max_body_bytes for its form fields
 max_decompressed_bytes             512 MiB        a .nii.gz once inflated (checked while streaming)
 max_voxels                         128 Mi         product of the NIfTI header's dimensions (all channels)
 max_body_bytes                     1 MiB          a JSON request body
@@ -123,7 +125,7 @@ def check_train_request(params: dict, settings: Settings) -> None:
                                 f"to the training process on its command line)")
     for key in ("epochs", "max_epochs"):
         if params.get(key) is not None:
-            _whole(params[key], key, 1, settings.max_epochs, f" (the server's max_epochs)")
+            _whole(params[key], key, 1, settings.max_epochs, " (the server's max_epochs)")
     config = params.get("train_config")
     if not isinstance(config, dict):
         return
