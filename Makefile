@@ -9,7 +9,7 @@ STUDIES ?= out/demo/datastore
 MODEL_DIR ?= apps/sparsesight/model
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench serve sample-data clean
+.PHONY: setup demo test test-fast lint format bench serve sample-data clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,18 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the quick tier while working: unit tests without the slow ones (< 60 s on 2 cores)
+test-fast: setup
+	$(PY) -m pytest -q tests/unit -m "not slow" $(PYTEST_ARGS)
+
+# what tests/unit/test_lint.py enforces in CI
+lint: setup
+	$(PY) -m ruff check lib tests slicer_extension
+	$(PY) -m mypy
+
+format: setup
+	$(PY) -m ruff check --fix lib tests slicer_extension
 
 # every benchmark at its default size (each prints its ratio table and writes bench/results or out/bench)
 BENCHES ?= segmentation robustness reconstruction microstructure attribution active_learning

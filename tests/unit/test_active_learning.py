@@ -95,6 +95,7 @@ def test_brain_mask(image):
         brain_mask(image[0])
 
 
+@pytest.mark.slow
 def test_mlcsc_residual_energy_and_reconstruction_agree(image):
     """ML-CSC's residual_energy is sum_i (x_i - sum_c Phi_c gamma_c)^2: both routes give the same R."""
     torch.manual_seed(0)

@@ -108,6 +108,7 @@ def test_ig_completeness_on_a_smooth_model(baseline):
     assert float(ig.sum()) == pytest.approx(delta, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["zero", "blur"])
 def test_ig_completeness_on_mlcsc(baseline):
     """The same on ML-CSC, piecewise linear (ReLU thresholds): the quadrature error comes from its kinks and
@@ -168,6 +169,7 @@ def _image(seed=0, c=3, h=20, w=20):
     return torch.tensor(img, dtype=torch.float64)
 
 
+@pytest.mark.slow
 def test_guided_ig_agrees_with_saliency_package():
     import saliency.core as saliency
 
@@ -192,6 +194,7 @@ def test_blur_ig_agrees_with_saliency_package():
     np.testing.assert_allclose(ours.numpy(), np.moveaxis(ref, -1, 0), rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["full", "fast"])
 def test_xrai_agrees_with_saliency_package(algorithm):
     import saliency.core as saliency
@@ -280,6 +283,7 @@ def test_bad_requests_raise_invalid_input():
         A.attribute(net, torch.full((4, 8, 8, 8), float("nan")), "gradient", target=1)
 
 
+@pytest.mark.slow
 def test_sum_model_every_method_and_ig_completeness():
     """SUM (soft-shrinkage Haar U-Net proxy) through the same entry point: maps of x's shape, IG complete."""
     if "sum" not in models.NAMES:

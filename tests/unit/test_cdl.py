@@ -102,6 +102,7 @@ def test_lambda_nonnegative_and_bounded(variant):
         assert lam.min() >= 0 and lam.max() <= 10 and torch.isfinite(lam).all()
 
 
+@pytest.mark.slow
 def test_v3_is_invariant_to_filter_permutation():
     torch.manual_seed(0)
     model = cdl.CDL(variant="v3", **SMALL)
@@ -119,6 +120,7 @@ def test_v3_is_invariant_to_filter_permutation():
     assert (v1.interpret(y, m, v1.filters[perm])["reconstruction"] - v1.interpret(y, m)["reconstruction"]).abs().max() > 1e-4
 
 
+@pytest.mark.slow
 def test_v3_runs_with_a_filter_count_never_seen_in_training():
     model = cdl.CDL(variant="v3", **SMALL)
     assert {d.shape[0] for _, d in cdl_training.training_dictionaries(model)} == {int(n[1:].split("_")[0]) for n in convdict.available()}
@@ -130,6 +132,7 @@ def test_v3_runs_with_a_filter_count_never_seen_in_training():
         cdl.CDL(variant="v1", **SMALL).interpret(y, m, d5)
 
 
+@pytest.mark.slow
 def test_truncated_backprop_same_forward_gradient_through_last_iterations():
     torch.manual_seed(0)
     model = cdl.CDL(variant="v3", **SMALL)
@@ -144,6 +147,7 @@ def test_truncated_backprop_same_forward_gradient_through_last_iterations():
     assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_on_held_out_slices():
     refs = np.stack([np.roll(_phantom_slice(24, 24), s, axis=1) for s in range(6)])
     # start from maps far too large (Lambda ~ 2.7: every code thresholded away, x* ~ x_L)
@@ -230,6 +234,7 @@ def _volume_file(tmp_path, channels=4):
     return path, vol
 
 
+@pytest.mark.slow
 def test_run_bundle_from_image_and_from_kspace(tmp_path):
     model = cdl.CDL(variant="v3", **SMALL)
     path, vol = _volume_file(tmp_path)

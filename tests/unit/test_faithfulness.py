@@ -74,6 +74,7 @@ def _tiny_mlcsc():
     return m.eval()
 
 
+@pytest.mark.slow
 def test_randomising_the_weights_lowers_map_similarity():
     """Adebayo et al. 2018: the trained model's gradient map against the maps of ever more randomised copies."""
     net = _tiny_mlcsc()
@@ -119,6 +120,7 @@ def test_served_options_are_checked():
             served.parse_options(bad)
 
 
+@pytest.mark.slow
 def test_served_bundle_entries_carry_faithfulness(tmp_path):
     net = _tiny_mlcsc()
     x = torch.randn(1, 4, 16, 16, 12, generator=torch.Generator().manual_seed(5))

@@ -53,6 +53,7 @@ def test_fista_identity_dictionary_is_soft_threshold():
     np.testing.assert_allclose(s.numpy(), (torch.sign(x) * (x.abs() - 0.3).clamp(min=0)).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fista_weighted_l1_matches_scipy():
     """A tiny convolutional lasso with a per-pixel weight map, against L-BFGS-B on the split s = u - v, u, v >= 0."""
     g = torch.Generator().manual_seed(4)

@@ -157,6 +157,7 @@ def phantom(tmp_path_factory, protocol):
     return dif.write_dwi_phantom(out, protocol, downsample=8, slices=2, snr=50, seed=0)
 
 
+@pytest.mark.slow
 def test_bundle_of_a_dwi_phantom(trained, phantom, tmp_path):
     model, _, _ = trained
     path = run.run_bundle(model, "microstructure", "v1", phantom["dwi"], "dwi_000", tmp_path / "b.zip",

@@ -29,6 +29,7 @@ def test_registry():
         models.build("nope")
 
 
+@pytest.mark.slow
 def test_checkpoint_version_changes_with_weights(tmp_path):
     m = models.build("mlcsc")
     cfg = models.default_config("mlcsc")
@@ -56,6 +57,7 @@ def test_metrics():
     assert dice(np.zeros(3), np.zeros(3)) == 1.0
 
 
+@pytest.mark.slow
 def test_train_predict_bundle(case, tmp_path):
     torch.manual_seed(0)
     m = models.build("mlcsc")

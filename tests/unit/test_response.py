@@ -100,6 +100,7 @@ def test_sum_with_identity_filters_has_a_delta_response():
     assert math.isnan(by[("a", "b")]["SDS"]) and math.isnan(by[("a", "b")]["FDV"])  # no cross-talk: no spread
 
 
+@pytest.mark.slow
 def test_alpha_sweep_and_pictures(tmp_path):
     torch.manual_seed(2)
     model = SUM(spatial_dims=3, features=4, levels=2).eval()

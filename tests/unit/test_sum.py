@@ -221,6 +221,7 @@ def test_checkpoint_roundtrip(tmp_path):
         np.testing.assert_allclose(loaded(x).numpy(), model.eval()(x).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_trains_with_its_own_loss_and_adamw(tmp_path):
     import nibabel as nib
 
@@ -245,6 +246,7 @@ def test_trains_with_its_own_loss_and_adamw(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.slow
 def test_learns_to_segment_a_bright_cube(tmp_path):
     """Regression: with the clip's zero gradient and Omega starting inside [0, 1], SUM never segmented (Dice 0).
     A small SUM_Rec must now find the whole tumour of a bright cube within 120 short epochs."""

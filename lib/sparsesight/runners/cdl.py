@@ -21,6 +21,7 @@ from ..data import convdict, lfmri
 from ..data.io import _read, load_image
 from ..errors import InvalidInput
 from ..preview import png_bytes, pyplot
+from ..training.cdl import default_train_config as default_train_config  # the Runner protocol's train defaults
 
 logger = logging.getLogger(__name__)
 
