@@ -8,5 +8,5 @@ __version__ = "0.1.0"
 
 MODALITIES = ("FLAIR", "T1", "T1ce", "T2")
 CLASSES = {0: "background", 1: "oedema", 2: "non-enhancing core", 3: "enhancing"}
-# BraTS evaluation regions (DESIGN.md, data conventions)
+# BraTS evaluation regions (docs/ARCHITECTURE.md, data conventions)
 REGIONS = {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)}

@@ -1,4 +1,4 @@
-"""The result bundle: SparseSight's one output protocol (DESIGN.md).
+"""The result bundle: SparseSight's one output protocol (docs/ARCHITECTURE.md).
 
 A zip (or a directory) holding `manifest.json` and the files it lists:
 

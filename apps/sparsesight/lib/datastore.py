@@ -52,7 +52,7 @@ from .http_errors import (
 
 logger = logging.getLogger(__name__)
 
-CHANNELS = 4  # FLAIR, T1, T1ce, T2 (DESIGN.md, data conventions)
+CHANNELS = 4  # FLAIR, T1, T1ce, T2 (docs/ARCHITECTURE.md, data conventions)
 NIFTI_EXTENSIONS = ("*.nii.gz", "*.nii")
 TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # ".<name>.<uuid hex>.tmp": an interrupted write of ours
 STALE_UPLOAD_SECONDS = 3600  # our upload work folders in TMPDIR older than this belong to a dead process

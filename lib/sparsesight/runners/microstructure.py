@@ -320,7 +320,7 @@ def _preview_png(maps: dict, method: str) -> bytes:
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
                method: str = "hybrid", bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
                log=logger.info) -> Path:
-    """Maps and their interpretation as a result bundle (DESIGN.md). `outputs` from BUNDLE_OUTPUTS (None: all
+    """Maps and their interpretation as a result bundle (docs/ARCHITECTURE.md). `outputs` from BUNDLE_OUTPUTS (None: all
     but "tsne"): maps (nu|r|f/<population>), free_water, peaks (peak/<k>/x|y|z, n_peaks), sparsity (|w|_0),
     residual, nnls_maps (weight-averaged r, f of the chosen fingerprints), weights (table of the chosen
     fingerprints per voxel), weights_plot, preview, tsne (hybrid's split/joint activations, Fig. 4)."""

@@ -51,7 +51,7 @@ def _params_plot(rows: list[dict]) -> bytes:
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None,
                device="cpu", **options) -> Path:
-    """Segment `image_path` and write the result bundle (DESIGN.md) with the model's interpretable outputs.
+    """Segment `image_path` and write the result bundle (docs/ARCHITECTURE.md) with the model's interpretable outputs.
 
     `outputs` selects from BUNDLE_OUTPUTS (None: all). Volumes share the input's affine and shape.
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS).

@@ -82,7 +82,7 @@ def params_plot(rows: list[dict]) -> bytes:
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
                alpha=None, **options) -> Path:
-    """Segment `image_path` with SUM and write the result bundle (DESIGN.md) with its denoising explanations.
+    """Segment `image_path` with SUM and write the result bundle (docs/ARCHITECTURE.md) with its denoising explanations.
 
     `outputs` selects from BUNDLE_OUTPUTS (None: all); `alpha` scales the thresholds (default: the model's, 1).
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS), computed at that alpha.

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import scene as S
 from .client import FINAL, ServerError, SparseSightClient, train_progress
 
-#: channel names of the 4D images (DESIGN.md data conventions); bundles may name them in "modalities"
+#: channel names of the 4D images (docs/ARCHITECTURE.md, data conventions); bundles may name them in "modalities"
 MODALITIES = ("FLAIR", "T1", "T1ce", "T2")
 
 #: output groups offered in the module, as the request's output names of the segmentation models

@@ -82,7 +82,7 @@ def _write_png(path):
 
 
 def write_sample_bundle(scene, folder) -> Path:
-    """A result bundle zip following DESIGN.md, written with Slicer's own writers."""
+    """A result bundle zip following docs/ARCHITECTURE.md, written with Slicer's own writers."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     label, prob, signed = sample_arrays()
