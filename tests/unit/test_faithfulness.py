@@ -115,7 +115,8 @@ def test_served_options_are_checked():
                      ({"attribution": "ig", "attribution_steps": 2.5}, "attribution_steps"),
                      ({"attribution": "ig", "attribution_baseline": "grey"}, "attribution_baseline"),
                      ({"attribution": "ig", "attribution_region": "centre"}, "attribution_region"),
-                     ({"attribution_nifti": True}, "name the method")]:
+                     ({"attribution_nifti": True}, "name the method"),
+                     ({"attribution": "ig", "attribution_step": 4}, r"unknown infer options \['attribution_step'\]")]:
         with pytest.raises(InvalidInput, match=msg):
             served.parse_options(bad)
 

@@ -20,7 +20,7 @@ import torch
 
 from .. import CLASSES, MODALITIES
 from ..errors import InvalidInput
-from ..options import flag
+from ..options import check_known, flag
 from .attribution import SHORT, attribute, method_name, plain, region_mask
 from .faithfulness import curves_png, deletion_insertion
 from .gradients import BASELINES
@@ -51,8 +51,9 @@ def _class_index(value, classes: dict) -> int:
 
 
 def parse_options(options: dict, classes: dict | None = None) -> dict | None:
-    """The attribution request in `options` (INFER_OPTIONS keys; other keys are ignored), checked.
-    None when no method is asked for. InvalidInput names the bad option and what is allowed."""
+    """The attribution request in `options` (INFER_OPTIONS keys), checked: None when no method is asked for.
+    InvalidInput names the bad option (an unknown key too) and what is allowed."""
+    check_known(options, INFER_OPTIONS, "infer options")
     classes = classes or CLASSES
     methods = [method_name(m) for m in _list(options.get("attribution"))]
     if not methods:
