@@ -228,3 +228,40 @@ def test_limits_shown_in_info_without_the_token(guarded):
     assert TOKEN not in r.text
     sec = r.json()["security"]
     assert sec["token_required"] is True and sec["max_epochs"] == 5 and sec["infer_workers"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- stock routes
+STOCK_ROUTES = [
+    ("image info not JSON", lambda s: s.put("/datastore/image/info", params={"image": "case_001"},
+                                            data={"info": "{bad"}), 400, "'info'"),
+    ("label info not an object", lambda s: s.put("/datastore/label/info", params={"label": "case_000", "tag": "final"},
+                                                 data={"info": "[1]"}), 400, "'info'"),
+    ("train all: epochs out of range", lambda s: s.post("/train/", json={"epochs": 10**6}), 400, "between 1 and 1000"),
+    ("train all: per-model epochs", lambda s: s.post("/train/", json={"mlcsc": {"epochs": 0}}), 400, "between 1"),
+    ("batch infer: unknown model", lambda s: s.post("/batch/infer/nope", json={}), 404, "mlcsc"),
+    ("batch infer: final label", lambda s: s.post("/batch/infer/mlcsc", json={"save_label": True, "label_tag": "final"}),
+     403, "final label"),
+    ("infer with a label file", lambda s: s.post("/infer/mlcsc", params={"image": "case_001"},
+                                                 files={"label": ("l.bin", b"xx")}), 400, "label"),
+    ("infer as DICOM SEG", lambda s: s.post("/infer/mlcsc", params={"image": "case_001", "output": "dicom_seg"}),
+     400, "DICOM SEG"),
+    ("whole-slide infer", lambda s: s.post("/infer/wsi/mlcsc", json={}), 404, "whole-slide"),
+    ("whole-slide infer v2", lambda s: s.post("/infer/wsi_v2/mlcsc", json={}), 404, "whole-slide"),
+]
+
+
+@pytest.mark.parametrize("name,send,status,reason", STOCK_ROUTES, ids=[r[0] for r in STOCK_ROUTES])
+def test_stock_routes_refuse_bad_requests(server, name, send, status, reason):
+    before = server.files()
+    r = send(server)
+    assert r.status_code == status, r.text
+    assert reason in r.json()["detail"]
+    assert server.files() == before
+    assert server.get("/train/").json().get("status") not in ("SUBMITTED", "RUNNING")
+    assert server.get("/batch/infer").status_code == 404  # no batch task was ever started
+
+
+def test_info_updates_still_work(server):
+    r = server.put("/datastore/image/info", params={"image": "case_001"}, data={"info": json.dumps({"note": "ok"})})
+    assert r.status_code == 200, r.text
+    assert server.get("/datastore/image/info", params={"image": "case_001"}).json()["note"] == "ok"

@@ -28,6 +28,7 @@ from typing import Optional
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
 from monailabel.config import settings
 from monailabel.endpoints import activelearning as stock_activelearning
+from monailabel.endpoints import batch_infer as stock_batch_infer
 from monailabel.endpoints import datastore as stock_datastore
 from monailabel.endpoints import infer as stock_infer
 from monailabel.endpoints import info as stock_info
@@ -38,6 +39,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from starlette.concurrency import run_in_threadpool
 
 from . import integrity
+from .security import check_infer_request
 from .workers import InferQueue
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,36 @@ def build_router(app) -> APIRouter:
         await run_in_threadpool(app.check_train, model, params or {})
         return await run_in_threadpool(stock_train.run_model, model, params, run_sync, enqueue)
 
+    @router.post("/train/", include_in_schema=False)
+    async def train_all(
+        params: Optional[dict] = None,
+        run_sync: Optional[bool] = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ):
+        # the stock route trains every model with params[model] over the top-level keys: check each like that
+        params = params or {}
+        shared = {k: v for k, v in params.items() if k not in app._trainers}
+        for model in app._trainers:
+            await run_in_threadpool(app.check_train, model, {**shared, **(params.get(model) or {})})
+        return await run_in_threadpool(stock_train.run, params, run_sync)
+
+    @router.post("/batch/infer/{model}", include_in_schema=False)
+    async def batch_infer(
+        model: str,
+        images: Optional[stock_batch_infer.BatchInferImageType] = stock_batch_infer.BatchInferImageType.IMAGES_ALL,
+        params: Optional[dict] = None,
+        run_sync: Optional[bool] = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ):
+        app.check_name("model", model, app._infers)
+        check_infer_request(params or {})  # a batch saves a label per image: never over the final ones
+        return await run_in_threadpool(stock_batch_infer.run, model, images, params, run_sync)
+
+    @router.post("/infer/wsi/{model}", include_in_schema=False)
+    @router.post("/infer/wsi_v2/{model}", include_in_schema=False)
+    async def infer_wsi(model: str):
+        raise HTTPException(404, f"this server has no whole-slide (WSI) models; use POST /infer/{model}")
+
     @router.post("/infer/{model}", include_in_schema=False)
     async def infer(
         background_tasks: BackgroundTasks,
@@ -116,6 +148,9 @@ def build_router(app) -> APIRouter:
         output: Optional[stock_infer.ResultType] = None,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ):
+        if label is not None or output == stock_infer.ResultType.dicom_seg:
+            raise HTTPException(400, "the SparseSight models take no 'label' input and answer NIfTI, not DICOM SEG: "
+                                     "send the image only, with output=image, json or all")
         app.check_infer(model, image, has_file=bool(file), has_session=bool(session_id))
         return await _cleanup_on_refusal(
             background_tasks,
@@ -139,6 +174,25 @@ def build_router(app) -> APIRouter:
 
     router.add_api_route("/datastore/image", add_image, methods=["PUT"], include_in_schema=False)
     router.add_api_route("/datastore/", add_image, methods=["PUT"], include_in_schema=False)
+
+    @router.put("/datastore/image/info", include_in_schema=False)
+    async def update_image_info(
+        image: str,
+        info: str = Form("{}"),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        _json_object(info, "info")
+        return await run_in_threadpool(stock_datastore.update_image_info, image, info, user.username)
+
+    @router.put("/datastore/label/info", include_in_schema=False)
+    async def update_label_info(
+        label: str,
+        tag: str,
+        info: str = Form("{}"),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        _json_object(info, "info")
+        return await run_in_threadpool(stock_datastore.update_label_info, label, tag, info, user.username)
 
     @router.put("/datastore/label", include_in_schema=False)
     async def save_label(
