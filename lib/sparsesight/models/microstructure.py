@@ -17,6 +17,8 @@ S. NNLS and fingerprinting work on Φ^T Φ and Φ^T y only (ops/nnls.FactoredGra
 The nn.Module `Microstructure` holds the two networks and the dictionary's definition (protocol, (r, f) grid);
 `estimate(model, y, u, method)` runs any method; `interpret(...)` gives the named outputs (NNLS weights and the
 (r, f) of the chosen fingerprints, sparsity |w|_0, residual, activations of the split/joint layers).
+The model, its factored dictionary and the three estimators stay in one file (about 400 lines): they share the
+basis layout and decode the same targets; training is training/microstructure.py, figures explain/.
 """
 from __future__ import annotations
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInput
+from ..ops.conv import Conv2d, Conv3d
 from ..ops.haar import dwt, idwt
 from ..ops.soft_threshold import soft_threshold
 from . import with_defaults
@@ -185,7 +185,7 @@ class SUM(nn.Module):
         self.b_dec = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
         self.b_dec_out = nn.ParameterList(nn.Parameter(torch.zeros(feats[level - 1])) for level in range(1, L))
         # output layer Omega: 1x1 convolution (with bias: ED is odd, ED(-x) = -ED(x), so offsets need one)
-        self.omega = (_Conv2d if d == 2 else _Conv3d)(n, self.m - 1, kernel_size=1)
+        self.omega = (Conv2d if d == 2 else Conv3d)(n, self.m - 1, kernel_size=1)
         with torch.no_grad():  # every region starts off (at the clip's lower edge); the clip's gradient pulls
             self.omega.weight.normal_(0.0, 0.01)  # the tumour voxels up (_ClipWrongSide)
             self.omega.bias.zero_()
@@ -370,36 +370,6 @@ class SUM(nn.Module):
         return rows
 
 
-class _OneDNN:
-    """Convolution that calls oneDNN directly for float32 CPU tensors. PyTorch's dispatch heuristic sends batch-1
-    convolutions with few channels x rows (every SUM layer below the first level) to its native kernel, which is
-    up to 15x slower and returns contiguous tensors (dropping channels-last). Same maths, same parameters."""
-
-    # provided by the torch convolution it is mixed into (_Conv2d, _Conv3d)
-    weight: Any
-    bias: Any
-    padding: Any
-    stride: Any
-    dilation: Any
-    groups: Any
-    padding_mode: Any
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
-                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding), list(self.stride),
-                                                     list(self.dilation), self.groups)
-        return super().forward(x)  # type: ignore[misc]  # (the convolution's forward, next in the MRO)
-
-
-class _Conv2d(_OneDNN, nn.Conv2d):
-    pass
-
-
-class _Conv3d(_OneDNN, nn.Conv3d):
-    pass
-
-
 def _memory_format(dims: int) -> torch.memory_format:
     return torch.channels_last if dims == 2 else torch.channels_last_3d
 
@@ -418,7 +388,7 @@ def _replace_approximation(w: torch.Tensor, a: torch.Tensor, K: int) -> torch.Te
 
 def _conv(dims: int, cin: int, cout: int) -> nn.Module:
     """Bias-free 3x3(x3) convolution, variance-preserving initialisation (no normalisation layers in SUM)."""
-    c = (_Conv2d if dims == 2 else _Conv3d)(cin, cout, kernel_size=3, padding=1, bias=False)
+    c = (Conv2d if dims == 2 else Conv3d)(cin, cout, kernel_size=3, padding=1, bias=False)
     nn.init.normal_(c.weight, 0.0, 1.0 / math.sqrt(cin * 3**dims))
     return c
 
