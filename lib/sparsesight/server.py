@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import requests
 
@@ -45,6 +46,7 @@ class MonaiLabelServer:
         self.conf = {k: str(v) for k, v in (conf or {}).items()}
         self.log_path = Path(log_path) if log_path else self.studies.parent / f"monailabel-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self._log: IO[str] | None = None  # the server's output file while it runs
 
     @property
     def url(self) -> str:
