@@ -236,6 +236,9 @@ STOCK_ROUTES = [
                                             data={"info": "{bad"}), 400, "'info'"),
     ("label info not an object", lambda s: s.put("/datastore/label/info", params={"label": "case_000", "tag": "final"},
                                                  data={"info": "[1]"}), 400, "'info'"),
+    ("label info (deprecated route) not JSON", lambda s: s.put("/datastore/updatelabelinfo", data={"params": "{x"},
+                                                              params={"label": "case_000", "tag": "final"}), 400,
+     "not valid JSON"),
     ("train all: epochs out of range", lambda s: s.post("/train/", json={"epochs": 10**6}), 400, "between 1 and 1000"),
     ("train all: per-model epochs", lambda s: s.post("/train/", json={"mlcsc": {"epochs": 0}}), 400, "between 1"),
     ("batch infer: unknown model", lambda s: s.post("/batch/infer/nope", json={}), 404, "mlcsc"),
@@ -265,3 +268,24 @@ def test_info_updates_still_work(server):
     r = server.put("/datastore/image/info", params={"image": "case_001"}, data={"info": json.dumps({"note": "ok"})})
     assert r.status_code == 200, r.text
     assert server.get("/datastore/image/info", params={"image": "case_001"}).json()["note"] == "ok"
+
+
+def test_slow_stock_routes_still_answer(server):
+    """Dataset zip, image checksum, label delete and logs now run in worker threads: same answers as before."""
+    r = server.get("/datastore/dataset")
+    assert r.status_code == 200 and r.content[:2] == b"PK"
+    r = requests.head(server.url + "/datastore/image", params={"image": "case_001", "check_sum": "0" * 64}, timeout=60)
+    assert r.status_code == 404  # checksum differs
+    assert requests.head(server.url + "/datastore/image", params={"image": "case_001"}, timeout=60).status_code == 200
+    assert server.get("/logs/", params={"lines": 5, "text": True}).status_code == 200
+    r = server.delete("/datastore/label", params={"id": "case_000", "tag": "never"})
+    assert r.status_code == 404 and "never" in r.json()["detail"]
+
+
+def test_delete_image_still_works(server):
+    image = (server.studies / "case_001.nii.gz").read_bytes()
+    r = server.put("/datastore/image", params={"image": "to_delete"}, files={"file": ("t.nii.gz", image)})
+    assert r.status_code == 200, r.text
+    r = server.delete("/datastore/image", params={"id": "to_delete"})
+    assert r.status_code == 200, r.text
+    assert "to_delete" not in server.get("/datastore/", params={"output": "all"}).json()["objects"]

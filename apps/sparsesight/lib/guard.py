@@ -15,7 +15,8 @@ rebuilds `middleware_stack`. Order of the checks, each answered at once with {"d
 5. a MemoryError from the route: 507, never 500.
 
 `install()` also answers request validation errors (missing/badly typed field, malformed JSON body) with one
-readable line: 400 for a body that is not JSON, 422 for the rest.
+readable line: 400 for a body that is not JSON, 422 for the rest; and a JSONDecodeError that a stock endpoint
+raises on a form field the client sent with 400.
 """
 from __future__ import annotations
 
@@ -165,6 +166,12 @@ async def validation_error(request, exc: RequestValidationError):
     return JSONResponse({"detail": reason}, status_code=status)
 
 
+async def bad_json(request, exc: json.JSONDecodeError):
+    """A stock endpoint's json.loads of a form field the client sent (e.g. `params`, `info`): 400, not 500."""
+    return JSONResponse({"detail": f"a JSON field of the request is not valid JSON ({exc.msg} at line {exc.lineno} "
+                                   f"column {exc.colno}); send a JSON object, e.g. {{}}"}, status_code=400)
+
+
 async def out_of_memory(request, exc: MemoryError):
     logger.error(f"{request.method} {request.url.path}: out of memory ({exc})")
     return JSONResponse({"detail": "the server ran out of memory for this request; send a smaller input"},
@@ -179,6 +186,7 @@ def install(fastapi_app, settings: Settings) -> None:
     fastapi_app.user_middleware = [Middleware(Guard, settings=settings)] + kept
     fastapi_app.exception_handlers[RequestValidationError] = validation_error
     fastapi_app.exception_handlers[MemoryError] = out_of_memory
+    fastapi_app.exception_handlers[json.JSONDecodeError] = bad_json
     fastapi_app.middleware_stack = fastapi_app.build_middleware_stack()
     fastapi_app.state.sparsesight_guard = True
     logger.info(f"SparseSight guard installed: token {'required' if settings.api_token else 'off'}, CORS origins "

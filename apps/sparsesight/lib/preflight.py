@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
@@ -32,6 +33,7 @@ from monailabel.endpoints import batch_infer as stock_batch_infer
 from monailabel.endpoints import datastore as stock_datastore
 from monailabel.endpoints import infer as stock_infer
 from monailabel.endpoints import info as stock_info
+from monailabel.endpoints import logs as stock_logs
 from monailabel.endpoints import scoring as stock_scoring
 from monailabel.endpoints import train as stock_train
 from monailabel.endpoints.user.auth import RBAC, User
@@ -193,6 +195,54 @@ def build_router(app) -> APIRouter:
     ):
         _json_object(info, "info")
         return await run_in_threadpool(stock_datastore.update_label_info, label, tag, info, user.username)
+
+    @router.put("/datastore/updatelabelinfo", include_in_schema=False)
+    async def update_label_info_deprecated(
+        label: str,
+        tag: str,
+        params: str = Form("{}"),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        _json_object(params)
+        return await run_in_threadpool(stock_datastore.update_label_info, label, tag, params, user.username)
+
+    # stock routes that are `async def` around slow synchronous work (zip the datastore, hash an image, delete
+    # files and rewrite the index, read the log): the same calls, in a worker thread
+    @router.get("/datastore/dataset", include_in_schema=False)
+    async def download_dataset(
+        limit_cases: Optional[int] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        return await run_in_threadpool(stock_datastore.download_dataset, limit_cases)
+
+    @router.head("/datastore/image", include_in_schema=False)
+    async def check_image(
+        image: str,
+        check_sum: Optional[str] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        return await run_in_threadpool(stock_datastore.download_image, image, True, check_sum)
+
+    async def remove_image(id: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        return await run_in_threadpool(stock_datastore.remove_image, id, user.username)
+
+    router.add_api_route("/datastore/image", remove_image, methods=["DELETE"], include_in_schema=False)
+    router.add_api_route("/datastore/", remove_image, methods=["DELETE"], include_in_schema=False)
+
+    @router.delete("/datastore/label", include_in_schema=False)
+    async def remove_label(id: str, tag: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        return await run_in_threadpool(stock_datastore.remove_label, id, tag, user.username)
+
+    @router.get("/logs/", include_in_schema=False)
+    async def logs(
+        lines: Optional[int] = 300,
+        html: Optional[bool] = True,
+        text: Optional[bool] = False,
+        refresh: Optional[int] = 0,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ):
+        path = os.path.join(settings.MONAI_LABEL_APP_DIR, "logs", "app.log")
+        return await run_in_threadpool(stock_logs.get_logs, path, lines, html, text, refresh)
 
     @router.put("/datastore/label", include_in_schema=False)
     async def save_label(
