@@ -70,6 +70,9 @@ def test_bad_checkpoints_raise_invalid_input_with_a_reason(tmp_path):
         "no state_dict": (_save({"model": "mlcsc", "config": cfg}), "missing state_dict"),
         "unknown model": (_save({"model": "nope", "config": {}, "state_dict": {}}), "unknown model 'nope'"),
         "bad config": (_save({"model": "mlcsc", "config": {"bogus": 1}, "state_dict": state}), "config"),
+        # ~170 GB of weights if built: refused from the shapes on the meta device, nothing allocated
+        "huge config": (_save({"model": "mlcsc", "config": {**cfg, "atoms": [8, 16, 16, 10**8]},
+                               "state_dict": state}), "do not fit a mlcsc model"),
         "shape mismatch": (_save({"model": "mlcsc", "config": cfg,
                                   "state_dict": {**state, key: torch.zeros(state[key].numel() + 1)}}), key),
         "missing tensor": (_save({"model": "mlcsc", "config": cfg,

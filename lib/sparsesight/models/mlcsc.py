@@ -67,8 +67,9 @@ class _Dictionary(nn.Module):
         self.groups, self.sig_ch, self.code_ch = groups, sig_ch, code_ch
         self.stride, self.pad = stride, kernel_size // 2
         self.weight = nn.Parameter(torch.randn(groups * code_ch, sig_ch, kernel_size, kernel_size, kernel_size))
-        with torch.no_grad():  # ||D|| = 1 at initialisation, so that step sizes of about 1 are stable
-            self.weight /= self.operator_norm()  # type: ignore[misc]  # (in-place on a Parameter)
+        if not self.weight.is_meta:  # a shapes-only build (checkpoint checks) has no values to normalise
+            with torch.no_grad():  # ||D|| = 1 at initialisation, so that step sizes of about 1 are stable
+                self.weight /= self.operator_norm()  # type: ignore[misc]  # (in-place on a Parameter)
 
     @torch.no_grad()
     def operator_norm(self, size: int = 8, iters: int = 20) -> float:
