@@ -120,7 +120,11 @@ class SparseSightInfer(InferTask):
             label, affine = self.runner.predict_file(model, image_path, device=device, **opts)
             fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".nii.gz")
             os.close(fd)
-            out = str(sio.save_nifti(label, affine, out))
+            try:
+                out = str(sio.save_nifti(label, affine, out))
+            except BaseException:
+                os.unlink(out)  # no result file left behind when writing it fails
+                raise
             params.update({"bundle": False, "label_names": self.labels, "shape": list(label.shape)})
         params["latencies"] = {"total": round(time.time() - start, 3)}
         logger.info(f"{self.name} {version} on {image_id}: {params['latencies']['total']} s")
