@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 import uuid
 
 import pytest
@@ -50,6 +53,14 @@ def test_server_starts_on_a_broken_index(store, content, backup):
         (studies / f"{INDEX}.bak").unlink(missing_ok=True)
     stale = studies / "labels" / "final" / f".case_000.nii.gz.{uuid.uuid4().hex}.tmp"  # an interrupted commit
     stale.write_bytes(b"partial")
+    stale_ckpt = work / "model" / ".mlcsc.pt.k3x9q2ab.tmp"  # a checkpoint write cut short
+    stale_ckpt.parent.mkdir(exist_ok=True)
+    stale_ckpt.write_bytes(b"partial")
+    old_upload, new_upload = work / "tmp" / "sparsesight-upload-old", work / "tmp" / "sparsesight-upload-new"
+    for folder in (old_upload, new_upload):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "upload.nii.gz").write_bytes(b"partial")
+    os.utime(old_upload, (time.time() - 7200, time.time() - 7200))  # two hours: its process is gone
     srv = start(work, studies, phantom, name=f"restart-{int(backup)}")
     try:
         objects = listing(srv)
@@ -60,7 +71,9 @@ def test_server_starts_on_a_broken_index(store, content, backup):
         assert ("note" in objects["case_001"]["image"]["info"]) is backup  # restored from the .bak, or from disk
         assert "was empty or corrupt" in srv.process.log(tail=10**6)
         assert list(studies.glob(f"{INDEX}.corrupt-*"))  # the bad index is kept aside, not deleted
-        assert not stale.exists()
+        assert not stale.exists() and not stale_ckpt.exists() and not old_upload.exists()
+        assert new_upload.exists()  # may belong to a live server sharing TMPDIR
+        shutil.rmtree(new_upload)
         assert json.loads((studies / INDEX).read_text())["objects"]  # a valid index again
     finally:
         srv.process.stop()
