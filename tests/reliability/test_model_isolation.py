@@ -53,3 +53,17 @@ def test_a_broken_checkpoint_breaks_only_its_model(server):
         path.write_bytes(good)
     assert "error" not in server.info()["models"]["sum"]
     assert infer(server, "sum").status_code == 200  # repaired file: serves again, no restart
+
+
+def test_training_heals_a_broken_checkpoint(server):
+    """A broken model is retrained from fresh weights (the way out the 503 names); a bad train device is 400."""
+    path = server.model_dir / "mlcsc.pt"
+    path.write_bytes(b"\x00 not a checkpoint")
+    assert server.info()["models"]["mlcsc"]["error"]
+    r = server.post("/train/mlcsc", json={"epochs": 1, "device": "meta"})
+    assert r.status_code == 400 and "valid devices" in r.json()["detail"], r.text
+    status = server.train("mlcsc")
+    assert any("fresh weights" in line for line in status.get("details", [])), status.get("details")
+    info = server.info()["models"]["mlcsc"]
+    assert "error" not in info and info["trained"] is True
+    assert infer(server, "mlcsc").status_code == 200

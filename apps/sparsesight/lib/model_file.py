@@ -61,10 +61,11 @@ class ModelFile:
         logger.info(f"Loaded {self.name} {meta.get('version')} from {os.path.basename(self.path)}")
         self._key, self._copies, self._meta, self._error = key, {"cpu": model}, meta, None
 
-    def load(self, device: str = "cpu"):
+    def load(self, device: str = "cpu", fresh_if_broken: bool = False):
         """(model on device in eval mode, meta) of the current file, (None, None) when there is none.
 
-        The model is shared by concurrent requests: use it read-only. BrokenModel when the file is unusable."""
+        The model is shared by concurrent requests: use it read-only. BrokenModel when the file is unusable, or
+        (None, None) with `fresh_if_broken` (a trainer then starts from fresh weights, which heals the model)."""
         key = self._stat()
         if key is None:
             return None, None
@@ -72,6 +73,9 @@ class ModelFile:
         with self._lock:
             self._refresh(key)
             if self._error:
+                if fresh_if_broken:
+                    logger.warning(f"model {self.name}: unusable checkpoint ({self._error}); starting from fresh weights")
+                    return None, None
                 raise BrokenModel(self._error)
             model = self._copies.get(device)
             if model is None:

@@ -86,7 +86,7 @@ class MicrostructureTrain(SparseSightTrain):
         tc, protocol = p["train_config"], p["protocol"]
         config = {**models.default_config(self.name), "protocol": protocol.to_config(), "grid": p["grid"].to_config(),
                   **{k: tc[k] for k in HIDDEN if k in tc}}
-        model, meta = self.model_file.load("cpu")
+        model, meta = self.model_file.load("cpu", fresh_if_broken=True)
         same = meta is not None and all(
             json.dumps(meta["config"].get(k), sort_keys=True) == json.dumps(config[k], sort_keys=True) for k in config)
         if not same:

@@ -23,8 +23,8 @@ from sparsesight import checkpoint, models, training
 from sparsesight.data import io as sio
 from sparsesight.errors import InvalidInput
 
-from ..http_errors import BAD_REQUEST, CONFLICT, refuse
-from ..model_file import ModelFile, pick_device
+from ..http_errors import BAD_REQUEST, CONFLICT, bad_request, refuse
+from ..model_file import ModelFile, check_device, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ def train_params(request: Dict[str, Any], default_epochs: int) -> Dict[str, Any]
     if config is not None and not isinstance(config, dict):
         raise refuse(BAD_REQUEST, "'train_config' must be a JSON object")
     out["train_config"] = config
+    if request.get("device") not in (None, ""):  # refused here, not in the training process after a 200
+        with bad_request():
+            check_device(request["device"])
     return out
 
 
@@ -133,7 +136,7 @@ class SparseSightTrain(TrainTask):
 
     def starting_model(self, p: Dict[str, Any], device: str):
         """(model, its config, the version it continues from or None): the served checkpoint, else fresh weights."""
-        model, meta = self.model_file.load(device)
+        model, meta = self.model_file.load(device, fresh_if_broken=True)
         if model is None:
             return models.build(self.name, dict(self.model_config)).to(device), dict(self.model_config), None
         return model, meta["config"], meta["version"]
