@@ -14,6 +14,8 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,7 +109,12 @@ def read_payload(source) -> dict:
         source = io.BytesIO(source)
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or a pickle that asks for code (refused by weights_only)
+    except pickle.UnpicklingError as e:  # a pickle that asks for code or objects: refused, never run
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise InvalidInput(f"not a usable checkpoint: it holds objects other than tensors and plain values{what}; "
+                           f"checkpoints are loaded as data only") from None
+    except Exception as e:  # truncated, not a torch file
         raise InvalidInput(f"not a usable checkpoint: {_short(e)}") from None
     if not isinstance(payload, dict):
         raise InvalidInput(f"not a SparseSight checkpoint: a {type(payload).__name__}, expected a dict with "

@@ -64,6 +64,9 @@ def test_training_heals_a_broken_checkpoint(server):
     assert r.status_code == 400 and "valid devices" in r.json()["detail"], r.text
     status = server.train("mlcsc")
     assert any("fresh weights" in line for line in status.get("details", [])), status.get("details")
+    for answer in (server.get("/train/"), server.get("/train/", params={"all": "true"}), server.get("/scoring/")):
+        assert answer.status_code in (200, 404) and not leaked_paths(server, answer.text)  # output lines scrubbed
+    assert any("<datastore>" in line for line in server.get("/train/").json()["details"])
     info = server.info()["models"]["mlcsc"]
     assert "error" not in info and info["trained"] is True
     assert infer(server, "mlcsc").status_code == 200

@@ -8,7 +8,9 @@
   it: absolute or escaping paths, links, devices/fifos and totals over max_decompressed_bytes -> 400 naming
   the member.
 - GET /datastore/?output=train: the image/label pairs relative to the datastore, not as server paths; the
-  session answers (PUT /session/, GET and DELETE /session/{id}) with paths relative to the sessions folder.
+  session answers (PUT /session/, GET and DELETE /session/{id}) with paths relative to the sessions folder;
+  the task status answers (GET /train/, /scoring/, /batch/infer: the task process' output lines) with every
+  server folder replaced by a placeholder such as <datastore> or <model_dir>.
 
 Blocking work (reading, loading, scanning, unpacking) runs in worker threads, not on the event loop.
 """
@@ -20,16 +22,22 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tarfile
+import tempfile
 import uuid
 import zipfile
+from collections import deque
 from pathlib import PurePosixPath
 from typing import List, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, HTTPException, Request, UploadFile
 from monailabel.config import settings
+from monailabel.endpoints import batch_infer as stock_batch_infer
 from monailabel.endpoints import datastore as stock_datastore
+from monailabel.endpoints import scoring as stock_scoring
 from monailabel.endpoints import session as stock_session
+from monailabel.endpoints import train as stock_train
 from monailabel.endpoints.user.auth import RBAC, User
 from starlette.concurrency import run_in_threadpool
 
@@ -193,6 +201,34 @@ def public_session(app, answer):
     return out
 
 
+def server_folders(app) -> list:
+    """(folder, placeholder) of the server's folders, longest first (as configured and resolved)."""
+    sessions = app.sessions()
+    named = [(getattr(app.datastore(), "_datastore_path", None), "<datastore>"),
+             (getattr(app, "model_dir", None), "<model_dir>"), (getattr(app, "app_dir", None), "<app>"),
+             (sessions.store_path if sessions is not None else None, "<sessions>"),
+             (tempfile.gettempdir(), "<tmp>"), (sys.prefix, "<python>"), (sys.base_prefix, "<python>")]
+    pairs = {}
+    for folder, name in named:
+        if folder and len(str(folder)) > 1:
+            pairs.setdefault(str(folder).rstrip(os.sep), name)
+            pairs.setdefault(os.path.realpath(folder), name)
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
+def scrub(value, folders):
+    """`value` (JSON) with each server folder in its strings replaced by its placeholder."""
+    if isinstance(value, str):
+        for folder, name in folders:
+            value = value.replace(folder, name)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v, folders) for k, v in value.items()}
+    if isinstance(value, (list, tuple, deque)):  # task details are a deque of output lines
+        return [scrub(v, folders) for v in value]
+    return value
+
+
 # ---------------------------------------------------------------------- routes
 def build_router(app) -> APIRouter:
     router = APIRouter()
@@ -249,6 +285,21 @@ def build_router(app) -> APIRouter:
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ):
         return public_session(app, await run_in_threadpool(stock_session.remove_session, session_id))
+
+    def task_status(status):
+        async def route(
+            all: bool = False,
+            check_if_running: bool = False,
+            user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+        ):
+            return scrub(await run_in_threadpool(status, all, check_if_running), server_folders(app))
+
+        return route
+
+    router.add_api_route("/train/", task_status(stock_train.status), methods=["GET"], include_in_schema=False)
+    router.add_api_route("/scoring/", task_status(stock_scoring.status), methods=["GET"], include_in_schema=False)
+    router.add_api_route("/batch/infer", task_status(stock_batch_infer.status), methods=["GET"],
+                         include_in_schema=False)
 
     @router.get("/datastore/", include_in_schema=False)
     async def datastore(
