@@ -37,6 +37,7 @@ def _acquire(x, keep=0.5, sigma=0.1, seed=0):
 
 
 # ------------------------------------------------------------------------------------------ (PH), (PR)
+@pytest.mark.slow
 @pytest.mark.parametrize("complex_input", [False, True])
 def test_lowpass_matches_sporco_tikhonov_filter(complex_input):
     from sporco.signal import tikhonov_filter
@@ -88,6 +89,7 @@ def test_pr_with_identity_dictionary_is_soft_threshold_of_high_pass():
 
 
 # ------------------------------------------------------------------------------------------ the estimators
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", cdl.VARIANTS)
 def test_lambda_nonnegative_and_bounded(variant):
     torch.manual_seed(0)
