@@ -22,8 +22,6 @@ Writes active_learning.{csv,json,png} under --out.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import json
 import logging
@@ -33,6 +31,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests

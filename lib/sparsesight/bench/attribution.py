@@ -15,8 +15,6 @@ Writes attribution.json, attribution.csv and attribution.png under --out and pri
 """
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import json
 import math
@@ -26,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch

@@ -237,7 +237,7 @@ def main(argv=None) -> int:
 
 def _slab_png(maps: dict, ph: dict) -> bytes:
     """Hybrid maps of the phantom's middle slice next to the ground truth (white-matter mask)."""
-    
+
     plt = pyplot()
 
     z = ph["mask"].shape[2] // 2

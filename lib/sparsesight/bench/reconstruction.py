@@ -15,14 +15,13 @@ reconstruction.{csv,json,png} under --out and prints ratios against scalar-lambd
 """
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import json
 import logging
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,12 +138,12 @@ def run(train_steps: int = 20, test_slices: int = 3, iterations: int = 16, dicti
         n = len(y)
         yt, mt = torch.as_tensor(y), torch.as_tensor(m)
         recs = {}
-        recs["zero-filled"] = _timed(lambda: kspace.adjoint(yt, mt).numpy(), n)
-        recs["TV"] = _timed(lambda: np.stack([tv_reconstruct(y[i], m[i], tvw) for i in range(n)]), n)
-        recs["FISTA scalar λ"] = _timed(lambda: _fista(y, m, d, lam, iterations), n)
+        recs["zero-filled"] = _timed(lambda yt=yt, mt=mt: kspace.adjoint(yt, mt).numpy(), n)
+        recs["TV"] = _timed(lambda y=y, m=m, tvw=tvw, n=n: np.stack([tv_reconstruct(y[i], m[i], tvw) for i in range(n)]), n)
+        recs["FISTA scalar λ"] = _timed(lambda y=y, m=m, lam=lam: _fista(y, m, d, lam, iterations), n)
         for variant, net in nets.items():
             with torch.no_grad():
-                recs[f"CDL-Λ {variant.upper()}"] = _timed(lambda net=net: net(yt, mt, d).numpy(), n)
+                recs[f"CDL-Λ {variant.upper()}"] = _timed(lambda net=net, yt=yt, mt=mt: net(yt, mt, d).numpy(), n)
         setting = f"keep {keep:g} ({round(keep * 320)}/320), σ {sigma:g}"
         for name, (x, sec) in recs.items():
             sc = _scores(x, t)

@@ -19,13 +19,12 @@ UNet's; SUM inference time <= 0.5x UNet's.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import argparse
 import json
 import logging
 import platform
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -194,7 +193,7 @@ def ratios(results: dict, strongest_noise: float | None) -> dict:
             if level is None:
                 continue
             key = f"{kind}:{level:g}"
-            drop = lambda r: r["eval"]["clean:0"]["dice"]["WT"] - r["eval"][key]["dice"]["WT"]  # noqa: E731
+            drop = lambda r, key=key: r["eval"]["clean:0"]["dice"]["WT"] - r["eval"][key]["dice"]["WT"]  # noqa: E731
             out[n][f"wt_drop_{kind}"] = drop(m[n])
             out[n][f"wt_drop_{kind}_unet"] = drop(u)
             out[n][f"wt_drop_{kind}_ratio"] = drop(m[n]) / drop(u) if drop(u) > 1e-9 else float("nan")

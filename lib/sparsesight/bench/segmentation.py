@@ -9,13 +9,12 @@ as the ratio ML-CSC / UNet.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
