@@ -1,4 +1,4 @@
-"""Attribution methods (explain/attribution.py): closed forms, finite differences, the PAIR `saliency` reference."""
+"""Attribution methods (explain/attribution.py, gradients.py, xrai.py): closed forms, finite differences, the PAIR `saliency` reference."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""DW-MRI protocol, analytic signal model, dictionary, simulator and phantom (data/diffusion.py)."""
+"""DW-MRI protocol, analytic signal model, dictionary, simulator and phantom (data/diffusion/)."""
 from __future__ import annotations
 
 import numpy as np

@@ -11,7 +11,7 @@ level means the same for every slice, a binary mask M and complex Gaussian noise
 
 Volumes are handled slice by slice along the last axis (axial slices of (X, Y, Z) images). K-space input (a
 complex volume) is accepted as well: its mask is where the samples are non-zero.
-Reference images for training and benchmarks are axial slices of the phantom anatomy (data/phantom.py, the
+Reference images for training and benchmarks are axial slices of the phantom anatomy (data/phantom/, the
 MNI152 anatomy shipped with nilearn): nothing is downloaded.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ Per voxel, K = 2 crossing axon populations with orientations u_k (pre-estimated,
   one per sub-vector w_k, and a joint MLP on their concatenation.
 
 The dictionary for the orientations of a voxel is never built atom by atom: every fingerprint is
-f · intra(r) + (1 - f) · extra(f) (data/diffusion.py), so D = Φ S with a small basis Φ (the 34 intra- and 23
+f · intra(r) + (1 - f) · extra(f) (data/diffusion/), so D = Φ S with a small basis Φ (the 34 intra- and 23
 extra-axonal signals per population and free water, Q = 115 columns at the paper's grid) and a fixed 2-sparse
 S. NNLS and fingerprinting work on Φ^T Φ and Φ^T y only (ops/nnls.FactoredGram).
 
