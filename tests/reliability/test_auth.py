@@ -111,6 +111,12 @@ def test_cors_unlisted_origin(request, which):
     assert r.status_code == 200
     assert "access-control-allow-origin" not in r.headers
     assert "access-control-allow-credentials" not in r.headers
+    # a cross-site form post needs no pre-flight: refused before it reaches the route (CSRF)
+    before = srv.files()
+    r = srv.post("/train/mlcsc", data="epochs=1", headers={"Origin": evil, "Content-Type": "text/plain",
+                                                           "X-API-Key": TOKEN})
+    assert r.status_code == 403 and "cors_origins" in r.json()["detail"], r.text
+    assert srv.files() == before
 
 
 def test_slicer_client_sends_the_token(guarded, monkeypatch):

@@ -4,8 +4,9 @@ MONAI Label builds its Starlette middleware stack (with a wildcard-origin, crede
 the app's lifespan runs, so `install()` replaces that CORSMiddleware by `Guard` in `user_middleware` and
 rebuilds `middleware_stack`. Order of the checks, each answered at once with {"detail": reason}:
 
-1. an Origin that is neither listed in `cors_origins` nor the server's own: a CORS pre-flight gets 403, any
-   other request is served without CORS headers (so a browser hides the answer from that page);
+1. an Origin that is neither listed in `cors_origins` nor the server's own: a CORS pre-flight and any write
+   (PUT/POST/DELETE, e.g. a cross-site form post) get 403, a read is served without CORS headers (so a browser
+   hides the answer from that page);
 2. POST /reload: 403 (each reload leaks the app's threads; restart the server instead);
 3. with `api_token` set, every request except the open ones (OPEN_GET below) needs
    `Authorization: Bearer TOKEN` or `X-API-Key: TOKEN` (constant-time compare): 401 otherwise;
@@ -90,7 +91,10 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None and origin.rstrip("/") not in self._origins:
             own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
-            if origin.rstrip("/") != own and method == "OPTIONS" and "access-control-request-method" in headers:
+            foreign = origin.rstrip("/") != own
+            # a browser sends Origin with every cross-origin write; a form POST needs no pre-flight, so without
+            # this a web page could label, train or upload through the user's browser (CSRF)
+            if foreign and (method not in ("GET", "HEAD", "OPTIONS") or "access-control-request-method" in headers):
                 return await _answer(send, 403, f"origin {origin} is not allowed; the server's operator can add "
                                                 f"it with --conf cors_origins {origin}")
 
