@@ -1,17 +1,17 @@
-"""Hostile request bodies and process measurements shared by the request-guard tests (issue 18, part B)."""
+"""Hostile request bodies shared by the request-guard tests (issue 18, part B); the gzip bomb and the process
+measurements come from sparsesight.bench.server_probes, which the reliability benchmark uses too."""
 from __future__ import annotations
 
 import gzip
 import io
 import socket
-import zlib
-from pathlib import Path
 from urllib.parse import urlparse
 
 import nibabel as nib
 import numpy as np
 
-MiB = 1 << 20
+from sparsesight.bench.server_probes import MiB, gzip_bomb, small_image  # noqa: F401  (shared with the bench)
+
 TOKEN = "s3cret-test-token-0123456789"  # the guarded server's API token (conftest.py)
 VIEWER = "http://viewer.example:3000"  # its one CORS origin
 
@@ -21,10 +21,6 @@ def nifti_bytes(array, affine=None, gz=True) -> bytes:
     return gzip.compress(raw, 1) if gz else raw
 
 
-def small_image(dtype=np.float32) -> np.ndarray:
-    return np.random.default_rng(0).random((16, 16, 16, 4)).astype(dtype)
-
-
 def header_only(shape, dtype=np.float32, gz=True) -> bytes:
     """A NIfTI file whose header claims `shape` and holds almost no voxels."""
     h = nib.Nifti1Header()
@@ -32,21 +28,6 @@ def header_only(shape, dtype=np.float32, gz=True) -> bytes:
     h.set_data_dtype(dtype)
     raw = h.binaryblock + b"\0" * 4 + b"\0" * 1024
     return gzip.compress(raw) if gz else raw
-
-
-def gzip_bomb(inflated: int) -> bytes:
-    """A valid small NIfTI header (16^3 x 4 float32) followed by zeros up to `inflated` bytes, gzip-compressed
-    in one streamed pass (about 1 MiB per GiB)."""
-    head = nib.Nifti1Image(small_image(), np.eye(4)).to_bytes()
-    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
-    out = [comp.compress(head)]
-    zeros = bytes(16 * MiB)
-    left = inflated - len(head)
-    while left > 0:
-        out.append(comp.compress(zeros[: min(left, len(zeros))]))
-        left -= len(zeros)
-    out.append(comp.flush())
-    return b"".join(out)
 
 
 def with_header(data: bytes, **fields) -> bytes:
@@ -63,42 +44,6 @@ def zero_spacing() -> bytes:
     pixdim = np.ones(8, np.float32)
     pixdim[2] = 0
     return with_header(nifti_bytes(small_image()), pixdim=pixdim, srow_y=[0, 0, 0, 0], qform_code=0, sform_code=1)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def process_tree(pid: int) -> list[int]:
-    pids, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        pids.append(p)
-        todo += _children(p)
-    return pids
-
-
-def status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def reset_peak_rss(pids) -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM (the peak resident set) to the current RSS."""
-    for p in pids:
-        Path(f"/proc/{p}/clear_refs").write_text("5")
-
-
-def peak_rss_mib(pids) -> float:
-    return sum(status_kib(p, "VmHWM") for p in pids) / 1024
 
 
 def raw_request(url: str, head: str, body: bytes = b"", timeout: float = 30) -> tuple[int, bytes]:

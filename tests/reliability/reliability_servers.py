@@ -1,7 +1,7 @@
 """Helpers of the reliability tests: real MONAI Label servers on datastores and model folders of their own.
 
 Reuses tests/server/conftest.py (loaded from that file, not copied): its `Server` handle and its log-tail report
-hook. No training: the checkpoints are fresh networks written with sparsesight.checkpoint.save.
+hook. No training: the checkpoints are fresh networks (sparsesight.bench.server_probes.write_checkpoints).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from sparsesight import checkpoint, models
+from sparsesight.bench.server_probes import write_checkpoints  # noqa: F401  (fresh networks, shared with the bench)
 from sparsesight.data.phantom import write_dataset
 from sparsesight.server import MonaiLabelServer
 
@@ -41,12 +41,6 @@ def make_datastore(work: Path, n_cases: int = 2) -> tuple[Path, Path]:
         shutil.copy(image, studies / image.name)
     shutil.copy(phantom / "labelsTr" / "case_000.nii.gz", studies / "labels" / "final" / "case_000.nii.gz")
     return studies, phantom
-
-
-def write_checkpoints(model_dir: Path, names=MODELS) -> dict:
-    """{name: version} of fresh (untrained) networks saved as <model_dir>/<name>.pt."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    return {n: checkpoint.save(model_dir / f"{n}.pt", models.build(n), n, models.default_config(n)) for n in names}
 
 
 def start(work: Path, studies: Path, phantom: Path, conf: dict | None = None, name: str = "server") -> Server:

@@ -1,14 +1,14 @@
 """Issue 18, part B: slow work never runs on the event loop, and inference has a bounded queue."""
 from __future__ import annotations
 
-import json
-import statistics
 import threading
 import time
 
 import pytest
 import requests
 from hostile_inputs import TOKEN
+
+from sparsesight.bench import server_probes
 
 pytestmark = pytest.mark.server
 
@@ -18,36 +18,21 @@ SLOW = {"attribution": "ig", "attribution_steps": 8, "attribution_nifti": True}
 
 
 def infer(srv, headers=None, image="case_001", params=None):
-    start = time.time()
-    r = requests.post(srv.url + "/infer/mlcsc", params={"image": image, "output": "json"}, headers=headers or {},
-                      data={"params": json.dumps(params or {})}, timeout=600)
-    return r, time.time() - start
+    return server_probes.infer(srv.url, "mlcsc", image, params, headers)
 
 
 def test_info_answers_while_8_infers_run(server):
+    """One infer per client here; `python -m sparsesight.bench.reliability` records the same measurement with 8
+    clients sending infers for a while."""
     _, alone = infer(server)
-    results, threads = [], []
-    for _ in range(8):
-        t = threading.Thread(target=lambda: results.append(infer(server)))
-        t.start()
-        threads.append(t)
-    info_s = []
-    while any(t.is_alive() for t in threads):
-        start = time.time()
-        r = requests.get(server.url + "/info/", timeout=60)
-        info_s.append(time.time() - start)
-        assert r.status_code == 200
-        time.sleep(0.05)
-    for t in threads:
-        t.join()
-    p50 = statistics.median(info_s)
-    p95 = statistics.quantiles(info_s, n=20)[-1] if len(info_s) >= 2 else info_s[0]
-    took = sorted(s for _, s in results)
-    print(f"\n/info under 8 concurrent infers: n={len(info_s)} p50 {p50 * 1000:.0f} ms p95 {p95 * 1000:.0f} ms "
-          f"max {max(info_s) * 1000:.0f} ms; one infer alone {alone:.1f} s, the 8 took {took[0]:.1f}..{took[-1]:.1f} s")
-    assert [r.status_code for r, _ in results] == [200] * 8, [r.text for r, _ in results if r.status_code != 200]
-    assert len(info_s) >= 10
-    assert p95 < 0.5
+    m = server_probes.info_latency_under_infers(server.url, clients=8, infers_per_client=1)
+    took = m["infer_s"]
+    print(f"\n/info under 8 concurrent infers: n={m['n']} p50 {m['p50_s'] * 1000:.0f} ms p95 {m['p95_s'] * 1000:.0f} ms "
+          f"max {m['max_s'] * 1000:.0f} ms; one infer alone {alone:.1f} s, the 8 took {took[0]:.1f}..{took[-1]:.1f} s")
+    assert m["infers"] == {200: 8}, m["infers"]
+    assert m["info_status"] == {200: m["n"]}, m["info_status"]
+    assert m["n"] >= 10
+    assert m["p95_s"] < 0.5
 
 
 def test_full_infer_queue_answers_503(guarded):

@@ -1,0 +1,39 @@
+"""The README's measured figures are the ones the benchmarks wrote (bench/results/*.json), quoted exactly."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def section(title: str) -> str:
+    """The README text under a heading (any level) up to the next heading of the same or a higher level."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(rf"^(#+) {re.escape(title)}\n", text, re.M)
+    assert m, f"README has no heading {title!r}"
+    level = len(m.group(1))
+    end = re.compile(rf"^#{{1,{level}}} ", re.M).search(text, m.end())
+    return text[m.end(): end.start() if end else len(text)]
+
+
+def test_security_figures_are_those_of_the_reliability_bench():
+    r = json.loads((ROOT / "bench" / "results" / "reliability.json").read_text())
+    lat, bomb = r["info_latency"], r["gzip_bomb"]
+    quoted = " ".join(section("Security and crash safety").split())  # line breaks read as spaces
+    expected = [
+        "python -m sparsesight.bench.reliability --trials 20",
+        "bench/results/reliability.json",
+        f"{r['trials']} kill -9 trials",
+        f"{r['saves_acknowledged']} saves acknowledged",
+        f"{r['labels_lost']} labels lost",
+        f"/info p95 {round(lat['p95_s'] * 1000)} ms under {lat['infer_clients']} clients",
+        f"answered {'/'.join(map(str, bomb['statuses']))}",
+        f"+{round(bomb['max_peak_over_before_mib'])} MiB",
+        f"peak {round(bomb['peak_rss_mib'])} MiB",
+        f"inflates to {bomb['bomb_mib'] // 1024} GiB",
+    ]
+    assert [e for e in expected if e not in quoted] == []
+    assert r["command"] == "python -m sparsesight.bench.reliability --trials 20"  # the run the README quotes
+    assert "docs/SECURITY.md" in quoted
