@@ -10,7 +10,9 @@ A zip (or a directory) holding `manifest.json` and the files it lists:
 
 Kinds: labelmap (NIfTI of class indices, `classes` required), scalar (NIfTI), table (CSV), plot (PNG).
 All volumes share the input's affine and spatial shape. Extra keys of an output (method, faithfulness,
-colormap, range, ...) are kept as they are.
+colormap, range, ...) are kept as they are. Explanation quality (explain/quality.py): the manifest's
+`explanation_quality` and an output's `quality` are objects whose metric sets carry `flags` (a list of strings,
+the aims missed) and `faithful` (a boolean); validate checks that shape.
 """
 from __future__ import annotations
 
@@ -181,6 +183,22 @@ def read(path) -> Bundle:
         raise BundleError(f"{path.name} is not a result bundle (zip or directory with {MANIFEST}): {e}") from None
 
 
+def _quality_problems(where: str, q) -> list[str]:
+    """What is wrong with an `explanation_quality` / `quality` object: not an object, flags not a list of strings,
+    faithful not a boolean (at any depth)."""
+    if not isinstance(q, dict):
+        return [f"{where}: quality is not an object"]
+    problems = []
+    if "flags" in q and not (isinstance(q["flags"], list) and all(isinstance(f, str) for f in q["flags"])):
+        problems.append(f"{where}: quality flags must be a list of strings")
+    if "faithful" in q and not isinstance(q["faithful"], bool):
+        problems.append(f"{where}: quality faithful must be true or false")
+    for k, v in q.items():
+        if isinstance(v, dict):
+            problems += _quality_problems(f"{where}.{k}", v)
+    return problems
+
+
 def validate(path) -> dict:
     """Check a bundle against the protocol; returns its manifest or raises BundleError with every problem."""
     b = read(path)
@@ -196,8 +214,12 @@ def validate(path) -> dict:
             problems.append("output names are not unique")
         files = set(b._zip.namelist()) if b._zip is not None else {p.name for p in b.path.iterdir()}
         ref_affine, ref_shape = None, None
+        if "explanation_quality" in m:
+            problems += _quality_problems("explanation_quality", m["explanation_quality"])
         for o in m["outputs"]:
             kind, fname = o.get("kind"), o.get("file", "")
+            if "quality" in o:
+                problems += _quality_problems(str(o.get("name")), o["quality"])
             if kind not in KINDS:
                 problems.append(f"{o.get('name')}: unknown kind {kind!r}")
                 continue

@@ -14,12 +14,13 @@ import requests
 
 from .bundle import read, validate
 from .data.io import load_label
+from .explain.quality import summary
 from .metrics import region_dice
 from .server import MonaiLabelServer
 
 #: what the demo asks the server for (every output, with the components of T1ce only, as in Fig. 1 of the paper)
 DEMO_OUTPUTS = ["label", "probabilities", "components:T1ce", "reconstruction", "residual", "sparsity", "params",
-                "params_plot", "preview"]
+                "params_plot", "preview", "quality"]
 
 
 #: the SUM bundle's pictures the demo saves next to the bundle (impulse/frequency responses, alpha sweep, thresholds)
@@ -94,7 +95,7 @@ def _sum_demo(url: str, model_dir: Path, case: dict, out_dir: Path, epochs: int,
     b.close()
     ref, _ = load_label(case["label"])
     return {"bundle": path, "outputs": len(manifest["outputs"]), "version": manifest["model_version"], "pngs": pngs,
-            "dice": region_dice(pred, ref)}
+            "dice": region_dice(pred, ref), "quality": manifest.get("explanation_quality", {})}
 
 
 def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsample: int = 1, epochs: int = 40,
@@ -144,8 +145,12 @@ def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsam
     print(f"[5/5] bundle: {bundle_path} ({len(manifest['outputs'])} outputs, model {manifest['model_version']})")
     print(f"      preview: {preview}")
     print("      Dice vs the phantom's true label: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
+    for line in summary(manifest.get("explanation_quality", {})):
+        print(f"      explanation quality: {line}")
     print(f"      sum bundle: {sum_result['bundle']} ({sum_result['outputs']} outputs, model {sum_result['version']}); "
           "Dice " + ", ".join(f"{k} {v:.3f}" for k, v in sum_result["dice"].items()))
     print("      sum plots: " + ", ".join(str(p) for p in sum_result["pngs"]))
+    for line in summary(sum_result["quality"]):
+        print(f"      sum explanation quality (ED_alpha(x)): {line}")
     print(f"      server log: {server.log_path}")
     return bundle_path

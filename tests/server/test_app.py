@@ -15,6 +15,7 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 from sparsesight import bundle
 from sparsesight.data.io import nifti_from_bytes
+from sparsesight.explain import quality
 
 pytestmark = pytest.mark.server
 
@@ -119,6 +120,14 @@ def test_infer_bundle_is_valid(server, tmp_path):
     assert manifest["image"] == "case_001"
     names = {o["name"] for o in manifest["outputs"]}
     assert "label" in names and "params" in names and any(n.startswith("component/") for n in names)
+    # explanation quality (issue 16) is measured at every inference: in the manifest, its entries and a table
+    eq = manifest["explanation_quality"]
+    print("\n".join(quality.summary(eq)))
+    assert set(eq["reconstruction"]["per_modality"]) == set(manifest["modalities"])
+    assert {"oedema", "non-enhancing core", "enhancing"} == set(eq["localisation"]["per_class"])
+    assert eq["parameters"]["step_norms"] and isinstance(eq["faithful"], bool)
+    recon = next(o for o in manifest["outputs"] if o["name"] == "reconstruction/T1ce")
+    assert isinstance(recon["quality"]["flags"], list) and "quality" in names
 
 
 def test_infer_bundle_selected_outputs(server, tmp_path):

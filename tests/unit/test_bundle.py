@@ -94,3 +94,24 @@ def test_validate_finds_protocol_violations(tmp_path):
     with pytest.raises(BundleError, match="not a result bundle"):
         (tmp_path / "junk.zip").write_bytes(b"not a zip")
         bundle.validate(tmp_path / "junk.zip")
+
+
+def test_explanation_quality_is_kept_and_checked(tmp_path):
+    w = _writer()
+    w.add_volume("label", np.ones((6, 5, 4)), kind="labelmap", classes={1: "oedema"})
+    q = {"relative_error": 0.9, "flags": ["FLAIR: relative error 0.9 > 0.15"], "faithful": False}
+    w.add_volume("reconstruction/FLAIR", np.ones((6, 5, 4)), quality=q)
+    w.manifest["explanation_quality"] = {"reconstruction": {"per_modality": {"FLAIR": q}, "flags": q["flags"],
+                                                            "faithful": False}, "faithful": False}
+    path = w.write(tmp_path / "q.zip")
+    m = bundle.validate(path)
+    assert m["outputs"][1]["quality"] == q and m["explanation_quality"]["faithful"] is False
+    for broken in ({"flags": "FLAIR"}, {"faithful": "no"}, {"reconstruction": {"flags": [1]}}, [0.9]):
+        bad = json.loads(json.dumps(m))
+        bad["explanation_quality"] = broken
+        with pytest.raises(BundleError, match="quality"):
+            bundle.validate(_rewrite(path, manifest=bad))
+    bad = json.loads(json.dumps(m))
+    bad["outputs"][1]["quality"]["flags"] = None
+    with pytest.raises(BundleError, match="reconstruction/FLAIR: quality flags"):
+        bundle.validate(_rewrite(path, manifest=bad))

@@ -1,5 +1,6 @@
 """Runner of ML-CSC (seed 000, the `mlcsc` infer task): the label, and the result bundle with the model's
-morphological components, reconstruction, residual, code energy, sparsity and learned parameters."""
+morphological components, reconstruction, residual, code energy, sparsity and learned parameters, and the
+explanation-quality metrics of explain/quality.py (manifest `explanation_quality`, entries' `quality`, table)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,7 @@ __all__ = ["BUNDLE_OUTPUTS", "OPTIONS", "default_train_config", "predict_file", 
 OPTIONS = dict(INFER_OPTIONS)
 #: every output the segmentation bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("label", "probabilities", "components", "reconstruction", "residual", "code_energy",
-                  "sparsity", "params", "params_plot", "preview")
+                  "sparsity", "params", "params_plot", "preview", "quality")
 
 
 def _params_plot(rows: list[dict]) -> bytes:
@@ -56,7 +57,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     `outputs` selects from BUNDLE_OUTPUTS (None: all). Volumes share the input's affine and shape.
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS).
     """
-    from ..explain import served
+    from ..explain import quality, served
     from ..preview import preview_png
 
     attribution = served.parse_options(options)  # bad attribution options fail before any work
@@ -77,10 +78,11 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     shape = image.shape[1:]
     w = BundleWriter(name, version, image_id, affine, shape, modalities=list(MODALITIES))
     interp = None
+    xn = normalise(image)
     if any(o in wanted for o in ("probabilities", "components", "reconstruction", "residual", "code_energy",
-                                 "sparsity", "preview")) and hasattr(model, "interpret"):
+                                 "sparsity", "preview", "quality")) and hasattr(model, "interpret"):
         with torch.no_grad():
-            interp = model.to(device).interpret(normalise(image).to(device), contributions=False)
+            interp = model.to(device).interpret(xn.to(device), contributions=False)
         interp = {k: v.cpu() for k, v in interp.items()}
         # one whole-volume pass gives every output, so the label is the argmax of the probabilities shown
         label = interp["logits"][0].argmax(0).numpy().astype(np.uint8)
@@ -88,6 +90,13 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         label = predict(model, image, device)
     add_label(w, label)
     classes = [CLASSES[c] for c in range(len(CLASSES))]
+    # explanation quality (explain/quality.py, issue 16): in the manifest, in the entries it qualifies, as a table
+    eq = quality.jsonable(quality.assess(
+        xn[0].numpy(), None if interp is None else interp["reconstruction"][0].numpy(), MODALITIES,
+        components=None if interp is None else interp["components"][0].numpy(), label=label,
+        classes={c: CLASSES[c] for c in range(1, len(CLASSES))}, brain=quality.brain_mask(image),
+        parameters=quality.mlcsc_parameter_check(model) if hasattr(model, "lam_min") else None))
+    w.manifest["explanation_quality"] = eq
     if interp is not None:
         if "probabilities" in wanted:
             add_probabilities(w, interp["probabilities"][0].numpy())
@@ -98,11 +107,13 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                     if mod not in comp_mods:
                         continue
                     w.add_volume(f"component/{cname}/{mod}", comps[c, i], dtype=np.int16,
-                                 description=f"morphological component Phi_c^(i) gamma_c, class {cname}, modality {mod} (eq. 2)")
+                                 description=f"morphological component Phi_c^(i) gamma_c, class {cname}, modality {mod} (eq. 2)",
+                                 **({"quality": eq["localisation"]["per_class"][cname]} if c else {}))
         if "reconstruction" in wanted:
             for i, mod in enumerate(MODALITIES):
                 w.add_volume(f"reconstruction/{mod}", interp["reconstruction"][0, i].numpy(), dtype=np.int16,
-                             description="sum over classes of the components (normalised intensity units)")
+                             description="sum over classes of the components (normalised intensity units)",
+                             quality=eq["reconstruction"]["per_modality"][mod])
         if "residual" in wanted:
             w.add_volume("residual_energy", interp["residual_energy"][0].numpy(), dtype=np.int16,
                          description="sum_i (x_i - reconstruction_i)^2: how poorly the dictionaries explain each voxel")
@@ -122,6 +133,9 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
             w.add_table("params", rows, description="learned thresholds and step sizes (Table III) with sign check")
         if "params_plot" in wanted:
             w.add_plot("params_plot", _params_plot(rows))
+    if "quality" in wanted:
+        w.add_table("quality", quality.table_rows(eq), description="explanation quality against the aims of "
+                    "issue 16 (status FAIL: the explanation is not faithful on that measure)")
     if "preview" in wanted and interp is not None:
         w.add_plot("preview", preview_png(image, label, interp["components"][0].numpy()))
     served.add_attributions(w, model.to(device), normalise(image).to(device), attribution)

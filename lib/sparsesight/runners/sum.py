@@ -4,7 +4,8 @@ The infer task `sum` calls predict_file (label, as for every segmentation model)
 the model option `alpha`, the factor that scales every learned threshold (1: the trained model, 0: the linear
 filter banks only). Normalisation, sliding-window prediction and the label/probability volumes come from
 runners/segmentation.py; this module adds what makes SUM a denoiser: ED_alpha(x) and ED_0(x), the shrinkage masks, the
-impulse/frequency responses with their SDS/FDS/FDV table, and the alpha sweep.
+impulse/frequency responses with their SDS/FDS/FDV table, and the alpha sweep; and the explanation-quality metrics
+of ED_alpha(x) as a reconstruction of x (explain/quality.py: manifest `explanation_quality`, `quality` table).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 #: every output the SUM bundle can hold; `outputs=None` means all of them
 BUNDLE_OUTPUTS = ("label", "probabilities", "regions", "reconstruction", "linear_reconstruction", "shrinkage", "response",
-                  "response_metrics", "alpha_sweep", "alpha_sweep_plot", "params", "params_plot")
+                  "response_metrics", "alpha_sweep", "alpha_sweep_plot", "params", "params_plot", "quality")
 #: the model's own infer options: `alpha` scales every threshold; attribution maps (explain/served.py)
 OPTIONS = {"alpha": 1.0, **INFER_OPTIONS}
 SWEEP_CROP = 64  # the alpha sweep runs on a cube of this side around the predicted tumour (10 passes)
@@ -88,7 +89,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS), computed at that alpha.
     Volumes share the input's affine and shape; the manifest records alpha.
     """
-    from ..explain import served
+    from ..explain import quality, served
 
     attribution = served.parse_options(options)  # bad attribution options fail before any work
     a = float(model.alpha) if alpha is None else check_alpha(alpha)
@@ -104,6 +105,13 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     interp = model.interpret(x, alpha=a)  # one whole-volume pass: the label is the argmax of what is shown
     label = interp["logits"][0].argmax(0).cpu().numpy().astype(np.uint8)
     segmentation.add_label(w, label)
+    # explanation quality of ED_alpha(x) as the reconstruction of x (explain/quality.py, issue 16)
+    eq = quality.jsonable(quality.assess(x[0].cpu().numpy(), interp["ed"][0].cpu().numpy(), MODALITIES[: model.n],
+                                         brain=quality.brain_mask(image)))
+    w.manifest["explanation_quality"] = eq
+    if "quality" in wanted:
+        w.add_table("quality", quality.table_rows(eq), description="explanation quality of ED_alpha(x) against the "
+                    "aims of issue 16 (status FAIL: not faithful on that measure)")
     if "probabilities" in wanted:
         segmentation.add_probabilities(w, interp["probabilities"][0].cpu().numpy(),
                                   description="class membership min(q_k, 1 - q_{k+1}) of the clipped region maps")
@@ -119,7 +127,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                                                                   "reconstruct (eq. 15)")):
         if out in wanted:
             for i, mod in enumerate(MODALITIES[: model.n]):
-                w.add_volume(f"{out}/{mod}", interp[key][0, i].cpu().numpy(), dtype=np.int16, description=what)
+                w.add_volume(f"{out}/{mod}", interp[key][0, i].cpu().numpy(), dtype=np.int16, description=what,
+                             **({"quality": eq["reconstruction"]["per_modality"][mod]} if key == "ed" else {}))
     if "shrinkage" in wanted:
         surv = interp["survival"][0].cpu().numpy()
         for k, layer in enumerate(model.survival_names()):

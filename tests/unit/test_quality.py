@@ -1,0 +1,118 @@
+"""Explanation-quality metrics (explain/quality.py) on constructed cases whose answer is known."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparsesight.explain import quality
+
+MODS = ["FLAIR", "T1"]
+
+
+def _case(shape=(20, 18, 15)):
+    """A brain (ellipsoid) of smooth positive intensities on a zero background, a tumour region inside it, and a
+    perfect two-class decomposition: the tumour component is the image in the tumour, the background one the rest."""
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    brain = (g ** 2).sum(0) < 0.8
+    tumour = ((g - 0.2) ** 2).sum(0) < 0.1
+    x = np.stack([brain * (2.0 + g[0]), brain * (1.5 + g[1] ** 2)])
+    comps = np.stack([x * ~tumour, x * tumour])  # (m=2, n=2, X, Y, Z)
+    return x, comps, brain, tumour.astype(np.uint8)
+
+
+def test_perfect_decomposition_has_error_0_energy_1_localisation_inf():
+    x, comps, brain, label = _case()
+    assert np.array_equal(quality.brain_mask(x), brain)
+    recon = comps.sum(0)
+    q = quality.assess(x, recon, MODS, components=comps, label=label, classes={1: "tumour"})
+    for m in q["reconstruction"]["per_modality"].values():
+        assert m["relative_error"] == pytest.approx(0, abs=1e-12)
+        assert m["relative_error_after_gain"] == pytest.approx(0, abs=1e-12)
+        assert m["gain"] == pytest.approx(1) and m["correlation"] == pytest.approx(1)
+        assert m["energy_in_brain"] == 1.0
+        assert m["lattice_share"] == pytest.approx(m["image_lattice_share"])
+    assert q["localisation"]["per_class"]["tumour"]["localisation_ratio"] == math.inf
+    assert q["faithful"] and q["reconstruction"]["flags"] == [] and q["localisation"]["flags"] == []
+    json.loads(json.dumps(quality.jsonable(q), allow_nan=False))  # inf as "inf": strict JSON
+    rows = quality.table_rows(q)
+    assert rows[-1]["status"] == "ok" and not any(r["status"].startswith("FAIL") for r in rows)
+
+
+def test_failing_decomposition_is_flagged_not_faithful():
+    x, comps, brain, label = _case()
+    noise = np.random.default_rng(0).normal(size=x.shape)  # energy outside the brain, no relation to x
+    q = quality.assess(x, 50 * noise, MODS, components=np.stack([comps[0], comps[0]]), label=label,
+                       classes={1: "tumour"})
+    rec = q["reconstruction"]["per_modality"]["FLAIR"]
+    assert rec["relative_error"] > 10 and rec["relative_error_after_gain"] > 0.9 and rec["energy_in_brain"] < 0.9
+    assert any("relative error" in f for f in q["reconstruction"]["flags"])
+    assert any("energy in brain" in f for f in q["reconstruction"]["flags"])
+    assert q["localisation"]["per_class"]["tumour"]["localisation_ratio"] < 5 and q["localisation"]["flags"]
+    assert not q["faithful"]
+    assert any(r["status"] == "FAIL: not faithful" for r in quality.table_rows(q))
+    assert quality.summary(q)[-1].startswith("NOT FAITHFUL")
+
+
+def test_gain_corrected_error_is_scale_invariant():
+    x, _, brain, _ = _case()
+    rng = np.random.default_rng(1)
+    recon = x[0] + 0.3 * rng.normal(size=x[0].shape)
+    e = quality.relative_error_after_gain(recon, x[0], brain)
+    assert 0 < e < 1
+    for k in (1e-3, 7.0, 1e3, -2.0):
+        assert quality.relative_error_after_gain(k * recon, x[0], brain) == pytest.approx(e, rel=1e-9)
+        assert quality.best_gain(k * recon, x[0], brain) == pytest.approx(quality.best_gain(recon, x[0], brain) / k)
+    # the plain error is not: a reconstruction 100x too bright is 99 relative errors off
+    assert quality.relative_error(100 * x[0], x[0], brain) == pytest.approx(99)
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16), (15, 14, 13)])
+def test_lattice_share_of_checkerboard_is_1_smooth_is_0(shape):
+    idx = np.indices(shape).sum(0)
+    checker = (-1.0) ** idx
+    assert quality.lattice_share(checker) == pytest.approx(1, abs=0.05 if shape[0] % 2 else 1e-9)
+    # a stride-2 pattern along one (even) axis only also lies on the lattice planes
+    stripes = (-1.0) ** np.indices(shape)[1] + 0.1
+    assert quality.lattice_share(stripes) == pytest.approx(1, abs=1e-9)
+    g = np.indices(shape) / np.array(shape)[:, None, None, None]
+    smooth = np.exp(-((g - 0.5) ** 2).sum(0) / 0.05)
+    assert quality.lattice_share(smooth) < 1e-3
+    noise = np.random.default_rng(0).normal(size=shape)
+    planes = 1 - np.prod([1 - (1 if n % 2 == 0 else 2) / n for n in shape])
+    assert quality.lattice_share(noise) == pytest.approx(planes, rel=0.3)
+
+
+def test_negative_threshold_and_large_step_are_flagged():
+    ok = quality.parameter_check({"lam_1[a]": 0.1, "lam_1[b]": 0.0}, {"mu_1[a]": (0.5, 1.2)})
+    assert ok["flags"] == [] and ok["max_step_norm"] == pytest.approx(0.72)
+    bad = quality.parameter_check({"lam_1[a]": 0.1, "lam_1[b]": -0.01}, {"mu_1[a]": (2.0, 1.0)})
+    assert bad["negative_thresholds"] == ["lam_1[b]"] and len(bad["flags"]) == 2
+    assert "lambda < 0" in bad["flags"][0] and "mu ||D||^2" in bad["flags"][1]
+
+
+def test_mlcsc_parameter_check_reads_the_model():
+    from sparsesight.models.mlcsc import MLCSC
+
+    torch.manual_seed(0)
+    model = MLCSC(atoms=[2, 2, 2, 2])
+    # mu = 1 and lam > 0 at initialisation: mu ||D||^2 is ||D||^2, the largest class' that of the grouped operator
+    q = quality.mlcsc_parameter_check(model)
+    assert q["negative_thresholds"] == [] and q["min_threshold"] > 0
+    for l, d in enumerate(model.D, start=1):
+        per_class = [v for k, v in q["step_norms"].items() if k.startswith(f"mu_{l}[")]
+        assert max(per_class) == pytest.approx(d.operator_norm(size=12, iters=40) ** 2, rel=0.05)
+    # the joint synthesis sum_c Phi_c of 4 classes is at least as long as one class', at most sqrt(4) x
+    assert 0.9 <= q["operator_norms"]["Phi (joint)"] <= 2.05
+    with torch.no_grad():
+        model.lam[1, 3] = -0.5
+        model.mu[0, 2] = 10.0
+    q = quality.mlcsc_parameter_check(model)
+    assert q["negative_thresholds"] == ["lam_2[enhancing]"]
+    assert q["step_norms"]["mu_1[non-enhancing core]"] > 5 and len(q["flags"]) == 2
+
+
+def test_spectral_norm_of_a_known_operator():
+    a = torch.diag(torch.tensor([3.0, 1.0, 0.5]))
+    assert quality.spectral_norm(lambda v: a @ v, lambda v: a.T @ v, torch.ones(3)) == pytest.approx(3, rel=1e-4)
