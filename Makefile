@@ -35,11 +35,11 @@ test-fast: setup
 
 # what tests/unit/test_lint.py enforces in CI
 lint: setup
-	$(PY) -m ruff check lib tests slicer_extension
+	$(PY) -m ruff check lib apps tests slicer_extension
 	$(PY) -m mypy
 
 format: setup
-	$(PY) -m ruff check --fix lib tests slicer_extension
+	$(PY) -m ruff check --fix lib apps tests slicer_extension
 
 # every benchmark at its default size (each prints its ratio table and writes bench/results or out/bench)
 BENCHES ?= segmentation robustness reconstruction microstructure attribution active_learning reliability

@@ -40,10 +40,10 @@ from lib.http_errors import (
     refuse,
 )
 from lib.model_file import pick_device
-from lib.security import Settings, check_infer_request, check_train_request
 from lib.scoring.cached import CachedScoring
 from lib.scoring.epistemic import EpistemicScoring
 from lib.scoring.sparse_residual import SparseResidualScoring
+from lib.security import Settings, check_infer_request, check_train_request
 from lib.strategies.epistemic import Epistemic
 from lib.strategies.random import Random
 from lib.strategies.sparse_residual import SparseResidual

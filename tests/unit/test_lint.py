@@ -1,4 +1,4 @@
-"""CI runs the linters through the test suite: ruff over lib/, tests/ and the Slicer module, mypy over lib/.
+"""CI runs the linters through the test suite: ruff over lib/, the app, tests/ and the Slicer module, mypy over lib/.
 
 Skipped (with the reason) only where the tool is not installed; `make lint` runs the same commands."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_ruff_is_clean():
-    r = run("ruff", "check", "lib", "tests", "slicer_extension")
+    r = run("ruff", "check", "lib", "apps", "tests", "slicer_extension")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -10,13 +10,14 @@ sample with random acquisitions; continues from the current checkpoint.
 """
 from __future__ import annotations
 
+from monailabel.interfaces.tasks.infer_v2 import InferType
+
+from sparsesight.runners import cdl as runner
+
 from lib.http_errors import RequestRunner
 from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_config import ModelConfig
 from lib.trainers.cdl_train import CDLTrain
-from monailabel.interfaces.tasks.infer_v2 import InferType
-
-from sparsesight.runners import cdl as runner
 
 Runner = RequestRunner(runner)  # its InvalidInput is about the request: 400
 

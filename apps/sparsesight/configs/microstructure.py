@@ -10,14 +10,15 @@ checkpoint, or the HCP MGH protocol; no labels needed.
 from __future__ import annotations
 
 import numpy as np
-from lib.http_errors import BAD_REQUEST, RequestRunner, http_errors, refuse
-from lib.infers.sparsesight_infer import SparseSightInfer
-from lib.model_config import ModelConfig
-from lib.trainers.microstructure_train import MicrostructureTrain
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from sparsesight.models import microstructure as ms
 from sparsesight.runners import microstructure as runner
+
+from lib.http_errors import BAD_REQUEST, RequestRunner, http_errors, refuse
+from lib.infers.sparsesight_infer import SparseSightInfer
+from lib.model_config import ModelConfig
+from lib.trainers.microstructure_train import MicrostructureTrain
 
 Runner = RequestRunner(runner)  # its InvalidInput is about the request: 400
 

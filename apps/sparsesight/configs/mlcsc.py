@@ -1,11 +1,11 @@
 """ML-CSC (multimodal multi-layer convolutional sparse coding) brain-tumour segmentation: infer + train `mlcsc`."""
 from __future__ import annotations
 
+from sparsesight.runners import mlcsc as runner
+
 from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_config import ModelConfig
 from lib.trainers.sparsesight_train import SparseSightTrain
-
-from sparsesight.runners import mlcsc as runner
 
 
 class MLCSC(ModelConfig):

@@ -1,14 +1,14 @@
 """SUM (soft-shrinkage Haar U-Net proxy) brain-tumour segmentation with denoising explanations: infer + train `sum`."""
 from __future__ import annotations
 
+from sparsesight.errors import InvalidInput
+from sparsesight.models.sum import check_alpha
+from sparsesight.runners import sum as runner
+
 from lib.http_errors import BAD_REQUEST, http_errors, refuse
 from lib.infers.sparsesight_infer import SparseSightInfer
 from lib.model_config import ModelConfig
 from lib.trainers.sparsesight_train import SparseSightTrain
-
-from sparsesight.runners import sum as runner
-from sparsesight.errors import InvalidInput
-from sparsesight.models.sum import check_alpha
 
 
 class SUMInfer(SparseSightInfer):

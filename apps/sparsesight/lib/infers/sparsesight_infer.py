@@ -20,8 +20,8 @@ from typing import Any, Dict, Tuple, Union
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from sparsesight.runners import mlcsc
 from sparsesight.data import io as sio
+from sparsesight.runners import mlcsc
 
 from ..http_errors import BAD_REQUEST, CONFLICT, bad_request, flag, http_errors, refuse
 from ..model_file import BrokenModel, ModelFile, pick_device
