@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from . import models
+from .atomic import fsync_dir, write_durably
 from .errors import InvalidInput, UnknownModel
 
 MAX_REASON = 300  # characters of a library error quoted in a refusal
@@ -64,30 +65,15 @@ def save(path, model, name: str, config: dict, meta: dict | None = None) -> str:
     buf = io.BytesIO()
     torch.save(payload, buf)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
+        write_durably(tmp, buf.getvalue())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return version
-
-
-def _fsync_dir(folder) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _short(e: BaseException) -> str:

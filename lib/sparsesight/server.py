@@ -86,17 +86,20 @@ class MonaiLabelServer:
         except OSError:
             return ""
 
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
+    def stop(self, kill: bool = False):
+        """SIGTERM the server's process group (SIGKILL after 20 s); `kill=True`: SIGKILL at once, as a crash would."""
+        if self.proc is not None and not kill and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=20)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=10)
+                pass
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None

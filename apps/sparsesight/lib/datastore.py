@@ -37,6 +37,7 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 
+from sparsesight.atomic import fsync_dir, write_durably
 from sparsesight.data import io as sio
 
 from .http_errors import (
@@ -56,28 +57,6 @@ CHANNELS = 4  # FLAIR, T1, T1ce, T2 (docs/ARCHITECTURE.md, data conventions)
 NIFTI_EXTENSIONS = ("*.nii.gz", "*.nii")
 TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # ".<name>.<uuid hex>.tmp": an interrupted write of ours
 STALE_UPLOAD_SECONDS = 3600  # our upload work folders in TMPDIR older than this belong to a dead process
-
-
-def fsync_dir(folder: str) -> None:
-    """Make a rename in `folder` durable (best effort where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: str, data: bytes) -> None:
-    """`data` into the file `path`, fsync'd (the caller renames it into place)."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def nifti_suffix(path: str) -> str:

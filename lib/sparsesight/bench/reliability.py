@@ -38,7 +38,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -71,20 +70,6 @@ def make_datastore(work: Path) -> tuple[Path, dict]:
         shutil.copy(phantom / "imagesTr" / f"{image}.nii.gz", studies / f"{image}.nii.gz")
     labels = {image: (phantom / "labelsTr" / f"{image}.nii.gz").read_bytes() for image in IMAGES}
     return studies, labels
-
-
-def kill(server: MonaiLabelServer) -> None:
-    """SIGKILL the server's whole process group (it runs in a session of its own) and reap it."""
-    if server.proc is None or server.proc.poll() is not None:
-        return
-    try:
-        os.killpg(server.proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    server.proc.wait(timeout=30)
-    if getattr(server, "_log", None):
-        server._log.close()
-        server._log = None
 
 
 def burst(url: str, labels: dict, trial: int, clients: int, stop: threading.Event):
@@ -152,7 +137,7 @@ def run(work: Path, trials: int = 20, clients: int = 6, seed: int = 0, models: s
         except (RuntimeError, TimeoutError) as e:
             failed_starts += 1
             progress(f"trial {trial}: the server did not start: {str(e)[:300]}")
-            kill(server)
+            server.stop(kill=True)
             continue
         recoveries += server.log(tail=10**7).count("was empty or corrupt")
         missing = verify(url, labels, acked_all if trial == trials else previous)
@@ -163,7 +148,7 @@ def run(work: Path, trials: int = 20, clients: int = 6, seed: int = 0, models: s
         stop = threading.Event()
         threads, acked, cut = burst(url, labels, trial, clients, stop)
         time.sleep(rng.uniform(0.2, 2.5))
-        kill(server)
+        server.stop(kill=True)
         stop.set()
         for t in threads:
             t.join(timeout=60)
