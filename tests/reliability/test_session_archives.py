@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -30,11 +31,15 @@ def tar_bytes(members, mode="w:gz") -> bytes:
     return buf.getvalue()
 
 
-def zip_bytes(members) -> bytes:
+def zip_bytes(members, mode: int = 0) -> bytes:
+    """members: (name, payload); `mode` (e.g. stat.S_IFLNK | 0o777) is recorded for the last member."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        for name, payload in members:
-            zf.writestr(zipfile.ZipInfo(name), payload)
+        for i, (name, payload) in enumerate(members):
+            info = zipfile.ZipInfo(name)
+            if mode and i == len(members) - 1:
+                info.create_system, info.external_attr = 3, mode << 16  # unix attributes, as `zip -y` stores
+            zf.writestr(info, payload)
     return buf.getvalue()
 
 
@@ -50,10 +55,12 @@ def put_session(srv, name, data, uncompress=True):
     ("hardlink.tar.gz", "hard", "symbolic or hard link"),
     ("fifo.tar.gz", "pipe", "device, fifo"),
     ("dotdot.zip", "../escaped.txt", "leaves the session folder"),
+    ("symlink.zip", "zlink", "symbolic or hard link"),
 ])
 def test_unsafe_archive_members_refused(server, archive, member, reason):
     if archive.endswith(".zip"):
-        data = zip_bytes([("ok.txt", b"fine"), (member, b"evil")])
+        mode = stat.S_IFLNK | 0o777 if member == "zlink" else 0
+        data = zip_bytes([("ok.txt", b"fine"), (member, b"/etc/passwd" if mode else b"evil")], mode)
     else:
         kind = {"link": "symlink", "hard": "hardlink", "pipe": "fifo"}.get(member, "file")
         payload = {"symlink": "/etc/passwd", "hardlink": "/etc/passwd", "fifo": None}.get(kind, b"evil")

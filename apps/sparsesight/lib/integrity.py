@@ -133,6 +133,31 @@ def _escapes(name: str) -> bool:
     return path.is_absolute() or (len(name) > 1 and name[1] == ":") or ".." in path.parts
 
 
+def _zip_members(fileobj, filename: str):
+    """(name, kind, size) of each zip member; kind is "file", "dir", "link" or "special"."""
+    if not zipfile.is_zipfile(fileobj):
+        raise HTTPException(400, f"uncompress: {filename!r} is not a valid zip archive")
+    fileobj.seek(0)
+    with zipfile.ZipFile(fileobj) as zf:
+        for info in zf.infolist():
+            mode = stat.S_IFMT(info.external_attr >> 16)
+            kind = ("link" if mode == stat.S_IFLNK else "dir" if mode == stat.S_IFDIR
+                    else "file" if mode in (0, stat.S_IFREG) else "special")  # 0: no type recorded (a file)
+            yield info.filename, kind, info.file_size
+
+
+def _tar_members(fileobj, filename: str):
+    """(name, kind, size) of each tar member, read one header at a time."""
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
+            for m in tf:
+                kind = ("link" if m.issym() or m.islnk() else "dir" if m.isdir()
+                        else "file" if m.isfile() else "special")
+                yield m.name, kind, m.size
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise HTTPException(400, f"uncompress: {filename!r} is not a readable tar archive ({e})") from None
+
+
 def check_archive(fileobj, filename: str, max_bytes: int) -> None:
     """400 naming the first member of a tar/zip that is unsafe to extract, or a name shutil cannot unpack."""
     known = {ext: fmt for fmt, exts, _ in shutil.get_unpack_formats() for ext in exts}
@@ -141,48 +166,22 @@ def check_archive(fileobj, filename: str, max_bytes: int) -> None:
         raise HTTPException(400, f"uncompress: {filename!r} is not a .zip or .tar(.gz/.bz2/.xz) archive by name; "
                                  f"use one of {', '.join(sorted(known))}")
     fileobj.seek(0)
-    total, count = 0, 0
-
-    def refuse(member: str, why: str):
-        raise HTTPException(400, f"uncompress: archive member {member!r} {why}; nothing was extracted")
-
-    if fmt == "zip":
-        if not zipfile.is_zipfile(fileobj):
-            raise HTTPException(400, f"uncompress: {filename!r} is not a valid zip archive")
-        fileobj.seek(0)
-        with zipfile.ZipFile(fileobj) as zf:
-            for info in zf.infolist():
-                count += 1
-                mode = info.external_attr >> 16
-                if _escapes(info.filename):
-                    refuse(info.filename, "has an absolute path or leaves the session folder")
-                if stat.S_ISLNK(mode):
-                    refuse(info.filename, "is a symbolic link")
-                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no type recorded (a file)
-                    refuse(info.filename, "is a device, fifo or other special file")
-                total += info.file_size
-                if total > max_bytes:
-                    refuse(info.filename, f"takes the archive past max_decompressed_bytes ({max_bytes} bytes)")
-                if count > MAX_MEMBERS:
-                    refuse(info.filename, f"is past the limit of {MAX_MEMBERS} members")
-    else:
-        try:
-            with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
-                for member in tf:
-                    count += 1
-                    if _escapes(member.name):
-                        refuse(member.name, "has an absolute path or leaves the session folder")
-                    if member.issym() or member.islnk():
-                        refuse(member.name, "is a symbolic or hard link")
-                    if not (member.isfile() or member.isdir()):
-                        refuse(member.name, "is a device, fifo or other special file")
-                    total += member.size
-                    if total > max_bytes:
-                        refuse(member.name, f"takes the archive past max_decompressed_bytes ({max_bytes} bytes)")
-                    if count > MAX_MEMBERS:
-                        refuse(member.name, f"is past the limit of {MAX_MEMBERS} members")
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise HTTPException(400, f"uncompress: {filename!r} is not a readable tar archive ({e})") from None
+    why = {"link": "is a symbolic or hard link", "special": "is a device, fifo or other special file"}
+    total = 0
+    members = _zip_members(fileobj, filename) if fmt == "zip" else _tar_members(fileobj, filename)
+    for count, (name, kind, size) in enumerate(members, start=1):
+        total += size
+        if _escapes(name):
+            reason = "has an absolute path or leaves the session folder"
+        elif kind in why:
+            reason = why[kind]
+        elif total > max_bytes:
+            reason = f"takes the archive past max_decompressed_bytes ({max_bytes} bytes)"
+        elif count > MAX_MEMBERS:
+            reason = f"is past the limit of {MAX_MEMBERS} members"
+        else:
+            continue
+        raise HTTPException(400, f"uncompress: archive member {name!r} {reason}; nothing was extracted")
     fileobj.seek(0)
 
 
