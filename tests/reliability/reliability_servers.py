@@ -8,13 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from sparsesight.bench.server_probes import write_checkpoints  # noqa: F401  (fresh networks, shared with the bench)
-from sparsesight.data.phantom import write_dataset
-from sparsesight.server import MonaiLabelServer
 
 ROOT = Path(__file__).resolve().parents[2]
 _NAME = "sparsesight_tests_server_conftest"  # the name tests/slicer loads it under: one module either way
@@ -31,34 +28,12 @@ Server = server_conftest.Server
 MODELS = ("mlcsc", "sum")
 
 
-def make_datastore(work: Path, n_cases: int = 2) -> tuple[Path, Path]:
-    """(datastore, phantom): n_cases 4 mm phantoms, case_000 with a final label."""
-    phantom = work / "phantom"
-    write_dataset(phantom, n_cases=n_cases, seed=0, downsample=4, n_test=0, progress=False)
-    studies = work / "datastore"
-    (studies / "labels" / "final").mkdir(parents=True)
-    for image in sorted((phantom / "imagesTr").glob("*.nii.gz")):
-        shutil.copy(image, studies / image.name)
-    shutil.copy(phantom / "labelsTr" / "case_000.nii.gz", studies / "labels" / "final" / "case_000.nii.gz")
-    return studies, phantom
+make_datastore = server_conftest.make_datastore
 
 
 def start(work: Path, studies: Path, phantom: Path, conf: dict | None = None, name: str = "server") -> Server:
-    """The real server on studies with <work>/model and a TMPDIR of its own (<work>/tmp)."""
-    model_dir, tmpdir = work / "model", work / "tmp"
-    tmpdir.mkdir(exist_ok=True)
-    conf = {"model_dir": model_dir, "models": ",".join(MODELS), **(conf or {})}
-    proc = MonaiLabelServer(studies, conf=conf, log_path=work / f"{name}.log")
-    old_tmp = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmpdir)  # inherited by the server process only (restored right after start)
-    try:
-        url = proc.start(timeout=240)
-    finally:
-        if old_tmp is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = old_tmp
-    return Server(url, studies, phantom, model_dir, tmpdir, proc, frozenset(p.name for p in tmpdir.iterdir()))
+    """The real server serving only MODELS (see server_conftest.start)."""
+    return server_conftest.start(work, studies, phantom, conf={"models": ",".join(MODELS), **(conf or {})}, name=name)
 
 
 def strings(value):

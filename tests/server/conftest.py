@@ -80,6 +80,37 @@ class Server:
         raise TimeoutError(f"training did not finish in {timeout} s")
 
 
+
+def make_datastore(work: Path, n_cases: int = 2) -> tuple[Path, Path]:
+    """(datastore, phantom): n_cases 4 mm phantoms under <work>/phantom, case_000 with a final label."""
+    phantom = work / "phantom"
+    write_dataset(phantom, n_cases=n_cases, seed=0, downsample=4, n_test=0, progress=False)
+    studies = work / "datastore"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for image in sorted((phantom / "imagesTr").glob("*.nii.gz")):
+        shutil.copy(image, studies / image.name)
+    shutil.copy(phantom / "labelsTr" / "case_000.nii.gz", studies / "labels" / "final" / "case_000.nii.gz")
+    return studies, phantom
+
+
+def start(work: Path, studies: Path, phantom: Path, conf: dict | None = None, name: str = "server",
+          timeout: float = 240) -> Server:
+    """The real server on studies with <work>/model and a TMPDIR of its own (<work>/tmp)."""
+    model_dir, tmpdir = work / "model", work / "tmp"
+    tmpdir.mkdir(exist_ok=True)
+    proc = MonaiLabelServer(studies, conf={"model_dir": model_dir, **(conf or {})}, log_path=work / f"{name}.log")
+    old_tmp = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmpdir)  # inherited by the server process only (restored right after start)
+    try:
+        url = proc.start(timeout=timeout)
+    finally:
+        if old_tmp is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old_tmp
+    return Server(url, studies, phantom, model_dir, tmpdir, proc, frozenset(p.name for p in tmpdir.iterdir()))
+
+
 @pytest.fixture(scope="session")
 def server(request, tmp_path_factory) -> Server:
     running = getattr(request.config, "_sparsesight_server", None)
@@ -87,29 +118,9 @@ def server(request, tmp_path_factory) -> Server:
         yield running
         return
     work = tmp_path_factory.mktemp("monailabel")
-    phantom = work / "phantom"
-    write_dataset(phantom, n_cases=N_CASES, seed=0, downsample=4, n_test=0, progress=False)
-
-    studies = work / "datastore"
-    (studies / "labels" / "final").mkdir(parents=True)
-    for image in sorted((phantom / "imagesTr").glob("*.nii.gz")):
-        shutil.copy(image, studies / image.name)
-    shutil.copy(phantom / "labelsTr" / "case_000.nii.gz", studies / "labels" / "final" / "case_000.nii.gz")
-
-    model_dir = work / "model"
-    tmpdir = work / "tmp"
-    tmpdir.mkdir()
-    proc = MonaiLabelServer(studies, conf={"model_dir": model_dir}, log_path=work / "server.log")
-    old_tmp = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmpdir)  # inherited by the server process only (restored right after start)
-    try:
-        url = proc.start(timeout=300)
-    finally:
-        if old_tmp is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = old_tmp
-    srv = Server(url, studies, phantom, model_dir, tmpdir, proc, frozenset(p.name for p in tmpdir.iterdir()))
+    studies, phantom = make_datastore(work, n_cases=N_CASES)
+    srv = start(work, studies, phantom, timeout=300)
+    proc = srv.process
     try:
         srv.train()  # so that the infer tests have a checkpoint
         request.config._sparsesight_server = srv  # one server per session, whichever conftest asks first

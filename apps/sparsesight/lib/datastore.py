@@ -310,7 +310,15 @@ class SparseSightDatastore(LocalDatastore):
 
     def remove_image(self, image_id: str) -> None:
         self._object(image_id)
-        return super().remove_image(image_id)
+        super().remove_image(image_id)
+        self._reconcile_now()
+
+    def _reconcile_now(self) -> None:
+        """With auto-reload the stock delete leaves the index to the file watcher, so a listing right after a
+        200 could still hold what was deleted (seen under load): reconcile at once, as the watcher would (its
+        index write takes the index lock itself)."""
+        if self._auto_reload:
+            self._reconcile_datastore()
 
     def _label(self, label_id: str, label_tag: str):
         check_id(label_id)
@@ -330,4 +338,5 @@ class SparseSightDatastore(LocalDatastore):
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         self._label(label_id, label_tag)
-        return super().remove_label(label_id, label_tag)
+        super().remove_label(label_id, label_tag)
+        self._reconcile_now()
