@@ -123,6 +123,7 @@ def _build(name: str, config: dict, state: dict, expect: str | None = None):
         raise InvalidInput(f"the checkpoint holds a {name!r} model, not {expect!r}")
     if name not in models.NAMES:
         raise InvalidInput(f"unknown model {name!r} in the checkpoint; known models: {', '.join(models.NAMES)}")
+    config = models.stored_config(name, config)  # e.g. an ML-CSC config without "design" is design 1
     # shapes first on the meta device (no memory), so a config that asks for a huge network is refused unbuilt
     try:
         with torch.device("meta"):

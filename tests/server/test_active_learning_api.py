@@ -116,7 +116,7 @@ def test_scores_are_cached_and_invalidated_when_the_model_version_changes(server
     # another process replaces the checkpoint (here: thresholds nudged): the stored scores no longer count
     model, meta = checkpoint.load(server.model_dir / "mlcsc.pt")
     with torch.no_grad():
-        model.lam_min.mul_(1.1)
+        model.lam_min_raw.mul_(1.1)
     new = checkpoint.save(server.model_dir / "mlcsc.pt", model, "mlcsc", meta["config"], meta={"train": meta["train"]})
     assert new != version
     info = scoring_info(server)

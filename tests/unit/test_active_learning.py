@@ -180,7 +180,7 @@ def test_tta_flips_are_undone(image):
 def test_tta_disagreement_of_a_convolutional_model(image):
     """ML-CSC's 3x3x3 kernels are not flip-symmetric: its flipped predictions disagree somewhere."""
     torch.manual_seed(0)
-    model = models.build("mlcsc", {"roi_size": [64, 64, 40]}).eval()  # one window over the 60 x 60 x 39 image
+    model = models.build("mlcsc", {"design": 1, "roi_size": [64, 64, 40]}).eval()  # one window over the 60 x 60 x 39 image
     with torch.no_grad():
         model.classifier.weight.normal_(0, 1.0)  # confident enough that the disagreement is visible
     s = epistemic_score(model, image, flips=FLIPS[:2])

@@ -39,7 +39,7 @@ def smooth_cnn(dims=2, channels=1, classes=3, seed=0, dtype=torch.float64):
 def tiny_mlcsc(seed=0):
     """ML-CSC with few atoms and one iteration; classifier weights large enough for distinct class scores."""
     torch.manual_seed(seed)
-    m = models.build("mlcsc", {"atoms": [4, 4, 4, 4], "T": 1, "lam_init": -0.05, "lam_min_init": 0.05})
+    m = models.build("mlcsc", {"design": 1, "atoms": [4, 4, 4, 4], "T": 1, "lam_init": -0.05, "lam_min_init": 0.05})
     with torch.no_grad():
         m.classifier.weight.normal_(0.0, 1.0)
     return m.eval()

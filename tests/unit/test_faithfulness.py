@@ -68,7 +68,7 @@ def test_good_map_beats_random_map():
 
 def _tiny_mlcsc():
     torch.manual_seed(0)
-    m = models.build("mlcsc", {"atoms": [4, 4, 4, 4], "T": 1, "lam_init": -0.05, "lam_min_init": 0.05})
+    m = models.build("mlcsc", {"design": 1, "atoms": [4, 4, 4, 4], "T": 1, "lam_init": -0.05, "lam_min_init": 0.05})
     with torch.no_grad():
         m.classifier.weight.normal_(0.0, 1.0)
     return m.eval()

@@ -21,7 +21,7 @@ def test_grid_labels_are_block_majorities():
 
 def test_features_of_mlcsc_are_its_deepest_codes():
     torch.manual_seed(0)
-    m = models.build("mlcsc", {"atoms": [4, 4, 4, 6], "T": 1}).eval()
+    m = models.build("mlcsc", {"design": 1, "atoms": [4, 4, 4, 6], "T": 1}).eval()
     x = torch.randn(1, 4, 16, 16, 8)
     f = latent.latent_features(m, x)
     assert f.shape == (1, 4 * 6, 4, 4, 2)
@@ -34,7 +34,7 @@ def test_features_of_mlcsc_are_its_deepest_codes():
 
 def test_projection_rows_and_pca_match_an_svd(tmp_path):
     torch.manual_seed(0)
-    m = models.build("mlcsc", {"atoms": [4, 4, 4, 4], "T": 1, "lam_init": -0.05}).eval()
+    m = models.build("mlcsc", {"design": 1, "atoms": [4, 4, 4, 4], "T": 1, "lam_init": -0.05}).eval()
     rng = np.random.default_rng(0)
     images, labels = [], []
     for _ in range(2):

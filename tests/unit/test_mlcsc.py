@@ -102,7 +102,7 @@ def np_ml_ista_step(model, x, gamma_L, lam0):
 @pytest.fixture
 def tiny():
     torch.manual_seed(0)
-    model = MLCSC(in_channels=2, num_classes=3, atoms=[2, 3, 2, 2], strides=[2, 1, 2, 1], T=2, M=1)
+    model = MLCSC(design=1, in_channels=2, num_classes=3, atoms=[2, 3, 2, 2], strides=[2, 1, 2, 1], T=2, M=1)
     with torch.no_grad():  # move the learned scalars away from their identical initial values
         model.mu0.uniform_(0.5, 1.2)
         model.lam_min.uniform_(0.0, 0.2)
@@ -214,7 +214,7 @@ def test_unknown_config_key_is_refused():
 def test_two_sided_soft_threshold_variant_runs_and_matches_its_definition():
     """nonneg=False: h_0 of the first step is S_{mu lam}(mu Phi^T x) with the two-sided soft-threshold."""
     torch.manual_seed(1)
-    model = MLCSC(in_channels=2, num_classes=2, atoms=[2, 2, 2, 2], strides=[2, 1, 1, 1], nonneg=False)
+    model = MLCSC(design=1, in_channels=2, num_classes=2, atoms=[2, 2, 2, 2], strides=[2, 1, 1, 1], nonneg=False)
     x = torch.randn(1, 2, 8, 8, 8)
     lam0 = model.lam_schedule(0)
     h = model.ml_ista_step(x, None, lam0)

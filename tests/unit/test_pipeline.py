@@ -36,11 +36,11 @@ def test_checkpoint_version_changes_with_weights(tmp_path):
     v1 = checkpoint.save(tmp_path / "m.pt", m, "mlcsc", cfg, {"train": {"epochs": 1}})
     assert v1 == checkpoint.save(tmp_path / "m2.pt", m, "mlcsc", cfg) == checkpoint.version_of(tmp_path / "m.pt")
     with torch.no_grad():
-        m.lam_min += 0.01
+        m.readout_bias += 0.01
     v2 = checkpoint.save(tmp_path / "m.pt", m, "mlcsc", cfg)
     assert v2 != v1 and v2.startswith("sha256:")
     loaded, meta = checkpoint.load(tmp_path / "m.pt")
-    assert meta["version"] == v2 and torch.equal(loaded.lam_min, m.lam_min)
+    assert meta["version"] == v2 and torch.equal(loaded.readout_bias, m.readout_bias)
     assert checkpoint.version_of(tmp_path / "missing.pt") is None
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 

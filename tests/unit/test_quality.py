@@ -96,13 +96,13 @@ def test_mlcsc_parameter_check_reads_the_model():
     from sparsesight.models.mlcsc import MLCSC
 
     torch.manual_seed(0)
-    model = MLCSC(atoms=[2, 2, 2, 2])
+    model = MLCSC(design=1, atoms=[2, 2, 2, 2])
     # mu = 1 and lam > 0 at initialisation: mu ||D||^2 is ||D||^2, the largest class' that of the grouped operator
     q = quality.mlcsc_parameter_check(model)
     assert q["negative_thresholds"] == [] and q["min_threshold"] > 0
     for l, d in enumerate(model.D, start=1):
         per_class = [v for k, v in q["step_norms"].items() if k.startswith(f"mu_{l}[")]
-        assert max(per_class) == pytest.approx(d.operator_norm(size=12, iters=40) ** 2, rel=0.05)
+        assert max(per_class) == pytest.approx(d.operator_norm(size=12 * d.stride, iters=60) ** 2, rel=0.05)
     # the joint synthesis sum_c Phi_c of 4 classes is at least as long as one class', at most sqrt(4) x
     assert 0.9 <= q["operator_norms"]["Phi (joint)"] <= 2.05
     with torch.no_grad():

@@ -154,47 +154,27 @@ def parameter_check(thresholds: Mapping[str, float], steps: Mapping[str, tuple[f
             "step_norms": step_norms, "max_step_norm": max(step_norms.values(), default=math.nan), "flags": flags}
 
 
-def mlcsc_parameter_check(model, size: int = 12, iters: int = 20) -> dict:
+def mlcsc_parameter_check(model, size: int = 12, iters: int = 30) -> dict:
     """parameter_check of an ML-CSC model (models/mlcsc.py): thresholds lam_min,c (the schedule lam_c(t) is a
     positive multiple of it) and lam_{c,l}; steps mu_c with ||Phi|| the joint synthesis sum_c Phi_c (the merged
-    update descends ||sum_c Phi_c g_c - x||^2) and mu_{c,l} with ||D_l^(c)||, each by power iteration on a
-    `size`^3 code grid (zero-padded borders: a slight underestimate of the norm on a whole image)."""
+    update descends ||sum_c Phi_c g_c - x||^2) and mu_{c,l} with ||D_l^(c)||, the values the iterations use
+    (model.learned()) and the norms by power iteration on a `size`^3 code grid (model.operator_norms(); zero-padded
+    borders: a slight underestimate of the norm on a whole image)."""
     import torch
-    import torch.nn.functional as F
 
     names = [r["class"] for r in model.parameter_table()]
-    m = len(names)
-    lam_min, mu0 = model.lam_min.detach().cpu(), model.mu0.detach().cpu()
-    lam, mu = model.lam.detach().cpu(), model.mu.detach().cpu()
-    thresholds = {f"lam_min[{c}]": float(lam_min[i]) for i, c in enumerate(names)}
-    thresholds.update({f"lam_{l + 1}[{c}]": float(lam[l, i]) for l in range(lam.shape[0]) for i, c in enumerate(names)})
-    gen = torch.Generator().manual_seed(0)
-
-    def norms(d, groups: int) -> list[float]:
-        """||D^(c)|| of each of `groups` classes at once: one power iteration normalised per class."""
-        w = d.weight.detach().cpu().float()
-        s = torch.randn(1, w.shape[0], size, size, size, generator=gen)
-
-        def unit(t):
-            t = t.reshape(groups, -1)
-            return (t / t.norm(dim=1, keepdim=True)).reshape(1, w.shape[0], size, size, size)
-
-        def op(g):
-            return F.conv_transpose3d(g, w, stride=d.stride, padding=d.pad, output_padding=d.stride - 1, groups=groups)
-
-        s = unit(s)
-        for _ in range(iters):
-            s = unit(F.conv3d(op(s), w, stride=d.stride, padding=d.pad, groups=groups))
-        return [float(v) for v in op(s).reshape(groups, -1).norm(dim=1)]
-
     with torch.no_grad():
-        phi = norms(model.Phi, 1)[0]
-        steps = {f"mu0[{c}]": (float(mu0[i]), phi) for i, c in enumerate(names)}
-        for l, d in enumerate(model.D):
-            for i, (c, n) in enumerate(zip(names, norms(d, m))):
-                steps[f"mu_{l + 1}[{c}]"] = (float(mu[l, i]), n)
+        p = {k: v.detach().cpu() for k, v in model.learned().items()}
+        norms = model.operator_norms(size, iters)
+    thresholds = {f"lam_min[{c}]": float(p["lam_min"][i]) for i, c in enumerate(names)}
+    thresholds.update({f"lam_{l + 1}[{c}]": float(p["lam"][l, i])
+                       for l in range(p["lam"].shape[0]) for i, c in enumerate(names)})
+    steps = {f"mu0[{c}]": (float(p["mu0"][i]), norms["Phi"]) for i, c in enumerate(names)}
+    for l, per_class in enumerate(norms["D"]):
+        for i, (c, n) in enumerate(zip(names, per_class)):
+            steps[f"mu_{l + 1}[{c}]"] = (float(p["mu"][l, i]), n)
     out = parameter_check(thresholds, steps)
-    out["operator_norms"] = {"Phi (joint)": phi}
+    out["operator_norms"] = {"Phi (joint)": norms["Phi"]}
     return out
 
 
@@ -247,9 +227,10 @@ def assess_localisation(components: np.ndarray, label: np.ndarray, mask: np.ndar
 def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str],
            components: np.ndarray | None = None, label: np.ndarray | None = None,
            classes: Mapping[int, str] | None = None, parameters: dict | None = None,
-           brain: np.ndarray | None = None) -> dict:
+           brain: np.ndarray | None = None, step_residuals: Sequence[float] | None = None) -> dict:
     """The manifest's `explanation_quality`: reconstruction metrics (when recon is given), the localisation of the
     components (when given with the label and classes) and a parameter check (when given), each with flags;
+    `step_residuals` (||x^ - x||^2 / ||x||^2 after each unrolled step) is reported as `convergence`, unflagged;
     `faithful` when no set has a flag. `image` is the normalised input (n, X, Y, Z); `brain` the mask (default:
     brain_mask(image))."""
     brain = brain_mask(image) if brain is None else brain
@@ -261,6 +242,10 @@ def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str
         out["localisation"] = assess_localisation(components, label, brain, classes)
     if parameters is not None:
         out["parameters"] = parameters
+    if step_residuals is not None and len(step_residuals):
+        r = [float(v) for v in step_residuals]
+        out["convergence"] = {"residual_per_step": r,
+                              "last_step_change": (r[-2] - r[-1]) / r[-2] if len(r) > 1 and r[-2] > 0 else math.nan}
     out["faithful"] = all(not v["flags"] for v in out.values() if isinstance(v, dict) and "flags" in v)
     return out
 
@@ -290,6 +275,9 @@ def table_rows(quality: dict) -> list[dict]:
         rows.append({"set": "parameters", "scope": "all", "metric": "max_step_norm", "value": _fmt(p["max_step_norm"]),
                      "aim": f"<= {aims['step_norm_max']:g}",
                      "status": "FAIL" if any("mu ||D||" in f for f in p["flags"]) else "ok"})
+    for i, v in enumerate(quality.get("convergence", {}).get("residual_per_step", []), start=1):
+        rows.append({"set": "convergence", "scope": f"step {i}", "metric": "relative_residual_energy",
+                     "value": _fmt(v), "aim": "", "status": ""})
     rows.append({"set": "all", "scope": "", "metric": "faithful", "value": str(quality.get("faithful")), "aim": "True",
                  "status": "ok" if quality.get("faithful") else "FAIL: not faithful"})
     return rows

@@ -34,6 +34,13 @@ def with_defaults(defaults: dict, config: dict, model: str) -> dict:
     return {**defaults, **config}
 
 
+def stored_config(name: str, config: dict) -> dict:
+    """The config a stored checkpoint's model is built with (a model may read an old checkpoint's config
+    differently from a new one's: models/mlcsc.py, design 1)."""
+    hook = getattr(_module(name), "stored_config", None)
+    return hook(config) if hook is not None else dict(config)
+
+
 def build(name: str, config: dict | None = None):
     """Instantiate model `name` with `config` overriding its defaults."""
     mod = _module(name)

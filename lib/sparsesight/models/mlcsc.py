@@ -19,8 +19,26 @@ coordinate relaxation (eq. 6), which is the proximal gradient step on the joint 
 The feature-extraction threshold lam_c(t) decreases linearly over the T outer iterations to the learned
 lam_min,c (salient-to-fine MCA schedule); each outer iteration runs M unrolled steps with shared weights.
 Table I: D^T is a convolution, D the transposed convolution with the *same* kernel, S_lam(z) = ReLU(z - lam).
-Classification: one 1x1x1 convolution with parameters shared by every class (Section V-B) maps gamma_{c,L}
-to the logit of class c; softmax over classes.
+
+Two designs share this code (config "design"; docs/ARCHITECTURE.md):
+
+- design 1 (the first release; a checkpoint without "design" is one): strided transposed-convolution
+  dictionaries, unconstrained lam and mu, one 1x1x1 classifier shared by every class (Section V-B) and the
+  components Phi_c g_0,c of the top-down synthesis. Trained on segmentation alone; issue 16 measured that its
+  components neither reconstruct the image nor avoid the stride-2 lattice.
+- design 2 (the default): the sparse-coding model is kept a real one.
+  * Phi at full resolution (stride 1) and D_l = U K_l (dictionary.ResizeDictionary: linear interpolation after
+    a stride-1 convolution), so no synthesis lives on a lattice;
+  * ||Phi|| (of the summed synthesis sum_c Phi_c) = ||D_l|| = 1 by power-iteration normalisation,
+    0 < mu = 0.98 sigmoid(.) <= 1 / ||D||^2 and lam = softplus(.) >= 0;
+  * class evidence by a non-negative read-out per class, logit_c = sum_k w_{c,k} gamma_{c,L,k} + b_c with
+    w = softplus(.) >= 0: a class's codes (>= 0) can only add evidence for that class;
+  * gamma_c (layer 0) is signed (two-sided S_lam; the deeper codes stay >= 0) and Phi is 1x1x1 at full
+    resolution, started as a tight frame (sum_c Phi_c Phi_c^T = I), so one step can fit x; the deeper layers
+    carry the spatial context and the class evidence;
+  * the components are Phi_c h_0,c of the last step (gamma_c, the layer-0 code after its data-fit update),
+    and the objective (loss()) asks sum_c Phi_c gamma_c to reconstruct x in the brain (beta) and the tumour
+    classes' components to stay inside their class (eta), besides Dice + CE.
 """
 from __future__ import annotations
 
@@ -32,174 +50,245 @@ from torch import nn
 
 from ..ops.soft_threshold import soft_threshold
 from . import with_defaults
+from .dictionary import ResizeDictionary, TransposedDictionary, operator_norm
 
 CLASS_NAMES = ("background", "oedema", "non-enhancing core", "enhancing")
+#: the design of a checkpoint whose config predates the "design" key (models/mlcsc.py docstring)
+LEGACY_DESIGN = 1
 
 
 def default_config() -> dict:
-    """Hyperparameters (not learned). L = 3 ML-CSC layers as in the paper."""
+    """Hyperparameters (not learned). L = 3 ML-CSC layers as in the paper; design 2 (module docstring)."""
     return {
+        "design": 2,                 # 1: the first release (transposed dictionaries, unconstrained); 2: see above
         "in_channels": 4,            # n modalities
         "num_classes": 4,            # m components / classes
-        "atoms": [8, 16, 16, 16],    # channels per class of gamma_c, gamma_{c,1}, gamma_{c,2}, gamma_{c,3}
-        "strides": [2, 2, 1, 1],     # stride of Phi_c, D_1, D_2, D_3: gamma_c at 1/2, gamma_{c,1..3} at 1/4 resolution
-        "kernel_size": 3,
-        "T": 3,                      # joint feature extraction (MCA) iterations, thresholds decreasing to lam_min
-        "M": 1,                      # MM-ML-ISTA unrollings per outer iteration
+        "atoms": [4, 16, 16, 16],    # channels per class of gamma_c, gamma_{c,1}, gamma_{c,2}, gamma_{c,3}
+        "strides": [1, 2, 2, 1],     # of Phi_c, D_1, D_2, D_3: gamma_c at full, gamma_{c,1} at 1/2, the rest at 1/4
+        "kernel_size": 3,            # of D_1..D_3 (and of Phi in design 1)
+        "phi_kernel_size": 1,        # design 2: Phi_c^(i) maps a voxel's codes to its modalities (full resolution)
+        "T": 2,                      # joint feature extraction (MCA) iterations, thresholds decreasing to lam_min
+        "M": 2,                      # MM-ML-ISTA unrollings per outer iteration
         "rho": 2.0,                  # lam_c(t=1) / lam_min,c of the linearly decreasing schedule
         "nonneg": True,              # S_lam(z) = ReLU(z - lam) (Table I); False: two-sided soft-threshold
-        "lam_min_init": 0.1,
+        "signed_gamma_c": True,      # design 2: two-sided S_lam for gamma_c (layer 0) whatever "nonneg" says
+        "lam_min_init": 0.02,
         "lam_init": 0.01,
-        "mu_init": 1.0,
+        "mu_init": 0.9,
+        "beta": 2.0,                 # weight of the reconstruction term ||x - sum_c Phi_c gamma_c||^2_B / ||x||^2_B
+        "eta": 1.0,                  # weight of the tumour components' energy outside their class
         "roi_size": [96, 96, 96],    # sliding-window size used by runners.segmentation.predict
     }
 
 
-class _Dictionary(nn.Module):
-    """A convolutional dictionary per class, all classes held in one grouped kernel.
+def legacy_config() -> dict:
+    """Design 1's defaults: what a checkpoint config without "design" was built with."""
+    return {**default_config(), "design": 1, "atoms": [8, 16, 16, 16], "strides": [2, 2, 1, 1], "T": 3, "M": 1,
+            "lam_min_init": 0.1, "mu_init": 1.0, "beta": 0.0, "eta": 0.0,
+            "phi_kernel_size": 3, "signed_gamma_c": False}
 
-    Kernel W has shape (m*k_code, k_sig, s, s, s); D^T (analysis, code <- signal) is conv3d with W and
-    D (synthesis, signal <- code) is conv_transpose3d with the same W, its exact adjoint.
-    """
 
-    def __init__(self, groups: int, sig_ch: int, code_ch: int, kernel_size: int, stride: int):
-        super().__init__()
-        self.groups, self.sig_ch, self.code_ch = groups, sig_ch, code_ch
-        self.stride, self.pad = stride, kernel_size // 2
-        self.weight = nn.Parameter(torch.randn(groups * code_ch, sig_ch, kernel_size, kernel_size, kernel_size))
-        if not self.weight.is_meta:  # a shapes-only build (checkpoint checks) has no values to normalise
-            with torch.no_grad():  # ||D|| = 1 at initialisation, so that step sizes of about 1 are stable
-                self.weight /= self.operator_norm()  # type: ignore[misc]  # (in-place on a Parameter)
+def stored_config(config: dict) -> dict:
+    """The config a stored checkpoint's model is built with: one without "design" is a design-1 model, whose
+    missing keys take design 1's defaults (not today's)."""
+    return dict(config) if "design" in config else {"design": LEGACY_DESIGN, **config}
 
-    @torch.no_grad()
-    def operator_norm(self, size: int = 8, iters: int = 20) -> float:
-        """Spectral norm ||D||_2 by power iteration on D^T D over a size^3 signal."""
-        s = torch.randn(1, self.groups * self.sig_ch, size, size, size, generator=torch.Generator().manual_seed(0))
-        for _ in range(iters):
-            s = self(self.T(s))
-            s = s / s.norm()
-        return float(self.T(s).norm())
 
-    def T_shared(self, s: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """D_c^T s for every class c of one signal s (B, sig) shared by all classes -> (B, m*code).
+def _inv_softplus(v: float) -> float:
+    return v + math.log(-math.expm1(-v))
 
-        Equals T(s repeated m times) with a single dense convolution (m times less input)."""
-        return F.conv3d(s, self.weight, bias, stride=self.stride, padding=self.pad)
 
-    def synthesis_sum(self, g: torch.Tensor) -> torch.Tensor:
-        """sum_c D_c g_c (B, sig): one dense transposed convolution sums the classes' syntheses."""
-        return F.conv_transpose3d(g, self.weight, stride=self.stride, padding=self.pad,
-                                  output_padding=self.stride - 1)
-
-    def T(self, s: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """D^T s (+ bias per code channel): analysis (convolution), signal (B, m*sig) -> code (B, m*code)."""
-        return F.conv3d(s, self.weight, bias, stride=self.stride, padding=self.pad, groups=self.groups)
-
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
-        """D g: synthesis (transposed convolution), code (B, m*code) -> signal (B, m*sig)."""
-        return F.conv_transpose3d(g, self.weight, stride=self.stride, padding=self.pad,
-                                  output_padding=self.stride - 1, groups=self.groups)
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
 
 
 class MLCSC(nn.Module):
     """Merged Joint-Feature ML-ISTA segmentation network (seed 000, eqs. 2-7, Table I).
 
-    forward(x): x (B, n, X, Y, Z) normalised modalities -> logits (B, m, X, Y, Z).
+    forward(x): x (B, n, X, Y, Z) normalised modalities -> logits (B, m, X, Y, Z)
+    (decompose=True: a dict with the logits, the components and the reconstruction).
     interpret(x): the named intermediate outputs (see its docstring).
     """
 
     def __init__(self, **config):
         super().__init__()
-        cfg = with_defaults(default_config(), config, "MLCSC")
+        defaults = legacy_config() if config.get("design", 2) == 1 else default_config()
+        cfg = with_defaults(defaults, config, "MLCSC")
+        if cfg["design"] not in (1, 2):
+            raise ValueError(f"MLCSC design must be 1 or 2, not {cfg['design']!r}")
         self.config = cfg
+        self.design = int(cfg["design"])
         n, m = cfg["in_channels"], cfg["num_classes"]
         atoms, strides, k = cfg["atoms"], cfg["strides"], cfg["kernel_size"]
         if len(atoms) != 4 or len(strides) != 4:
             raise ValueError("atoms and strides need 4 entries: Phi, D_1, D_2, D_3 (L = 3)")
         self.n, self.m, self.L = n, m, len(atoms) - 1
         self.scale = int(math.prod(strides))
-        # Phi_c^(i): code gamma_c (atoms[0] per class) -> n modalities per class
-        self.Phi = _Dictionary(m, n, atoms[0], k, strides[0])
-        # D_l^(c): gamma_{c,l} (atoms[l]) -> gamma_{c,l-1} (atoms[l-1])
-        self.D = nn.ModuleList(_Dictionary(m, atoms[l - 1], atoms[l], k, strides[l]) for l in range(1, 4))
-        # learned thresholds and step sizes, one per class and layer (Table III)
-        self.lam_min = nn.Parameter(torch.full((m,), float(cfg["lam_min_init"])))
-        self.mu0 = nn.Parameter(torch.full((m,), float(cfg["mu_init"])))
-        self.lam = nn.Parameter(torch.full((self.L, m), float(cfg["lam_init"])))
-        self.mu = nn.Parameter(torch.full((self.L, m), float(cfg["mu_init"])))
-        # classifier shared by all classes (Section V-B): logit_c = w . gamma_{c,L} + b
-        self.classifier = nn.Conv3d(atoms[-1], 1, kernel_size=1)
-        with torch.no_grad():  # start from near-uniform class scores: large initial logits make DiceCE explode
-            self.classifier.weight.normal_(0.0, 0.01)
-            self.classifier.bias.zero_()
+        L = self.L
+        if self.design == 1:
+            # Phi_c^(i): code gamma_c (atoms[0] per class) -> n modalities per class
+            self.Phi = TransposedDictionary(m, n, atoms[0], k, strides[0])
+            # D_l^(c): gamma_{c,l} (atoms[l]) -> gamma_{c,l-1} (atoms[l-1])
+            self.D = nn.ModuleList(TransposedDictionary(m, atoms[l - 1], atoms[l], k, strides[l]) for l in range(1, 4))
+            # learned thresholds and step sizes, one per class and layer (Table III)
+            self.lam_min = nn.Parameter(torch.full((m,), float(cfg["lam_min_init"])))
+            self.mu0 = nn.Parameter(torch.full((m,), float(cfg["mu_init"])))
+            self.lam = nn.Parameter(torch.full((L, m), float(cfg["lam_init"])))
+            self.mu = nn.Parameter(torch.full((L, m), float(cfg["mu_init"])))
+            # classifier shared by all classes (Section V-B): logit_c = w . gamma_{c,L} + b
+            self.classifier = nn.Conv3d(atoms[-1], 1, kernel_size=1)
+            with torch.no_grad():  # start from near-uniform class scores: large initial logits make DiceCE explode
+                self.classifier.weight.normal_(0.0, 0.01)
+                self.classifier.bias.zero_()
+            return
+        if strides[0] != 1 or any(s not in (1, 2) for s in strides):
+            raise ValueError(f"design 2 needs strides [1, s1, s2, s3] with s in (1, 2), not {strides}")
+        self.Phi = ResizeDictionary(m, n, atoms[0], cfg["phi_kernel_size"], 1, joint=True)
+        if cfg["phi_kernel_size"] == 1 and atoms[0] >= n and not self.Phi.raw.is_meta:
+            self._tight_frame_phi()
+        self.D = nn.ModuleList(ResizeDictionary(m, atoms[l - 1], atoms[l], k, strides[l]) for l in range(1, 4))
+        # unconstrained parameters of the constrained ones: lam = softplus(.), mu = 0.98 sigmoid(.)
+        self.lam_min_raw = nn.Parameter(torch.full((m,), _inv_softplus(cfg["lam_min_init"])))
+        self.lam_raw = nn.Parameter(torch.full((L, m), _inv_softplus(cfg["lam_init"])))
+        self.mu0_raw = nn.Parameter(torch.full((m,), _logit(cfg["mu_init"] / 0.98)))
+        self.mu_raw = nn.Parameter(torch.full((L, m), _logit(cfg["mu_init"] / 0.98)))
+        # one non-negative read-out per class: w_c = softplus(readout_raw[c]) >= 0
+        self.readout_raw = nn.Parameter(torch.full((m, atoms[-1]), _inv_softplus(0.1)))
+        self.readout_bias = nn.Parameter(torch.zeros(m))
+        with torch.no_grad():  # background wins where there is no evidence (outside the brain every code is 0)
+            self.readout_bias[0] = 1.0
+
+    @torch.no_grad()
+    def _tight_frame_phi(self) -> None:
+        """Start Phi (1x1x1) as a tight frame: each class's first n atoms are a random orthonormal basis of the n
+        modalities (the rest small and random), so sum_c Phi_c Phi_c^T = I after normalisation: with signed
+        gamma_c, one ISTA step from 0 with mu = 1 reconstructs x, and every class can represent any modality mix."""
+        n, k = self.n, self.Phi.code_ch
+        w = self.Phi.raw.view(self.m, k, n)
+        for c in range(self.m):
+            # rows: orthonormal atoms; the background's larger, so that it carries most of the fit at the start
+            w[c, :n] = torch.linalg.qr(torch.randn(n, n))[0].T * (1.0 if c == 0 else 0.5)
+            w[c, n:] = torch.randn(k - n, n) * 0.1
+        self.Phi.refresh_norm(iters=30)
+
+    # --- the learned parameters (design 2: their constrained values) -----------------------------------
+    def learned(self) -> dict[str, torch.Tensor]:
+        """lam_min (m,), mu0 (m,), lam (L, m), mu (L, m) as the iterations use them."""
+        if self.design == 1:
+            return {"lam_min": self.lam_min, "mu0": self.mu0, "lam": self.lam, "mu": self.mu}
+        return {"lam_min": F.softplus(self.lam_min_raw), "mu0": 0.98 * torch.sigmoid(self.mu0_raw),
+                "lam": F.softplus(self.lam_raw), "mu": 0.98 * torch.sigmoid(self.mu_raw)}
+
+    def readout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w (m, K_L), b (m,)): logit_c = w_c . gamma_{c,L} + b_c (design 1: w_c the shared classifier's)."""
+        if self.design == 1:
+            w = self.classifier.weight.view(1, -1).expand(self.m, -1)
+            return w, self.classifier.bias.expand(self.m)
+        return F.softplus(self.readout_raw), self.readout_bias
+
+    @torch.no_grad()
+    def operator_norms(self, size: int = 12, iters: int = 30) -> dict:
+        """{"Phi": ||sum_c Phi_c||, "D": [[||D_l^(c)|| per class] per layer]} by power iteration (zero borders)."""
+        return {"Phi": operator_norm(self.Phi, size, iters, joint=True)[0],
+                "D": [operator_norm(d, size, iters, groups_apart=True) for d in self.D]}
 
     # --- the maths -----------------------------------------------------------------------------
     def _per_channel(self, v: torch.Tensor, channels: int) -> torch.Tensor:
         """Expand a per-class vector (m,) to the (1, m*channels, 1, 1, 1) layout of grouped codes."""
         return v.repeat_interleave(channels).view(1, -1, 1, 1, 1)
 
-    def lam_schedule(self, t: int) -> torch.Tensor:
+    def lam_schedule(self, t: int, lam_min: torch.Tensor | None = None) -> torch.Tensor:
         """lam_c(t), t = 0..T-1: linear decrease from rho*lam_min,c to lam_min,c (MCA schedule)."""
         T, rho = self.config["T"], self.config["rho"]
         frac = (T - 1 - t) / (T - 1) if T > 1 else 0.0
-        return self.lam_min * (1.0 + (rho - 1.0) * frac)
+        lam_min = self.learned()["lam_min"] if lam_min is None else lam_min
+        return lam_min * (1.0 + (rho - 1.0) * frac)
 
-    def synthesis(self, gamma_L: torch.Tensor) -> list[torch.Tensor]:
+    def _kernels(self) -> list:
+        """The dictionaries' kernels for one forward pass (design 2: normalised once, not at every use)."""
+        if self.design == 1:
+            return [None] * (self.L + 1)
+        return [self.Phi.kernel()] + [d.kernel() for d in self.D]
+
+    def synthesis(self, gamma_L: torch.Tensor, W: list | None = None) -> list[torch.Tensor]:
         """g_L = gamma_{c,L}, g_{l-1} = D_l g_l (eq. 3); returns [g_0, ..., g_L] with g_0 = gamma_c."""
+        W = self._kernels() if W is None else W
         g = [gamma_L]
-        for D in reversed(self.D):
-            g.insert(0, D(g[0]))
+        for l in range(self.L, 0, -1):
+            g.insert(0, self.D[l - 1](g[0], w=W[l]))
         return g
 
-    def components(self, gamma_c: torch.Tensor) -> torch.Tensor:
+    def components(self, gamma_c: torch.Tensor, W: list | None = None) -> torch.Tensor:
         """Phi_c^(i) gamma_c for every class c and modality i: (B, m, n, X, Y, Z) (eq. 2)."""
-        out = self.Phi(gamma_c)
+        W = self._kernels() if W is None else W
+        out = self.Phi(gamma_c, w=W[0])
         return out.reshape(out.shape[0], self.m, self.n, *out.shape[2:])
 
-    def ml_ista_step(self, x: torch.Tensor, gamma_L: torch.Tensor | None, lam0: torch.Tensor) -> list[torch.Tensor]:
+    def ml_ista_step(self, x: torch.Tensor, gamma_L: torch.Tensor | None, lam0: torch.Tensor,
+                     W: list | None = None, p: dict | None = None) -> list[torch.Tensor]:
         """One merged JF-ML-ISTA step (eq. 7 for L layers); returns [h_0, ..., h_L], h_L = new gamma_{c,L}.
 
         gamma_L = None stands for gamma_{c,L} = 0 (the first step): every g_l is 0 and the synthesis is skipped,
         which leaves the layered soft-thresholding forward pass of Table I.
         """
+        W = self._kernels() if W is None else W
+        p = self.learned() if p is None else p
         if gamma_L is None:
             g = [0.0] * (self.L + 1)
             r = -x
         else:
-            g = self.synthesis(gamma_L)
-            r = self.Phi.synthesis_sum(g[0]) - x                  # sum_c Phi_c g_0,c - x
-        h = [self._prox_step(g[0], self.mu0, lam0, self.Phi.code_ch, lambda b: self.Phi.T_shared(r, b))]
+            g = self.synthesis(gamma_L, W)
+            r = self.Phi.synthesis_sum(g[0], w=W[0]) - x                  # sum_c Phi_c g_0,c - x
+        h = [self._prox_step(g[0], p["mu0"], lam0, self.Phi.code_ch, lambda b: self.Phi.T_shared(r, b, w=W[0]),
+                             nonneg=self.config["nonneg"] and not (self.design == 2 and self.config["signed_gamma_c"]))]
         for l, D in enumerate(self.D, start=1):
             diff = g[l - 1] - h[l - 1]
-            h.append(self._prox_step(g[l], self.mu[l - 1], self.lam[l - 1], D.code_ch, lambda b, D=D, diff=diff: D.T(diff, b)))
+            h.append(self._prox_step(g[l], p["mu"][l - 1], p["lam"][l - 1], D.code_ch,
+                                     lambda b, D=D, diff=diff, w=W[l]: D.T(diff, b, w=w)))
         return h
 
-    def _prox_step(self, g, mu, lam, channels: int, analysis) -> torch.Tensor:
+    def _prox_step(self, g, mu, lam, channels: int, analysis, nonneg: bool | None = None) -> torch.Tensor:
         """S_{mu lam}(g - mu A^T s) for per-class mu, lam (m,), with analysis(bias) = A^T s + bias.
 
         For S_lam(z) = ReLU(z - lam): ReLU(g - mu (A^T s + lam)), the threshold riding on the convolution's
-        bias and g - mu(.) fused in one addcmul (g = 0.0 in the first step)."""
+        bias and g - mu(.) fused in one addcmul (g = 0.0 in the first step). nonneg=False (or config "nonneg"
+        False): the two-sided S_lam(z) = sign(z) max(|z| - lam, 0)."""
         mu_c = self._per_channel(mu, channels)
-        nonneg = self.config["nonneg"]
+        nonneg = self.config["nonneg"] if nonneg is None else nonneg
         grad = analysis(lam.repeat_interleave(channels) if nonneg else None)
         z = -mu_c * grad if isinstance(g, float) else torch.addcmul(g, mu_c, grad, value=-1.0)
-        return z.relu_() if nonneg else soft_threshold(z, self._per_channel(mu * lam, channels))
+        if not nonneg:
+            return soft_threshold(z, self._per_channel(mu * lam, channels))
+        return z.relu_()
 
-    def codes(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Run the T x M unrolled iterations from gamma_{c,L} = 0; returns the last step's [h_0..h_L]."""
+    def codes(self, x: torch.Tensor, W: list | None = None, residuals: list | None = None) -> list[torch.Tensor]:
+        """Run the T x M unrolled iterations from gamma_{c,L} = 0; returns the last step's [h_0..h_L].
+        `residuals` (a list) receives ||sum_c Phi_c h_0,c - x||^2 / ||x||^2 after every step."""
+        W = self._kernels() if W is None else W
+        p = self.learned()
         gamma_L, h = None, None  # None: gamma_{c,L} = 0
         for t in range(self.config["T"]):
-            lam0 = self.lam_schedule(t)
+            lam0 = self.lam_schedule(t, p["lam_min"])
             for _ in range(self.config["M"]):
-                h = self.ml_ista_step(x, gamma_L, lam0)
+                h = self.ml_ista_step(x, gamma_L, lam0, W, p)
                 gamma_L = h[-1]
+                if residuals is not None:
+                    rec = self.Phi.synthesis_sum(self._gamma_c(h, W), w=W[0])
+                    residuals.append(float(((rec - x) ** 2).sum() / (x ** 2).sum().clamp_min(1e-12)))
         return h  # type: ignore[return-value]  # (T, M >= 1: set in the loop)
 
+    def _gamma_c(self, h: list[torch.Tensor], W: list) -> torch.Tensor:
+        """The layer-0 code whose components are shown: design 2 h_0 (last step), design 1 D_1 D_2 D_3 h_L."""
+        return h[0] if self.design == 2 else self.synthesis(h[-1], W)[0]
+
     def classify(self, gamma_L: torch.Tensor) -> torch.Tensor:
-        """Shared 1x1x1 classifier: (B, m*K_L, ...) -> logits (B, m, ...) at code resolution."""
+        """Per-class read-out: (B, m*K_L, ...) -> logits (B, m, ...) at code resolution."""
         B, _, *sp = gamma_L.shape
-        per_class = gamma_L.reshape(B * self.m, -1, *sp)
-        return self.classifier(per_class).reshape(B, self.m, *sp)
+        if self.design == 1:  # one 1x1x1 classifier shared by every class
+            per_class = gamma_L.reshape(B * self.m, -1, *sp)
+            return self.classifier(per_class).reshape(B, self.m, *sp)
+        w, b = self.readout()
+        return F.conv3d(gamma_L, w.reshape(self.m, -1, 1, 1, 1), b, groups=self.m)
 
     # --- nn.Module API -------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor):
@@ -212,38 +301,71 @@ class MLCSC(nn.Module):
         # channels-last lets oneDNN run the strided transposed convolutions about twice as fast on CPUs
         return x.contiguous(memory_format=torch.channels_last_3d), tuple(sp)
 
+    def _crop(self, t: torch.Tensor, size) -> torch.Tensor:
+        return t[(..., *[slice(0, s) for s in size])]
+
     def _upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
         if self.scale > 1:
             logits = F.interpolate(logits, scale_factor=self.scale, mode="trilinear", align_corners=False)
-        return logits[(..., *[slice(0, s) for s in size])]
+        return self._crop(logits, size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, decompose: bool = False):
         xp, size = self._pad(x)
-        h = self.codes(xp)
-        return self._upsample(self.classify(h[-1]), size)
+        W = self._kernels()
+        h = self.codes(xp, W)
+        logits = self._upsample(self.classify(h[-1]), size)
+        if not decompose:
+            return logits
+        comps = self._crop(self.components(self._gamma_c(h, W), W), size)
+        return {"logits": logits, "components": comps, "reconstruction": comps.sum(1)}
+
+    def loss(self, net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Dice + CE on the logits, + beta ||x - sum_c Phi_c gamma_c||^2_B / ||x||^2_B (B: the brain, voxels where
+        any modality != 0) + eta sum_{tumour c} ||Phi_c gamma_c||^2 outside class c in B / ||x||^2_B.
+        Design 1 (and beta = eta = 0): Dice + CE alone, as it was trained."""
+        from monai.losses import DiceCELoss
+
+        dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        beta, eta = float(self.config["beta"]), float(self.config["eta"])
+        if self.design == 1 or (beta == 0 and eta == 0):
+            return dice_ce(net(x), y)
+        out = net(x, decompose=True)
+        brain = (x != 0).any(1)                                  # (B, X, Y, Z)
+        energy = (x ** 2).sum().clamp_min(1e-6)
+        total = dice_ce(out["logits"], y)
+        if beta:
+            total = total + beta * (((out["reconstruction"] - x) ** 2).sum(1) * brain).sum() / energy
+        if eta:
+            label = y[:, 0].long()
+            for c in range(1, self.m):
+                outside = brain & (label != c)
+                total = total + eta * ((out["components"][:, c] ** 2).sum(1) * outside).sum() / energy
+        return total
 
     @torch.no_grad()
     def interpret(self, x: torch.Tensor, contributions: bool = True) -> dict[str, torch.Tensor]:
         """Named interpretable outputs for x (B, n, X, Y, Z):
 
         - "logits" (B, m, X, Y, Z): class scores; "probabilities": their softmax.
-        - "components" (B, m, n, X, Y, Z): morphological components Phi_c^(i) gamma_c with
-          gamma_c = D_1 D_2 D_3 gamma_{c,L} (eq. 3-4; Fig. 1 of the paper).
+        - "components" (B, m, n, X, Y, Z): morphological components Phi_c^(i) gamma_c (eq. 2-4; Fig. 1 of the
+          paper); gamma_c is h_0 of the last step (design 2) or D_1 D_2 D_3 gamma_{c,L} (design 1).
         - "reconstruction" (B, n, X, Y, Z) = sum_c components: the model's synthesis of each modality (eq. 2).
         - "residual_energy" (B, X, Y, Z): sum_i (x^(i) - reconstruction^(i))^2.
-        - "logit_contributions" (B, m, K_L, X, Y, Z): w_k gamma_{c,L,k} upsampled; summed over k plus the
-          classifier bias they give "logits" exactly (the classifier and the upsampling are linear).
+        - "step_residuals" (T*M,): ||reconstruction - x||^2 / ||x||^2 after each unrolled step (convergence).
+        - "logit_contributions" (B, m, K_L, X, Y, Z): w_{c,k} gamma_{c,L,k} upsampled; summed over k plus the
+          bias they give "logits" exactly (the read-out and the upsampling are linear).
           Left out when contributions=False (it is K_L full-resolution maps per class).
         - "code_energy" (B, m, X, Y, Z): ||gamma_{c,L}||^2 per voxel, upsampled.
         - "sparsity" (L+1, m): fraction of non-zero coefficients of gamma_c, gamma_{c,1..L} (last step).
         """
         xp, size = self._pad(x)
-        h = self.codes(xp)
+        W = self._kernels()
+        steps: list[float] = []
+        h = self.codes(xp, W, residuals=steps)
         gamma_L = h[-1]
         B, _, *sp = gamma_L.shape
         KL = self.D[-1].code_ch
-        g = self.synthesis(gamma_L)
-        comps = self.components(g[0])[(..., *[slice(0, s) for s in size])]
+        comps = self._crop(self.components(self._gamma_c(h, W), W), size)
         recon = comps.sum(1)
         logits = self._upsample(self.classify(gamma_L), size)
         energy = self._upsample((gamma_L.reshape(B, self.m, KL, *sp) ** 2).sum(2), size)
@@ -254,11 +376,12 @@ class MLCSC(nn.Module):
             "components": comps,
             "reconstruction": recon,
             "residual_energy": ((x - recon) ** 2).sum(1),
+            "step_residuals": torch.tensor(steps),
             "code_energy": energy,
             "sparsity": sparsity,
         }
         if contributions:
-            w = self.classifier.weight.view(1, 1, KL, 1, 1, 1)
+            w = self.readout()[0].reshape(1, self.m, KL, 1, 1, 1)
             contrib = (gamma_L.reshape(B, self.m, KL, *sp) * w).reshape(B, self.m * KL, *sp)
             out["logit_contributions"] = self._upsample(contrib, size).reshape(B, self.m, KL, *size)
         return out
@@ -270,13 +393,13 @@ class MLCSC(nn.Module):
         threshold or step size is negative (sparse coding theory requires lam >= 0, mu > 0).
         """
         rows = []
-        lam_min, mu0, lam, mu = (p.detach() for p in (self.lam_min, self.mu0, self.lam, self.mu))
+        p = {k: v.detach() for k, v in self.learned().items()}
         for c in range(self.m):
             row = {"class": CLASS_NAMES[c] if self.m == len(CLASS_NAMES) else f"class_{c}",
-                   "lam_min_c": float(lam_min[c]), "mu_c": float(mu0[c])}
+                   "lam_min_c": float(p["lam_min"][c]), "mu_c": float(p["mu0"][c])}
             for l in range(self.L):
-                row[f"lam_c{l + 1}"] = float(lam[l, c])
-                row[f"mu_c{l + 1}"] = float(mu[l, c])
+                row[f"lam_c{l + 1}"] = float(p["lam"][l, c])
+                row[f"mu_c{l + 1}"] = float(p["mu"][l, c])
             negative = [k for k, v in row.items() if k != "class" and float(v) < 0]  # type: ignore[arg-type]
             row["negative"] = ";".join(negative)
             row["consistent"] = not negative

@@ -95,7 +95,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         xn[0].numpy(), None if interp is None else interp["reconstruction"][0].numpy(), MODALITIES,
         components=None if interp is None else interp["components"][0].numpy(), label=label,
         classes={c: CLASSES[c] for c in range(1, len(CLASSES))}, brain=quality.brain_mask(image),
-        parameters=quality.mlcsc_parameter_check(model) if hasattr(model, "lam_min") else None))
+        parameters=quality.mlcsc_parameter_check(model) if hasattr(model, "learned") else None,
+        step_residuals=None if interp is None else interp.get("step_residuals", torch.zeros(0)).tolist()))
     w.manifest["explanation_quality"] = eq
     if interp is not None:
         if "probabilities" in wanted:
@@ -106,12 +107,12 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                 for i, mod in enumerate(MODALITIES):
                     if mod not in comp_mods:
                         continue
-                    w.add_volume(f"component/{cname}/{mod}", comps[c, i], dtype=np.int16,
+                    w.add_volume(f"component/{cname}/{mod}", comps[c, i], dtype=np.float32,
                                  description=f"morphological component Phi_c^(i) gamma_c, class {cname}, modality {mod} (eq. 2)",
                                  **({"quality": eq["localisation"]["per_class"][cname]} if c else {}))
         if "reconstruction" in wanted:
             for i, mod in enumerate(MODALITIES):
-                w.add_volume(f"reconstruction/{mod}", interp["reconstruction"][0, i].numpy(), dtype=np.int16,
+                w.add_volume(f"reconstruction/{mod}", interp["reconstruction"][0, i].numpy(), dtype=np.float32,
                              description="sum over classes of the components (normalised intensity units)",
                              quality=eq["reconstruction"]["per_modality"][mod])
         if "residual" in wanted:
