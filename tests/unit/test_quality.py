@@ -116,3 +116,17 @@ def test_mlcsc_parameter_check_reads_the_model():
 def test_spectral_norm_of_a_known_operator():
     a = torch.diag(torch.tensor([3.0, 1.0, 0.5]))
     assert quality.spectral_norm(lambda v: a @ v, lambda v: a.T @ v, torch.ones(3)) == pytest.approx(3, rel=1e-4)
+
+
+def test_shrinkage_activity_counts_zeroed_coefficients_and_negative_thresholds():
+    rows = [{"layer": "encoder_0.0", "channels": 8, "negative": 0}, {"layer": "decoder_0.0", "channels": 8,
+                                                                       "negative": 3},
+            {"layer": "alpha", "channels": 1, "negative": 0}]
+    s = quality.shrinkage_activity([0.75, 0.25], ["encoder_0.0", "decoder_0.0"], rows)
+    assert s["zeroed_share"] == {"encoder_0.0": 0.25, "decoder_0.0": 0.75} and s["zeroed_share_mean"] == 0.5
+    assert s["negative_thresholds"] == 3 and s["thresholds"] == 16 and "3 of 16" in s["flags"][0]
+    q = quality.assess(np.ones((1, 4, 4, 4)), np.ones((1, 4, 4, 4)), ["FLAIR"], shrinkage=s)
+    assert not q["faithful"] and any(r["set"] == "shrinkage" and r["status"] == "FAIL" for r in quality.table_rows(q))
+    clean = quality.shrinkage_activity([0.5], ["encoder_0.0"], rows[:1])
+    x = np.random.default_rng(0).uniform(1, 2, (1, 6, 6, 6))
+    assert clean["flags"] == [] and quality.assess(x, x, ["FLAIR"], shrinkage=clean)["faithful"]

@@ -8,10 +8,10 @@ term eta), its ablation beta = eta = 0, the first release (design 1) and SUM on 
 2 held-out cases at 1 mm by default), then, on each held-out case, writes the model's result bundle with the
 served runner (runners/*.py) and reads back what a clinician would be shown: the explanation-quality metrics of
 the manifest (explain/quality.py), Dice WT/TC/ET of the bundle's label, and the localisation ratio of every tumour
-class's component in the *ground-truth* region. Inference time (sliding window over one full 240x240x155 case) is
+class's component in the *ground-truth* region. Inference time (sliding window over one held-out case) is
 timed against MONAI's UNet in the same run. Writes explanations.json, and explanations_<model>.png (components per
 class next to the label, axial/coronal/sagittal through the tumour) under --out, and prints the table with the
-aims of issue 16. Checkpoints are kept under <out>/explanations_models and reused by a second run.
+aims of issue 16. Checkpoints are kept under out/bench/explanations_models and reused by a second run.
 """
 from __future__ import annotations
 
@@ -63,12 +63,14 @@ def _dataset(root: Path, n_cases: int, downsample: int, seed: int, n_test: int) 
 
 
 def _model(name: str, data: dict, epochs: int, store: Path, given: dict, patch: int, seed: int, retrain: bool):
-    """(model, version, train seconds or None) of variant `name`: --checkpoint, else the stored one, else trained."""
+    """(model, version, training {epochs, seconds}) of variant `name`: --checkpoint, else the stored one, else trained."""
     kind, config = VARIANTS[name]
     path = Path(given[name]) if name in given else store / f"{name}.pt"
     if path.is_file() and not (retrain and name not in given):
         model, meta = checkpoint.load(path, expect=kind)
-        return model, meta["version"], meta.get("train", {}).get("seconds")
+        logger.info("%s: %s checkpoint %s (%s)", name, "given" if name in given else "stored", path.name,
+                    meta.get("train"))
+        return model, meta["version"], dict(meta.get("train") or {})
     torch.manual_seed(seed)
     model = models.build(kind, config)
     logger.info("training %s (%s %s) for %d epochs on %d cases", name, kind, config or "defaults", epochs,
@@ -79,7 +81,7 @@ def _model(name: str, data: dict, epochs: int, store: Path, given: dict, patch: 
     store.mkdir(parents=True, exist_ok=True)
     version = checkpoint.save(path, model, kind, model.config, meta={"train": {"epochs": epochs,
                                                                                 "seconds": stats["seconds"]}})
-    return model.eval(), version, stats["seconds"]
+    return model.eval(), version, {"epochs": epochs, "seconds": stats["seconds"]}
 
 
 def _case_metrics(name: str, model, version: str, item: dict, work: Path) -> tuple[dict, dict]:
@@ -165,6 +167,10 @@ def _summary(cases: list[dict], kind: str) -> dict:
                                     default=float("nan")),
         "faithful_cases": sum(bool(e.get("faithful")) for e in q),
     }
+    sh = q[0].get("shrinkage")
+    if sh:  # SUM: is the soft-shrinkage shrinking?
+        s["zeroed_share_mean"] = _mean(e["shrinkage"]["zeroed_share_mean"] for e in q)
+        s["negative_thresholds"], s["thresholds"] = sh["negative_thresholds"], sh["thresholds"]
     if kind == "mlcsc":
         s["localisation_truth"] = {c: _mean(case["localisation_truth"][c] for case in cases) for c in TUMOUR.values()}
         p = q[0].get("parameters", {})
@@ -184,7 +190,8 @@ def aims_met(s: dict) -> dict:
         "energy_in_brain": s["energy_in_brain_min"] >= a["energy_in_brain_min"],
         "lattice": s["lattice_vs_image_max"] <= a["lattice_share_max_vs_image"],
         "localisation": None if loc is None else all(v >= a["localisation_ratio_min"] for v in loc.values()),
-        "parameters": None if loc is None else (s["negative_thresholds"] == 0 and (s["max_step_norm"] or 0) <= 1.0),
+        "parameters": None if "negative_thresholds" not in s else (
+            s["negative_thresholds"] == 0 and (s.get("max_step_norm") or 0) <= 1.0),
         "dice": s["dice"]["WT"] >= 0.90 and s["dice"]["TC"] >= 0.80 and s["dice"]["ET"] >= 0.75,
     }
 
@@ -195,7 +202,7 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _dataset(Path(data_root), n_cases, downsample, seed, n_test)
-    store = out_dir / "explanations_models"
+    store = Path(data_root).parent / "explanations_models"
     results: dict[str, Any] = {
         "command": f"python -m sparsesight.bench.explanations --epochs {epochs} --sum-epochs {sum_epochs} "
                    f"--cases {n_cases} --downsample {downsample}",
@@ -207,7 +214,7 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
     figure_arrays = {}
     for name in variants:
         kind = VARIANTS[name][0]
-        model, version, train_s = _model(name, data, sum_epochs if kind == "sum" else epochs, store,
+        model, version, trained = _model(name, data, sum_epochs if kind == "sum" else epochs, store,
                                          checkpoints or {}, patch, seed, retrain)
         cases = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +226,7 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
                     figure_arrays[name] = arrays
         summary = _summary(cases, kind)
         results["models"][name] = {"model": kind, "config": model.config if hasattr(model, "config") else {},
-                                   "version": version, "train_s": train_s, "summary": summary,
+                                   "version": version, "train": trained, "summary": summary,
                                    "aims_met": aims_met(summary), "cases": cases}
         if name in figure_arrays:
             png = out_dir / f"explanations_{name}.png"

@@ -178,6 +178,19 @@ def mlcsc_parameter_check(model, size: int = 12, iters: int = 30) -> dict:
     return out
 
 
+def shrinkage_activity(sparsity: Sequence[float], layers: Sequence[str], parameters: Sequence[dict]) -> dict:
+    """Is a soft-shrinkage network (SUM) shrinking? `sparsity`: the surviving share of coefficients per shrinkage
+    layer (`layers` its names); `parameters`: the model's parameter_table rows (layer, channels, negative).
+    Returns zeroed_share per layer and overall, negative_thresholds (channels with b < 0 boost instead of
+    shrinking) of all channels, and flags for negative thresholds (a shrinkage must have b >= 0)."""
+    zeroed = {name: 1.0 - float(v) for name, v in zip(layers, sparsity)}
+    rows = [r for r in parameters if r.get("layer") != "alpha"]
+    neg, total = sum(int(r["negative"]) for r in rows), sum(int(r["channels"]) for r in rows)
+    flags = [f"{neg} of {total} shrinkage thresholds b < 0 (they amplify instead of shrinking)"] if neg else []
+    return {"zeroed_share": zeroed, "zeroed_share_mean": float(np.mean(list(zeroed.values()))) if zeroed else math.nan,
+            "negative_thresholds": neg, "thresholds": total, "flags": flags}
+
+
 def assess_reconstruction(recon: np.ndarray, image: np.ndarray, mask: np.ndarray,
                           modalities: Sequence[str]) -> dict:
     """Metrics of a reconstruction x^ (n, X, Y, Z) of the normalised image x (n, X, Y, Z) per modality, in the
@@ -227,7 +240,8 @@ def assess_localisation(components: np.ndarray, label: np.ndarray, mask: np.ndar
 def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str],
            components: np.ndarray | None = None, label: np.ndarray | None = None,
            classes: Mapping[int, str] | None = None, parameters: dict | None = None,
-           brain: np.ndarray | None = None, step_residuals: Sequence[float] | None = None) -> dict:
+           brain: np.ndarray | None = None, step_residuals: Sequence[float] | None = None,
+           shrinkage: dict | None = None) -> dict:
     """The manifest's `explanation_quality`: reconstruction metrics (when recon is given), the localisation of the
     components (when given with the label and classes) and a parameter check (when given), each with flags;
     `step_residuals` (||x^ - x||^2 / ||x||^2 after each unrolled step) is reported as `convergence`, unflagged;
@@ -242,6 +256,8 @@ def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str
         out["localisation"] = assess_localisation(components, label, brain, classes)
     if parameters is not None:
         out["parameters"] = parameters
+    if shrinkage is not None:
+        out["shrinkage"] = shrinkage
     if step_residuals is not None and len(step_residuals):
         r = [float(v) for v in step_residuals]
         out["convergence"] = {"residual_per_step": r,
@@ -275,6 +291,13 @@ def table_rows(quality: dict) -> list[dict]:
         rows.append({"set": "parameters", "scope": "all", "metric": "max_step_norm", "value": _fmt(p["max_step_norm"]),
                      "aim": f"<= {aims['step_norm_max']:g}",
                      "status": "FAIL" if any("mu ||D||" in f for f in p["flags"]) else "ok"})
+    sh = quality.get("shrinkage")
+    if sh:
+        rows.append({"set": "shrinkage", "scope": "all", "metric": "zeroed_share_mean",
+                     "value": _fmt(sh["zeroed_share_mean"]), "aim": "", "status": ""})
+        rows.append({"set": "shrinkage", "scope": "all", "metric": "negative_thresholds",
+                     "value": f"{sh['negative_thresholds']} of {sh['thresholds']}", "aim": "0",
+                     "status": "FAIL" if sh["flags"] else "ok"})
     for i, v in enumerate(quality.get("convergence", {}).get("residual_per_step", []), start=1):
         rows.append({"set": "convergence", "scope": f"step {i}", "metric": "relative_residual_energy",
                      "value": _fmt(v), "aim": "", "status": ""})

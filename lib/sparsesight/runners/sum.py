@@ -106,8 +106,10 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     label = interp["logits"][0].argmax(0).cpu().numpy().astype(np.uint8)
     segmentation.add_label(w, label)
     # explanation quality of ED_alpha(x) as the reconstruction of x (explain/quality.py, issue 16)
+    shrinkage = quality.shrinkage_activity(interp["sparsity"].tolist(), list(interp["masks"]),
+                                           model.parameter_table())
     eq = quality.jsonable(quality.assess(x[0].cpu().numpy(), interp["ed"][0].cpu().numpy(), MODALITIES[: model.n],
-                                         brain=quality.brain_mask(image)))
+                                         brain=quality.brain_mask(image), shrinkage=shrinkage))
     w.manifest["explanation_quality"] = eq
     if "quality" in wanted:
         w.add_table("quality", quality.table_rows(eq), description="explanation quality of ED_alpha(x) against the "
