@@ -37,3 +37,16 @@ def test_security_figures_are_those_of_the_reliability_bench():
     assert [e for e in expected if e not in quoted] == []
     assert r["command"] == "python -m sparsesight.bench.reliability --trials 20"  # the run the README quotes
     assert "docs/SECURITY.md" in quoted
+
+
+def test_explanation_figures_are_those_of_the_explanations_bench():
+    from sparsesight.bench.explanations import markdown_table
+
+    r = json.loads((ROOT / "bench" / "results" / "explanations.json").read_text())
+    text = section("ML-CSC explanations, measured")
+    assert r["command"] in " ".join(text.split()) and "bench/results/explanations.json" in text
+    missing = [line for line in markdown_table(r) if line not in text]
+    assert missing == [], "README's table differs from bench/results/explanations.json; rerun and paste"
+    for name, m in r["models"].items():
+        if "figure" in m:
+            assert (ROOT / "bench" / "results" / m["figure"]).is_file(), name

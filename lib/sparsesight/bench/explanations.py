@@ -250,6 +250,24 @@ def _f(v, fmt=".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
 
 
+def markdown_table(results: dict) -> list[str]:
+    """The README's table of a run (tests/unit/test_readme_figures.py checks the README quotes it)."""
+    lines = ["| model | relative error (max) | correlation (min) | energy in brain (min) | lattice / image (max) "
+             "| localisation oedema / core / enhancing | min λ / max μ‖D‖² | Dice WT / TC / ET | time / UNet |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["models"].items():
+        s = r["summary"]
+        loc = s.get("localisation_truth")
+        locs = " / ".join(_f(loc[c], ".1f") for c in TUMOUR.values()) if loc else "–"
+        params = (f"{_f(s.get('min_threshold'), '.3f')} / {_f(s.get('max_step_norm'), '.2f')}" if loc else
+                  f"{s['negative_thresholds']} of {s['thresholds']} b < 0" if "thresholds" in s else "–")
+        lines.append(f"| `{name}` | {_f(s['relative_error_max'])} | {_f(s['correlation_min'], '.2f')} | "
+                     f"{_f(s['energy_in_brain_min'], '.3f')} | {_f(s['lattice_vs_image_max'], '.2f')} | {locs} | "
+                     f"{params} | {' / '.join(_f(s['dice'][k]) for k in ('WT', 'TC', 'ET'))} | "
+                     f"{_f(r.get('inference_time_ratio'), '.2f')}{'×' if r.get('inference_time_ratio') else ''} |")
+    return lines
+
+
 def _print(results: dict, out_dir: Path) -> None:
     print(f"\nExplanation quality on {results['test_cases']} held-out phantoms at {results['downsample_mm']} mm "
           f"({results['machine']}); aims of issue 16 in brackets")
@@ -270,6 +288,7 @@ def _print(results: dict, out_dir: Path) -> None:
     missed = {n: [k for k, v in r["aims_met"].items() if v is False] for n, r in results["models"].items()}
     for n, m in missed.items():
         print(f"{n}: aims missed: {', '.join(m) if m else 'none'}")
+    print("\nas the README quotes it:\n" + "\n".join(markdown_table(results)))
     print(f"written: {out_dir / 'explanations.json'} and the explanations_*.png figures")
 
 
