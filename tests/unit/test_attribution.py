@@ -140,7 +140,7 @@ def test_smoothgrad_is_the_gaussian_smoothed_gradient_and_lowers_variance():
     noise = 0.15
     s = noise * 2.0  # sigma = noise * (max x - min x)
     grad = A.attribute(net, x, "gradient", target=1, region="all")
-    sg = A.attribute(net, x, "smoothgrad", target=1, region="all", samples=400, noise=noise)
+    sg = A.attribute(net, x, "smoothgrad", target=1, region="all", samples=400, noise=noise, squared=False)
     expected = a * w * torch.cos(w * x) * math.exp(-(w * s) ** 2 / 2)
     torch.testing.assert_close(grad, a * w * torch.cos(w * x))
     rms = float(((sg - expected) ** 2).mean().sqrt()) / (a * w)
@@ -197,13 +197,16 @@ def test_blur_ig_agrees_with_saliency_package():
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["full", "fast"])
 def test_xrai_agrees_with_saliency_package(algorithm):
-    import saliency.core as saliency
+    """The paper's settings (Felzenszwalb at 6 scales on 224^2, dilated by a disk of 5; min_pixel_diff) give
+    PAIR's segments, and with PAIR's channel max the same regions, the same first one and a region ranking that
+    agrees (Spearman over pixels; PAIR sorts the added regions by gain, ours keeps the order they were added in)."""
+    saliency = pytest.importorskip("saliency.core")
     from saliency.core import xrai as pair_xrai
+    from scipy.stats import spearmanr
 
     net = smooth_cnn(channels=3)
     x = _image(2, h=40, w=40)
     img = np.moveaxis(x.numpy(), 0, -1)
-    # the over-segmentation of the paper: Felzenszwalb at 6 scales on 224^2, dilated by a disk of 5
     ours_segs = xrai.segments_2d(x.numpy())
     ref_segs = pair_xrai._get_segments_felzenszwalb(img)
     assert len(ours_segs) == len(ref_segs)
@@ -213,35 +216,38 @@ def test_xrai_agrees_with_saliency_package(algorithm):
     params.experimental_params["min_pixel_diff"] = 20
     ref = saliency.XRAI().GetMaskWithDetails(img, None, base_attribution=np.moveaxis(base.numpy(), 0, -1),
                                              segments=ref_segs, extra_parameters=params)
-    ours, ranks = xrai.xrai(None, x[None], base_attribution=base[None], masks=ours_segs, algorithm=algorithm,
-                         min_diff=20, return_ranks=True)
-    np.testing.assert_allclose(ours[0, 0].numpy(), ref.attribution_mask, rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(ranks, ref.segments)
+    _, ranks = xrai.xrai(None, x[None], base_attribution=base[None], masks=ours_segs, algorithm=algorithm,
+                         min_diff=20, reduce="max", return_ranks=True)
+    assert len({(int(a), int(b)) for a, b in zip(ranks.ravel(), ref.segments.ravel())}) == len(np.unique(ranks))
+    np.testing.assert_array_equal(ranks == 1, ref.segments == 1)
+    # fast adds masks by their own density, so its order departs from the remainders' gains more than full's
+    assert spearmanr(ranks.ravel(), ref.segments.ravel())[0] >= (0.95 if algorithm == "full" else 0.8)
 
 
 def test_xrai_regions_partition_a_volume():
-    """3D XRAI on ML-CSC: ranks 1..N cover every voxel once, each region's value is the density (mean) of the
-    base attribution over it, so the map keeps the attribution's total (XRAI's area attribution)."""
+    """3D XRAI on ML-CSC: ranks 1..N cover every voxel once, in the order the greedy search added them
+    (non-increasing gain for the regions no later remainder outgains); the map is 1 on the first region and
+    1 - (share of the image ranked before) on each other."""
     net = tiny_mlcsc()
     x = torch.randn(4, 16, 16, 12, generator=torch.Generator().manual_seed(5))
     amap, ranks = xrai.xrai(A.TargetScore(net, 1), x[None], steps=4, return_ranks=True, min_diff=10)
-    base = torch.stack([gradients.integrated_gradients(A.TargetScore(net, 1), x[None], gradients.make_baseline(x[None], b),
-                                               steps=4) for b in ("min", "max")]).mean(0)[0].max(0).values
     assert ranks.shape == x.shape[1:] and ranks.min() == 1
     labels = np.unique(ranks)
     np.testing.assert_array_equal(labels, np.arange(1, len(labels) + 1))
     assert len(labels) > 5
     m = amap[0, 0].numpy()
+    before = 0
     for r in labels:
         region = ranks == r
-        assert np.ptp(m[region]) == 0
-        assert m[region][0] == pytest.approx(float(base.numpy()[region].mean()), rel=1e-4, abs=1e-7)
-    assert m.sum() == pytest.approx(float(base.sum()), rel=1e-4)
+        assert np.ptp(m[region]) == 0 and m[region][0] == pytest.approx(1 - before / ranks.size)
+        before += int(region.sum())
     # every channel carries the same region map
     assert torch.equal(amap[0, 0], amap[0, 3])
-    # regions ranked by density: rank 1 is the densest
-    dens = [m[ranks == r][0] for r in labels[:-1]]
-    assert dens == sorted(dens, reverse=True)
+    # the first region has the highest gain density of all masks (the greedy search's first pick)
+    base = gradients.integrated_gradients(A.TargetScore(net, 1), x[None], torch.zeros_like(x[None]), steps=4)
+    a = base[0].sum(0).numpy()
+    masks = xrai.segments_3d(x.numpy())
+    assert a[ranks == 1].mean() == pytest.approx(max(a.ravel()[mk].mean() for mk in masks if len(mk) >= 10))
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -10,8 +10,9 @@ For a classifier F(x) = z_c(x).
 
 Methods (captum for the first three, our own for the path methods the papers define):
   gradient             dF/dx (Simonyan et al. 2014)
-  smoothgrad           1/N sum_n dF/dx (x + eps_n), eps_n ~ N(0, sigma^2), sigma = noise * (max x - min x)
-                       (Smilkov et al. 2017, eq. 3); captum NoiseTunnel
+  smoothgrad           1/N sum_n dF/dx (x + eps_n), eps_n ~ N(0, sigma^2) on the brain (non-zero) voxels,
+                       sigma = noise * (max x - min x) there (Smilkov et al. 2017, eq. 3); squared (default): the
+                       mean of the squared gradients (SmoothGrad-Squared, Hooker et al. 2019)
   integrated_gradients IG_i = (x_i - x'_i) int_0^1 dF(x' + a (x - x'))/dx_i da (seed eq. 8; Sundararajan 2017);
                        captum, Gauss-Legendre steps, batched in chunks of `batch` path points
   guided_ig            Guided IG (Kapishnikov et al. 2021, Algorithm 1): an adaptive path that at each of `steps`
@@ -19,9 +20,10 @@ Methods (captum for the first three, our own for the path methods the papers def
                        staying within `max_dist` (in alpha) of the straight line
   blur_ig              Blur IG (Xu et al. 2020, eq. 4): integrates along the scale-space path L(x, sigma) =
                        G_sigma * x from sigma_max to 0 (spatial blur only, never across channels)
-  xrai                 XRAI (Kapishnikov et al. 2019, Algorithm 1): IG with black and white baselines, summed over
-                       the baselines' mean, ranked over an over-segmentation (Felzenszwalb in 2D, SLIC supervoxels
-                       in 3D, several scales, dilated) by attribution density, greedily
+  xrai                 XRAI (Kapishnikov et al. 2019, Algorithm 1): IG (zero baseline, as seed 004; `baselines`)
+                       summed over channels, ranked over an over-segmentation (Felzenszwalb in 2D, SLIC supervoxels
+                       in 3D, several scales, dilated) greedily by attribution gain per voxel; the map is each
+                       region's rank as 1 - (share of the image added before it)
 The methods live in gradients.py (the first five) and xrai.py; this module holds the target and the entry point.
 """
 from __future__ import annotations
@@ -142,7 +144,7 @@ def _method_options(m: str) -> set[str]:
     return set(inspect.signature(_FUNCS[m]).parameters) - {"F", "x", "baseline", "return_ranks"}
 
 
-def n_evaluations(method: str, steps: int = 32, samples: int = 16, baselines: int = 2) -> int:
+def n_evaluations(method: str, steps: int = 32, samples: int = 16, baselines: int = 1) -> int:
     """Forward+backward passes a method makes (the progress bar's total)."""
     return {"gradient": 1, "smoothgrad": samples, "integrated_gradients": steps, "guided_ig": steps,
             "blur_ig": steps, "xrai": baselines * steps}[method]
@@ -157,8 +159,8 @@ def attribute(model: nn.Module, x, method: str = "integrated_gradients", target:
     it otherwise (a one-channel 3D volume without the batch axis).
     Options: region (see the module doc); baseline ('zero', 'min', 'max', 'blur', a number or an array; IG and
     Guided IG); steps (path points); batch (path points per forward/backward chunk; default fits CHUNK_ELEMENTS);
-    samples and noise (SmoothGrad); fraction and max_dist (Guided IG); max_sigma (Blur IG); algorithm
-    ('full'/'fast'), masks, min_diff and segment_options (XRAI); progress (a tqdm bar over the passes).
+    samples, noise and squared (SmoothGrad); fraction and max_dist (Guided IG); max_sigma (Blur IG); algorithm
+    ('full'/'fast'), baselines, reduce, masks, min_diff and segment_options (XRAI); progress (a tqdm bar over the passes).
     An option the method does not take is refused (InvalidInput naming the method's options).
     """
     m = method_name(method)
@@ -185,7 +187,9 @@ def attribute(model: nn.Module, x, method: str = "integrated_gradients", target:
     try:
         mask, _ = region_mask(model, xb, target, region)
         F = TargetScore(model, target, mask)
-        total = n_evaluations(m, int(steps), int(options.get("samples", 16)))
+        n_bl = options.get("baselines", ("zero",))
+        total = n_evaluations(m, int(steps), int(options.get("samples", 16)),
+                              1 if isinstance(n_bl, str) else len(n_bl))
         with tqdm(total=total, desc=f"{SHORT[m]} class {target}", disable=not progress, leave=False) as bar:
             Fc = _Counted(F, bar)
             kw = dict(options, steps=int(steps)) if "steps" in _method_options(m) else dict(options)

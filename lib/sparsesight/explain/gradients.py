@@ -73,16 +73,36 @@ def gradient(F, x):
     return Saliency(F).attribute(x.detach().requires_grad_(True), abs=False)
 
 
-def smoothgrad(F, x, samples: int = 16, noise: float = 0.15, batch=None, seed: int = 0):
-    """SmoothGrad (Smilkov et al. 2017, eq. 3): mean gradient over `samples` noisy copies, sigma = noise * range."""
-    from captum.attr import NoiseTunnel, Saliency
+def brain_mask(x: torch.Tensor) -> torch.Tensor:
+    """The voxels with signal in some channel, (B, 1, *spatial); every voxel when none has (a blank input)."""
+    m = (x != 0).any(1, keepdim=True)
+    return m if bool(m.any()) else torch.ones_like(m)
 
-    stdev = float(noise) * float(x.max() - x.min())
-    with torch.random.fork_rng(devices=[]):  # reproducible noise without touching the caller's generator
-        torch.manual_seed(seed)
-        return NoiseTunnel(Saliency(F)).attribute(x.detach().requires_grad_(True), nt_type="smoothgrad",
-                                                  nt_samples=int(samples), stdevs=stdev,
-                                                  nt_samples_batch_size=_chunk(x, batch), abs=False)
+
+def noise_sigma(x: torch.Tensor, noise: float, mask: torch.Tensor) -> float:
+    """sigma = noise * (max x - min x) over the brain voxels `mask` (Smilkov et al. 2017, Sec. 3: noise level as
+    a fraction of the input's range; the background would stretch a z-scored MRI's range)."""
+    v = x[mask.expand_as(x)]
+    return float(noise) * float(v.max() - v.min())
+
+
+def smoothgrad(F, x, samples: int = 16, noise: float = 0.05, squared: bool = True, batch=None, seed: int = 0):
+    """SmoothGrad (Smilkov et al. 2017, eq. 3): 1/N sum_n dF/dx(x + eps_n), eps_n ~ N(0, sigma^2) on the brain
+    voxels only (sigma: noise_sigma; the background stays as it is, as the model saw it), N = `samples`;
+    squared: SmoothGrad-Squared 1/N sum_n (dF/dx(x + eps_n))^2 (Hooker et al. 2019, SG-SQ).
+    Defaults by deletion gain over random (SUM, 4 mm phantoms, 8 samples): SG-SQ at noise 0.05 3.3x, 0.10 3.1x;
+    signed SG at 0.10 2.5x; the old whole-range noise 0.15 everywhere 0.74x."""
+    mask = brain_mask(x)
+    sigma = noise_sigma(x, noise, mask)
+    total = torch.zeros_like(x)
+    gen = torch.Generator(device=x.device).manual_seed(int(seed))
+    chunk = _chunk(x, batch)
+    for start in range(0, int(samples), chunk):
+        k = min(chunk, int(samples) - start)
+        eps = torch.randn((k, *x.shape[1:]), generator=gen, dtype=x.dtype, device=x.device) * sigma * mask
+        g, _ = grad_and_score(F, x + eps)
+        total += (g * g if squared else g).sum(0, keepdim=True)
+    return total / int(samples)
 
 
 def integrated_gradients(F, x, baseline, steps: int = 32, batch=None, rule: str = "gausslegendre"):

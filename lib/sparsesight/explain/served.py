@@ -128,7 +128,7 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
                 f"attribution/{SHORT[method]}/{cname}", voxel_map(attr, method),
                 method=method, target=cname, target_index=target, steps=req["steps"],
                 baseline=req["baseline"] if method in ("integrated_gradients", "guided_ig") else
-                {"xrai": "min and max", "blur_ig": "blurred input", "smoothgrad": "none (noise)",
+                {"xrai": "zero", "blur_ig": "blurred input", "smoothgrad": "none (noise)",
                  "gradient": "none"}[method],
                 region=region_desc,
                 faithfulness={"deletion_auc": round(faith["deletion_auc"], 6),

@@ -1,5 +1,10 @@
-"""XRAI (Kapishnikov et al. 2019, Algorithm 1): IG with black and white baselines ranked over an
-over-segmentation (Felzenszwalb in 2D, SLIC supervoxels in 3D, several scales, dilated) by attribution density."""
+"""XRAI (Kapishnikov et al. 2019, Algorithm 1): IG (zero baseline as in seed 004, or black and white as in the
+paper) summed over channels, ranked over an over-segmentation (Felzenszwalb in 2D, SLIC supervoxels in 3D, several
+scales, dilated) greedily by attribution gain per voxel; the map is the regions' rank as a share of the image.
+
+Why not PAIR's defaults in MRI: black/white baselines of a z-scored volume give the background (x = 0, 80 % of a
+phantom) large signed IG in every modality, and PAIR's max over channels keeps the positive ones, so background
+regions outranked the tumour (deletion gain 0.42x random on ML-CSC, 1.6x on SUM against IG's 4.5x)."""
 from __future__ import annotations
 
 import numpy as np
@@ -72,87 +77,111 @@ def segments_3d(volume: np.ndarray, n_segments=(32, 128, 512), compactness: floa
     return masks
 
 
-def xrai_regions(attr: np.ndarray, masks: list[np.ndarray], min_diff: int = 50, algorithm: str = "full",
-                 area_threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """XRAI's region ranking (Kapishnikov et al. 2019, Algorithm 1) on a voxel attribution `attr` (*spatial).
-
-    full: repeatedly add the mask whose new part has the highest attribution density (mean), dropping masks that
-    add fewer than `min_diff` voxels, until `area_threshold` of the image is covered; fast: rank masks once by
-    their own density, ignoring overlaps. Every region's voxels get its density; the voxels no mask reached form
-    the last region with their own density. Returns (map, ranks): ranks 1..N partition the image (1 = best)."""
+def incidence(masks: list[np.ndarray], n: int):
+    """Masks (boolean arrays, or flat voxel indices) as their flat index lists and a sparse (masks x voxels)
+    incidence matrix M, whose columns are sliced as voxels get covered."""
     from scipy import sparse
 
-    flat_attr = attr.ravel().astype(np.float64)
-    n = flat_attr.size
-    out = np.full(n, -np.inf)
-    current = np.zeros(n, bool)
-    trace = []
-    if algorithm not in ("full", "fast"):
-        raise InvalidInput(f"unknown XRAI algorithm {algorithm!r}: 'full' or 'fast'")
-    # masks (boolean arrays of attr's shape, or flat voxel indices) as a sparse (masks x voxels) incidence
-    # matrix whose columns are sliced as voxels get covered
     idx = [np.flatnonzero(m) if m.dtype == bool else np.unique(np.asarray(m, dtype=np.int64)) for m in masks]
     rows = np.repeat(np.arange(len(idx)), [len(i) for i in idx])
-    M = sparse.csc_matrix((np.ones(len(rows), np.float32), (rows, np.concatenate(idx) if idx else [])),
-                          shape=(len(idx), n))
+    cols = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+    return idx, sparse.csc_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(idx), n))
+
+
+def gain_density(sums: np.ndarray, counts: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """XRAI's gain of adding each mask: the attribution of its not yet covered voxels per voxel (-inf if dead)."""
+    return np.where(alive & (counts > 0), sums / np.maximum(counts, 1), -np.inf)
+
+
+def xrai_trace(attr: np.ndarray, masks: list[np.ndarray], min_diff: int = 50, algorithm: str = "full",
+               area_threshold: float = 1.0) -> list[tuple[np.ndarray, float]]:
+    """XRAI's region ranking (Kapishnikov et al. 2019, Algorithm 1) on a voxel attribution `attr` (*spatial):
+    the regions (flat voxel indices, disjoint) in the order they were added, each with its gain density.
+
+    full: repeatedly add the mask whose new part has the highest attribution density, dropping masks that add
+    fewer than `min_diff` voxels, until `area_threshold` of the image is covered; fast: take the masks once in
+    the order of their own density, each adding its not yet covered part (when >= min_diff voxels)."""
+    if algorithm not in ("full", "fast"):
+        raise InvalidInput(f"unknown XRAI algorithm {algorithm!r}: 'full' or 'fast'")
+    a = attr.ravel().astype(np.float64)
+    idx, M = incidence(masks, a.size)
     counts = np.asarray(M.sum(1)).ravel()                 # voxels each mask would add
-    sums = M @ flat_attr                                   # attribution they would add
+    sums = M @ a                                           # attribution they would add
+    current = np.zeros(a.size, bool)
+    trace: list[tuple[np.ndarray, float]] = []
+
+    def add(i: int) -> np.ndarray:
+        new = idx[i][~current[idx[i]]]
+        trace.append((new, float(a[new].mean())))
+        current[new] = True
+        return new
+
     if algorithm == "fast":
-        own = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf)
-        for i in np.argsort(-own, kind="stable"):
-            new = idx[i][~current[idx[i]]]
-            if len(new) < min_diff:
-                continue
-            gain = flat_attr[new].mean()
-            trace.append((new, gain))
-            out[new] = gain
-            current[new] = True
-    else:
-        alive = np.ones(len(idx), bool)
-        while current.mean() <= area_threshold:
-            alive &= counts >= min_diff
-            if not alive.any():
-                break
-            gains = np.where(alive, sums / np.maximum(counts, 1), -np.inf)
-            best = int(np.argmax(gains))
-            new = idx[best][~current[idx[best]]]
-            gain = flat_attr[new].mean()
-            trace.append((new, gain))
-            out[new] = gain
-            current[new] = True
-            alive[best] = False
-            cols = M[:, new]                                # masks that also held the newly covered voxels
-            counts -= np.asarray(cols.sum(1)).ravel()
-            sums -= cols @ flat_attr[new]
-    out = out.reshape(attr.shape)
-    rest = out == -np.inf
-    if rest.any():
-        out[rest] = attr[rest].mean()
-    ranks = np.zeros(n, int)
-    trace.sort(key=lambda t: -t[1])
-    for r, (new, _) in enumerate(trace, start=1):
+        for i in np.argsort(-gain_density(sums, counts, np.ones(len(idx), bool)), kind="stable"):
+            if counts[i] > 0 and np.count_nonzero(~current[idx[i]]) >= min_diff:
+                add(int(i))
+        return trace
+    alive = np.ones(len(idx), bool)
+    while current.mean() <= area_threshold:
+        alive &= counts >= min_diff
+        if not alive.any():
+            break
+        best = int(np.argmax(gain_density(sums, counts, alive)))
+        new = add(best)
+        alive[best] = False
+        cols = M[:, new]                                   # masks that also held the newly covered voxels
+        counts -= np.asarray(cols.sum(1)).ravel()
+        sums -= cols @ a[new]
+    return trace
+
+
+def xrai_regions(attr: np.ndarray, masks: list[np.ndarray], min_diff: int = 50, algorithm: str = "full",
+                 area_threshold: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """XRAI's map and region ranks of `attr` (*spatial) over `masks` (xrai_trace; the voxels no mask reached
+    form the last region). ranks 1..N partition the image in the order the regions were added (1 = first).
+    The map value of a voxel is 1 - (share of the image added before its region): 1 for the first region,
+    decreasing with the rank, so {map > 1 - k} is XRAI's "top k of the image" (Kapishnikov et al. 2019, Fig. 1)."""
+    n = attr.size
+    regions = [new for new, _ in xrai_trace(attr, masks, min_diff, algorithm, area_threshold)]
+    covered = np.zeros(n, bool)
+    for new in regions:
+        covered[new] = True
+    if not covered.all():
+        regions.append(np.flatnonzero(~covered))
+    ranks = np.zeros(n, np.int64)
+    out = np.zeros(n)
+    before = 0
+    for r, new in enumerate(regions, start=1):
         ranks[new] = r
-    ranks = ranks.reshape(attr.shape)
-    if rest.any():
-        ranks[rest] = len(trace) + 1
-    return out, ranks
+        out[new] = 1.0 - before / n
+        before += len(new)
+    return out.reshape(attr.shape), ranks.reshape(attr.shape)
 
 
-def xrai(F, x, steps: int = 32, batch=None, baselines=("min", "max"), masks=None, algorithm=None,
-         min_diff: int = 50, base_attribution=None, return_ranks: bool = False, segment_options=None):
-    """XRAI: IG averaged over black and white baselines (per channel min and max), reduced over channels by max,
-    ranked over the over-segmentation (segments_2d or segments_3d with `segment_options`). Returns the map
-    broadcast to x's shape (and the region ranks when return_ranks)."""
+def voxel_attribution(base: np.ndarray, reduce: str = "sum") -> np.ndarray:
+    """(C, *spatial) attribution -> (*spatial): 'sum' over channels (a voxel's IG share of F(x) - F(x'), all its
+    modalities together, as deletion removes them) or 'max' (PAIR's reduction of RGB channels)."""
+    if reduce not in ("sum", "max"):
+        raise InvalidInput(f"unknown XRAI channel reduction {reduce!r}: 'sum' or 'max'")
+    return base.sum(0) if reduce == "sum" else base.max(0)
+
+
+def xrai(F, x, steps: int = 32, batch=None, baselines=("zero",), masks=None, algorithm=None,
+         min_diff: int = 50, base_attribution=None, return_ranks: bool = False, segment_options=None,
+         reduce: str = "sum"):
+    """XRAI: IG averaged over `baselines` (make_baseline names; seed 004 uses zero, the XRAI paper black and
+    white: ("min", "max")), reduced over channels (`reduce`), ranked over the over-segmentation (segments_2d or
+    segments_3d with `segment_options`). Returns the rank map (xrai_regions) broadcast to x's shape (and the
+    region ranks when return_ranks)."""
     seg_options = dict(segment_options or {})
     if base_attribution is None:
+        baselines = (baselines,) if isinstance(baselines, str) else tuple(baselines)
         igs = [integrated_gradients(F, x, make_baseline(x, b), steps=steps, batch=batch) for b in baselines]
         base_attribution = torch.stack(igs).mean(0)
-    a = torch.as_tensor(base_attribution)[0].detach().cpu().numpy().astype(np.float64).max(0)
+    a = voxel_attribution(torch.as_tensor(base_attribution)[0].detach().cpu().numpy().astype(np.float64), reduce)
     img = x[0].detach().cpu().numpy()
     if masks is None:
         masks = segments_2d(img, **seg_options) if a.ndim == 2 else segments_3d(img, **seg_options)
-    algorithm = algorithm or "full"
-    out, ranks = xrai_regions(a, masks, min_diff=min_diff, algorithm=algorithm)
+    out, ranks = xrai_regions(a, masks, min_diff=min_diff, algorithm=algorithm or "full")
     m = torch.as_tensor(out, dtype=x.dtype, device=x.device).expand_as(x[0]).unsqueeze(0).clone()
     return (m, ranks) if return_ranks else m
-
