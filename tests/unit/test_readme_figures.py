@@ -50,3 +50,10 @@ def test_explanation_figures_are_those_of_the_explanations_bench():
     for name, m in r["models"].items():
         if "figure" in m:
             assert (ROOT / "bench" / "results" / m["figure"]).is_file(), name
+
+
+def test_demo_time_figures_are_those_of_the_explanations_bench():
+    m = json.loads((ROOT / "bench" / "results" / "explanations.json").read_text())["models"]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert f"took {round(m['mlcsc_beta0']['train']['seconds'])} s in the explanations benchmark" in text
+    assert f"10 epochs of SUM took {round(m['sum']['train']['seconds'])} s" in text
