@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any, Dict, Optional
@@ -84,6 +85,8 @@ class SparseSightDatastore(LocalDatastore):
         """limits: the app's security.Settings (voxel and inflated-byte caps of an upload); None for no caps."""
         self._limits = {"max_voxels": limits.max_voxels, "max_bytes": limits.max_decompressed_bytes} if limits else {}
         kwargs.setdefault("extensions", NIFTI_EXTENSIONS)
+        # one reconcile at a time: the file watcher's thread and a delete's own reconcile both walk the index
+        self._reconcile_lock = threading.RLock()
         super().__init__(datastore_path, **kwargs)
 
     # ------------------------------------------------------------------ crash safety
@@ -313,12 +316,25 @@ class SparseSightDatastore(LocalDatastore):
         super().remove_image(image_id)
         self._reconcile_now()
 
+    def _reconcile_datastore(self):
+        """The stock reconcile (index <- files on disk), serialised: the watcher and a delete may call it at once."""
+        with self._reconcile_lock:
+            return super()._reconcile_datastore()
+
     def _reconcile_now(self) -> None:
         """With auto-reload the stock delete leaves the index to the file watcher, so a listing right after a
         200 could still hold what was deleted (seen under load): reconcile at once, as the watcher would (its
-        index write takes the index lock itself)."""
-        if self._auto_reload:
-            self._reconcile_datastore()
+        index write takes the index lock itself). An upload changing the index during the walk (the stock
+        reconcile iterates it unguarded) is retried, never turned into a 500."""
+        if not self._auto_reload:
+            return
+        for attempt in range(3):
+            try:
+                self._reconcile_datastore()
+                return
+            except RuntimeError as e:  # "dictionary changed size during iteration"
+                logger.warning("datastore reconcile retried after a concurrent change (%s)", e)
+                time.sleep(0.05 * (attempt + 1))
 
     def _label(self, label_id: str, label_tag: str):
         check_id(label_id)
