@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_attribution import PixelFunction  # the same small model (tests/unit is on the path)
 from torch import nn
 
 from sparsesight.explain import attribution as A
@@ -152,18 +153,6 @@ def test_xrai_region_ranking_agrees_with_saliency_package():
 
 
 # ---------------------------------------------------------------------------------------------- SmoothGrad
-class PixelFunction(nn.Module):
-    """Logits (B, 2, *spatial): class 0 is 0, class 1 is f(x) summed over channels, voxel by voxel."""
-
-    def __init__(self, f):
-        super().__init__()
-        self.f = f
-
-    def forward(self, x):
-        z1 = self.f(x).sum(1, keepdim=True)
-        return torch.cat([torch.zeros_like(z1), z1], 1)
-
-
 def test_smoothgrad_noise_is_a_fraction_of_the_brain_range_and_stays_in_the_brain():
     """F = sum a sin(w x); brain values in [2, 3] (range 1), background 0 (whole range 3). In the brain
     E[grad(x + eps)] = grad(x) exp(-w^2 s^2 / 2) with s = noise * 1 (the brain's range); the background gets

@@ -20,7 +20,6 @@ import json
 import logging
 import platform
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,9 @@ from ..metrics import region_dice
 from ..models.baselines import unet
 from ..preview import png_bytes, pyplot
 from ..runners import get as runner_of
-from ..runners.segmentation import predict
 from ..training import train
 from . import log_to_stderr
+from .segmentation import _time_inference
 
 logger = logging.getLogger(__name__)
 
@@ -108,16 +107,6 @@ def _case_metrics(name: str, model, version: str, item: dict, work: Path) -> tup
         arrays["image"] = image
     b.close()
     return out, arrays
-
-
-def _time_inference(model, image: np.ndarray, repeats: int) -> float:
-    predict(model, image)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        predict(model, image)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def _figure(name: str, arrays: dict, path: Path) -> None:
@@ -212,6 +201,7 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
         "aims": {**quality.AIMS, "dice": {"WT": 0.90, "TC": 0.80, "ET": 0.75}, "inference_time_ratio_max": 1.0},
         "models": {}}
     figure_arrays = {}
+    timing_image = load_image(data["test"][0]["image"])[0] if timing else None  # one case, every model
     for name in variants:
         kind = VARIANTS[name][0]
         model, version, trained = _model(name, data, sum_epochs if kind == "sum" else epochs, store,
@@ -232,12 +222,10 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
             png = out_dir / f"explanations_{name}.png"
             _figure(name, figure_arrays.pop(name), png)
             results["models"][name]["figure"] = png.name
-        if timing and kind == "mlcsc":
-            image, _ = load_image(data["test"][0]["image"])
-            results["models"][name]["inference_s"] = _time_inference(model, image, repeats)
-    if timing:
-        image, _ = load_image(data["test"][0]["image"])
-        results["unet_inference_s"] = _time_inference(unet().eval(), image, repeats)
+        if timing_image is not None and kind == "mlcsc":
+            results["models"][name]["inference_s"] = _time_inference(model, timing_image, repeats)
+    if timing_image is not None:
+        results["unet_inference_s"] = _time_inference(unet().eval(), timing_image, repeats)
         for r in results["models"].values():
             if "inference_s" in r:
                 r["inference_time_ratio"] = r["inference_s"] / results["unet_inference_s"]
