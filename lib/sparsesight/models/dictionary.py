@@ -135,9 +135,7 @@ class ResizeDictionary(nn.Module):
 
     # --- the dictionary API of models/mlcsc.py (w: the normalised kernel, from kernel()) -------------------------
     def T_shared(self, s, bias=None, w=None):
-        w = self.kernel() if w is None else w
-        s = upsample2_adjoint(s) if self.stride == 2 else s
-        return F.conv3d(s, w, bias, padding=self.pad)
+        return self._analysis(s, self.kernel() if w is None else w, 1, bias)
 
     def synthesis_sum(self, g, w=None):
         return self._synth(g, self.kernel() if w is None else w, 1)
