@@ -35,7 +35,7 @@ def test_hcp_mgh_protocol_shells_and_gradients(hcp):
 def test_gradient_table_round_trip_fsl_and_dipy(tmp_path, hcp):
     bval, bvec = dif.write_bvals_bvecs(hcp, tmp_path / "dwi")
     assert bvec.read_text().count("\n") == 3  # FSL: 3 rows
-    back = dif.read_bvals_bvecs(bval, bvec)
+    back = dif.read_bvals_bvecs(bval, bvec, hcp.big_delta, hcp.small_delta)
     np.testing.assert_array_equal(back.bvals, hcp.bvals)
     np.testing.assert_allclose(back.bvecs, hcp.bvecs, atol=1e-6)
     gtab = back.gtab()
@@ -150,8 +150,10 @@ def test_dwi_phantom_has_crossing_white_matter(tmp_path):
 
     img = nib.load(paths["dwi"])
     assert img.ndim == 4 and img.shape[3] == p.m
-    back = dif.read_bvals_bvecs(paths["bval"], paths["bvec"])
+    back = dif.read_protocol(paths["dwi"])  # bval/bvec and the timing in the JSON sidecar
     np.testing.assert_array_equal(back.bvals, p.bvals)
+    assert back.shell_table() == p.shell_table() and back.source["b_unit"] == "s/mm2"
+    np.testing.assert_allclose(back.bvecs, p.bvecs, atol=1e-5)
     mask = np.asarray(nib.load(paths["mask"]).dataobj) > 0
     nu = np.asarray(nib.load(paths["nu"]).dataobj)
     assert mask.sum() > 20

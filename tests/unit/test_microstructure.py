@@ -212,12 +212,17 @@ def test_bad_inputs_are_refused_with_a_reason(trained, protocol, tmp_path):
     v2 = rng.uniform(100, 200, (8, 8, 8, other.m))
     cases.append((_write(tmp_path, v2, name="other"), dict(bvals=other.bvals, bvecs=other.bvecs, method="mlp"),
                   "too different"))
-    shells = dif.Protocol(np.where(protocol.bvals == 10000, 7000, protocol.bvals), protocol.bvecs)
+    shells = dif.Protocol(np.where(protocol.bvals == 10000, 7000, protocol.bvals), protocol.bvecs,
+                          protocol.big_delta, protocol.small_delta)
     cases.append((_write(tmp_path, vol, name="shells"), dict(bvals=shells.bvals, bvecs=shells.bvecs, method="hybrid"),
                   "too different"))
+    timing = {"big_delta": 21.8, "small_delta": 12.9}  # ms, detected as such
     for path, opts, reason in cases:
         with pytest.raises(InvalidInput, match=reason):
-            run.predict_file(model, path, **opts, **quiet)
+            run.predict_file(model, path, **{**timing, **opts}, **quiet)
+    # the timing is required: never the HCP default
+    with pytest.raises(InvalidInput, match="DiffusionGradientSeparation"):
+        run.predict_file(model, cases[-1][0], bvals=protocol.bvals, bvecs=protocol.bvecs, **quiet)
     with pytest.raises(InvalidInput, match="unknown bundle outputs"):
         run.run_bundle(model, "microstructure", "v", cases[0][0], "x", tmp_path / "o.zip", outputs=["nope"], **quiet)
     assert not (tmp_path / "o.zip").exists()

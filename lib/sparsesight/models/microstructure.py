@@ -199,7 +199,7 @@ def basis(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: boo
 def _problem(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: dif.Protocol | None = None):
     """(FactoredGram of D^T D, Φ^T y, ||y||², Φ) for a batch of voxels."""
     protocol = protocol or model.protocol
-    key = ("lp", protocol.m, float(protocol.bvals.sum()), protocol.big_delta, protocol.small_delta)
+    key = ("lp", protocol.hash)  # the dictionary of the user's protocol, built on demand, cached by its hash
     if key not in model._cache:
         model._cache.clear()
         model._cache[key] = dif.intra_log_perp_table(protocol, model.grid.radii_um)
@@ -303,10 +303,36 @@ def targets(nu: np.ndarray, r: np.ndarray, f: np.ndarray) -> np.ndarray:
     return np.stack([nu, r / R_SCALE, f], -1).reshape(len(nu), -1).astype(np.float32)
 
 
-def decode(out: np.ndarray) -> dict:
-    """Network outputs (B, 3K) -> {"nu", "r" (µm), "f"} each (B, K), clipped to the dictionary's ranges."""
+def project_capped_simplex(v: np.ndarray, cap) -> np.ndarray:
+    """Euclidean projection of each row of v (B, K) onto {x >= 0, Σ x <= cap} (cap scalar or (B,)).
+
+    Rows whose positive part already sums to at most cap keep it; the others go onto the face Σ x = cap by the
+    sort-based projection (Held et al. 1974; Duchi et al. 2008): x = max(v - θ, 0) with θ the threshold that
+    makes the sum cap."""
+    v = np.asarray(v, dtype=np.float64)
+    cap = np.broadcast_to(np.maximum(np.asarray(cap, dtype=np.float64), 0.0), (len(v),))
+    pos = np.maximum(v, 0.0)
+    over = pos.sum(1) > cap
+    if over.any():
+        u = -np.sort(-v[over], axis=1)  # descending
+        css = np.cumsum(u, 1) - cap[over][:, None]
+        k = np.arange(1, v.shape[1] + 1)
+        rho = (u - css / k > 0).sum(1)  # >= 1: the largest component always qualifies
+        theta = css[np.arange(len(u)), rho - 1] / rho
+        pos[over] = np.maximum(v[over] - theta[:, None], 0.0)
+    return pos
+
+
+def decode(out: np.ndarray, r_range: tuple[float, float] = (0.1, 10.0), nu_fw: np.ndarray | None = None) -> dict:
+    """Network outputs (B, 3K) -> {"nu", "r" (µm), "f"} each (B, K): physically valid by construction.
+
+    ν: projected onto the simplex {ν_k >= 0, Σ ν_k <= 1 - ν_fw} (ν_fw from the NNLS weights for the hybrid, 0 for
+    the MLP), so ν_1 + ν_2 + ν_fw <= 1, not each clipped on its own; r: inside the dictionary's radius range
+    `r_range`; f in [0, 1]."""
     o = out.reshape(len(out), K, 3)
-    return {"nu": o[..., 0].clip(0, 1), "r": (o[..., 1] * R_SCALE).clip(0.1, 10.0), "f": o[..., 2].clip(0, 1)}
+    cap = 1.0 if nu_fw is None else 1.0 - np.asarray(nu_fw, dtype=np.float64)
+    return {"nu": project_capped_simplex(o[..., 0], cap), "r": (o[..., 1] * R_SCALE).clip(*r_range),
+            "f": o[..., 2].clip(0, 1)}
 
 
 def _net_forward(net: nn.Module, x: np.ndarray, device="cpu", chunk: int = 65536,
@@ -326,8 +352,8 @@ def estimate(model: Microstructure, y: np.ndarray, u: np.ndarray | None = None, 
     """(ν_k, r_k, f_k) of each voxel by `method` (fingerprinting | mlp | hybrid).
 
     y (B, M) signals normalised by their b=0 mean, in the model's protocol (or `protocol`, for the
-    dictionary methods); u (B, K, 3) orientations (not used by the MLP). Returns {"nu", "r", "f"} (B, K) plus,
-    for the dictionary methods, "nu_fw", "residual", "sparsity", and "w" (hybrid: NNLS weights (B, N_tot);
+    dictionary methods); u (B, K, 3) orientations (not used by the MLP). Returns {"nu", "r", "f"} (B, K) and
+    "nu_fw" (B,) with ν_1 + ν_2 + ν_fw <= 1 and r inside the grid's radii (decode); for the dictionary methods "residual", "sparsity", and "w" (hybrid: NNLS weights (B, N_tot);
     fingerprinting: "j" the chosen atoms), "seconds" (wall) and "cpu_seconds" (this process' CPU time).
     """
     if method not in METHODS:
@@ -336,8 +362,10 @@ def estimate(model: Microstructure, y: np.ndarray, u: np.ndarray | None = None, 
     y = np.asarray(y, dtype=np.float64)
     if method != "mlp" and u is None:
         raise InvalidInput(f"method {method} needs the populations' orientations")
+    r_range = (float(min(model.grid.radii_um)), float(max(model.grid.radii_um)))
     if method == "mlp":
-        out = decode(_net_forward(model.mlp, y, device, activations=activations))
+        out = decode(_net_forward(model.mlp, y, device, activations=activations), r_range)
+        out["nu_fw"] = np.clip(1.0 - out["nu"].sum(1), 0.0, 1.0)  # the share the MLP leaves to free water
     elif method == "fingerprinting":
         assert u is not None
         fp = fingerprint(model, y, u, protocol, progress=progress)
@@ -351,10 +379,10 @@ def estimate(model: Microstructure, y: np.ndarray, u: np.ndarray | None = None, 
     else:
         assert u is not None
         nw = nnls_weights(model, y, u, protocol, progress=progress)
-        out = decode(_net_forward(model.hybrid, nw["w"], device, activations=activations))
         tot = np.maximum(nw["w"].sum(1), 1e-12)
-        out.update({"nu_fw": (nw["w"][:, -1] / tot) if model.free_water else np.zeros(len(y)),
-                    "residual": nw["residual"], "sparsity": nw["sparsity"], "w": nw["w"]})
+        nu_fw = (nw["w"][:, -1] / tot) if model.free_water else np.zeros(len(y))
+        out = decode(_net_forward(model.hybrid, nw["w"], device, activations=activations), r_range, nu_fw)
+        out.update({"nu_fw": nu_fw, "residual": nw["residual"], "sparsity": nw["sparsity"], "w": nw["w"]})
     out["seconds"] = time.perf_counter() - t0
     out["cpu_seconds"] = time.process_time() - c0  # CPU time of this process: less inflated by a shared CPU
     return out

@@ -29,10 +29,12 @@ from ..preview import png_bytes, pyplot
 logger = logging.getLogger(__name__)
 
 #: infer options and their defaults (the app shows them in /info)
-OPTIONS = {"method": "hybrid", "bvals": None, "bvecs": None, "mask": True, "big_delta": None, "small_delta": None}
+OPTIONS = {"method": "hybrid", "bvals": None, "bvecs": None, "grad": None, "mask": True, "big_delta": None,
+           "small_delta": None, "shells": None, "b_unit": None, "timing_unit": None}
+PROTOCOL_OPTIONS = ("grad", "shells", "b_unit", "timing_unit")
 #: the keys a train request's `train_config` may hold
 TRAIN_CONFIG_KEYS = ("n_train", "snr", "lr", "batch_size", "seed", "grid", "mlp_hidden", "split_hidden",
-                     "joint_hidden", "threads")
+                     "joint_hidden", "threads", "big_delta", "small_delta", "shells", "b_unit", "timing_unit")
 #: every output the bundle can hold; "tsne" (t-SNE of the hybrid's activations, slow) only when asked for
 BUNDLE_OUTPUTS = ("maps", "free_water", "peaks", "sparsity", "residual", "nnls_maps", "weights", "weights_plot",
                   "preview", "tsne")
@@ -47,25 +49,18 @@ def default_train_config() -> dict:
 
 # ------------------------------------------------------------------------------------------------ inputs
 def stem(path) -> Path:
-    p = Path(path)
-    name = p.name
-    for suf in (".nii.gz", ".nii"):
-        if name.endswith(suf):
-            return p.with_name(name[: -len(suf)])
-    return p.with_suffix("")
+    return dif.protocol_files.stem(path)
 
 
 def sidecars(image_path) -> dict:
-    """The FSL sidecars and mask of an image, those that exist: `<stem>.bval`, `<stem>.bvec` next to it; the mask
-    as `<stem>_mask.nii.gz` next to it or as the datastore label of tag "mask" (`labels/mask/<stem>.nii.gz`,
-    saved with PUT /datastore/label?tag=mask)."""
+    """The sidecars of an image, those that exist: the protocol's (`<stem>.bval`, `.bvec`, `.b`, `.json`) next to
+    it; the mask as `<stem>_mask.nii.gz` next to it or as the datastore label of tag "mask"
+    (`labels/mask/<stem>.nii.gz`, saved with PUT /datastore/label?tag=mask)."""
     s = stem(image_path)
-    found = {}
-    candidates = (("bval", Path(f"{s}.bval")), ("bvec", Path(f"{s}.bvec")), ("mask", Path(f"{s}_mask.nii.gz")),
-                  ("mask", s.parent / "labels" / "mask" / f"{s.name}.nii.gz"))
-    for key, path in candidates:
-        if key not in found and path.is_file():
-            found[key] = path
+    found = dif.protocol_files.protocol_files(image_path)
+    for path in (Path(f"{s}_mask.nii.gz"), s.parent / "labels" / "mask" / f"{s.name}.nii.gz"):
+        if "mask" not in found and path.is_file():
+            found["mask"] = path
     return found
 
 
@@ -77,37 +72,39 @@ def _floats(value, what: str) -> np.ndarray:
     return arr
 
 
-def gradient_table(image_path, bvals=None, bvecs=None, big_delta=None, small_delta=None,
-                   default: dif.Protocol | None = None) -> dif.Protocol:
-    """The protocol from options, else from sidecars; timing (ms in options) defaults to `default`'s."""
-    default = default or dif.hcp_mgh_protocol(40)
-    try:
-        bd = float(big_delta) * 1e-3 if big_delta is not None else default.big_delta
-        sd = float(small_delta) * 1e-3 if small_delta is not None else default.small_delta
-    except (TypeError, ValueError):
-        raise InvalidInput("'big_delta' and 'small_delta' are pulse timings in ms") from None
-    if (bvals is None) != (bvecs is None):
-        raise InvalidInput("give both 'bvals' and 'bvecs' (or neither, to use the <image>.bval/.bvec sidecars)")
+def gradient_table(image_path, bvals=None, bvecs=None, big_delta=None, small_delta=None, grad=None, shells=None,
+                   b_unit=None, timing_unit=None, n_volumes: int | None = None) -> dif.Protocol:
+    """The protocol of a DWI (data/diffusion/protocol_files.read_protocol): gradient table from the options
+    (`bvals`+`bvecs` or `grad`) else the sidecars; Δ (`big_delta`) and δ (`small_delta`) from the options (a
+    number, per-shell list with `shells`, or {b: value}; s or ms, detected) else the `<stem>.json` sidecar.
+    Missing timing is refused, never defaulted."""
     if bvals is not None:
-        return dif.Protocol(_floats(bvals, "bvals"), _floats(bvecs, "bvecs"), bd, sd, "request")
-    side = sidecars(image_path)
-    if "bval" not in side or "bvec" not in side:
-        raise InvalidInput("no gradient table: give 'bvals' and 'bvecs' as infer options, or store the FSL files "
-                           f"{stem(image_path).name}.bval and {stem(image_path).name}.bvec next to the image")
-    return dif.read_bvals_bvecs(side["bval"], side["bvec"], bd, sd)
+        bvals, bvecs = _floats(bvals, "bvals"), (None if bvecs is None else _floats(bvecs, "bvecs"))
+    if grad is not None:
+        grad = _floats(grad, "grad")
+    return dif.read_protocol(image_path, bvals, bvecs, grad, big_delta, small_delta, shells, b_unit, timing_unit,
+                             n_volumes)
 
 
-def load_dwi(image_path, bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
-             default_protocol: dif.Protocol | None = None):
-    """(data (X, Y, Z, M) float32, affine, Protocol, mask (X, Y, Z) bool) with every check of the inputs."""
+def load_dwi(image_path, bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None, **protocol_options):
+    """(data (X, Y, Z, M) float32, affine, Protocol, mask (X, Y, Z) bool, notes) with every check of the inputs.
+
+    Voxels with a NaN/Inf value in any volume are left out of the mask (their maps are 0) and counted in
+    notes["nonfinite_voxels"]; a DWI where every voxel has one is refused."""
     data, affine = _read(image_path, "image")
     if data.ndim != 4:
         raise InvalidInput(f"a DWI must be a 4D image (X, Y, Z, volumes); got shape {tuple(data.shape)}")
-    protocol = gradient_table(image_path, bvals, bvecs, big_delta, small_delta, default_protocol)
+    protocol = gradient_table(image_path, bvals, bvecs, big_delta, small_delta, n_volumes=data.shape[3],
+                              **protocol_options)
     dif.check_gradients(protocol.bvals, protocol.bvecs, n_volumes=data.shape[3])
     data = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():
-        raise InvalidInput(f"the DWI has {int((~np.isfinite(data)).sum())} NaN/Inf values; replace them first")
+    finite = np.isfinite(data).all(-1)
+    notes = {"nonfinite_voxels": int((~finite).sum())}
+    if not finite.any():
+        raise InvalidInput("every voxel of the DWI has a NaN/Inf value; replace them first")
+    if notes["nonfinite_voxels"]:
+        data = np.where(finite[..., None], data, np.float32(0))
+        logger.info(f"microstructure: {notes['nonfinite_voxels']} voxels with NaN/Inf values left out of the mask")
     s0 = data[..., protocol.b0_mask].mean(-1)
     if isinstance(mask, (str, Path)):
         mask = np.asarray(_read(mask, "mask")[0])
@@ -122,29 +119,49 @@ def load_dwi(image_path, bvals=None, bvecs=None, mask=None, big_delta=None, smal
         m = m.reshape(data.shape[:3]) > 0
     else:  # no mask: voxels with a b=0 signal above a fifth of its robust maximum
         m = s0 > 0.2 * np.percentile(s0[s0 > 0], 99) if (s0 > 0).any() else np.zeros(s0.shape, bool)
-    m &= s0 > 0
+    m &= (s0 > 0) & finite
     if not m.any():
         raise InvalidInput("the mask selects no voxel with a positive b=0 signal")
-    return data, affine, protocol, m
+    return data, affine, protocol, m, notes
+
+
+def _timing_difference(protocol: dif.Protocol, trained: dif.Protocol) -> str | None:
+    """A sentence when a shell's Δ or δ differs by more than 0.5 ms from the trained protocol's same shell."""
+    mine = {r["b"]: r for r in protocol.shell_table(SHELL_TOL)}
+    for r in trained.shell_table(SHELL_TOL):
+        o = mine.get(r["b"])
+        if o is None or r["b"] <= dif.B0_THRESHOLD:
+            continue
+        for key, sym in (("big_delta_ms", "Δ"), ("small_delta_ms", "δ")):
+            if abs(o[key] - r[key]) > 0.5:
+                return (f"shell b = {r['b']:g} has {sym} = {o[key]:g} ms, the model was trained at {r[key]:g} ms "
+                        f"(protocol {trained.hash})")
+    return None
 
 
 def check_protocol(model: ms.Microstructure, protocol: dif.Protocol, method: str) -> None:
-    """Refuse a protocol the method cannot use: the MLP needs the trained protocol itself, the hybrid its
-    shells (its networks read NNLS weights, which do not depend on the directions, the paper's Section 5)."""
+    """Refuse a protocol the method cannot use. Fingerprinting builds its dictionary for any protocol. The MLP
+    needs the trained protocol itself (same protocol hash: b, directions, Δ, δ of every volume, in order); the
+    hybrid its shells and their timing (its networks read NNLS weights, which do not depend on the directions,
+    the paper's Section 5, but do on b and the timing)."""
     trained = model.protocol
-    if method == "fingerprinting":
+    if method == "fingerprinting" or protocol.hash == trained.hash:
         return
+    retrain = ("train it for this protocol (POST /train/microstructure with this image and its timing) or use "
+               "method=fingerprinting")
     shells, tshells = protocol.shells(SHELL_TOL), trained.shells(SHELL_TOL)
+    timing = _timing_difference(protocol, trained)
     if method == "hybrid":
         if len(shells) != len(tshells) or not np.allclose(shells, tshells):
             raise InvalidInput(
                 f"protocol too different from the trained one: shells {shells.tolist()} s/mm², the hybrid was "
-                f"trained on {tshells.tolist()}; train it for this protocol (POST /train/microstructure with this "
-                f"image) or use method=fingerprinting")
+                f"trained on {tshells.tolist()}; {retrain}")
+        if timing:
+            raise InvalidInput(f"protocol too different from the trained one: {timing}; {retrain}")
         return
     if protocol.m != trained.m:
         raise InvalidInput(f"protocol too different from the trained one: {protocol.m} volumes, the MLP was trained "
-                           f"on {trained.m}; train it for this protocol or use method=hybrid/fingerprinting")
+                           f"on {trained.m}; {retrain}")
     db = np.abs(protocol.bvals - trained.bvals)
     if (db > np.maximum(SHELL_TOL, 0.05 * trained.bvals)).any():
         raise InvalidInput(f"protocol too different from the trained one: b-values differ by up to {db.max():.0f} "
@@ -153,7 +170,9 @@ def check_protocol(model: ms.Microstructure, protocol: dif.Protocol, method: str
     cos = np.abs((protocol.bvecs[dw] * trained.bvecs[dw]).sum(1))
     if (cos < np.cos(np.deg2rad(10))).any():
         raise InvalidInput("protocol too different from the trained one: gradient directions differ by more than "
-                           "10 degrees; train the MLP for this protocol or use method=hybrid/fingerprinting")
+                           f"10 degrees; {retrain}")
+    if timing:
+        raise InvalidInput(f"protocol too different from the trained one: {timing}; {retrain}")
 
 
 # ------------------------------------------------------------------------------------------------ orientations
@@ -204,7 +223,9 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
              method: str = "hybrid", orientations: np.ndarray | None = None, device="cpu",
              interpret: bool = False, log=logger.info) -> dict:
     """Parameter maps of the masked voxels: {"nu", "r", "f" (X, Y, Z, 2), "nu_fw", "sparsity", "residual",
-    "peaks" (X, Y, Z, 2, 3), "n_peaks"} (+ "w", "voxels", "activations" for the hybrid with interpret)."""
+    "peaks" (X, Y, Z, 2, 3), "n_peaks", "fraction_sum" (ν_1 + ν_2 + ν_fw <= 1), "radius" (the protocol's radius
+    sensitivity; r is 0 where it is not resolvable)} (+ "w", "voxels", "activations" for the hybrid with
+    interpret)."""
     if method not in ms.METHODS:
         raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(ms.METHODS)}")
     check_protocol(model, protocol, method)
@@ -249,6 +270,14 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
             out[f"nnls_{p}"] = vol
     if "j" in est:
         out["j"], out["w_pair"] = est["j"], est["w_pair"]
+    fsum = np.zeros(shape, np.float32)
+    fsum[idx] = est["nu"].sum(1) + est.get("nu_fw", 0.0)
+    out["fraction_sum"] = fsum
+    out["radius"] = dif.radius_sensitivity(protocol)
+    if not out["radius"]["resolvable"]:  # say so instead of a radius the data cannot carry
+        log(f"microstructure: {out['radius']['reason']}; radius maps are 0")
+        out["r"][:] = 0
+        out.pop("nnls_r", None)
     if acts:
         out["activations"] = {k: v.cpu().numpy() for k, v in acts.items()}
     log(f"microstructure: {method} on {len(y)} voxels in {est['seconds']:.2f} s "
@@ -275,19 +304,29 @@ def _options(method, mask):
     return method, mask
 
 
-def _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta):
+def _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta, **protocol_options):
+    data, affine, protocol, m, notes = load_dwi(image_path, bvals, bvecs, None if isinstance(mask, np.bool_) else mask,
+                                                big_delta, small_delta, **protocol_options)
     if isinstance(mask, np.bool_):  # mask=false: the whole volume with signal
-        data, affine, protocol, m = load_dwi(image_path, bvals, bvecs, None, big_delta, small_delta, model.protocol)
-        return data, affine, protocol, data[..., protocol.b0_mask].mean(-1) > 0
-    return load_dwi(image_path, bvals, bvecs, mask, big_delta, small_delta, model.protocol)
+        m = (data[..., protocol.b0_mask].mean(-1) > 0) & np.isfinite(data).all(-1)
+    return data, affine, protocol, m, notes
 
 
 def predict_file(model, image_path, device="cpu", method: str = "hybrid", bvals=None, bvecs=None, mask=None,
-                 big_delta=None, small_delta=None, log=logger.info):
-    """(X, Y, Z, 6) maps ν_1, r_1 (µm), f_1, ν_2, r_2, f_2 and the affine of a DWI file (the infer task's call)."""
+                 big_delta=None, small_delta=None, log=logger.info, **protocol_options):
+    """(X, Y, Z, 6) maps ν_1, r_1 (µm), f_1, ν_2, r_2, f_2 and the affine of a DWI file (the infer task's call).
+    Where the protocol cannot resolve radius (sensitivity.radius_sensitivity) r_1, r_2 are 0: not estimated."""
     method, mask = _options(method, mask)
-    data, affine, protocol, m = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta)
+    data, affine, protocol, m, _ = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta,
+                                         **_protocol_options(protocol_options))
     return stacked(fit_maps(model, data, protocol, m, method, device=device, log=log)), affine
+
+
+def _protocol_options(options: dict) -> dict:
+    unknown = sorted(set(options) - set(PROTOCOL_OPTIONS))
+    if unknown:
+        raise InvalidInput(f"unknown options {unknown}; known: {sorted(OPTIONS)}")
+    return options
 
 
 def _preview_png(maps: dict, method: str) -> bytes:
@@ -319,7 +358,7 @@ def _preview_png(maps: dict, method: str) -> bytes:
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
                method: str = "hybrid", bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
-               log=logger.info) -> Path:
+               log=logger.info, **protocol_options) -> Path:
     """Maps and their interpretation as a result bundle (docs/ARCHITECTURE.md). `outputs` from BUNDLE_OUTPUTS (None: all
     but "tsne"): maps (nu|r|f/<population>), free_water, peaks (peak/<k>/x|y|z, n_peaks), sparsity (|w|_0),
     residual, nnls_maps (weight-averaged r, f of the chosen fingerprints), weights (table of the chosen
@@ -329,17 +368,28 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     if unknown:
         raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)}")
     method, mask = _options(method, mask)
-    data, affine, protocol, m = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta)
+    data, affine, protocol, m, notes = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta,
+                                             **_protocol_options(protocol_options))
     maps = fit_maps(model, data, protocol, m, method, device=device, interpret="tsne" in wanted, log=log)
+    sens = maps["radius"]
     w = BundleWriter(name, version, image_id, affine, data.shape[:3], method=method,
-                     protocol={"volumes": protocol.m, "shells": protocol.shells(SHELL_TOL).tolist()},
-                     seconds=round(float(maps["seconds"]), 3), voxels=int(m.sum()))
+                     protocol={"volumes": protocol.m, "shells": protocol.shell_table(SHELL_TOL),
+                               "hash": protocol.hash, "source": protocol.source, "config": protocol.to_config(),
+                               "model_protocol_hash": model.protocol.hash},
+                     radius=sens, seconds=round(float(maps["seconds"]), 3), voxels=int(m.sum()),
+                     nonfinite_voxels=notes["nonfinite_voxels"],
+                     fractions={"max_sum": round(float(maps["fraction_sum"].max()), 6),
+                                "rule": "ν_1 + ν_2 + ν_fw <= 1 by construction (simplex projection)"})
     units = {"nu": "volume fraction", "r": "axon radius index (µm)", "f": "intra-axonal fraction"}
     if "maps" in wanted:
         for k in range(ms.K):
             for p in ms.PARAMS:
-                w.add_volume(f"{p}/{k + 1}", maps[p][..., k], colormap="viridis",
-                             description=f"{units[p]} of population {k + 1} ({method})")
+                if p == "r" and not sens["resolvable"]:
+                    continue  # the manifest's "radius" says why
+                desc = f"{units[p]} of population {k + 1} ({method})"
+                if p == "r":
+                    desc += f"; resolution limit {sens['r_min_um']:.2f} µm: smaller radii read as that"
+                w.add_volume(f"{p}/{k + 1}", maps[p][..., k], colormap="viridis", description=desc)
     if "free_water" in wanted and "nu_fw" in maps:
         w.add_volume("nu/free_water", maps["nu_fw"], description="free-water share of the dictionary weights")
     if "peaks" in wanted:
@@ -352,10 +402,11 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         w.add_volume("sparsity", maps["sparsity"], description="|w|_0: fingerprints with non-zero weight")
     if "residual" in wanted and "residual" in maps:
         w.add_volume("residual", maps["residual"], description="||y - D w|| / ||y|| (relative RMS)")
-    if "nnls_maps" in wanted and "nnls_r" in maps:
+    if "nnls_maps" in wanted and "nnls_f" in maps:
         for k in range(ms.K):
-            w.add_volume(f"nnls/r/{k + 1}", maps["nnls_r"][..., k],
-                         description="weight-averaged r of the fingerprints NNLS chose (first stage alone)")
+            if sens["resolvable"]:
+                w.add_volume(f"nnls/r/{k + 1}", maps["nnls_r"][..., k],
+                             description="weight-averaged r of the fingerprints NNLS chose (first stage alone)")
             w.add_volume(f"nnls/f/{k + 1}", maps["nnls_f"][..., k],
                          description="weight-averaged f of the fingerprints NNLS chose (first stage alone)")
     vox = np.stack(maps["voxels"], 1)

@@ -17,6 +17,7 @@ from ..http_errors import BAD_REQUEST, NOT_FOUND, bad_request, check_id, http_er
 from .sparsesight_train import SparseSightTrain, train_params, whole_number
 
 HIDDEN = ("mlp_hidden", "split_hidden", "joint_hidden")
+TIMING = ("big_delta", "small_delta", "shells", "b_unit", "timing_unit")  # request or train_config keys
 
 
 class MicrostructureTrain(SparseSightTrain):
@@ -24,20 +25,30 @@ class MicrostructureTrain(SparseSightTrain):
         return {"epochs": self.default_epochs, "max_minutes": None, "image": None,
                 "train_config": runner.default_train_config()}
 
-    def _protocol(self, request, datastore):
+    def _protocol(self, request, datastore, tc: dict):
+        """The protocol to train for: a datastore image's (its sidecars; timing from its JSON sidecar or the
+        request), the request's (`bvals`+`bvecs` or `grad`, with `big_delta`/`small_delta`), else the current
+        checkpoint's or HCP MGH's. Timing may sit in the request or in `train_config`; it is never defaulted."""
+        opts = {k: request.get(k, tc.get(k)) for k in TIMING}
+        given = {k: v for k, v in opts.items() if v is not None}
         image = request.get("image")
         if image:
             check_id(image)
             if image not in datastore.list_images():
                 raise refuse(NOT_FOUND, f"image {image!r} is not in the datastore")
             with bad_request():
-                return runner.gradient_table(datastore.get_image_uri(image))
-        if request.get("bvals") is not None or request.get("bvecs") is not None:
+                return runner.gradient_table(datastore.get_image_uri(image), **opts)
+        if any(request.get(k) is not None for k in ("bvals", "bvecs", "grad")):
             with bad_request():
-                return runner.gradient_table(None, request.get("bvals"), request.get("bvecs"))
+                return runner.gradient_table(None, request.get("bvals"), request.get("bvecs"), grad=request.get("grad"),
+                                             **opts)
+        if given:
+            raise refuse(BAD_REQUEST, f"{sorted(given)} given without a gradient table: give 'image' (a datastore "
+                                      f"DWI) or 'bvals'/'bvecs' (or 'grad') with them")
         meta = self.model_file.meta()
         if meta:
-            return dif.Protocol.from_config(meta["config"]["protocol"])
+            with bad_request():
+                return dif.Protocol.from_config(meta["config"]["protocol"])
         return dif.hcp_mgh_protocol()
 
     def check(self, request: Dict[str, Any], datastore) -> Dict[str, Any]:
@@ -68,7 +79,7 @@ class MicrostructureTrain(SparseSightTrain):
                               or not all(isinstance(h, int) and 1 <= h <= 8192 for h in tc[key])):
                 raise refuse(BAD_REQUEST, f"'{key}' must be a list of layer widths, e.g. [256, 128]")
         p["train_config"] = tc
-        p["protocol"] = self._protocol(request, datastore)
+        p["protocol"] = self._protocol(request, datastore, tc)
         return p
 
     def prepare(self, request, datastore):
@@ -95,7 +106,10 @@ class MicrostructureTrain(SparseSightTrain):
 
     def describe(self, p, data, config) -> str:
         protocol, grid, tc = p["protocol"], p["grid"], p["train_config"]
-        return (f"protocol {protocol.name} (M = {protocol.m}, shells {protocol.shells().tolist()}), grid "
+        timing = ", ".join(f"b {r['b']:g}: Δ/δ {r['big_delta_ms']:g}/{r['small_delta_ms']:g} ms"
+                           for r in protocol.shell_table() if r["b"] > dif.B0_THRESHOLD)
+        return (f"protocol {protocol.name} {protocol.hash} (M = {protocol.m}, shells {protocol.shells().tolist()}; "
+                f"{timing}), grid "
                 f"{len(grid.radii_um)} x {len(grid.fractions)}, {tc['n_train']} simulated voxels at SNR {tc['snr']}")
 
     def fit(self, model, data, p, device) -> Dict[str, Any]:
@@ -106,5 +120,9 @@ class MicrostructureTrain(SparseSightTrain):
                                         lr=float(tc.get("lr", 1e-3)), device=device, seed=int(tc.get("seed", 0)),
                                         max_minutes=p["max_minutes"], progress=self.progress)
         model.to("cpu")
+        protocol = model.protocol
         return {"epochs": hist["epochs"], "n_train": tc["n_train"], "snr": tc["snr"],
-                "mlp_val": hist["mlp_val"][-1], "hybrid_val": hist["hybrid_val"][-1]}
+                "mlp_val": hist["mlp_val"][-1], "hybrid_val": hist["hybrid_val"][-1],
+                # the model card: the protocol the networks fit (its full table is the config's "protocol")
+                "protocol_hash": protocol.hash, "protocol_shells": protocol.shell_table(),
+                "radius": dif.radius_sensitivity(protocol)}

@@ -1,8 +1,11 @@
 """DW-MRI for microstructure fingerprinting (Rensonnet et al., seed 002): protocol, signal model, dictionary,
 simulator and a DWI phantom, one module each (protocol, signal, dictionary, simulation, phantom).
 
-Protocol: the HCP MGH-USC multi-shell PGSE protocol (M = 552: 40 b=0, 64 b=1000, 64 b=3000, 128 b=5000,
-256 b=10000 s/mm²; Δ = 21.8 ms, δ = 12.9 ms), FSL bval/bvec files in DIPY's conventions.
+Protocol: any PGSE protocol with its timing (Δ, δ per shell, required); the HCP MGH-USC multi-shell protocol
+(M = 552: 40 b=0, 64 b=1000, 64 b=3000, 128 b=5000, 256 b=10000 s/mm²; Δ = 21.8 ms, δ = 12.9 ms) for the
+served default and simulations. Files (protocol_files): FSL bval/bvec through DIPY, MRtrix b-tables, JSON
+sidecars with the timing; units detected and refused when ambiguous. sensitivity: the protocol's radius
+resolution limit (Nilsson et al. 2017), which decides whether radius maps are reported.
 
 Signal model of one population of parallel axons (orientation u, axon radius r, intra-axonal fraction f).
 The paper simulates it by Monte Carlo (S_MC of eq. 2, two days of pre-computation); here the same physics is
@@ -34,12 +37,21 @@ from .protocol import (
                        HCP_MGH_BIG_DELTA,
                        HCP_MGH_SHELLS,
                        HCP_MGH_SMALL_DELTA,
+                       MAX_GRADIENT,
                        Protocol,
                        check_gradients,
                        hcp_mgh_protocol,
                        read_bvals_bvecs,
                        write_bvals_bvecs,
 )
+from .protocol_files import (
+                       build_protocol,
+                       read_mrtrix,
+                       read_protocol,
+                       read_sidecar,
+                       write_sidecar,
+)
+from .sensitivity import radius_sensitivity
 from .signal import (
                        D_AXON,
                        D_FREE,
@@ -65,7 +77,8 @@ from .simulation import (
 )
 
 __all__ = ["B0_THRESHOLD", "D_AXON", "D_FREE", "GAMMA", "HCP_MGH_BIG_DELTA", "HCP_MGH_SHELLS", "HCP_MGH_SMALL_DELTA",
-           "PAPER_FRACTIONS", "PAPER_RADII_UM", "Grid", "Protocol", "SimulationRanges", "bessel_j1p_roots",
+           "MAX_GRADIENT", "build_protocol", "read_mrtrix", "read_protocol", "read_sidecar", "write_sidecar",
+           "radius_sensitivity", "PAPER_FRACTIONS", "PAPER_RADII_UM", "Grid", "Protocol", "SimulationRanges", "bessel_j1p_roots",
            "check_gradients", "cos2_angles", "crossing_pair", "dictionary", "dwi_phantom", "extra_perp_diffusivity",
            "extra_signal", "free_water_signal", "hcp_mgh_protocol", "intra_log_perp_table", "intra_signal",
            "log_neuman_long_pulse", "log_restricted_perp", "normalise_s0", "paper_grid", "population_signals",

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .protocol import Protocol, hcp_mgh_protocol, write_bvals_bvecs
+from .protocol_files import write_sidecar
 from .signal import free_water_signal
 from .simulation import population_signals
 
@@ -81,7 +82,7 @@ def dwi_phantom(protocol: Protocol | None = None, downsample: int = 3, slices: i
 
 def write_dwi_phantom(out_dir, protocol: Protocol | None = None, downsample: int = 3, slices: int = 3,
                       snr: float = 50.0, seed: int = 0, name: str = "dwi_000") -> dict:
-    """Write the phantom as `<name>.nii.gz` (+ .bval/.bvec sidecars), `<name>_mask.nii.gz` and the ground truth
+    """Write the phantom as `<name>.nii.gz` (+ .bval/.bvec sidecars and the timing in `<name>.json`), `<name>_mask.nii.gz` and the ground truth
     `<name>_truth_<param>.nii.gz`; returns the paths."""
     from ..io import save_nifti
 
@@ -90,6 +91,7 @@ def write_dwi_phantom(out_dir, protocol: Protocol | None = None, downsample: int
     ph = dwi_phantom(protocol, downsample, slices, snr, seed)
     paths = {"dwi": save_nifti(ph["dwi"], ph["affine"], out / f"{name}.nii.gz")}
     paths["bval"], paths["bvec"] = write_bvals_bvecs(ph["protocol"], out / name)
+    paths["json"] = write_sidecar(ph["protocol"], out / f"{name}.json")  # Δ, δ: the timing FSL files lack
     paths["mask"] = save_nifti(ph["mask"].astype(np.uint8), ph["affine"], out / f"{name}_mask.nii.gz")
     t = ph["truth"]
     for k in ("nu", "r", "f"):

@@ -18,17 +18,20 @@ def bessel_j1p_roots(n: int = 60) -> np.ndarray:
     return special.jnp_zeros(1, n)
 
 
-def log_restricted_perp(r, g, big_delta: float, small_delta: float, d: float = D_AXON, n_roots: int = 60):
+def log_restricted_perp(r, g, big_delta, small_delta, d: float = D_AXON, n_roots: int = 60):
     """ln E⊥: restricted diffusion perpendicular to an impermeable cylinder of radius r (m), PGSE with gradient
     G (T/m), Gaussian phase approximation (Van Gelderen et al. 1994; Neuman 1974 for the long-pulse limit):
 
         ln E⊥ = -2 γ² G² Σ_m [2 D α_m² δ - 2 + 2 e^{-D α_m² δ} + 2 e^{-D α_m² Δ} - e^{-D α_m² (Δ-δ)}
                               - e^{-D α_m² (Δ+δ)}] / [D² α_m⁶ (r² α_m² - 1)]
 
-    with α_m = x_m / r, x_m the roots of J1'. r and g broadcast; returns an array of their broadcast shape.
+    with α_m = x_m / r, x_m the roots of J1'. r, g and the timing (a number, or one per measurement) broadcast;
+    returns an array of their broadcast shape.
     """
     r = np.asarray(r, dtype=np.float64)
     g = np.asarray(g, dtype=np.float64)
+    big_delta = np.asarray(big_delta, dtype=np.float64)[..., None]
+    small_delta = np.asarray(small_delta, dtype=np.float64)[..., None]
     x = bessel_j1p_roots(n_roots)
     a2 = (x / np.maximum(r[..., None], 1e-12)) ** 2  # α_m², (..., n_roots)
     da2 = d * a2
