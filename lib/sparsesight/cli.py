@@ -31,7 +31,37 @@ def add_sample_data_arguments(p: argparse.ArgumentParser, default_out=DEFAULT_SA
                         "anatomy, HCP MGH protocol, FSL bval/bvec sidecars, WM mask, ground truth) to <out>/dwi")
     p.add_argument("--dwi-subsample", type=int, default=1,
                    help="keep every k-th volume of each shell of the DWI protocol (1: all 552; 4: 138)")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write every case as a DICOM study (four MR series FLAIR, T1, T1ce, T2) under <out>/dicom")
+    p.add_argument("--stow", metavar="URL", default=None,
+                   help="store every case as a DICOM study in this PACS with STOW-RS (its DICOMweb root, e.g. "
+                        "http://127.0.0.1:8042/dicom-web); user/password from SPARSESIGHT_PACS_USER / "
+                        "SPARSESIGHT_PACS_PASSWORD when set")
     return p
+
+
+def _write_dicom(args: argparse.Namespace) -> int:
+    """--dicom / --stow: the written phantoms as DICOM studies (files and/or STOW-RS)."""
+    import os
+
+    from .data.dicom import web
+    from .data.dicom.sample import write_dicom_dataset
+
+    client = None
+    if args.stow:
+        client = web.connect(args.stow, os.environ.get("SPARSESIGHT_PACS_USER"),
+                             os.environ.get("SPARSESIGHT_PACS_PASSWORD"))
+    out = Path(args.out) / "dicom" if args.dicom else None
+    try:
+        uids = write_dicom_dataset(args.out, out_dir=out, client=client, seed=args.seed)
+    except web.PacsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if out is not None:
+        print(f"DICOM: {len(uids)} studies under {out.resolve()}")
+    if client is not None:
+        print(f"stored {len(uids)} studies (4 MR series each) in {args.stow}")
+    return 0
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -58,6 +88,8 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
         paths = write_dwi_phantom(Path(args.out) / "dwi", hcp_mgh_protocol(args.dwi_subsample), seed=args.seed)
         print(f"DWI phantom: {paths['dwi'].resolve()} (+ .bval, .bvec, _mask, _truth_*)")
+    if getattr(args, "dicom", False) or getattr(args, "stow", None):
+        return _write_dicom(args)
     return 0
 
 

@@ -1,0 +1,103 @@
+"""DICOMweb (QIDO-RS, WADO-RS, STOW-RS) through dicomweb-client, with timeouts and one error type.
+
+Every failure to reach the PACS, or a PACS answer that is an error, becomes a ``PacsError`` whose message
+says which request failed and why; the app answers it with HTTP 502. A STOW-RS answer that lists failed
+instances (FailedSOPSequence) is a failure too: the caller gets the reason the PACS gave.
+"""
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+
+import pydicom
+import requests
+from dicomweb_client import DICOMwebClient
+from pydicom.dataset import Dataset
+
+from ...errors import SparseSightError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 60.0  # seconds per HTTP request to the PACS
+
+
+class PacsError(SparseSightError):
+    """The PACS could not be reached or refused a request (HTTP 502 in the app)."""
+
+
+class _TimeoutSession(requests.Session):
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, *args, **kwargs):  # type: ignore[override]
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(*args, **kwargs)
+
+
+def connect(url: str, username: str | None = None, password: str | None = None,
+            timeout: float = DEFAULT_TIMEOUT) -> DICOMwebClient:
+    """A DICOMweb client of ``url`` (e.g. http://127.0.0.1:8042/dicom-web), HTTP basic auth when a user is given."""
+    session = _TimeoutSession(timeout)
+    if username:
+        session.auth = (username, password or "")
+    client = DICOMwebClient(url.rstrip("/"), session=session)
+    client.set_http_retry_params(retry=False)
+    return client
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, requests.HTTPError) and e.response is not None:
+        body = (e.response.text or "").strip().replace("\n", " ")[:300]
+        return f"HTTP {e.response.status_code} {e.response.reason}" + (f": {body}" if body else "")
+    if isinstance(e, requests.ConnectionError):
+        return f"cannot connect ({type(e).__name__})"
+    if isinstance(e, requests.Timeout):
+        return "no answer in time"
+    return f"{type(e).__name__}: {e}"
+
+
+def call(what: str, base_url: str, func, *args, **kwargs):
+    """func(*args, **kwargs) with every transport or HTTP error turned into a PacsError naming ``what``."""
+    try:
+        return func(*args, **kwargs)
+    except PacsError:
+        raise
+    except (requests.RequestException, ValueError, KeyError) as e:
+        raise PacsError(f"PACS {base_url}: {what} failed: {_reason(e)}") from None
+
+
+def search_series(client: DICOMwebClient, filters: dict | None = None, fields=None) -> list[Dataset]:
+    """QIDO-RS series search as datasets."""
+    found = call("series search (QIDO-RS)", client.base_url, client.search_for_series,
+                 search_filters=dict(filters or {}), fields=list(fields or []), get_remaining=True)
+    return [Dataset.from_json(d) for d in found]
+
+
+def retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: str) -> list[Dataset]:
+    """WADO-RS retrieve of every instance of one series."""
+    return list(call(f"retrieve of series {series_uid} (WADO-RS)", client.base_url, client.retrieve_series,
+                     study_uid, series_uid))
+
+
+def store(client: DICOMwebClient, datasets) -> list[str]:
+    """STOW-RS of ``datasets`` in one request; the stored SOPInstanceUIDs. PacsError when any was refused."""
+    datasets = list(datasets)
+    if not datasets:
+        return []
+    answer = call("store (STOW-RS)", client.base_url, client.store_instances, datasets)
+    failed = answer.get("FailedSOPSequence") or []
+    if failed:
+        reasons = sorted({str(getattr(item, "FailureReason", "?")) for item in failed})
+        raise PacsError(f"PACS {client.base_url} refused {len(failed)} of {len(datasets)} object(s) "
+                        f"(STOW-RS FailureReason {', '.join(reasons)})")
+    stored = [str(item.ReferencedSOPInstanceUID) for item in (answer.get("ReferencedSOPSequence") or [])]
+    logger.info("stored %d object(s) in %s", len(datasets), client.base_url)
+    return stored
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """A dataset as a DICOM Part 10 file."""
+    with BytesIO() as b:
+        pydicom.dcmwrite(b, ds, write_like_original=False)
+        return b.getvalue()
