@@ -4,7 +4,9 @@
 
 conf options: `models` ("all" or a comma-separated list of config names), `model_dir` (checkpoints
 <model_dir>/<model>.pt; default apps/sparsesight/model), `device` (default cuda when present, else cpu),
-`epochs` (default epochs of a train request).
+`epochs` (default epochs of a train request), `pretrained` (true: serve the weights shipped in
+apps/sparsesight/pretrained/ with their model cards while <model_dir> holds no trained checkpoint; false: start
+untrained; or a folder of <model>.pt + <model>.card.json).
 
 Refusals are HTTP 4xx with a reason (see lib/http_errors.py): the app checks ids, models and uploads in its own
 layer and raises fastapi.HTTPException, which MONAI Label's endpoints pass through.

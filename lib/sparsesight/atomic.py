@@ -28,3 +28,22 @@ def fsync_dir(folder) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def replace_atomically(path, data: bytes) -> None:
+    """Write `data` to `path` as temp file + fsync + os.replace + folder fsync: readers see the old file or the
+    new one, never half of one."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_durably(tmp, data)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -13,17 +13,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from . import models
-from .atomic import fsync_dir, write_durably
+from .atomic import replace_atomically
 from .errors import InvalidInput, UnknownModel
 
 MAX_REASON = 300  # characters of a library error quoted in a refusal
@@ -64,15 +62,7 @@ def save(path, model, name: str, config: dict, meta: dict | None = None) -> str:
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "meta": _plain(meta or {})}
     buf = io.BytesIO()
     torch.save(payload, buf)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_durably(tmp, buf.getvalue())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, buf.getvalue())
     return version
 
 

@@ -98,7 +98,9 @@ def start(work: Path, studies: Path, phantom: Path, conf: dict | None = None, na
     """The real server on studies with <work>/model and a TMPDIR of its own (<work>/tmp)."""
     model_dir, tmpdir = work / "model", work / "tmp"
     tmpdir.mkdir(exist_ok=True)
-    proc = MonaiLabelServer(studies, conf={"model_dir": model_dir, **(conf or {})}, log_path=work / f"{name}.log")
+    # untrained unless a test asks for the shipped weights (`pretrained`): the tests train their own models
+    proc = MonaiLabelServer(studies, conf={"model_dir": model_dir, "pretrained": "false", **(conf or {})},
+                            log_path=work / f"{name}.log")
     old_tmp = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(tmpdir)  # inherited by the server process only (restored right after start)
     try:

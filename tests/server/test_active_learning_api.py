@@ -164,7 +164,8 @@ def fresh(server, tmp_path_factory):
     work = tmp_path_factory.mktemp("al_fresh")
     studies = work / "datastore"
     studies.mkdir()
-    proc = MonaiLabelServer(studies, conf={"model_dir": work / "model"}, log_path=work / "server.log")
+    proc = MonaiLabelServer(studies, conf={"model_dir": work / "model", "pretrained": "false"},
+                            log_path=work / "server.log")
     url = proc.start(timeout=300)
     try:
         yield url

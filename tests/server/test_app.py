@@ -300,7 +300,8 @@ def test_fresh_app_refuses_infer_and_train_with_the_way_out(server, tmp_path_fac
     work = tmp_path_factory.mktemp("fresh")
     studies = work / "datastore"
     studies.mkdir()
-    with MonaiLabelServer(studies, conf={"model_dir": work / "model"}, log_path=work / "server.log") as url:
+    with MonaiLabelServer(studies, conf={"model_dir": work / "model", "pretrained": "false"},
+                          log_path=work / "server.log") as url:
         r = requests.post(f"{url}/activelearning/random", json={}, timeout=60)
         assert r.status_code == 200 and r.json()["id"] is None and "no images" in r.json()["message"]
         image = (server.phantom / "imagesTr" / "case_003.nii.gz").read_bytes()

@@ -11,6 +11,20 @@ from sparsesight import models
 
 from .model_file import ModelFile
 
+#: the weights shipped in the repository, one <model>.pt with its <model>.card.json / .card.md each
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
+
+
+def shipped_weights(name: str, conf: Dict[str, str]) -> str | None:
+    """The shipped checkpoint served while <model_dir>/<name>.pt does not exist: `--conf pretrained` true (the
+    default) -> PRETRAINED_DIR, false -> none (a fresh server starts untrained), a folder -> that folder."""
+    choice = str(conf.get("pretrained", "true")).strip()
+    if choice.lower() in ("false", "0", "no", "off", "none"):
+        return None
+    folder = PRETRAINED_DIR if choice.lower() in ("true", "1", "yes", "on", "") else os.path.abspath(choice)
+    path = os.path.join(folder, f"{name}.pt")
+    return path if os.path.isfile(path) else None
+
 
 class ModelConfig(TaskConfig):
     """Base of configs/<model>.py: the checkpoint is <model_dir>/<model>.pt, watched by a ModelFile.
@@ -29,5 +43,5 @@ class ModelConfig(TaskConfig):
         self.labels = {v: k for k, v in sparsesight.CLASSES.items() if k} if self.segmentation else {}
         self.path = os.path.join(model_dir, f"{name}.pt")
         self.model_config = models.default_config(name)
-        self.model_file = ModelFile(name, self.path)
+        self.model_file = ModelFile(name, self.path, shipped=shipped_weights(name, conf))
         self.epochs = int(conf.get("epochs", 2))

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 
-from sparsesight import checkpoint
+from sparsesight import checkpoint, model_card
 from sparsesight.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -29,54 +29,88 @@ class BrokenModel(RuntimeError):
 
 
 class ModelFile:
-    def __init__(self, name: str, path: str):
+    """The served checkpoint of one model: `path` (<model_dir>/<name>.pt, what training writes), else the shipped
+    weights `shipped` (apps/sparsesight/pretrained/<name>.pt, served only when they match their model card).
+
+    A trained file that cannot be loaded is reported (error()) and, when shipped weights exist, the shipped model
+    keeps serving; without them the model answers 503 (BrokenModel) until the file is repaired or retrained.
+    Training never writes to the shipped file."""
+
+    def __init__(self, name: str, path: str, shipped: str | None = None):
         self.name = name
         self.path = path
+        self.shipped = shipped
         self._lock = threading.Lock()
         self._key = None
         self._copies: dict = {}  # device -> model; "cpu" is the loaded one
         self._meta = None
         self._error = None
 
-    def _stat(self):
+    @staticmethod
+    def _stat_of(path):
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+            st = os.stat(path)
+        except (FileNotFoundError, TypeError):
             return None
         return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _stat(self):
+        """The (trained, shipped) files' keys; None when neither exists."""
+        key = (self._stat_of(self.path), self._stat_of(self.shipped) if self.shipped else None)
+        return key if key != (None, None) else None
 
     def exists(self) -> bool:
         return self._stat() is not None
 
+    def _load_shipped(self):
+        """(model, meta) of the shipped weights after checking them against their card; InvalidInput otherwise."""
+        model, meta = checkpoint.load(self.shipped, map_location="cpu", expect=self.name)
+        card = model_card.read(self.shipped)
+        model_card.verify(self.shipped, meta, card)
+        return model, {**meta, "source": "shipped", "card": model_card.summary(card)}
+
     def _refresh(self, key) -> None:
-        """Load the file under `key` once (lock held); a failure is kept as the reason until the file changes."""
+        """Load the files under `key` once (lock held); a failure is kept as the reason until a file changes."""
         if key == self._key:
             return
-        try:
-            model, meta = checkpoint.load(self.path, map_location="cpu", expect=self.name)
-        except InvalidInput as e:
-            self._key, self._copies, self._meta, self._error = key, {}, None, str(e)
-            logger.warning(f"model {self.name}: checkpoint {os.path.basename(self.path)} cannot be loaded: {e}")
-            return
-        logger.info(f"Loaded {self.name} {meta.get('version')} from {os.path.basename(self.path)}")
-        self._key, self._copies, self._meta, self._error = key, {"cpu": model}, meta, None
+        model, meta, errors = None, None, []
+        if key[0] is not None:
+            try:
+                model, meta = checkpoint.load(self.path, map_location="cpu", expect=self.name)
+                meta = {**meta, "source": "trained"}
+            except InvalidInput as e:
+                errors.append(str(e) if key[1] is None else
+                              f"trained checkpoint {os.path.basename(self.path)} is unusable ({e}); serving the "
+                              f"shipped weights")
+                logger.warning(f"model {self.name}: checkpoint {os.path.basename(self.path)} cannot be loaded: {e}")
+        if model is None and key[1] is not None:
+            try:
+                model, meta = self._load_shipped()
+            except InvalidInput as e:
+                errors.append(f"shipped weights refused ({e})")
+                logger.warning(f"model {self.name}: shipped weights refused: {e}")
+        self._key, self._meta, self._error = key, meta, "; ".join(errors) or None
+        self._copies = {"cpu": model} if model is not None else {}
+        if meta is not None:
+            logger.info(f"Loaded {self.name} {meta.get('version')} ({meta['source']})")
 
     def load(self, device: str = "cpu", fresh_if_broken: bool = False):
         """(model on device in eval mode, meta) of the current file, (None, None) when there is none.
 
-        The model is shared by concurrent requests: use it read-only. BrokenModel when the file is unusable, or
-        (None, None) with `fresh_if_broken` (a trainer then starts from fresh weights, which heals the model)."""
+        meta["source"]: "trained" (model_dir) or "shipped". The model is shared by concurrent requests: use it
+        read-only. BrokenModel when no file is usable, or (None, None) with `fresh_if_broken` (a trainer then
+        starts from fresh weights, which heals the model)."""
         key = self._stat()
         if key is None:
             return None, None
         device = check_device(device)
         with self._lock:
             self._refresh(key)
-            if self._error:
+            if "cpu" not in self._copies:
                 if fresh_if_broken:
                     logger.warning(f"model {self.name}: unusable checkpoint ({self._error}); starting from fresh weights")
                     return None, None
-                raise BrokenModel(self._error)
+                raise BrokenModel(self._error or "no usable checkpoint")
             model = self._copies.get(device)
             if model is None:
                 model = copy.deepcopy(self._copies["cpu"]).to(device).eval()
@@ -84,7 +118,7 @@ class ModelFile:
             return model, self._meta
 
     def error(self) -> str | None:
-        """Why the current file cannot be loaded, None when it can (or when there is none)."""
+        """Why a file cannot be used (also when the shipped weights serve instead), None when all is well."""
         key = self._stat()
         if key is None:
             return None
@@ -93,7 +127,7 @@ class ModelFile:
             return self._error
 
     def meta(self) -> dict | None:
-        """The current checkpoint's meta; None without a usable file."""
+        """The served checkpoint's meta; None without a usable file."""
         key = self._stat()
         if key is None:
             return None

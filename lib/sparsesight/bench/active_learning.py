@@ -212,7 +212,8 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
     ckpt = model_dir / f"{model}.pt"
 
     rows, t_start = [], time.time()
-    server = MonaiLabelServer(studies, conf={"model_dir": model_dir}, log_path=tmp / "server.log")
+    server = MonaiLabelServer(studies, conf={"model_dir": model_dir, "pretrained": "false"},  # AL from scratch
+                              log_path=tmp / "server.log")
     logger.info(f"active learning ({model}): {len(data['pool'])} pool / {len(data['test'])} held-out phantoms at "
           f"{downsample} mm, start {initial}, {rounds} rounds x {batch} labels, {epochs} epochs per round, {seeds} seed(s), "
           f"strategies {', '.join(strategies)}; server log {tmp / 'server.log'}")

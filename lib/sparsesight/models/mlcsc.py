@@ -172,6 +172,10 @@ class MLCSC(nn.Module):
         self.Phi.refresh_norm(iters=30)
 
     # --- the learned parameters (design 2: their constrained values) -----------------------------------
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """Thresholds and step sizes (any shape): weight decay would pull them to 0 (training/segmentation.py)."""
+        return ("lam_min", "mu0", "lam", "mu", "lam_min_raw", "lam_raw", "mu0_raw", "mu_raw")
+
     def learned(self) -> dict[str, torch.Tensor]:
         """lam_min (m,), mu0 (m,), lam (L, m), mu (L, m) as the iterations use them."""
         if self.design == 1:

@@ -7,6 +7,7 @@ calls `fit`. Data-parallel training needs no other change: `ddp` wraps a module 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -17,6 +18,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
+
+logger = logging.getLogger(__name__)
 
 
 def distributed() -> bool:
@@ -68,8 +71,9 @@ def fit(objectives: list[Objective], epochs: int, *, progress: Callable[[dict], 
     """Train every objective in turn for each of `epochs` epochs; returns `stats` with "epochs", "seconds" and
     per objective the lists "<name>_loss" (epoch means) and "<name>_val" (when it validates).
 
-    After each epoch: `progress({"epoch", "epochs", <losses and validations of this epoch>, "seconds"})`, then
-    `on_epoch_end(stats)` (e.g. write a checkpoint); training stops after the epoch that passes `max_minutes`.
+    After each epoch: `progress({"epoch", "epochs", <losses and validations of this epoch>, "seconds", "eta_s"})`,
+    then `on_epoch_end(stats)` (e.g. write a checkpoint, or set stats["stop"] to a reason to stop early); training
+    also stops after the epoch that passes `max_minutes`.
     """
     check_epochs(epochs)
     stats = {"epochs": 0, "seconds": 0.0, **(stats or {})}
@@ -103,12 +107,16 @@ def fit(objectives: list[Objective], epochs: int, *, progress: Callable[[dict], 
                 record[o.key("val")] = stats[o.key("val")][-1]
         stats["epochs"] = epoch + 1
         stats["seconds"] = record["seconds"] = time.time() - t0
+        record["eta_s"] = stats["seconds"] / (epoch + 1) * (epochs - epoch - 1)  # at the mean epoch time so far
         bar.set_postfix({k: f"{v:.{digits}f}" for k, v in record.items() if k.endswith("loss")})
         if progress is not None:
             progress(record)
         if on_epoch_end is not None:
-            on_epoch_end(stats)
+            on_epoch_end(stats)  # may set stats["stop"] (a reason) to end training early
         if max_minutes is not None and stats["seconds"] > 60 * max_minutes:
+            break
+        if stats.get("stop"):
+            logger.info("training stopped after epoch %d: %s", epoch + 1, stats["stop"])
             break
     for o in objectives:
         o.module.eval()

@@ -6,8 +6,10 @@ DistributedDataParallel and shards the cases with a DistributedSampler, with no 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceCELoss
@@ -21,15 +23,60 @@ from .loop import Objective, check_epochs, ddp, fit, sampler
 def default_train_config() -> dict:
     """Defaults that train the sample-data phantoms to a useful model on 2 CPU cores in minutes."""
     return {"patch_size": [64, 64, 64], "samples_per_image": 2, "batch_size": 2, "lr": 2e-3, "grad_clip": 1.0,
-            "optimizer": "adam", "weight_decay": 1e-5, "iterations_per_epoch": None, "seed": 0, "num_workers": 0}
+            "optimizer": "adam", "weight_decay": 1e-5, "iterations_per_epoch": None, "seed": 0, "num_workers": 0,
+            "warmup_epochs": 0, "patience": None, "val_size": [96, 96, 96]}
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
+def no_decay(model) -> set[str]:
+    """Names of the parameters that weight decay must not pull to 0: every bias and vector (ndim <= 1) and what
+    the model lists in `no_weight_decay()` (thresholds lambda, step sizes mu, read-out biases)."""
+    listed = set(getattr(model, "no_weight_decay", lambda: ())())
+    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n in listed}
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """Two optimiser groups: decayed weights, and the no_decay() parameters with weight_decay 0."""
+    skip = no_decay(model)
+    params = list(model.named_parameters())
+    return [{"params": [p for n, p in params if n not in skip], "weight_decay": weight_decay},
+            {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
+
+
+def warmup_cosine(optimizer, epochs: int, warmup: int):
+    """Learning rate factor: linear warm-up over `warmup` epochs, then cosine decay to 0 at `epochs`."""
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def validation_dice(model, items: list[dict], size, device) -> float:
+    """Mean Dice over the BraTS regions of `items`, each on a `size` crop centred on its tumour (one forward
+    pass per case: cheap enough to run after every epoch)."""
+    from ..data.io import load_image, load_label
+    from ..metrics import region_dice
+    from ..runners.segmentation import normalise
+
+    scores = []
+    for it in items:
+        image, _ = load_image(it["image"], channels=getattr(model, "n", 4))
+        label, _ = load_label(it["label"], spatial_shape=image.shape[1:])
+        centre = np.argwhere(label > 0).mean(0).round().astype(int) if label.any() else np.array(label.shape) // 2
+        box = tuple(slice(max(0, min(int(c) - k // 2, n - k)), max(0, min(int(c) - k // 2, n - k)) + k)
+                    for c, k, n in zip(centre, size, label.shape))
+        x = normalise(image)[(slice(None), slice(None), *box)].to(device)
+        pred = model(x).argmax(1)[0].cpu().numpy()
+        scores.append(np.mean(list(region_dice(pred, label[box]).values())))
+    return float(np.mean(scores))
+
+
 def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict | None = None,
           progress: Callable[[dict], None] | None = None, max_minutes: float | None = None,
-          show_progress: bool = True) -> dict:
+          show_progress: bool = True, val_items: list[dict] | None = None) -> dict:
     """Train `model` in place on `items` = [{"image": path, "label": path}] with DiceCE loss and Adam, or the
     model's own `loss(net, x, y)` and `train_defaults()` (e.g. SUM: soft IoU + reconstruction, AdamW).
 
@@ -37,6 +84,11 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     (2:1 tumour-centred : random). `progress(dict)` is called after each epoch with
     {"epoch", "epochs", "loss", "seconds"}. Stops early after `max_minutes`. Returns the statistics.
     `config` keys other than default_train_config()'s are refused (InvalidInput naming the known ones).
+
+    The recipe: no weight decay on thresholds, step sizes and biases (no_decay), `warmup_epochs` of linear
+    warm-up then cosine decay; with `val_items`, the mean region Dice on them after every epoch ("val"), the
+    best epoch's weights restored at the end ("best_epoch", "best_val") and, with `patience`, a stop after that
+    many epochs without a better one.
     """
     if not items:
         raise InvalidInput("no labelled images to train on: save at least one final label first")
@@ -73,9 +125,29 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
         x, y = batch
         return model_loss(net, x, y) if model_loss is not None else dice_ce(net(x), y)
 
-    opt = OPTIMIZERS[cfg["optimizer"]](model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = OPTIMIZERS[cfg["optimizer"]](parameter_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
+    best: dict = {"val": -1.0, "epoch": 0, "state": None}
+
+    def validate() -> float:
+        return validation_dice(model, val_items or [], cfg["val_size"], device)
+
+    def keep_best(stats: dict) -> None:
+        if not stats.get("val"):
+            return
+        if stats["val"][-1] > best["val"]:
+            best.update(val=stats["val"][-1], epoch=stats["epochs"],
+                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        elif cfg["patience"] and stats["epochs"] - best["epoch"] >= cfg["patience"]:
+            stats["stop"] = f"no better validation Dice for {cfg['patience']} epochs"
+
     # unrolled sparse coding diverges if one update makes ||D|| too large for the step sizes mu: clip
     objective = Objective(model, opt, batches, loss, grad_clip=cfg["grad_clip"],
-                          scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs))
-    return fit([objective], epochs, progress=progress, max_minutes=max_minutes, show_progress=show_progress,
-               stats={"epochs": 0, "loss": [], "seconds": 0.0, "cases": len(items), "config": cfg})
+                          scheduler=warmup_cosine(opt, epochs, cfg["warmup_epochs"]),
+                          validate=validate if val_items else None)
+    stats = fit([objective], epochs, progress=progress, max_minutes=max_minutes, show_progress=show_progress,
+                on_epoch_end=keep_best,
+                stats={"epochs": 0, "loss": [], "seconds": 0.0, "cases": len(items), "config": cfg})
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        stats.update(best_epoch=best["epoch"], best_val=best["val"])
+    return stats

@@ -62,6 +62,10 @@ class SparseSightInfer(InferTask):
         info["version"] = meta.get("version") if meta else None
         info["trained"] = meta is not None
         if meta:
+            info["source"] = meta.get("source")  # "trained" (model_dir) or "shipped" (with its model card)
+            if meta.get("card"):
+                info["card"] = meta["card"]
+        if meta:
             info["created"] = meta.get("created")
         error = self.model_file.error()
         if error:

@@ -135,10 +135,13 @@ class SparseSightTrain(TrainTask):
         return p, self.usable(datastore.datalist())
 
     def starting_model(self, p: Dict[str, Any], device: str):
-        """(model, its config, the version it continues from or None): the served checkpoint, else fresh weights."""
+        """(model, its config, the version it continues from or None): the served checkpoint (the trained one,
+        else the shipped weights), else fresh weights. The result is always written to model_dir."""
         model, meta = self.model_file.load(device, fresh_if_broken=True)
         if model is None:
             return models.build(self.name, dict(self.model_config)).to(device), dict(self.model_config), None
+        if meta.get("source") == "shipped":
+            self.say(f"continuing from the shipped weights {meta['version']} (model card: {self.name}.card.md)")
         return model, meta["config"], meta["version"]
 
     def describe(self, p: Dict[str, Any], data, config: dict) -> str:

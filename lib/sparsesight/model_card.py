@@ -1,0 +1,114 @@
+"""Model cards of shipped weights: `<name>.card.json` (what a program checks) and `<name>.card.md` (what a person
+reads) beside `<name>.pt`.
+
+A card says how the weights were made (data recipe, seeds, epochs, training config, commit), what they are
+(model, config, parameter count, version, sha256 of the file) and what they score on a held-out split the training
+never saw (Dice per region, explanation-quality figures), with the known limits. `verify` refuses a checkpoint
+whose bytes, config or version do not match its card, so a swapped or damaged file is never served as the model
+the card describes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .atomic import replace_atomically
+from .errors import InvalidInput
+
+CARD_SCHEMA = 1
+#: the fields every card has (write() refuses a card without them)
+REQUIRED = ("model", "version", "sha256", "config", "parameters", "training", "evaluation", "limits")
+
+
+def card_path(pt_path, suffix: str = ".card.json") -> Path:
+    """`<dir>/<name>.pt` -> `<dir>/<name>.card.json` (or `.card.md`)."""
+    pt_path = Path(pt_path)
+    return pt_path.with_name(pt_path.name.removesuffix(".pt") + suffix)
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read(pt_path) -> dict | None:
+    """The card of checkpoint `pt_path`, None when it has none; InvalidInput when the card is not valid JSON."""
+    path = card_path(pt_path)
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"model card {path.name} cannot be read: {e}") from None
+    if not isinstance(card, dict):
+        raise InvalidInput(f"model card {path.name} is not a JSON object")
+    return card
+
+
+def verify(pt_path, meta: dict, card: dict | None) -> None:
+    """Refuse (InvalidInput with the reason) a checkpoint that does not match its card: the file's sha256, the
+    model name, the config and the version computed from the loaded weights (`meta` from checkpoint.load)."""
+    pt_path = Path(pt_path)
+    if card is None:
+        raise InvalidInput(f"{pt_path.name} has no model card ({card_path(pt_path).name}): shipped weights are "
+                           f"served only with their card")
+    digest = sha256_file(pt_path)
+    if card.get("sha256") != digest:
+        raise InvalidInput(f"{pt_path.name} does not match its model card: sha256 {digest[:12]}... is not the "
+                           f"card's {str(card.get('sha256'))[:12]}...")
+    for key in ("model", "version", "config"):
+        if card.get(key) != meta.get(key):
+            raise InvalidInput(f"{pt_path.name} does not match its model card: {key} differs")
+
+
+def _table(rows: dict) -> list[str]:
+    regions = list(next(iter(rows.values())).keys()) if rows else []
+    out = ["| split | " + " | ".join(regions) + " |", "|---|" + "---|" * len(regions)]
+    for split, dice in rows.items():
+        out.append(f"| {split} | " + " | ".join(f"{dice[r]:.3f}" for r in regions) + " |")
+    return out
+
+
+def markdown(card: dict) -> str:
+    """The card for people: what the model is, how it was made, what it scores and where it fails."""
+    t, ev = card["training"], card["evaluation"]
+    lines = [f"# Model card: `{card['model']}` (shipped weights)", "",
+             card.get("description", ""), "",
+             f"- version `{card['version']}`, file sha256 `{card['sha256']}`",
+             f"- {card['parameters']:,} learned parameters; config: `{json.dumps(card['config'], sort_keys=True)}`",
+             f"- made by `{t.get('command', '?')}` at commit `{t.get('commit', '?')}`",
+             "", "## Training", "",
+             f"- data: {t.get('data', '?')}",
+             f"- {t.get('epochs', '?')} epochs (best validation epoch {t.get('best_epoch', '?')}), seed "
+             f"{t.get('seed', '?')}, {t.get('seconds', '?')} s on {t.get('device', '?')}",
+             f"- recipe: `{json.dumps(t.get('config', {}), sort_keys=True)}`",
+             "", "## Held-out evaluation (Dice per BraTS region)", "",
+             f"{ev.get('data', '')}", ""]
+    lines += _table(ev.get("dice", {}))
+    if ev.get("quality"):
+        lines += ["", "Explanation quality on the held-out cases: " +
+                  ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in ev["quality"].items())]
+    lines += ["", "## Known limits", ""] + [f"- {x}" for x in card["limits"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(pt_path, card: dict) -> None:
+    """Write `card` (with the file's sha256 filled in) as JSON and Markdown beside `pt_path`, atomically."""
+    card = {"schema": CARD_SCHEMA, **card, "sha256": sha256_file(pt_path)}
+    missing = [k for k in REQUIRED if k not in card]
+    if missing:
+        raise ValueError(f"model card without {', '.join(missing)}")
+    replace_atomically(card_path(pt_path), (json.dumps(card, indent=1, sort_keys=True) + "\n").encode())
+    replace_atomically(card_path(pt_path, ".card.md"), markdown(card).encode())
+
+
+def summary(card: dict) -> dict:
+    """What /info shows of a card: version, held-out Dice, the training recipe in one line, the limits."""
+    t, ev = card.get("training", {}), card.get("evaluation", {})
+    return {"version": card.get("version"), "dice": ev.get("dice", {}), "evaluated_on": ev.get("data"),
+            "trained_on": t.get("data"), "epochs": t.get("epochs"), "commit": t.get("commit"),
+            "limits": card.get("limits", [])}
