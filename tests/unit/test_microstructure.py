@@ -226,3 +226,33 @@ def test_bad_inputs_are_refused_with_a_reason(trained, protocol, tmp_path):
     with pytest.raises(InvalidInput, match="unknown bundle outputs"):
         run.run_bundle(model, "microstructure", "v", cases[0][0], "x", tmp_path / "o.zip", outputs=["nope"], **quiet)
     assert not (tmp_path / "o.zip").exists()
+
+
+def test_outputs_are_physically_valid_by_construction(trained, protocol):
+    model, _, _ = trained
+    sim = dif.simulate(protocol, 200, 20, 11, ranges=dif.SimulationRanges(free_water=(0.0, 0.9)))
+    lo, hi = min(model.grid.radii_um), max(model.grid.radii_um)
+    for method in ms.METHODS:
+        est = ms.estimate(model, sim["signal"], sim["u"], method)
+        total = est["nu"].sum(1) + est["nu_fw"]
+        assert (est["nu"] >= 0).all() and total.max() <= 1 + 1e-6, (method, total.max())
+        assert est["r"].min() >= lo and est["r"].max() <= hi, method
+    # the hybrid's ν are projected under 1 - ν_fw, not clipped each on its own
+    raw = ms._net_forward(model.hybrid, ms.nnls_weights(model, sim["signal"], sim["u"])["w"])
+    est = ms.estimate(model, sim["signal"], sim["u"], "hybrid")
+    cap = 1 - est["nu_fw"]
+    np.testing.assert_allclose(est["nu"], ms.project_capped_simplex(raw.reshape(-1, 2, 3)[..., 0], cap), atol=1e-6)
+
+
+def test_a_model_refuses_a_protocol_with_other_timing(trained, protocol):
+    model, _, _ = trained
+    other = dif.Protocol(protocol.bvals, protocol.bvecs, 0.040, 0.015)
+    assert other.hash != protocol.hash
+    run.check_protocol(model, dif.Protocol.from_config(protocol.to_config()), "mlp")  # the same: accepted
+    for method in ("mlp", "hybrid"):
+        with pytest.raises(InvalidInput, match=r"Δ = 40 ms, the model was trained at 21.8 ms"):
+            run.check_protocol(model, other, method)
+    run.check_protocol(model, other, "fingerprinting")  # builds the dictionary for the user's protocol
+    sim = dif.simulate(other, 5, None, 2, grid=model.grid)
+    est = ms.estimate(model, sim["signal"], sim["u"], "fingerprinting", protocol=other)
+    np.testing.assert_array_equal(est["r"], sim["r"])  # exact: the dictionary is the protocol's own

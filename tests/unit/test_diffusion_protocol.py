@@ -1,0 +1,172 @@
+"""The protocol as data (data/diffusion/protocol_files.py): FSL / MRtrix / JSON sidecars, units, required
+timing, refusals; the radius resolution limit (sensitivity.py); the simplex projection of the fractions."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sparsesight.data import diffusion as dif
+from sparsesight.data.diffusion import protocol_files as pf
+from sparsesight.data.diffusion import sensitivity as sens
+from sparsesight.errors import InvalidInput
+from sparsesight.models import microstructure as ms
+
+
+def _table(b_max=6000.0):
+    """A scanner-like multi-shell table: 6 b=0, 30 at b=1000, 30 at b_max/2, 30 at b_max."""
+    bvals = np.r_[np.zeros(6), np.full(30, 1000.0), np.full(30, b_max / 2), np.full(30, b_max)]
+    dirs = dif.protocol.hemisphere_directions(30)
+    bvecs = np.r_[np.zeros((6, 3)), dirs, dirs, dirs]
+    return bvals, bvecs
+
+
+def _image(tmp_path, m, name="dwi"):
+    path = tmp_path / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((2, 2, 2, m), np.float32), np.eye(4)), str(path))
+    return path
+
+
+def test_fsl_files_and_json_sidecar_with_per_shell_timing(tmp_path):
+    bvals, bvecs = _table()
+    img = _image(tmp_path, len(bvals))
+    np.savetxt(tmp_path / "dwi.bval", bvals[None], fmt="%g")
+    np.savetxt(tmp_path / "dwi.bvec", bvecs.T, fmt="%.6f")
+    (tmp_path / "dwi.json").write_text(json.dumps({
+        "DiffusionShells": [1000, 3000, 6000], "DiffusionGradientSeparation": [0.030, 0.035, 0.040],
+        "DiffusionGradientDuration": [0.010, 0.012, 0.015], "EchoTime": 0.08}))
+    p = dif.read_protocol(img, n_volumes=len(bvals))
+    assert p.source["b_unit"] == "s/mm2" and p.source["timing_unit"] == "s" and not p.uniform_timing
+    np.testing.assert_allclose(p.big_deltas[p.bvals == 6000], 0.040)
+    np.testing.assert_allclose(p.small_deltas[p.bvals == 3000], 0.012)
+    # b = γ² G² δ² (Δ - δ/3) holds for every volume with its own shell's timing
+    b = dif.GAMMA**2 * p.gradient_strength**2 * p.small_deltas**2 * (p.big_deltas - p.small_deltas / 3)
+    np.testing.assert_allclose(b, p.b_si, rtol=1e-12)
+    rows = {r["b"]: r for r in p.shell_table()}
+    assert rows[6000.0]["big_delta_ms"] == 40.0 and rows[1000.0]["volumes"] == 30
+    # per-volume timing gives each shell the signal of a protocol with that shell's timing alone
+    u, sel = np.array([0.0, 0.6, 0.8]), p.bvals == 6000
+    uni = dif.Protocol(np.r_[0.0, p.bvals[sel]], np.r_[np.zeros((1, 3)), p.bvecs[sel]], 0.040, 0.015)
+    np.testing.assert_allclose(dif.single_population_signal(p, u, 3.0, 0.6)[sel],
+                               dif.single_population_signal(uni, u, 3.0, 0.6)[1:], rtol=1e-12)
+    # the sidecar round trip keeps the per-shell timing; the {b: value} form reads the same
+    pf.write_sidecar(p, tmp_path / "dwi.json")
+    assert dif.read_protocol(img).shell_table() == p.shell_table()
+    q = dif.read_protocol(img, big_delta={"1000": 30, "3000": 35, "6000": 40},
+                          small_delta={"1000": 10, "3000": 12, "6000": 15})  # ms, detected
+    assert q.hash == p.hash and q.source["timing_unit"] == "ms"
+
+
+def test_mrtrix_btable_and_grad_option(tmp_path):
+    bvals, bvecs = _table()
+    img = _image(tmp_path, len(bvals), "mr")
+    rows = "\n".join(f"{x:.6f} {y:.6f} {z:.6f} {b:g}" for (x, y, z), b in zip(bvecs, bvals))
+    (tmp_path / "mr.b").write_text("# command_history: dwigradcheck\n" + rows + "\n")
+    p = dif.read_protocol(img, big_delta=0.0218, small_delta=0.0129)
+    np.testing.assert_array_equal(p.bvals, bvals)
+    assert "mr.b" in p.source["from"]
+    g = dif.read_protocol(None, grad=np.c_[bvecs, bvals], big_delta=21.8, small_delta=12.9)
+    assert g.hash == p.hash
+    (tmp_path / "bad.b").write_text("1 0 0\n")
+    with pytest.raises(InvalidInput, match="4 numbers"):
+        pf.read_mrtrix(tmp_path / "bad.b")
+
+
+@pytest.mark.parametrize("factor,unit", [(1.0, "s/mm2"), (1e6, "s/m2"), (1e-3, "ms/um2")])
+def test_b_value_units_are_detected(factor, unit):
+    bvals, bvecs = _table()
+    p = dif.build_protocol(bvals * factor, bvecs, 0.0218, 0.0129)
+    assert p.source["b_unit"] == unit
+    np.testing.assert_allclose(p.bvals, bvals, rtol=1e-12)
+
+
+def test_ambiguous_or_wrong_units_are_refused():
+    bvals, bvecs = _table()
+    with pytest.raises(InvalidInput, match="unit of the b-values"):
+        dif.build_protocol(bvals * 80 / 6000, bvecs, 0.0218, 0.0129)  # largest 80: s/mm² or ms/µm²?
+    with pytest.raises(InvalidInput, match="unit of Δ"):
+        dif.build_protocol(bvals, bvecs, 0.5, 0.0129)  # 0.5 s or 0.5 ms: neither is a PGSE separation
+    # timing in seconds read as ms (the option named): the gradient it implies is refused with its value
+    with pytest.raises(InvalidInput, match="T/m, beyond any scanner") as e:
+        dif.build_protocol(bvals, bvecs, 0.042, 0.03, timing_unit="ms")
+    g = np.sqrt(6000e6 / (dif.GAMMA**2 * 0.03e-3**2 * (0.042e-3 - 0.01e-3)))
+    assert f"{g:.3g} T/m" in str(e.value)
+    # b in s/m² declared as s/mm²
+    with pytest.raises(InvalidInput, match="T/m"):
+        dif.build_protocol(bvals * 1e6, bvecs, 0.0218, 0.0129, b_unit="s/mm2")
+    with pytest.raises(InvalidInput, match="echo time"):
+        dif.build_protocol(bvals, bvecs, 0.0218, 0.0129, echo_time=0.02)
+
+
+@pytest.mark.parametrize("big,small,shells,reason", [
+    (None, 0.0129, None, "DiffusionGradientSeparation"),
+    (0.0218, None, None, "DiffusionGradientDuration"),
+    ([0.02, 0.03], 0.0129, [1000, 3000], "shell b = 6000"),
+    ([0.02, 0.03, 0.04], 0.0129, None, "DiffusionShells"),
+])
+def test_missing_timing_is_refused_naming_the_field(big, small, shells, reason):
+    bvals, bvecs = _table()
+    with pytest.raises(InvalidInput, match=reason):
+        dif.build_protocol(bvals, bvecs, big, small, shells)
+    with pytest.raises(InvalidInput, match="big_delta"):
+        dif.Protocol.from_config({"bvals": bvals.tolist(), "bvecs": bvecs.tolist()})
+
+
+def test_bad_gradient_tables(tmp_path):
+    bvals, bvecs = _table()
+    with pytest.raises(InvalidInput, match="same volumes"):
+        dif.build_protocol(bvals[:-1], bvecs, 0.0218, 0.0129)
+    zero = bvecs.copy()
+    zero[10] = 0
+    with pytest.raises(InvalidInput, match=r"zero gradient direction .*volumes \[10\]"):
+        dif.build_protocol(bvals, zero, 0.0218, 0.0129)
+    scaled = bvecs.copy()
+    scaled[12] *= 0.7
+    with pytest.raises(InvalidInput, match=r"unit gradient direction.*\[12\]"):
+        dif.build_protocol(bvals, scaled, 0.0218, 0.0129)
+    with pytest.raises(InvalidInput, match="volumes"):
+        dif.build_protocol(bvals, bvecs, 0.0218, 0.0129, n_volumes=len(bvals) + 1)
+    img = _image(tmp_path, len(bvals))
+    np.savetxt(tmp_path / "dwi.bval", bvals[None], fmt="%g")
+    np.savetxt(tmp_path / "dwi.bvec", bvecs[:-3].T, fmt="%.6f")
+    with pytest.raises(InvalidInput, match="bval|bvec"):
+        dif.read_protocol(img, big_delta=0.0218, small_delta=0.0129)
+
+
+def test_radius_limit_is_nilssons_in_the_long_pulse_limit():
+    # δ = Δ = 60 ms, small radii: Neuman's regime, where Nilsson's closed form is exact to first order
+    sigma = sens.noise_floor(30, 30)
+    assert sigma == pytest.approx(1.64 / (30 * 0.5 * np.sqrt(30)))
+    for g in (0.04, 0.08, 0.3):
+        gpa = sens.radius_limit_gpa(g, 0.06, 0.06, sigma)
+        assert gpa == pytest.approx(0.5e6 * sens.nilsson_d_min(g, 0.06, sigma), rel=0.03)
+    # stronger gradients resolve smaller radii (r_min ∝ G^-1/2 in that limit)
+    assert sens.radius_limit_gpa(0.08, 0.06, 0.06, sigma) / sens.radius_limit_gpa(0.32, 0.06, 0.06, sigma) \
+        == pytest.approx(2.0, rel=0.05)
+
+
+def test_radius_is_resolvable_on_hcp_not_on_a_clinical_b2000_protocol():
+    hcp = dif.radius_sensitivity(dif.hcp_mgh_protocol())
+    assert hcp["resolvable"] and hcp["shell_b"] == 10000 and 1.0 < hcp["r_min_um"] < 1.5
+    bvals, bvecs = _table(2000.0)
+    clinical = dif.radius_sensitivity(dif.build_protocol(bvals, bvecs, 0.045, 0.030))
+    assert not clinical["resolvable"] and clinical["r_min_um"] > 2.5
+    assert "not resolvable" in clinical["reason"]
+
+
+def test_simplex_projection_is_the_euclidean_projection():
+    rng = np.random.default_rng(0)
+    v = rng.normal(0.4, 0.5, (300, 2))
+    cap = rng.uniform(0.2, 1.0, 300)
+    p = ms.project_capped_simplex(v, cap)
+    assert (p >= 0).all() and (p.sum(1) <= cap + 1e-12).all()
+    np.testing.assert_allclose(ms.project_capped_simplex(np.array([[0.8, 0.6]]), 1.0), [[0.6, 0.4]])
+    np.testing.assert_allclose(ms.project_capped_simplex(np.array([[0.3, -0.2]]), 1.0), [[0.3, 0.0]])
+    # optimality: no feasible point (a fine grid of the set) is closer to v than its projection
+    a, b = np.meshgrid(np.linspace(0, 1, 101), np.linspace(0, 1, 101))
+    grid = np.c_[a.ravel(), b.ravel()]
+    for i in range(0, 300, 15):
+        feas = grid[grid.sum(1) <= cap[i]]
+        assert np.linalg.norm(v[i] - p[i]) <= np.linalg.norm(v[i] - feas, axis=1).min() + 1e-12
