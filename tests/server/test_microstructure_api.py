@@ -1,9 +1,9 @@
 """The `microstructure` infer and train tasks through the real MONAI Label server (see conftest.py).
 
 A small DWI phantom (subsampled HCP MGH protocol, 8 mm grid, 2 slices) goes into the datastore folder with its
-FSL sidecars (the datastore's upload endpoint takes 4-channel tumour images only, so the files are placed in the
-folder, which the datastore watches), its white-matter mask as the label of tag "mask" through the REST API; it
-is removed again at the end of the module.
+FSL sidecars and JSON timing sidecar (placed in the folder, which the datastore watches, as a scanner export
+would be), its white-matter mask as the label of tag "mask" through the REST API; it is removed again at the end
+of the module. A second copy goes through PUT /datastore/image with its protocol (params {"dwi": {...}}).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def dwi(server, tmp_path_factory):
     paths = dif.write_dwi_phantom(tmp_path_factory.mktemp("dwi"), protocol, downsample=8, slices=2, snr=50,
                                   seed=3, name=DWI)
     # the FSL sidecars next to the image first, then the image (the datastore lists it once it appears)
-    for key in ("bval", "bvec"):
+    for key in ("bval", "bvec", "json"):
         (server.studies / paths[key].name).write_bytes(paths[key].read_bytes())
     (server.studies / f"{DWI}.nii.gz").write_bytes(paths["dwi"].read_bytes())
     deadline = time.time() + 60
@@ -53,7 +53,7 @@ def dwi(server, tmp_path_factory):
     yield {"protocol": protocol, "paths": paths, "shape": nib.load(paths["dwi"]).shape}
     r = server.delete("/datastore/image", params={"id": DWI})
     assert r.status_code == 200, r.text
-    for suffix in (".bval", ".bvec"):
+    for suffix in (".bval", ".bvec", ".json"):
         (server.studies / f"{DWI}{suffix}").unlink(missing_ok=True)
 
 
@@ -100,6 +100,10 @@ def test_infer_bundle_with_interpretation(server, dwi, trained, tmp_path):
     man = bundle.validate(path)
     assert man["model"] == "microstructure" and man["model_version"] == server.version("microstructure")
     assert man["method"] == "hybrid" and man["image"] == DWI
+    # the protocol travels into the bundle: its shells and timing, hash, radius sensitivity, fraction check
+    assert man["protocol"]["hash"] == man["protocol"]["model_protocol_hash"]  # trained on this image
+    assert {r["big_delta_ms"] for r in man["protocol"]["shells"]} == {21.8}
+    assert man["radius"]["resolvable"] and man["fractions"]["max_sum"] <= 1 + 1e-5
     names = {o["name"] for o in man["outputs"]}
     assert {"nu/1", "r/1", "f/1", "nu/2", "r/2", "f/2", "peak/1/x", "peak/2/z", "sparsity", "residual", "weights",
             "weights_plot", "preview"} <= names
@@ -111,7 +115,8 @@ def test_infer_bundle_with_interpretation(server, dwi, trained, tmp_path):
 
 def test_infer_on_an_upload_with_gradient_options(server, dwi, trained):
     p = dwi["protocol"]
-    opts = {"method": "fingerprinting", "bvals": p.bvals.tolist(), "bvecs": p.bvecs.T.tolist(), "mask": False}
+    opts = {"method": "fingerprinting", "bvals": p.bvals.tolist(), "bvecs": p.bvecs.T.tolist(), "mask": False,
+            "big_delta": 21.8, "small_delta": 12.9}  # ms (detected)
     r = server.post("/infer/microstructure", params={"output": "image"}, data={"params": json.dumps(opts)},
                     files={"file": ("dwi.nii.gz", dwi["paths"]["dwi"].read_bytes())})
     assert r.status_code == 200, r.text
@@ -123,7 +128,7 @@ def test_bad_dwi_requests_are_refused_and_nothing_stored_changes(server, dwi, tr
     p = dwi["protocol"]
     data = np.asanyarray(nib.load(dwi["paths"]["dwi"]).dataobj)
     before = server.files()
-    grads = {"bvals": p.bvals.tolist(), "bvecs": p.bvecs.tolist()}
+    grads = {"bvals": p.bvals.tolist(), "bvecs": p.bvecs.tolist(), "big_delta": 0.0218, "small_delta": 0.0129}
     other = dif.hcp_mgh_protocol(4)
     cases = [
         ("bvals count", data, {**grads, "bvals": p.bvals[:-2].tolist()}, "b-values"),
@@ -132,8 +137,14 @@ def test_bad_dwi_requests_are_refused_and_nothing_stored_changes(server, dwi, tr
         ("no b=0", data, {**grads, "bvals": np.where(p.bvals == 0, 1000, p.bvals).tolist()}, "b = 0"),
         ("no gradient table", data, {}, "bval"),
         ("protocol too different (mlp)", np.ones(data.shape[:3] + (other.m,)),
-         {"bvals": other.bvals.tolist(), "bvecs": other.bvecs.tolist(), "method": "mlp"}, "too different"),
+         {**grads, "bvals": other.bvals.tolist(), "bvecs": other.bvecs.tolist(), "method": "mlp"}, "too different"),
+        ("other timing (hybrid)", data, {**grads, "big_delta": 40, "small_delta": 15, "method": "hybrid"},
+         "trained at 21.8 ms"),
         ("unknown method", data, {**grads, "method": "svm"}, "method"),
+        ("no timing", data, {"bvals": grads["bvals"], "bvecs": grads["bvecs"]}, "DiffusionGradientSeparation"),
+        ("timing unit ambiguous", data, {**grads, "big_delta": 0.5}, "unit of Δ"),
+        ("timing in s read as ms", data, {**grads, "timing_unit": "ms"}, "T/m, beyond any scanner"),
+        ("b in s/m² as s/mm²", data, {**grads, "bvals": (p.bvals * 1e6).tolist(), "b_unit": "s/mm2"}, "T/m"),
     ]
     for what, arr, opts, reason in cases:
         r = server.post("/infer/microstructure", params={"output": "image"}, data={"params": json.dumps(opts)},
@@ -144,5 +155,38 @@ def test_bad_dwi_requests_are_refused_and_nothing_stored_changes(server, dwi, tr
     assert r.status_code == 400 and "grid" in r.json()["detail"]
     r = server.post("/train/microstructure", json={"epochs": 1, "image": "case_000"})
     assert r.status_code == 400 and "bval" in r.json()["detail"]
+    r = server.post("/train/microstructure", json={"epochs": 1, "bvals": grads["bvals"], "bvecs": grads["bvecs"]})
+    assert r.status_code == 400 and "DiffusionGradientSeparation" in r.json()["detail"], r.text
     assert server.files() == before
     assert server.get("/info/").status_code == 200
+
+
+def test_upload_a_dwi_with_its_protocol(server, dwi, trained):
+    p = dwi["protocol"]
+    body = dwi["paths"]["dwi"].read_bytes()
+    proto = {"bvals": p.bvals.tolist(), "bvecs": p.bvecs.T.tolist(), "big_delta": 21.8, "small_delta": 12.9}
+    before = server.files()
+    bad = [({"bvals": proto["bvals"], "bvecs": proto["bvecs"]}, "DiffusionGradientSeparation"),
+           ({**proto, "bvals": proto["bvals"][:-1]}, "b-values"),
+           ({**proto, "timing_unit": "ms", "big_delta": 0.0218, "small_delta": 0.0129}, "T/m")]
+    for opts, reason in bad:
+        r = server.put("/datastore/image", params={"image": "dwi_up"}, data={"params": json.dumps({"dwi": opts})},
+                       files={"file": ("dwi.nii.gz", body)})
+        assert r.status_code == 422 and reason in r.json()["detail"], (opts.keys(), r.status_code, r.text)
+    assert server.files() == before
+    r = server.put("/datastore/image", params={"image": "dwi_up"}, data={"params": json.dumps({"dwi": proto})},
+                   files={"file": ("dwi.nii.gz", body)})
+    assert r.status_code == 200, r.text
+    try:
+        info = server.get("/datastore/image/info", params={"image": "dwi_up"}).json()
+        assert info["dwi"]["protocol_hash"] == p.hash and info["dwi"]["volumes"] == p.m
+        assert (server.studies / "dwi_up.json").is_file() and (server.studies / "dwi_up.bval").is_file()
+        r = server.post("/infer/microstructure", params={"image": "dwi_up", "output": "image"},
+                        data={"params": json.dumps({"method": "hybrid", "mask": False})})
+        assert r.status_code == 200, r.text
+        maps, _ = nifti_from_bytes(r.content)
+        total = maps[..., [0, 3]].sum(-1)
+        assert maps.shape == dwi["shape"][:3] + (6,) and total.max() <= 1 + 1e-5
+    finally:
+        assert server.delete("/datastore/image", params={"id": "dwi_up"}).status_code == 200
+    assert not (server.studies / "dwi_up.json").exists() and not (server.studies / "dwi_up.bval").exists()

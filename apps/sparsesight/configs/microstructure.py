@@ -1,11 +1,14 @@
 """DW-MRI microstructure (seed 002): infer + train `microstructure`.
 
-Infer: a 4D DWI (datastore image with FSL sidecars <id>.bval/<id>.bvec, or an upload with `bvals`/`bvecs`
-options) -> ν, r, f per population (plain: one (X, Y, Z, 6) NIfTI; {"bundle": true}: maps, CSD peaks, NNLS
-sparsity/residual, chosen fingerprints, previews). Options: method (fingerprinting | mlp | hybrid), bvals, bvecs,
-mask (true: <id>_mask.nii.gz sidecar or b=0 threshold; false: every voxel), big_delta / small_delta (ms).
-Train: simulated voxels for the protocol of a datastore image (`image`), of `bvals`/`bvecs`, of the current
-checkpoint, or the HCP MGH protocol; no labels needed.
+Infer: a 4D DWI (datastore image with its protocol sidecars <id>.bval/<id>.bvec or <id>.b and the timing in
+<id>.json, or an upload with `bvals`/`bvecs` (or `grad`) and `big_delta`/`small_delta` options) -> ν, r, f per
+population (plain: one (X, Y, Z, 6) NIfTI, r = 0 where the protocol cannot resolve radius; {"bundle": true}:
+maps, CSD peaks, NNLS sparsity/residual, chosen fingerprints, previews, the protocol and its radius
+sensitivity). Options: method (fingerprinting | mlp | hybrid), bvals, bvecs, grad, mask (true:
+<id>_mask.nii.gz sidecar or b=0 threshold; false: every voxel), big_delta / small_delta (Δ, δ: s or ms, a
+number or per shell with `shells`), b_unit, timing_unit. Timing is required: never defaulted.
+Train: simulated voxels for the protocol of a datastore image (`image`), of `bvals`/`bvecs` with timing, of the
+current checkpoint, or the HCP MGH protocol; no labels needed.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class MicrostructureInfer(SparseSightInfer):
             method = request.get("method")
             if method is not None and method not in ms.METHODS:
                 raise refuse(BAD_REQUEST, f"'method' must be one of {', '.join(ms.METHODS)}; got {method!r}")
-            for key in ("bvals", "bvecs"):
+            for key in ("bvals", "bvecs", "grad"):
                 v = request.get(key)
                 if v is not None:
                     try:
@@ -48,7 +51,8 @@ class Microstructure(ModelConfig):
         return MicrostructureInfer(
             self.name, self.model_file, self.labels, device=self.device, runner=Runner,
             options=dict(runner.OPTIONS), infer_type=InferType.OTHERS,
-            description="White-matter microstructure from a 4D DWI (bval/bvec sidecars or options): volume "
+            description="White-matter microstructure from a 4D DWI (bval/bvec + JSON timing sidecars, or options "
+                        "with big_delta/small_delta): volume "
                         "fraction, axon radius index and density of two crossing populations by 'method' "
                         "fingerprinting | mlp | hybrid; plain: (X, Y, Z, 6) maps nu1 r1 f1 nu2 r2 f2; "
                         "{'bundle': true}: maps, CSD peaks, NNLS sparsity and residual, chosen fingerprints",
@@ -58,5 +62,6 @@ class Microstructure(ModelConfig):
         return MicrostructureTrain(
             self.name, self.model_file, self.model_config, device=self.device, default_epochs=self.epochs,
             description="Train the fully-learned MLP and the hybrid's split/joint MLPs on simulated voxels for "
-                        "a protocol ('image': a datastore DWI with sidecars, or 'bvals'/'bvecs'); no labels needed",
+                        "a protocol ('image': a datastore DWI with sidecars, or 'bvals'/'bvecs' with 'big_delta'/"
+                        "'small_delta'); no labels needed; the checkpoint records the protocol and its hash",
         )

@@ -8,6 +8,9 @@ is stored and only fails later, inside training. This subclass checks every uplo
 - the upload is a NIfTI file (.nii / .nii.gz, recognised by its bytes, not its name)     -> 415
 - the content is usable: readable, 4 channels FLAIR/T1/T1ce/T2, finite voxels; a label
   has its image's spatial shape and affine and values 0..3 (sparsesight.data.io)        -> 422
+- a DWI (params {"dwi": {"bvals", "bvecs" | "grad", "big_delta", "small_delta", ...}}): 4D within
+  the same size limits, one protocol entry per volume, timing given and plausible; stored
+  with its sidecars <id>.bval, <id>.bvec, <id>.json (timing), removed with it             -> 422
 - unknown image or label                                                                 -> 404
 - replacing an image whose stored labels have another shape                              -> 409
 
@@ -234,10 +237,14 @@ class SparseSightDatastore(LocalDatastore):
             if not image_id:  # the stock endpoint passes the upload's file name stem when no id is given
                 image_id, _ = self._to_id(os.path.basename(image_filename))
             check_new_id(image_id)
+            dwi = (image_info or {}).get("dwi")
             with tempfile.TemporaryDirectory(prefix="sparsesight-upload-") as work:
                 staged = self._stage(image_filename, work)
-                image, _ = sio.load_image(staged, channels=CHANNELS, **self._limits)
-                spatial = tuple(image.shape[1:])
+                if dwi is not None:  # a 4D DWI with its protocol: stored with its sidecars
+                    spatial, sidecars, dwi_info = self._check_dwi(image_id, staged, dwi, work)
+                else:
+                    image, _ = sio.load_image(staged, channels=CHANNELS, **self._limits)
+                    spatial, sidecars, dwi_info = tuple(image.shape[1:]), {}, None
                 ext = ".nii.gz" if staged.endswith(".nii.gz") else ".nii"
                 name = self._filename(image_id, ext)
 
@@ -253,16 +260,40 @@ class SparseSightDatastore(LocalDatastore):
                                 f"{spatial}: upload it under a new id, or DELETE /datastore/image?id={image_id} first",
                             )
                     old_name = self._filename(image_id, old.image.ext) if old else None
+                    for suffix, path in sidecars.items():  # the protocol first: the image is listed once it lands
+                        self._commit(path, self._datastore.image_path(), f"{image_id}{suffix}", None)
                     self._commit(staged, self._datastore.image_path(), name, old_name)
 
                     info = dict(image_info or {})
                     info.update({"ts": int(time.time()), "name": name, "shape": list(spatial), "channels": CHANNELS})
+                    if dwi_info is not None:
+                        info.update({"dwi": dwi_info, "channels": dwi_info["volumes"]})
                     self._datastore.objects[image_id] = ImageLabelModel(
                         image=DataModel(info=info, ext=ext), labels=labels
                     )
                     self._update_datastore_file(lock=False)
         logger.info(f"Added image {image_id} ({name}, spatial shape {spatial})")
         return image_id
+
+    DWI_SIDECARS = (".bval", ".bvec", ".json")
+
+    def _check_dwi(self, image_id: str, staged: str, dwi, work: str):
+        """A DWI upload (params {"dwi": {bvals, bvecs | grad, big_delta, small_delta, ...}}): the image within the
+        server's limits, 4D, one protocol entry per volume, timing given (sparsesight.data.diffusion
+        .protocol_files.check_dwi_upload); its sidecars <id>.bval/.bvec/.json staged in `work`. 422 otherwise."""
+        from sparsesight.data.diffusion import protocol_files, radius_sensitivity
+
+        index = os.path.realpath(self._datastore_config_path)
+        if os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.json")) == index:
+            raise refuse(UNPROCESSABLE, f"image id {image_id!r} is reserved: its JSON sidecar would be the "
+                                        f"datastore's index; choose another id")
+        spatial, protocol, nonfinite = protocol_files.check_dwi_upload(staged, dwi, **self._limits)
+        paths = protocol_files.write_protocol(protocol, os.path.join(work, "protocol"))
+        radius = radius_sensitivity(protocol)
+        info = {"volumes": protocol.m, "protocol_hash": protocol.hash, "shells": protocol.shell_table(),
+                "units": protocol.source, "nonfinite_voxels": nonfinite,
+                "radius": {k: radius[k] for k in ("r_min_um", "resolvable", "reason")}}
+        return spatial, {f".{k}": str(v) for k, v in paths.items()}, info
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         with http_errors():
@@ -312,8 +343,14 @@ class SparseSightDatastore(LocalDatastore):
         return super().update_image_info(image_id, info)
 
     def remove_image(self, image_id: str) -> None:
-        self._object(image_id)
+        obj = self._object(image_id)
+        dwi = "dwi" in (obj.image.info or {})
         super().remove_image(image_id)
+        if dwi:  # the protocol sidecars a DWI upload stored with it
+            for suffix in self.DWI_SIDECARS:
+                path = os.path.join(self._datastore.image_path(), f"{image_id}{suffix}")
+                if os.path.isfile(path):
+                    os.unlink(path)
         self._reconcile_now()
 
     def _reconcile_datastore(self):

@@ -267,3 +267,59 @@ def write_sidecar(protocol: Protocol, path, echo_time: float | None = None) -> P
     path = Path(path)
     path.write_text(json.dumps(meta, indent=1))
     return path
+
+
+def write_protocol(protocol: Protocol, stem_path) -> dict:
+    """The protocol as the sidecars a DWI carries: `<stem>.bval`, `<stem>.bvec` (FSL) and `<stem>.json` (timing
+    in s). Returns {"bval", "bvec", "json"} paths."""
+    from .protocol import write_bvals_bvecs
+
+    bval, bvec = write_bvals_bvecs(protocol, stem_path)
+    return {"bval": bval, "bvec": bvec, "json": write_sidecar(protocol, Path(f"{stem_path}.json"))}
+
+
+#: the keys of a DWI upload's protocol object (PUT /datastore/image params {"dwi": {...}})
+UPLOAD_KEYS = ("bvals", "bvecs", "grad", "big_delta", "small_delta", "shells", "b_unit", "timing_unit", "echo_time")
+
+
+def check_dwi_upload(path, dwi: dict, max_voxels: int | None = None, max_bytes: int | None = None):
+    """A 4D DWI upload and its protocol, checked before anything is stored: the NIfTI bounds (io.check_nifti:
+    voxels and inflated bytes from the header, before reading), 4D with real values, one protocol entry per
+    volume, the timing present and plausible. Returns (spatial shape, Protocol, NaN/Inf voxel count).
+    NaN/Inf voxels are accepted (the runner leaves them out of the mask and counts them in the bundle)."""
+    from ..io import _read, check_nifti
+
+    if not isinstance(dwi, dict):
+        raise InvalidInput("'dwi' must be an object with the protocol: bvals, bvecs (or grad), big_delta, "
+                           "small_delta (Δ, δ: s or ms; per shell with shells)")
+    unknown = sorted(set(dwi) - set(UPLOAD_KEYS))
+    if unknown:
+        raise InvalidInput(f"unknown keys {unknown} in 'dwi'; known: {list(UPLOAD_KEYS)}")
+    if max_voxels is not None or max_bytes is not None:
+        check_nifti(path, max_voxels, max_bytes, "image")
+    data, _ = _read(path, "image")
+    if data.ndim != 4 or data.shape[3] < 2:
+        raise InvalidInput(f"a DWI must be a 4D image (X, Y, Z, volumes); got shape {tuple(data.shape)}")
+    if np.iscomplexobj(data):
+        raise InvalidInput("the DWI has complex values; upload the magnitude image")
+    if dwi.get("bvals") is None and dwi.get("grad") is None:
+        raise InvalidInput("a DWI upload needs its gradient table in 'dwi': bvals and bvecs (FSL), or grad (rows "
+                           "gx gy gz b)")
+    grad = dwi.get("grad")
+    if grad is not None:
+        g = np.asarray(grad, dtype=np.float64)
+        if g.ndim != 2 or g.shape[1] != 4:
+            raise InvalidInput(f"'grad' is a list of rows gx gy gz b; got shape {g.shape}")
+        bvals, bvecs = g[:, 3], g[:, :3]
+    else:
+        if dwi.get("bvecs") is None:
+            raise InvalidInput("give both 'bvals' and 'bvecs' in 'dwi'")
+        try:
+            bvals, bvecs = np.asarray(dwi["bvals"], np.float64), np.asarray(dwi["bvecs"], np.float64)
+        except (TypeError, ValueError):
+            raise InvalidInput("'bvals' and 'bvecs' must be lists of numbers") from None
+    protocol = build_protocol(bvals, bvecs, dwi.get("big_delta"), dwi.get("small_delta"), dwi.get("shells"),
+                              dwi.get("b_unit"), dwi.get("timing_unit"), dwi.get("echo_time"), "upload", "upload",
+                              n_volumes=data.shape[3])
+    nonfinite = int((~np.isfinite(np.asarray(data))).any(-1).sum())
+    return tuple(int(s) for s in data.shape[:3]), protocol, nonfinite
