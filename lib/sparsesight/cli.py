@@ -127,9 +127,123 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+# ------------------------------------------------------------------------------------------- microstructure
+def _add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dwi", type=Path, help="4D DWI NIfTI; its sidecars <stem>.bval/.bvec (or <stem>.b) and "
+                                          "<stem>.json (timing) are read when present")
+    p.add_argument("--bvals", type=Path, help="FSL bval file (default: <stem>.bval)")
+    p.add_argument("--bvecs", type=Path, help="FSL bvec file (default: <stem>.bvec)")
+    p.add_argument("--grad", type=Path, help="MRtrix b-table (rows gx gy gz b; default: <stem>.b)")
+    p.add_argument("--big-delta", type=float, nargs="+", help="Δ, gradient separation: s or ms (detected); one "
+                                                             "number, or one per --shells")
+    p.add_argument("--small-delta", type=float, nargs="+", help="δ, gradient duration, as --big-delta")
+    p.add_argument("--shells", type=float, nargs="+", help="the shells' b-values the per-shell timings refer to")
+    p.add_argument("--b-unit", choices=["s/mm2", "s/m2", "ms/um2"], help="unit of the b-values (default: detected)")
+    p.add_argument("--timing-unit", choices=["s", "ms"], help="unit of Δ, δ (default: detected)")
+
+
+def _read_cli_protocol(args: argparse.Namespace):
+    import nibabel as nib
+
+    from .data import diffusion as dif
+    from .data.diffusion import protocol_files as pf
+
+    n = nib.load(str(args.dwi)).shape
+    bvals = bvecs = grad = None
+    if args.bvals or args.bvecs:
+        if not (args.bvals and args.bvecs):
+            raise ValueError("give both --bvals and --bvecs")
+        bvals, bvecs = pf.read_fsl(args.bvals, args.bvecs)
+    elif args.grad:
+        b, v = pf.read_mrtrix(args.grad)
+        grad = [[*row, bb] for row, bb in zip(v.tolist(), b.tolist())]
+
+    def one(v):
+        return None if v is None else (v[0] if len(v) == 1 else v)
+
+    opts = {"bvals": bvals, "bvecs": bvecs, "grad": grad, "big_delta": one(args.big_delta),
+            "small_delta": one(args.small_delta), "shells": args.shells, "b_unit": args.b_unit,
+            "timing_unit": args.timing_unit}
+    return dif.read_protocol(args.dwi, n_volumes=n[3] if len(n) == 4 else None, **opts), opts
+
+
+def cmd_dwi_protocol(args: argparse.Namespace) -> int:
+    """Read and check a DWI's protocol; print its shells, timing, hash, units and radius sensitivity; with
+    --write-sidecar store the timing (and the FSL table) next to the image."""
+    import json
+
+    from .data.diffusion import protocol_files as pf
+    from .data.diffusion import radius_sensitivity
+    from .errors import InvalidInput
+
+    try:
+        protocol, _ = _read_cli_protocol(args)
+    except (InvalidInput, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = {"volumes": protocol.m, "hash": protocol.hash, "source": protocol.source,
+           "shells": protocol.shell_table(), "radius": radius_sensitivity(protocol)}
+    if args.write_sidecar:
+        out["written"] = [str(p) for p in pf.write_protocol(protocol, pf.stem(args.dwi)).values()]
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_microstructure(args: argparse.Namespace) -> int:
+    """Microstructure maps of a DWI file as a result bundle, without a server (the infer task's runner)."""
+    from . import checkpoint, models
+    from .data import diffusion as dif
+    from .errors import InvalidInput
+    from .runners import microstructure as run
+
+    try:
+        protocol, opts = _read_cli_protocol(args)
+        if args.checkpoint:
+            model, meta = checkpoint.load(args.checkpoint, expect="microstructure")
+            version = meta["version"]
+        else:
+            if args.method != "fingerprinting":
+                raise InvalidInput("--method mlp/hybrid need a trained --checkpoint; fingerprinting needs none")
+            grid = dif.paper_grid() if not args.grid else dif.small_grid(*args.grid)
+            model = models.build("microstructure", {"protocol": protocol.to_config(), "grid": grid.to_config()})
+            version = "untrained"
+        path = run.run_bundle(model, "microstructure", version, args.dwi, pf_stem(args.dwi), args.out,
+                              method=args.method, **opts)
+    except (InvalidInput, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"bundle: {path}")
+    return 0
+
+
+def pf_stem(path) -> str:
+    from .data.diffusion.protocol_files import stem
+
+    return stem(path).name
+
+
+def _add_microstructure(sub) -> None:
+    p = sub.add_parser("dwi-protocol", help="read and check a DWI's protocol (gradient table + timing, units)",
+                       description="Read a DWI's protocol from FSL/MRtrix files and a JSON sidecar or the options; "
+                                   "refuse missing timing and ambiguous units; print shells, timing, hash and the "
+                                   "radius resolution limit.")
+    _add_protocol_arguments(p)
+    p.add_argument("--write-sidecar", action="store_true",
+                   help="write <stem>.bval, <stem>.bvec and <stem>.json (timing in s) next to the DWI")
+    p.set_defaults(func=cmd_dwi_protocol)
+    p = sub.add_parser("microstructure", help="microstructure maps of a DWI file as a result bundle (no server)")
+    _add_protocol_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="the bundle .zip to write")
+    p.add_argument("--method", default="fingerprinting", choices=["fingerprinting", "mlp", "hybrid"])
+    p.add_argument("--checkpoint", type=Path, help="a trained microstructure checkpoint (needed by mlp/hybrid)")
+    p.add_argument("--grid", type=int, nargs=2, metavar=("N_R", "N_F"),
+                   help="without a checkpoint: a smaller (r, f) grid for fingerprinting (default: the paper's 34 x 23)")
+    p.set_defaults(func=cmd_microstructure)
+
+
 # ----------------------------------------------------------------------------------------------------- main
 #: subcommand registrars, in --help order (others add theirs here: _add_demo, _add_bench, ...)
-SUBCOMMANDS = [_add_sample_data, _add_demo]
+SUBCOMMANDS = [_add_sample_data, _add_demo, _add_microstructure]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -170,3 +170,48 @@ def test_simplex_projection_is_the_euclidean_projection():
     for i in range(0, 300, 15):
         feas = grid[grid.sum(1) <= cap[i]]
         assert np.linalg.norm(v[i] - p[i]) <= np.linalg.norm(v[i] - feas, axis=1).min() + 1e-12
+
+
+def test_cli_checks_the_protocol_writes_the_timing_and_maps_a_dwi(tmp_path, capsys):
+    from sparsesight import bundle
+    from sparsesight.cli import main
+
+    paths = dif.write_dwi_phantom(tmp_path, dif.hcp_mgh_protocol(8), downsample=8, slices=1, snr=50, seed=2)
+    paths["json"].unlink()  # a scanner's FSL export: no timing
+    assert main(["dwi-protocol", str(paths["dwi"])]) == 2
+    assert "DiffusionGradientSeparation" in capsys.readouterr().err
+    assert main(["dwi-protocol", str(paths["dwi"]), "--big-delta", "21.8", "--small-delta", "12.9",
+                 "--write-sidecar"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"]["timing_unit"] == "ms" and out["radius"]["resolvable"]
+    assert json.loads(paths["json"].read_text())["DiffusionGradientSeparation"] == pytest.approx(0.0218)
+    assert main(["microstructure", str(paths["dwi"]), "--out", str(tmp_path / "b.zip"), "--grid", "4", "3"]) == 0
+    man = bundle.validate(tmp_path / "b.zip")
+    assert man["method"] == "fingerprinting" and man["radius"]["resolvable"] and man["fractions"]["max_sum"] <= 1
+    assert man["protocol"]["source"]["b_unit"] == "s/mm2"
+
+
+def test_no_radius_map_on_a_b2000_protocol_and_nan_voxels_left_out(tmp_path):
+    from sparsesight import bundle, models
+    from sparsesight.data.io import save_nifti
+    from sparsesight.runners import microstructure as run
+
+    bvals, bvecs = _table(2000.0)
+    clinical = dif.build_protocol(bvals, bvecs, 0.045, 0.030)
+    paths = dif.write_dwi_phantom(tmp_path, clinical, downsample=8, slices=1, snr=50, seed=4)
+    img = nib.load(paths["dwi"])
+    data = np.asarray(img.dataobj).copy()
+    mask = np.asarray(nib.load(paths["mask"]).dataobj) > 0
+    bad = tuple(np.argwhere(mask)[:3].T)
+    data[bad + (5,)] = np.nan
+    save_nifti(data, img.affine, paths["dwi"])
+    model = models.build("microstructure", {"protocol": clinical.to_config(), "grid": dif.small_grid(4, 3).to_config()})
+    out = run.run_bundle(model, "microstructure", "v", paths["dwi"], "dwi", tmp_path / "b.zip",
+                         method="fingerprinting", log=lambda s: None)
+    man = bundle.validate(out)
+    names = {o["name"] for o in man["outputs"]}
+    assert not man["radius"]["resolvable"] and "not resolvable" in man["radius"]["reason"]
+    assert {"nu/1", "f/1", "nu/2"} <= names and not any(n.startswith(("r/", "nnls/r")) for n in names)
+    assert man["nonfinite_voxels"] == 3 and man["voxels"] == int(mask.sum()) - 3
+    maps, _ = run.predict_file(model, paths["dwi"], method="fingerprinting", log=lambda s: None)
+    assert (maps[..., [1, 4]] == 0).all() and (maps[bad] == 0).all() and maps[..., 0].max() > 0
