@@ -148,11 +148,16 @@ def test_radius_limit_is_nilssons_in_the_long_pulse_limit():
 
 
 def test_radius_is_resolvable_on_hcp_not_on_a_clinical_b2000_protocol():
+    # the README's figures: HCP MGH 1.21 µm at b = 10000; clinical 6 b=0 + 32 x b=1000 + 64 x b=2000,
+    # Δ/δ = 45/30 ms (30 mT/m): 3.2 µm
     hcp = dif.radius_sensitivity(dif.hcp_mgh_protocol())
-    assert hcp["resolvable"] and hcp["shell_b"] == 10000 and 1.0 < hcp["r_min_um"] < 1.5
-    bvals, bvecs = _table(2000.0)
-    clinical = dif.radius_sensitivity(dif.build_protocol(bvals, bvecs, 0.045, 0.030))
-    assert not clinical["resolvable"] and clinical["r_min_um"] > 2.5
+    assert hcp["resolvable"] and hcp["shell_b"] == 10000 and hcp["r_min_um"] == pytest.approx(1.21, abs=0.005)
+    bvals = np.r_[np.zeros(6), np.full(32, 1000.0), np.full(64, 2000.0)]
+    bvecs = np.r_[np.zeros((6, 3)), dif.protocol.hemisphere_directions(32), dif.protocol.hemisphere_directions(64)]
+    p = dif.build_protocol(bvals, bvecs, 0.045, 0.030)
+    clinical = dif.radius_sensitivity(p)
+    assert p.gradient_strength.max() == pytest.approx(0.0298, abs=1e-4)
+    assert not clinical["resolvable"] and clinical["r_min_um"] == pytest.approx(3.2, abs=0.005)
     assert "not resolvable" in clinical["reason"]
 
 
