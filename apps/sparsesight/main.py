@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Dict
 
+from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -30,7 +31,7 @@ import sparsesight
 from sparsesight.data import io as sio
 
 # Everything from the app's lib/ is imported here, while MONAI Label has the app folder on sys.path.
-from lib import guard, preflight
+from lib import guard, pacs_routes, preflight
 from lib.datastore import SparseSightDatastore
 from lib.http_errors import (
     BAD_REQUEST,
@@ -42,6 +43,7 @@ from lib.http_errors import (
     refuse,
 )
 from lib.model_file import pick_device
+from lib.pacs import PacsDatastore, settings_from
 from lib.scoring.cached import CachedScoring
 from lib.scoring.epistemic import EpistemicScoring
 from lib.scoring.sparse_residual import SparseResidualScoring
@@ -112,9 +114,12 @@ class MyApp(MONAILabelApp):
 
     # ------------------------------------------------------------------ tasks
     def init_datastore(self):
-        if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
         from monailabel.config import settings
+
+        if self.studies.startswith(("http://", "https://")):  # a PACS over DICOMweb: one image per study
+            with http_errors():
+                pacs = settings_from(self.conf)
+            return PacsDatastore(self.studies, limits=self.security, **pacs)
 
         return SparseSightDatastore(
             self.studies,
@@ -154,8 +159,12 @@ class MyApp(MONAILabelApp):
         training process (MONAI Label calls this when training ends) the scores are computed right there, with
         the new checkpoint and the modules already loaded, so a finished training leaves current scores."""
         methods = [method] if method else list(self._scoring_methods)
-        stale = [m for m in methods
-                 if m in self._scoring_methods and getattr(self._scoring_methods[m], "stale", lambda d: True)(self.datastore())]
+        try:
+            stale = [m for m in methods if m in self._scoring_methods
+                     and getattr(self._scoring_methods[m], "stale", lambda d: True)(self.datastore())]
+        except HTTPException as e:  # a PACS that is down (502): the server still starts, scoring waits
+            logger.warning(f"active-learning scores not refreshed: {e.detail}")
+            return {}
         if self._server_mode:
             return {m: super(MyApp, self).async_scoring(m, params) for m in stale}
         result = {}
@@ -172,6 +181,8 @@ class MyApp(MONAILabelApp):
         fastapi_app = getattr(sys.modules.get("monailabel.app"), "app", None)
         if mode and fastapi_app is not None:
             preflight.install(fastapi_app, self)
+            if isinstance(self.datastore(), PacsDatastore):
+                pacs_routes.install(fastapi_app, self)  # POST /pacs/results/{model}
             guard.install(fastapi_app, self.security)
 
     def info(self):

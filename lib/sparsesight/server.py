@@ -37,14 +37,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class MonaiLabelServer:
-    """`with MonaiLabelServer(studies, conf={"model_dir": ...}) as url:` runs the server for the block."""
+    """`with MonaiLabelServer(studies, conf={"model_dir": ...}) as url:` runs the server for the block.
+
+    `studies` is a datastore folder or a PACS's DICOMweb URL (http://host:port/dicom-web; give `log_path`)."""
 
     def __init__(self, studies, app_dir=None, host: str = "127.0.0.1", port: int | None = None,
                  conf: dict | None = None, log_path=None):
-        self.studies, self.app_dir, self.host = Path(studies), Path(app_dir or default_app_dir()), host
+        is_url = str(studies).startswith(("http://", "https://"))
+        self.studies: Path | str = str(studies) if is_url else Path(studies)
+        self.app_dir, self.host = Path(app_dir or default_app_dir()), host
         self.port = port or free_port(host)
         self.conf = {k: str(v) for k, v in (conf or {}).items()}
-        self.log_path = Path(log_path) if log_path else self.studies.parent / f"monailabel-{self.port}.log"
+        if log_path is None and is_url:
+            raise ValueError("a server on a PACS URL needs log_path")
+        self.log_path = Path(log_path) if log_path else Path(self.studies).parent / f"monailabel-{self.port}.log"
         self.proc: subprocess.Popen | None = None
         self._log: IO[str] | None = None  # the server's output file while it runs
 

@@ -102,7 +102,8 @@ def seg_to_label(seg: Dataset, shape, affine, tolerance_mm: float = 1e-3) -> np.
 
     Every frame must lie on that grid: same orientation and pixel spacing, its position on a slice, to
     ``tolerance_mm``; otherwise InvalidInput saying how far off it is."""
-    seg = hd.seg.Segmentation.from_dataset(seg)
+    if not isinstance(seg, hd.seg.Segmentation):
+        seg = hd.seg.Segmentation.from_dataset(seg)
     shared = seg.SharedFunctionalGroupsSequence[0]
     iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=np.float64)
     spacing = np.asarray(shared.PixelMeasuresSequence[0].PixelSpacing, dtype=np.float64)

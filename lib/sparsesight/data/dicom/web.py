@@ -80,20 +80,69 @@ def retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: str) -> 
                      study_uid, series_uid))
 
 
-def store(client: DICOMwebClient, datasets) -> list[str]:
-    """STOW-RS of ``datasets`` in one request; the stored SOPInstanceUIDs. PacsError when any was refused."""
+def store(client: DICOMwebClient, datasets, verify: bool = True) -> list[str]:
+    """STOW-RS of ``datasets`` in one request, all or nothing; their SOPInstanceUIDs.
+
+    A refusal (HTTP error, FailedSOPSequence) or, with ``verify``, an object the PACS acknowledged but does not
+    list afterwards (Orthanc's ReceivedInstanceFilter drops objects silently) is a PacsError; the objects of
+    this request that were kept are then removed again where the PACS allows it (``rollback``)."""
     datasets = list(datasets)
     if not datasets:
         return []
-    answer = call("store (STOW-RS)", client.base_url, client.store_instances, datasets)
-    failed = answer.get("FailedSOPSequence") or []
-    if failed:
-        reasons = sorted({str(getattr(item, "FailureReason", "?")) for item in failed})
-        raise PacsError(f"PACS {client.base_url} refused {len(failed)} of {len(datasets)} object(s) "
-                        f"(STOW-RS FailureReason {', '.join(reasons)})")
-    stored = [str(item.ReferencedSOPInstanceUID) for item in (answer.get("ReferencedSOPSequence") or [])]
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    before = _present(client, datasets) if verify else set(uids)  # never roll back what was there already
+    try:
+        answer = call("store (STOW-RS)", client.base_url, client.store_instances, datasets)
+        failed = answer.get("FailedSOPSequence") or []
+        if failed:
+            reasons = sorted({str(getattr(item, "FailureReason", "?")) for item in failed})
+            raise PacsError(f"PACS {client.base_url} refused {len(failed)} of {len(datasets)} object(s) "
+                            f"(STOW-RS FailureReason {', '.join(reasons)})")
+        if verify:
+            present = _present(client, datasets)
+            missing = [ds for ds in datasets if str(ds.SOPInstanceUID) not in present]
+            if missing:
+                kinds = sorted({str(getattr(ds, "Modality", "?")) for ds in missing})
+                raise PacsError(f"PACS {client.base_url} acknowledged but did not keep {len(missing)} of "
+                                f"{len(datasets)} object(s) ({', '.join(kinds)}): it filtered them out")
+    except PacsError as e:
+        removed = rollback(client, [u for u in uids if u not in before])
+        raise PacsError(f"{e}; {removed} object(s) of this request that it had kept were removed again") from None
     logger.info("stored %d object(s) in %s", len(datasets), client.base_url)
-    return stored
+    return uids
+
+
+def _present(client: DICOMwebClient, datasets) -> set[str]:
+    """The SOPInstanceUIDs of ``datasets`` the PACS lists now (one QIDO-RS request per series)."""
+    present: set[str] = set()
+    for study_uid, series_uid in sorted({(str(d.StudyInstanceUID), str(d.SeriesInstanceUID)) for d in datasets}):
+        found = call("instance search (QIDO-RS)", client.base_url, client.search_for_instances,
+                     study_instance_uid=study_uid, series_instance_uid=series_uid, get_remaining=True)
+        present.update(str(Dataset.from_json(f).get("SOPInstanceUID", "")) for f in found)
+    return present
+
+
+def rollback(client: DICOMwebClient, sop_uids) -> int:
+    """Remove the given instances again (Orthanc's REST API beside its DICOMweb root); how many were removed.
+
+    DICOMweb has no delete that PACSs agree on; for a PACS without Orthanc's API nothing is removed (0)."""
+    base = client.base_url
+    root = base[: -len("/dicom-web")] if base.endswith("/dicom-web") else None
+    if root is None:
+        return 0
+    session = client._session  # the same auth and timeout
+    removed = 0
+    for uid in sop_uids:
+        try:
+            hits = session.post(f"{root}/tools/lookup", data=uid)
+            if hits.status_code != 200:
+                return removed
+            for hit in hits.json():
+                if hit.get("Type") == "Instance" and session.delete(f"{root}/instances/{hit['ID']}").ok:
+                    removed += 1
+        except (requests.RequestException, ValueError):
+            return removed
+    return removed
 
 
 def to_bytes(ds: Dataset) -> bytes:

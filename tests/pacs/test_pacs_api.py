@@ -1,0 +1,226 @@
+"""The server on a real Orthanc over DICOMweb (issue 20): list, save a final label as SEG, train from the PACS,
+infer, store results as SEG + Parametric Maps, read them back; and what bad studies and a bad PACS get.
+
+The tests run in file order on one session server (the label saved first is what training reads)."""
+from __future__ import annotations
+
+import json
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pytest
+
+from sparsesight import bundle
+from sparsesight.data.dicom import results, web
+from sparsesight.data.dicom.series import series_to_volume
+from sparsesight.data.io import nifti_from_bytes
+
+pytestmark = [pytest.mark.server, pytest.mark.pacs]
+
+TOL_MM = 1e-3
+
+
+def source_series(pacs, study_uid, description="FLAIR"):
+    """(instances, volume, RAS affine) of one MR series of a study, straight from Orthanc."""
+    client = pacs.client()
+    info = next(s for s in pacs.series(study_uid, "MR") if s.SeriesDescription == description)
+    instances = web.retrieve_series(client, study_uid, str(info.SeriesInstanceUID))
+    volume, affine = series_to_volume(instances)
+    return instances, volume, affine
+
+
+def stored_objects(pacs, study_uid, modality):
+    client = pacs.client()
+    found = []
+    for s in pacs.series(study_uid, modality):
+        found += web.retrieve_series(client, study_uid, str(s.SeriesInstanceUID))
+    return found
+
+
+def check_frames_on_source(obj, source):
+    """Every frame of a SEG / Parametric Map lies on a source slice, same orientation and spacing, to 1e-3 mm."""
+    shared = obj.SharedFunctionalGroupsSequence[0]
+    src = source[0]
+    np.testing.assert_allclose(shared.PlaneOrientationSequence[0].ImageOrientationPatient,
+                               src.ImageOrientationPatient, atol=1e-6)
+    np.testing.assert_allclose(shared.PixelMeasuresSequence[0].PixelSpacing, src.PixelSpacing, atol=TOL_MM)
+    slices = np.array([s.ImagePositionPatient for s in source], dtype=float)
+    for frame in obj.PerFrameFunctionalGroupsSequence:
+        pos = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        assert np.min(np.linalg.norm(slices - pos, axis=1)) <= TOL_MM
+    referenced = {str(s.SeriesInstanceUID) for s in obj.ReferencedSeriesSequence}
+    assert referenced == {str(src.SeriesInstanceUID)}
+
+
+def put_label(server, study_uid, data: bytes):
+    return server.put("/datastore/label", params={"image": study_uid, "tag": "final"},
+                      files={"label": ("label.nii.gz", data)})
+
+
+def phantom_label(pacs, case="case_000") -> tuple[bytes, np.ndarray]:
+    path = pacs.phantom / "labelsTr" / f"{case}.nii.gz"
+    return path.read_bytes(), np.asarray(nib.load(str(path)).dataobj)
+
+
+# ------------------------------------------------------------------------------------------------ happy path
+def test_lists_studies_of_the_pacs(server, pacs):
+    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
+    assert set(pacs.studies.values()) <= set(objects)
+    stats = server.get("/datastore/").json()
+    assert stats["total"] == len(pacs.studies)
+
+
+def test_study_becomes_four_channel_image_on_the_source_grid(server, pacs):
+    uid = pacs.studies["case_000"]
+    r = server.get("/datastore/image", params={"image": uid})
+    assert r.status_code == 200, r.text
+    image, affine = nifti_from_bytes(r.content)
+    _, flair, flair_affine = source_series(pacs, uid, "FLAIR")
+    phantom = np.asarray(nib.load(str(pacs.phantom / "imagesTr" / "case_000.nii.gz")).dataobj)
+    assert image.shape == phantom.shape == (*flair.shape, 4)
+    np.testing.assert_allclose(affine, flair_affine, atol=TOL_MM)
+    np.testing.assert_array_equal(image, phantom)  # channels FLAIR, T1, T1ce, T2 in order, voxel for voxel
+
+
+def test_final_label_round_trips_through_seg(server, pacs):
+    uid = pacs.studies["case_000"]
+    data, label = phantom_label(pacs)
+    assert not pacs.series(uid, "SEG")
+    r = put_label(server, uid, data)
+    assert r.status_code == 200, r.text
+    segs = stored_objects(pacs, uid, "SEG")
+    assert len(segs) == 1
+    seg = hd.seg.Segmentation.from_dataset(segs[0])  # highdicom parses and checks the IOD
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["oedema", "non-enhancing core", "enhancing"]
+    assert {str(s.SegmentAlgorithmType) for s in seg.SegmentSequence} == {"MANUAL"}
+    assert all("RecommendedDisplayCIELabValue" in s for s in seg.SegmentSequence)
+    source, flair, flair_affine = source_series(pacs, uid)
+    check_frames_on_source(seg, source)
+    back = results.seg_to_label(seg, flair.shape, flair_affine)
+    np.testing.assert_array_equal(back, label)  # voxel for voxel
+    r = server.get("/datastore/label", params={"label": uid, "tag": "final"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(nifti_from_bytes(r.content)[0], label)
+
+
+def test_trains_one_epoch_from_the_pacs(server, pacs):
+    train = server.get("/datastore/", params={"output": "train"}).json()
+    assert [pacs.studies["case_000"] in item["image"] for item in train] == [True]
+    status = server.train()
+    assert status["status"] == "DONE"
+    assert (server.model_dir / "mlcsc.pt").is_file()
+
+
+def _infer_label(server, uid):
+    r = server.post("/infer/mlcsc", params={"image": uid, "output": "image"})
+    assert r.status_code == 200, r.text
+    return nifti_from_bytes(r.content)
+
+
+def test_infer_on_a_pacs_study(server, pacs):
+    uid = pacs.studies["case_001"]
+    label, affine = _infer_label(server, uid)
+    _, flair, flair_affine = source_series(pacs, uid)
+    assert label.shape == flair.shape
+    np.testing.assert_allclose(affine, flair_affine, atol=TOL_MM)
+
+
+def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path):
+    uid = pacs.studies["case_001"]
+    before = {str(s.SeriesInstanceUID) for s in pacs.series(uid)}
+    r = server.post("/pacs/results/mlcsc", params={"image": uid}, json={"outputs": ["label", "probabilities"]})
+    assert r.status_code == 200, r.text
+    stored = r.json()["stored"]
+    assert sorted(o["modality"] for o in stored) == ["OT", "OT", "OT", "SEG"]  # highdicom writes Parametric Maps as OT
+    assert {str(s.SeriesInstanceUID) for s in pacs.series(uid)} - before == {o["SeriesInstanceUID"] for o in stored}
+
+    source, flair, flair_affine = source_series(pacs, uid)
+    seg = hd.seg.Segmentation.from_dataset(stored_objects(pacs, uid, "SEG")[0])
+    check_frames_on_source(seg, source)
+    assert {str(s.SegmentAlgorithmType) for s in seg.SegmentSequence} == {"AUTOMATIC"}
+    label, _ = _infer_label(server, uid)  # the same checkpoint, the same input: the same label
+    np.testing.assert_array_equal(results.seg_to_label(seg, flair.shape, flair_affine), label)
+
+    r = server.post("/infer/mlcsc", params={"image": uid, "output": "image"},
+                    data={"params": json.dumps({"bundle": True, "outputs": ["probabilities"]})})
+    assert r.status_code == 200, r.text
+    (tmp_path / "b.zip").write_bytes(r.content)
+    b = bundle.read(tmp_path / "b.zip")
+    by_name = {o["name"]: o for o in stored}
+    maps = stored_objects(pacs, uid, "OT")
+    assert len(maps) == 3
+    for pm in maps:
+        assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+        assert pm.ImageType[0] == "DERIVED" and int(pm.NumberOfFrames) == len(source)
+        check_frames_on_source(pm, source)
+        name = next(n for n, o in by_name.items() if o["SOPInstanceUID"] == str(pm.SOPInstanceUID))
+        expected, _ = b.volume(name)
+        values, step = results.parametric_map_values(pm)
+        got = np.transpose(values, (2, 1, 0))  # frames back to [i, j, k]
+        assert np.max(np.abs(got - expected)) <= step / 2 + 1e-6 * max(1.0, float(np.abs(expected).max()))
+        unit = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[0]
+        assert unit.CodingSchemeDesignator == "UCUM"
+    b.close()
+    # a model's SEG is not an annotator's label: training data unchanged
+    train = server.get("/datastore/", params={"output": "train"}).json()
+    assert not any(uid in item["image"] for item in train)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("name, reason", [
+    ("missing", "T2 is missing"),
+    ("other_grid", "another frame of reference"),
+    ("not_mr", "modality OT, not an MR image series"),
+])
+def test_unusable_study_is_422_naming_the_series(server, pacs, name, reason):
+    uid = pacs.studies[name]
+    before = server.cache_files()
+    r = server.post("/infer/mlcsc", params={"image": uid, "output": "image"})
+    assert r.status_code == 422, r.text
+    assert reason in r.json()["detail"] and uid in r.json()["detail"]
+    r = server.get("/datastore/image", params={"image": uid})
+    assert r.status_code == 422 and reason in r.json()["detail"]
+    assert server.cache_files() == before  # nothing half-fetched
+
+
+def test_refused_seg_store_is_502_and_changes_nothing(server, pacs):
+    uid = pacs.studies["refuse_seg"]
+    assert server.get("/datastore/image", params={"image": uid}).status_code == 200  # fetched: a usable study
+    before_cache, before_pacs = server.cache_files(), pacs.counts()
+    data, _ = phantom_label(pacs)
+    r = put_label(server, uid, data)
+    assert r.status_code == 502, r.text
+    assert "did not keep" in r.json()["detail"]
+    assert server.cache_files() == before_cache and pacs.counts() == before_pacs
+    assert server.get("/datastore/label", params={"label": uid, "tag": "final"}).status_code == 404
+
+    r = server.post("/pacs/results/mlcsc", params={"image": uid}, json={"outputs": ["label", "probabilities"]})
+    assert r.status_code == 502, r.text
+    assert "removed again" in r.json()["detail"]
+    assert pacs.counts() == before_pacs  # the maps stored before the SEG was dropped are gone again
+    assert server.cache_files() == before_cache
+
+
+def test_unknown_study_is_404(server):
+    r = server.post("/infer/mlcsc", params={"image": "1.2.3.4.5", "output": "image"})
+    assert r.status_code == 404, r.text
+
+
+@pytest.mark.slow
+def test_pacs_down_is_502_and_the_server_stays_up(pacs, tmp_path, start_pacs_server):
+    from sparsesight.server import free_port
+
+    srv = start_pacs_server(tmp_path, f"http://127.0.0.1:{free_port()}/dicom-web", name="down")
+    try:
+        r = srv.get("/info/")
+        assert r.status_code == 200, r.text
+        assert r.json()["datastore"]["pacs"]["reachable"] is False
+        assert "cannot connect" in r.json()["datastore"]["pacs"]["error"]
+        r = srv.get("/datastore/", params={"output": "all"})
+        assert r.status_code == 502 and "cannot connect" in r.json()["detail"], r.text
+        r = srv.post("/infer/mlcsc", params={"image": pacs.studies["case_000"], "output": "image"})
+        assert r.status_code == 502, r.text
+        assert srv.get("/info/").status_code == 200
+    finally:
+        srv.process.stop()
