@@ -190,3 +190,18 @@ def test_upload_a_dwi_with_its_protocol(server, dwi, trained):
     finally:
         assert server.delete("/datastore/image", params={"id": "dwi_up"}).status_code == 200
     assert not (server.studies / "dwi_up.json").exists() and not (server.studies / "dwi_up.bval").exists()
+
+
+def test_train_for_another_timing_and_the_model_refuses_the_old_one(server, dwi, trained):
+    # runs last: it leaves a model trained for other timing (Δ/δ 30/15 ms, given in train_config as today's
+    # callers would, in seconds), which must then refuse the phantom's HCP timing with the reason
+    p = dwi["protocol"]
+    tc = {**TRAIN, "n_train": 600, "big_delta": 0.030, "small_delta": 0.015}
+    status = server.train("microstructure", epochs=1, bvals=p.bvals.tolist(), bvecs=p.bvecs.tolist(),
+                          train_config=tc, timeout=600)
+    text = "\n".join(status.get("details", []))
+    other = dif.Protocol(p.bvals, p.bvecs, 0.030, 0.015)
+    assert "Δ/δ 30/15 ms" in text and other.hash in text, text
+    r = server.post("/infer/microstructure", params={"image": DWI, "output": "image"},
+                    data={"params": json.dumps({"method": "hybrid"})})
+    assert r.status_code == 400 and "trained at 30 ms" in r.json()["detail"], r.text
