@@ -218,5 +218,7 @@ def test_no_radius_map_on_a_b2000_protocol_and_nan_voxels_left_out(tmp_path):
     assert not man["radius"]["resolvable"] and "not resolvable" in man["radius"]["reason"]
     assert {"nu/1", "f/1", "nu/2"} <= names and not any(n.startswith(("r/", "nnls/r")) for n in names)
     assert man["nonfinite_voxels"] == 3 and man["voxels"] == int(mask.sum()) - 3
+    o = man["orientations"]  # how the CSD peaks were found, the response's source said
+    assert o["shell_b"] == 2000 and o["directions"] == 30 and o["response"].startswith(("estimated", "default"))
     maps, _ = run.predict_file(model, paths["dwi"], method="fingerprinting", log=lambda s: None)
     assert (maps[..., [1, 4]] == 0).all() and (maps[bad] == 0).all() and maps[..., 0].max() > 0

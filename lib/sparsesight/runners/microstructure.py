@@ -176,9 +176,11 @@ def check_protocol(model: ms.Microstructure, protocol: dif.Protocol, method: str
 
 
 # ------------------------------------------------------------------------------------------------ orientations
-def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks: int = 2):
+def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks: int = 2, info: dict | None = None):
     """Two fibre orientations per voxel from DIPY's CSD (Tournier et al. 2007) on the shell closest to
-    b = 3000 s/mm², peaks sorted by amplitude. Returns (u (X, Y, Z, 2, 3), number of peaks (X, Y, Z))."""
+    b = 3000 s/mm², peaks sorted by amplitude. Returns (u (X, Y, Z, 2, 3), number of peaks (X, Y, Z)); `info`
+    (when given) receives how: the shell, its directions, the SH order, the response and whether it was estimated
+    from the data or fell back to the model's single-fibre response."""
     from dipy.data import default_sphere
     from dipy.direction import peaks_from_model
     from dipy.reconst.csdeconv import (
@@ -203,8 +205,16 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
             response = None
     except (ValueError, IndexError, ZeroDivisionError, np.linalg.LinAlgError):
         response = None
-    if response is None:  # a single fibre of the model: D = 2e-9 along, a tortuous 0.6e-9 across
+    fallback = response is None
+    if fallback:  # a single fibre of the model: D = 2e-9 along, a tortuous 0.35e-9 across
         response = (np.array([2.0e-3, 0.35e-3, 0.35e-3]), float(np.median(d[mask][:, sub.b0_mask])))
+        logger.info("microstructure: CSD response not estimable from the data (no voxel with FA > 0.5 in the "
+                    "central region); using the model's single-fibre response")
+    if info is not None:
+        info.update({"method": "CSD (DIPY, single shell)", "shell_b": float(b), "directions": n_dir,
+                     "sh_order": order, "response_evals_mm2_per_s": [float(x) for x in response[0]],
+                     "response": "default single-fibre response (not estimable from the data)" if fallback
+                     else "estimated from the data (auto_response_ssst, FA > 0.5)"})
     with warnings.catch_warnings():  # DIPY's CSD uses its legacy SH basis internally (a pending deprecation)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         csd = ConstrainedSphericalDeconvModel(gtab, response, sh_order_max=order)
@@ -233,8 +243,9 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
     idx = np.nonzero(mask)
     y = dif.normalise_s0(data[idx].astype(np.float64), protocol)
     t0 = time.time()
+    orient: dict = {"method": "given"}
     if orientations is None:
-        peaks, n_peaks = csd_peaks(data, protocol, mask)
+        peaks, n_peaks = csd_peaks(data, protocol, mask, info=orient)
         log(f"microstructure: CSD peaks of {len(y)} voxels in {time.time() - t0:.1f} s")
     else:
         peaks = np.asarray(orientations, dtype=np.float64).reshape(shape + (2, 3))
@@ -250,8 +261,9 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
 
     acts: dict | None = {} if (interpret and method != "fingerprinting") else None
     est = ms.estimate(model, y, u, method, protocol=protocol, device=device, activations=acts, progress=progress)
+    orient["voxels_one_peak"] = int((n_peaks[idx] <= 1).sum())
     out = {"peaks": peaks.astype(np.float32), "n_peaks": n_peaks, "seconds": est["seconds"], "voxels": idx,
-           "method": method}
+           "method": method, "orientations": orient}
     for p in ms.PARAMS:
         vol = np.zeros(shape + (ms.K,), np.float32)
         vol[idx] = est[p]
@@ -376,7 +388,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                      protocol={"volumes": protocol.m, "shells": protocol.shell_table(SHELL_TOL),
                                "hash": protocol.hash, "source": protocol.source, "config": protocol.to_config(),
                                "model_protocol_hash": model.protocol.hash},
-                     radius=sens, seconds=round(float(maps["seconds"]), 3), voxels=int(m.sum()),
+                     radius=sens, orientations=maps["orientations"], seconds=round(float(maps["seconds"]), 3),
+                     voxels=int(m.sum()),
                      nonfinite_voxels=notes["nonfinite_voxels"],
                      fractions={"max_sum": round(float(maps["fraction_sum"].max()), 6),
                                 "rule": "ν_1 + ν_2 + ν_fw <= 1 by construction (simplex projection)"})
