@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import cli_pacs as _pacs
+
 DEFAULT_SAMPLE_OUT = Path("sample_data") / "generated" / "Task01_SparseSightPhantom"
 
 
@@ -243,7 +245,7 @@ def _add_microstructure(sub) -> None:
 
 # ----------------------------------------------------------------------------------------------------- main
 #: subcommand registrars, in --help order (others add theirs here: _add_demo, _add_bench, ...)
-SUBCOMMANDS = [_add_sample_data, _add_demo, _add_microstructure]
+SUBCOMMANDS = [_add_sample_data, _add_demo, _add_microstructure, _pacs.add_orthanc, _pacs.add_pacs_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

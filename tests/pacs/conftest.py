@@ -193,15 +193,7 @@ def start_server(work: Path, dicomweb: str, name: str = "server", conf: dict | N
     cache, model_dir = work / "cache", work / "model"
     proc = MonaiLabelServer(dicomweb, conf={"model_dir": model_dir, "pacs_cache": cache, "models": "mlcsc",
                                             **(conf or {})}, log_path=work / f"{name}.log")
-    old = os.environ.get("MONAI_LABEL_DICOMWEB_SEARCH_FILTER")
-    os.environ["MONAI_LABEL_DICOMWEB_SEARCH_FILTER"] = '{"Modality": "MR"}'  # the documented setting
-    try:
-        url = proc.start(timeout=240)
-    finally:
-        if old is None:
-            os.environ.pop("MONAI_LABEL_DICOMWEB_SEARCH_FILTER", None)
-        else:
-            os.environ["MONAI_LABEL_DICOMWEB_SEARCH_FILTER"] = old
+    url = proc.start(timeout=240)  # no MONAI_LABEL_DICOMWEB_SEARCH_FILTER: the app's default {"Modality": "MR"}
     return Server(url, proc, cache, model_dir)
 
 

@@ -19,6 +19,7 @@ layout as a cache (a SparseSightDatastore, so every upload check and atomic writ
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 BAD_GATEWAY = 502
 DEFAULT_FILTER = {"Modality": "MR"}
+STOCK_FILTER = {"Modality": "CT"}  # MONAI Label's default MONAI_LABEL_DICOMWEB_SEARCH_FILTER
 LIST_TTL_SECONDS = 5.0  # a listing is asked of the PACS at most this often
 FINAL_SEG_DESCRIPTION = "SparseSight final label"
 
@@ -59,12 +61,28 @@ def pacs_errors():
         raise refuse(BAD_GATEWAY, str(e)) from e
 
 
+def _search_filter(conf_value, setting) -> dict:
+    """--conf pacs_search_filter (JSON), else MONAI_LABEL_DICOMWEB_SEARCH_FILTER unless it is MONAI Label's stock
+    {"Modality": "CT"} (start_server exports every setting, so "set" cannot be told from "default"; and a CT
+    series is never one of our four MR channels), else {"Modality": "MR"}."""
+    if conf_value:
+        try:
+            value = json.loads(conf_value) if isinstance(conf_value, str) else conf_value
+        except ValueError as e:
+            raise InvalidInput(f"--conf pacs_search_filter is not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise InvalidInput('--conf pacs_search_filter must be a JSON object, e.g. {"Modality": "MR"}')
+        return value
+    if setting and dict(setting) != STOCK_FILTER:
+        return dict(setting)
+    return dict(DEFAULT_FILTER)
+
+
 def settings_from(conf: dict) -> dict:
     """The PACS settings of the app's conf and MONAI Label's environment (credentials never in conf)."""
     from monailabel.config import settings
 
-    raw_filter = os.environ.get("MONAI_LABEL_DICOMWEB_SEARCH_FILTER")
-    search = settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER if raw_filter else DEFAULT_FILTER
+    search = _search_filter(conf.get("pacs_search_filter"), settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER)
     mapping = study.parse_mapping(conf.get("pacs_series_mapping") or os.environ.get("SPARSESIGHT_PACS_SERIES_MAPPING"))
     return {
         "search_filter": dict(search),

@@ -76,8 +76,11 @@ def search_series(client: DICOMwebClient, filters: dict | None = None, fields=No
 
 def retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: str) -> list[Dataset]:
     """WADO-RS retrieve of every instance of one series."""
-    return list(call(f"retrieve of series {series_uid} (WADO-RS)", client.base_url, client.retrieve_series,
-                     study_uid, series_uid))
+    found = list(call(f"retrieve of series {series_uid} (WADO-RS)", client.base_url, client.retrieve_series,
+                      study_uid, series_uid))
+    for ds in found:
+        ds.filename = None  # read from memory: nothing for a copy to reopen
+    return found
 
 
 def store(client: DICOMwebClient, datasets, verify: bool = True) -> list[str]:
