@@ -23,8 +23,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 sample-data: setup
 	$(PY) -m sparsesight.cli sample-data
 
+# PACS=1: the demo against a local Orthanc over DICOMweb (apt-get install orthanc orthanc-dicomweb first)
 demo: setup
-	$(PY) -m sparsesight.cli demo $(if $(RETRAIN),--retrain)
+	$(PY) -m sparsesight.cli $(if $(PACS),pacs-demo,demo $(if $(RETRAIN),--retrain))
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
