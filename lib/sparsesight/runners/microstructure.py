@@ -229,38 +229,74 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
 
 
 # ------------------------------------------------------------------------------------------------ maps
+VOXEL_CHUNK = 16384  # voxels normalised (float64) and estimated at a time: memory bounded whatever the volume
+
+
 def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray,
              method: str = "hybrid", orientations: np.ndarray | None = None, device="cpu",
-             interpret: bool = False, log=logger.info) -> dict:
+             interpret: bool = False, log=logger.info, keep_weights: bool = True,
+             chunk: int = VOXEL_CHUNK) -> dict:
     """Parameter maps of the masked voxels: {"nu", "r", "f" (X, Y, Z, 2), "nu_fw", "sparsity", "residual",
     "peaks" (X, Y, Z, 2, 3), "n_peaks", "fraction_sum" (ν_1 + ν_2 + ν_fw <= 1), "radius" (the protocol's radius
-    sensitivity; r is 0 where it is not resolvable)} (+ "w", "voxels", "activations" for the hybrid with
-    interpret)."""
+    sensitivity; r is 0 where it is not resolvable), "orientations" (how the peaks were found)} (+ "w" when
+    `keep_weights`, "voxels", "activations" for the hybrid with interpret).
+
+    Voxels go through in chunks of `chunk`: only a chunk's signals are held in float64 (the DWI itself stays
+    float32), and without `keep_weights` the NNLS weights of a chunk are reduced to the nnls maps and dropped."""
     if method not in ms.METHODS:
         raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(ms.METHODS)}")
     check_protocol(model, protocol, method)
     shape = data.shape[:3]
     idx = np.nonzero(mask)
-    y = dif.normalise_s0(data[idx].astype(np.float64), protocol)
+    n_vox = len(idx[0])
     t0 = time.time()
     orient: dict = {"method": "given"}
     if orientations is None:
         peaks, n_peaks = csd_peaks(data, protocol, mask, info=orient)
-        log(f"microstructure: CSD peaks of {len(y)} voxels in {time.time() - t0:.1f} s")
+        log(f"microstructure: CSD peaks of {n_vox} voxels in {time.time() - t0:.1f} s")
     else:
         peaks = np.asarray(orientations, dtype=np.float64).reshape(shape + (2, 3))
         n_peaks = np.full(shape, 2, np.uint8)
-    u = peaks[idx]
-    step = max(1, len(y) // 10)
+    step = max(1, n_vox // 10)
     last = [0]
+    offset = [0]
 
     def progress(done, total):
-        if done - last[0] >= step or done == total:
+        done += offset[0]
+        if done - last[0] >= step or done == n_vox:
             last[0] = done
-            log(f"microstructure: {method} {done}/{total} voxels ({time.time() - t0:.1f} s)")
+            log(f"microstructure: {method} {done}/{n_vox} voxels ({time.time() - t0:.1f} s)")
 
-    acts: dict | None = {} if (interpret and method != "fingerprinting") else None
-    est = ms.estimate(model, y, u, method, protocol=protocol, device=device, activations=acts, progress=progress)
+    want_acts = interpret and method != "fingerprinting"
+    parts: dict = {}
+    act_parts: dict = {}
+    seconds = 0.0
+    for s in range(0, n_vox, chunk):
+        sel = tuple(i[s:s + chunk] for i in idx)
+        y = dif.normalise_s0(data[sel].astype(np.float64), protocol)
+        acts: dict | None = {} if want_acts else None
+        offset[0] = s
+        e = ms.estimate(model, y, peaks[sel], method, protocol=protocol, device=device, activations=acts,
+                        progress=progress)
+        seconds += e["seconds"]
+        if "w" in e:
+            wp = ms.weighted_atom_parameters(model, e["w"])
+            e["nnls_r"], e["nnls_f"] = wp["r"], wp["f"]
+            if not keep_weights:
+                del e["w"]
+        for k, v in e.items():
+            if isinstance(v, np.ndarray):
+                parts.setdefault(k, []).append(v)
+        for k, v in (acts or {}).items():
+            act_parts.setdefault(k, []).append(v)
+    est = {k: np.concatenate(v) for k, v in parts.items()}
+    est["seconds"] = seconds
+    if act_parts:
+        import torch
+
+        acts = {k: torch.cat(v) for k, v in act_parts.items()}
+    else:
+        acts = None
     orient["voxels_one_peak"] = int((n_peaks[idx] <= 1).sum())
     out = {"peaks": peaks.astype(np.float32), "n_peaks": n_peaks, "seconds": est["seconds"], "voxels": idx,
            "method": method, "orientations": orient}
@@ -275,10 +311,10 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
             out[p] = vol
     if "w" in est:
         out["w"] = est["w"]
-        wp = ms.weighted_atom_parameters(model, est["w"])
+    if "nnls_r" in est:
         for p in ("r", "f"):
             vol = np.zeros(shape + (ms.K,), np.float32)
-            vol[idx] = wp[p]
+            vol[idx] = est[f"nnls_{p}"]
             out[f"nnls_{p}"] = vol
     if "j" in est:
         out["j"], out["w_pair"] = est["j"], est["w_pair"]
@@ -292,8 +328,8 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
         out.pop("nnls_r", None)
     if acts:
         out["activations"] = {k: v.cpu().numpy() for k, v in acts.items()}
-    log(f"microstructure: {method} on {len(y)} voxels in {est['seconds']:.2f} s "
-        f"({1e3 * est['seconds'] / max(len(y), 1):.3f} ms/voxel)")
+    log(f"microstructure: {method} on {n_vox} voxels in {est['seconds']:.2f} s "
+        f"({1e3 * est['seconds'] / max(n_vox, 1):.3f} ms/voxel)")
     return out
 
 
@@ -331,7 +367,7 @@ def predict_file(model, image_path, device="cpu", method: str = "hybrid", bvals=
     method, mask = _options(method, mask)
     data, affine, protocol, m, _ = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta,
                                          **_protocol_options(protocol_options))
-    return stacked(fit_maps(model, data, protocol, m, method, device=device, log=log)), affine
+    return stacked(fit_maps(model, data, protocol, m, method, device=device, log=log, keep_weights=False)), affine
 
 
 def _protocol_options(options: dict) -> dict:
@@ -382,7 +418,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     method, mask = _options(method, mask)
     data, affine, protocol, m, notes = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta,
                                              **_protocol_options(protocol_options))
-    maps = fit_maps(model, data, protocol, m, method, device=device, interpret="tsne" in wanted, log=log)
+    maps = fit_maps(model, data, protocol, m, method, device=device, interpret="tsne" in wanted, log=log,
+                    keep_weights=bool({"weights", "weights_plot"} & set(wanted)))
     sens = maps["radius"]
     w = BundleWriter(name, version, image_id, affine, data.shape[:3], method=method,
                      protocol={"volumes": protocol.m, "shells": protocol.shell_table(SHELL_TOL),
