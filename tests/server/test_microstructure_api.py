@@ -74,6 +74,9 @@ def test_train_on_the_images_protocol(server, dwi, trained):
     text = "\n".join(trained.get("details", []))
     assert f"M = {dwi['protocol'].m}" in text and "epoch 4/4" in text
     assert server.version("microstructure").startswith("sha256:")
+    card = server.info()["models"]["microstructure"]["protocol"]  # the protocol the served model fits
+    assert card["volumes"] == dwi["protocol"].m and card["hash"] in text
+    assert {r["big_delta_ms"] for r in card["shells"]} == {21.8} and "resolvable" in card["radius"]
 
 
 @pytest.mark.parametrize("method", ["hybrid", "fingerprinting", "mlp"])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from sparsesight.data import diffusion as dif
+from sparsesight.errors import InvalidInput
 from sparsesight.models import microstructure as ms
 from sparsesight.runners import microstructure as runner
 
@@ -27,7 +29,21 @@ Runner = RequestRunner(runner)  # its InvalidInput is about the request: 400
 
 
 class MicrostructureInfer(SparseSightInfer):
-    """The generic infer task; bad options are refused (400) before anything is loaded."""
+    """The generic infer task; bad options are refused (400) before anything is loaded. /info shows the protocol
+    the served networks were trained for (its hash, shells with Δ/δ, radius sensitivity): they refuse another."""
+
+    def info(self):
+        info = super().info()
+        meta = self.model_file.meta()
+        if meta:
+            try:
+                p = dif.Protocol.from_config(meta["config"]["protocol"])
+            except (InvalidInput, KeyError, TypeError) as e:
+                info["protocol"] = {"error": f"the checkpoint's protocol cannot be read: {e}"}
+            else:
+                info["protocol"] = {"hash": p.hash, "volumes": p.m, "shells": p.shell_table(),
+                                    "radius": dif.radius_sensitivity(p)["reason"]}
+        return info
 
     def __call__(self, request):
         with http_errors():
