@@ -9,6 +9,7 @@ Studies (4 mm phantoms, 60 x 60 x 39 voxels, stored with STOW-RS):
 - case_000, case_001: complete (FLAIR, T1, T1ce, T2 on one grid);
 - missing: case_000's anatomy without T2;
 - other_grid: T2 at 2x the in-plane spacing, in another frame of reference;
+- resampled: T2 at 2x the in-plane spacing, in the study's frame of reference;
 - not_mr: T2 stored with modality OT;
 - refuse_seg: complete, but the PACS drops every SEG for it.
 """
@@ -116,6 +117,13 @@ def _store_bad_studies(client, phantom: Path) -> dict:
         ds.FrameOfReferenceUID = info.uid("another-frame")
     web.store(client, t2)
     uids["other_grid"] = info.uid("study")
+
+    info = StudyInfo(patient_id="sparsesight-resampled", seed=5)  # T2 coarser, same frame of reference
+    series = mr_study(image, affine, info)
+    for m in ("FLAIR", "T1", "T1ce"):
+        web.store(client, series[m])
+    web.store(client, mr_series(image[::2, ::2, :, 3], coarse, "T2", info, series_number=4))
+    uids["resampled"] = info.uid("study")
 
     info = StudyInfo(patient_id="sparsesight-not-mr", seed=3)  # the "T2" series is not MR
     series = mr_study(image, affine, info)

@@ -83,6 +83,25 @@ def test_study_becomes_four_channel_image_on_the_source_grid(server, pacs):
     np.testing.assert_array_equal(image, phantom)  # channels FLAIR, T1, T1ce, T2 in order, voxel for voxel
 
 
+def test_series_on_another_grid_is_resampled_onto_flair(server, pacs):
+    uid = pacs.studies["resampled"]
+    r = server.get("/datastore/image", params={"image": uid})
+    assert r.status_code == 200, r.text
+    image, affine = nifti_from_bytes(r.content)
+    _, flair, flair_affine = source_series(pacs, uid, "FLAIR")
+    _, t2, t2_affine = source_series(pacs, uid, "T2")
+    assert t2.shape[:2] != flair.shape[:2] and image.shape == (*flair.shape, 4)
+    np.testing.assert_allclose(affine, flair_affine, atol=TOL_MM)
+    np.testing.assert_array_equal(image[..., 0], flair)
+    # FLAIR voxels (2i, 2j, k) are T2 voxels (i, j, k): there the resampled T2 is the T2 series itself
+    np.testing.assert_allclose(image[::2, ::2, :, 3], t2, atol=1e-3)
+
+
+def test_a_path_that_is_not_dicomweb_is_a_pacs_error(pacs):
+    with pytest.raises(web.PacsError, match="HTTP 404"):
+        web.search_series(web.connect(pacs.url + "/not-dicom-web"), {"Modality": "MR"})
+
+
 def test_final_label_round_trips_through_seg(server, pacs):
     uid = pacs.studies["case_000"]
     data, label = phantom_label(pacs)
@@ -205,6 +224,20 @@ def test_refused_seg_store_is_502_and_changes_nothing(server, pacs):
 def test_unknown_study_is_404(server):
     r = server.post("/infer/mlcsc", params={"image": "1.2.3.4.5", "output": "image"})
     assert r.status_code == 404, r.text
+
+
+@pytest.mark.slow
+def test_a_fresh_server_trains_from_the_segs_in_the_pacs(server, pacs, tmp_path, start_pacs_server):
+    """Another server (empty cache) on the same PACS: the annotator's SEG is its training data, the model's is not."""
+    srv = start_pacs_server(tmp_path, pacs.dicomweb, name="fresh")
+    try:
+        train = srv.get("/datastore/", params={"output": "train"}).json()
+        assert [pacs.studies["case_000"] in item["image"] for item in train] == [True]
+        r = srv.get("/datastore/label", params={"label": pacs.studies["case_000"], "tag": "final"})
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(nifti_from_bytes(r.content)[0], phantom_label(pacs)[1])
+    finally:
+        srv.process.stop()
 
 
 @pytest.mark.slow

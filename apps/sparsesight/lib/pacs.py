@@ -37,7 +37,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from sparsesight.data import io as sio
 from sparsesight.data.dicom import results, study, web
 from sparsesight.data.dicom.series import series_to_volume
-from sparsesight.errors import InvalidInput, SparseSightError
+from sparsesight.errors import InvalidInput, SparseSightError, TooLarge
 
 from .datastore import SparseSightDatastore
 from .http_errors import NOT_FOUND, UNPROCESSABLE, check_id, http_errors, refuse
@@ -190,6 +190,10 @@ class PacsDatastore(SparseSightDatastore):
             chosen = study.assign_series(study_uid, series, self._mapping)
             volumes, frames, reference = {}, {}, None
             for channel, info in chosen.items():
+                voxels = web.series_voxels(self._client, study_uid, info.uid)
+                if self._max_voxels is not None and voxels > self._max_voxels:
+                    raise TooLarge(f"study {study_uid}: series {info.description!r} has {voxels} voxels "
+                                   f"(max_voxels {self._max_voxels}); nothing was downloaded")
                 instances = web.retrieve_series(self._client, study_uid, info.uid)
                 if not instances:
                     raise InvalidInput(f"study {study_uid}: series {info.description!r} ({info.uid}) has no instances")

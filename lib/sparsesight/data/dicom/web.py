@@ -74,6 +74,17 @@ def search_series(client: DICOMwebClient, filters: dict | None = None, fields=No
     return [Dataset.from_json(d) for d in found]
 
 
+def series_voxels(client: DICOMwebClient, study_uid: str, series_uid: str) -> int:
+    """Voxels of a series from its metadata (WADO-RS, no pixel data): what a retrieve would bring."""
+    meta = call(f"metadata of series {series_uid} (WADO-RS)", client.base_url, client.retrieve_series_metadata,
+                study_uid, series_uid)
+    total = 0
+    for item in meta:
+        ds = Dataset.from_json(item)
+        total += int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("NumberOfFrames", 1) or 1)
+    return total
+
+
 def retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: str) -> list[Dataset]:
     """WADO-RS retrieve of every instance of one series."""
     found = list(call(f"retrieve of series {series_uid} (WADO-RS)", client.base_url, client.retrieve_series,
