@@ -18,6 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
+from .distributed import mean_over_processes, rank
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def fit(objectives: list[Objective], epochs: int, *, progress: Callable[[dict], 
                 losses.append(float(loss.detach()))
             if o.scheduler is not None:
                 o.scheduler.step()
-            stats[o.key("loss")].append(float(np.mean(losses)))
+            stats[o.key("loss")].append(mean_over_processes(float(np.mean(losses))))  # DDP: over the ranks
             record[o.key("loss")] = stats[o.key("loss")][-1]
             if o.validate is not None:
                 o.module.eval()
@@ -109,7 +110,7 @@ def fit(objectives: list[Objective], epochs: int, *, progress: Callable[[dict], 
         stats["seconds"] = record["seconds"] = time.time() - t0
         record["eta_s"] = stats["seconds"] / (epoch + 1) * (epochs - epoch - 1)  # at the mean epoch time so far
         bar.set_postfix({k: f"{v:.{digits}f}" for k, v in record.items() if k.endswith("loss")})
-        if progress is not None:
+        if progress is not None and rank() == 0:
             progress(record)
         if on_epoch_end is not None:
             on_epoch_end(stats)  # may set stats["stop"] (a reason) to end training early

@@ -17,6 +17,7 @@ from monai.losses import DiceCELoss
 from ..errors import InvalidInput
 from ..options import check_known
 from ..transforms import train_transforms
+from .distributed import rank
 from .loop import Objective, check_epochs, ddp, fit, sampler
 
 
@@ -28,6 +29,20 @@ def default_train_config() -> dict:
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class ModelLoss(torch.nn.Module):
+    """The training objective as a module, forward(x, y) -> loss: the model's own `loss(net, x, y)` (SUM's eq. 13,
+    ML-CSC design 2's Dice + CE + reconstruction terms), else Dice + CE of its logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        own = getattr(self.model, "loss", None)
+        return own(self.model, x, y) if own is not None else self.dice_ce(self.model(x), y)
 
 
 def no_decay(model) -> set[str]:
@@ -102,16 +117,14 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     torch.manual_seed(cfg["seed"])
     device = torch.device(device)
     transforms = train_transforms(cfg["patch_size"], cfg["samples_per_image"])
-    transforms.set_random_state(seed=cfg["seed"])
+    transforms.set_random_state(seed=cfg["seed"] + rank())  # each DDP process draws its own patches
     ds = CacheDataset(items, transform=transforms, progress=False, num_workers=0)
     shards = sampler(ds)
     loader = DataLoader(ds, batch_size=cfg["batch_size"], shuffle=shards is None, sampler=shards,
                         num_workers=cfg["num_workers"])
     model.to(device).train()
-    net = ddp(model)
-    # a model with its own objective (SUM's eq. 13) provides loss(net, x, y); the others get DiceCE
-    model_loss = getattr(model, "loss", None)
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+    # one forward per step computes the whole objective, so that DDP sees one (SUM's eq. 13 runs the network twice)
+    net = ddp(ModelLoss(model))
 
     def batches(epoch: int):
         if shards is not None:
@@ -122,8 +135,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
             yield batch["image"].to(device), batch["label"].to(device)
 
     def loss(batch):
-        x, y = batch
-        return model_loss(net, x, y) if model_loss is not None else dice_ce(net(x), y)
+        return net(*batch)
 
     opt = OPTIMIZERS[cfg["optimizer"]](parameter_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
     best: dict = {"val": -1.0, "epoch": 0, "state": None}
@@ -151,3 +163,20 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
         model.load_state_dict(best["state"])
         stats.update(best_epoch=best["epoch"], best_val=best["val"])
     return stats
+
+
+def train_worker(rank_: int, world: int, name: str, config: dict, state: dict, items: list[dict], epochs: int,
+                 train_config: dict | None, val_items: list[dict] | None, gpus: list | None) -> dict:
+    """One process of a multi-process training (distributed.launch): model `name` built from `config` and
+    `state`, trained on its shard of `items`; returns {"state_dict", "stats"} (used from rank 0)."""
+    from .. import models
+
+    device = f"cuda:{gpus[rank_]}" if gpus else "cpu"
+    model = models.build(name, config)
+    model.load_state_dict(state)
+    progress = (lambda d: print(f"epoch {d['epoch']}/{d['epochs']} " + " ".join(  # noqa: E731
+        f"{k} {v:.4g}" for k, v in d.items() if isinstance(v, float)), flush=True)) if rank_ == 0 else None
+    stats = train(model, items, epochs=epochs, device=device, config=train_config, val_items=val_items,
+                  progress=progress, show_progress=False)
+    plain = {k: v for k, v in stats.items() if isinstance(v, (int, float, str, list))}
+    return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "stats": plain}

@@ -23,6 +23,9 @@ class CDLTrain(SparseSightTrain):
 
     def check(self, request: Dict[str, Any], datastore) -> Dict[str, Any]:
         p = train_params(request, self.default_epochs)
+        if p["processes"] > 1:
+            raise refuse(BAD_REQUEST, f"{self.name} trains in one process; 'processes' and 'multi_gpu' are for the "
+                                      f"segmentation models")
         tc = dict(p["train_config"] or {})
         known = cdl_training.default_train_config()
         unknown = sorted(set(tc) - set(known))

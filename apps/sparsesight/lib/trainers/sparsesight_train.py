@@ -5,8 +5,9 @@ process' last stdout lines in GET /train/, so progress is printed one line per e
 the current checkpoint when there is one; the new checkpoint is written atomically by
 `sparsesight.checkpoint.save` and the server's infer task picks it up on its next call (see model_file.py).
 
-Request keys: `epochs` (default from the app config), `max_minutes` (stop after the epoch that passes it),
-`device`, `train_config` (dict handed to sparsesight.training.train).
+Request keys: `epochs` (default from the app config), `max_minutes` (stop after the epoch that passes it; one
+process only), `device`, `train_config` (dict handed to sparsesight.training.train), `processes` (N > 1: N
+data-parallel CPU processes) or MONAI Label's `multi_gpu` + `gpus` ("all" or "0,1": one process per GPU).
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from monailabel.interfaces.tasks.train import TrainTask
 from sparsesight import checkpoint, models, training
 from sparsesight.data import io as sio
 from sparsesight.errors import InvalidInput
+from sparsesight.training.distributed import launch
+from sparsesight.training.segmentation import train_worker
 
-from ..http_errors import BAD_REQUEST, CONFLICT, bad_request, refuse
+from ..http_errors import BAD_REQUEST, CONFLICT, bad_request, flag, refuse
 from ..model_file import ModelFile, check_device, pick_device
 
 logger = logging.getLogger(__name__)
@@ -68,7 +71,26 @@ def train_params(request: Dict[str, Any], default_epochs: int) -> Dict[str, Any]
     if request.get("device") not in (None, ""):  # refused here, not in the training process after a 200
         with bad_request():
             check_device(request["device"])
+    out["processes"], out["gpus"] = parallelism(request)
     return out
+
+
+def parallelism(request: Dict[str, Any]) -> Tuple[int, Any]:
+    """(processes, GPU indices or None) of a train request: MONAI Label's {"multi_gpu": true, "gpus": "all" or
+    "0,1"} -> one NCCL process per GPU; {"processes": N} -> N gloo processes on the CPU (DDP, distributed.py)."""
+    import torch
+
+    if flag(request.get("multi_gpu", False)):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise refuse(BAD_REQUEST, "'multi_gpu' needs GPUs and this server has none; use 'processes' for "
+                                      "several CPU processes")
+        gpus = request.get("gpus", "all")
+        ids = list(range(n)) if str(gpus).strip() in ("", "all") else [whole_number(g, "gpus", 0, n - 1)
+                                                                        for g in str(gpus).split(",")]
+        return len(ids), ids
+    procs = whole_number(request.get("processes", 1), "processes", 1, max(1, os.cpu_count() or 1))
+    return procs, None
 
 
 def require_final_labels(name: str, datastore: Datastore) -> list:
@@ -149,8 +171,15 @@ class SparseSightTrain(TrainTask):
 
     def fit(self, model, data, p: Dict[str, Any], device: str) -> Dict[str, Any]:
         """Train `model` in place on `data`; returns the fields of the checkpoint's train metadata."""
-        stats = training.train(model, data, epochs=p["epochs"], device=device, config=p["train_config"],
-                               progress=self.progress, max_minutes=p["max_minutes"], show_progress=False)
+        if p.get("processes", 1) > 1:  # data-parallel in several processes (DDP, training/distributed.py)
+            self.say(f"{p['processes']} training processes ({'GPUs ' + str(p['gpus']) if p['gpus'] else 'CPU, gloo'})")
+            out = launch(train_worker, p["processes"], self.name, dict(model.config), model.state_dict(), data,
+                         p["epochs"], p["train_config"], None, p["gpus"])
+            model.load_state_dict(out["state_dict"])
+            stats = out["stats"]
+        else:
+            stats = training.train(model, data, epochs=p["epochs"], device=device, config=p["train_config"],
+                                   progress=self.progress, max_minutes=p["max_minutes"], show_progress=False)
         return {"epochs": p["epochs"], "images": len(data),
                 "final_loss": stats["loss"][-1] if stats.get("loss") else None,
                 **{k: v for k, v in stats.items() if k != "seconds" and isinstance(v, (int, float, str, bool))}}
