@@ -10,6 +10,7 @@ Studies (4 mm phantoms, 60 x 60 x 39 voxels, stored with STOW-RS):
 - missing: case_000's anatomy without T2;
 - other_grid: T2 at 2x the in-plane spacing, in another frame of reference;
 - resampled: T2 at 2x the in-plane spacing, in the study's frame of reference;
+- big: T2 at half the in-plane spacing (982,800 voxels in the study's four series);
 - not_mr: T2 stored with modality OT;
 - refuse_seg: complete, but the PACS drops every SEG for it.
 """
@@ -124,6 +125,15 @@ def _store_bad_studies(client, phantom: Path) -> dict:
         web.store(client, series[m])
     web.store(client, mr_series(image[::2, ::2, :, 3], coarse, "T2", info, series_number=4))
     uids["resampled"] = info.uid("study")
+
+    info = StudyInfo(patient_id="sparsesight-big", seed=6)  # T2 at twice the in-plane resolution: 4x the voxels
+    series = mr_study(image, affine, info)
+    for m in ("FLAIR", "T1", "T1ce"):
+        web.store(client, series[m])
+    fine = np.array(affine, dtype=float)
+    fine[:3, :2] /= 2
+    web.store(client, mr_series(np.repeat(np.repeat(image[..., 3], 2, 0), 2, 1), fine, "T2", info, series_number=4))
+    uids["big"] = info.uid("study")
 
     info = StudyInfo(patient_id="sparsesight-not-mr", seed=3)  # the "T2" series is not MR
     series = mr_study(image, affine, info)

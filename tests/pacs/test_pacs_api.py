@@ -228,9 +228,14 @@ def test_unknown_study_is_404(server):
 
 @pytest.mark.slow
 def test_a_fresh_server_trains_from_the_segs_in_the_pacs(server, pacs, tmp_path, start_pacs_server):
-    """Another server (empty cache) on the same PACS: the annotator's SEG is its training data, the model's is not."""
-    srv = start_pacs_server(tmp_path, pacs.dicomweb, name="fresh")
+    """Another server (empty cache, max_voxels 600,000) on the same PACS: a study over the limit is refused before
+    its pixels are downloaded; the annotator's SEG is its training data, the model's is not."""
+    srv = start_pacs_server(tmp_path, pacs.dicomweb, name="fresh", conf={"max_voxels": 600_000})
     try:
+        big = pacs.studies["big"]  # over this server's max_voxels: refused from the metadata alone
+        r = srv.get("/datastore/image", params={"image": big})
+        assert r.status_code == 413 and "nothing was downloaded" in r.json()["detail"], r.text
+        assert not any(big in f for f in srv.cache_files())
         train = srv.get("/datastore/", params={"output": "train"}).json()
         assert [pacs.studies["case_000"] in item["image"] for item in train] == [True]
         r = srv.get("/datastore/label", params={"label": pacs.studies["case_000"], "tag": "final"})

@@ -189,11 +189,13 @@ class PacsDatastore(SparseSightDatastore):
                 self._client, {"StudyInstanceUID": study_uid}, fields=["SeriesDescription"])]
             chosen = study.assign_series(study_uid, series, self._mapping)
             volumes, frames, reference = {}, {}, None
+            if self._max_voxels is not None:  # from the metadata, before any pixel is downloaded
+                sizes = {c: web.series_voxels(self._client, study_uid, s.uid) for c, s in chosen.items()}
+                if sum(sizes.values()) > self._max_voxels:
+                    raise TooLarge(f"study {study_uid}: its four series hold {sum(sizes.values())} voxels "
+                                   f"({', '.join(f'{c} {n}' for c, n in sizes.items())}; max_voxels "
+                                   f"{self._max_voxels}); nothing was downloaded")
             for channel, info in chosen.items():
-                voxels = web.series_voxels(self._client, study_uid, info.uid)
-                if self._max_voxels is not None and voxels > self._max_voxels:
-                    raise TooLarge(f"study {study_uid}: series {info.description!r} has {voxels} voxels "
-                                   f"(max_voxels {self._max_voxels}); nothing was downloaded")
                 instances = web.retrieve_series(self._client, study_uid, info.uid)
                 if not instances:
                     raise InvalidInput(f"study {study_uid}: series {info.description!r} ({info.uid}) has no instances")
