@@ -52,18 +52,28 @@ def pytest_configure(config):
 
 
 def ensure_orthanc() -> None:
-    """Install Debian's orthanc + orthanc-dicomweb when missing (needs root and a package mirror)."""
-    if orthanc.installed():
+    """Install Debian's orthanc + orthanc-dicomweb (and dicom3tools' dciodvfy, the IOD validator) when missing
+    (needs root and a package mirror)."""
+    if orthanc.installed() and shutil.which("dciodvfy"):
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("Orthanc is not installed and cannot be (apt-get install orthanc orthanc-dicomweb as root)")
+        pytest.skip("Orthanc is not installed and cannot be (apt-get install orthanc orthanc-dicomweb dicom3tools "
+                    "as root)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "orthanc", "orthanc-dicomweb"]):
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "orthanc", "orthanc-dicomweb", "dicom3tools"]):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     # the package's service is not used (policy-rc.d may already have stopped it from starting)
-    assert orthanc.installed(), "apt-get reported success but Orthanc is not where expected"
+    assert orthanc.installed() and shutil.which("dciodvfy"), "apt-get reported success but a program is missing"
+
+
+def dciodvfy_errors(ds, folder: Path) -> list[str]:
+    """The 'Error' lines of dicom3tools' dciodvfy (DICOM IOD validator) for one dataset (warnings ignored)."""
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    path.write_bytes(web.to_bytes(ds))
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
 
 
 @dataclass
@@ -213,6 +223,12 @@ def start_server(work: Path, dicomweb: str, name: str = "server", conf: dict | N
                                             **(conf or {})}, log_path=work / f"{name}.log")
     url = proc.start(timeout=240)  # no MONAI_LABEL_DICOMWEB_SEARCH_FILTER: the app's default {"Modality": "MR"}
     return Server(url, proc, cache, model_dir)
+
+
+@pytest.fixture(scope="session")
+def dciodvfy(pacs):
+    """dciodvfy(ds, folder) -> the validator's error lines (installed with Orthanc by the pacs fixture)."""
+    return dciodvfy_errors
 
 
 @pytest.fixture(scope="session")

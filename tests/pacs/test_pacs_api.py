@@ -71,8 +71,10 @@ def test_lists_studies_of_the_pacs(server, pacs):
     assert stats["total"] == len(pacs.studies)
 
 
-def test_study_becomes_four_channel_image_on_the_source_grid(server, pacs):
+def test_study_becomes_four_channel_image_on_the_source_grid(server, pacs, dciodvfy, tmp_path):
     uid = pacs.studies["case_000"]
+    source, _, _ = source_series(pacs, uid, "T1ce")
+    assert dciodvfy(source[0], tmp_path) == []  # the sample data are valid MR images
     r = server.get("/datastore/image", params={"image": uid})
     assert r.status_code == 200, r.text
     image, affine = nifti_from_bytes(r.content)
@@ -102,7 +104,7 @@ def test_a_path_that_is_not_dicomweb_is_a_pacs_error(pacs):
         web.search_series(web.connect(pacs.url + "/not-dicom-web"), {"Modality": "MR"})
 
 
-def test_final_label_round_trips_through_seg(server, pacs):
+def test_final_label_round_trips_through_seg(server, pacs, dciodvfy, tmp_path):
     uid = pacs.studies["case_000"]
     data, label = phantom_label(pacs)
     assert not pacs.series(uid, "SEG")
@@ -110,7 +112,8 @@ def test_final_label_round_trips_through_seg(server, pacs):
     assert r.status_code == 200, r.text
     segs = stored_objects(pacs, uid, "SEG")
     assert len(segs) == 1
-    seg = hd.seg.Segmentation.from_dataset(segs[0])  # highdicom parses and checks the IOD
+    assert dciodvfy(segs[0], tmp_path) == []  # dicom3tools' IOD validator: no errors
+    seg = hd.seg.Segmentation.from_dataset(segs[0])  # highdicom parses it
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["oedema", "non-enhancing core", "enhancing"]
     assert {str(s.SegmentAlgorithmType) for s in seg.SegmentSequence} == {"MANUAL"}
     assert all("RecommendedDisplayCIELabValue" in s for s in seg.SegmentSequence)
@@ -145,7 +148,7 @@ def test_infer_on_a_pacs_study(server, pacs):
     np.testing.assert_allclose(affine, flair_affine, atol=TOL_MM)
 
 
-def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path):
+def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path, dciodvfy):
     uid = pacs.studies["case_001"]
     before = {str(s.SeriesInstanceUID) for s in pacs.series(uid)}
     r = server.post("/pacs/results/mlcsc", params={"image": uid}, json={"outputs": ["label", "probabilities"]})
@@ -155,7 +158,9 @@ def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path):
     assert {str(s.SeriesInstanceUID) for s in pacs.series(uid)} - before == {o["SeriesInstanceUID"] for o in stored}
 
     source, flair, flair_affine = source_series(pacs, uid)
-    seg = hd.seg.Segmentation.from_dataset(stored_objects(pacs, uid, "SEG")[0])
+    seg_ds = stored_objects(pacs, uid, "SEG")[0]
+    assert dciodvfy(seg_ds, tmp_path) == []
+    seg = hd.seg.Segmentation.from_dataset(seg_ds)
     check_frames_on_source(seg, source)
     assert {str(s.SegmentAlgorithmType) for s in seg.SegmentSequence} == {"AUTOMATIC"}
     label, _ = _infer_label(server, uid)  # the same checkpoint, the same input: the same label
@@ -171,6 +176,7 @@ def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path):
     assert len(maps) == 3
     for pm in maps:
         assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+        assert dciodvfy(pm, tmp_path) == []
         assert pm.ImageType[0] == "DERIVED" and int(pm.NumberOfFrames) == len(source)
         check_frames_on_source(pm, source)
         name = next(n for n, o in by_name.items() if o["SOPInstanceUID"] == str(pm.SOPInstanceUID))

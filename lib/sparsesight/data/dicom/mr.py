@@ -96,7 +96,8 @@ def mr_series(volume, affine, modality: str, info: StudyInfo, series_number: int
         ds.SeriesDescription = description or SERIES_DESCRIPTIONS.get(modality, modality)
         ds.ProtocolName = ds.SeriesDescription
         ds.InstanceNumber = k + 1
-        ds.ImageType = ["DERIVED", "PRIMARY", "AXIAL"]
+        ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
+        ds.PatientPosition, ds.BodyPartExamined = "HFS", "BRAIN"
         ds.ScanningSequence = acq.get("ScanningSequence", ["SE"])
         ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "NONE", "", "3D"
         ds.RepetitionTime, ds.EchoTime = acq.get("RepetitionTime", 500.0), acq.get("EchoTime", 10.0)
@@ -114,7 +115,6 @@ def mr_series(volume, affine, modality: str, info: StudyInfo, series_number: int
         ds.Rows, ds.Columns = plane.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
         ds.PixelData = plane.tobytes()
         out.append(ds)
     return out

@@ -154,6 +154,7 @@ def map_to_parametric_map(volume, source, name: str, series_number: int = 901,
         content_description=(description or name)[:64],
         content_label="SPARSESIGHT_MAP", **_common(source, series_number, "parametric map"))
     pm.SeriesDescription = f"SparseSight {name}"[:64]
+    pm.BodyPartExamined = getattr(source[0], "BodyPartExamined", "BRAIN")  # unpaired: no Laterality (dciodvfy)
     return pm
 
 
