@@ -227,6 +227,23 @@ def test_refused_seg_store_is_502_and_changes_nothing(server, pacs):
     assert server.cache_files() == before_cache
 
 
+def test_sample_data_cli_writes_dicom_and_a_second_upload_is_a_no_op(pacs, tmp_path):
+    from sparsesight.cli import main
+
+    before = pacs.counts()
+    out = tmp_path / "sample"
+    assert main(["sample-data", "--out", str(out), "--cases", "2", "--n-test", "0", "--downsample", "4",
+                 "--seed", "0", "--quiet", "--dicom", "--stow", pacs.dicomweb]) == 0
+    assert len(list((out / "dicom").rglob("*.dcm"))) == 2 * 4 * 39
+    assert pacs.counts() == before  # the same phantoms, the same UIDs: nothing new in the PACS
+
+
+def test_images_are_not_uploaded_to_a_pacs_datastore(server, pacs):
+    r = server.put("/datastore/image", params={"image": "mine"},
+                   files={"file": ("x.nii.gz", (pacs.phantom / "imagesTr" / "case_000.nii.gz").read_bytes())})
+    assert r.status_code == 405 and "STOW-RS" in r.json()["detail"], r.text
+
+
 def test_unknown_study_is_404(server):
     r = server.post("/infer/mlcsc", params={"image": "1.2.3.4.5", "output": "image"})
     assert r.status_code == 404, r.text
