@@ -105,12 +105,16 @@ def _add_sample_data(sub) -> None:
 
 # ----------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Sample data -> real MONAI Label server -> train if needed -> infer over REST -> bundle + PNG."""
-    from .demo import run
+    """Shipped weights on held-out phantoms through the real server (Dice beside the model cards, bundles, PNG);
+    --retrain: sample data -> train ML-CSC and SUM from scratch over REST -> infer -> bundle + PNG."""
+    from .demo import run, run_shipped
 
     try:
-        run(out=args.out, port=args.port, cases=args.cases, downsample=args.downsample, epochs=args.epochs,
-            seed=args.seed, retrain=args.retrain)
+        if args.retrain:
+            run(out=args.out, port=args.port, cases=args.cases, downsample=args.downsample, epochs=args.epochs,
+                seed=args.seed, retrain=True)
+        else:
+            run_shipped(out=args.out, port=args.port)
     except RuntimeError as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
@@ -125,7 +129,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--downsample", type=int, default=1, help="phantom voxel size in mm (1: the BraTS grid)")
     p.add_argument("--epochs", type=int, default=40, help="training epochs when no checkpoint exists")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--retrain", action="store_true", help="train again even if a checkpoint exists")
+    p.add_argument("--retrain", action="store_true", help="train ML-CSC and SUM from scratch over REST instead of "
+                                                           "serving the shipped weights (--cases/--epochs apply)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -1,5 +1,9 @@
-"""`make demo`: sample data -> real MONAI Label server -> train ML-CSC and SUM (if needed) -> infer over REST ->
-bundles + PNG.
+"""`make demo`: the shipped weights on held-out phantoms through the real MONAI Label server -> Dice, bundles, PNG.
+
+Default (`run`): the held-out split of the shipped models' cards (apps/sparsesight/pretrained/*.card.json) is
+generated, a server serves the shipped weights, every case is segmented over REST and its Dice printed beside the
+card's, and one result bundle per model shows the explanations. `make demo RETRAIN=1` (`run(retrain=True)`) trains
+ML-CSC and SUM from scratch over REST on generated sample data instead.
 
 Everything goes through the server's REST API, as a client (3D Slicer, the CLI) would use it.
 """
@@ -10,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import requests
 
 from .bundle import read, validate
@@ -98,8 +103,123 @@ def _sum_demo(url: str, model_dir: Path, case: dict, out_dir: Path, epochs: int,
             "dice": region_dice(pred, ref), "quality": manifest.get("explanation_quality", {})}
 
 
+#: the shipped models the demo shows, in order
+SHIPPED = ("mlcsc", "sum")
+#: the most a Dice the demo measures may differ from its model card's before the demo says so
+CARD_TOLERANCE = 0.02
+
+
+def _label_dice(url: str, model: str, case: dict) -> dict:
+    """Dice of the label the server returns for `case` (the plain infer, as every MONAI Label client asks)."""
+    import tempfile
+
+    r = requests.post(f"{url}/infer/{model}", params={"image": case["id"], "output": "image"}, timeout=1800)
+    if r.status_code != 200:
+        raise RuntimeError(f"{model} infer failed ({r.status_code}): {r.text[:2000]}")
+    with tempfile.NamedTemporaryFile(suffix=".nii.gz") as f:
+        f.write(r.content)
+        f.flush()
+        pred, _ = load_label(f.name)
+    ref, _ = load_label(case["label"])
+    return region_dice(pred, ref)
+
+
+def _bundle(url: str, model: str, case: dict, out_dir: Path, params: dict, pictures: list) -> dict:
+    """Infer `model`'s result bundle on `case`, save its `pictures` as PNG; the manifest and the PNG paths."""
+    r = requests.post(f"{url}/infer/{model}", params={"image": case["id"], "output": "image"},
+                      data={"params": json.dumps({"bundle": True, **params})}, timeout=1800)
+    if r.status_code != 200:
+        raise RuntimeError(f"{model} bundle failed ({r.status_code}): {r.text[:2000]}")
+    path = out_dir / f"{model}_{case['id']}.zip"
+    path.write_bytes(r.content)
+    manifest = validate(path)
+    b = read(path)
+    pngs = []
+    for name in pictures:
+        png = out_dir / f"{model}_{case['id']}_{name}.png"
+        png.write_bytes(b.read_bytes(name))
+        pngs.append(png)
+    b.close()
+    return {"path": path, "manifest": manifest, "pngs": pngs}
+
+
+def shipped_cards(folder: Path | None = None) -> dict:
+    """{model: card} of the shipped weights; RuntimeError naming what is missing."""
+    from . import model_card
+    from .pretrain import PRETRAINED
+
+    folder = folder or PRETRAINED
+    cards = {m: model_card.read(folder / f"{m}.pt") for m in SHIPPED}
+    missing = [m for m, c in cards.items() if c is None]
+    if missing:
+        raise RuntimeError(f"no shipped weights with a model card for {', '.join(missing)} in {folder}: "
+                           f"run `make demo RETRAIN=1` to train them, or `python -m sparsesight.pretrain MODEL`")
+    return cards
+
+
+def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int | None = None,
+                pretrained: Path | None = None) -> dict:
+    """The shipped models on their cards' held-out split; returns {model: {"dice", "card_dice", "per_case",
+    "bundle"}, "seconds"}. `max_cases` limits the cases (compared with the card's per-case Dice); `pretrained`:
+    another folder of weights with cards (default apps/sparsesight/pretrained)."""
+    from .pretrain import eval_split, items_of
+
+    t0 = time.time()
+    out_dir = Path(out).resolve()
+    cards = shipped_cards(pretrained)
+    ev, seed = cards["mlcsc"]["evaluation"], cards["mlcsc"]["training"]["seed"]
+    print(f"[1/4] held-out phantoms of the model cards: {ev['data']}")
+    ds = eval_split(ev["cases"], ev["downsample"], seed, out_dir / "sample_data")
+    cases = items_of(ds, "test")[:max_cases]
+    datastore = out_dir / "datastore_heldout"
+    datastore.mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        if not (datastore / Path(c["image"]).name).exists():
+            shutil.copyfile(c["image"], datastore / Path(c["image"]).name)
+    conf = {"model_dir": out_dir / "model_shipped", **({"pretrained": Path(pretrained).resolve()} if pretrained else {})}
+    server = MonaiLabelServer(datastore, port=port, conf=conf,
+                              log_path=out_dir / "server_shipped.log")
+    print(f"[2/4] starting MONAI Label on the shipped weights: {' '.join(server.command())}")
+    results: dict = {}
+    with server as url:
+        models_info = requests.get(f"{url}/info/", timeout=30).json()["models"]
+        for m in SHIPPED:
+            info = models_info[m]
+            print(f"      {m}: {info.get('source')} weights {info.get('version')}"
+                  + (f" (error: {info['error']})" if info.get("error") else ""))
+        print(f"[3/4] segmenting {len(cases)} held-out case(s) over REST")
+        for m in SHIPPED:
+            per_case = [{"case": c["id"], **_label_dice(url, m, c)} for c in cases]
+            card = cards[m]["evaluation"]
+            card_cases = {d["case"]: d for d in card.get("per_case", [])}
+            dice = {r: float(np.mean([d[r] for d in per_case])) for r in ("WT", "TC", "ET")}
+            ref = (card["dice"]["held-out"] if len(cases) == card["cases"] else
+                   {r: float(np.mean([card_cases[d["case"]][r] for d in per_case])) for r in dice})
+            off = [r for r in dice if abs(dice[r] - ref[r]) > CARD_TOLERANCE]
+            print(f"      {m} Dice on held-out: " + ", ".join(f"{r} {v:.3f}" for r, v in dice.items())
+                  + "   (model card: " + ", ".join(f"{r} {ref[r]:.3f}" for r in dice) + ")"
+                  + (f"   DIFFERS from the card in {', '.join(off)}" if off else ""))
+            results[m] = {"dice": dice, "card_dice": ref, "per_case": per_case, "differs": off}
+        case = cases[0]
+        print(f"[4/4] explanations of {case['id']}: result bundles")
+        results["mlcsc"]["bundle"] = _bundle(url, "mlcsc", case, out_dir, {"outputs": DEMO_OUTPUTS}, ["preview"])
+        results["sum"]["bundle"] = _bundle(url, "sum", case, out_dir, {"alpha": 1.0}, SUM_DEMO_PLOTS)
+    for m in SHIPPED:
+        b = results[m]["bundle"]
+        print(f"      {m} bundle: {b['path']} ({len(b['manifest']['outputs'])} outputs); pictures: "
+              + ", ".join(str(p) for p in b["pngs"]))
+        for line in summary(b["manifest"].get("explanation_quality", {})):
+            print(f"      {m} explanation quality: {line}")
+    seconds = time.time() - t0
+    results["seconds"] = seconds
+    print(f"      demo on shipped weights: {seconds:.0f} s; server log: {server.log_path}")
+    return results
+
+
 def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsample: int = 1, epochs: int = 40,
         seed: int = 0, retrain: bool = False, sum_epochs: int | None = None) -> Path:
+    """`make demo RETRAIN=1`: sample data, train ML-CSC and SUM over REST when no checkpoint exists (retrain:
+    always), infer their bundles on a held-out case; the ML-CSC bundle's path."""
     from .data.phantom import write_dataset
 
     out_dir = Path(out).resolve()
@@ -115,7 +235,9 @@ def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsam
     model_dir = out_dir / "model"
     if retrain and (model_dir / "mlcsc.pt").exists():
         (model_dir / "mlcsc.pt").unlink()
-    server = MonaiLabelServer(datastore, port=port, conf={"model_dir": model_dir}, log_path=out_dir / "server.log")
+    # from scratch: the shipped weights are not served (pretrained false), so a missing checkpoint is trained
+    server = MonaiLabelServer(datastore, port=port, conf={"model_dir": model_dir, "pretrained": "false"},
+                              log_path=out_dir / "server.log")
     print(f"[2/5] starting MONAI Label: {' '.join(server.command())}")
     with server as url:
         info = requests.get(f"{url}/info/", timeout=30).json()

@@ -114,6 +114,12 @@ def start(work: Path, studies: Path, phantom: Path, conf: dict | None = None, na
 
 
 @pytest.fixture(scope="session")
+def server_tools():
+    """(make_datastore, start) for a test module that needs a server of its own (no import of this conftest)."""
+    return make_datastore, start
+
+
+@pytest.fixture(scope="session")
 def server(request, tmp_path_factory) -> Server:
     running = getattr(request.config, "_sparsesight_server", None)
     if running is not None:  # this fixture re-exported by another conftest (tests/slicer): the same server

@@ -204,7 +204,22 @@ def test_paper_architecture_and_parameters():
     assert all(c.bias is None and c.kernel_size == (3, 3, 3) for c in convs if c is not model.omega)
     assert model.omega.kernel_size == (1, 1, 1) and model.omega.out_channels == 3  # WT, TC, ET
     thresholds = [p for n, p in model.named_parameters() if n.startswith("b_")]
-    assert thresholds and all(float(p.detach().abs().sum()) == 0 for p in thresholds)  # initialised at 0
+    assert thresholds and all(torch.all(p == 0.1) for p in thresholds)  # b started > 0 (issue 17)
+    # b = |theta| >= 0 by construction: a parameter pushed below 0 still shrinks, by |theta|
+    with torch.no_grad():
+        thresholds[0].fill_(-0.3)
+    assert all(r["negative"] == 0 and r["b_min"] >= 0 for r in model.parameter_table())
+    z = torch.tensor([[-1.0, -0.2, 0.2, 1.0]]).reshape(1, 1, 4, 1, 1).expand(1, 8, 4, 1, 1)
+    assert torch.allclose(soft_shrink(z, model.threshold(thresholds[0]), 1.0)[0, 0, :, 0, 0],
+                          torch.tensor([-0.7, 0.0, 0.0, 0.7]))
+    # a checkpoint config from before the constraint keeps its signed thresholds started at 0
+    old = models.build("sum", models.stored_config("sum", {k: v for k, v in model.config.items()
+                                                           if k not in ("thresholds", "threshold_init")}))
+    assert old.config["thresholds"] == "signed" and all(float(p.abs().sum()) == 0
+                                                        for n, p in old.named_parameters() if n.startswith("b_"))
+    with torch.no_grad():
+        old.b_enc0[0].fill_(-0.3)
+    assert old.parameter_table()[0]["negative"] == 8
     table = model.parameter_table()
     assert table[-1]["layer"] == "alpha" and table[-1]["b_mean"] == 1.0
     assert len(table) == 4 * model.L  # 2 encoder + 2 decoder shrinkages per level, minus the linear output, + alpha

@@ -49,7 +49,7 @@ def latent_features(model, x: torch.Tensor, layer: str | None = None) -> torch.T
         from ..models.sum import soft_shrink
 
         z = latent_features(model, x, layer=f"enc1.{len(model.enc1) - 1}")
-        return soft_shrink(z, model.b_enc1[-1], model._alpha(None))
+        return soft_shrink(z, model.threshold(model.b_enc1[-1]), model._alpha(None))
     raise InvalidInput(f"no latent features known for {type(model).__name__}: name a `layer`")
 
 

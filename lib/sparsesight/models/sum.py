@@ -3,7 +3,8 @@
 Zavala-Mondragón et al., "Segmentation CNNs are denoising models". The network is C(x) = Omega(ED_S(alpha)(x))
 (eq. 9): an encoder-decoder ED that decomposes the image with bias-free 3x3 convolutions K and the orthonormal
 Haar DWT, sparsifies every feature map with soft shrinkage S_{alpha b}(z) = sign(z) max(|z| - alpha b, 0)
-(eq. 17, one learned threshold b per channel, initialised at 0), and reconstructs with the inverse DWT and the
+(eq. 17, one learned threshold b per channel: b = |theta| >= 0 started at 0.1; the first release's b was signed
+and started at 0, config "thresholds"), and reconstructs with the inverse DWT and the
 decoder kernels K~ (Fig. 1); the output layer Omega is a 1x1 convolution followed by clipping to [0, 1].
 
 Layout (Fig. 1, levels l = 0..L-1, F_l = features * 2**l feature maps):
@@ -57,7 +58,15 @@ def default_config() -> dict:
         "init": "identity",         # "identity": filter banks start as a perfect-reconstruction pair (eq. 6) plus
                                     # small noise; "random": variance-preserving Gaussian kernels
         "roi_size": [96, 96, 96],   # sliding-window size used by runners.segmentation.predict (a multiple of 2**levels)
+        "thresholds": "nonneg",     # "nonneg": b = |theta| >= 0 by construction, started at threshold_init (issue 17);
+                                    # "signed": b = theta, started at 0, may go negative (the first release)
+        "threshold_init": 0.1,      # of b (z-scored inputs: about a tenth of a typical coefficient)
     }
+
+
+def stored_config(config: dict) -> dict:
+    """A stored checkpoint's config: one without "thresholds" predates the constraint (signed, started at 0)."""
+    return dict(config) if "thresholds" in config else {**config, "thresholds": "signed", "threshold_init": 0.0}
 
 
 def train_defaults() -> dict:
@@ -179,11 +188,14 @@ class SUM(nn.Module):
                         c.weight /= math.sqrt(2.0)
         else:
             raise ValueError(f"init must be 'identity' or 'random', got {cfg['init']!r}")
-        # per-channel thresholds b, initialised at 0 (the network starts linear)
-        self.b_enc0 = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
-        self.b_enc1 = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
-        self.b_dec = nn.ParameterList(nn.Parameter(torch.zeros(f)) for f in feats)
-        self.b_dec_out = nn.ParameterList(nn.Parameter(torch.zeros(feats[level - 1])) for level in range(1, L))
+        # per-channel thresholds b = threshold(theta): |theta| >= 0 ("nonneg"), or theta itself ("signed")
+        if cfg["thresholds"] not in ("nonneg", "signed"):
+            raise ValueError(f"thresholds must be 'nonneg' or 'signed', got {cfg['thresholds']!r}")
+        b0 = float(cfg["threshold_init"])
+        self.b_enc0 = nn.ParameterList(nn.Parameter(torch.full((f,), b0)) for f in feats)
+        self.b_enc1 = nn.ParameterList(nn.Parameter(torch.full((f,), b0)) for f in feats)
+        self.b_dec = nn.ParameterList(nn.Parameter(torch.full((f,), b0)) for f in feats)
+        self.b_dec_out = nn.ParameterList(nn.Parameter(torch.full((feats[level - 1],), b0)) for level in range(1, L))
         # output layer Omega: 1x1 convolution (with bias: ED is odd, ED(-x) = -ED(x), so offsets need one)
         self.omega = (Conv2d if d == 2 else Conv3d)(n, self.m - 1, kernel_size=1)
         with torch.no_grad():  # every region starts off (at the clip's lower edge); the clip's gradient pulls
@@ -213,7 +225,8 @@ class SUM(nn.Module):
         a = self._alpha(alpha)
         K = 2**self.dims
 
-        def shrink(z, b, name):
+        def shrink(z, theta, name):
+            b = self.threshold(theta)
             if masks is not None:
                 masks[name] = z.abs() > (a * b).reshape(1, -1, *([1] * self.dims))
             return soft_shrink(z, b, a, inplace=not torch.is_grad_enabled())  # z: a fresh convolution output
@@ -236,6 +249,10 @@ class SUM(nn.Module):
             if level > 0:
                 d = shrink(d, self.b_dec_out[level - 1], f"decoder_{level}.1")
         return d
+
+    def threshold(self, theta: torch.Tensor) -> torch.Tensor:
+        """The threshold b of a shrinkage layer from its parameter theta: |theta| (>= 0) or theta ("signed")."""
+        return theta.abs() if self.config["thresholds"] == "nonneg" else theta
 
     def omega_logits(self, c: torch.Tensor) -> torch.Tensor:
         """K_Omega c + b_Omega: the region maps before clipping (B, K-1, *S)."""
@@ -360,8 +377,8 @@ class SUM(nn.Module):
                   + [(f"encoder_{lv}.1", b) for lv, b in enumerate(self.b_enc1)]
                   + [(f"decoder_{lv}.0", b) for lv, b in enumerate(self.b_dec)]
                   + [(f"decoder_{lv + 1}.1", b) for lv, b in enumerate(self.b_dec_out)])
-        for name, b in layers:
-            b = b.detach().cpu()
+        for name, theta in layers:
+            b = self.threshold(theta.detach().cpu())
             rows.append({"layer": name, "channels": int(b.numel()), "b_mean": float(b.mean()),
                          "b_min": float(b.min()), "b_max": float(b.max()), "negative": int((b < 0).sum())})
         alpha = float(self.alpha)  # type: ignore[arg-type]  # (a buffer)
