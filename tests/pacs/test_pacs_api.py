@@ -151,10 +151,13 @@ def test_infer_on_a_pacs_study(server, pacs):
 def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path, dciodvfy):
     uid = pacs.studies["case_001"]
     before = {str(s.SeriesInstanceUID) for s in pacs.series(uid)}
-    r = server.post("/pacs/results/mlcsc", params={"image": uid}, json={"outputs": ["label", "probabilities"]})
+    r = server.post("/pacs/results/mlcsc", params={"image": uid},
+                    json={"outputs": ["label", "probabilities", "components"]})
     assert r.status_code == 200, r.text
     stored = r.json()["stored"]
-    assert sorted(o["modality"] for o in stored) == ["OT", "OT", "OT", "SEG"]  # highdicom writes Parametric Maps as OT
+    kinds = [o["modality"] for o in stored]
+    assert kinds.count("SEG") == 1 and kinds.count("OT") == len(stored) - 1  # Parametric Maps are OT
+    assert {o["name"] for o in stored} >= {"probability/oedema", "component/enhancing/T1ce"}
     assert {str(s.SeriesInstanceUID) for s in pacs.series(uid)} - before == {o["SeriesInstanceUID"] for o in stored}
 
     source, flair, flair_affine = source_series(pacs, uid)
@@ -167,13 +170,14 @@ def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path, dciod
     np.testing.assert_array_equal(results.seg_to_label(seg, flair.shape, flair_affine), label)
 
     r = server.post("/infer/mlcsc", params={"image": uid, "output": "image"},
-                    data={"params": json.dumps({"bundle": True, "outputs": ["probabilities"]})})
+                    data={"params": json.dumps({"bundle": True, "outputs": ["probabilities", "components"]})})
     assert r.status_code == 200, r.text
     (tmp_path / "b.zip").write_bytes(r.content)
     b = bundle.read(tmp_path / "b.zip")
     by_name = {o["name"]: o for o in stored}
     maps = stored_objects(pacs, uid, "OT")
-    assert len(maps) == 3
+    scalars = [o["name"] for o in b.outputs if o["kind"] == "scalar"]
+    assert len(maps) == len(scalars) == len(stored) - 1 >= 3 + 3 * 4  # probabilities, components per class x modality
     for pm in maps:
         assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
         assert dciodvfy(pm, tmp_path) == []
