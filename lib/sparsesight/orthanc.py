@@ -44,8 +44,9 @@ def dicom_dictionary() -> str:
     return str(found[-1])
 
 
-def config(storage: Path, port: int, lua_scripts: list[str] | None = None) -> dict:
-    """Orthanc's configuration: 127.0.0.1:port only, DICOMweb on, no DICOM port, storage under `storage`."""
+def config(storage: Path, port: int, lua_scripts: list[str] | None = None, users: dict | None = None) -> dict:
+    """Orthanc's configuration: 127.0.0.1:port only, DICOMweb on, no DICOM port, storage under `storage`;
+    HTTP basic authentication when ``users`` ({name: password}) is given."""
     return {
         "Name": "SparseSight-Orthanc",
         "StorageDirectory": str(storage / "db"),
@@ -53,7 +54,8 @@ def config(storage: Path, port: int, lua_scripts: list[str] | None = None) -> di
         "TemporaryDirectory": str(storage / "tmp"),
         "HttpPort": port,
         "RemoteAccessAllowed": False,  # Orthanc answers 127.0.0.1 only
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": bool(users),
+        "RegisteredUsers": dict(users or {}),
         "HttpDescribeErrors": True,
         "DicomServerEnabled": False,  # no DICOM (C-STORE) listener: DICOMweb only
         "OrthancExplorerEnabled": False,
@@ -70,8 +72,10 @@ def config(storage: Path, port: int, lua_scripts: list[str] | None = None) -> di
 class Orthanc:
     """`with Orthanc(folder) as url:` runs Orthanc for the block; `dicomweb` is the DICOMweb root URL."""
 
-    def __init__(self, folder, port: int | None = None, lua_scripts: list[str] | None = None):
+    def __init__(self, folder, port: int | None = None, lua_scripts: list[str] | None = None,
+                 users: dict | None = None):
         self.folder = Path(folder)
+        self.users = users
         self.port = port or free_port()
         self.lua_scripts = lua_scripts
         self.proc: subprocess.Popen | None = None
@@ -96,7 +100,8 @@ class Orthanc:
         for sub in ("db", "tmp"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         conf = self.folder / "orthanc.json"
-        conf.write_text(json.dumps(config(self.folder, self.port, self.lua_scripts), indent=2))
+        conf.write_text(json.dumps(config(self.folder, self.port, self.lua_scripts, self.users), indent=2))
+        conf.chmod(0o600)  # it may hold passwords
         env = dict(os.environ, DCMDICTPATH=dicom_dictionary())
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([ORTHANC_EXE, str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
@@ -106,7 +111,8 @@ class Orthanc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; log:\n{self.log()}")
             try:
-                if requests.get(f"{self.url}/system", timeout=2).status_code == 200:
+                auth = next(iter(self.users.items())) if self.users else None
+                if requests.get(f"{self.url}/system", timeout=2, auth=auth).status_code == 200:
                     logger.info("Orthanc on %s (storage %s)", self.url, self.folder)
                     return self.url
             except requests.RequestException:

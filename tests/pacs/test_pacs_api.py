@@ -289,3 +289,42 @@ def test_pacs_down_is_502_and_the_server_stays_up(pacs, tmp_path, start_pacs_ser
         assert srv.get("/info/").status_code == 200
     finally:
         srv.process.stop()
+
+
+@pytest.mark.slow
+def test_pacs_credentials_come_from_monai_label_settings(pacs, tmp_path, start_pacs_server):
+    """A PACS with HTTP basic auth: the server reads user and password from MONAI_LABEL_DATASTORE_USERNAME /
+    _PASSWORD (never from --conf); without them the PACS answers 401 and the request gets 502 saying so."""
+    import os
+
+    from sparsesight import orthanc
+    from sparsesight.data.dicom.sample import case_study
+
+    locked = orthanc.Orthanc(tmp_path / "locked", users={"sparsesight": "s3cret-pw"})
+    locked.start()
+    try:
+        with pytest.raises(web.PacsError, match="HTTP 401"):
+            web.search_series(web.connect(locked.dicomweb), {"Modality": "MR"})
+        client = web.connect(locked.dicomweb, "sparsesight", "s3cret-pw")
+        info, series = case_study(pacs.phantom / "imagesTr" / "case_000.nii.gz")
+        for datasets in series.values():
+            web.store(client, datasets)
+        env = {"MONAI_LABEL_DATASTORE_USERNAME": "sparsesight", "MONAI_LABEL_DATASTORE_PASSWORD": "s3cret-pw"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # inherited by the server process only (restored right after it starts)
+        try:
+            srv = start_pacs_server(tmp_path / "server", locked.dicomweb, name="auth")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        try:
+            objects = srv.get("/datastore/", params={"output": "all"}).json()["objects"]
+            assert list(objects) == [info.uid("study")]
+            assert "s3cret-pw" not in " ".join(srv.process.command()) and "s3cret-pw" not in srv.get("/info/").text
+        finally:
+            srv.process.stop()
+    finally:
+        locked.stop()
