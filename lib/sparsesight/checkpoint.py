@@ -148,6 +148,9 @@ def load_payload(source, expect: str | None = None):
     meta = {"model": name, "version": model_version(model.state_dict(), name, config), "config": config,
             "created": created if isinstance(created, str) else None, "train": extra.get("train", {}),
             **{k: v for k, v in extra.items() if k != "train"}}
+    spacing = meta["train"].get("spacing_mm") if isinstance(meta["train"], dict) else None
+    if isinstance(spacing, list) and len(spacing) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in spacing):
+        model.spacing_mm = tuple(float(v) for v in spacing)  # the grid it was trained on (runners resample to it)
     return model, meta
 
 

@@ -110,7 +110,8 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     dice, per_case = evaluate(model, items_of(eval_ds, "test"))
     out = Path(out)
     path = out / f"{name}.pt"
-    version = checkpoint.save(path, model, name, model.config, meta={"train": {"epochs": stats["epochs"]}})
+    version = checkpoint.save(path, model, name, model.config, meta={"train": {"epochs": stats["epochs"],
+                                                                             "spacing_mm": stats["spacing_mm"]}})
     card = {
         "model": name, "version": version, "config": checkpoint.load(path)[1]["config"],
         "description": models.build(name).__class__.__doc__.strip().splitlines()[0],

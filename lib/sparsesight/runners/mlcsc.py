@@ -10,12 +10,11 @@ import torch
 
 from .. import CLASSES, MODALITIES
 from ..bundle import BundleWriter
-from ..data.io import load_image
 from ..errors import InvalidInput
 from ..explain.served import INFER_OPTIONS
 from ..preview import png_bytes, pyplot
 from ..training import default_train_config
-from .segmentation import add_label, add_probabilities, normalise, predict, predict_file
+from .segmentation import add_label, add_probabilities, load_on_model_grid, normalise, predict, predict_file
 
 __all__ = ["BUNDLE_OUTPUTS", "OPTIONS", "default_train_config", "predict_file", "run_bundle"]
 
@@ -74,9 +73,11 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     if unknown:
         raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)} "
                            f"(components:<modality> for one modality's components)")
-    image, affine = load_image(image_path, channels=getattr(model, "n", 4))
+    image, affine, resampled = load_on_model_grid(model, image_path)  # the bundle lives on the model's grid
     shape = image.shape[1:]
     w = BundleWriter(name, version, image_id, affine, shape, modalities=list(MODALITIES))
+    if resampled:
+        w.manifest["resampled"] = resampled
     interp = None
     xn = normalise(image)
     if any(o in wanted for o in ("probabilities", "components", "reconstruction", "residual", "code_energy",

@@ -2,6 +2,8 @@
 normalisation as in training, sliding-window prediction, the label and probability volumes of a bundle."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -11,6 +13,8 @@ from ..bundle import BundleWriter
 from ..data.io import load_image
 from ..errors import InvalidInput
 from ..transforms import intensity_normalisation
+
+logger = logging.getLogger(__name__)
 
 
 def normalise(image: np.ndarray) -> torch.Tensor:
@@ -44,13 +48,86 @@ def predict(model, image: np.ndarray, device="cpu", roi_size=None) -> np.ndarray
     return predict_logits(model, image, device, roi_size)[0].argmax(0).numpy().astype(np.uint8)
 
 
+#: voxel sizes within this fraction of the training voxel size are used as they are
+GRID_TOLERANCE = 0.1
+
+
+def model_grid(model, affine: np.ndarray) -> np.ndarray | None:
+    """The affine the image must be resampled to for `model` (RAS axes, its training voxel size), or None when
+    the image is already on such a grid. Models without a recorded training voxel size (`spacing_mm`, set from
+    the checkpoint's train metadata) take any grid."""
+    spacing = getattr(model, "spacing_mm", None)
+    if not spacing:
+        return None
+    import nibabel as nib
+
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    ras = nib.orientations.aff2axcodes(affine) == ("R", "A", "S")
+    oblique = np.abs(affine[:3, :3] / zooms - np.diag(np.sign(np.diag(affine[:3, :3])))).max() > 1e-3
+    if ras and not oblique and np.all(np.abs(zooms / np.asarray(spacing) - 1) <= GRID_TOLERANCE):
+        return None
+    return np.diag([*spacing, 1.0])
+
+
+def load_on_model_grid(model, image_path) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """(image (C, X, Y, Z), affine, resampling) with the image on the model's grid: an image of another voxel size,
+    orientation or obliquity is resampled (trilinear) onto RAS axes at the training voxel size, covering the
+    same field of view; `resampling` says from what (None when nothing was done)."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
+    target = model_grid(model, affine)
+    if target is None:
+        return image, affine, None
+    shape = np.array(image.shape[1:])
+    corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    world = (affine @ corners.T)[:3]
+    lo, hi = world.min(1), world.max(1)
+    step = np.diag(target)[:3]
+    out_shape = tuple(int(n) for n in np.ceil((hi - lo) / step).astype(int) + 1)
+    target = target.copy()
+    target[:3, 3] = lo
+    resampled = np.stack([resample_from_to(nib.Nifti1Image(c, affine), (out_shape, target), order=1).get_fdata(
+        dtype=np.float32) for c in image])
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    info = {"from_voxel_mm": [round(float(z), 3) for z in zooms], "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
+            "to_voxel_mm": [float(v) for v in step], "to_shape": list(out_shape)}
+    logger.info("image resampled onto the model's grid: %s", info)
+    return resampled, target, info
+
+
+def back_to_image_grid(label: np.ndarray, label_affine: np.ndarray, image_path) -> np.ndarray:
+    """A label on the model's grid put back on the input image's grid (nearest neighbour)."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    ref = nib.load(str(image_path))
+    grid = (ref.shape[:3], ref.affine)
+    return np.asarray(resample_from_to(nib.Nifti1Image(label.astype(np.int16), label_affine), grid, order=0).dataobj,
+                      dtype=np.uint8)
+
+
 def predict_file(model, image_path, device="cpu", **options) -> tuple[np.ndarray, np.ndarray]:
     """Label map (X, Y, Z) uint8 and affine of the 4-channel image file `image_path` (the infer task's default);
-    an attribution map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti)."""
-    image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
+    an attribution map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti).
+    An image on another grid than the model's is segmented on the model's grid and the label put back on the
+    image's grid (an attribution map stays on the model's grid, with its affine)."""
+    image, affine, resampled = load_on_model_grid(model, image_path)
     from ..explain.served import nifti_map
     amap = nifti_map(model.to(device), normalise(image).to(device), options)
-    return (amap if amap is not None else predict(model, image, device)), affine
+    if amap is not None:
+        return amap, affine
+    label = predict(model, image, device)
+    if resampled is None:
+        return label, affine
+    return back_to_image_grid(label, affine, image_path), load_image_affine(image_path)
+
+
+def load_image_affine(image_path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(image_path)).affine)
 
 
 def add_label(w: BundleWriter, label: np.ndarray) -> dict:

@@ -17,7 +17,6 @@ import torch
 
 from .. import MODALITIES, REGIONS
 from ..bundle import BundleWriter
-from ..data.io import load_image
 from ..errors import InvalidInput
 from ..explain import response
 from ..explain.served import INFER_OPTIONS
@@ -97,8 +96,10 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     unknown = sorted(set(wanted) - set(BUNDLE_OUTPUTS))
     if unknown:
         raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)}")
-    image, affine = load_image(image_path, channels=model.n)
+    image, affine, resampled = segmentation.load_on_model_grid(model, image_path)  # on the model's grid
     w = BundleWriter(name, version, image_id, affine, image.shape[1:], modalities=list(MODALITIES), alpha=a)
+    if resampled:
+        w.manifest["resampled"] = resampled
     model = model.to(device).eval()
     x = segmentation.normalise(image).to(device)
     logger.info("%s: interpreting %s %s at alpha %g", name, image_id, tuple(image.shape[1:]), a)

@@ -45,6 +45,15 @@ class ModelLoss(torch.nn.Module):
         return own(self.model, x, y) if own is not None else self.dice_ce(self.model(x), y)
 
 
+def training_spacing(items: list[dict]) -> list[float]:
+    """The median voxel size (mm, per axis) of the training images: the grid the model learns its scales on,
+    kept in the checkpoint so that inference resamples other grids to it (runners/segmentation.py)."""
+    import nibabel as nib
+
+    zooms = [nib.load(str(it["image"])).header.get_zooms()[:3] for it in items]
+    return [round(float(v), 4) for v in np.median(np.asarray(zooms, dtype=float), axis=0)]
+
+
 def no_decay(model) -> set[str]:
     """Names of the parameters that weight decay must not pull to 0: every bias and vector (ndim <= 1) and what
     the model lists in `no_weight_decay()` (thresholds lambda, step sizes mu, read-out biases)."""
@@ -158,7 +167,8 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
                           validate=validate if val_items else None)
     stats = fit([objective], epochs, progress=progress, max_minutes=max_minutes, show_progress=show_progress,
                 on_epoch_end=keep_best,
-                stats={"epochs": 0, "loss": [], "seconds": 0.0, "cases": len(items), "config": cfg})
+                stats={"epochs": 0, "loss": [], "seconds": 0.0, "cases": len(items), "config": cfg,
+                       "spacing_mm": training_spacing(items)})
     if best["state"] is not None:
         model.load_state_dict(best["state"])
         stats.update(best_epoch=best["epoch"], best_val=best["val"])

@@ -180,7 +180,7 @@ class SparseSightTrain(TrainTask):
         else:
             stats = training.train(model, data, epochs=p["epochs"], device=device, config=p["train_config"],
                                    progress=self.progress, max_minutes=p["max_minutes"], show_progress=False)
-        return {"epochs": p["epochs"], "images": len(data),
+        return {"epochs": p["epochs"], "images": len(data), "spacing_mm": stats.get("spacing_mm"),
                 "final_loss": stats["loss"][-1] if stats.get("loss") else None,
                 **{k: v for k, v in stats.items() if k != "seconds" and isinstance(v, (int, float, str, bool))}}
 
