@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Any, Dict, List
 
+import numpy as np
 from fastapi import APIRouter, Body, Query
 from fastapi.concurrency import run_in_threadpool
 from monailabel.config import settings
@@ -30,6 +31,7 @@ from .pacs import PacsDatastore, pacs_errors
 logger = logging.getLogger(__name__)
 
 MAX_MAPS = 32
+MAX_STORE_BYTES = 512 << 20  # pixel bytes of the Parametric Maps of one request (1 mm BraTS: 17.9 MB a map)
 DEFAULT_OUTPUTS = ["label", "probabilities"]
 
 
@@ -53,8 +55,10 @@ def store_results(app, model: str, image: str, outputs: List[str], options: Dict
             try:
                 entries = [e for e in bundle.outputs if e["kind"] in ("labelmap", "scalar")]
                 maps = [e for e in entries if e["kind"] == "scalar"]
-                if len(maps) > MAX_MAPS:
-                    raise refuse(TOO_LARGE, f"{len(maps)} maps in the bundle; at most {MAX_MAPS} per request: "
+                voxels = int(np.prod(bundle.manifest.get("spatial_shape") or [0]))
+                if len(maps) > MAX_MAPS or len(maps) * voxels * 2 > MAX_STORE_BYTES:
+                    raise refuse(TOO_LARGE, f"{len(maps)} maps of {voxels} voxels in the bundle; at most {MAX_MAPS} "
+                                            f"maps and {MAX_STORE_BYTES >> 20} MiB of 16-bit pixels per request: "
                                             f"ask for fewer 'outputs'")
                 if not entries:
                     raise refuse(BAD_REQUEST, f"the outputs {outputs} hold no volume to store")
