@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, model_card, models
+from . import MODALITIES, checkpoint, model_card, models
 from .data.io import load_image, load_label
 from .data.phantom import write_dataset
 from .metrics import region_dice
+from .models.mlcsc import CLASS_NAMES
 from .runners.segmentation import predict
 from .training import train
 
@@ -94,7 +95,7 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     if not train_ds.is_file():
         logger.info("generating %d training phantoms (%d mm, seed %d)", cases, downsample, seed)
         write_dataset(train_ds.parent, n_cases=cases, seed=seed, downsample=downsample, n_test=1, progress=False)
-    eval_ds = eval_split(eval_cases, downsample, seed, work)
+    eval_split(eval_cases, downsample, seed, work)  # made before training: the same split for every model
     train_items, val_items = items_of(train_ds, "training"), items_of(train_ds, "test")
     torch.manual_seed(seed)
     model = models.build(name)
@@ -106,34 +107,90 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                                                  d["epoch"], d["epochs"], d["loss"], d.get("val", float("nan")),
                                                  d["seconds"], d["eta_s"]))
     model.eval()
-    logger.info("evaluating on %d held-out phantoms", len(items_of(eval_ds, "test")))
+    training = {
+        "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
+                   f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed}",
+        "commit": _commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
+        "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
+        "device": "cpu", "config": cfg, "spacing_mm": stats["spacing_mm"],
+        "data": f"{len(train_items)} generated phantoms (sparsesight sample-data, seed {seed}, cases 0.."
+                f"{len(train_items) - 1}, {downsample} mm), 1 more for validation",
+        "loss": [round(v, 5) for v in stats["loss"]], "validation_dice": [round(v, 4) for v in stats.get("val", [])],
+    }
+    return publish(model, name, training, eval_cases, downsample, seed, out, work)
+
+
+def explanation_figures(model, item: dict) -> dict:
+    """The explanation-quality figures of one held-out case (what the bundle's manifest reports): ML-CSC the
+    relative reconstruction error of sum_c Phi_c gamma_c in the brain (mean over modalities) and the localisation
+    ratios, SUM the share of coefficients its shrinkages zero at alpha = 1 and the negative thresholds."""
+    from .explain import quality
+    from .runners.segmentation import normalise
+
+    image, _ = load_image(item["image"], channels=4)
+    label, _ = load_label(item["label"], spatial_shape=image.shape[1:])
+    x = normalise(image)
+    with torch.no_grad():
+        interp = model.interpret(x)
+    if name_of(model) == "sum":
+        s = quality.shrinkage_activity(interp["sparsity"].tolist(), list(interp["masks"]), model.parameter_table())
+        return {"zeroed_share_mean": round(s["zeroed_share_mean"], 4), "negative_thresholds": s["negative_thresholds"],
+                "thresholds": s["thresholds"]}
+    brain = quality.brain_mask(image)
+    rec = quality.assess_reconstruction(interp["reconstruction"][0].numpy(), x[0].numpy(), brain, list(MODALITIES))
+    errors = [m["relative_error"] for m in rec["per_modality"].values()]
+    pred = interp["logits"][0].argmax(0).numpy()
+    loc = quality.assess_localisation(interp["components"][0].numpy(), pred, brain,
+                                      {c: n for c, n in enumerate(CLASS_NAMES) if c})
+    return {"reconstruction_relative_error": round(float(np.mean(errors)), 4),
+            **{f"localisation_{n}": _finite(v["localisation_ratio"], 2) for n, v in loc["per_class"].items()}}
+
+
+def _finite(v, digits: int):
+    """A figure for JSON: rounded, None where it is undefined (nan: e.g. no voxel of that class predicted)."""
+    v = float(v)
+    return round(v, digits) if np.isfinite(v) else None
+
+
+def name_of(model) -> str:
+    return {"MLCSC": "mlcsc", "SUM": "sum"}[type(model).__name__]
+
+
+def publish(model, name: str, training: dict, eval_cases: int, downsample: int, seed: int, out: Path,
+            work: Path) -> dict:
+    """Evaluate `model` on the held-out split and write `<out>/<name>.pt` with its card; returns the card."""
+    eval_ds = eval_split(eval_cases, downsample, seed, Path(work))
+    logger.info("evaluating on %d held-out phantoms", eval_cases)
     dice, per_case = evaluate(model, items_of(eval_ds, "test"))
-    out = Path(out)
-    path = out / f"{name}.pt"
-    version = checkpoint.save(path, model, name, model.config, meta={"train": {"epochs": stats["epochs"],
-                                                                             "spacing_mm": stats["spacing_mm"]}})
+    figures = explanation_figures(model, items_of(eval_ds, "test")[0])
+    path = Path(out) / f"{name}.pt"
+    version = checkpoint.save(path, model, name, model.config,
+                              meta={"train": {"epochs": training["epochs"], "spacing_mm": training["spacing_mm"]}})
     card = {
         "model": name, "version": version, "config": checkpoint.load(path)[1]["config"],
-        "description": models.build(name).__class__.__doc__.strip().splitlines()[0],
+        "description": (type(model).__doc__ or name).strip().splitlines()[0],
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "training": {
-            "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
-                       f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed}",
-            "commit": _commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
-            "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
-            "device": "cpu", "config": cfg,
-            "data": f"{len(train_items)} generated phantoms (sparsesight sample-data, seed {seed}, cases 0.."
-                    f"{len(train_items) - 1}, {downsample} mm), 1 more for validation",
-            "loss": [round(v, 5) for v in stats["loss"]], "validation_dice": [round(v, 4) for v in stats.get("val", [])],
-        },
+        "training": training,
         "evaluation": {"data": f"{eval_cases} held-out phantoms of seed {seed + EVAL_SEED_OFFSET} ({downsample} mm), "
                                f"never seen in training", "seed": seed + EVAL_SEED_OFFSET, "cases": eval_cases,
-                       "downsample": downsample, "dice": {"held-out": dice}, "per_case": per_case},
+                       "downsample": downsample, "dice": {"held-out": dice}, "per_case": per_case,
+                       "quality": figures, "quality_case": per_case[0]["case"]},
         "limits": LIMITS["common"] + LIMITS.get(name, []),
     }
     model_card.write(path, card)
-    logger.info("wrote %s (%s) and its card: held-out Dice %s", path, version, dice)
+    logger.info("wrote %s (%s) and its card: held-out Dice %s, explanation figures %s", path, version, dice, figures)
     return card
+
+
+def republish(source: Path, out: Path, work: Path) -> dict:
+    """Evaluate and card again a checkpoint that `run` trained (its card beside it gives the training record)."""
+    model, meta = checkpoint.load(source)
+    old = model_card.read(source)
+    if old is None:
+        raise SystemExit(f"{source} has no card: it was not made by sparsesight.pretrain")
+    ev = old["evaluation"]
+    training = {**old["training"], "spacing_mm": old["training"].get("spacing_mm", [float(ev["downsample"])] * 3)}
+    return publish(model, meta["model"], training, ev["cases"], ev["downsample"], old["training"]["seed"], out, work)
 
 
 def main(argv=None) -> int:
@@ -146,10 +203,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=PRETRAINED)
     p.add_argument("--work", type=Path, default=Path("out/pretrain"))
+    p.add_argument("--republish", type=Path, metavar="CHECKPOINT",
+                   help="evaluate and card again a checkpoint made by this command (no training)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.time()
-    run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work)
+    if a.republish:
+        republish(a.republish, a.out, a.work)
+    else:
+        run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work)
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 
