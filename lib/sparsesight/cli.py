@@ -114,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             run(out=args.out, port=args.port, cases=args.cases, downsample=args.downsample, epochs=args.epochs,
                 seed=args.seed, retrain=True)
         else:
-            run_shipped(out=args.out, port=args.port)
+            run_shipped(out=args.out, port=args.port, record=args.record)
     except RuntimeError as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
@@ -129,6 +129,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--downsample", type=int, default=1, help="phantom voxel size in mm (1: the BraTS grid)")
     p.add_argument("--epochs", type=int, default=40, help="training epochs when no checkpoint exists")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", type=Path, default=None, help="write the measured Dice and time as JSON "
+                                                              "(bench/results/demo.json is what the README quotes)")
     p.add_argument("--retrain", action="store_true", help="train ML-CSC and SUM from scratch over REST instead of "
                                                            "serving the shipped weights (--cases/--epochs apply)")
     p.set_defaults(func=cmd_demo)

@@ -10,6 +10,7 @@ Everything goes through the server's REST API, as a client (3D Slicer, the CLI) 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -158,7 +159,7 @@ def shipped_cards(folder: Path | None = None) -> dict:
 
 
 def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int | None = None,
-                pretrained: Path | None = None) -> dict:
+                pretrained: Path | None = None, record: Path | None = None) -> dict:
     """The shipped models on their cards' held-out split; returns {model: {"dice", "card_dice", "per_case",
     "bundle"}, "seconds"}. `max_cases` limits the cases (compared with the card's per-case Dice); `pretrained`:
     another folder of weights with cards (default apps/sparsesight/pretrained)."""
@@ -213,6 +214,14 @@ def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int |
     seconds = time.time() - t0
     results["seconds"] = seconds
     print(f"      demo on shipped weights: {seconds:.0f} s; server log: {server.log_path}")
+    if record is not None:  # what the README quotes (bench/results/demo.json)
+        import platform
+
+        from .atomic import replace_atomically
+        summary_ = {"command": "make demo", "seconds": round(seconds, 1), "cases": [c["id"] for c in cases],
+                    "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "models": {m: {k: results[m][k] for k in ("dice", "card_dice", "differs")} for m in SHIPPED}}
+        replace_atomically(record, (json.dumps(summary_, indent=1) + "\n").encode())
     return results
 
 

@@ -112,3 +112,14 @@ def summary(card: dict) -> dict:
     return {"version": card.get("version"), "dice": ev.get("dice", {}), "evaluated_on": ev.get("data"),
             "trained_on": t.get("data"), "epochs": t.get("epochs"), "commit": t.get("commit"),
             "limits": card.get("limits", [])}
+
+
+def readme_table(cards: dict) -> list[str]:
+    """The README's table of the shipped weights: one row per card (a test checks the README quotes it)."""
+    rows = ["| model | version | epochs (best) | held-out WT | TC | ET | explanation figures |", "|---|---|---|---|---|---|---|"]
+    for name, c in cards.items():
+        d, t = c["evaluation"]["dice"]["held-out"], c["training"]
+        q = ", ".join(f"{k} {v}" for k, v in c["evaluation"].get("quality", {}).items())
+        rows.append(f"| `{name}` | `{c['version']}` | {t['epochs']} ({t.get('best_epoch')}) | {d['WT']:.3f} | "
+                    f"{d['TC']:.3f} | {d['ET']:.3f} | {q} |")
+    return rows

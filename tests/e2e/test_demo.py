@@ -4,7 +4,7 @@ import zipfile
 import pytest
 
 from sparsesight import bundle
-from sparsesight.demo import run
+from sparsesight.demo import run, run_shipped
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -23,3 +23,14 @@ def test_demo_small(tmp_path, capsys):
     # a second run reuses the checkpoint instead of training again
     run(out=str(tmp_path / "demo"), cases=3, downsample=4, epochs=1)
     assert "checkpoint present" in capsys.readouterr().out
+
+
+def test_demo_on_the_shipped_weights(tmp_path, capsys):
+    """`make demo` as a user runs it (one held-out case): the shipped weights through the real server, the Dice it
+    measures equal to the model card's for that case, and a valid bundle per model."""
+    r = run_shipped(out=str(tmp_path / "demo"), max_cases=1)
+    for m in ("mlcsc", "sum"):
+        assert r[m]["differs"] == [] and r[m]["dice"] == pytest.approx(r[m]["card_dice"], abs=0.02), r[m]
+        assert bundle.validate(r[m]["bundle"]["path"])["model"] == m
+    out = capsys.readouterr().out
+    assert "mlcsc: shipped weights sha256:" in out and "(model card: WT" in out
