@@ -213,6 +213,16 @@ def test_unusable_study_is_422_naming_the_series(server, pacs, name, reason):
     assert server.cache_files() == before  # nothing half-fetched
 
 
+def test_active_learning_skips_refused_studies(server, pacs):
+    refused = {pacs.studies[n] for n in ("missing", "other_grid", "not_mr")}  # refused by the test above
+    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
+    assert all("T2" in objects[u]["image"]["info"]["refused"] for u in refused)
+    for _ in range(12):
+        r = server.post("/activelearning/random", json={})
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] not in refused
+
+
 def test_refused_seg_store_is_502_and_changes_nothing(server, pacs):
     uid = pacs.studies["refuse_seg"]
     assert server.get("/datastore/image", params={"image": uid}).status_code == 200  # fetched: a usable study

@@ -40,7 +40,7 @@ from sparsesight.data.dicom.series import series_to_volume
 from sparsesight.errors import InvalidInput, SparseSightError, TooLarge
 
 from .datastore import SparseSightDatastore
-from .http_errors import NOT_FOUND, UNPROCESSABLE, check_id, http_errors, refuse
+from .http_errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, check_id, http_errors, refuse
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class PacsDatastore(SparseSightDatastore):
         self._max_voxels = limits.max_voxels if limits else None
         self._listing: tuple[float, dict[str, list[study.SeriesInfo]]] | None = None
         self._fetch_lock = threading.Lock()
+        self._refused: dict[str, str] = {}  # study -> why it cannot be used (this process)
         digest = hashlib.sha256(self._url.encode()).hexdigest()[:16]
         root = os.path.join(cache or os.path.join(os.path.expanduser("~"), ".cache", "sparsesight", "pacs"), digest)
         os.makedirs(root, exist_ok=True)
@@ -153,8 +154,10 @@ class PacsDatastore(SparseSightDatastore):
         with pacs_errors():
             studies = self._studies()
         for uid, series in studies.items():
-            objects.setdefault(uid, {"image": {"ext": "", "info": {
-                "source": "pacs", "fetched": False, "series": sorted(s.description for s in series)}}, "labels": {}})
+            info = {"source": "pacs", "fetched": False, "series": sorted(s.description for s in series)}
+            if uid in self._refused:
+                info["refused"] = self._refused[uid]
+            objects.setdefault(uid, {"image": {"ext": "", "info": info}, "labels": {}})
         return out
 
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
@@ -162,8 +165,22 @@ class PacsDatastore(SparseSightDatastore):
         return [i for i in super().get_labeled_images(label_tag, labels) if i in listed]
 
     def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        """Studies without a final label, less those already refused (422/413): never suggested to annotate."""
         labelled = set(super().get_labeled_images(label_tag, labels))
-        return [i for i in self.list_images() if i not in labelled]
+        return [i for i in self.list_images() if i not in labelled and i not in self._refused]
+
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        """A study not fetched yet is described from the listing (no download); a refused one with its reason."""
+        if image_id is not None and check_id(image_id) not in self._datastore.objects:
+            with pacs_errors():
+                studies = self._studies()
+            if image_id in studies:
+                info: Dict[str, Any] = {"source": "pacs", "fetched": False,
+                                        "series": sorted(s.description for s in studies[image_id])}
+                if image_id in self._refused:
+                    info["refused"] = self._refused[image_id]
+                return info
+        return super().get_image_info(image_id)
 
     # ------------------------------------------------------------------ fetching a study
     def _object(self, image_id):
@@ -177,7 +194,16 @@ class PacsDatastore(SparseSightDatastore):
         return super().get_image_uri(image_id)
 
     def _fetch(self, study_uid: str) -> None:
-        """Bring one study into the cache as a 4-channel NIfTI (once; concurrent callers wait)."""
+        """Bring one study into the cache as a 4-channel NIfTI (once; concurrent callers wait). A study refused
+        as unusable (422) or too large (413) is remembered with its reason (listing, active learning)."""
+        try:
+            self._fetch_now(study_uid)
+        except HTTPException as e:
+            if e.status_code in (UNPROCESSABLE, TOO_LARGE):
+                self._refused[study_uid] = str(e.detail)
+            raise
+
+    def _fetch_now(self, study_uid: str) -> None:
         with pacs_errors(), self._fetch_lock, FileLock(self._fetch_file_lock):
             self._init_from_datastore_file()  # another process may have fetched it meanwhile
             if study_uid in self._datastore.objects:
