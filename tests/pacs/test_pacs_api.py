@@ -196,6 +196,23 @@ def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path, dciod
     assert not any(uid in item["image"] for item in train)
 
 
+def test_the_slicer_client_works_unchanged_on_a_pacs(server, pacs, tmp_path):
+    """The Slicer module's REST client (also the browser viewer's) sees studies as images, as for a folder."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "slicer_extension" / "SparseSight"))
+    from SparseSightLib.client import SparseSightClient
+
+    client = SparseSightClient(server.url, timeout=300)
+    uid = pacs.studies["case_001"]
+    assert uid in client.datastore() and client.labelled() == [pacs.studies["case_000"]]
+    image, _ = nifti_from_bytes(client.download_image(uid, tmp_path / "image.nii.gz").read_bytes())
+    assert image.shape == (60, 60, 39, 4)
+    path = client.infer_bundle("mlcsc", uid, tmp_path / "bundle.zip", outputs=["label"])
+    assert [o["name"] for o in bundle.validate(path)["outputs"]] == ["label"]
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("name, reason", [
     ("missing", "T2 is missing"),
