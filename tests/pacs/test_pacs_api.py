@@ -196,6 +196,21 @@ def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path, dciod
     assert not any(uid in item["image"] for item in train)
 
 
+def test_attribution_maps_go_back_as_parametric_maps(server, pacs, tmp_path, dciodvfy):
+    uid = pacs.studies["case_001"]
+    r = server.post("/pacs/results/mlcsc", params={"image": uid},
+                    json={"outputs": ["label"], "options": {"attribution": "gradient", "attribution_target": "oedema"}})
+    assert r.status_code == 200, r.text
+    stored = {o["name"]: o for o in r.json()["stored"]}
+    assert set(stored) == {"label", "attribution/gradient/oedema"}
+    entry = stored["attribution/gradient/oedema"]
+    pm = web.retrieve_series(pacs.client(), uid, entry["SeriesInstanceUID"])[0]
+    assert str(pm.SOPInstanceUID) == entry["SOPInstanceUID"] and dciodvfy(pm, tmp_path) == []
+    check_frames_on_source(pm, source_series(pacs, uid)[0])
+    values, step = results.parametric_map_values(pm)
+    assert step > 0 and np.ptp(values) > 0  # a map, not a constant
+
+
 def test_the_slicer_client_works_unchanged_on_a_pacs(server, pacs, tmp_path):
     """The Slicer module's REST client (also the browser viewer's) sees studies as images, as for a folder."""
     import sys
