@@ -25,3 +25,20 @@ def test_tables_of_the_analytic_model_give_its_signals(scenario):
     np.testing.assert_allclose(vox["nu"].sum(1) + vox["nu_fw"], 1.0)
     gap = mcb.forward_gap({**tables, "intra": tables["intra"], "extra": tables["extra"]}, protocol)
     assert all(v == 0 for row in gap for k, v in row.items() if k != "r_um")
+
+
+def test_readme_quotes_the_recorded_monte_carlo_run():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    r = json.loads((root / "bench" / "results" / "microstructure_mc.json").read_text())
+    readme = (root / "README.md").read_text()
+    assert r["command"] in " ".join(readme.split())
+    assert [line for line in mcb.markdown_table(r) if line not in readme] == []
+    # the recorded run's own invariants: physically valid fractions, every method and scenario present
+    assert {(x["scenario"], x["method"]) for x in r["mae"]} == {
+        (s, m) for s in ("single", "crossing60", "crossing90") for m in ("fingerprinting", "mlp", "hybrid")}
+    assert all(x["fractions_above_1"] == 0 for x in r["mae"])
+    t = mcb.load_tables(root / "bench" / "results" / "microstructure_mc_tables.npz")
+    assert t["meta"]["simulator"].startswith("dmipy-sim") and t["intra"].shape == (5, 4, mcb.N_NODES)

@@ -102,7 +102,9 @@ def generate(out: Path, walkers: int = 20000, subsample: int = 4, step_fraction:
             for j, (centers, side, _) in enumerate(packs):
                 extra[i, j, members] = run(mc.PackedCylinders(np.full(60, r), centers, side), seed + 1000 + 17 * i + j)
             logger.info(f"r {r_um} µm, Δ/δ {1e3 * big:g}/{1e3 * small:g} ms: {n_t} steps, {time.time() - t0:.0f} s")
-    meta = {"simulator": f"dmipy-sim {getattr(mc, '__version__', '?')}", "walkers": walkers,
+    from importlib.metadata import version
+
+    meta = {"simulator": f"dmipy-sim {version('dmipy-sim')}", "jax": version("jax"), "walkers": walkers,
             "step_fraction": step_fraction, "protocol": protocol.name, "seed": seed, "seconds": time.time() - t0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +255,9 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 60, n_fp: int = 30, n_train
                    "ms_per_voxel": round(1e3 * est["seconds"] / k, 2)}
             rows.append(row)
             logger.info(json.dumps(row))
-    result = {"tables": tables["meta"], "radii_um": [float(x) for x in tables["radii_um"]],
+    result = {"command": "python -m sparsesight.bench.microstructure_mc evaluate --out bench/results"
+                         + (f" --n {n}" if n != 60 else "") + (f" --n-fp {n_fp}" if n_fp != 30 else ""),
+              "tables": tables["meta"], "radii_um": [float(x) for x in tables["radii_um"]],
               "packings_achieved": np.round(tables["achieved"], 3).tolist(),
               "forward_gap": forward_gap(tables, protocol), "mae": rows,
               "train": {"n_train": n_train, "epochs": epochs, "grid": "paper 34 x 23"}}
@@ -261,6 +265,20 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 60, n_fp: int = 30, n_train
     out.mkdir(parents=True, exist_ok=True)
     (out / "microstructure_mc.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def markdown_table(result: dict) -> list[str]:
+    """The README's lines of a result: MAE per scenario and method, then the forward-model gap per radius."""
+    lines = ["| scenario | method | voxels | MAE ν | MAE r (µm) | MAE f | spurious ν_fw | ν1+ν2+ν_fw > 1 | ms/voxel |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for x in result["mae"]:
+        lines.append(f"| {x['scenario']} | {x['method']} | {x['voxels']} | {x['mae_nu']:.3f} | {x['mae_r']:.2f} | "
+                     f"{x['mae_f']:.3f} | {x['spurious_fw']:.3f} | {x['fractions_above_1']} | {x['ms_per_voxel']:g} |")
+    lines += ["", "| r (µm) | intra-axonal max abs gap | extra-axonal, f 0.30 | extra-axonal, f 0.45 |", "|---|---|---|---|"]
+    for g in result["forward_gap"]:
+        ex = [v for k, v in g.items() if k.startswith("extra")]
+        lines.append(f"| {g['r_um']:g} | {g['intra_max_abs']:.4f} | {ex[0]:.4f} | {ex[1]:.4f} |")
+    return lines
 
 
 def main(argv=None) -> int:
