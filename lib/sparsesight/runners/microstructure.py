@@ -87,7 +87,8 @@ def gradient_table(image_path, bvals=None, bvecs=None, big_delta=None, small_del
 
 
 def load_dwi(image_path, bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None, **protocol_options):
-    """(data (X, Y, Z, M) float32, affine, Protocol, mask (X, Y, Z) bool, notes) with every check of the inputs.
+    """(data (X, Y, Z, M) in its stored type, affine, Protocol, mask (X, Y, Z) bool, notes) with every check of
+    the inputs.
 
     Voxels with a NaN/Inf value in any volume are left out of the mask (their maps are 0) and counted in
     notes["nonfinite_voxels"]; a DWI where every voxel has one is refused."""
@@ -97,13 +98,19 @@ def load_dwi(image_path, bvals=None, bvecs=None, mask=None, big_delta=None, smal
     protocol = gradient_table(image_path, bvals, bvecs, big_delta, small_delta, n_volumes=data.shape[3],
                               **protocol_options)
     dif.check_gradients(protocol.bvals, protocol.bvecs, n_volumes=data.shape[3])
-    data = np.asarray(data, dtype=np.float32)
-    finite = np.isfinite(data).all(-1)
-    notes = {"nonfinite_voxels": int((~finite).sum())}
+    if np.iscomplexobj(data):
+        raise InvalidInput("the DWI has complex values; give the magnitude image")
+    # the voxels stay in their stored type (int16 from most scanners: no float copy of the whole volume); the
+    # maps read them a chunk at a time. Integers are finite; floats are checked a slice at a time.
+    if data.dtype.kind in "iub":
+        finite = np.ones(data.shape[:3], bool)
+    else:
+        finite = np.stack([np.isfinite(data[:, :, z]).all(-1) for z in range(data.shape[2])], 2)
+    notes = {"nonfinite_voxels": int((~finite).sum()), "finite": finite}
     if not finite.any():
         raise InvalidInput("every voxel of the DWI has a NaN/Inf value; replace them first")
     if notes["nonfinite_voxels"]:
-        data = np.where(finite[..., None], data, np.float32(0))
+        data = np.where(finite[..., None], data, 0).astype(np.float32)
         logger.info(f"microstructure: {notes['nonfinite_voxels']} voxels with NaN/Inf values left out of the mask")
     s0 = data[..., protocol.b0_mask].mean(-1)
     if isinstance(mask, (str, Path)):
@@ -251,7 +258,10 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
     n_vox = len(idx[0])
     t0 = time.time()
     orient: dict = {"method": "given"}
-    if orientations is None:
+    if orientations is None and method == "mlp":  # the MLP reads the signal alone: no CSD to pay for
+        orient = {"method": "none (the MLP does not use orientations)"}
+        peaks, n_peaks = np.zeros(shape + (2, 3)), np.zeros(shape, np.uint8)
+    elif orientations is None:
         peaks, n_peaks = csd_peaks(data, protocol, mask, info=orient)
         log(f"microstructure: CSD peaks of {n_vox} voxels in {time.time() - t0:.1f} s")
     else:
@@ -297,7 +307,8 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
         acts = {k: torch.cat(v) for k, v in act_parts.items()}
     else:
         acts = None
-    orient["voxels_one_peak"] = int((n_peaks[idx] <= 1).sum())
+    if not orient["method"].startswith("none"):
+        orient["voxels_one_peak"] = int((n_peaks[idx] <= 1).sum())
     out = {"peaks": peaks.astype(np.float32), "n_peaks": n_peaks, "seconds": est["seconds"], "voxels": idx,
            "method": method, "orientations": orient}
     for p in ms.PARAMS:
@@ -356,7 +367,7 @@ def _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta, **proto
     data, affine, protocol, m, notes = load_dwi(image_path, bvals, bvecs, None if isinstance(mask, np.bool_) else mask,
                                                 big_delta, small_delta, **protocol_options)
     if isinstance(mask, np.bool_):  # mask=false: the whole volume with signal
-        m = (data[..., protocol.b0_mask].mean(-1) > 0) & np.isfinite(data).all(-1)
+        m = (data[..., protocol.b0_mask].mean(-1) > 0) & notes["finite"]
     return data, affine, protocol, m, notes
 
 
@@ -442,7 +453,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                 w.add_volume(f"{p}/{k + 1}", maps[p][..., k], colormap="viridis", description=desc)
     if "free_water" in wanted and "nu_fw" in maps:
         w.add_volume("nu/free_water", maps["nu_fw"], description="free-water share of the dictionary weights")
-    if "peaks" in wanted:
+    if "peaks" in wanted and not maps["orientations"]["method"].startswith("none"):
         for k in range(ms.K):
             for c, axis in enumerate("xyz"):
                 w.add_volume(f"peak/{k + 1}/{axis}", maps["peaks"][..., k, c],
