@@ -63,6 +63,26 @@ def phantom_label(pacs, case="case_000") -> tuple[bytes, np.ndarray]:
     return path.read_bytes(), np.asarray(nib.load(str(path)).dataobj)
 
 
+@pytest.fixture
+def labelled(server, pacs):
+    """case_000 has its final label (a SEG in the PACS): saved by test_final_label_round_trips_through_seg, or here
+    when a test runs on its own."""
+    uid = pacs.studies["case_000"]
+    if not any(str(s.get("SeriesDescription", "")) == "SparseSight final label"
+               for s in web.search_series(pacs.client(), {"StudyInstanceUID": uid, "Modality": "SEG"},
+                                          fields=["SeriesDescription"])):
+        assert put_label(server, uid, phantom_label(pacs)[0]).status_code == 200
+    return uid
+
+
+@pytest.fixture
+def trained(server, labelled):
+    """The server has an mlcsc checkpoint (test_trains_one_epoch_from_the_pacs, or one epoch here)."""
+    if not (server.model_dir / "mlcsc.pt").is_file():
+        server.train()
+    return server
+
+
 # ------------------------------------------------------------------------------------------------ happy path
 def test_lists_studies_of_the_pacs(server, pacs):
     objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
@@ -107,10 +127,12 @@ def test_a_path_that_is_not_dicomweb_is_a_pacs_error(pacs):
 def test_final_label_round_trips_through_seg(server, pacs, dciodvfy, tmp_path):
     uid = pacs.studies["case_000"]
     data, label = phantom_label(pacs)
-    assert not pacs.series(uid, "SEG")
+    before = {str(s.SeriesInstanceUID) for s in pacs.series(uid, "SEG")}
     r = put_label(server, uid, data)
     assert r.status_code == 200, r.text
-    segs = stored_objects(pacs, uid, "SEG")
+    new = [s for s in pacs.series(uid, "SEG") if str(s.SeriesInstanceUID) not in before]
+    assert len(new) == 1
+    segs = web.retrieve_series(pacs.client(), uid, str(new[0].SeriesInstanceUID))
     assert len(segs) == 1
     assert dciodvfy(segs[0], tmp_path) == []  # dicom3tools' IOD validator: no errors
     seg = hd.seg.Segmentation.from_dataset(segs[0])  # highdicom parses it
@@ -126,7 +148,7 @@ def test_final_label_round_trips_through_seg(server, pacs, dciodvfy, tmp_path):
     np.testing.assert_array_equal(nifti_from_bytes(r.content)[0], label)
 
 
-def test_trains_one_epoch_from_the_pacs(server, pacs):
+def test_trains_one_epoch_from_the_pacs(server, pacs, labelled):
     train = server.get("/datastore/", params={"output": "train"}).json()
     assert [pacs.studies["case_000"] in item["image"] for item in train] == [True]
     status = server.train()
@@ -140,7 +162,7 @@ def _infer_label(server, uid):
     return nifti_from_bytes(r.content)
 
 
-def test_infer_on_a_pacs_study(server, pacs):
+def test_infer_on_a_pacs_study(trained, server, pacs):
     uid = pacs.studies["case_001"]
     label, affine = _infer_label(server, uid)
     _, flair, flair_affine = source_series(pacs, uid)
@@ -148,7 +170,7 @@ def test_infer_on_a_pacs_study(server, pacs):
     np.testing.assert_allclose(affine, flair_affine, atol=TOL_MM)
 
 
-def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path, dciodvfy):
+def test_results_stored_as_seg_and_parametric_maps(trained, server, pacs, tmp_path, dciodvfy):
     uid = pacs.studies["case_001"]
     before = {str(s.SeriesInstanceUID) for s in pacs.series(uid)}
     r = server.post("/pacs/results/mlcsc", params={"image": uid},
@@ -196,7 +218,7 @@ def test_results_stored_as_seg_and_parametric_maps(server, pacs, tmp_path, dciod
     assert not any(uid in item["image"] for item in train)
 
 
-def test_attribution_maps_go_back_as_parametric_maps(server, pacs, tmp_path, dciodvfy):
+def test_attribution_maps_go_back_as_parametric_maps(trained, server, pacs, tmp_path, dciodvfy):
     uid = pacs.studies["case_001"]
     r = server.post("/pacs/results/mlcsc", params={"image": uid},
                     json={"outputs": ["label"], "options": {"attribution": "gradient", "attribution_target": "oedema"}})
@@ -211,7 +233,7 @@ def test_attribution_maps_go_back_as_parametric_maps(server, pacs, tmp_path, dci
     assert step > 0 and np.ptp(values) > 0  # a map, not a constant
 
 
-def test_the_slicer_client_works_unchanged_on_a_pacs(server, pacs, tmp_path):
+def test_the_slicer_client_works_unchanged_on_a_pacs(trained, server, pacs, tmp_path):
     """The Slicer module's REST client (also the browser viewer's) sees studies as images, as for a folder."""
     import sys
     from pathlib import Path
@@ -246,7 +268,9 @@ def test_unusable_study_is_422_naming_the_series(server, pacs, name, reason):
 
 
 def test_active_learning_skips_refused_studies(server, pacs):
-    refused = {pacs.studies[n] for n in ("missing", "other_grid", "not_mr")}  # refused by the test above
+    refused = {pacs.studies[n] for n in ("missing", "other_grid", "not_mr")}
+    for uid in refused:  # (again, when this test runs on its own)
+        assert server.get("/datastore/image", params={"image": uid}).status_code == 422
     objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
     assert all("T2" in objects[u]["image"]["info"]["refused"] for u in refused)
     for _ in range(12):
@@ -255,7 +279,7 @@ def test_active_learning_skips_refused_studies(server, pacs):
         assert r.json()["id"] not in refused
 
 
-def test_refused_seg_store_is_502_and_changes_nothing(server, pacs):
+def test_refused_seg_store_is_502_and_changes_nothing(trained, server, pacs):
     uid = pacs.studies["refuse_seg"]
     assert server.get("/datastore/image", params={"image": uid}).status_code == 200  # fetched: a usable study
     before_cache, before_pacs = server.cache_files(), pacs.counts()
@@ -296,7 +320,7 @@ def test_unknown_study_is_404(server):
 
 
 @pytest.mark.slow
-def test_a_fresh_server_trains_from_the_segs_in_the_pacs(server, pacs, tmp_path, start_pacs_server):
+def test_a_fresh_server_trains_from_the_segs_in_the_pacs(labelled, server, pacs, tmp_path, start_pacs_server):
     """Another server (empty cache, max_voxels 600,000) on the same PACS: a study over the limit is refused before
     its pixels are downloaded; the annotator's SEG is its training data, the model's is not."""
     srv = start_pacs_server(tmp_path, pacs.dicomweb, name="fresh", conf={"max_voxels": 600_000})
@@ -368,5 +392,6 @@ def test_pacs_credentials_come_from_monai_label_settings(pacs, tmp_path, start_p
             assert "s3cret-pw" not in " ".join(srv.process.command()) and "s3cret-pw" not in srv.get("/info/").text
         finally:
             srv.process.stop()
+        assert "s3cret-pw" not in srv.process.log(tail=10**7)  # not in the server's log either
     finally:
         locked.stop()
