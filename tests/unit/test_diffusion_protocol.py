@@ -222,3 +222,17 @@ def test_no_radius_map_on_a_b2000_protocol_and_nan_voxels_left_out(tmp_path):
     assert o["shell_b"] == 2000 and o["directions"] == 30 and o["response"].startswith(("estimated", "default"))
     maps, _ = run.predict_file(model, paths["dwi"], method="fingerprinting", log=lambda s: None)
     assert (maps[..., [1, 4]] == 0).all() and (maps[bad] == 0).all() and maps[..., 0].max() > 0
+
+
+def test_csd_takes_the_shell_with_most_distinct_directions():
+    from sparsesight.runners import microstructure as run
+
+    d40, d12 = dif.protocol.hemisphere_directions(40), dif.protocol.hemisphere_directions(12)
+    assert run._distinct_directions(np.r_[d12, -d12, d12]) == 12  # ±g and repeats count once
+    bvals = np.r_[np.zeros(4), np.full(40, 2000.0), np.full(36, 3000.0), np.full(60, 10000.0)]
+    bvecs = np.r_[np.zeros((4, 3)), d40, np.r_[d12, d12, d12], np.r_[d40, d40[:20]]]
+    p = dif.build_protocol(bvals, bvecs, 0.04, 0.02)  # b 10000 has the most, but lies outside 1000-6000
+    sim = dif.simulate(p, 8, 50, 0)
+    info: dict = {}
+    run.csd_peaks(sim["signal"].reshape(2, 2, 2, p.m).astype(np.float32), p, np.ones((2, 2, 2), bool), info=info)
+    assert info["shell_b"] == 2000 and info["directions"] == 40 and info["sh_order"] == 6

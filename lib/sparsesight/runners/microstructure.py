@@ -183,9 +183,16 @@ def check_protocol(model: ms.Microstructure, protocol: dif.Protocol, method: str
 
 
 # ------------------------------------------------------------------------------------------------ orientations
+def _distinct_directions(v: np.ndarray) -> int:
+    """Distinct gradient directions (±g the same; to 0.001), repeats of a direction counted once."""
+    lead = np.take_along_axis(v, np.argmax(np.abs(v) > 1e-6, axis=1)[:, None], 1)
+    return len(np.unique(np.round(v * np.sign(lead), 3), axis=0))
+
+
 def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks: int = 2, info: dict | None = None):
-    """Two fibre orientations per voxel from DIPY's CSD (Tournier et al. 2007) on the shell closest to
-    b = 3000 s/mm², peaks sorted by amplitude. Returns (u (X, Y, Z, 2, 3), number of peaks (X, Y, Z)); `info`
+    """Two fibre orientations per voxel from DIPY's CSD (Tournier et al. 2007) on one shell, the one with the most
+    directions among b 1000-6000 s/mm² (ties: nearest b = 3000), peaks sorted by amplitude. (Multi-shell
+    multi-tissue CSD would use every shell; DIPY's needs cvxpy, which SparseSight does not install.) Returns (u (X, Y, Z, 2, 3), number of peaks (X, Y, Z)); `info`
     (when given) receives how: the shell, its directions, the SH order, the response and whether it was estimated
     from the data or fell back to the model's single-fibre response."""
     from dipy.data import default_sphere
@@ -197,7 +204,11 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
 
     shells = protocol.shells(SHELL_TOL)
     dw = shells[shells > dif.B0_THRESHOLD]
-    b = dw[np.argmin(np.abs(dw - 3000.0))]
+    # the shell with the most directions (angular resolution) among b 1000-6000 s/mm² (contrast without losing
+    # the signal to noise); ties go to the one nearest b = 3000
+    count = {float(x): _distinct_directions(protocol.bvecs[np.abs(protocol.bvals - x) < SHELL_TOL]) for x in dw}
+    pool = [x for x in count if 1000 - SHELL_TOL <= x <= 6000] or list(count)
+    b = max(pool, key=lambda x: (count[x], -abs(x - 3000.0)))
     sel = protocol.b0_mask | (np.abs(protocol.bvals - b) < SHELL_TOL)
     sub = protocol.subset(np.nonzero(sel)[0])
     gtab = sub.gtab()
@@ -218,7 +229,8 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
         logger.info("microstructure: CSD response not estimable from the data (no voxel with FA > 0.5 in the "
                     "central region); using the model's single-fibre response")
     if info is not None:
-        info.update({"method": "CSD (DIPY, single shell)", "shell_b": float(b), "directions": n_dir,
+        info.update({"method": "CSD (DIPY, single shell: most directions among b 1000-6000, ties nearest 3000)",
+                     "shell_b": float(b), "directions": n_dir,
                      "sh_order": order, "response_evals_mm2_per_s": [float(x) for x in response[0]],
                      "response": "default single-fibre response (not estimable from the data)" if fallback
                      else "estimated from the data (auto_response_ssst, FA > 0.5)"})
