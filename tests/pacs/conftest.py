@@ -113,14 +113,12 @@ def _store_bad_studies(client, phantom: Path) -> dict:
 
     info = StudyInfo(patient_id="sparsesight-missing-t2", seed=1)  # three of four series
     series = mr_study(image, affine, info)
-    for m in ("FLAIR", "T1", "T1ce"):
-        web.store(client, series[m])
+    web.store(client, [ds for m in ("FLAIR", "T1", "T1ce") for ds in series[m]])
     uids["missing"] = info.uid("study")
 
     info = StudyInfo(patient_id="sparsesight-other-grid", seed=2)  # T2 coarser and in another frame of reference
     series = mr_study(image, affine, info)
-    for m in ("FLAIR", "T1", "T1ce"):
-        web.store(client, series[m])
+    web.store(client, [ds for m in ("FLAIR", "T1", "T1ce") for ds in series[m]])
     coarse = np.array(affine, dtype=float)
     coarse[:3, :2] *= 2
     t2 = mr_series(image[::2, ::2, :, 3], coarse, "T2", info, series_number=4)
@@ -131,15 +129,13 @@ def _store_bad_studies(client, phantom: Path) -> dict:
 
     info = StudyInfo(patient_id="sparsesight-resampled", seed=5)  # T2 coarser, same frame of reference
     series = mr_study(image, affine, info)
-    for m in ("FLAIR", "T1", "T1ce"):
-        web.store(client, series[m])
+    web.store(client, [ds for m in ("FLAIR", "T1", "T1ce") for ds in series[m]])
     web.store(client, mr_series(image[::2, ::2, :, 3], coarse, "T2", info, series_number=4))
     uids["resampled"] = info.uid("study")
 
     info = StudyInfo(patient_id="sparsesight-big", seed=6)  # T2 at twice the in-plane resolution: 4x the voxels
     series = mr_study(image, affine, info)
-    for m in ("FLAIR", "T1", "T1ce"):
-        web.store(client, series[m])
+    web.store(client, [ds for m in ("FLAIR", "T1", "T1ce") for ds in series[m]])
     fine = np.array(affine, dtype=float)
     fine[:3, :2] /= 2
     web.store(client, mr_series(np.repeat(np.repeat(image[..., 3], 2, 0), 2, 1), fine, "T2", info, series_number=4))
@@ -149,13 +145,11 @@ def _store_bad_studies(client, phantom: Path) -> dict:
     series = mr_study(image, affine, info)
     for ds in series["T2"]:
         ds.Modality = "OT"
-    for m in series:
-        web.store(client, series[m])
+    web.store(client, [ds for datasets in series.values() for ds in datasets])
     uids["not_mr"] = info.uid("study")
 
     info = StudyInfo(patient_id=REFUSE_PATIENT, seed=4)  # complete; the PACS drops its SEGs
-    for datasets in mr_study(image, affine, info).values():
-        web.store(client, datasets)
+    web.store(client, [ds for datasets in mr_study(image, affine, info).values() for ds in datasets])
     uids["refuse_seg"] = info.uid("study")
     return uids
 

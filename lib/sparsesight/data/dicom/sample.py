@@ -40,11 +40,11 @@ def write_dicom_dataset(dataset_dir, out_dir=None, client=None, seed: int = 0) -
     for path in case_images(dataset_dir):
         info, series = case_study(path, seed=seed)
         case = info.patient_id[len(PATIENT_PREFIX):]
-        for modality, datasets in series.items():
-            if out_dir is not None:
+        if out_dir is not None:
+            for modality, datasets in series.items():
                 write_series(datasets, Path(out_dir) / case / modality)
-            if client is not None:
-                web.store(client, datasets)
+        if client is not None:  # the whole study in one STOW-RS request: all of it or none of it
+            web.store(client, [ds for datasets in series.values() for ds in datasets])
         uids.append(str(series["FLAIR"][0].StudyInstanceUID))
         logger.info("%s: study %s (%s)", case, uids[-1], "stored" if client is not None else "written")
     return uids
