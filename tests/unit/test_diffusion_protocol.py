@@ -236,3 +236,35 @@ def test_csd_takes_the_shell_with_most_distinct_directions():
     info: dict = {}
     run.csd_peaks(sim["signal"].reshape(2, 2, 2, p.m).astype(np.float32), p, np.ones((2, 2, 2), bool), info=info)
     assert info["shell_b"] == 2000 and info["directions"] == 40 and info["sh_order"] == 6
+
+
+def test_a_scanner_export_with_other_timing_and_b_up_to_6000_runs_end_to_end(tmp_path):
+    # what a converter writes: b-values as measured (5, 995, 2010, 5990), directions a little off unit length,
+    # one bval/bvec pair, the timing per shell in the JSON sidecar (seconds), interleaved b=0 volumes
+    from sparsesight import bundle, models
+    from sparsesight.runners import microstructure as run
+
+    d, d60 = dif.protocol.hemisphere_directions(24), dif.protocol.hemisphere_directions(60, twist=0.3)
+    bvals = np.r_[0.0, np.full(24, 1000.0), 0.0, np.full(24, 2000.0), 0.0, np.full(60, 6000.0)]
+    bvecs = np.r_[np.zeros((1, 3)), d, np.zeros((1, 3)), d, np.zeros((1, 3)), d60]
+    timing = {"DiffusionShells": [1000, 2000, 6000], "DiffusionGradientSeparation": [0.030, 0.030, 0.033],
+              "DiffusionGradientDuration": [0.012, 0.012, 0.015], "EchoTime": 0.072}
+    truth = dif.build_protocol(bvals, bvecs, [0.030, 0.030, 0.033], [0.012, 0.012, 0.015], [1000, 2000, 6000])
+    paths = dif.write_dwi_phantom(tmp_path, truth, downsample=8, slices=1, snr=40, seed=5, name="sub-01_dwi")
+    measured = bvals + np.where(bvals == 0, 5, np.where(bvals == 2000, 10, np.where(bvals == 6000, -10, -5)))
+    np.savetxt(paths["bval"], measured[None], fmt="%g")
+    np.savetxt(paths["bvec"], (bvecs * 0.998).T, fmt="%.5f")
+    paths["json"].write_text(json.dumps(timing))
+    p = dif.read_protocol(paths["dwi"], n_volumes=truth.m)
+    assert [r["big_delta_ms"] for r in p.shell_table()] == [30.0, 30.0, 30.0, 33.0]  # b=0 takes the lowest shell's
+    model = models.build("microstructure", {"protocol": p.to_config(), "grid": dif.small_grid(5, 4).to_config()})
+    out = run.run_bundle(model, "microstructure", "v", paths["dwi"], "sub-01", tmp_path / "b.zip",
+                         method="fingerprinting", outputs=["maps", "free_water"], log=lambda s: None)
+    man = bundle.validate(out)
+    assert man["radius"]["resolvable"] and man["radius"]["shell_b"] == 6000  # 60 directions at 115 mT/m: < 2 µm
+    assert man["protocol"]["source"]["timing_unit"] == "s" and man["fractions"]["max_sum"] <= 1 + 1e-6
+    b = bundle.read(out)
+    nu = b.volume("nu/1")[0] + b.volume("nu/2")[0]
+    b.close()
+    mask = np.asarray(nib.load(paths["mask"]).dataobj) > 0
+    assert np.median(nu[mask]) > 0.5  # white matter: mostly axonal signal
