@@ -169,6 +169,10 @@ def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int |
     out_dir = Path(out).resolve()
     cards = shipped_cards(pretrained)
     ev, seed = cards["mlcsc"]["evaluation"], cards["mlcsc"]["training"]["seed"]
+    splits = {m: tuple(c["evaluation"].get(k) for k in ("seed", "cases", "downsample")) for m, c in cards.items()}
+    if len(set(splits.values())) > 1:
+        raise RuntimeError(f"the shipped models' cards were evaluated on different held-out splits {splits}: "
+                           f"make them with the same --eval-cases, --downsample and --seed")
     print(f"[1/4] held-out phantoms of the model cards: {ev['data']}")
     ds = eval_split(ev["cases"], ev["downsample"], seed, out_dir / "sample_data")
     cases = items_of(ds, "test")[:max_cases]
