@@ -87,7 +87,10 @@ def _commit() -> str:
 
 
 def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int = 2, downsample: int = 1,
-        seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain")) -> dict:
+        seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
+        lr: float | None = None) -> dict:
+    """Train `name` with its recipe (from `resume`'s weights when given: a second cosine cycle, the card then
+    records both runs) and publish it with its card."""
     recipe = RECIPES[name]
     epochs = epochs or recipe["epochs"]
     work = Path(work)
@@ -98,8 +101,14 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     eval_split(eval_cases, downsample, seed, work)  # made before training: the same split for every model
     train_items, val_items = items_of(train_ds, "training"), items_of(train_ds, "test")
     torch.manual_seed(seed)
-    model = models.build(name)
-    cfg = {**recipe["train_config"], "seed": seed}
+    earlier = None
+    if resume is not None:
+        model, meta = checkpoint.load(resume, expect=name)
+        earlier = model_card.read(resume)
+        model.train()
+    else:
+        model = models.build(name)
+    cfg = {**recipe["train_config"], "seed": seed, **({"lr": lr} if lr else {})}
     logger.info("training %s for up to %d epochs on %d cases (validation %d)", name, epochs, len(train_items),
                 len(val_items))
     stats = train(model, train_items, epochs=epochs, config=cfg, val_items=val_items, show_progress=False,
@@ -109,7 +118,8 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     model.eval()
     training = {
         "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
-                   f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed}",
+                   f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed}"
+                   + (f" --lr {lr}" if lr else "") + (" --resume <the earlier run's checkpoint>" if resume else ""),
         "commit": _commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
         "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
         "device": "cpu", "config": cfg, "spacing_mm": stats["spacing_mm"],
@@ -117,6 +127,11 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                 f"{len(train_items) - 1}, {downsample} mm), 1 more for validation",
         "loss": [round(v, 5) for v in stats["loss"]], "validation_dice": [round(v, 4) for v in stats.get("val", [])],
     }
+    if earlier is not None:  # the card records every run the weights went through
+        training["continued_from"] = {k: earlier["training"].get(k) for k in
+                                      ("command", "commit", "epochs", "best_epoch", "best_validation_dice", "seconds",
+                                       "config", "loss", "validation_dice")}
+        training["continued_from"]["version"] = earlier["version"]
     return publish(model, name, training, eval_cases, downsample, seed, out, work)
 
 
@@ -203,6 +218,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=PRETRAINED)
     p.add_argument("--work", type=Path, default=Path("out/pretrain"))
+    p.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue from a checkpoint made by this "
+                                                                      "command (a second cosine cycle)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
     p.add_argument("--republish", type=Path, metavar="CHECKPOINT",
                    help="evaluate and card again a checkpoint made by this command (no training)")
     a = p.parse_args(argv)
@@ -211,7 +229,7 @@ def main(argv=None) -> int:
     if a.republish:
         republish(a.republish, a.out, a.work)
     else:
-        run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work)
+        run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr)
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 
