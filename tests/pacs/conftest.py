@@ -7,7 +7,7 @@ system service, with a Lua filter that drops SEG objects of one marked patient (
 
 Studies (4 mm phantoms, 60 x 60 x 39 voxels, stored with STOW-RS):
 - case_000, case_001: complete (FLAIR, T1, T1ce, T2 on one grid);
-- missing: case_000's anatomy without T2;
+- missing: case_000's anatomy without T2; missing_t1ce: without T1ce (only the scoring test touches it);
 - other_grid: T2 at 2x the in-plane spacing, in another frame of reference;
 - resampled: T2 at 2x the in-plane spacing, in the study's frame of reference;
 - big: T2 at half the in-plane spacing (982,800 voxels in the study's four series);
@@ -115,6 +115,11 @@ def _store_bad_studies(client, phantom: Path) -> dict:
     series = mr_study(image, affine, info)
     web.store(client, [ds for m in ("FLAIR", "T1", "T1ce") for ds in series[m]])
     uids["missing"] = info.uid("study")
+
+    info = StudyInfo(patient_id="sparsesight-missing-t1ce", seed=7)  # (left for the scoring test to find)
+    series = mr_study(image, affine, info)
+    web.store(client, [ds for m in ("FLAIR", "T1", "T2") for ds in series[m]])
+    uids["missing_t1ce"] = info.uid("study")
 
     info = StudyInfo(patient_id="sparsesight-other-grid", seed=2)  # T2 coarser and in another frame of reference
     series = mr_study(image, affine, info)

@@ -279,6 +279,18 @@ def test_active_learning_skips_refused_studies(server, pacs):
         assert r.json()["id"] not in refused
 
 
+@pytest.mark.slow
+def test_scoring_skips_a_study_it_cannot_use(trained, server, pacs):
+    """sparse_residual scores every unlabelled study: one that cannot be used is skipped (and then listed as
+    refused), never the reason the whole request fails."""
+    bad = pacs.studies["missing_t1ce"]
+    r = server.post("/activelearning/sparse_residual", json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] not in (None, bad) and bad not in dict(r.json().get("ranking", []))
+    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
+    assert "T1ce is missing" in objects[bad]["image"]["info"]["refused"]
+
+
 def test_refused_seg_store_is_502_and_changes_nothing(trained, server, pacs):
     uid = pacs.studies["refuse_seg"]
     assert server.get("/datastore/image", params={"image": uid}).status_code == 200  # fetched: a usable study

@@ -19,6 +19,7 @@ import os
 import time
 from typing import Callable, Dict, List, Optional
 
+from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
@@ -73,8 +74,8 @@ class CachedScoring(ScoringMethod):
         for image_id in image_ids:
             try:
                 out[image_id] = file_fingerprint(datastore.get_image_uri(image_id))
-            except OSError:
-                continue  # listed but gone from disk: not scored, not suggested
+            except (OSError, HTTPException):
+                continue  # gone from disk, or a PACS study that cannot be used (422) or fetched (502): skipped
         return out
 
     def current(self, model_name: str, datastore: Datastore, image_ids) -> Dict[str, dict]:
@@ -117,7 +118,11 @@ class CachedScoring(ScoringMethod):
         channels = getattr(model, "n", 4)
         every = max(1, len(image_ids) // 10)
         for k, image_id in enumerate(image_ids, 1):
-            path = datastore.get_image_uri(image_id)
+            try:
+                path = datastore.get_image_uri(image_id)
+            except HTTPException as e:  # a PACS study that cannot be used or fetched: not scored, not suggested
+                logger.warning(f"scoring {self.method}: {image_id} skipped ({e.detail})")
+                continue
             entry = {"fingerprint": file_fingerprint(path)}
             try:
                 image, _ = load_image(path, channels=channels)
