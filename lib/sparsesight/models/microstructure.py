@@ -353,8 +353,9 @@ def estimate(model: Microstructure, y: np.ndarray, u: np.ndarray | None = None, 
 
     y (B, M) signals normalised by their b=0 mean, in the model's protocol (or `protocol`, for the
     dictionary methods); u (B, K, 3) orientations (not used by the MLP). Returns {"nu", "r", "f"} (B, K) and
-    "nu_fw" (B,) with ν_1 + ν_2 + ν_fw <= 1 and r inside the grid's radii (decode); for the dictionary methods "residual", "sparsity", and "w" (hybrid: NNLS weights (B, N_tot);
-    fingerprinting: "j" the chosen atoms), "seconds" (wall) and "cpu_seconds" (this process' CPU time).
+    "nu_fw" (B,) with ν_1 + ν_2 + ν_fw <= 1 and r inside the grid's radii (decode; the MLP's ν_fw is the share
+    it leaves, 1 - ν_1 - ν_2); for the dictionary methods "residual", "sparsity", and "w" (hybrid: NNLS weights
+    (B, N_tot); fingerprinting: "j" the chosen atoms), "seconds" (wall) and "cpu_seconds" (this process' CPU time).
     """
     if method not in METHODS:
         raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
