@@ -89,7 +89,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
         from .data.diffusion import hcp_mgh_protocol, write_dwi_phantom
 
         paths = write_dwi_phantom(Path(args.out) / "dwi", hcp_mgh_protocol(args.dwi_subsample), seed=args.seed)
-        print(f"DWI phantom: {paths['dwi'].resolve()} (+ .bval, .bvec, _mask, _truth_*)")
+        print(f"DWI phantom: {paths['dwi'].resolve()} (+ .bval, .bvec, .json timing, _mask, _truth_*)")
     if getattr(args, "dicom", False) or getattr(args, "stow", None):
         return _write_dicom(args)
     return 0
