@@ -55,6 +55,7 @@ from lib.strategies.sparse_residual import SparseResidual
 logger = logging.getLogger(__name__)
 
 APP_DIR = os.path.dirname(os.path.abspath(__file__))
+SUGGEST_ATTEMPTS = 5  # a strategy asked again when its pick is a PACS study that cannot be used (then excluded)
 
 
 def discover_configs(folder: str = os.path.join(APP_DIR, "configs")) -> Dict[str, type]:
@@ -278,9 +279,16 @@ class MyApp(MONAILabelApp):
             task = self._strategies.get(strategy)
             if task is None:
                 raise self._unknown("strategy", strategy, self._strategies)
-            res = task(request, self.datastore()) or {}
-            if not res.get("id"):
-                # The endpoint still looks the id up: None means "no image" to our datastore (answer 200).
-                return {"id": None, "message": res.get("message", "no image to suggest")}
-            res["path"] = os.path.basename(self.datastore().get_image_uri(res["id"]))  # never a server path
-            return res
+            for attempt in range(SUGGEST_ATTEMPTS):
+                res = task(request, self.datastore()) or {}
+                if not res.get("id"):
+                    # The endpoint still looks the id up: None means "no image" to our datastore (answer 200).
+                    return {"id": None, "message": res.get("message", "no image to suggest")}
+                try:
+                    res["path"] = os.path.basename(self.datastore().get_image_uri(res["id"]))  # never a server path
+                    return res
+                except HTTPException as e:  # a PACS study that cannot be used: now known, so ask again
+                    if e.status_code not in (422, 413) or attempt == SUGGEST_ATTEMPTS - 1:
+                        raise
+                    logger.warning(f"{strategy} suggested {res['id']}, which cannot be used ({e.detail}); asking again")
+            raise AssertionError("unreachable")

@@ -267,18 +267,6 @@ def test_unusable_study_is_422_naming_the_series(server, pacs, name, reason):
     assert server.cache_files() == before  # nothing half-fetched
 
 
-def test_active_learning_skips_refused_studies(server, pacs):
-    refused = {pacs.studies[n] for n in ("missing", "other_grid", "not_mr")}
-    for uid in refused:  # (again, when this test runs on its own)
-        assert server.get("/datastore/image", params={"image": uid}).status_code == 422
-    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
-    assert all("T2" in objects[u]["image"]["info"]["refused"] for u in refused)
-    for _ in range(12):
-        r = server.post("/activelearning/random", json={})
-        assert r.status_code == 200, r.text
-        assert r.json()["id"] not in refused
-
-
 @pytest.mark.slow
 def test_scoring_skips_a_study_it_cannot_use(trained, server, pacs):
     """sparse_residual scores every unlabelled study: one that cannot be used is skipped (and then listed as
@@ -289,6 +277,18 @@ def test_scoring_skips_a_study_it_cannot_use(trained, server, pacs):
     assert r.json()["id"] not in (None, bad) and bad not in dict(r.json().get("ranking", []))
     objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
     assert "T1ce is missing" in objects[bad]["image"]["info"]["refused"]
+
+
+def test_active_learning_skips_refused_studies(server, pacs):
+    refused = {pacs.studies[n] for n in ("missing", "other_grid", "not_mr")}
+    for uid in refused:  # (again, when this test runs on its own)
+        assert server.get("/datastore/image", params={"image": uid}).status_code == 422
+    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
+    assert all("T2" in objects[u]["image"]["info"]["refused"] for u in refused)
+    for _ in range(12):
+        r = server.post("/activelearning/random", json={})
+        assert r.status_code == 200, r.text  # a pick that cannot be used (missing_t1ce) is replaced by another
+        assert r.json()["id"] not in refused | {pacs.studies["missing_t1ce"]}
 
 
 def test_refused_seg_store_is_502_and_changes_nothing(trained, server, pacs):
