@@ -176,6 +176,9 @@ def test_upload_a_dwi_with_its_protocol(server, dwi, trained):
         r = server.put("/datastore/image", params={"image": "dwi_up"}, data={"params": json.dumps({"dwi": opts})},
                        files={"file": ("dwi.nii.gz", body)})
         assert r.status_code == 422 and reason in r.json()["detail"], (opts.keys(), r.status_code, r.text)
+    r = server.put("/datastore/image", params={"image": "datastore_v2"}, data={"params": json.dumps({"dwi": proto})},
+                   files={"file": ("dwi.nii.gz", body)})  # its JSON sidecar would overwrite the index
+    assert r.status_code == 422 and "reserved" in r.json()["detail"], r.text
     assert server.files() == before
     r = server.put("/datastore/image", params={"image": "dwi_up"}, data={"params": json.dumps({"dwi": proto})},
                    files={"file": ("dwi.nii.gz", body)})
