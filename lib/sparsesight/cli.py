@@ -217,7 +217,7 @@ def cmd_microstructure(args: argparse.Namespace) -> int:
             model = models.build("microstructure", {"protocol": protocol.to_config(), "grid": grid.to_config()})
             version = "untrained"
         path = run.run_bundle(model, "microstructure", version, args.dwi, pf_stem(args.dwi), args.out,
-                              method=args.method, **opts)
+                              method=args.method, workers=args.workers, **opts)
     except (InvalidInput, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -245,6 +245,7 @@ def _add_microstructure(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="the bundle .zip to write")
     p.add_argument("--method", default="fingerprinting", choices=["fingerprinting", "mlp", "hybrid"])
     p.add_argument("--checkpoint", type=Path, help="a trained microstructure checkpoint (needed by mlp/hybrid)")
+    p.add_argument("--workers", type=int, default=1, help="processes over voxel chunks (one thread each)")
     p.add_argument("--grid", type=int, nargs=2, metavar=("N_R", "N_F"),
                    help="without a checkpoint: a smaller (r, f) grid for fingerprinting (default: the paper's 34 x 23)")
     p.set_defaults(func=cmd_microstructure)

@@ -277,3 +277,7 @@ def test_chunked_maps_equal_one_pass(trained, phantom):
     assert same.sum() > 0.8 * mask.sum()
     for key in ("nu", "r", "f"):
         np.testing.assert_allclose(parts[key][same], one[key][same], rtol=1e-5, atol=1e-6, err_msg=key)
+    # the same chunks in two worker processes: the same numbers
+    par = run.fit_maps(model, data, protocol, mask, "hybrid", chunk=7, keep_weights=False, workers=2, **quiet)
+    for key in ("nu", "r", "f", "nu_fw", "residual", "nnls_r", "sparsity"):
+        np.testing.assert_array_equal(par[key], parts[key], err_msg=key)

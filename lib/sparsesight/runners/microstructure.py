@@ -251,17 +251,49 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
 VOXEL_CHUNK = 16384  # voxels normalised (float64) and estimated at a time: memory bounded whatever the volume
 
 
+def _estimate_chunk(model, raw, u, method, protocol, device, keep_weights, acts=None, progress=None) -> dict:
+    """One chunk of voxels: normalised by S0 in float64, estimated, the NNLS weights reduced to the nnls maps
+    (and dropped unless `keep_weights`)."""
+    y = dif.normalise_s0(raw.astype(np.float64), protocol)
+    e = ms.estimate(model, y, u, method, protocol=protocol, device=device, activations=acts, progress=progress)
+    if "w" in e:
+        wp = ms.weighted_atom_parameters(model, e["w"])
+        e["nnls_r"], e["nnls_f"] = wp["r"], wp["f"]
+        if not keep_weights:
+            del e["w"]
+    return e
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(model, protocol, method, device, keep_weights) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core
+    _WORKER.update(model=model, protocol=protocol, method=method, device=device, keep_weights=keep_weights)
+
+
+def _chunk_in_worker(raw, u) -> dict:
+    w = _WORKER
+    return _estimate_chunk(w["model"], raw, u, w["method"], w["protocol"], w["device"], w["keep_weights"])
+
+
 def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray,
              method: str = "hybrid", orientations: np.ndarray | None = None, device="cpu",
              interpret: bool = False, log=logger.info, keep_weights: bool = True,
-             chunk: int = VOXEL_CHUNK) -> dict:
+             chunk: int = VOXEL_CHUNK, workers: int = 1) -> dict:
     """Parameter maps of the masked voxels: {"nu", "r", "f" (X, Y, Z, 2), "nu_fw", "sparsity", "residual",
     "peaks" (X, Y, Z, 2, 3), "n_peaks", "fraction_sum" (ν_1 + ν_2 + ν_fw <= 1), "radius" (the protocol's radius
     sensitivity; r is 0 where it is not resolvable), "orientations" (how the peaks were found)} (+ "w" when
     `keep_weights`, "voxels", "activations" for the hybrid with interpret).
 
-    Voxels go through in chunks of `chunk`: only a chunk's signals are held in float64 (the DWI itself stays
-    float32), and without `keep_weights` the NNLS weights of a chunk are reduced to the nnls maps and dropped."""
+    Voxels go through in chunks of `chunk`: only a chunk's signals are held in float64 (the DWI itself stays in
+    its stored type), and without `keep_weights` the NNLS weights of a chunk are reduced to the nnls maps and
+    dropped. `workers` > 1 estimates the chunks in that many processes (one thread each; not with `interpret`).
+    The same chunks are the unit to scale out on a cluster: each is independent given the model, the protocol
+    and the chunk's signals and orientations (e.g. dask.bag over `range(0, n, chunk)` calling the same
+    `_estimate_chunk`)."""
     if method not in ms.METHODS:
         raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(ms.METHODS)}")
     check_protocol(model, protocol, method)
@@ -293,24 +325,44 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
     parts: dict = {}
     act_parts: dict = {}
     seconds = 0.0
-    for s in range(0, n_vox, chunk):
-        sel = tuple(i[s:s + chunk] for i in idx)
-        y = dif.normalise_s0(data[sel].astype(np.float64), protocol)
-        acts: dict | None = {} if want_acts else None
-        offset[0] = s
-        e = ms.estimate(model, y, peaks[sel], method, protocol=protocol, device=device, activations=acts,
-                        progress=progress)
+
+    def keep(e: dict, acts: dict | None) -> None:
+        nonlocal seconds
         seconds += e["seconds"]
-        if "w" in e:
-            wp = ms.weighted_atom_parameters(model, e["w"])
-            e["nnls_r"], e["nnls_f"] = wp["r"], wp["f"]
-            if not keep_weights:
-                del e["w"]
         for k, v in e.items():
             if isinstance(v, np.ndarray):
                 parts.setdefault(k, []).append(v)
         for k, v in (acts or {}).items():
             act_parts.setdefault(k, []).append(v)
+
+    starts = range(0, n_vox, chunk)
+    if workers > 1 and not want_acts and len(starts) > 1:
+        # chunks in worker processes (spawned: no forked OpenMP state), at most 2 per worker in flight so that the
+        # voxels held in transit stay bounded; results come back in order
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(model, protocol, method, device, keep_weights)) as ex:
+            pending: list = []
+            done = 0
+            for s in starts:
+                sel = tuple(i[s:s + chunk] for i in idx)
+                pending.append(ex.submit(_chunk_in_worker, data[sel], peaks[sel]))
+                while len(pending) >= 2 * workers or (s == starts[-1] and pending):
+                    e = pending.pop(0).result()
+                    keep(e, None)
+                    done += len(e["nu"])
+                    log(f"microstructure: {method} {done}/{n_vox} voxels in {workers} processes "
+                        f"({time.time() - t0:.1f} s)")
+    else:
+        for s in starts:
+            sel = tuple(i[s:s + chunk] for i in idx)
+            acts: dict | None = {} if want_acts else None
+            offset[0] = s
+            keep(_estimate_chunk(model, data[sel], peaks[sel], method, protocol, device, keep_weights, acts,
+                                 progress), acts)
     est = {k: np.concatenate(v) for k, v in parts.items()}
     est["seconds"] = seconds
     if act_parts:
@@ -384,13 +436,14 @@ def _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta, **proto
 
 
 def predict_file(model, image_path, device="cpu", method: str = "hybrid", bvals=None, bvecs=None, mask=None,
-                 big_delta=None, small_delta=None, log=logger.info, **protocol_options):
+                 big_delta=None, small_delta=None, log=logger.info, workers: int = 1, **protocol_options):
     """(X, Y, Z, 6) maps ν_1, r_1 (µm), f_1, ν_2, r_2, f_2 and the affine of a DWI file (the infer task's call).
     Where the protocol cannot resolve radius (sensitivity.radius_sensitivity) r_1, r_2 are 0: not estimated."""
     method, mask = _options(method, mask)
     data, affine, protocol, m, _ = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta,
                                          **_protocol_options(protocol_options))
-    return stacked(fit_maps(model, data, protocol, m, method, device=device, log=log, keep_weights=False)), affine
+    return stacked(fit_maps(model, data, protocol, m, method, device=device, log=log, keep_weights=False,
+                            workers=workers)), affine
 
 
 def _protocol_options(options: dict) -> dict:
@@ -429,7 +482,7 @@ def _preview_png(maps: dict, method: str) -> bytes:
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
                method: str = "hybrid", bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
-               log=logger.info, **protocol_options) -> Path:
+               log=logger.info, workers: int = 1, **protocol_options) -> Path:
     """Maps and their interpretation as a result bundle (docs/ARCHITECTURE.md). `outputs` from BUNDLE_OUTPUTS (None: all
     but "tsne"): maps (nu|r|f/<population>), free_water, peaks (peak/<k>/x|y|z, n_peaks), sparsity (|w|_0),
     residual, nnls_maps (weight-averaged r, f of the chosen fingerprints), weights (table of the chosen
@@ -442,7 +495,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     data, affine, protocol, m, notes = _load(model, image_path, bvals, bvecs, mask, big_delta, small_delta,
                                              **_protocol_options(protocol_options))
     maps = fit_maps(model, data, protocol, m, method, device=device, interpret="tsne" in wanted, log=log,
-                    keep_weights=bool({"weights", "weights_plot"} & set(wanted)))
+                    keep_weights=bool({"weights", "weights_plot"} & set(wanted)), workers=workers)
     sens = maps["radius"]
     w = BundleWriter(name, version, image_id, affine, data.shape[:3], method=method,
                      protocol={"volumes": protocol.m, "shells": protocol.shell_table(SHELL_TOL),
