@@ -115,11 +115,17 @@ def summary(card: dict) -> dict:
 
 
 def readme_table(cards: dict) -> list[str]:
-    """The README's table of the shipped weights: one row per card (a test checks the README quotes it)."""
-    rows = ["| model | version | epochs (best) | held-out WT | TC | ET | explanation figures |", "|---|---|---|---|---|---|---|"]
+    """The README's table of the shipped weights: one row per card and evaluation split (a test checks the README
+    quotes it)."""
+    rows = ["| model | version | epochs (best) | held-out split | WT | TC | ET | explanation figures |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, c in cards.items():
-        d, t = c["evaluation"]["dice"]["held-out"], c["training"]
-        q = ", ".join(f"{k} {v}" for k, v in c["evaluation"].get("quality", {}).items())
-        rows.append(f"| `{name}` | `{c['version']}` | {t['epochs']} ({t.get('best_epoch')}) | {d['WT']:.3f} | "
-                    f"{d['TC']:.3f} | {d['ET']:.3f} | {q} |")
+        t, ev = c["training"], c["evaluation"]
+        q = ", ".join(f"{k} {v}" for k, v in ev.get("quality", {}).items())
+        epochs = f"{t['epochs']} ({t.get('best_epoch')})"
+        if t.get("continued_from"):
+            epochs = f"{t['continued_from']['epochs']} + {epochs}"
+        for i, (split, d) in enumerate(ev["dice"].items()):
+            rows.append(f"| `{name}` | `{c['version']}` | {epochs} | {split} | {d['WT']:.3f} | {d['TC']:.3f} | "
+                        f"{d['ET']:.3f} | {q if i == 0 else ''} |")
     return rows
