@@ -66,7 +66,8 @@ def verify(pt_path, meta: dict, card: dict | None) -> None:
 
 
 def _table(rows: dict) -> list[str]:
-    regions = list(next(iter(rows.values())).keys()) if rows else []
+    found = list(next(iter(rows.values())).keys()) if rows else []
+    regions = [r for r in ("WT", "TC", "ET") if r in found] + [r for r in found if r not in ("WT", "TC", "ET")]
     out = ["| split | " + " | ".join(regions) + " |", "|---|" + "---|" * len(regions)]
     for split, dice in rows.items():
         out.append(f"| {split} | " + " | ".join(f"{dice[r]:.3f}" for r in regions) + " |")
@@ -85,9 +86,12 @@ def markdown(card: dict) -> str:
              f"- data: {t.get('data', '?')}",
              f"- {t.get('epochs', '?')} epochs (best validation epoch {t.get('best_epoch', '?')}), seed "
              f"{t.get('seed', '?')}, {t.get('seconds', '?')} s on {t.get('device', '?')}",
-             f"- recipe: `{json.dumps(t.get('config', {}), sort_keys=True)}`",
-             "", "## Held-out evaluation (Dice per BraTS region)", "",
-             f"{ev.get('data', '')}", ""]
+             f"- recipe: `{json.dumps(t.get('config', {}), sort_keys=True)}`"]
+    if t.get("continued_from"):
+        e = t["continued_from"]
+        lines += [f"- continued from `{e.get('version')}`: {e.get('epochs')} epochs (best {e.get('best_epoch')}) "
+                  f"of `{e.get('command')}`, recipe `{json.dumps(e.get('config', {}), sort_keys=True)}`"]
+    lines += ["", "## Held-out evaluation (Dice per BraTS region)", "", f"{ev.get('data', '')}", ""]
     lines += _table(ev.get("dice", {}))
     if ev.get("quality"):
         lines += ["", "Explanation quality on the held-out cases: " +
@@ -103,7 +107,7 @@ def write(pt_path, card: dict) -> None:
     if missing:
         raise ValueError(f"model card without {', '.join(missing)}")
     replace_atomically(card_path(pt_path), (json.dumps(card, indent=1, sort_keys=True) + "\n").encode())
-    replace_atomically(card_path(pt_path, ".card.md"), markdown(card).encode())
+    replace_atomically(card_path(pt_path, ".card.md"), markdown(json.loads(json.dumps(card, sort_keys=True))).encode())
 
 
 def summary(card: dict) -> dict:

@@ -40,8 +40,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 LIMITS = {
     "common": [
         "trained and evaluated on generated BraTS-like phantoms (MNI152 anatomy), not on patient scans",
-        "trained on the 1 mm RAS grid of BraTS only (no augmentation to other grids): images on other voxel sizes "
-        "or orientations are resampled to it at inference, which is not validated by a Dice here",
+        "trained on one grid only (no augmentation to other grids): images on other voxel sizes or orientations "
+        "are resampled to it at inference; the Dice on a 2x coarser grid is in the table, other orientations and "
+        "anisotropic grids are not measured",
         "held-out split: 2 phantoms of other case seeds; Dice on so few cases is a rough figure",
     ],
     "mlcsc": ["design 2 (components that reconstruct the image, issue 16): the tumour core and enhancing rim are "

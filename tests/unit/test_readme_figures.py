@@ -57,3 +57,24 @@ def test_demo_time_figures_are_those_of_the_explanations_bench():
     text = " ".join((ROOT / "README.md").read_text().split())
     assert f"took {round(m['mlcsc_beta0']['train']['seconds'])} s in the explanations benchmark" in text
     assert f"10 epochs of SUM took {round(m['sum']['train']['seconds'])} s" in text
+
+
+def test_shipped_weights_figures_are_those_of_the_model_cards_and_the_recorded_demo():
+    from sparsesight import model_card
+
+    folder = ROOT / "apps" / "sparsesight" / "pretrained"
+    cards = {m: model_card.read(folder / f"{m}.pt") for m in ("mlcsc", "sum")}
+    assert all(cards.values()), "shipped weights without a card"
+    for m, card in cards.items():  # the shipped files are the ones their cards describe
+        assert card["sha256"] == model_card.sha256_file(folder / f"{m}.pt"), m
+        assert (folder / f"{m}.card.md").read_text() == model_card.markdown(card), m
+    text = section("Shipped weights")
+    missing = [line for line in model_card.readme_table(cards) if line not in text]
+    assert missing == [], "README's table differs from the model cards; paste model_card.readme_table(cards)"
+    demo = json.loads((ROOT / "bench" / "results" / "demo.json").read_text())
+    flat = " ".join(text.split())
+    assert f"took {round(demo['seconds'])} s" in flat and "bench/results/demo.json" in flat
+    for m, r in demo["models"].items():
+        assert r["differs"] == [], f"the recorded demo's {m} Dice differ from its card"
+        for region, v in r["dice"].items():
+            assert abs(v - cards[m]["evaluation"]["dice"]["held-out"][region]) <= 0.02, (m, region)
