@@ -84,19 +84,9 @@ def _sum_demo(url: str, model_dir: Path, case: dict, out_dir: Path, epochs: int,
         print(f"      sum: no checkpoint: training SUM_Rec for {epochs} epochs")
         _train(url, "sum", epochs)
     print(f"      sum: inference on {case['id']} over REST (bundle, alpha = 1)")
-    r = requests.post(f"{url}/infer/sum", params={"image": case["id"], "output": "image"},
-                      data={"params": json.dumps({"bundle": True, "alpha": 1.0})}, timeout=1800)
-    if r.status_code != 200:
-        raise RuntimeError(f"sum infer failed ({r.status_code}): {r.text[:2000]}")
-    path = out_dir / f"sum_{case['id']}.zip"
-    path.write_bytes(r.content)
-    manifest = validate(path)
+    got = _bundle(url, "sum", case, out_dir, {"alpha": 1.0}, SUM_DEMO_PLOTS)
+    path, manifest, pngs = got["path"], got["manifest"], got["pngs"]
     b = read(path)
-    pngs = []
-    for name in SUM_DEMO_PLOTS:
-        png = out_dir / f"sum_{case['id']}_{name}.png"
-        png.write_bytes(b.read_bytes(name))
-        pngs.append(png)
     pred, _ = b.volume("label")
     b.close()
     ref, _ = load_label(case["label"])

@@ -13,7 +13,7 @@ from sparsesight.errors import InvalidInput
 from sparsesight.training import cdl as cdl_training
 
 from ..http_errors import BAD_REQUEST, CONFLICT, bad_request, http_errors, refuse
-from .sparsesight_train import SparseSightTrain, train_params
+from .sparsesight_train import SparseSightTrain, single_process_params
 
 
 class CDLTrain(SparseSightTrain):
@@ -22,10 +22,7 @@ class CDLTrain(SparseSightTrain):
                 "train_config": {k: v for k, v in cdl_training.default_train_config().items() if k != "dictionaries"}}
 
     def check(self, request: Dict[str, Any], datastore) -> Dict[str, Any]:
-        p = train_params(request, self.default_epochs)
-        if p["processes"] > 1:
-            raise refuse(BAD_REQUEST, f"{self.name} trains in one process; 'processes' and 'multi_gpu' are for the "
-                                      f"segmentation models")
+        p = single_process_params(request, self.default_epochs, self.name)
         tc = dict(p["train_config"] or {})
         known = cdl_training.default_train_config()
         unknown = sorted(set(tc) - set(known))

@@ -14,7 +14,7 @@ from sparsesight.runners import microstructure as runner
 from sparsesight.training import microstructure as ms_training
 
 from ..http_errors import BAD_REQUEST, NOT_FOUND, bad_request, check_id, http_errors, refuse
-from .sparsesight_train import SparseSightTrain, train_params, whole_number
+from .sparsesight_train import SparseSightTrain, single_process_params, whole_number
 
 HIDDEN = ("mlp_hidden", "split_hidden", "joint_hidden")
 TIMING = ("big_delta", "small_delta", "shells", "b_unit", "timing_unit")  # request or train_config keys
@@ -52,10 +52,7 @@ class MicrostructureTrain(SparseSightTrain):
         return dif.hcp_mgh_protocol()
 
     def check(self, request: Dict[str, Any], datastore) -> Dict[str, Any]:
-        p = train_params(request, self.default_epochs)
-        if p["processes"] > 1:
-            raise refuse(BAD_REQUEST, f"{self.name} trains in one process; 'processes' and 'multi_gpu' are for the "
-                                      f"segmentation models")
+        p = single_process_params(request, self.default_epochs, self.name)
         tc = dict(p["train_config"] or {})
         unknown = sorted(set(tc) - set(runner.TRAIN_CONFIG_KEYS))
         if unknown:

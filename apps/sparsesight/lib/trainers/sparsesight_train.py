@@ -75,6 +75,15 @@ def train_params(request: Dict[str, Any], default_epochs: int) -> Dict[str, Any]
     return out
 
 
+def single_process_params(request: Dict[str, Any], default_epochs: int, name: str) -> Dict[str, Any]:
+    """train_params of a model that trains in one process: 'processes' > 1 or 'multi_gpu' is a 400."""
+    p = train_params(request, default_epochs)
+    if p["processes"] > 1:
+        raise refuse(BAD_REQUEST, f"{name} trains in one process; 'processes' and 'multi_gpu' are for the "
+                                  f"segmentation models")
+    return p
+
+
 def parallelism(request: Dict[str, Any]) -> Tuple[int, Any]:
     """(processes, GPU indices or None) of a train request: MONAI Label's {"multi_gpu": true, "gpus": "all" or
     "0,1"} -> one NCCL process per GPU; {"processes": N} -> N gloo processes on the CPU (DDP, distributed.py)."""
