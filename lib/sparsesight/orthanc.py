@@ -10,15 +10,11 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import IO
 
-import requests
-
-from .server import free_port
+from .server import free_port, log_tail, stop_process_group, wait_until_answering
 
 logger = logging.getLogger(__name__)
 
@@ -106,41 +102,20 @@ class Orthanc:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([ORTHANC_EXE, str(conf)], stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True, cwd=self.folder)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; log:\n{self.log()}")
-            try:
-                auth = next(iter(self.users.items())) if self.users else None
-                if requests.get(f"{self.url}/system", timeout=2, auth=auth).status_code == 200:
-                    logger.info("Orthanc on %s (storage %s)", self.url, self.folder)
-                    return self.url
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"Orthanc did not answer /system in {timeout:.0f} s; log:\n{self.log()}")
+        auth = next(iter(self.users.items())) if self.users else None
+        if not wait_until_answering(self.proc, f"{self.url}/system", timeout, "Orthanc", self.log, interval=0.2,
+                                    auth=auth):
+            self.stop()
+            raise TimeoutError(f"Orthanc did not answer /system in {timeout:.0f} s; log:\n{self.log()}")
+        logger.info("Orthanc on %s (storage %s)", self.url, self.folder)
+        return self.url
 
     def log(self, tail: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, tail)
 
     def stop(self) -> None:
         """SIGTERM Orthanc's process group, SIGKILL after 15 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            if self.proc.poll() is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=15)
+        stop_process_group(self.proc, grace=15, reap=15)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -73,39 +73,17 @@ class MonaiLabelServer:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"MONAI Label server exited with {self.proc.returncode}; log:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/info/", timeout=2).status_code == 200:
-                    return self.url
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"MONAI Label server did not answer in {timeout:.0f} s; log:\n{self.log()}")
+        if not wait_until_answering(self.proc, f"{self.url}/info/", timeout, "MONAI Label server", self.log):
+            self.stop()
+            raise TimeoutError(f"MONAI Label server did not answer in {timeout:.0f} s; log:\n{self.log()}")
+        return self.url
 
     def log(self, tail: int = 8000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, tail)
 
     def stop(self, kill: bool = False):
         """SIGTERM the server's process group (SIGKILL after 20 s); `kill=True`: SIGKILL at once, as a crash would."""
-        if self.proc is not None and not kill and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(timeout=30)
+        stop_process_group(self.proc, grace=0 if kill else 20, reap=30)
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None
@@ -115,3 +93,47 @@ class MonaiLabelServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def wait_until_answering(proc: subprocess.Popen, url: str, timeout: float, what: str, log, interval: float = 0.5,
+                         auth=None) -> bool:
+    """Poll GET `url` until it answers 200 (True) or `timeout` passes (False); RuntimeError with the log's tail
+    when the child process `proc` exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; log:\n{log()}")
+        try:
+            if requests.get(url, timeout=2, auth=auth).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(interval)
+    return False
+
+
+def stop_process_group(proc: subprocess.Popen | None, grace: float, reap: float) -> None:
+    """SIGTERM the process group of `proc` and wait `grace` s (0: skip, as a crash would), then SIGKILL it and
+    wait up to `reap` s."""
+    if proc is None:
+        return
+    if grace and proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=reap)
+
+
+def log_tail(path: Path, tail: int) -> str:
+    """The last `tail` characters of a child process' log ("" when it cannot be read)."""
+    try:
+        return Path(path).read_text(errors="replace")[-tail:]
+    except OSError:
+        return ""
