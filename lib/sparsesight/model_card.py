@@ -87,8 +87,7 @@ def markdown(card: dict) -> str:
              f"- {t.get('epochs', '?')} epochs (best validation epoch {t.get('best_epoch', '?')}), seed "
              f"{t.get('seed', '?')}, {t.get('seconds', '?')} s on {t.get('device', '?')}",
              f"- recipe: `{json.dumps(t.get('config', {}), sort_keys=True)}`"]
-    if t.get("continued_from"):
-        e = t["continued_from"]
+    for e in earlier_runs(t):
         lines += [f"- continued from `{e.get('version')}`: {e.get('epochs')} epochs (best {e.get('best_epoch')}) "
                   f"of `{e.get('command')}`, recipe `{json.dumps(e.get('config', {}), sort_keys=True)}`"]
     lines += ["", "## Held-out evaluation (Dice per BraTS region)", "", f"{ev.get('data', '')}", ""]
@@ -98,6 +97,15 @@ def markdown(card: dict) -> str:
                   ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in ev["quality"].items())]
     lines += ["", "## Known limits", ""] + [f"- {x}" for x in card["limits"]]
     return "\n".join(lines) + "\n"
+
+
+def earlier_runs(training: dict) -> list[dict]:
+    """The runs the weights went through before the last one (`continued_from`, nested), latest first."""
+    out, e = [], training.get("continued_from")
+    while e:
+        out.append(e)
+        e = e.get("continued_from")
+    return out
 
 
 def write(pt_path, card: dict) -> None:
@@ -126,9 +134,8 @@ def readme_table(cards: dict) -> list[str]:
     for name, c in cards.items():
         t, ev = c["training"], c["evaluation"]
         q = ", ".join(f"{k} {v}" for k, v in ev.get("quality", {}).items())
-        epochs = f"{t['epochs']} ({t.get('best_epoch')})"
-        if t.get("continued_from"):
-            epochs = f"{t['continued_from']['epochs']} + {epochs}"
+        epochs = " + ".join([str(e["epochs"]) for e in reversed(earlier_runs(t))] +
+                            [f"{t['epochs']} ({t.get('best_epoch')})"])
         for i, (split, d) in enumerate(ev["dice"].items()):
             rows.append(f"| `{name}` | `{c['version']}` | {epochs} | {split} | {d['WT']:.3f} | {d['TC']:.3f} | "
                         f"{d['ET']:.3f} | {q if i == 0 else ''} |")

@@ -24,6 +24,7 @@ from . import MODALITIES, checkpoint, model_card, models
 from .data.io import load_image, load_label
 from .data.phantom import write_dataset
 from .metrics import region_dice
+from .models.dictionary import settle_norms
 from .models.mlcsc import CLASS_NAMES
 from .runners.segmentation import predict_file
 from .training import train
@@ -134,7 +135,8 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     if earlier is not None:  # the card records every run the weights went through
         training["continued_from"] = {k: earlier["training"].get(k) for k in
                                       ("command", "commit", "epochs", "best_epoch", "best_validation_dice", "seconds",
-                                       "config", "loss", "validation_dice")}
+                                       "config", "loss", "validation_dice", "continued_from")
+                                      if earlier["training"].get(k) is not None}
         training["continued_from"]["version"] = earlier["version"]
     return publish(model, name, training, eval_cases, downsample, seed, out, work)
 
@@ -178,6 +180,7 @@ def name_of(model) -> str:
 def publish(model, name: str, training: dict, eval_cases: int, downsample: int, seed: int, out: Path,
             work: Path) -> dict:
     """Evaluate `model` on the held-out split and write `<out>/<name>.pt` with its card; returns the card."""
+    settle_norms(model)  # a checkpoint saved before training settled its normalisation (issue 16)
     eval_ds = eval_split(eval_cases, downsample, seed, Path(work))
     logger.info("evaluating on %d held-out phantoms", eval_cases)
     model.spacing_mm = tuple(float(v) for v in training["spacing_mm"])  # as checkpoint.load sets it when served

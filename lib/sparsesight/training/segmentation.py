@@ -15,6 +15,7 @@ from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceCELoss
 
 from ..errors import InvalidInput
+from ..models.dictionary import settle_norms
 from ..options import check_known
 from ..transforms import train_transforms
 from .distributed import rank
@@ -150,6 +151,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     best: dict = {"val": -1.0, "epoch": 0, "state": None}
 
     def validate() -> float:
+        settle_norms(model)  # validate (and keep as best) the model as it will be saved
         return validation_dice(model, val_items or [], cfg["val_size"], device)
 
     def keep_best(stats: dict) -> None:
@@ -172,6 +174,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     if best["state"] is not None:
         model.load_state_dict(best["state"])
         stats.update(best_epoch=best["epoch"], best_val=best["val"])
+    settle_norms(model)
     return stats
 
 
