@@ -37,7 +37,7 @@ def test_bundle_holds_maps_with_faithfulness_and_plain_nifti_is_the_same_map(ser
     manifest = bundle.validate(path)
     outs = {o["name"]: o for o in manifest["outputs"]}
     assert set(outs) == {"label", "attribution/ig/enhancing", "attribution/gradient/enhancing",
-                         "attribution/faithfulness"}
+                         "attribution/faithfulness", "attribution/quality"}
     ig = outs["attribution/ig/enhancing"]
     assert ig["kind"] == "scalar" and ig["method"] == "integrated_gradients"
     assert ig["target"] == "enhancing" and ig["steps"] == 4 and ig["baseline"] == "zero"
@@ -45,7 +45,19 @@ def test_bundle_holds_maps_with_faithfulness_and_plain_nifti_is_the_same_map(ser
         f = outs[name]["faithfulness"]
         assert set(f) == {"deletion_auc", "insertion_auc"}
         assert all(0.0 <= v <= 1.0 for v in f.values())
+        # measured against a random ranking and the Sobel edge map of the same image and region
+        q = outs[name]["quality"]
+        assert q["deletion_auc"] == pytest.approx(f["deletion_auc"], abs=1e-6)
+        for ref in ("random", "sobel"):
+            assert q[f"deletion_gain_vs_{ref}"] > 0 and q[f"insertion_gain_vs_{ref}"] > 0
+        assert q["faithful"] == (q["deletion_gain_vs_random"] > 1.0)
+        assert any(f.startswith("not faithful") for f in q["flags"]) == (not q["faithful"])
     b = bundle.read(path)
+    rows = b.table("attribution/quality")
+    assert {(r["scope"], r["metric"]) for r in rows} >= {("ig/enhancing", "deletion_gain_vs_random"),
+                                                          ("gradient/enhancing", "faithful")}
+    status = {r["scope"]: r["status"] for r in rows if r["metric"] == "faithful"}
+    assert status["ig/enhancing"] == ("ok" if outs["attribution/ig/enhancing"]["quality"]["faithful"] else "FAIL")
     bundled, affine = b.volume("attribution/ig/enhancing")
     label, _ = b.volume("label")
     b.close()

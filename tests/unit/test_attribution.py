@@ -86,6 +86,28 @@ def test_voxel_region_is_the_gradient_of_one_logit():
     assert g[0, :2].abs().sum() == 0 and g[0, 4:7, 3:8].abs().sum() > 0
 
 
+def test_a_region_target_is_the_log_sum_exp_of_its_classes():
+    """Target TC = (2, 3): F = sum_v log(exp z_2 + exp z_3) over the voxels predicted 2 or 3; its gradient by
+    autograd, and the served option names (WT / TC / ET) map to the BraTS class sets."""
+    from sparsesight.explain import served
+
+    net = smooth_cnn(classes=4)
+    x = torch.randn(1, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    g = A.attribute(net, x, "gradient", target=(2, 3), region="predicted")
+    xr = x[None].clone().requires_grad_(True)
+    z = net(xr)
+    mask = torch.isin(z.detach().argmax(1), torch.tensor([2, 3]))
+    assert mask.any()
+    (torch.logsumexp(z[:, [2, 3]], 1) * mask).sum().backward()
+    torch.testing.assert_close(g, xr.grad[0])
+    # a one-class set is that class
+    torch.testing.assert_close(A.attribute(net, x, "gradient", target=(3,), region="all"),
+                               A.attribute(net, x, "gradient", target=3, region="all"))
+    req = served.parse_options({"attribution": "ig", "attribution_target": "WT,tc,enhancing"})
+    assert req["targets"] == [(1, 2, 3), (2, 3), 3]
+    assert [served.target_name(t, served.CLASSES) for t in req["targets"]] == ["WT", "TC", "enhancing"]
+
+
 # ---------------------------------------------------------------------------------------------- IG
 def test_ig_closed_form_for_a_quadratic():
     """F(x) = sum w x^2, zero baseline: IG_i = x_i int_0^1 2 w_i alpha x_i dalpha = w_i x_i^2 (exact)."""

@@ -200,3 +200,24 @@ def test_smoothgrad_deletes_the_region_the_model_reads_first(squared):
     sg = A.attribute(net, x, "smoothgrad", target=1, region="all", samples=8, squared=squared)
     assert sg[:, ~cube].abs().max() < 1e-3 * sg[:, cube].abs().min()
     assert deletion_gain(net, x, sg) > 1.5
+
+
+# ---------------------------------------------------------------------------------------------- served quality
+def test_a_map_is_measured_against_random_and_sobel_rankings_and_flagged_when_no_better_than_chance():
+    """assess: the map that ranks the region the model reads first beats a random ranking and the image's edge
+    map (Sobel) and is faithful; the same map reversed (the region last) is flagged 'not faithful'."""
+    x, cube = brain_with_cube()
+    net = RegionModel(cube).eval()
+    refs = {k: Fa.deletion_insertion(net, x, m, 1, region="all", steps=16) for k, m in Fa.reference_maps(x).items()}
+    assert set(refs) == {"random", "sobel"}
+    good = cube.to(x.dtype).expand_as(x) + 0.01 * x  # the region first
+    q = Fa.assess(Fa.deletion_insertion(net, x, good, 1, region="all", steps=16), refs)
+    assert q["faithful"] and q["flags"] == []
+    assert q["deletion_gain_vs_random"] > 1.5 and q["deletion_gain_vs_sobel"] > 1.0
+    assert q["insertion_gain_vs_random"] > 1.0
+    bad = Fa.assess(Fa.deletion_insertion(net, x, -good, 1, region="all", steps=16), refs)
+    assert not bad["faithful"] and bad["deletion_gain_vs_random"] < 1.0
+    assert any(f.startswith("not faithful") for f in bad["flags"])
+    # the Sobel reference is the gradient magnitude of each channel: largest on the cube's faces, 0 far outside
+    edges = Fa.reference_maps(x)["sobel"]
+    assert edges.shape == x.shape and float(edges[:, 0, 0, 0].abs().max()) == 0.0

@@ -1,15 +1,20 @@
 """Benchmark: attribution cost, memory and faithfulness for the served models (issue 5).
 
-    python -m sparsesight.bench.attribution [--steps 8] [--epochs 3] [--downsample 4] [--full] [--out bench/results]
+    python -m sparsesight.bench.attribution [--steps 8] [--weights shipped|train] [--crop 64] [--targets ...]
+        [--full] [--out bench/results]
 
 1. Cost of IG with n steps against its floor n x (forward + backward) of the same model and score, measured in
    the same run: one path point per pass (batch 1) and the chunked default (n points per pass, against
    ceil(n / b) batched passes). Aim <= 1.2x.
 2. (--full) Peak memory on a full-size 240 x 240 x 155 x 4 volume (each in a fresh process, ru_maxrss): IG with
    n = 2 steps in chunks of one point against one forward + backward; working memory = peak - memory after loading.
-3. Deletion / insertion AUC (Petsiuk et al. 2018) of every method for each served model (mlcsc, sum) trained
-   briefly on phantoms, on held-out phantoms, target "enhancing" over the predicted region; a random map is the
-   baseline of the same run (ratios: random / method for deletion, method / random for insertion; > 1 is better).
+3. Deletion / insertion AUC (Petsiuk et al. 2018) of every method for each served model (mlcsc, sum), target
+   class(es) --targets over the predicted region, against two rankings of the same run: a random map and the
+   image's Sobel edge map (gains: reference / method for deletion, method / reference for insertion; > 1 is
+   better). --weights shipped (default): the shipped models on their cards' held-out phantoms at 1 mm, a --crop^3
+   box around the tumour; --weights train: models trained briefly here on --downsample mm phantoms.
+4. (shipped) Cascading model randomisation (Adebayo et al. 2018) of IG and the gradient on the first case:
+   Spearman rank correlation of |map| with the trained model's as layers are re-initialised (aim <= 0.3 at the end).
 
 Writes attribution.json, attribution.csv and attribution.png under --out and prints the ratio tables.
 """
@@ -29,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import models
+from .. import CLASSES, models
 from ..data.io import load_image, load_label
 from ..explain.attribution import METHODS, SHORT, TargetScore, attribute
-from ..explain.faithfulness import deletion_insertion
+from ..explain.faithfulness import deletion_insertion, gains, randomisation_check, reference_maps
 from ..explain.gradients import grad_and_score
 from ..preview import pyplot
 from ..runners.segmentation import normalise
@@ -41,6 +46,8 @@ from . import log_to_stderr
 from .segmentation import BRATS_SHAPE, _dataset
 
 TARGET = 3  # enhancing
+#: methods whose maps get the cascading model-randomisation check (Adebayo et al. 2018) in the shipped run
+SANITY_METHODS = ("integrated_gradients", "gradient")
 
 
 def ig_cost(model, x: torch.Tensor, steps: int, repeats: int = 3) -> dict:
@@ -106,6 +113,7 @@ def full_size_memory(name: str, steps: int = 2) -> dict:
 
 def faithfulness_table(name: str, data: dict, epochs: int, steps: int, n_eval: int, patch: int,
                        seed: int = 0) -> list[dict]:
+    """Rows of a model trained briefly here (`--weights train`, the first benchmark's way)."""
     torch.manual_seed(seed)
     model = models.build(name)
     train(model, data["train"], epochs=epochs, config={"patch_size": [patch] * 3, "seed": seed})
@@ -113,36 +121,81 @@ def faithfulness_table(name: str, data: dict, epochs: int, steps: int, n_eval: i
     rows = []
     for it in data["test"][:n_eval]:
         img, _ = load_image(it["image"])
-        x = normalise(img).as_subclass(torch.Tensor)
-        case = Path(it["image"]).name.split(".")[0]
+        rows += case_rows(name, model, normalise(img).as_subclass(torch.Tensor), load_label(it["label"])[0],
+                          Path(it["image"]).name.split(".")[0], steps, [TARGET], seed)
+    return rows
+
+
+def tumour_crop(label: np.ndarray, size: int) -> tuple[slice, ...]:
+    """A size^3 box (clipped to the image) centred on the tumour's centre of mass (the image centre without one)."""
+    idx = np.argwhere(label > 0)
+    centre = idx.mean(0) if len(idx) else (np.array(label.shape) - 1) / 2
+    out = []
+    for c, n in zip(centre, label.shape):
+        lo = int(np.clip(round(c) - size // 2, 0, max(n - size, 0)))
+        out.append(slice(lo, min(lo + size, n)))
+    return tuple(out)
+
+
+def case_rows(name: str, model, x: torch.Tensor, label: np.ndarray, case: str, steps: int, targets: list[int],
+              seed: int) -> list[dict]:
+    """Deletion / insertion of every method and of the random and Sobel rankings, per target class, on x."""
+    rows = []
+    refs = reference_maps(x, seed)
+    for target in targets:
         maps = {}
         for m in METHODS:
             t = time.perf_counter()
-            maps[m] = (attribute(model, x, m, TARGET, steps=steps, progress=True,
-                                 **({"samples": steps} if m == "smoothgrad" else {})),
-                       time.perf_counter() - t)
-        g = torch.Generator().manual_seed(seed)
-        maps["random"] = (torch.rand(x.shape, generator=g), 0.0)
+            maps[m] = (attribute(model, x, m, target, steps=steps, progress=True,
+                                 **({"samples": steps} if m == "smoothgrad" else {})), time.perf_counter() - t)
+        maps.update({k: (v, 0.0) for k, v in refs.items()})
         for m, (a, secs) in maps.items():
-            f = deletion_insertion(model, x, a, TARGET, steps=10)
-            rows.append({"model": name, "case": case, "method": SHORT.get(m, m), "deletion_auc": f["deletion_auc"],
-                         "insertion_auc": f["insertion_auc"], "seconds": secs,
-                         "tumour_voxels": int((load_label(it["label"])[0] == TARGET).sum())})
+            f = deletion_insertion(model, x, a, target, steps=10)
+            rows.append({"model": name, "case": case, "target": CLASSES[target], "method": SHORT.get(m, m),
+                         "deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"], "seconds": secs,
+                         "target_voxels": int((label == target).sum())})
     return rows
+
+
+def shipped_table(name: str, steps: int, n_eval: int, crop: int, targets: list[int], work: Path,
+                  seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Rows of the shipped model (apps/sparsesight/pretrained) on the held-out phantoms of its card (1 mm),
+    each cut to a crop^3 box around the tumour; and the cascading model-randomisation rows of IG on the first."""
+    from ..checkpoint import load
+    from ..pretrain import PRETRAINED, eval_split, items_of
+
+    model = load(PRETRAINED / f"{name}.pt")[0].eval()
+    rows, sanity = [], []
+    for i, it in enumerate(items_of(eval_split(max(n_eval, 2), 1, 0, work), "test")[:n_eval]):
+        img, _ = load_image(it["image"])
+        label = load_label(it["label"])[0]
+        box = tumour_crop(label, crop)
+        x = normalise(img).as_subclass(torch.Tensor)[(slice(None), slice(None), *box)].contiguous()
+        case = Path(it["image"]).name.split(".")[0]
+        rows += case_rows(name, model, x, label[box], case, steps, targets, seed)
+        if i == 0:
+            for method in SANITY_METHODS:
+                for r in randomisation_check(model, x, method, targets[0], seed=seed, steps=steps, progress=True):
+                    sanity.append({"model": name, "case": case, "method": SHORT[method], **r})
+    return rows, sanity
 
 
 def _summary(rows: list[dict]) -> list[dict]:
     out = []
-    for name in dict.fromkeys(r["model"] for r in rows):
-        rs = [r for r in rows if r["model"] == name]
-        rand = [r for r in rs if r["method"] == "random"]
-        d0, i0 = np.mean([r["deletion_auc"] for r in rand]), np.mean([r["insertion_auc"] for r in rand])
-        for m in dict.fromkeys(r["method"] for r in rs):
-            mr = [r for r in rs if r["method"] == m]
-            d, i = np.mean([r["deletion_auc"] for r in mr]), np.mean([r["insertion_auc"] for r in mr])
-            out.append({"model": name, "method": m, "deletion_auc": float(d), "insertion_auc": float(i),
-                        "deletion_gain": float(d0 / max(d, 1e-12)), "insertion_gain": float(i / max(i0, 1e-12)),
-                        "seconds": float(np.mean([r["seconds"] for r in mr]))})
+    keys = dict.fromkeys((r["model"], r.get("target", CLASSES[TARGET])) for r in rows)
+    for name, target in keys:
+        rs = [r for r in rows if r["model"] == name and r.get("target", CLASSES[TARGET]) == target]
+        mean = {m: {k: float(np.mean([r[k] for r in rs if r["method"] == m])) for k in
+                    ("deletion_auc", "insertion_auc", "seconds")} for m in dict.fromkeys(r["method"] for r in rs)}
+        for m, v in mean.items():
+            row = {"model": name, "target": target, "method": m, **v}
+            for ref in ("random", "sobel"):
+                if ref in mean:
+                    g = gains(v, mean[ref])
+                    row.update({f"deletion_gain_vs_{ref}": g["deletion_gain"],
+                                f"insertion_gain_vs_{ref}": g["insertion_gain"]})
+            row["deletion_gain"], row["insertion_gain"] = row["deletion_gain_vs_random"], row["insertion_gain_vs_random"]
+            out.append(row)
     return out
 
 
@@ -158,7 +211,8 @@ def _plot(results: dict, path: Path):
             rs = [r for r in summ if r["model"] == n]
             ax.bar(np.arange(len(rs)) + j * 0.4, [r[key] for r in rs], 0.4, label=n)
             ax.set_xticks(np.arange(len(rs)) + 0.2)
-            ax.set_xticklabels([r["method"] for r in rs], rotation=30, fontsize=8)
+            ax.set_xticklabels([r["method"] + (f"/{r['target'][:4]}" if len(rs) > len({q['method'] for q in rs})
+                                else "") for r in rs], rotation=30, fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
     cost = results["ig_cost"]
@@ -181,30 +235,46 @@ def _plot(results: dict, path: Path):
 
 
 def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, n_eval: int = 1, patch: int = 32,
-        full: bool = False, out: str = "bench/results", seed: int = 0, names=None) -> dict:
+        full: bool = False, out: str = "bench/results", seed: int = 0, names=None, weights: str = "shipped",
+        crop: int = 64, targets: tuple[str, ...] = ("enhancing",)) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [n for n in (names or ("mlcsc", "sum")) if n in models.NAMES]
-    data = _dataset(Path("out/bench") / "data", n_cases, downsample, seed)
-    img, _ = load_image(data["test"][0]["image"])
-    x = normalise(img).as_subclass(torch.Tensor)
+    target_ids = [{v: k for k, v in CLASSES.items()}[t] for t in targets]
     res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                       f"torch {torch.__version__} (shared with other jobs while measured)",
-           "steps": steps, "downsample_mm": downsample, "epochs": epochs, "ig_cost": {}, "memory": {}}
+           "steps": steps, "weights": weights, "ig_cost": {}, "memory": {}}
+    rows, sanity = [], []
+    if weights == "shipped":
+        res.update(data=f"held-out phantoms of the model cards (1 mm), {crop}^3 voxels around the tumour",
+                   crop=crop, targets=list(targets))
+        for n in names:
+            r, s_ = shipped_table(n, steps, n_eval, crop, target_ids, Path("out/pretrain"), seed)
+            rows, sanity = rows + r, sanity + s_
+        x = torch.randn(1, 4, crop, crop, crop, generator=torch.Generator().manual_seed(seed))
+    else:
+        res.update(downsample_mm=downsample, epochs=epochs)
+        data = _dataset(Path("out/bench") / "data", n_cases, downsample, seed)
+        img, _ = load_image(data["test"][0]["image"])
+        x = normalise(img).as_subclass(torch.Tensor)
+        for n in names:
+            rows += faithfulness_table(n, data, epochs, steps, n_eval, patch, seed)
     for n in names:
         torch.manual_seed(seed)
         res["ig_cost"][n] = ig_cost(models.build(n), x, steps)
         if full:
             res["memory"][n] = full_size_memory(n)
-    rows = []
-    for n in names:
-        rows += faithfulness_table(n, data, epochs, steps, n_eval, patch, seed)
     res["faithfulness_rows"] = rows
     res["faithfulness"] = _summary(rows)
+    res["sanity"] = sanity
+    res["sanity_final"] = [r for r in sanity if r["n_randomised"] == max(
+        q["n_randomised"] for q in sanity if q["model"] == r["model"] and q["method"] == r["method"])]
     (out_dir / "attribution.json").write_text(json.dumps(res, indent=2))
-    lines = ["model,method,deletion_auc,insertion_auc,deletion_gain_vs_random,insertion_gain_vs_random,seconds"]
-    lines += [f"{r['model']},{r['method']},{r['deletion_auc']:.4f},{r['insertion_auc']:.4f},{r['deletion_gain']:.3f},"
-              f"{r['insertion_gain']:.3f},{r['seconds']:.2f}" for r in res["faithfulness"]]
+    lines = ["model,target,method,deletion_auc,insertion_auc,deletion_gain_vs_random,insertion_gain_vs_random,"
+             "deletion_gain_vs_sobel,seconds"]
+    lines += [f"{r['model']},{r['target']},{r['method']},{r['deletion_auc']:.4f},{r['insertion_auc']:.4f},"
+              f"{r['deletion_gain']:.3f},{r['insertion_gain']:.3f},{r.get('deletion_gain_vs_sobel', math.nan):.3f},"
+              f"{r['seconds']:.2f}" for r in res["faithfulness"]]
     (out_dir / "attribution.csv").write_text("\n".join(lines) + "\n")
     _plot(res, out_dir / "attribution.png")
 
@@ -219,11 +289,20 @@ def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, 
         print(f"{n}: full-size {BRATS_SHAPE} x 4 peak RSS: forward+backward {m['floor']['peak_mb']:.0f} MB "
               f"(working {m['floor']['working_mb']:.0f}), IG {m['ig_steps']} steps in chunks of 1 "
               f"{m['ig']['peak_mb']:.0f} MB (working {m['ig']['working_mb']:.0f}); ratio {m['ratio_working']:.2f}")
-    print("Deletion / insertion AUC, target enhancing (gain vs the random map of the same run; > 1 is better)")
-    print(f"{'model':<8}{'method':<12}{'deletion':>9}{'gain':>7}{'insertion':>10}{'gain':>7}{'s':>8}")
+    print("Deletion / insertion AUC (gains vs the random ranking and the Sobel edge map of the same run; > 1 is "
+          "better)")
+    print(f"{'model':<8}{'target':<12}{'method':<12}{'deletion':>9}{'gain':>7}{'vs Sobel':>9}{'insertion':>10}"
+          f"{'gain':>7}{'s':>8}")
     for r in res["faithfulness"]:
-        print(f"{r['model']:<8}{r['method']:<12}{r['deletion_auc']:>9.4f}{r['deletion_gain']:>7.2f}"
-              f"{r['insertion_auc']:>10.4f}{r['insertion_gain']:>7.2f}{r['seconds']:>8.1f}")
+        print(f"{r['model']:<8}{r['target']:<12}{r['method']:<12}{r['deletion_auc']:>9.4f}{r['deletion_gain']:>7.2f}"
+              f"{r.get('deletion_gain_vs_sobel', math.nan):>9.2f}{r['insertion_auc']:>10.4f}"
+              f"{r['insertion_gain']:>7.2f}{r['seconds']:>8.1f}")
+    if res["sanity_final"]:
+        print("Model randomisation (cascading, all layers re-initialised): Spearman of |map| with the trained "
+              "model's (aim <= 0.3)")
+        for r in res["sanity_final"]:
+            print(f"{r['model']:<8}{r['method']:<12}{r['n_randomised']:>3} layers  spearman_abs "
+                  f"{r['spearman_abs']:.3f}  ssim_abs {r['ssim_abs']:.3f}")
     print(f"written: {out_dir / 'attribution.csv'}, {out_dir / 'attribution.json'}, {out_dir / 'attribution.png'}")
     return res
 
@@ -239,6 +318,11 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["mlcsc", "sum"])
     p.add_argument("--full", action="store_true", help="also measure peak memory on a full-size volume "
                    "(two fresh processes per model; minutes on a CPU)")
+    p.add_argument("--weights", choices=("shipped", "train"), default="shipped",
+                   help="shipped: the models of apps/sparsesight/pretrained on their cards' held-out phantoms "
+                        "(1 mm, cropped around the tumour); train: models trained briefly here at --downsample")
+    p.add_argument("--crop", type=int, default=64, help="shipped: voxels per side of the box around the tumour")
+    p.add_argument("--targets", nargs="+", default=["enhancing"], choices=[c for c in CLASSES.values()])
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
@@ -247,7 +331,8 @@ def main(argv=None):
     if a._memory:
         print(json.dumps(_memory_child(a._memory, a._model, a.steps)))
         return
-    run(a.steps, a.epochs, a.downsample, a.cases, a.eval, a.patch, a.full, a.out, names=a.models)
+    run(a.steps, a.epochs, a.downsample, a.cases, a.eval, a.patch, a.full, a.out, names=a.models,
+        weights=a.weights, crop=a.crop, targets=tuple(a.targets))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 
 One entry point, `attribute(model, x, method, target, **options)`, returns a map of x's shape (C, *spatial).
 
-Target of a segmentation model: F(x) = sum_{v in R} z_c(x)_v, the class-c logit summed over a region R:
+Target of a segmentation model: F(x) = sum_{v in R} z_c(x)_v, the class-c logit summed over a region R (a set of
+classes S, e.g. a BraTS region WT = {1, 2, 3}: z_S = log sum_{c in S} exp z_c, the log-odds numerator of p(S)):
   - region="predicted" (default): the voxels the model labels c at x (argmax); the whole image when it labels none,
   - region="all": every voxel; a tuple of ints: that one voxel; a boolean array of the spatial shape: a user ROI.
 For a classifier F(x) = z_c(x).
@@ -70,7 +71,25 @@ def method_name(method: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- target
-def region_mask(model, x: torch.Tensor, target: int, region="predicted") -> tuple[torch.Tensor | None, str]:
+def target_classes(target) -> tuple[int, ...]:
+    """The class set S of a target: one class index, or several (a BraTS region such as TC = (2, 3))."""
+    if isinstance(target, (int, np.integer)):
+        return (int(target),)
+    out = tuple(sorted({int(t) for t in target}))
+    if not out:
+        raise InvalidInput("the attribution target names no class")
+    return out
+
+
+def target_logit(z: torch.Tensor, target) -> torch.Tensor:
+    """z_S of logits z (B, K, ...): the class logit for one class, log sum_{c in S} exp z_c for a set."""
+    S = target_classes(target)
+    if max(S) >= z.shape[1]:
+        raise InvalidInput(f"target class {max(S)} but the model has {z.shape[1]} classes")
+    return z[:, S[0]] if len(S) == 1 else torch.logsumexp(z[:, list(S)], 1)
+
+
+def region_mask(model, x: torch.Tensor, target, region="predicted") -> tuple[torch.Tensor | None, str]:
     """The region R of the target score as a (1, *spatial) float mask (None: every voxel) and its description."""
     spatial = tuple(x.shape[2:])
     if region is None or (isinstance(region, str) and region == "all"):
@@ -82,7 +101,7 @@ def region_mask(model, x: torch.Tensor, target: int, region="predicted") -> tupl
             z = model(x)
         if z.ndim == 2:
             return None, "all"
-        m = (z[:1].argmax(1) == target).to(x.dtype)
+        m = torch.isin(z[:1].argmax(1), torch.tensor(target_classes(target), device=z.device)).to(x.dtype)
         if not m.any():
             return None, "all (no voxel predicted as the target class)"
         return m, f"predicted ({int(m.sum())} voxels)"
@@ -102,17 +121,14 @@ def region_mask(model, x: torch.Tensor, target: int, region="predicted") -> tupl
 
 
 class TargetScore(nn.Module):
-    """F(x) = sum_{v in R} z_c(x)_v per batch element, (B,); z_c(x) for a classifier (B, K) output."""
+    """F(x) = sum_{v in R} z_S(x)_v per batch element, (B,); z_S(x) for a classifier (B, K) output."""
 
-    def __init__(self, model: nn.Module, target: int, mask: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, target, mask: torch.Tensor | None = None):
         super().__init__()
-        self.model, self.target, self.mask = model, int(target), mask
+        self.model, self.target, self.mask = model, target_classes(target), mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.model(x)
-        if self.target >= z.shape[1]:
-            raise InvalidInput(f"target class {self.target} but the model has {z.shape[1]} classes")
-        zc = z[:, self.target]
+        zc = target_logit(self.model(x), self.target)
         if zc.ndim == 1:
             return zc
         if self.mask is not None:
@@ -150,10 +166,11 @@ def n_evaluations(method: str, steps: int = 32, samples: int = 16, baselines: in
             "blur_ig": steps, "xrai": baselines * steps}[method]
 
 
-def attribute(model: nn.Module, x, method: str = "integrated_gradients", target: int = 1, region="predicted",
+def attribute(model: nn.Module, x, method: str = "integrated_gradients", target=1, region="predicted",
               baseline="zero", steps: int = 32, progress: bool = False, spatial_dims: int | None = None,
               **options) -> torch.Tensor:
-    """Attribution map of x (C, *spatial) or (1, C, *spatial) for class `target` of `model`; returns x's shape.
+    """Attribution map of x (C, *spatial) or (1, C, *spatial) for class `target` (or a set of classes) of `model`;
+    returns x's shape.
 
     x is (1, C, *spatial) when its first axis is 1 and it has 4+ axes, else (C, *spatial); spatial_dims settles
     it otherwise (a one-channel 3D volume without the batch axis).
@@ -190,7 +207,7 @@ def attribute(model: nn.Module, x, method: str = "integrated_gradients", target:
         n_bl = options.get("baselines", ("zero",))
         total = n_evaluations(m, int(steps), int(options.get("samples", 16)),
                               1 if isinstance(n_bl, str) else len(n_bl))
-        with tqdm(total=total, desc=f"{SHORT[m]} class {target}", disable=not progress, leave=False) as bar:
+        with tqdm(total=total, desc=f"{SHORT[m]} class {target_classes(target)}", disable=not progress, leave=False) as bar:
             Fc = _Counted(F, bar)
             kw = dict(options, steps=int(steps)) if "steps" in _method_options(m) else dict(options)
             if m in _NEEDS_BASELINE:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
 from ..preview import png_bytes, pyplot
-from .attribution import attribute, plain, region_mask
+from .attribution import attribute, plain, region_mask, target_classes
 from .gradients import gaussian_blur, make_baseline
 
 
@@ -34,10 +34,11 @@ def auc(p) -> float:
         float(np.trapz(p, dx=1.0 / (len(p) - 1)))
 
 
-def class_probability(model: nn.Module, x: torch.Tensor, target: int, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean softmax probability of class `target` over the region `mask` (every voxel when None), per batch row."""
+def class_probability(model: nn.Module, x: torch.Tensor, target, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean softmax probability of class `target` (of the class set: summed) over the region `mask` (every voxel
+    when None), per batch row."""
     z = model(x)
-    p = torch.softmax(z, 1)[:, target]
+    p = torch.softmax(z, 1)[:, list(target_classes(target))].sum(1)
     if p.ndim == 1:
         return p
     if mask is None:
@@ -55,7 +56,7 @@ def voxel_order(attr: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def deletion_insertion(model: nn.Module, x, attr, target: int, region="predicted", steps: int = 16,
+def deletion_insertion(model: nn.Module, x, attr, target, region="predicted", steps: int = 16,
                        deletion_baseline="zero", insertion_baseline="blur", blur_sigma: float = 5.0,
                        batch: int | None = None, progress: bool = False) -> dict:
     """Deletion and insertion curves and AUCs of map `attr` (x's shape) for `model` at x: (C, *spatial) or
@@ -94,6 +95,54 @@ def deletion_insertion(model: nn.Module, x, attr, target: int, region="predicted
     return {"fractions": fractions.tolist(), "deletion_curve": curves["deletion"],
             "insertion_curve": curves["insertion"], "deletion_auc": auc(curves["deletion"]),
             "insertion_auc": auc(curves["insertion"]), "steps": int(steps)}
+
+
+# ----------------------------------------------------------------------------------------------- against references
+#: a map whose deletion gain over the random ranking is at most this is "not faithful" (ranks no better than chance)
+FAITHFUL_MIN_GAIN = 1.0
+
+
+def reference_maps(x, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Rankings every map is measured against, shaped like x (C, *spatial) or (1, C, *spatial): 'random'
+    (uniform noise from a seeded generator) and 'sobel' (edge strength: the Sobel gradient magnitude of each
+    channel, a model-free map that an attribution should beat to be worth showing)."""
+    from scipy import ndimage
+
+    x = plain(x)
+    xc = x[0] if x.ndim >= 4 and x.shape[0] == 1 else x  # as deletion_insertion reads x
+    arr = xc.detach().cpu().double().numpy()
+    edges = np.stack([ndimage.generic_gradient_magnitude(c, ndimage.sobel) for c in arr])
+    gen = torch.Generator().manual_seed(seed)
+    return {"random": torch.rand(xc.shape, generator=gen, dtype=torch.float64).to(xc),
+            "sobel": torch.from_numpy(edges).to(xc)}
+
+
+def gains(result: dict, reference: dict) -> dict:
+    """Deletion gain = reference deletion AUC / the map's (a faithful map deletes the score faster: lower AUC);
+    insertion gain = the map's insertion AUC / the reference's. > 1: better than the reference."""
+    return {"deletion_gain": reference["deletion_auc"] / max(result["deletion_auc"], 1e-12),
+            "insertion_gain": result["insertion_auc"] / max(reference["insertion_auc"], 1e-12)}
+
+
+def assess(result: dict, references: dict[str, dict]) -> dict:
+    """The quality object of one map (bundle.py's shape): its deletion / insertion AUC, its gains over each
+    reference (deletion_insertion results of reference_maps), `faithful` (deletion gain over random
+    > FAITHFUL_MIN_GAIN) and `flags` naming what it misses."""
+    q: dict = {"deletion_auc": result["deletion_auc"], "insertion_auc": result["insertion_auc"]}
+    flags = []
+    for name, ref in references.items():
+        g = gains(result, ref)
+        q.update({f"deletion_gain_vs_{name}": g["deletion_gain"], f"insertion_gain_vs_{name}": g["insertion_gain"]})
+    if "random" in references:
+        q["faithful"] = bool(q["deletion_gain_vs_random"] > FAITHFUL_MIN_GAIN)
+        if not q["faithful"]:
+            flags.append(f"not faithful: deletion gain {q['deletion_gain_vs_random']:.2f}x random "
+                         f"(<= {FAITHFUL_MIN_GAIN:g}x: it ranks voxels no better than chance)")
+    if "sobel" in references and q["deletion_gain_vs_sobel"] <= 1.0:
+        flags.append(f"deletion gain {q['deletion_gain_vs_sobel']:.2f}x the image's edge map (Sobel): "
+                     f"no better than a model-free map")
+    q["flags"] = flags
+    return q
 
 
 # ----------------------------------------------------------------------------------------------- randomisation

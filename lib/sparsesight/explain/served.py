@@ -2,27 +2,31 @@
 
 Infer options (INFER_OPTIONS, declared by each model's config in apps/sparsesight/configs/<model>.py):
   attribution           method(s), comma-separated: gradient, smoothgrad, ig, guided_ig, blur_ig, xrai ("" = none)
-  attribution_target    class name(s) or index(es), comma-separated (default "enhancing")
+  attribution_target    class name(s) or index(es), or BraTS region(s) WT / TC / ET (a set of classes: the score is
+                        log sum_{c in S} exp z_c), comma-separated (default "enhancing")
   attribution_steps     path points of the path methods / SmoothGrad samples (default 16)
   attribution_baseline  zero (default, the seed's choice), min, max, blur, or a number
   attribution_region    predicted (default: the voxels labelled with the target), all, or a voxel "i,j,k"
   attribution_nifti     true: the plain NIfTI answer is the (first) map instead of the label, for stock clients
 
 Each map becomes the bundle output "attribution/<method>/<class>" (kind scalar, the map summed over modalities,
-float32) whose manifest entry carries method, target, steps, baseline, region, modality_share and
-"faithfulness": {"deletion_auc", "insertion_auc"} (faithfulness.deletion_insertion), plus one plot
-"attribution/faithfulness" with every map's deletion and insertion curves.
+float32) whose manifest entry carries method, target, steps, baseline, region, modality_share,
+"faithfulness": {"deletion_auc", "insertion_auc"} (faithfulness.deletion_insertion) and "quality"
+(faithfulness.assess: the gains over a random ranking and over the image's Sobel edge map measured on the same
+image and region, `faithful` false and a flag when the map ranks voxels no better than chance). The bundle also
+has the table "attribution/quality" (one row per map and figure, with aim and status) and the plot
+"attribution/faithfulness" with every map's deletion and insertion curves beside the references'.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .. import CLASSES, MODALITIES
+from .. import CLASSES, MODALITIES, REGIONS
 from ..errors import InvalidInput
 from ..options import check_known, flag
 from .attribution import SHORT, attribute, method_name, plain, region_mask
-from .faithfulness import curves_png, deletion_insertion
+from .faithfulness import FAITHFUL_MIN_GAIN, assess, curves_png, deletion_insertion, reference_maps
 from .gradients import BASELINES
 
 INFER_OPTIONS = {"attribution": "", "attribution_target": "enhancing", "attribution_steps": 16,
@@ -39,15 +43,26 @@ def _list(value) -> list:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-def _class_index(value, classes: dict) -> int:
+def _class_index(value, classes: dict) -> int | tuple[int, ...]:
+    """A class index, or the class set of a BraTS region (when the model has the BraTS classes)."""
     names = {v.lower(): k for k, v in classes.items()}
     s = str(value).strip().lower()
     if s in names:
         return names[s]
     if s.lstrip("-").isdigit() and int(s) in classes:
         return int(s)
-    raise InvalidInput(f"unknown attribution_target {value!r}; choose a class name {list(classes.values())} "
-                       f"or index {list(classes)}")
+    regions = {r.lower(): c for r, c in REGIONS.items() if set(c) <= set(classes)}
+    if s in regions:
+        return regions[s]
+    raise InvalidInput(f"unknown attribution_target {value!r}; choose a class name {list(classes.values())}, "
+                       f"index {list(classes)}" + (f" or region {list(REGIONS)}" if regions else ""))
+
+
+def target_name(target, classes: dict) -> str:
+    """A class's name, or a region's (WT / TC / ET) for a class set."""
+    if isinstance(target, tuple):
+        return next((r for r, c in REGIONS.items() if c == target), "+".join(classes[c] for c in target))
+    return classes[target]
 
 
 def parse_options(options: dict, classes: dict | None = None) -> dict | None:
@@ -96,7 +111,7 @@ def voxel_map(attr: torch.Tensor, method: str) -> np.ndarray:
     return a.detach().cpu().numpy().astype(np.float32)
 
 
-def compute(model, x: torch.Tensor, req: dict, method: str, target: int, progress: bool = True) -> torch.Tensor:
+def compute(model, x: torch.Tensor, req: dict, method: str, target, progress: bool = True) -> torch.Tensor:
     """One map (C, *spatial) of the batched input x (1, C, *spatial) as `req` (parse_options) asks."""
     kw = {"steps": req["steps"], "region": req["region"], "baseline": req["baseline"]}
     if method == "smoothgrad":
@@ -116,12 +131,19 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
     x = plain(x)
     entries, curves = [], {}
     mods = list(MODALITIES) if x.shape[1] == len(MODALITIES) else [f"channel_{i}" for i in range(x.shape[1])]
+    references = reference_maps(x)
+    rows: list[dict] = []
     for target in req["targets"]:
-        cname = classes[target]
+        cname = target_name(target, classes)
         _, region_desc = region_mask(model.eval(), x, target, req["region"])  # what the region turned out to be
+        refs = {k: deletion_insertion(model, x, m, target, region=req["region"], steps=FAITHFULNESS_STEPS)
+                for k, m in references.items()}
+        curves.update({f"{k} ranking/{cname}": r for k, r in refs.items()})
         for method in req["methods"]:
             attr = compute(model, x, req, method, target, progress)
             faith = deletion_insertion(model, x, attr, target, region=req["region"], steps=FAITHFULNESS_STEPS)
+            q = assess(faith, refs)
+            rows += quality_rows(f"{SHORT[method]}/{cname}", q)
             per_mod = attr.abs().flatten(1).sum(1)
             share = (per_mod / per_mod.sum().clamp_min(1e-30)).tolist()
             entries.append(writer.add_volume(
@@ -133,12 +155,32 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
                 region=region_desc,
                 faithfulness={"deletion_auc": round(faith["deletion_auc"], 6),
                               "insertion_auc": round(faith["insertion_auc"], 6)},
+                quality={k: round(v, 6) if isinstance(v, float) else v for k, v in q.items()},
                 modality_share={m: round(s, 6) for m, s in zip(mods, share)},
                 colormap="diverging", description=f"{method} attribution of class {cname} summed over modalities"))
             curves[f"{SHORT[method]}/{cname}"] = faith
+    writer.add_table("attribution/quality", rows, description="faithfulness of every attribution map: deletion / "
+                     "insertion AUC and the gains over a random ranking and the Sobel edge map (> 1: better)")
     writer.add_plot("attribution/faithfulness", curves_png(curves, "deletion and insertion of the served maps"),
-                    description="deletion / insertion curves (Petsiuk et al. 2018) of every attribution map")
+                    description="deletion / insertion curves (Petsiuk et al. 2018) of every attribution map and of "
+                                "the random and Sobel rankings")
     return entries
+
+
+def quality_rows(scope: str, q: dict) -> list[dict]:
+    """Rows (set, scope, metric, value, aim, status) of one map's quality object, as explain.quality.table_rows."""
+    aims = {"deletion_gain_vs_random": FAITHFUL_MIN_GAIN, "deletion_gain_vs_sobel": 1.0}
+    rows = []
+    for key, v in q.items():
+        if key in ("flags", "faithful"):
+            continue
+        aim = aims.get(key)
+        rows.append({"set": "attribution", "scope": scope, "metric": key, "value": f"{v:.4g}",
+                     "aim": "" if aim is None else f"> {aim:g}",
+                     "status": "" if aim is None else ("ok" if v > aim else "FAIL")})
+    rows.append({"set": "attribution", "scope": scope, "metric": "faithful", "value": str(q.get("faithful")),
+                 "aim": "True", "status": "ok" if q.get("faithful") else "FAIL"})
+    return rows
 
 
 def nifti_map(model, x: torch.Tensor, options: dict, classes: dict | None = None,
