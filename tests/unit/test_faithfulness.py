@@ -127,16 +127,26 @@ def test_served_bundle_entries_carry_faithfulness(tmp_path):
     x = torch.randn(1, 4, 16, 16, 12, generator=torch.Generator().manual_seed(5))
     w = bundle.BundleWriter("mlcsc", "v", "case", np.eye(4), (16, 16, 12))
     entries = served.add_attributions(w, net, x, {"attribution": "ig,gradient", "attribution_target": "oedema",
-                                                  "attribution_steps": 4, "attribution_region": "all"},
+                                                  "attribution_steps": 4, "attribution_region": "all",
+                                                  "attribution_sanity": True},
                                       progress=False)
     m = bundle.validate(w.write(tmp_path / "b.zip"))
     names = [o["name"] for o in m["outputs"]]
-    assert names == ["attribution/ig/oedema", "attribution/gradient/oedema", "attribution/faithfulness"]
+    assert names == ["attribution/ig/oedema", "attribution/gradient/oedema", "attribution/quality",
+                     "attribution/faithfulness"]
     for e in entries:
         assert e["kind"] == "scalar" and e["target"] == "oedema" and e["steps"] == 4
         f = e["faithfulness"]
         assert 0 <= f["deletion_auc"] <= 1 and 0 <= f["insertion_auc"] <= 1
         assert math.isclose(sum(e["modality_share"].values()), 1.0, rel_tol=1e-4)
+        # the sanity check: the same method on a randomly re-initialised copy, flagged when it barely changes
+        q = e["quality"]
+        assert -1 <= q["model_randomisation_spearman_abs"] <= 1
+        assert q["sane"] == (q["model_randomisation_spearman_abs"] <= Fa.SANITY_MAX_SPEARMAN)
+        assert any("sanity check" in f for f in q["flags"]) == (not q["sane"])
+    rows = bundle.read(tmp_path / "b.zip").table("attribution/quality")
+    sanity = [r for r in rows if r["metric"] == "model_randomisation_spearman_abs"]
+    assert len(sanity) == 2 and all(r["aim"] == "<= 0.3" and r["status"] in ("ok", "FAIL") for r in sanity)
     # the stored map is the channel sum of attribute()
     ig = A.attribute(net, x, "ig", 1, region="all", steps=4)
     vol, _ = bundle.read(tmp_path / "b.zip").volume("attribution/ig/oedema")

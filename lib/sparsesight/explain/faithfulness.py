@@ -204,6 +204,29 @@ def randomisation_check(model: nn.Module, x, method: str = "integrated_gradients
     return rows
 
 
+#: a map whose rank correlation (|map|) with the map of the fully randomised model is above this fails the check
+SANITY_MAX_SPEARMAN = 0.3
+
+
+def model_randomisation(model: nn.Module, x, attr, method: str, target, region="predicted", seed: int = 0,
+                        **options) -> dict:
+    """The last step of the cascade at once: `attr` against the same method's map for a copy of `model` whose
+    every parameterised layer is re-initialised (on the trained model's target region). Returns similarity()
+    and `sane` (spearman_abs <= SANITY_MAX_SPEARMAN)."""
+    x = plain(x)
+    xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
+    mask, _ = region_mask(model.eval(), xb, target, region)
+    roi = mask[0].cpu().numpy() if mask is not None else "all"
+    rand = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    for _, mod in parameterised_modules(rand):
+        reinitialise(mod, gen)
+    amap = attribute(rand, xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
+    a = plain(attr)
+    sim = similarity(a[0] if a.ndim == xb.ndim else a, amap[0])
+    return {**sim, "sane": bool(sim["spearman_abs"] <= SANITY_MAX_SPEARMAN)}
+
+
 # ----------------------------------------------------------------------------------------------- pictures
 def curves_png(results: dict[str, dict], title: str = "") -> bytes:
     """Deletion and insertion curves of several maps ({label: deletion_insertion result}) as a PNG."""

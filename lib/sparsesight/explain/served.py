@@ -8,6 +8,8 @@ Infer options (INFER_OPTIONS, declared by each model's config in apps/sparsesigh
   attribution_baseline  zero (default, the seed's choice), min, max, blur, or a number
   attribution_region    predicted (default: the voxels labelled with the target), all, or a voxel "i,j,k"
   attribution_nifti     true: the plain NIfTI answer is the (first) map instead of the label, for stock clients
+  attribution_sanity    true: also the model-randomisation sanity check of every map (Adebayo et al. 2018; the
+                        same method on a copy of the model with every layer re-initialised: one more map each)
 
 Each map becomes the bundle output "attribution/<method>/<class>" (kind scalar, the map summed over modalities,
 float32) whose manifest entry carries method, target, steps, baseline, region, modality_share,
@@ -26,11 +28,20 @@ from .. import CLASSES, MODALITIES, REGIONS
 from ..errors import InvalidInput
 from ..options import check_known, flag
 from .attribution import SHORT, attribute, method_name, plain, region_mask
-from .faithfulness import FAITHFUL_MIN_GAIN, assess, curves_png, deletion_insertion, reference_maps
+from .faithfulness import (
+    FAITHFUL_MIN_GAIN,
+    SANITY_MAX_SPEARMAN,
+    assess,
+    curves_png,
+    deletion_insertion,
+    model_randomisation,
+    reference_maps,
+)
 from .gradients import BASELINES
 
 INFER_OPTIONS = {"attribution": "", "attribution_target": "enhancing", "attribution_steps": 16,
-                 "attribution_baseline": "zero", "attribution_region": "predicted", "attribution_nifti": False}
+                 "attribution_baseline": "zero", "attribution_region": "predicted", "attribution_nifti": False,
+                 "attribution_sanity": False}
 #: points of the deletion / insertion curves of a served map
 FAITHFULNESS_STEPS = 10
 
@@ -102,7 +113,8 @@ def parse_options(options: dict, classes: dict | None = None) -> dict | None:
     elif isinstance(region, list):
         region = tuple(int(v) for v in region)
     return {"methods": methods, "targets": targets, "steps": steps_i, "baseline": baseline, "region": region,
-            "nifti": flag(options.get("attribution_nifti", False))}
+            "nifti": flag(options.get("attribution_nifti", False)),
+            "sanity": flag(options.get("attribution_sanity", False))}
 
 
 def voxel_map(attr: torch.Tensor, method: str) -> np.ndarray:
@@ -111,12 +123,17 @@ def voxel_map(attr: torch.Tensor, method: str) -> np.ndarray:
     return a.detach().cpu().numpy().astype(np.float32)
 
 
-def compute(model, x: torch.Tensor, req: dict, method: str, target, progress: bool = True) -> torch.Tensor:
-    """One map (C, *spatial) of the batched input x (1, C, *spatial) as `req` (parse_options) asks."""
-    kw = {"steps": req["steps"], "region": req["region"], "baseline": req["baseline"]}
+def _method_kw(req: dict, method: str) -> dict:
+    kw = {"steps": req["steps"], "baseline": req["baseline"]}
     if method == "smoothgrad":
         kw["samples"] = req["steps"]
-    return attribute(model, x, method, target, progress=progress, spatial_dims=x.ndim - 2, **kw)[0]
+    return kw
+
+
+def compute(model, x: torch.Tensor, req: dict, method: str, target, progress: bool = True) -> torch.Tensor:
+    """One map (C, *spatial) of the batched input x (1, C, *spatial) as `req` (parse_options) asks."""
+    return attribute(model, x, method, target, progress=progress, spatial_dims=x.ndim - 2, region=req["region"],
+                     **_method_kw(req, method))[0]
 
 
 def add_attributions(writer, model, x: torch.Tensor, options: dict | None, classes: dict | None = None,
@@ -143,6 +160,14 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
             attr = compute(model, x, req, method, target, progress)
             faith = deletion_insertion(model, x, attr, target, region=req["region"], steps=FAITHFULNESS_STEPS)
             q = assess(faith, refs)
+            if req.get("sanity"):
+                san = model_randomisation(model, x, attr, method, target, req["region"], **_method_kw(req, method))
+                q["model_randomisation_spearman_abs"] = san["spearman_abs"]
+                q["sane"] = san["sane"]
+                if not san["sane"]:
+                    q["flags"].append(f"fails the model-randomisation sanity check: Spearman {san['spearman_abs']:.2f}"
+                                      f" > {SANITY_MAX_SPEARMAN:g} with the map of a randomly initialised model (it "
+                                      f"shows the image more than what the model learned)")
             rows += quality_rows(f"{SHORT[method]}/{cname}", q)
             per_mod = attr.abs().flatten(1).sum(1)
             share = (per_mod / per_mod.sum().clamp_min(1e-30)).tolist()
@@ -169,17 +194,18 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
 
 def quality_rows(scope: str, q: dict) -> list[dict]:
     """Rows (set, scope, metric, value, aim, status) of one map's quality object, as explain.quality.table_rows."""
-    aims = {"deletion_gain_vs_random": FAITHFUL_MIN_GAIN, "deletion_gain_vs_sobel": 1.0}
+    above = {"deletion_gain_vs_random": FAITHFUL_MIN_GAIN, "deletion_gain_vs_sobel": 1.0}
+    below = {"model_randomisation_spearman_abs": SANITY_MAX_SPEARMAN}
     rows = []
     for key, v in q.items():
-        if key in ("flags", "faithful"):
+        if isinstance(v, bool) or key == "flags":
+            rows += [] if isinstance(v, list) else [{"set": "attribution", "scope": scope, "metric": key,
+                                                      "value": str(v), "aim": "True", "status": "ok" if v else "FAIL"}]
             continue
-        aim = aims.get(key)
-        rows.append({"set": "attribution", "scope": scope, "metric": key, "value": f"{v:.4g}",
-                     "aim": "" if aim is None else f"> {aim:g}",
-                     "status": "" if aim is None else ("ok" if v > aim else "FAIL")})
-    rows.append({"set": "attribution", "scope": scope, "metric": "faithful", "value": str(q.get("faithful")),
-                 "aim": "True", "status": "ok" if q.get("faithful") else "FAIL"})
+        aim, ok = (f"> {above[key]:g}", v > above[key]) if key in above else \
+            (f"<= {below[key]:g}", v <= below[key]) if key in below else ("", None)
+        rows.append({"set": "attribution", "scope": scope, "metric": key, "value": f"{v:.4g}", "aim": aim,
+                     "status": "" if ok is None else ("ok" if ok else "FAIL")})
     return rows
 
 
