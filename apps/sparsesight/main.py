@@ -31,7 +31,7 @@ import sparsesight
 from sparsesight.data import io as sio
 
 # Everything from the app's lib/ is imported here, while MONAI Label has the app folder on sys.path.
-from lib import guard, pacs_routes, preflight
+from lib import guard, jobs, pacs_routes, preflight
 from lib.datastore import SparseSightDatastore
 from lib.http_errors import (
     BAD_REQUEST,
@@ -184,6 +184,7 @@ class MyApp(MONAILabelApp):
             preflight.install(fastapi_app, self)
             if isinstance(self.datastore(), PacsDatastore):
                 pacs_routes.install(fastapi_app, self)  # POST /pacs/results/{model}
+            jobs.install(fastapi_app, self)  # POST /jobs/{model}, GET/DELETE /jobs/{id} (lib/jobs.py)
             guard.install(fastapi_app, self.security)
 
     def info(self):
@@ -192,6 +193,8 @@ class MyApp(MONAILabelApp):
         queue = getattr(self, "infer_queue", None)
         if queue is not None:
             info["infer_queue"] = queue.state()
+        if getattr(self, "jobs", None) is not None:
+            info["jobs"] = self.jobs.state()
         return info
 
     # ------------------------------------------------------------------ checks in front of the stock flow

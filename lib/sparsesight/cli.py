@@ -216,8 +216,19 @@ def cmd_microstructure(args: argparse.Namespace) -> int:
             grid = dif.paper_grid() if not args.grid else dif.small_grid(*args.grid)
             model = models.build("microstructure", {"protocol": protocol.to_config(), "grid": grid.to_config()})
             version = "untrained"
-        path = run.run_bundle(model, "microstructure", version, args.dwi, pf_stem(args.dwi), args.out,
-                              method=args.method, workers=args.workers, **opts)
+        scheduler = "threads"
+        if args.dask_address:  # a Dask cluster's scheduler: the chunks run on its workers
+            from distributed import Client
+
+            client = Client(args.dask_address)
+            args.engine, scheduler = "dask", "distributed"
+        try:
+            path = run.run_bundle(model, "microstructure", version, args.dwi, pf_stem(args.dwi), args.out,
+                                  method=args.method, workers=args.workers, engine=args.engine,
+                                  dask_scheduler=scheduler, orientations=args.orientations, **opts)
+        finally:
+            if args.dask_address:
+                client.close()
     except (InvalidInput, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -246,6 +257,13 @@ def _add_microstructure(sub) -> None:
     p.add_argument("--method", default="fingerprinting", choices=["fingerprinting", "mlp", "hybrid"])
     p.add_argument("--checkpoint", type=Path, help="a trained microstructure checkpoint (needed by mlp/hybrid)")
     p.add_argument("--workers", type=int, default=1, help="processes over voxel chunks (one thread each)")
+    p.add_argument("--engine", default="local", choices=["local", "dask"],
+                   help="dask: the voxel chunks as Dask tasks (its threaded scheduler, --workers threads)")
+    p.add_argument("--dask-address", metavar="TCP_ADDRESS",
+                   help="run the voxel chunks on this Dask cluster (tcp://scheduler:8786; implies --engine dask; "
+                        "--workers: chunks in flight / 2, e.g. the cluster's thread count)")
+    p.add_argument("--orientations", default="csd", choices=["csd", "msmt"],
+                   help="msmt: multi-shell multi-tissue CSD (needs cvxpy; falls back to csd on one shell)")
     p.add_argument("--grid", type=int, nargs=2, metavar=("N_R", "N_F"),
                    help="without a checkpoint: a smaller (r, f) grid for fingerprinting (default: the paper's 34 x 23)")
     p.set_defaults(func=cmd_microstructure)

@@ -20,6 +20,8 @@ max_body_bytes                     1 MiB          a JSON request body
 max_epochs                         1000           epochs of one train request
 infer_workers                      2              inferences that run at the same time (worker threads)
 infer_queue                        8              inferences waiting beyond those; more -> 503 Retry-After
+job_workers                        1              asynchronous jobs (POST /jobs/{model}) that run at the same time
+max_jobs                           4              jobs queued or running; more -> 429 Retry-After
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ class Settings:
     max_epochs: int = 1000
     infer_workers: int = 2
     infer_queue: int = 8
+    job_workers: int = 1
+    max_jobs: int = 4
 
     @classmethod
     def from_conf(cls, conf: Optional[Mapping[str, str]] = None, env: Optional[Mapping[str, str]] = None) -> "Settings":
