@@ -180,6 +180,13 @@ def shipped_table(name: str, steps: int, n_eval: int, crop: int, targets: list[i
     return rows, sanity
 
 
+def _command_of(res: dict, name: str) -> str:
+    """The command of a recorded run that stored its settings but not its command line."""
+    cases = len({r["case"] for r in res["faithfulness_rows"] if r["model"] == name})
+    return (f"python -m sparsesight.bench.attribution --models {name} --weights {res.get('weights')} --crop "
+            f"{res.get('crop')} --steps {res['steps']} --eval {cases} --targets {' '.join(res.get('targets', []))}")
+
+
 def _summary(rows: list[dict]) -> list[dict]:
     out = []
     keys = dict.fromkeys((r["model"], r.get("target", CLASSES[TARGET])) for r in rows)
@@ -236,7 +243,7 @@ def _plot(results: dict, path: Path):
 
 def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, n_eval: int = 1, patch: int = 32,
         full: bool = False, out: str = "bench/results", seed: int = 0, names=None, weights: str = "shipped",
-        crop: int = 64, targets: tuple[str, ...] = ("enhancing",)) -> dict:
+        crop: int = 64, targets: tuple[str, ...] = ("enhancing",), merge: bool = False) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [n for n in (names or ("mlcsc", "sum")) if n in models.NAMES]
@@ -264,6 +271,21 @@ def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, 
         res["ig_cost"][n] = ig_cost(models.build(n), x, steps)
         if full:
             res["memory"][n] = full_size_memory(n)
+    earlier = out_dir / "attribution.json"
+    if merge and earlier.is_file():  # keep the other models' rows of an earlier run with the same settings
+        old = json.loads(earlier.read_text())
+        same = {k: old.get(k) for k in ("weights", "steps", "crop", "targets")} == \
+            {k: res.get(k) for k in ("weights", "steps", "crop", "targets")}
+        if not same:
+            raise SystemExit(f"--merge: {earlier} was made with other settings; run every model instead")
+        keep = [n for n in old["ig_cost"] if n not in names]
+        rows = [r for r in old["faithfulness_rows"] if r["model"] in keep] + rows
+        sanity = [r for r in old.get("sanity", []) if r["model"] in keep] + sanity
+        res["ig_cost"] = {**{n: old["ig_cost"][n] for n in keep}, **res["ig_cost"]}
+        res["memory"] = {**{n: v for n, v in old.get("memory", {}).items() if n in keep}, **res["memory"]}
+        res["commands"] = {n: old.get("commands", {}).get(n) or _command_of(old, n) for n in keep}
+    cmd = "python -m sparsesight.bench.attribution " + " ".join(sys.argv[1:])
+    res["commands"] = {**res.get("commands", {}), **{n: cmd for n in names}}
     res["faithfulness_rows"] = rows
     res["faithfulness"] = _summary(rows)
     res["sanity"] = sanity
@@ -323,6 +345,8 @@ def main(argv=None):
                         "(1 mm, cropped around the tumour); train: models trained briefly here at --downsample")
     p.add_argument("--crop", type=int, default=64, help="shipped: voxels per side of the box around the tumour")
     p.add_argument("--targets", nargs="+", default=["enhancing"], choices=[c for c in CLASSES.values()])
+    p.add_argument("--merge", action="store_true", help="keep the other models' results of the attribution.json "
+                   "in --out (made with the same settings) and replace those of --models")
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
@@ -332,7 +356,7 @@ def main(argv=None):
         print(json.dumps(_memory_child(a._memory, a._model, a.steps)))
         return
     run(a.steps, a.epochs, a.downsample, a.cases, a.eval, a.patch, a.full, a.out, names=a.models,
-        weights=a.weights, crop=a.crop, targets=tuple(a.targets))
+        weights=a.weights, crop=a.crop, targets=tuple(a.targets), merge=a.merge)
 
 
 if __name__ == "__main__":
