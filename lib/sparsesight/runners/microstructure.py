@@ -227,6 +227,7 @@ MSMT_MAX_B = 6000.0
 #: DIPY's tutorial thresholds for the tissue response masks (mask_for_response_msmt)
 MSMT_THRESHOLDS = {"wm_fa_thr": 0.7, "gm_fa_thr": 0.3, "csf_fa_thr": 0.15, "gm_md_thr": 0.001, "csf_md_thr": 0.0032}
 MSMT_MIN_VOXELS = 5  # voxels each tissue's response is averaged over, at least
+MSMT_DTI_MAX_B = 1200.0  # s/mm²: the shells the tissue masks' DTI fit reads (at least the lowest one)
 MSMT_ROI_RADIUS = 20  # voxels: the response masks come from a box around the volume's centre (DIPY's default 10)
 
 
@@ -268,9 +269,13 @@ def msmt_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeak
     d = data[..., sel]
     s0 = data[..., protocol.b0_mask].mean(-1)
     brain = s0 > 0.1 * np.percentile(s0[s0 > 0], 99) if (s0 > 0).any() else np.zeros(s0.shape, bool)
-    with warnings.catch_warnings():  # DIPY warns about empty masks and high-b DTI fits: counted below instead
+    # the tissue masks come from a DTI fit (FA, MD thresholds), which holds up to b ~ 1200 s/mm² (DIPY warns
+    # beyond): on b = 0 and the lowest shell only; the responses then use every shell
+    low = protocol.b0_mask[sel] | (nominal[sel] <= max(MSMT_DTI_MAX_B, min(dw) + SHELL_TOL))
+    with warnings.catch_warnings():  # DIPY warns about empty masks: counted below instead
         warnings.simplefilter("ignore")
-        masks = mask_for_response_msmt(gtab, d, roi_radii=tuple(min(MSMT_ROI_RADIUS, n // 2 + 1) for n in d.shape[:3]),
+        masks = mask_for_response_msmt(gradient_table(nominal[sel][low], bvecs=protocol.bvecs[sel][low]), d[..., low],
+                                       roi_radii=tuple(min(MSMT_ROI_RADIUS, n // 2 + 1) for n in d.shape[:3]),
                                        **MSMT_THRESHOLDS)
     masks = [np.asarray(m, bool) & brain for m in masks]
     counts = {t: int(m.sum()) for t, m in zip(("wm", "gm", "csf"), masks)}
@@ -396,10 +401,14 @@ def _estimate_chunk(model, raw, u, method, protocol, device, keep_weights, acts=
 _WORKER: dict = {}
 
 
-def _init_worker(model, protocol, method, device, keep_weights) -> None:
+def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core
+
+
+def _init_worker(model, protocol, method, device, keep_weights) -> None:
+    _one_thread()
     _WORKER.update(model=model, protocol=protocol, method=method, device=device, keep_weights=keep_weights)
 
 
@@ -423,18 +432,31 @@ def _dask_chunks(model, data, peaks, idx, starts, chunk, method, protocol, devic
         kw["num_workers"] = workers
     wave = 2 * max(1, workers)
     done = 0
-    for w0 in range(0, len(starts), wave):
-        tasks = []
-        for s in starts[w0:w0 + wave]:
-            sel = tuple(i[s:s + chunk] for i in idx)
-            tasks.append(dask.delayed(_estimate_chunk, pure=False)(shared[0], data[sel], peaks[sel], method,
-                                                                 shared[1], device, keep_weights))
-        for e in dask.compute(*tasks, **kw):
-            keep(e)
-            done += 1
-        log(f"microstructure: {method} {done}/{len(starts)} chunks with dask ({scheduler}) ({time.time() - t0:.1f} s)")
-        if on_chunk is not None:
-            on_chunk(done, len(starts))
+    pool = None
+    if scheduler == "processes":  # one pool of spawned processes for every wave (Dask would start one per call)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_one_thread)
+        kw["pool"] = pool
+    try:
+        for w0 in range(0, len(starts), wave):
+            tasks = []
+            for s in starts[w0:w0 + wave]:
+                sel = tuple(i[s:s + chunk] for i in idx)
+                tasks.append(dask.delayed(_estimate_chunk, pure=False)(shared[0], data[sel], peaks[sel], method,
+                                                                     shared[1], device, keep_weights))
+            for e in dask.compute(*tasks, **kw):
+                keep(e)
+                done += 1
+            log(f"microstructure: {method} {done}/{len(starts)} chunks with dask ({scheduler}) "
+                f"({time.time() - t0:.1f} s)")
+            if on_chunk is not None:
+                on_chunk(done, len(starts))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray,
