@@ -11,7 +11,9 @@ the manifest (explain/quality.py), Dice WT/TC/ET of the bundle's label, and the 
 class's component in the *ground-truth* region. Inference time (sliding window over one held-out case) is
 timed against MONAI's UNet in the same run. Writes explanations.json, and explanations_<model>.png (components per
 class next to the label, axial/coronal/sagittal through the tumour) under --out, and prints the table with the
-aims of issue 16. Checkpoints are kept under out/bench/explanations_models and reused by a second run.
+aims of issue 16. Checkpoints are kept under out/bench/explanations_models/d<mm>_n<cases>_s<seed> and reused by a second run
+(--retrain trains again). --betas b1,b2,... adds design-2 variants with those reconstruction weights and
+writes beta_sweep.png (Dice and reconstruction error against beta: issue 16's trade-off curve).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import argparse
 import json
 import logging
 import platform
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -187,11 +190,13 @@ def aims_met(s: dict) -> dict:
 
 def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_cases: int = 12, downsample: int = 1,
         seed: int = 0, n_test: int = 2, checkpoints: dict | None = None, variants=tuple(VARIANTS), patch: int = 64,
-        repeats: int = 1, retrain: bool = False, timing: bool = True, data_root: str = "out/bench/data") -> dict:
+        repeats: int = 1, retrain: bool = False, timing: bool = True, data_root: str = "out/bench/data",
+        command: str | None = None) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _dataset(Path(data_root), n_cases, downsample, seed, n_test)
-    store = Path(data_root).parent / "explanations_models"
+    # one folder per data set: a checkpoint trained on other phantoms or another grid is never reused
+    store = Path(data_root).parent / "explanations_models" / f"d{downsample}_n{n_cases}_s{seed}"
     results: dict[str, Any] = {
         "command": f"python -m sparsesight.bench.explanations --epochs {epochs} --sum-epochs {sum_epochs} "
                    f"--cases {n_cases} --downsample {downsample}",
@@ -229,9 +234,56 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
         for r in results["models"].values():
             if "inference_s" in r:
                 r["inference_time_ratio"] = r["inference_s"] / results["unet_inference_s"]
+    sweep = beta_sweep(results)
+    if len(sweep) >= 2:
+        results["beta_sweep"] = sweep
+        (out_dir / "beta_sweep.png").write_bytes(_sweep_png(sweep, results["downsample_mm"]))
+    if command:
+        results["command"] = command
     (out_dir / "explanations.json").write_text(json.dumps(quality.jsonable(results), indent=2))
     _print(results, out_dir)
     return results
+
+
+def beta_sweep(results: dict) -> list[dict]:
+    """The design-2 ML-CSC variants of a run ordered by beta: the trade-off of issue 16 between the reconstruction
+    term's weight, the reconstruction error and the Dice."""
+    rows = []
+    for name, r in results["models"].items():
+        cfg = r.get("config") or {}
+        if r["model"] != "mlcsc" or cfg.get("design", 2) != 2:
+            continue
+        s = r["summary"]
+        rows.append({"variant": name, "beta": float(cfg.get("beta", 0.0)), "eta": float(cfg.get("eta", 0.0)),
+                     "relative_error_max": s["relative_error_max"], "relative_error_mean": s["relative_error_mean"],
+                     "dice": s["dice"], "localisation_truth": s.get("localisation_truth")})
+    return sorted(rows, key=lambda r: (r["beta"], r["eta"]))
+
+
+def _sweep_png(sweep: list[dict], mm) -> bytes:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    betas = [r["beta"] for r in sweep]
+    for k, c in (("WT", "tab:green"), ("TC", "tab:orange"), ("ET", "tab:red")):
+        axes[0].plot(betas, [r["dice"][k] for r in sweep], "o-", color=c, label=f"Dice {k}")
+        axes[1].plot([r["relative_error_mean"] for r in sweep], [r["dice"][k] for r in sweep], "o-", color=c,
+                     label=k)
+    for r in sweep:
+        axes[1].annotate(f"β {r['beta']:g}", (r["relative_error_mean"], r["dice"]["WT"]), fontsize=7)
+    ax2 = axes[0].twinx()
+    ax2.plot(betas, [r["relative_error_mean"] for r in sweep], "s--", color="k", label="reconstruction error")
+    ax2.axhline(quality.AIMS["relative_error_max"], color="k", lw=0.6, ls=":")
+    ax2.set_ylabel("relative reconstruction error (mean)")
+    axes[0].set_xlabel("β (weight of the reconstruction term)")
+    axes[0].set_ylabel("Dice")
+    axes[0].legend(fontsize=7, loc="lower left")
+    axes[1].set_xlabel("relative reconstruction error (mean over modalities and cases)")
+    axes[1].set_ylabel("Dice")
+    axes[1].axvline(quality.AIMS["relative_error_max"], color="k", lw=0.6, ls=":")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"ML-CSC design 2: β sweep on held-out phantoms at {mm} mm", fontsize=9)
+    fig.tight_layout()
+    return png_bytes(fig, dpi=90)
 
 
 def _f(v, fmt=".3f") -> str:
@@ -295,16 +347,23 @@ def main(argv=None):
                    help="use this checkpoint for a variant instead of training it")
     p.add_argument("--retrain", action="store_true", help="train again even if a stored checkpoint exists")
     p.add_argument("--no-timing", action="store_true", help="skip the inference timing against UNet")
+    p.add_argument("--betas", default="", help="comma list of beta values: adds the design-2 variants mlcsc_b<beta> "
+                   "(eta as the default) and the trade-off figure beta_sweep.png (Dice and reconstruction error)")
     p.add_argument("--out", default="bench/results")
     a = p.parse_args(argv)
     log_to_stderr()
     given = dict(c.split("=", 1) for c in a.checkpoint)
     variants = [v for v in a.variants.split(",") if v]
+    for b in (float(v) for v in a.betas.split(",") if v.strip()):
+        VARIANTS[f"mlcsc_b{b:g}"] = ("mlcsc", {"beta": b})
+        variants.append(f"mlcsc_b{b:g}")
     unknown = sorted(set(variants) - set(VARIANTS)) + sorted(set(given) - set(VARIANTS))
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     run(a.epochs, a.sum_epochs, a.out, a.cases, a.downsample, a.seed, a.test, given, variants, a.patch, a.repeats,
-        a.retrain, not a.no_timing)
+        a.retrain, not a.no_timing,
+        command="python -m sparsesight.bench.explanations " + " ".join(sys.argv[1:] if argv is None else argv)
+        if a.betas else None)
 
 
 if __name__ == "__main__":
