@@ -9,7 +9,7 @@ STUDIES ?= out/demo/datastore
 MODEL_DIR ?= apps/sparsesight/model
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint format bench serve sample-data clean
+.PHONY: setup demo test test-fast lint format bench serve view sample-data clean
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,12 @@ bench: setup
 serve: setup
 	source $(VENV)/bin/activate && monailabel start_server --app apps/sparsesight --studies $(STUDIES) \
 	  --host $(HOST) --port $(PORT) --conf model_dir $(abspath $(MODEL_DIR))
+
+# The browser review page over a running server (make serve): VIEW_PORT, SERVER (URL), TOKEN; headless by default
+SERVER ?= http://$(HOST):$(PORT)
+VIEW_PORT ?= 8080
+view: setup
+	$(PY) -m sparsesight.cli view --url $(SERVER) --host $(HOST) --port $(VIEW_PORT) $(if $(TOKEN),--token $(TOKEN))
 
 clean:
 	rm -rf out .pytest_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -269,9 +270,41 @@ def _add_microstructure(sub) -> None:
     p.set_defaults(func=cmd_microstructure)
 
 
+# ----------------------------------------------------------------------------------------------------- view
+def cmd_view(args: argparse.Namespace) -> int:
+    """Start the review page (a shell in apps/viewer, run as its own process: the library never imports it)."""
+    import subprocess
+
+    viewer_dir = Path(__file__).resolve().parents[2] / "apps" / "viewer"
+    if not (viewer_dir / "sparsesight_viewer").is_dir():
+        logging.getLogger(__name__).error("the viewer is not at %s (run from a source checkout)", viewer_dir)
+        return 2
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(viewer_dir), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "sparsesight_viewer", "--url", args.url, "--host", args.host, "--port",
+           str(args.port), "--model", args.model] + (["--token", args.token] if args.token is not None else [])
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_view(sub) -> None:
+    p = sub.add_parser("view", help="review results in a browser (trame-slicer page over a running server)",
+                       description="Serve the review page: 3 slice views + 3D over a running SparseSight MONAI "
+                                   "Label server's images and result bundles, with the segment editor, submit, "
+                                   "next sample and training. Headless: VTK_DEFAULT_OPENGL_WINDOW="
+                                   "vtkEGLRenderWindow (set when there is no DISPLAY).")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the SparseSight server (default: %(default)s)")
+    p.add_argument("--token", default=None, help="the server's API token (default: $SPARSESIGHT_API_TOKEN)")
+    p.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port of the page (default: %(default)s)")
+    p.add_argument("--model", default="", help="model chosen at start (default: mlcsc when served)")
+    p.set_defaults(func=cmd_view)
+
+
 # ----------------------------------------------------------------------------------------------------- main
 #: subcommand registrars, in --help order (others add theirs here: _add_demo, _add_bench, ...)
-SUBCOMMANDS = [_add_sample_data, _add_demo, _add_microstructure, _pacs.add_orthanc, _pacs.add_pacs_demo]
+SUBCOMMANDS = [_add_sample_data, _add_demo, _add_microstructure, _pacs.add_orthanc, _pacs.add_pacs_demo, _add_view]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ Endpoints (MONAI Label's, with SparseSight's additions):
     GET  /info/                              models, trainers, strategies, labels, model versions
     GET  /datastore/?output=all              images and their labels
     GET  /datastore/image?image=ID           download an image
+    GET  /datastore/label?label=ID&tag=T     download a stored label
     PUT  /datastore/image?image=ID           upload an image (multipart field `file`)
     PUT  /datastore/label?image=ID&tag=T     save a label (multipart field `label`)
     POST /activelearning/{strategy}          next image to annotate
@@ -125,6 +126,13 @@ class SparseSightClient:
     def download_image(self, image_id: str, path) -> Path:
         """Save datastore image `image_id` to `path` (keep a .nii.gz / .nii suffix) and return it."""
         r = self._request("GET", "/datastore/image", params={"image": image_id})
+        path = Path(path)
+        path.write_bytes(r.content)
+        return path
+
+    def download_label(self, image_id: str, path, tag: str = FINAL) -> Path:
+        """Save the stored label `tag` of `image_id` to `path` (keep a .nii.gz suffix) and return it."""
+        r = self._request("GET", "/datastore/label", params={"label": image_id, "tag": tag})
         path = Path(path)
         path.write_bytes(r.content)
         return path

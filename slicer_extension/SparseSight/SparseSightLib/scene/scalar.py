@@ -100,16 +100,22 @@ def read_image(scene, path, name: str, channel_names=None) -> list:
     seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
     storage.SetFileName(str(path))
-    ok = storage.ReadData(seq)
+    # slicer-core 5.11 (the browser viewer's) reads 4D NRRD but no 4D NIfTI as a sequence
+    ok = bool(storage.SupportedFileType(str(path))) and storage.ReadData(seq)
     scene.RemoveNode(storage)
     if not ok or seq.GetNumberOfDataNodes() == 0:
         scene.RemoveNode(seq)
-        raise SceneError(f"Slicer could not read {Path(path).name} as an image")
+        volumes = _read_channels_split(scene, path, name)
+    else:
+        volumes = []
+        for i in range(seq.GetNumberOfDataNodes()):
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} {i}")
+            node.CopyContent(seq.GetNthDataNode(i))
+            volumes.append(node)
+        scene.RemoveNode(seq)
     nodes = []
-    for i in range(seq.GetNumberOfDataNodes()):
+    for i, node in enumerate(volumes):
         cname = channel_names[i] if channel_names and i < len(channel_names) else str(i)
-        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} {cname}")
-        node.CopyContent(seq.GetNthDataNode(i))
         node.SetName(f"{name} {cname}")
         node.SetAttribute(ATTR + "image", name)
         node.SetAttribute(ATTR + "channel", str(i))
@@ -117,7 +123,44 @@ def read_image(scene, path, name: str, channel_names=None) -> list:
         node.GetDisplayNode().SetAndObserveColorNodeID(GREY)
         node.GetDisplayNode().AutoWindowLevelOn()
         nodes.append(node)
-    scene.RemoveNode(seq)
+    return nodes
+
+
+def _read_channels_split(scene, path, name: str) -> list:
+    """The channels of a 4D NIfTI as volumes read by Slicer's 3D NIfTI reader: each channel is written as a 3D
+    NIfTI with the same header (nibabel) and read like a bundle's volumes, so the geometry is Slicer's own.
+    Used where Slicer's sequence reader cannot read 4D NIfTI (slicer-core 5.11, the browser viewer's)."""
+    import shutil
+    import tempfile
+
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise SceneError(f"Slicer could not read {Path(path).name} as an image") from None
+    try:
+        img = nib.load(str(path))
+        data = img.dataobj
+        shape = img.shape
+    except Exception as e:  # nibabel's errors are many kinds
+        raise SceneError(f"{Path(path).name} is not a readable NIfTI image: {e}") from None
+    tmp = Path(tempfile.mkdtemp(prefix="sparsesight-channels-"))
+    nodes = []
+    try:
+        for i in range(shape[3] if len(shape) == 4 else 1):
+            array = data[..., i] if len(shape) == 4 else data[...]
+            header = img.header.copy()
+            channel = nib.Nifti1Image(array, img.affine, header)
+            channel.set_qform(img.get_qform(), int(img.header["qform_code"]))
+            channel.set_sform(img.get_sform(), int(img.header["sform_code"]))
+            file = tmp / f"channel{i}.nii.gz"
+            nib.save(channel, str(file))
+            nodes.append(read_volume(scene, file, f"{name} {i}"))
+    except BaseException:
+        for node in nodes:
+            scene.RemoveNode(node)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return nodes
 
 
