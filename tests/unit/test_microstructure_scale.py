@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sparsesight import bundle, models
+from sparsesight.bench.microstructure_scale import angular_errors, crossing_volume
 from sparsesight.data import diffusion as dif
 from sparsesight.runners import microstructure as run
 
@@ -130,63 +131,10 @@ def test_a_cancelling_callback_stops_the_fit_between_chunks(small_volume):
 
 
 # ---------------------------------------------------------------------------------------------- MSMT-CSD
-WM = np.array([1.7e-3, 0.3e-3, 0.3e-3])
-ANGLES = (60, 75, 90)
-
-
-def _crossing_volume(protocol, snr=30.0, seed=0, n=6, csf_share=0.0):
-    """(data (n, n, n, M), crossing mask, true angle per crossing voxel): a quarter each single fibres (random
-    orientations), grey matter (D 0.8e-3), CSF (D 3e-3) and equal two-fibre crossings at 60, 75 or 90 degrees in
-    the xy plane (with `csf_share` of free water), Rician noise at `snr` (DIPY's multi_tensor)."""
-    from dipy.sims.voxel import multi_tensor
-
-    gtab = protocol.gtab()
-    rng = np.random.default_rng(seed)
-    data = np.zeros((n, n, n, protocol.m))
-    crossing = np.zeros((n, n, n), bool)
-    angle = np.zeros((n, n, n))
-    for i, j, k in np.ndindex(n, n, n):
-        kind = (i + j + k) % 4
-        if kind == 0:
-            d = rng.normal(size=3)
-            d /= np.linalg.norm(d)
-            ang = [(np.degrees(np.arccos(d[2])), np.degrees(np.arctan2(d[1], d[0])))]
-            evals, fr = np.array([WM]), [100]
-        elif kind in (1, 2):
-            evals, ang, fr = np.array([[0.8e-3] * 3 if kind == 1 else [3e-3] * 3]), [(0, 0)], [100]
-        else:
-            a = ANGLES[(i + j) % 3]
-            w = 50 * (1 - csf_share)
-            evals, ang, fr = np.array([WM, WM, [3e-3] * 3]), [(90, 0), (90, a), (0, 0)], [w, w, 100 * csf_share]
-            crossing[i, j, k], angle[i, j, k] = True, a
-        s, _ = multi_tensor(gtab, evals, S0=100, angles=ang, fractions=fr, snr=None)
-        noise = rng.normal(0, 100 / snr, (2, protocol.m))
-        data[i, j, k] = np.hypot(s + noise[0], noise[1])
-    return data.astype(np.float32), crossing, angle
-
-
-def _angular_errors(u, npk, crossing, angle):
-    """{angle: (share of voxels with two peaks, errors in degrees of those: the worse of the two peaks)}."""
-    out = {}
-    for a in ANGLES:
-        sel = crossing & (angle == a)
-        two = npk[sel] >= 2
-        truth = np.array([[1.0, 0, 0], [np.cos(np.radians(a)), np.sin(np.radians(a)), 0]])
-        errs = []
-        for peaks in u[sel][two]:
-            c = np.abs(peaks @ truth.T).clip(0, 1)  # (estimated, true)
-            same = np.degrees(np.arccos([c[0, 0], c[1, 1]])).max()
-            swapped = np.degrees(np.arccos([c[0, 1], c[1, 0]])).max()
-            errs.append(min(same, swapped))
-        out[a] = (float(two.mean()), np.array(errs))
-    return out
-
-
 @pytest.fixture(scope="module")
 def crossings():
     protocol = dif.hcp_mgh_protocol(4)  # shells 1000/3000/5000 (+10000, left out by MSMT) s/mm²
-    data, crossing, angle = _crossing_volume(protocol)
-    return protocol, data, crossing, angle
+    return (protocol, *crossing_volume(protocol))
 
 
 #: (share of crossing voxels with two peaks, median, 90th percentile of the angular error in degrees), at least /
@@ -196,17 +144,17 @@ MSMT_AIMS = {60: (0.8, 10.0, 13.0), 75: (0.95, 7.0, 9.0), 90: (0.95, 7.0, 9.0)}
 
 @pytest.mark.slow  # a few seconds (spawned processes / a QP per voxel)
 def test_msmt_csd_resolves_60_to_90_degree_crossings(crossings):
-    protocol, data, crossing, angle = crossings
+    protocol, data, crossing, angle, wm = crossings
     info: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        u, npk = run.csd_peaks(data, protocol, crossing, info=info, method="msmt")
+        u, npk = run.csd_peaks(data, protocol, wm, info=info, method="msmt")
     assert info["method"].startswith("MSMT-CSD") and "msmt_fallback" not in info
     assert info["shells_b"] == [1000.0, 3000.0, 5000.0] and info["response"].startswith("estimated from the data")
     assert min(info["response_voxels"].values()) >= run.MSMT_MIN_VOXELS
     wm = np.array(info["response_wm_evals_mm2_per_s"])
     assert wm.shape == (3, 3) and (wm[:, 0] > 2 * wm[:, 1]).all()  # an anisotropic fibre response per shell
-    for a, (resolved, errs) in _angular_errors(u, npk, crossing, angle).items():
+    for a, (resolved, errs) in angular_errors(u, npk, crossing, angle).items():
         least, median, p90 = MSMT_AIMS[a]
         assert resolved >= least, (a, resolved)
         assert np.median(errs) <= median and np.percentile(errs, 90) <= p90, (a, np.median(errs), errs)
@@ -215,21 +163,24 @@ def test_msmt_csd_resolves_60_to_90_degree_crossings(crossings):
 @pytest.mark.slow  # a few seconds (spawned processes / a QP per voxel)
 def test_msmt_beats_single_shell_csd_with_free_water_in_the_crossings(crossings):
     """20% free water in every crossing voxel: the multi-tissue fit models it, single-shell CSD reads it as a
-    fibre ODF (measured 90th-percentile errors at 75/90°: MSMT 8.0/7.8°, CSD 20.6/18.0°)."""
+    fibre ODF (measured 90th-percentile errors at 75/90°: MSMT 8.0/7.8°, CSD 12.3/21.4°, its response estimated
+    from the single-fibre voxels)."""
     protocol = crossings[0]
-    data, crossing, angle = _crossing_volume(protocol, csf_share=0.2)
+    data, crossing, angle, wm = crossing_volume(protocol, csf_share=0.2)
+    info: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        msmt = _angular_errors(*run.csd_peaks(data, protocol, crossing, method="msmt"), crossing, angle)
-        csd = _angular_errors(*run.csd_peaks(data, protocol, crossing, method="csd"), crossing, angle)
+        msmt = angular_errors(*run.csd_peaks(data, protocol, wm, method="msmt"), crossing, angle)
+        csd = angular_errors(*run.csd_peaks(data, protocol, wm, info=info, method="csd"), crossing, angle)
+    assert info["response"].startswith("estimated from the data")  # a fair match: CSD's response from the data
     for a in (75, 90):
         assert msmt[a][0] >= 0.95 and np.percentile(msmt[a][1], 90) <= 10.0, (a, msmt[a])
-        assert np.percentile(msmt[a][1], 90) < 0.7 * np.percentile(csd[a][1], 90), (a, msmt[a], csd[a])
+        assert np.percentile(msmt[a][1], 90) < 0.75 * np.percentile(csd[a][1], 90), (a, msmt[a], csd[a])
 
 
 @pytest.mark.slow  # a few seconds (spawned processes / a QP per voxel)
 def test_msmt_falls_back_to_single_shell_csd_and_says_why(crossings, small_volume, tmp_path):
-    protocol, data, crossing, _ = crossings
+    protocol, data, crossing, _, _ = crossings
     one_shell = np.abs(protocol.bvals - 3000) < 100
     sub = protocol.subset(np.nonzero(protocol.b0_mask | one_shell)[0])
     info: dict = {}
