@@ -78,3 +78,16 @@ def test_shipped_weights_figures_are_those_of_the_model_cards_and_the_recorded_d
         assert r["differs"] == [], f"the recorded demo's {m} Dice differ from its card"
         for region, v in r["dice"].items():
             assert abs(v - cards[m]["evaluation"]["dice"]["held-out"][region]) <= 0.02, (m, region)
+
+
+def test_attribution_figures_are_those_of_the_recorded_attribution_bench():
+    from sparsesight.bench.attribution import markdown_table, sanity_table
+
+    r = json.loads((ROOT / "bench" / "results" / "attribution.json").read_text())
+    text = (ROOT / "bench" / "README.md").read_text()
+    missing = [line for line in markdown_table(r) + sanity_table(r) if line not in text]
+    assert missing == [], "bench/README.md's attribution tables differ from bench/results/attribution.json"
+    assert r["weights"] == "shipped" and set(r["commands"]) == {"mlcsc", "sum"}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    cost = r["ig_cost"]
+    assert f"IG {cost['mlcsc']['ratio']:.2f}× its floor on ML-CSC ({cost['sum']['ratio']:.2f}× on SUM)" in readme

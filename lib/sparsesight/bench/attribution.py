@@ -206,6 +206,27 @@ def _summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def markdown_table(res: dict) -> list[str]:
+    """bench/README.md's table of a recorded run (tests/unit/test_readme_figures.py checks it is quoted)."""
+    lines = ["| model | target | method | deletion AUC | gain vs random | gain vs Sobel | insertion gain vs random |",
+             "|---|---|---|---|---|---|---|"]
+    for r in res["faithfulness"]:
+        if r["method"] in ("random", "sobel"):
+            continue
+        lines.append(f"| {r['model']} | {r['target']} | {r['method']} | {r['deletion_auc']:.4f} | "
+                     f"{r['deletion_gain']:.2f} | {r.get('deletion_gain_vs_sobel', math.nan):.2f} | "
+                     f"{r['insertion_gain']:.2f} |")
+    return lines
+
+
+def sanity_table(res: dict) -> list[str]:
+    """The model-randomisation rows (every layer re-initialised) of a recorded run, as bench/README.md quotes them."""
+    lines = ["| model | method | layers re-initialised | Spearman of \\|map\\| | SSIM of \\|map\\| |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['method']} | {r['n_randomised']} | {r['spearman_abs']:.3f} | {r['ssim_abs']:.3f} |"
+              for r in res.get("sanity_final", [])]
+    return lines
+
+
 def _plot(results: dict, path: Path):
     plt = pyplot()
 
