@@ -180,7 +180,6 @@ def name_of(model) -> str:
 def publish(model, name: str, training: dict, eval_cases: int, downsample: int, seed: int, out: Path,
             work: Path) -> dict:
     """Evaluate `model` on the held-out split and write `<out>/<name>.pt` with its card; returns the card."""
-    settle_norms(model)  # a checkpoint saved before training settled its normalisation (issue 16)
     eval_ds = eval_split(eval_cases, downsample, seed, Path(work))
     logger.info("evaluating on %d held-out phantoms", eval_cases)
     model.spacing_mm = tuple(float(v) for v in training["spacing_mm"])  # as checkpoint.load sets it when served
@@ -216,6 +215,7 @@ def republish(source: Path, out: Path, work: Path) -> dict:
     if old is None:
         raise SystemExit(f"{source} has no card: it was not made by sparsesight.pretrain")
     ev = old["evaluation"]
+    settle_norms(model)  # a checkpoint saved before training settled its normalisation (issue 16); train() does
     training = {**old["training"], "spacing_mm": old["training"].get("spacing_mm", [float(ev["downsample"])] * 3)}
     return publish(model, meta["model"], training, ev["cases"], ev["downsample"], old["training"]["seed"], out, work)
 

@@ -120,6 +120,13 @@ def region_mask(model, x: torch.Tensor, target, region="predicted") -> tuple[tor
     return m, f"roi ({int(m.sum())} voxels)"
 
 
+def fixed_region(model, x: torch.Tensor, target, region="predicted") -> tuple[np.ndarray | str, str]:
+    """The region of x (1, C, *spatial) computed once, as a value every later call takes unchanged (an ROI mask,
+    or "all"): the same voxels for several maps, their faithfulness and a randomised model. Also its description."""
+    mask, desc = region_mask(model, x, target, region)
+    return (mask[0].cpu().numpy() if mask is not None else "all"), desc
+
+
 class TargetScore(nn.Module):
     """F(x) = sum_{v in R} z_S(x)_v per batch element, (B,); z_S(x) for a classifier (B, K) output."""
 

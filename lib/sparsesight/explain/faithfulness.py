@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
 from ..preview import png_bytes, pyplot
-from .attribution import attribute, plain, region_mask, target_classes
+from .attribution import attribute, fixed_region, plain, region_mask, target_classes
 from .gradients import gaussian_blur, make_baseline
 
 
@@ -190,8 +190,7 @@ def randomisation_check(model: nn.Module, x, method: str = "integrated_gradients
     x = plain(x)
     xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
     model = model.eval()
-    mask, _ = region_mask(model, xb, target, region)
-    roi = mask[0].cpu().numpy() if mask is not None else "all"  # the same region for every randomised model
+    roi, _ = fixed_region(model, xb, target, region)  # the same region for every randomised model
     ref = attribute(model, xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
     rows = [{"layer": "(trained)", "n_randomised": 0, **similarity(ref[0], ref[0])}]
     rand = copy.deepcopy(model)
@@ -215,8 +214,7 @@ def model_randomisation(model: nn.Module, x, attr, method: str, target, region="
     and `sane` (spearman_abs <= SANITY_MAX_SPEARMAN)."""
     x = plain(x)
     xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
-    mask, _ = region_mask(model.eval(), xb, target, region)
-    roi = mask[0].cpu().numpy() if mask is not None else "all"
+    roi, _ = fixed_region(model.eval(), xb, target, region)
     rand = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     for _, mod in parameterised_modules(rand):

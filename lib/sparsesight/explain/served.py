@@ -27,7 +27,7 @@ import torch
 from .. import CLASSES, MODALITIES, REGIONS
 from ..errors import InvalidInput
 from ..options import check_known, flag
-from .attribution import SHORT, attribute, method_name, plain, region_mask
+from .attribution import SHORT, attribute, fixed_region, method_name, plain
 from .faithfulness import (
     FAITHFUL_MIN_GAIN,
     SANITY_MAX_SPEARMAN,
@@ -152,16 +152,18 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
     rows: list[dict] = []
     for target in req["targets"]:
         cname = target_name(target, classes)
-        _, region_desc = region_mask(model.eval(), x, target, req["region"])  # what the region turned out to be
-        refs = {k: deletion_insertion(model, x, m, target, region=req["region"], steps=FAITHFULNESS_STEPS)
+        # the region once (a forward pass of the whole image): every map, curve and check of this target uses it
+        roi, region_desc = fixed_region(model.eval(), x, target, req["region"])
+        treq = {**req, "region": roi}
+        refs = {k: deletion_insertion(model, x, m, target, region=roi, steps=FAITHFULNESS_STEPS)
                 for k, m in references.items()}
         curves.update({f"{k} ranking/{cname}": r for k, r in refs.items()})
         for method in req["methods"]:
-            attr = compute(model, x, req, method, target, progress)
-            faith = deletion_insertion(model, x, attr, target, region=req["region"], steps=FAITHFULNESS_STEPS)
+            attr = compute(model, x, treq, method, target, progress)
+            faith = deletion_insertion(model, x, attr, target, region=roi, steps=FAITHFULNESS_STEPS)
             q = assess(faith, refs)
             if req.get("sanity"):
-                san = model_randomisation(model, x, attr, method, target, req["region"], **_method_kw(req, method))
+                san = model_randomisation(model, x, attr, method, target, roi, **_method_kw(req, method))
                 q["model_randomisation_spearman_abs"] = san["spearman_abs"]
                 q["sane"] = san["sane"]
                 if not san["sane"]:
@@ -198,9 +200,11 @@ def quality_rows(scope: str, q: dict) -> list[dict]:
     below = {"model_randomisation_spearman_abs": SANITY_MAX_SPEARMAN}
     rows = []
     for key, v in q.items():
-        if isinstance(v, bool) or key == "flags":
-            rows += [] if isinstance(v, list) else [{"set": "attribution", "scope": scope, "metric": key,
-                                                      "value": str(v), "aim": "True", "status": "ok" if v else "FAIL"}]
+        if key == "flags":
+            continue
+        if isinstance(v, bool):  # faithful, sane
+            rows.append({"set": "attribution", "scope": scope, "metric": key, "value": str(v), "aim": "True",
+                         "status": "ok" if v else "FAIL"})
             continue
         aim, ok = (f"> {above[key]:g}", v > above[key]) if key in above else \
             (f"<= {below[key]:g}", v <= below[key]) if key in below else ("", None)

@@ -171,10 +171,11 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
                 on_epoch_end=keep_best,
                 stats={"epochs": 0, "loss": [], "seconds": 0.0, "cases": len(items), "config": cfg,
                        "spacing_mm": training_spacing(items)})
-    if best["state"] is not None:
+    if best["state"] is not None:  # kept right after validate(), which settled it
         model.load_state_dict(best["state"])
         stats.update(best_epoch=best["epoch"], best_val=best["val"])
-    settle_norms(model)
+    else:
+        settle_norms(model)
     return stats
 
 
