@@ -6,7 +6,8 @@ conf options: `models` ("all" or a comma-separated list of config names), `model
 <model_dir>/<model>.pt; default apps/sparsesight/model), `device` (default cuda when present, else cpu),
 `epochs` (default epochs of a train request), `pretrained` (true: serve the weights shipped in
 apps/sparsesight/pretrained/ with their model cards while <model_dir> holds no trained checkpoint; false: start
-untrained; or a folder of <model>.pt + <model>.card.json).
+untrained; or a folder of <model>.pt + <model>.card.json), `jobs_dir` (records and results of the asynchronous
+jobs, kept across restarts; default <model_dir>/jobs; never inside the datastore).
 
 Refusals are HTTP 4xx with a reason (see lib/http_errors.py): the app checks ids, models and uploads in its own
 layer and raises fastapi.HTTPException, which MONAI Label's endpoints pass through.
@@ -88,6 +89,7 @@ class MyApp(MONAILabelApp):
         conf = conf or {}
         self.security = Settings.from_conf(conf)  # token, CORS, size limits, queue (lib/security.py)
         self.model_dir = os.path.abspath(conf.get("model_dir") or os.path.join(app_dir, "model"))
+        self.jobs_dir = os.path.abspath(conf.get("jobs_dir") or os.path.join(self.model_dir, "jobs"))  # lib/jobs.py
         self.device = pick_device(default=conf.get("device"))  # an absent GPU falls back to cpu (logged)
 
         wanted = conf.get("models", "all")

@@ -2,7 +2,8 @@
 -> GET /jobs/{id} -> GET /jobs/{id}/result, DELETE /jobs/{id} (apps/sparsesight/lib/jobs.py).
 
 This module starts a server of its own: only the microstructure model (a small checkpoint written before the
-start), an API token, one job worker and at most 2 jobs queued or running. Its datastore holds DWI phantoms with
+start), an API token, one job worker and at most 2 jobs queued or running; its last test restarts it on the same
+folders (the jobs persist in <model_dir>/jobs). Its datastore holds DWI phantoms with
 their FSL and JSON timing sidecars: `dwi_big` (4 mm, 4 slices; a few thousand voxels, so that a job with small
 chunks runs for seconds), `dwi_small`, `dwi_nan` (every voxel NaN: fails while running) and `dwi_notiming` (no
 JSON sidecar: refused before it is queued).
@@ -69,9 +70,18 @@ def jobs_server(server_tools, tmp_path_factory):
     data = ms_training.simulate_training_set(model, 400, (50,), seed=0)
     ms_training.fit_networks(model, data, epochs=1, batch_size=64, lr=3e-3)
     checkpoint.save(work / "model" / "microstructure.pt", model, "microstructure", model.config)
-    srv = start(work, studies, work, conf={"models": "microstructure", "api_token": TOKEN, "job_workers": 1,
-                                           "max_jobs": 2}, name="jobs")
+    conf = {"models": "microstructure", "api_token": TOKEN, "job_workers": 1, "max_jobs": 2}
+    srv = start(work, studies, work, conf=conf, name="jobs")
     srv.client = Client(srv)
+    srv.jobs = work / "model" / "jobs"
+
+    def restart():
+        """Stop the server (SIGTERM) and start it again on the same folders."""
+        srv.process.stop()
+        again = start(work, studies, work, conf=conf, name="jobs-restarted")
+        srv.url, srv.process = again.url, again.process
+
+    srv.restart = restart
     try:
         yield srv
     finally:
@@ -187,10 +197,11 @@ def test_cancel_a_running_job(jobs_server):
     assert final["status"] == "cancelled" and final["progress"]["chunks_done"] < final["progress"]["chunks_total"]
     assert time.time() - t < 30
     assert c.get(f"/jobs/{job_id}/result").status_code == 409
-    assert not [p for p in jobs_server.tmpdir.rglob(f"{job_id}*")]  # no partial result left behind
+    assert not [p for p in jobs_server.jobs.glob(f"{job_id}*") if p.suffix != ".json"]  # no partial result
     r = c.delete(f"/jobs/{job_id}")  # a finished job is forgotten
     assert r.status_code == 200 and r.json()["forgotten"] is True
     assert c.get(f"/jobs/{job_id}").status_code == 404
+    assert not list(jobs_server.jobs.glob(f"{job_id}*"))  # its record is gone too
 
 
 def test_unknown_job_is_404(jobs_server):
@@ -270,4 +281,27 @@ def test_a_result_zip_is_never_half_written(jobs_server):
     r = c.get(f"/jobs/{s['id']}/result")
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
         assert z.testzip() is None and "manifest.json" in z.namelist()
-    assert not list(jobs_server.tmpdir.rglob("*.part.zip*"))
+    assert not list(jobs_server.jobs.rglob("*.part.zip*")) and not list(jobs_server.tmpdir.rglob("*.zip"))
+
+
+def test_jobs_survive_a_server_restart(jobs_server, observed):
+    """Stopped and started again on the same folders: a finished job is listed with its result, a job that was
+    running is failed ("interrupted by a server restart"), a half-written record is skipped, new jobs run."""
+    c, folder = jobs_server.client, jobs_server.jobs
+    done = c.get(f"/jobs/{observed['id']}").json()
+    zip_before = c.get(f"/jobs/{observed['id']}/result").content
+    running = submit(c, chunk=64)
+    wait(c, running, until=("running",))
+    (folder / f"{'f' * 32}.json").write_text('{"id": "ffff')  # a record a crash cut short
+    (folder / f"{'e' * 32}.json").write_text("[1, 2]")  # not a record at all
+    jobs_server.restart()
+    assert c.get(f"/jobs/{observed['id']}").json() == done
+    r = c.get(f"/jobs/{observed['id']}/result")
+    assert r.status_code == 200 and r.content == zip_before
+    s = c.get(f"/jobs/{running}").json()
+    assert s["status"] == "failed" and s["error"].startswith("interrupted by a server restart"), s
+    assert c.get(f"/jobs/{running}/result").status_code == 409
+    listed = c.get("/jobs/").json()
+    assert {"f" * 32, "e" * 32}.isdisjoint(j["id"] for j in listed["jobs"]) and listed["running"] == 0
+    assert "job record ffffffff" in jobs_server.process.log(tail=100_000)  # the skip is logged
+    assert wait(c, submit(c, image="dwi_small"))["status"] == "done"  # the restarted workers take jobs

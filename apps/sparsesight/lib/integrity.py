@@ -204,7 +204,8 @@ def server_folders(app) -> list:
     """(folder, placeholder) of the server's folders, longest first (as configured and resolved)."""
     sessions = app.sessions()
     named = [(getattr(app.datastore(), "_datastore_path", None), "<datastore>"),
-             (getattr(app, "model_dir", None), "<model_dir>"), (getattr(app, "app_dir", None), "<app>"),
+             (getattr(app, "jobs_dir", None), "<jobs>"), (getattr(app, "model_dir", None), "<model_dir>"),
+             (getattr(app, "app_dir", None), "<app>"),
              (sessions.store_path if sessions is not None else None, "<sessions>"),
              (tempfile.gettempdir(), "<tmp>"), (sys.prefix, "<python>"), (sys.base_prefix, "<python>")]
     pairs = {}

@@ -10,7 +10,7 @@
     GET    /jobs/{id}/result        the result bundle zip once done; 409 before (or when failed/cancelled)
     DELETE /jobs/{id}               cancels a queued or running job (a running one stops between two slices of
                                     the orientation fit or two voxel chunks);
-                                    a finished one is forgotten and its result file removed
+                                    a finished one is forgotten, its record and result files removed
 
 Only models whose runner reports progress per voxel chunk take jobs (JOB_MODELS: microstructure). Everything a
 job needs is checked before it is queued, so bad options, an unknown image, missing timing or a protocol the
@@ -19,26 +19,32 @@ of the server process (the event loop stays free: /info answers while a job runs
 or running, more are answered 429 with Retry-After. The routes sit behind the same guard as every other route
 (API token, CORS, body size) and the same RBAC dependency as the infer route.
 
-State: in memory, with the result bundles in a temporary folder of the server's own (removed at exit). A server
-restart forgets every job and its result; the last KEEP_FINISHED finished jobs are kept, older ones are dropped
-with their results. A result is written next to its final name and renamed into place after an fsync
-(atomic.py): a client never downloads half a bundle. Answers name images by id, never by a server path.
+State survives a restart. Each job's record is a JSON file <jobs_dir>/<id>.json (temp file + fsync + rename,
+atomic.py; written when the job is queued, starts and ends) and a finished job's result is <jobs_dir>/<id>.zip
+(written next to its final name and renamed into place after an fsync: a client never downloads half a bundle).
+jobs_dir is the app's `--conf jobs_dir` (default <model_dir>/jobs; never inside the datastore), one server per
+folder. At start the server lists its finished jobs (done, failed, cancelled) again, their results downloadable;
+a job that was queued or running when the server stopped is marked failed, "interrupted by a server restart",
+and not re-run: a job that took the server down (out of memory) would take it down again at every start, and
+the client's resubmission is one request. A record that cannot be read (half-written, not a job) is skipped
+with a logged warning; temp files of interrupted writes are removed. The last KEEP_FINISHED finished jobs are
+kept, older ones are deleted with their record and result. Answers name images by id, never by a server path
+(error messages go through integrity.scrub).
 """
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import queue
 import re
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
@@ -46,10 +52,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 
-from sparsesight.atomic import fsync_dir
+from sparsesight.atomic import fsync_dir, replace_atomically
 from sparsesight.errors import InvalidInput
 
 from .http_errors import BAD_REQUEST, CONFLICT, NOT_FOUND, bad_request, check_id, refuse
+from .integrity import scrub, server_folders
 from .model_file import BrokenModel, pick_device
 
 logger = logging.getLogger(__name__)
@@ -62,16 +69,15 @@ TOO_MANY = 429
 SERVICE_UNAVAILABLE = 503
 RETRY_AFTER_S = 30
 _ID = re.compile(r"^[0-9a-f]{32}$")
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\"]+)+[/\\]")  # the folders of an absolute path in a message
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+INTERRUPTED = "interrupted by a server restart (it was {was}); submit it again"
+# what a record file keeps of a job (plus "result": the result file's name)
+RECORD = ("id", "model", "image", "options", "submitted", "status", "started", "finished", "chunks_done",
+          "chunks_total", "slices_done", "slices_total", "error")
 
 
 class JobCancelled(Exception):
     pass
-
-
-def scrub(text: str) -> str:
-    """A message without the folders of any server path in it (file names stay)."""
-    return _PATH.sub("", text)
 
 
 @dataclass
@@ -122,21 +128,45 @@ class Job:
             out["result_url"] = f"/jobs/{self.id}/result"
         return out
 
+    def record(self) -> Dict[str, Any]:
+        """What the job's record file holds (no server path: the result by its file name)."""
+        return {**{k: getattr(self, k) for k in RECORD}, "result": self.result.name if self.result else None}
+
+    @classmethod
+    def from_record(cls, data: Any, folder: Path, name: str) -> "Job":
+        """The job of a record file `name` in `folder`; ValueError when it is not one."""
+        if not isinstance(data, dict) or set(data) != set(RECORD) | {"result"}:
+            raise ValueError("not a job record (its fields differ)")
+        if data["id"] != name or not _ID.match(name) or data["status"] not in STATUSES:
+            raise ValueError("its id or status is not valid")
+        if not all(isinstance(data[k], str) for k in ("model", "image")) or not isinstance(data["options"], dict):
+            raise ValueError("its model, image or options are not valid")
+        numbers = ("submitted", "started", "finished", "chunks_done", "chunks_total", "slices_done", "slices_total")
+        if not all(isinstance(data[k], (int, float)) or (data[k] is None and k != "submitted") for k in numbers):
+            raise ValueError("its times or progress are not numbers")
+        job = cls(**{k: data[k] for k in RECORD}, stage=None)  # the stage of a live job only
+        if data["result"] is not None:
+            job.result = folder / f"{name}.zip"
+        return job
+
 
 def _iso(t: Optional[float]) -> Optional[str]:
     return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 class JobManager:
-    """Jobs of one server: validation at submission, `workers` daemon threads, results in `folder`."""
+    """Jobs of one server: validation at submission, `workers` daemon threads, records and results in `folder`."""
 
-    def __init__(self, app, workers: int, max_active: int, folder: Path | None = None):
+    def __init__(self, app, workers: int, max_active: int, folder: Path):
         self.app, self.workers, self.max_active = app, workers, max_active
-        self.folder = Path(folder or tempfile.mkdtemp(prefix="sparsesight-jobs-"))
+        self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._jobs: Dict[str, Job] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the jobs' state (held briefly: never around file I/O)
+        self._io_lock = threading.Lock()  # record writes and deletions, in order
+        self._closing = False
         self._queue: "queue.Queue[Job]" = queue.Queue()
+        self._load()
         self._threads = [threading.Thread(target=self._loop, name=f"sparsesight-job-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
@@ -151,11 +181,57 @@ class JobManager:
                 "queued": sum(j.status == "queued" for j in jobs), "running": sum(j.status == "running" for j in jobs)}
 
     def close(self) -> None:
-        """Cancel what runs and remove the results (the jobs live as long as the server process)."""
+        """At exit: stop what runs (recorded as interrupted); records and results stay for the next start."""
+        self._closing = True
         with self._lock:
             for j in self._jobs.values():
                 j.cancel.set()
-        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # ---------------------------------------------------------------- records on disk
+    def _load(self) -> None:
+        """The jobs of the records in the folder; the ones a stop interrupted are marked failed."""
+        for path in self.folder.iterdir():  # no write is in flight before the workers start
+            if path.name.startswith(".") and path.name.endswith(".tmp") or ".part.zip" in path.name:
+                path.unlink(missing_ok=True)
+        interrupted = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                job = Job.from_record(json.loads(path.read_text()), self.folder, path.stem)
+            except (OSError, ValueError, TypeError) as e:
+                logger.warning(f"job record {path.name} skipped: unreadable ({e})")
+                continue
+            if job.active:
+                self._finish(job, "failed", INTERRUPTED.format(was=job.status))
+                interrupted.append(job)
+            elif job.status == "done" and (job.result is None or not job.result.is_file()):
+                job.status, job.error, job.result = "failed", "its result file is gone from the server", None
+                interrupted.append(job)
+            self._jobs[job.id] = job
+        for job in interrupted:
+            self._save(job)
+        self._delete(self._forget_old())
+        logger.info(f"jobs: {len(self._jobs)} known from {self.folder.name}/ ({len(interrupted)} marked failed)")
+
+    def _save(self, job: Job) -> bool:
+        """Write the job's record (atomically); False (logged) when the disk refuses it."""
+        with self._io_lock:
+            with self._lock:
+                if self._jobs.get(job.id) is not job:  # forgotten meanwhile: no record to bring back
+                    return True
+                data = job.record()
+            try:
+                replace_atomically(self.folder / f"{job.id}.json", json.dumps(data).encode())
+                return True
+            except OSError as e:
+                logger.error(f"job {job.id}: its record could not be written ({e}); a restart will not know it")
+                return False
+
+    def _delete(self, jobs) -> None:
+        """Remove the record and result files of forgotten jobs."""
+        with self._io_lock:
+            for job in jobs:
+                for path in (self.folder / f"{job.id}.json", self.folder / f"{job.id}.zip"):
+                    path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- submission (checks, then the queue)
     def check(self, model: str, image: str, body: Any) -> Job:
@@ -212,6 +288,7 @@ class JobManager:
         return job
 
     def submit(self, job: Job) -> Job:
+        """Queue a checked job (429 over max_jobs; 503 when its record cannot be written). Blocking: file I/O."""
         with self._lock:
             active = sum(j.active for j in self._jobs.values())
             if active >= self.max_active:
@@ -219,28 +296,32 @@ class JobManager:
                                               f"server's max_jobs); retry in {RETRY_AFTER_S} s or cancel one",
                                     headers={"Retry-After": str(RETRY_AFTER_S)})
             self._jobs[job.id] = job
-            self._forget_old()
+            old = self._forget_old()
+        self._delete(old)
+        if not self._save(job):
+            with self._lock:
+                self._jobs.pop(job.id, None)
+            raise HTTPException(SERVICE_UNAVAILABLE, "the server cannot write the job's record (its disk is full "
+                                                     "or read-only); the job was not queued")
         self._queue.put(job)
         logger.info(f"job {job.id}: {job.model} on {job.image} queued")
         return job
 
-    def _forget_old(self) -> None:
+    def _forget_old(self) -> list:
+        """Drop all but the last KEEP_FINISHED finished jobs (caller holds the lock; then _delete their files)."""
         finished = sorted((j for j in self._jobs.values() if not j.active), key=lambda j: j.finished or 0)
-        for j in finished[:max(0, len(finished) - KEEP_FINISHED)]:
-            self._drop(j)
-
-    def _drop(self, job: Job) -> None:
-        self._jobs.pop(job.id, None)
-        if job.result is not None:
-            job.result.unlink(missing_ok=True)
+        old = finished[:max(0, len(finished) - KEEP_FINISHED)]
+        for j in old:
+            self._jobs.pop(j.id, None)
+        return old
 
     # ---------------------------------------------------------------- status, result, cancel
     def get(self, job_id: str) -> Job:
         with self._lock:
             job = self._jobs.get(job_id) if _ID.match(job_id or "") else None
         if job is None:
-            raise refuse(NOT_FOUND, f"unknown job {job_id!r} (jobs live in the server's memory: a restart forgets "
-                                    f"them); GET /jobs/ lists the known ones")
+            raise refuse(NOT_FOUND, f"unknown job {job_id!r} (a server keeps its last {KEEP_FINISHED} finished "
+                                    f"jobs); GET /jobs/ lists the known ones")
         return job
 
     def listing(self) -> list:
@@ -257,18 +338,25 @@ class JobManager:
         return job.result
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
+        """Cancel an active job, or forget a finished one with its files. Blocking: file I/O."""
         job = self.get(job_id)
         with self._lock:
-            if job.active:
+            active, queued = job.active, job.status == "queued"
+            if active:
                 job.cancel.set()
-                if job.status == "queued":
+                if queued:
                     self._finish(job, "cancelled", "cancelled before it started")
                 else:
                     job.stage = "cancelling (stops after the chunk in progress)"
-                logger.info(f"job {job.id}: cancel requested")
-                return job.public()
-            self._drop(job)
-        return {**job.public(), "forgotten": True}
+            else:
+                self._jobs.pop(job.id, None)
+        if not active:
+            self._delete([job])
+            return {**job.public(), "forgotten": True}
+        if queued:
+            self._save(job)
+        logger.info(f"job {job.id}: cancel requested")
+        return job.public()
 
     # ---------------------------------------------------------------- the worker
     def _finish(self, job: Job, status: str, error: Optional[str] = None) -> None:
@@ -291,8 +379,26 @@ class JobManager:
             if job.status != "queued":  # cancelled while it waited
                 return
             job.status, job.started, job.stage = "running", time.time(), "loading the DWI"
-        work = job.work
+        self._save(job)
         part = self.folder / f"{job.id}.part.zip"
+        try:
+            status, error = self._compute(job, part)
+        finally:
+            part.unlink(missing_ok=True)
+            Path(f"{part}.tmp").unlink(missing_ok=True)
+        with self._lock:
+            if status == "done":
+                job.result = self.folder / f"{job.id}.zip"
+            self._finish(job, status, error)
+        self._save(job)
+        if status != "done":
+            (self.folder / f"{job.id}.zip").unlink(missing_ok=True)
+
+    def _compute(self, job: Job, part: Path) -> Tuple[str, Optional[str]]:
+        """Fit the maps and write the bundle to <id>.zip: (final status, error for the client)."""
+        from sparsesight.runners import microstructure as runner
+
+        work = job.work
 
         def on_chunk(done: int, total: int) -> None:
             if job.cancel.is_set():
@@ -308,8 +414,6 @@ class JobManager:
             job.slices_done, job.slices_total = done, total
             job.stage = "fibre orientations (axial slices)"
 
-        from sparsesight.runners import microstructure as runner
-
         try:
             task = self.app._infers[job.model]
             model, _ = task.model_file.load(work["device"])
@@ -320,37 +424,28 @@ class JobManager:
                               on_chunk=on_chunk, on_slice=on_slice, **work["opts"])
             if job.cancel.is_set():
                 raise JobCancelled()
-            final = self.folder / f"{job.id}.zip"
             with open(part, "rb") as f:
                 os.fsync(f.fileno())
-            os.replace(part, final)
+            os.replace(part, self.folder / f"{job.id}.zip")
             fsync_dir(self.folder)
-            with self._lock:
-                job.result = final
-                self._finish(job, "done")
-            logger.info(f"job {job.id}: done in {job.finished - job.started:.1f} s")
+            logger.info(f"job {job.id}: done in {time.time() - (job.started or 0):.1f} s")
+            return "done", None
         except JobCancelled:
-            with self._lock:
-                self._finish(job, "cancelled", "cancelled while running")
+            if self._closing:  # the server is stopping
+                logger.info(f"job {job.id}: interrupted by the server's stop")
+                return "failed", INTERRUPTED.format(was="running")
             logger.info(f"job {job.id}: cancelled")
+            return "cancelled", "cancelled while running"
         except (InvalidInput, HTTPException) as e:
-            reason = e.detail if isinstance(e, HTTPException) else str(e)
-            with self._lock:
-                self._finish(job, "failed", scrub(str(reason)))
+            reason = str(e.detail if isinstance(e, HTTPException) else e)
             logger.warning(f"job {job.id}: failed: {reason}")
+            return "failed", scrub(reason, server_folders(self.app))
         except MemoryError:
-            with self._lock:
-                self._finish(job, "failed", "the server ran out of memory for this volume")
             logger.exception(f"job {job.id}: out of memory")
+            return "failed", "the server ran out of memory for this volume"
         except Exception as e:
-            with self._lock:
-                self._finish(job, "failed", f"internal error ({type(e).__name__}); the server log has the details")
             logger.exception(f"job {job.id}: failed")
-        finally:
-            part.unlink(missing_ok=True)
-            Path(f"{part}.tmp").unlink(missing_ok=True)
-            if job.status != "done":
-                (self.folder / f"{job.id}.zip").unlink(missing_ok=True)
+            return "failed", f"internal error ({type(e).__name__}); the server log has the details"
 
 
 def build_router(app, manager: JobManager) -> APIRouter:
@@ -361,7 +456,7 @@ def build_router(app, manager: JobManager) -> APIRouter:
     async def submit(model: str, image: str = Query(..., description="datastore image id"),
                      body: Any = Body(default=None), user: User = user_role):
         job = await run_in_threadpool(manager.check, model, image, {} if body is None else body)
-        manager.submit(job)
+        await run_in_threadpool(manager.submit, job)
         # "queued" as of this answer (a free worker may already have started it)
         return JSONResponse({"id": job.id, "status": "queued", "status_url": f"/jobs/{job.id}"}, status_code=202)
 
@@ -381,15 +476,26 @@ def build_router(app, manager: JobManager) -> APIRouter:
 
     @router.delete("/jobs/{job_id}", summary="Cancel a job, or forget a finished one and its result")
     async def cancel(job_id: str, user: User = user_role):
-        return manager.cancel(job_id)
+        return await run_in_threadpool(manager.cancel, job_id)
 
     return router
 
 
+def jobs_folder(app) -> Path:
+    """The app's jobs_dir (default <model_dir>/jobs); ValueError when it lies inside the datastore (clients write
+    there)."""
+    folder = Path(getattr(app, "jobs_dir", None) or Path(app.model_dir) / "jobs").resolve()
+    store = getattr(app.datastore(), "_datastore_path", None)
+    if store and folder.is_relative_to(Path(store).resolve()):
+        raise ValueError("--conf jobs_dir: the jobs folder must not lie inside the datastore (clients write there); "
+                         "choose a folder of the server's own, e.g. <model_dir>/jobs")
+    return folder
+
+
 def install(fastapi_app, app) -> None:
-    """Add the job routes (once); the manager is app.jobs."""
+    """Add the job routes (once); the manager is app.jobs, its records and results in jobs_folder(app)."""
     if getattr(fastapi_app.state, "sparsesight_jobs", False):
         return
-    app.jobs = JobManager(app, app.security.job_workers, app.security.max_jobs)
+    app.jobs = JobManager(app, app.security.job_workers, app.security.max_jobs, jobs_folder(app))
     fastapi_app.include_router(build_router(app, app.jobs), prefix=settings.MONAI_LABEL_API_STR)
     fastapi_app.state.sparsesight_jobs = True
