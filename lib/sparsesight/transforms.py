@@ -1,7 +1,12 @@
 """MONAI transform chains shared by training, inference and the benchmarks."""
 from __future__ import annotations
 
+import math
+
 from monai import transforms as mt
+
+#: `augment` levels of the training recipe (training/segmentation.py's train_config)
+AUGMENT_LEVELS = ("light", "full")
 
 
 def intensity_normalisation(keys=("image",)):
@@ -9,18 +14,53 @@ def intensity_normalisation(keys=("image",)):
     return mt.NormalizeIntensityd(keys=list(keys), nonzero=True, channel_wise=True)
 
 
-def train_transforms(patch_size, samples_per_image: int = 2):
-    """Load, normalise, sample patches centred on tumour (2:1 positive:negative), augment."""
+def light_augmentation() -> list:
+    """Left-right flip and a small intensity scale and shift (what the shipped weights were trained with)."""
+    return [
+        mt.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
+        mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+    ]
+
+
+def full_augmentation(patch_size) -> list:
+    """nnU-Net-style augmentation of a patch, in its order: rotation / scaling (other head sizes and positions),
+    elastic deformation (other anatomy), noise, blur, bias field (coil shading), gamma (other contrasts), a
+    coarser grid simulated by down- and up-sampling (other voxel sizes, thick slices), flips on every axis.
+    Labels follow every spatial step with nearest-neighbour sampling."""
+    both, interp = ["image", "label"], ("bilinear", "nearest")
+    rot = math.radians(15)
+    return [
+        mt.RandAffined(keys=both, prob=0.3, rotate_range=(rot, rot, rot), scale_range=(0.15, 0.15, 0.15),
+                       mode=interp, padding_mode="zeros", spatial_size=patch_size),
+        mt.Rand3DElasticd(keys=both, prob=0.1, sigma_range=(5, 8), magnitude_range=(50, 150), mode=interp,
+                          padding_mode="zeros", spatial_size=patch_size),
+        mt.RandGaussianNoised(keys="image", prob=0.15, std=0.1),
+        mt.RandGaussianSmoothd(keys="image", prob=0.15, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        mt.RandBiasFieldd(keys="image", prob=0.2, coeff_range=(0.0, 0.3)),
+        mt.RandAdjustContrastd(keys="image", prob=0.2, gamma=(0.7, 1.5), retain_stats=True),
+        mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
+        mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
+        mt.RandSimulateLowResolutiond(keys="image", prob=0.15, zoom_range=(0.5, 1.0)),
+        *[mt.RandFlipd(keys=both, prob=0.5, spatial_axis=axis) for axis in range(3)],
+    ]
+
+
+def train_transforms(patch_size, samples_per_image: int = 2, augment: str = "light"):
+    """Load, normalise, sample patches centred on tumour (2:1 positive:negative), augment (`augment` of
+    AUGMENT_LEVELS)."""
+    if augment not in AUGMENT_LEVELS:
+        raise ValueError(f"unknown augment {augment!r}; choose from {list(AUGMENT_LEVELS)}")
     return mt.Compose([
         mt.LoadImaged(keys=["image", "label"], reader="NibabelReader", image_only=True),
         mt.EnsureChannelFirstd(keys=["image", "label"]),
         mt.EnsureTyped(keys=["image", "label"], dtype=None, track_meta=False),
         intensity_normalisation(),
         mt.SpatialPadd(keys=["image", "label"], spatial_size=patch_size),
+        # tumour / brain voxel indices once per case (cached), not a full-volume scan per patch
+        mt.FgBgToIndicesd(keys="label", image_key="image", image_threshold=0),
         mt.RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch_size,
-                                  pos=2, neg=1, num_samples=samples_per_image, image_key="image",
-                                  image_threshold=0),
-        mt.RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
-        mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+                                  pos=2, neg=1, num_samples=samples_per_image, fg_indices_key="label_fg_indices",
+                                  bg_indices_key="label_bg_indices"),
+        *(full_augmentation(patch_size) if augment == "full" else light_augmentation()),
     ])

@@ -97,3 +97,50 @@ def test_validation_keeps_the_best_epoch_and_stops_early(tmp_path):
     model.eval()
     with torch.no_grad():
         assert validation_dice(model, items[2:], [32, 32, 32], "cpu") == pytest.approx(stats["best_val"], abs=1e-6)
+
+
+
+def _augmented(augment_seed: int, n: int = 8, spatial_only: bool = False):
+    """(label, n draws of the full augmentation (or its spatial steps) of a 32^3 case with a two-class blob whose
+    last image channel is 100 x the label, so that image / label alignment can be read off each patch)."""
+    import numpy as np
+    from monai import transforms as mt
+
+    from sparsesight.transforms import full_augmentation
+
+    grid = np.stack(np.meshgrid(*[np.arange(32)] * 3, indexing="ij")).astype(np.float32)
+    r = np.sqrt(((grid - np.array([14, 17, 15])[:, None, None, None]) ** 2 * [[[[1.0]]], [[[1.6]]], [[[0.7]]]]).sum(0))
+    label = np.where(r < 5, 3, np.where(r < 9, 1, 0)).astype(np.float32)[None]
+    image = np.concatenate([np.random.default_rng(0).normal(1, 0.1, (3, 32, 32, 32)), 100 * label]).astype(np.float32)
+    steps = full_augmentation([32, 32, 32])
+    spatial = (mt.RandAffined, mt.Rand3DElasticd, mt.RandFlipd)
+    chain = mt.Compose([t for t in steps if isinstance(t, spatial)] if spatial_only else steps)
+    chain.set_random_state(seed=augment_seed)
+    return label[0], [chain({"image": torch.from_numpy(image), "label": torch.from_numpy(label)}) for _ in range(n)]
+
+
+def test_full_augmentation_keeps_label_and_image_aligned_and_is_seeded():
+    """Every spatial step moves the label with the image (nearest neighbour: values stay 0, 1, 3), the same seed
+    gives the same patches, another seed other ones; an unknown level is refused."""
+    import numpy as np
+
+    from sparsesight.errors import InvalidInput
+
+    original, patches = _augmented(1, n=12, spatial_only=True)
+    moved = 0
+    for p in patches:
+        label, marker = p["label"][0].numpy() > 0, p["image"][3].numpy() > 50
+        assert p["image"].shape == (4, 32, 32, 32)
+        dice = 2 * (label & marker).sum() / (label.sum() + marker.sum())  # interpolation touches the edges only
+        assert dice > 0.95, dice
+        moved += not np.array_equal(p["label"][0].numpy(), original)
+    assert moved >= 3, f"only {moved} of 12 patches were moved: the check above saw too little"
+    full = _augmented(1, n=12)[1]
+    for p in full:  # with the intensity steps: labels are still 0, 1, 3 only
+        assert set(np.unique(p["label"].numpy())) <= {0, 1, 3}
+    again, other = _augmented(1, n=12)[1], _augmented(2, n=12)[1]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(full, again))
+    assert not all(torch.equal(a["image"], b["image"]) for a, b in zip(full, other))
+    with pytest.raises(InvalidInput, match="unknown augment"):
+        train(models.build("sum", {"roi_size": [32, 32, 32]}), [{"image": "x", "label": "y"}], epochs=1,
+              config={"augment": "heavy"})

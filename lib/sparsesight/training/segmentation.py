@@ -17,7 +17,7 @@ from monai.losses import DiceCELoss
 from ..errors import InvalidInput
 from ..models.dictionary import settle_norms
 from ..options import check_known
-from ..transforms import train_transforms
+from ..transforms import AUGMENT_LEVELS, train_transforms
 from .distributed import rank
 from .loop import Objective, check_epochs, ddp, fit, sampler
 
@@ -26,7 +26,7 @@ def default_train_config() -> dict:
     """Defaults that train the sample-data phantoms to a useful model on 2 CPU cores in minutes."""
     return {"patch_size": [64, 64, 64], "samples_per_image": 2, "batch_size": 2, "lr": 2e-3, "grad_clip": 1.0,
             "optimizer": "adam", "weight_decay": 1e-5, "iterations_per_epoch": None, "seed": 0, "num_workers": 0,
-            "warmup_epochs": 0, "patience": None, "val_size": [96, 96, 96]}
+            "warmup_epochs": 0, "patience": None, "val_size": [96, 96, 96], "augment": "full"}
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -110,7 +110,8 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     {"epoch", "epochs", "loss", "seconds"}. Stops early after `max_minutes`. Returns the statistics.
     `config` keys other than default_train_config()'s are refused (InvalidInput naming the known ones).
 
-    The recipe: no weight decay on thresholds, step sizes and biases (no_decay), `warmup_epochs` of linear
+    The recipe: `augment` "full" (transforms.full_augmentation: rotation, scaling, elastic deformation, noise, blur,
+    bias field, gamma, coarser grids, flips) or "light" (flip, intensity scale/shift); no weight decay on thresholds, step sizes and biases (no_decay), `warmup_epochs` of linear
     warm-up then cosine decay; with `val_items`, the mean region Dice on them after every epoch ("val"), the
     best epoch's weights restored at the end ("best_epoch", "best_val") and, with `patience`, a stop after that
     many epochs without a better one.
@@ -124,9 +125,11 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     cfg.update(config or {})
     if cfg["optimizer"] not in OPTIMIZERS:
         raise InvalidInput(f"unknown optimizer {cfg['optimizer']!r}; choose from {sorted(OPTIMIZERS)}")
+    if cfg["augment"] not in AUGMENT_LEVELS:
+        raise InvalidInput(f"unknown augment {cfg['augment']!r}; choose from {list(AUGMENT_LEVELS)}")
     torch.manual_seed(cfg["seed"])
     device = torch.device(device)
-    transforms = train_transforms(cfg["patch_size"], cfg["samples_per_image"])
+    transforms = train_transforms(cfg["patch_size"], cfg["samples_per_image"], cfg["augment"])
     transforms.set_random_state(seed=cfg["seed"] + rank())  # each DDP process draws its own patches
     ds = CacheDataset(items, transform=transforms, progress=False, num_workers=0)
     shards = sampler(ds)
