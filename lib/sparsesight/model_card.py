@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 from .atomic import replace_atomically
@@ -65,6 +66,35 @@ def verify(pt_path, meta: dict, card: dict | None) -> None:
             raise InvalidInput(f"{pt_path.name} does not match its model card: {key} differs")
 
 
+def commit() -> str:
+    """The short commit of the code that made the weights ("unknown" outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def retrained(name: str, model, config: dict, training: dict, evaluation: dict, previous: dict | None,
+              data_limit: str) -> dict:
+    """The card of weights retrained in the app on the datastore's labels (without version and sha256: the
+    checkpoint holds the card, checkpoint.load recomputes the version, write() adds the file's sha256).
+    `previous`: the card of the weights training started from (its run is kept as `continued_from`);
+    `data_limit`: what the training data was, as a known limit."""
+    training = dict(training)
+    if previous and isinstance(previous.get("training"), dict):
+        training["continued_from"] = {**{k: v for k, v in previous["training"].items() if k != "loss"},
+                                      "version": previous.get("version"), "kind": previous.get("kind", "shipped")}
+    limits = [data_limit]
+    if not evaluation.get("dice"):
+        limits.append(f"no held-out evaluation: {evaluation.get('data', 'no image was held out')}; the Dice of "
+                      f"these weights is unknown")
+    return {"kind": "retrained", "model": name, "config": config,
+            "description": (type(model).__doc__ or name).strip().splitlines()[0],
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "training": training, "evaluation": evaluation, "limits": limits}
+
+
 def _table(rows: dict) -> list[str]:
     found = list(next(iter(rows.values())).keys()) if rows else []
     regions = [r for r in ("WT", "TC", "ET") if r in found] + [r for r in found if r not in ("WT", "TC", "ET")]
@@ -77,7 +107,8 @@ def _table(rows: dict) -> list[str]:
 def markdown(card: dict) -> str:
     """The card for people: what the model is, how it was made, what it scores and where it fails."""
     t, ev = card["training"], card["evaluation"]
-    lines = [f"# Model card: `{card['model']}` (shipped weights)", "",
+    kind = "retrained in the app" if card.get("kind") == "retrained" else "shipped weights"
+    lines = [f"# Model card: `{card['model']}` ({kind})", "",
              card.get("description", ""), "",
              f"- version `{card['version']}`, file sha256 `{card['sha256']}`",
              f"- {card['parameters']:,} learned parameters; config: `{json.dumps(card['config'], sort_keys=True)}`",
@@ -91,7 +122,7 @@ def markdown(card: dict) -> str:
         lines += [f"- continued from `{e.get('version')}`: {e.get('epochs')} epochs (best {e.get('best_epoch')}) "
                   f"of `{e.get('command')}`, recipe `{json.dumps(e.get('config', {}), sort_keys=True)}`"]
     lines += ["", "## Held-out evaluation (Dice per BraTS region)", "", f"{ev.get('data', '')}", ""]
-    lines += _table(ev.get("dice", {}))
+    lines += _table(ev["dice"]) if ev.get("dice") else ["No held-out evaluation."]
     if ev.get("quality"):
         lines += ["", "Explanation quality on the held-out cases: " +
                   ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in ev["quality"].items())]
@@ -121,7 +152,7 @@ def write(pt_path, card: dict) -> None:
 def summary(card: dict) -> dict:
     """What /info shows of a card: version, held-out Dice, the training recipe in one line, the limits."""
     t, ev = card.get("training", {}), card.get("evaluation", {})
-    return {"version": card.get("version"), "dice": ev.get("dice", {}), "evaluated_on": ev.get("data"),
+    return {"kind": card.get("kind", "shipped"), "version": card.get("version"), "dice": ev.get("dice", {}), "evaluated_on": ev.get("data"),
             "trained_on": t.get("data"), "epochs": t.get("epochs"), "commit": t.get("commit"),
             "limits": card.get("limits", [])}
 

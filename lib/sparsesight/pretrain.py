@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,10 @@ import torch
 from . import MODALITIES, checkpoint, model_card, models
 from .data.io import load_image, load_label
 from .data.phantom import write_dataset
-from .metrics import region_dice
 from .models.dictionary import settle_norms
 from .models.mlcsc import CLASS_NAMES
-from .runners.segmentation import predict_file
 from .training import train
+from .training.evaluation import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -69,28 +67,6 @@ def items_of(ds_json: Path, key: str) -> list[dict]:
              "id": Path(t["image"]).name.removesuffix(".nii.gz")} for t in meta[key]]
 
 
-def mean_dice(per_case: list[dict]) -> dict:
-    return {r: round(float(np.mean([d[r] for d in per_case])), 4) for r in per_case[0]}
-
-
-def evaluate(model, items: list[dict]) -> tuple[dict, list[dict]]:
-    """(mean Dice per region, per-case Dice) of the served label (runners.segmentation.predict_file: on the
-    model's grid, resampled there and back when the image is on another one)."""
-    per_case = []
-    for it in items:
-        label, _ = load_label(it["label"])
-        per_case.append({"case": it["id"], **region_dice(predict_file(model, it["image"])[0], label)})
-    return mean_dice([{k: v for k, v in d.items() if k != "case"} for d in per_case]), per_case
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int = 2, downsample: int = 1,
         seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
         lr: float | None = None) -> dict:
@@ -125,7 +101,7 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
         "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
                    f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed}"
                    + (f" --lr {lr}" if lr else "") + (" --resume <the earlier run's checkpoint>" if resume else ""),
-        "commit": _commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
+        "commit": model_card.commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
         "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
         "device": "cpu", "config": cfg, "spacing_mm": stats["spacing_mm"],
         "data": f"{len(train_items)} generated phantoms (sparsesight sample-data, seed {seed}, cases 0.."

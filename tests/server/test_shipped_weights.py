@@ -68,13 +68,30 @@ def test_shipped_weights_serve_with_their_card_and_a_mismatch_is_refused(shipped
 def test_training_writes_model_dir_never_the_shipped_file_and_a_broken_one_falls_back(shipped):
     srv, folder, cards = shipped
     before = model_card.sha256_file(folder / "mlcsc.pt")
-    status = srv.train("mlcsc")
+    # a second final label, so that val_split 0.5 holds one image out for the new card's Dice
+    with open(srv.phantom / "labelsTr" / "case_001.nii.gz", "rb") as f:
+        r = srv.put("/datastore/label", params={"image": "case_001", "tag": "final"},
+                    files={"label": ("case_001.nii.gz", f)})
+    assert r.status_code == 200, r.text
+    status = srv.train("mlcsc", val_split=0.5)
     assert any("continuing from the shipped weights" in line for line in status["details"]), status["details"]
     assert model_card.sha256_file(folder / "mlcsc.pt") == before  # the shipped file is untouched
     trained = srv.model_dir / "mlcsc.pt"
     m = srv.info()["models"]["mlcsc"]
     assert trained.is_file() and m["source"] == "trained" and m["version"] != cards["mlcsc"]["version"]
     assert checkpoint.load(trained)[1]["train"]["previous_version"] == cards["mlcsc"]["version"]
+    # the retrained weights' card: in the checkpoint (what /info shows) and beside it, matching the file
+    assert m["card"]["kind"] == "retrained" and m["card"]["version"] == m["version"]
+    card = model_card.read(trained)
+    assert card["sha256"] == model_card.sha256_file(trained) and card["version"] == m["version"]
+    held = card["evaluation"]["dice"]["held-out (datastore)"]
+    assert set(held) == {"WT", "TC", "ET"} and all(0 <= v <= 1 for v in held.values())
+    assert [c["case"] for c in card["evaluation"]["per_case"]] in (["case_000"], ["case_001"])
+    held_out = card["evaluation"]["per_case"][0]["case"]
+    assert held_out not in card["training"]["data"].split("held out")[0]  # never trained on
+    assert card["training"]["continued_from"]["version"] == cards["mlcsc"]["version"]
+    assert "retrained in the app" in model_card.card_path(trained, ".card.md").read_text()
+    assert str(srv.studies) not in json.dumps(card)  # ids, never server paths
     good = trained.read_bytes()
     try:
         trained.write_bytes(good[: len(good) // 2])  # a broken trained file: the shipped model keeps serving

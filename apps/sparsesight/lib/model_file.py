@@ -67,7 +67,7 @@ class ModelFile:
         model, meta = checkpoint.load(self.shipped, map_location="cpu", expect=self.name)
         card = model_card.read(self.shipped)
         model_card.verify(self.shipped, meta, card)
-        return model, {**meta, "source": "shipped", "card": model_card.summary(card)}
+        return model, {**meta, "source": "shipped", "card": model_card.summary(card), "card_record": card}
 
     def _refresh(self, key) -> None:
         """Load the files under `key` once (lock held); a failure is kept as the reason until a file changes."""
@@ -77,7 +77,7 @@ class ModelFile:
         if key[0] is not None:
             try:
                 model, meta = checkpoint.load(self.path, map_location="cpu", expect=self.name)
-                meta = {**meta, "source": "trained"}
+                meta = {**meta, "source": "trained", **trained_card(meta.pop("card", None), meta["version"])}
             except InvalidInput as e:
                 errors.append(str(e) if key[1] is None else
                               f"trained checkpoint {os.path.basename(self.path)} is unusable ({e}); serving the "
@@ -146,6 +146,18 @@ def valid_devices() -> list:
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n)] if n else [])
+
+
+def trained_card(card, version: str) -> dict:
+    """{"card": summary, "card_record": card} of the card a trained checkpoint holds (written by the train task),
+    {} when it holds none or one that is not a card."""
+    if not isinstance(card, dict):
+        return {}
+    card = {**card, "version": version}  # the version is computed from the weights, never taken from the file
+    try:
+        return {"card": model_card.summary(card), "card_record": card}
+    except (AttributeError, TypeError):
+        return {}
 
 
 def check_device(device) -> str:

@@ -17,6 +17,9 @@ from .sparsesight_train import SparseSightTrain, single_process_params
 
 
 class CDLTrain(SparseSightTrain):
+    DATA_LIMIT = ("trained on the datastore's images as references, with k-space simulated per sample (random "
+                  "acquisitions); its reconstruction error is in the training record, not on held-out images")
+
     def config(self):
         return {"epochs": self.default_epochs, "max_minutes": None, "channel": "T2",
                 "train_config": {k: v for k, v in cdl_training.default_train_config().items() if k != "dictionaries"}}

@@ -21,6 +21,9 @@ TIMING = ("big_delta", "small_delta", "shells", "b_unit", "timing_unit")  # requ
 
 
 class MicrostructureTrain(SparseSightTrain):
+    DATA_LIMIT = ("trained on voxels simulated with the model's own forward model for one protocol (the card's "
+                  "config); its validation error on simulated voxels is in the training record; other protocols are "
+                  "refused")
     def config(self):
         return {"epochs": self.default_epochs, "max_minutes": None, "image": None,
                 "train_config": runner.default_train_config()}

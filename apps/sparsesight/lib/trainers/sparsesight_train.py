@@ -6,24 +6,32 @@ the current checkpoint when there is one; the new checkpoint is written atomical
 `sparsesight.checkpoint.save` and the server's infer task picks it up on its next call (see model_file.py).
 
 Request keys: `epochs` (default from the app config), `max_minutes` (stop after the epoch that passes it; one
-process only), `device`, `train_config` (dict handed to sparsesight.training.train), `processes` (N > 1: N
-data-parallel CPU processes) or MONAI Label's `multi_gpu` + `gpus` ("all" or "0,1": one process per GPU).
+process only), `device`, `train_config` (dict handed to sparsesight.training.train), `val_split` (share of the
+labelled images held out for validation, early stopping on the best epoch and the card's Dice; default
+VAL_SPLIT, rounded down: fewer than 5 labelled images hold out none), `processes` (N > 1: N data-parallel CPU
+processes) or MONAI Label's `multi_gpu` + `gpus` ("all" or "0,1": one process per GPU).
+
+The new weights carry a model card (model_card.retrained: data, recipe, the run it continued from, held-out Dice,
+limits) inside the checkpoint, so card and weights cannot disagree; <name>.card.json / .card.md beside it are
+copies for people and programs. GET /info shows its summary.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import random
 import time
 from typing import Any, Dict, Tuple
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from sparsesight import checkpoint, models, training
+from sparsesight import checkpoint, model_card, models, training
 from sparsesight.data import io as sio
 from sparsesight.errors import InvalidInput
 from sparsesight.training.distributed import launch
+from sparsesight.training.evaluation import evaluate
 from sparsesight.training.segmentation import train_worker
 
 from ..http_errors import BAD_REQUEST, CONFLICT, bad_request, flag, refuse
@@ -33,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 MAX_EPOCHS = 10_000
 CHANNELS = 4
+VAL_SPLIT = 0.2  # MONAI Label's convention
+MAX_VAL_SPLIT = 0.5
 
 
 def whole_number(value, what: str, lo: int, hi: int) -> int:
@@ -68,11 +78,35 @@ def train_params(request: Dict[str, Any], default_epochs: int) -> Dict[str, Any]
     if config is not None and not isinstance(config, dict):
         raise refuse(BAD_REQUEST, "'train_config' must be a JSON object")
     out["train_config"] = config
+    out["val_split"] = fraction(request.get("val_split", VAL_SPLIT), "val_split", MAX_VAL_SPLIT)
     if request.get("device") not in (None, ""):  # refused here, not in the training process after a 200
         with bad_request():
             check_device(request["device"])
     out["processes"], out["gpus"] = parallelism(request)
     return out
+
+
+def fraction(value, what: str, hi: float) -> float:
+    """`value` as a float in [0, hi] (HTTP 400 naming `what` otherwise)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise refuse(BAD_REQUEST, f"'{what}' must be a number between 0 and {hi}, got {value!r}") from None
+    if not 0 <= v <= hi:
+        raise refuse(BAD_REQUEST, f"'{what}' must be between 0 and {hi}, got {v}")
+    return v
+
+
+def held_out(items: list, share: float, seed: int) -> tuple[list, list]:
+    """(training, held-out) items: floor(share * n) images drawn with `seed`, the same for the same datastore."""
+    ordered = sorted(items, key=lambda it: str(it["image"]))
+    chosen = set(random.Random(seed).sample(range(len(ordered)), int(share * len(ordered))))
+    return ([it for i, it in enumerate(ordered) if i not in chosen], [it for i, it in enumerate(ordered) if i in chosen])
+
+
+def image_id(item: dict) -> str:
+    """The datastore id of a datalist item (its image file's name without extension; never a server path)."""
+    return os.path.basename(str(item["image"])).split(".")[0]
 
 
 def single_process_params(request: Dict[str, Any], default_epochs: int, name: str) -> Dict[str, Any]:
@@ -119,6 +153,10 @@ class SparseSightTrain(TrainTask):
     overrides `check`, `prepare`, `starting_model`, `describe` and `fit`; the default trains a segmentation
     model on the datastore's final labels (sparsesight.training.train)."""
 
+    #: the card's first known limit: what the training data was
+    DATA_LIMIT = ("retrained on the annotators' final labels in the datastore; its Dice is measured on labelled images "
+                  "held out from this training (val_split), not on the shipped card's phantom split")
+
     def __init__(self, name: str, model_file: ModelFile, model_config: dict, description: str,
                  default_epochs: int = 2, device=None):
         """model_config: hyperparameters of a fresh model (sparsesight.models.build), used without a checkpoint."""
@@ -161,9 +199,12 @@ class SparseSightTrain(TrainTask):
         return params
 
     def prepare(self, request, datastore: Datastore) -> Tuple[Dict[str, Any], Any]:
-        """The checked parameters and the training data (here: the labelled images that load)."""
+        """The checked parameters and the training data (here: the labelled images that load, less the held-out
+        ones in p["val_items"])."""
         p = self.check(request, datastore)
-        return p, self.usable(datastore.datalist())
+        seed = (p["train_config"] or {}).get("seed", training.default_train_config()["seed"])
+        data, p["val_items"] = held_out(self.usable(datastore.datalist()), p["val_split"], int(seed))
+        return p, data
 
     def starting_model(self, p: Dict[str, Any], device: str):
         """(model, its config, the version it continues from or None): the served checkpoint (the trained one,
@@ -176,22 +217,52 @@ class SparseSightTrain(TrainTask):
         return model, meta["config"], meta["version"]
 
     def describe(self, p: Dict[str, Any], data, config: dict) -> str:
-        return f"{len(data)} labelled image(s)"
+        val = p.get("val_items") or []
+        return (f"{len(data)} labelled image(s)" + (f" ({', '.join(map(image_id, data[:20]))}"
+                                                    f"{', ...' if len(data) > 20 else ''})" if data else "")
+                + (f", {len(val)} held out for validation" if val else ""))
+
+    def evaluate(self, model, p: Dict[str, Any]) -> Dict[str, Any]:
+        """The card's evaluation: Dice per region on the held-out images, as served (whole image)."""
+        val = p.get("val_items")
+        if val is None:
+            return {"data": "this model's training has no held-out evaluation", "dice": {}}
+        if not val:
+            return {"data": f"no labelled image held out (val_split {p['val_split']} of the labelled images "
+                            f"rounds down to 0; hold out one with 5 or more)", "dice": {}}
+        self.say(f"evaluating on {len(val)} held-out image(s)")
+        dice, per_case = evaluate(model, [{**it, "id": image_id(it)} for it in val])
+        return {"data": f"{len(val)} labelled datastore image(s) held out from this training: "
+                        f"{', '.join(image_id(it) for it in val)}", "dice": {"held-out (datastore)": dice},
+                "per_case": per_case}
 
     def fit(self, model, data, p: Dict[str, Any], device: str) -> Dict[str, Any]:
         """Train `model` in place on `data`; returns the fields of the checkpoint's train metadata."""
         if p.get("processes", 1) > 1:  # data-parallel in several processes (DDP, training/distributed.py)
             self.say(f"{p['processes']} training processes ({'GPUs ' + str(p['gpus']) if p['gpus'] else 'CPU, gloo'})")
             out = launch(train_worker, p["processes"], self.name, dict(model.config), model.state_dict(), data,
-                         p["epochs"], p["train_config"], None, p["gpus"])
+                         p["epochs"], p["train_config"], p.get("val_items") or None, p["gpus"])
             model.load_state_dict(out["state_dict"])
             stats = out["stats"]
         else:
             stats = training.train(model, data, epochs=p["epochs"], device=device, config=p["train_config"],
-                                   progress=self.progress, max_minutes=p["max_minutes"], show_progress=False)
+                                   progress=self.progress, max_minutes=p["max_minutes"], show_progress=False,
+                                   val_items=p.get("val_items") or None)
         return {"epochs": p["epochs"], "images": len(data), "spacing_mm": stats.get("spacing_mm"),
                 "final_loss": stats["loss"][-1] if stats.get("loss") else None,
                 **{k: v for k, v in stats.items() if k != "seconds" and isinstance(v, (int, float, str, bool))}}
+
+    def card(self, model, config: dict, p: Dict[str, Any], data, train_meta: dict, previous) -> dict:
+        """The new weights' model card: what they were trained on and how, what they score on held-out images."""
+        meta = self.model_file.meta() if previous else None
+        earlier = meta.get("card_record") if meta and meta.get("version") == previous else None
+        request = {k: p.get(k) for k in ("epochs", "max_minutes", "val_split", "processes", "train_config")
+                   if p.get(k) is not None}
+        record = {**train_meta, "command": f"POST /train/{self.name} {json.dumps(request, sort_keys=True)}",
+                  "commit": model_card.commit(), "data": self.describe(p, data, config),
+                  "seed": (p.get("train_config") or {}).get("seed", training.default_train_config()["seed"])}
+        return model_card.retrained(self.name, model, config, record, self.evaluate(model, p), earlier,
+                                    self.DATA_LIMIT)
 
     def usable(self, items: list) -> list:
         """The pairs that load cleanly; files put into the datastore folder by hand were never checked."""
@@ -219,8 +290,15 @@ class SparseSightTrain(TrainTask):
         model.eval()
         train_meta = {**fields, "previous_version": previous, "seconds": round(time.time() - start, 1),
                       "device": device}
-        version = checkpoint.save(self.model_file.path, model, self.name, config, meta={"train": train_meta})
-        self.say(f"saved version {version} (was {previous or 'none'}) in {train_meta['seconds']} s")
+        card = self.card(model, config, p, data, train_meta, previous)
+        version = checkpoint.save(self.model_file.path, model, self.name, config,
+                                  meta={"train": train_meta, "card": card})
+        try:  # copies for people and programs; the checkpoint holds the card itself
+            model_card.write(self.model_file.path, {**card, "version": version})
+        except (OSError, ValueError) as e:
+            logger.warning(f"model {self.name}: card files not written: {e}")
+        self.say(f"saved version {version} (was {previous or 'none'}) in {train_meta['seconds']} s; model card "
+                 f"{self.name}.card.md")
         result = {"model": self.name, "version": version, **train_meta}
         print("train result " + json.dumps(result, default=str), flush=True)
         return result
