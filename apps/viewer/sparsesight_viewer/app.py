@@ -13,11 +13,19 @@ import logging
 import os
 import time
 
+from . import render
+
 log = logging.getLogger(__name__)
 
 #: the 3 slice views and the 3D view
 LAYOUT_ID = "Quad View"
 NONE = "none"
+#: JPEG quality of every streamed frame: one render per change (trame-rca renders a change twice, at an
+#: interactive then a still quality, when the two differ)
+FRAME_QUALITY = 90
+#: pixels the 3D view renders at most (the page scales the frame up): Slicer's volume rendering takes 1.2-2.5 s a
+#: frame at 470 x 410 pixels on Mesa llvmpipe with 2 cores, 0.15-0.25 s at this size, and a frame holds up the page
+THREE_D_PIXELS = 20_000
 
 
 def configure_headless() -> None:
@@ -40,12 +48,13 @@ class ReviewApp:
         self.server.enable_module(trame_slicer_module)
         self.state, self.ctrl = self.server.state, self.server.controller
         self.slicer = SlicerApp()
-        register_rca_factories(self.slicer.view_manager, self.server)
+        self.slicer.view_manager.register_factory(_three_d_view_factory(self.server))  # first: it makes the 3D view
+        register_rca_factories(self.slicer.view_manager, self.server, interactive_quality=FRAME_QUALITY)
         self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT_ID)
         self.session = ReviewSession(self.slicer.scene)
-        self._editor = None
+        self._editor = self._editor_source = None
         self._probe_ijk = None
         self._training_task = None
         self._init_state(url, token, model)
@@ -67,12 +76,14 @@ class ReviewApp:
             "ss_probe_html": "", "ss_case_shown": 0, "ss_switched": 0, "ss_submitted": 0, "ss_edit_effect": "none",
             "ss_brush": 3.0, "ss_epochs": 1, "ss_training": "", "ss_bundle_path": "", "ss_busy": False,
             "ss_label_visible": True, "ss_attribution": "", "ss_attr_target": "enhancing", "ss_attr_steps": 4,
-            "ss_paint_segment": "enhancing", "ss_outputs": "", "ss_actions": 0,
+            "ss_paint_segment": "enhancing", "ss_outputs": "", "ss_actions": 0, "ss_thr_min": "", "ss_thr_max": "",
+            "ss_thr_image_range": "", "ss_scene_nodes": 0,
         })
         s.change("ss_overlay")(lambda ss_overlay, **_: self._on_overlay(ss_overlay))
         s.change("ss_background")(lambda ss_background, **_: self._on_background(ss_background))
         s.change("ss_opacity")(lambda ss_opacity, **_: self._on_opacity(ss_opacity))
         s.change("ss_label_visible")(lambda ss_label_visible, **_: self._on_label_visible(ss_label_visible))
+        s.change("ss_thr_min", "ss_thr_max")(lambda **_: self._on_threshold())
 
     def _action(self, what: str, fn, *args, **kw):
         """Run a page action: status says what happened, error its reason (the page stays usable)."""
@@ -199,8 +210,6 @@ class ReviewApp:
     # ------------------------------------------------------------------ display
     def _show_case(self):
         """Background modality, label, overlays, tables, plots, metrics of the open image and bundle."""
-        from . import render
-
         t0 = time.time()
         s, sess = self.state, self.session
         s.ss_notes = list(sess.notes)
@@ -225,26 +234,27 @@ class ReviewApp:
         if centre is not None:  # the slice views through the tumour, centred on it
             for i in range(self.slicer.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
                 self.slicer.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").JumpSliceByCentering(*centre)
-        self._views_render()
+        self._views_render(three_d=True)
+        s.ss_scene_nodes = self._scene_nodes()
         s.ss_case_shown += 1
         log.info("case %s shown in %.2f s", sess.image_id, time.time() - t0)
 
-    def _views_render(self, again: bool = True):
-        """Redraw every view and stream the frames. The slice views redraw their layers on a slice-node change;
-        a second and third pass shortly after catch pipelines that update late. Known limit (trame-slicer 2.0 on
-        Mesa EGL): a slice view may still show the previous frame until the mouse moves over it."""
+    def _scene_nodes(self) -> int:
+        """Nodes in the scene but the colour nodes (palettes shared by every image, made once): what the tests
+        watch to see that no image leaves nodes behind."""
         scene = self.slicer.scene
-        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-            scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").Modified()
-        for view in self.slicer.view_manager.get_slice_views():  # the 3D view redraws itself when its VR changes
+        return scene.GetNumberOfNodes() - scene.GetNumberOfNodesByClass("vtkMRMLColorNode")
+
+    def _views_render(self, three_d: bool = False):
+        """Ask the slice views (and the 3D view when what it shows changed) for a new frame; requests coalesce.
+        trame-rca renders, captures and pushes every frame in the server's asyncio loop, so a frame is on the page
+        as soon as the loop is free, and no view may hold the loop long: a full-size 3D frame (Slicer's volume
+        rendering on Mesa llvmpipe) held it 1.2-2.5 s, rendered twice per change (interactive and still quality),
+        and side-panel changes then seemed to wait for the mouse. Hence THREE_D_PIXELS, FRAME_QUALITY, and no 3D
+        frame for a change of the slice views alone."""
+        views = self.slicer.view_manager.get_views() if three_d else self.slicer.view_manager.get_slice_views()
+        for view in views:
             view.schedule_render()
-        if again:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not serving (scripts, tests without a page)
-                return
-            for delay in (0.3, 1.0, 2.0):
-                loop.call_later(delay, self._views_render, False)
 
     def _on_background(self, name):
         node = self.session.channel(name)
@@ -259,10 +269,9 @@ class ReviewApp:
         disp = vr.get_vr_display_node(node) if vr.has_vr_display_node(node) else vr.create_display_node(node, "MR-Default")
         disp.SetVisibility(True)
         dm.set_node_visible_in_group(node)
-        self._views_render()
+        self._views_render(three_d=True)
 
     def _on_overlay(self, name):
-        from . import render
         from .session import S
 
         s = self.state
@@ -303,18 +312,17 @@ class ReviewApp:
 
     # ------------------------------------------------------------------ segment editor
     def _bind_editor(self, label):
+        """Edit `label` over the shown modality (the threshold's source image)."""
         editor = self.slicer.segmentation_editor
         editor.deactivate_effect()
         self.state.ss_edit_effect = "none"
+        source = self.session.channel(self.state.ss_background) if label is not None else None
         if label is not None:
-            editor.set_active_segmentation(label, self.session.channel(self.state.ss_background))
-        self._editor = label
+            editor.set_active_segmentation(label, source)
+        self._editor, self._editor_source = label, source
 
     def set_effect(self, name: str, segment: str = "", brush=None):
-        """Paint / Erase with the segment editor in the slice views ('none' stops editing)."""
-        from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffectPaint
-        from trame_slicer.segmentation.paint_effect_parameters import BrushDiameterMode
-
+        """Paint / Erase / Threshold with the segment editor in the slice views ('none' stops editing)."""
         self._take(ss_brush=brush)
         editor = self.slicer.segmentation_editor
         if name == "none" or self._editor is None:
@@ -322,16 +330,59 @@ class ReviewApp:
             self.state.ss_edit_effect = "none"
             if self._editor is None and name != "none":
                 self.state.ss_error = "nothing to edit: run a model first (its label is what you edit)"
-            return
+            return None
+        if name == "threshold" and self._editor_source is not self.session.channel(self.state.ss_background):
+            self._bind_editor(self._editor)  # the threshold reads the modality shown now
         if segment:
-            seg = self._editor.GetSegmentation()
-            sid = seg.GetSegmentIdBySegmentName(segment)
+            sid = self._editor.GetSegmentation().GetSegmentIdBySegmentName(segment)
             if sid:
                 editor.set_active_segment_id(sid)
-        effect = editor.set_active_effect_type(SegmentationEffectPaint if name == "paint" else SegmentationEffectErase)
-        if effect is not None:
+        effect = editor.set_active_effect_type(_effect_type(name))
+        if effect is not None and name in ("paint", "erase"):
+            from trame_slicer.segmentation.paint_effect_parameters import BrushDiameterMode
+
             effect.set_brush_diameter(float(self.state.ss_brush), BrushDiameterMode.Absolute)
+        if effect is not None and name == "threshold":
+            self._threshold_range(effect)
         self.state.ss_edit_effect = name
+        return effect
+
+    def _threshold_range(self, effect):
+        """The threshold's range from the page, the source image's whole range where the page has none."""
+        import math
+
+        from vtkmodules.vtkCommonCore import VTK_DOUBLE, VTK_FLOAT
+
+        s = self.state
+        image = self._editor_source.GetImageData()
+        lo, hi = image.GetScalarRange()
+        s.ss_thr_image_range = f"{s.ss_background} ranges {lo:.6g} to {hi:.6g}"
+        if not _is_number(s.ss_thr_min) or not _is_number(s.ss_thr_max):
+            s.ss_thr_min, s.ss_thr_max = float(lo), float(hi)
+        lo, hi = float(s.ss_thr_min), float(s.ss_thr_max)
+        if image.GetScalarType() not in (VTK_FLOAT, VTK_DOUBLE):  # integers: VTK would truncate the bounds
+            lo, hi = math.ceil(lo), math.floor(hi)
+        effect.set_threshold_min_max_values((lo, hi))
+
+    def _on_threshold(self):
+        effect = self.slicer.segmentation_editor.active_effect
+        if self.state.ss_edit_effect == "threshold" and effect is not None:
+            self._threshold_range(effect)  # the preview follows the range
+
+    def apply_threshold(self, lo=None, hi=None, segment=None):
+        """Add the voxels of the shown modality within [lo, hi] to the segment (the other segments lose them)."""
+        self._take(ss_thr_min=lo, ss_thr_max=hi, ss_paint_segment=segment)
+
+        def go():
+            if not (_is_number(self.state.ss_thr_min) and _is_number(self.state.ss_thr_max)):
+                raise ValueError("the threshold needs a minimum and a maximum")
+            effect = self.set_effect("threshold", self.state.ss_paint_segment)
+            if effect is None:
+                raise ValueError(self.state.ss_error or "the threshold tool is not available")
+            effect.apply()
+
+        self._action(f"threshold {self.state.ss_background} [{self.state.ss_thr_min}, {self.state.ss_thr_max}] "
+                     f"into {self.state.ss_paint_segment}", go)
 
     # ------------------------------------------------------------------ probe
     def _watch_cursor(self):
@@ -342,8 +393,6 @@ class ReviewApp:
             crosshair.AddObserver(vtkMRMLCrosshairNode.CursorPositionModifiedEvent, self._on_cursor)
 
     def _on_cursor(self, crosshair, *_):
-        from . import render
-
         ras = [0.0, 0.0, 0.0]
         if not crosshair.GetCursorPositionRAS(ras):
             return
@@ -355,6 +404,41 @@ class ReviewApp:
         with self.state:
             self.state.ss_probe_html = render.table_html(["map", "value", "unit / meaning"], rows,
                                                          caption=f"voxel {ijk}")
+
+
+def _three_d_view_factory(server):
+    """trame-slicer's 3D view factory, its views rendering at most THREE_D_PIXELS without multisampling."""
+    from trame_slicer.app.ui import create_vertical_view_gutter_ui
+    from trame_slicer.rca_view.rca_view_factory import RemoteThreeDViewFactory
+
+    class SmallThreeDViewFactory(RemoteThreeDViewFactory):
+        def _create_view(self, view, scene, app_logic):
+            rca_view = super()._create_view(view, scene, app_logic)
+            rca_view.view_adapter.max_pixel_count = THREE_D_PIXELS
+            rca_view.slicer_view.render_window().SetMultiSamples(0)
+            return rca_view
+
+    return SmallThreeDViewFactory(server, interactive_quality=FRAME_QUALITY, blur_fps=10.0,
+                                  populate_view_ui_f=create_vertical_view_gutter_ui)
+
+
+def _effect_type(name: str):
+    from trame_slicer.segmentation import (
+        SegmentationEffectErase,
+        SegmentationEffectPaint,
+        SegmentationEffectThreshold,
+    )
+
+    return {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase,
+            "threshold": SegmentationEffectThreshold}[name]
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def serve(url: str, token: str = "", host: str = "127.0.0.1", port: int = 8080, model: str = "",

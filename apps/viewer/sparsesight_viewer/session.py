@@ -99,9 +99,8 @@ class ReviewSession:
             try:
                 for node in nodes:
                     if node is not None:
-                        for k in reversed(range(node.GetNumberOfDisplayNodes() if node.IsA("vtkMRMLDisplayableNode")
-                                                else 0)):
-                            self.scene.RemoveNode(node.GetNthDisplayNode(k))
+                        for other in _owned_nodes(node):
+                            self.scene.RemoveNode(other)
                         self.scene.RemoveNode(node)
                 sh.RemoveItem(item, False, True)
             finally:
@@ -307,6 +306,23 @@ class ReviewSession:
     def close(self):
         self._drop_image()
         self.logic.cleanup()
+
+
+def _owned_nodes(node) -> list:
+    """The nodes that exist only for `node`: its display nodes and, of a volume rendering display node, its
+    volume property and cropping ROI (the views made them; they would stay in the scene without the volume)."""
+    if not node.IsA("vtkMRMLDisplayableNode"):
+        return []
+    out = []
+    for k in range(node.GetNumberOfDisplayNodes()):
+        disp = node.GetNthDisplayNode(k)
+        if disp is None:
+            continue
+        if disp.IsA("vtkMRMLVolumeRenderingDisplayNode"):
+            roi = disp.GetROINode()
+            out += [disp.GetVolumePropertyNode(), roi, roi.GetDisplayNode() if roi is not None else None]
+        out.append(disp)
+    return [n for n in out if n is not None]
 
 
 def _cell(column, i: int) -> str:

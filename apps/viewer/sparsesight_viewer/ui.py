@@ -34,6 +34,7 @@ def build_page(app) -> None:
             client.Style(CSS)
             html.Div("{{ ss_error }}", id="ss-error", classes="ss-error", v_show="ss_error")
             html.Span("{{ ss_actions }}", id="ss-actions", style="display: none")
+            html.Span("{{ ss_scene_nodes }}", id="ss-scene-nodes", style="display: none")
             html.Div("{{ n }}", v_for="n in ss_notes", classes="ss-note ss-notes")
             # server
             html.Div("Server", classes="text-subtitle-2 mt-1")
@@ -102,6 +103,15 @@ def build_page(app) -> None:
                 with html.Select(id="ss-paint-segment", v_model=("ss_paint_segment",)):
                     for name in ("oedema", "non-enhancing core", "enhancing"):
                         html.Option(name, value=name)
+                with html.Div():
+                    button("Threshold", (app.set_effect, "['threshold', ss_paint_segment]"), "ss-threshold")
+                    html.Input(id="ss-thr-min", type="number", v_model_number=("ss_thr_min",), style="width: 5em")
+                    html.Span(" to ")
+                    html.Input(id="ss-thr-max", type="number", v_model_number=("ss_thr_max",), style="width: 5em")
+                    button("Apply", (app.apply_threshold, "[ss_thr_min, ss_thr_max, ss_paint_segment]"),
+                           "ss-thr-apply")
+                    html.Div("{{ ss_thr_image_range }}", v_show="ss_thr_image_range",
+                             id="ss-thr-range", classes="text-caption")
                 html.Div("editing: {{ ss_edit_effect }}", id="ss-edit-effect", classes="text-caption")
                 button("Submit label", app.submit, "ss-submit")
                 # training
