@@ -28,6 +28,10 @@ def add_sample_data_arguments(p: argparse.ArgumentParser, default_out=DEFAULT_SA
     p.add_argument("--downsample", type=int, default=1,
                    help="voxel size in mm: 1 gives the BraTS grid 240x240x155, k gives ceil(240/k)x... (default 1)")
     p.add_argument("--n-test", type=int, default=2, help="the last N cases go to imagesTs/labelsTs (default 2)")
+    p.add_argument("--variety", action="store_true",
+                   help="off-grid cases: other head sizes and shapes (non-linear deformation), 1-3 lesions (small "
+                        "ones too), wider contrast and bias field, each on a random grid (0.8-1.5 mm, slices up to "
+                        "3 mm, any axis orientation, cropped field of view); made at --downsample mm first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dwi", action="store_true",
                    help="also write the DWI phantom (two crossing white-matter fibre populations on the MNI152 "
@@ -81,10 +85,10 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
         print("error: --dwi-subsample must be >= 1", file=sys.stderr)
         return 2
     path = write_dataset(args.out, n_cases=args.cases, seed=args.seed, downsample=args.downsample,
-                         n_test=args.n_test, progress=not args.quiet)
+                         n_test=args.n_test, progress=not args.quiet, variety=getattr(args, "variety", False))
     root = path.parent.resolve()
-    print(f"wrote {args.cases - args.n_test} training + {args.n_test} test cases "
-          f"({args.downsample} mm) to {root}")
+    grid = "random grids" if getattr(args, "variety", False) else f"{args.downsample} mm"
+    print(f"wrote {args.cases - args.n_test} training + {args.n_test} test cases ({grid}) to {root}")
     print(f"dataset.json: {path.resolve()}")
     if getattr(args, "dwi", False):
         from .data.diffusion import hcp_mgh_protocol, write_dwi_phantom

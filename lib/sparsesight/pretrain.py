@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,15 @@ from .models.dictionary import settle_norms
 from .models.mlcsc import CLASS_NAMES
 from .training import train
 from .training.evaluation import evaluate
+from .transforms import AUGMENT_LEVELS
 
 logger = logging.getLogger(__name__)
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "apps" / "sparsesight" / "pretrained"
 EVAL_SEED_OFFSET = 1000
+OFF_GRID_SEED_OFFSET = 2000
+OFF_GRID_CASES = 4
+VARIETY_TRAIN_SEED_OFFSET = 3000
 #: the recipe per model (training/segmentation.py keys); every other key keeps the trainer's default
 RECIPES: dict[str, dict[str, Any]] = {
     "mlcsc": {"epochs": 40, "train_config": {"patch_size": [64, 64, 64], "warmup_epochs": 2, "patience": 15}},
@@ -39,9 +44,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 LIMITS = {
     "common": [
         "trained and evaluated on generated BraTS-like phantoms (MNI152 anatomy), not on patient scans",
-        "trained on one grid only (no augmentation to other grids): images on other voxel sizes or orientations "
-        "are resampled to it at inference; the Dice on a 2x coarser grid is in the table, other orientations and "
-        "anisotropic grids are not measured",
+        "trained on one grid, the plain phantoms' (weights made before the recipe's default augmentation): images "
+        "on other voxel sizes or orientations are resampled to it at inference; the Dice on a 2x coarser grid and on "
+        "off-grid phantoms (deformed anatomy, 1-3 lesions, random voxel sizes, slice thickness and orientation) "
+        "is in the table",
         "held-out split: 2 phantoms of other case seeds; Dice on so few cases is a rough figure",
     ],
     "mlcsc": ["design 2 (components that reconstruct the image, issue 16): the tumour core and enhancing rim are "
@@ -52,13 +58,43 @@ LIMITS = {
 }
 
 
-def eval_split(cases: int, downsample: int, seed: int, root: Path) -> Path:
-    """dataset.json of the held-out split (made once; the demo calls this with the card's figures)."""
-    ds = root / f"heldout_n{cases}_d{downsample}_s{seed + EVAL_SEED_OFFSET}" / "dataset.json"
+def eval_split(cases: int, downsample: int, seed: int, root: Path, variety: bool = False) -> Path:
+    """dataset.json of the held-out split (made once; the demo calls this with the card's figures). `variety`:
+    the off-grid split (other seeds, data/phantom/variety.py: deformed anatomy, 1-3 lesions, random grids)."""
+    s = seed + (OFF_GRID_SEED_OFFSET if variety else EVAL_SEED_OFFSET)
+    ds = root / f"heldout_n{cases}_d{downsample}_s{s}{'_variety' if variety else ''}" / "dataset.json"
     if not ds.is_file():
-        write_dataset(ds.parent, n_cases=cases, seed=seed + EVAL_SEED_OFFSET, downsample=downsample,
-                      n_test=cases, progress=False)
+        write_dataset(ds.parent, n_cases=cases, seed=s, downsample=downsample, n_test=cases, progress=False,
+                      variety=variety)
     return ds
+
+
+def off_grid_evaluation(model, cases: int, seed: int, work: Path) -> tuple[str, dict, list[dict]]:
+    """(split name, mean Dice, per-case Dice) on `cases` off-grid phantoms: what the served model does with images
+    on grids, orientations and anatomy it was not trained on (resampled to its grid and back)."""
+    ds = eval_split(cases, 1, seed, Path(work), variety=True)
+    logger.info("evaluating on %d off-grid phantoms", cases)
+    dice, per_case = evaluate(model, items_of(ds, "test"))
+    return f"off-grid: {cases} varied phantoms of seed {seed + OFF_GRID_SEED_OFFSET}", dice, per_case
+
+
+def add_off_grid(source: Path, cases: int = OFF_GRID_CASES, work: Path = Path("out/pretrain")) -> dict:
+    """Add the off-grid evaluation to the card of shipped weights (the weights are not touched, so their sha256
+    and version stay) and bring its known limits up to date."""
+    model, meta = checkpoint.load(source)
+    card = model_card.read(source)
+    if card is None:
+        raise SystemExit(f"{source} has no card: it was not made by sparsesight.pretrain")
+    model_card.verify(source, meta, card)
+    model.spacing_mm = tuple(float(v) for v in card["training"]["spacing_mm"])
+    name, dice, per_case = off_grid_evaluation(model, cases, card["training"]["seed"], work)
+    ev = card["evaluation"]
+    ev["dice"] = {k: v for k, v in ev["dice"].items() if not k.startswith("off-grid")} | {name: dice}
+    ev["per_case_off_grid"] = per_case
+    card["limits"] = LIMITS["common"] + LIMITS.get(meta["model"], [])
+    model_card.write(source, {k: v for k, v in card.items() if k not in ("sha256", "schema")})
+    logger.info("%s: off-grid Dice %s", source.name, dice)
+    return card
 
 
 def items_of(ds_json: Path, key: str) -> list[dict]:
@@ -67,11 +103,42 @@ def items_of(ds_json: Path, key: str) -> list[dict]:
              "id": Path(t["image"]).name.removesuffix(".nii.gz")} for t in meta[key]]
 
 
+def variety_training_set(cases: int, downsample: int, seed: int, work: Path) -> list[dict]:
+    """Training items of `cases` varied phantoms (other seeds than every held-out split), each resampled onto the
+    RAS grid of the plain phantoms as the served model resamples its input (runners.segmentation): the network
+    learns the anatomy, lesions, contrasts and the blur of thick slices it will meet, on its own grid."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from .runners.segmentation import load_on_model_grid
+
+    s = seed + VARIETY_TRAIN_SEED_OFFSET
+    ds = work / f"train_variety_n{cases}_d{downsample}_s{s}" / "dataset.json"
+    on_grid = ds.parent / f"on_grid_{downsample}mm"
+    if not ds.is_file():
+        logger.info("generating %d varied training phantoms (seed %d)", cases, s)
+        write_dataset(ds.parent, n_cases=cases, seed=s, downsample=downsample, n_test=0, progress=False, variety=True)
+    grid = SimpleNamespace(spacing_mm=(float(downsample),) * 3, n=len(MODALITIES))  # what load_on_model_grid reads
+    items = []
+    for it in items_of(ds, "training"):
+        image_out, label_out = on_grid / f"{it['id']}_image.nii.gz", on_grid / f"{it['id']}_label.nii.gz"
+        if not label_out.is_file():
+            on_grid.mkdir(parents=True, exist_ok=True)
+            image, affine, _ = load_on_model_grid(grid, it["image"])
+            ref = nib.load(it["label"])
+            label = resample_from_to(ref, (image.shape[1:], affine), order=0).get_fdata().astype(np.uint8)
+            nib.save(nib.Nifti1Image(np.moveaxis(np.round(image), 0, -1).astype(np.int16), affine), str(image_out))
+            nib.save(nib.Nifti1Image(label, affine), str(label_out))
+        items.append({"image": str(image_out), "label": str(label_out), "id": it["id"]})
+    return items
+
+
 def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int = 2, downsample: int = 1,
         seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
-        lr: float | None = None) -> dict:
+        lr: float | None = None, variety_cases: int = 0, augment: str = "full") -> dict:
     """Train `name` with its recipe (from `resume`'s weights when given: a second cosine cycle, the card then
-    records both runs) and publish it with its card."""
+    records both runs) on `cases` plain phantoms plus `variety_cases` varied ones, augmented (`augment`), and
+    publish it with its card."""
     recipe = RECIPES[name]
     epochs = epochs or recipe["epochs"]
     work = Path(work)
@@ -81,6 +148,8 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
         write_dataset(train_ds.parent, n_cases=cases, seed=seed, downsample=downsample, n_test=1, progress=False)
     eval_split(eval_cases, downsample, seed, work)  # made before training: the same split for every model
     train_items, val_items = items_of(train_ds, "training"), items_of(train_ds, "test")
+    if variety_cases:
+        train_items += variety_training_set(variety_cases, downsample, seed, work)
     torch.manual_seed(seed)
     earlier = None
     if resume is not None:
@@ -89,7 +158,7 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
         model.train()
     else:
         model = models.build(name)
-    cfg = {**recipe["train_config"], "seed": seed, **({"lr": lr} if lr else {})}
+    cfg = {**recipe["train_config"], "seed": seed, "augment": augment, **({"lr": lr} if lr else {})}
     logger.info("training %s for up to %d epochs on %d cases (validation %d)", name, epochs, len(train_items),
                 len(val_items))
     stats = train(model, train_items, epochs=epochs, config=cfg, val_items=val_items, show_progress=False,
@@ -99,13 +168,15 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     model.eval()
     training = {
         "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
-                   f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed}"
-                   + (f" --lr {lr}" if lr else "") + (" --resume <the earlier run's checkpoint>" if resume else ""),
+                   f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed} --augment {augment}"
+                   + (f" --variety-cases {variety_cases}" if variety_cases else "") + (f" --lr {lr}" if lr else "") + (" --resume <the earlier run's checkpoint>" if resume else ""),
         "commit": model_card.commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
         "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
         "device": "cpu", "config": cfg, "spacing_mm": stats["spacing_mm"],
-        "data": f"{len(train_items)} generated phantoms (sparsesight sample-data, seed {seed}, cases 0.."
-                f"{len(train_items) - 1}, {downsample} mm), 1 more for validation",
+        "data": f"{cases - 1} generated phantoms (sparsesight sample-data, seed {seed}, cases 0..{cases - 2}, "
+                f"{downsample} mm)" + (f" and {variety_cases} varied ones (--variety, seed "
+                                       f"{seed + VARIETY_TRAIN_SEED_OFFSET}, resampled onto that grid)"
+                                       if variety_cases else "") + ", 1 more for validation",
         "loss": [round(v, 5) for v in stats["loss"]], "validation_dice": [round(v, 4) for v in stats.get("val", [])],
     }
     if earlier is not None:  # the card records every run the weights went through
@@ -163,6 +234,7 @@ def publish(model, name: str, training: dict, eval_cases: int, downsample: int, 
     # the same phantoms on a grid twice as coarse: resampled to the model's grid and the label back
     coarse = eval_split(eval_cases, 2 * downsample, seed, Path(work))
     coarse_dice, coarse_cases = evaluate(model, items_of(coarse, "test"))
+    off_name, off_dice, off_cases = off_grid_evaluation(model, OFF_GRID_CASES, seed, Path(work))
     figures = explanation_figures(model, items_of(eval_ds, "test")[0])
     path = Path(out) / f"{name}.pt"
     version = checkpoint.save(path, model, name, model.config,
@@ -174,8 +246,9 @@ def publish(model, name: str, training: dict, eval_cases: int, downsample: int, 
         "training": training,
         "evaluation": {"data": f"{eval_cases} held-out phantoms of seed {seed + EVAL_SEED_OFFSET} ({downsample} mm), "
                                f"never seen in training", "seed": seed + EVAL_SEED_OFFSET, "cases": eval_cases,
-                       "downsample": downsample, "dice": {"held-out": dice, f"held-out, {2 * downsample} mm grid": coarse_dice},
-                       "per_case": per_case, "per_case_coarse_grid": coarse_cases,
+                       "downsample": downsample, "dice": {"held-out": dice, f"held-out, {2 * downsample} mm grid": coarse_dice,
+                                                                   off_name: off_dice},
+                       "per_case": per_case, "per_case_coarse_grid": coarse_cases, "per_case_off_grid": off_cases,
                        "quality": figures, "quality_case": per_case[0]["case"]},
         "limits": LIMITS["common"] + LIMITS.get(name, []),
     }
@@ -209,15 +282,23 @@ def main(argv=None) -> int:
     p.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue from a checkpoint made by this "
                                                                       "command (a second cosine cycle)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's)")
+    p.add_argument("--variety-cases", type=int, default=0,
+                   help="also train on this many varied phantoms (sample-data --variety), resampled onto the grid")
+    p.add_argument("--augment", choices=AUGMENT_LEVELS, default="full", help="training augmentation (default full)")
     p.add_argument("--republish", type=Path, metavar="CHECKPOINT",
                    help="evaluate and card again a checkpoint made by this command (no training)")
+    p.add_argument("--add-off-grid", type=Path, metavar="CHECKPOINT",
+                   help="add the off-grid evaluation to a shipped checkpoint's card (weights untouched)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.time()
-    if a.republish:
+    if a.add_off_grid:
+        add_off_grid(a.add_off_grid, work=a.work)
+    elif a.republish:
         republish(a.republish, a.out, a.work)
     else:
-        run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr)
+        run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr,
+            a.variety_cases, a.augment)
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 

@@ -265,3 +265,54 @@ def test_make_sample_data_script(tmp_path):
     assert mod.main(["--out", str(tmp_path / "s"), "--cases", "1", "--n-test", "0", "--downsample", "6",
                      "--quiet"]) == 0
     assert (tmp_path / "s" / "imagesTr" / "case_000.nii.gz").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ variety
+@pytest.fixture(scope="module")
+def varied() -> list:
+    return [make_case(s, K, variety=True) for s in (1, 2, 3)]
+
+
+def test_varied_cases_are_reproducible_and_leave_plain_cases_unchanged(varied, case):
+    again = make_case(1, K, variety=True)
+    assert again.image.tobytes() == varied[0].image.tobytes() and again.params == varied[0].params
+    assert case.params["variety"] is None and varied[0].params["variety"]["warp"]["amplitude_mm"] >= 2.0
+
+
+def test_varied_cases_lie_on_other_grids_in_the_same_world(varied):
+    """Each case on its own grid (voxel sizes in range, an axis orientation, a cropped field of view), and the
+    world geometry kept: every lesion centre (mm) falls on tumour voxels of the regridded label."""
+    from sparsesight.data.phantom.variety import VARIETY
+
+    shapes, orientations = set(), set()
+    for c in varied:
+        a = c.affine[:3, :3]
+        spacing = np.sqrt((a ** 2).sum(0))
+        assert VARIETY["spacing_xy_mm"][0] - 1e-6 <= spacing.min() and spacing.max() <= VARIETY["spacing_z_mm"][1]
+        assert np.count_nonzero(a) == 3  # an axis permutation with signs, scaled
+        orientations.add(tuple(np.sign(a).astype(int).ravel()))
+        shapes.add(c.image.shape)
+        assert set(np.unique(c.label)) <= {0, 1, 2, 3} and c.label.shape == c.image.shape[:3]
+        assert c.image.min() >= 0 and np.array_equal(c.image, np.round(c.image))
+        inv = np.linalg.inv(c.affine)
+        for lesion in c.params["lesions"]:
+            ijk = np.round(inv[:3, :3] @ lesion["centre_mm"] + inv[:3, 3]).astype(int)
+            lo, hi = np.maximum(ijk - 1, 0), ijk + 2
+            assert (c.label[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] > 0).any(), (lesion["centre_mm"], ijk)
+    assert len(shapes) == 3 and len(orientations) >= 2 and (240, 240, 155, 4) not in shapes
+
+
+def test_varied_training_cases_are_resampled_onto_the_plain_grid(tmp_path):
+    """pretrain --variety-cases: varied phantoms put on the RAS grid the served model resamples to, label with them."""
+    from sparsesight.pretrain import variety_training_set
+
+    items = variety_training_set(1, K, 0, tmp_path)
+    assert len(items) == 1
+    for it in items:
+        img, lab = nib.load(it["image"]), nib.load(it["label"])
+        assert nib.aff2axcodes(img.affine) == ("R", "A", "S") and np.allclose(np.diag(img.affine)[:3], K)
+        assert np.allclose(img.affine, lab.affine) and img.shape[:3] == lab.shape and img.shape[3] == 4
+        label = np.asarray(lab.dataobj)
+        assert set(np.unique(label)) <= {0, 1, 2, 3} and (label > 0).any()
+        brain = np.asarray(img.dataobj)[..., 1] > 0
+        assert brain[label > 0].mean() > 0.95  # the tumour lies in the brain of the resampled image

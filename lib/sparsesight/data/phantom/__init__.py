@@ -17,6 +17,10 @@ contrast.py (random fields: fields.py; the dataset on disk: dataset.py):
 6. ``compose_image``    per-tissue intensity table (``CONTRAST`` x ``BASE_WM``) with per-case jitter,
                         mixed by the fractions; then ``partial_volume`` blur, ``bias_field`` and
                         ``rician_noise``; skull-stripped (0 outside the brain) like BraTS.
+7. ``variety``          (off-grid cases only, ``make_case(..., variety=True)``, variety.py) wider head size and
+                        pose, ``warp_anatomy`` (a smooth non-linear deformation), 1-3 lesions and small ones,
+                        wider contrast and bias field, then ``regrid`` onto a ``random_grid`` (0.8-1.5 mm,
+                        slices up to 3 mm, any axis orientation, a field of view cropped to the head).
 
 Everything random is drawn from streams derived from the case seed, and the geometry is defined in mm,
 so the same seed gives the same phantom (up to resolution) at every ``downsample``.

@@ -23,6 +23,7 @@ from .contrast import (
     rician_noise,
 )
 from .tumour import sample_lesion, tumour_labels, tumour_maps
+from .variety import VARIETY, random_grid, regrid, warp_anatomy
 
 GENERATOR_VERSION = "1.0"
 _NUM_MOD = len(MODALITIES)
@@ -34,7 +35,8 @@ class Case:
 
     image:   (X, Y, Z, 4) float32, channels FLAIR, T1, T1ce, T2; integer-valued, 0 outside the brain.
     label:   (X, Y, Z) uint8, 0 background, 1 oedema, 2 non-enhancing core (necrosis included), 3 enhancing.
-    affine:  4x4 float64, RAS, isotropic spacing = downsample mm; world coordinates are MNI152 mm.
+    affine:  4x4 float64, RAS, isotropic spacing = downsample mm; world coordinates are MNI152 mm (a `variety`
+             case: any voxel size and axis orientation, see variety.random_grid).
     params:  JSON-serialisable description (seed, anatomy transform, lesions, contrasts, noise, label counts).
     tissues: fractions {"csf", "gm", "wm"} (X, Y, Z) float32 of the (deformed) anatomy, for checks and plots.
     """
@@ -64,13 +66,17 @@ def _jsonable(x):
     return x
 
 
-def make_case(seed: int, downsample: int = 1, *, noise: bool = True) -> Case:
+def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bool = False) -> Case:
     """Make one BraTS-like case: 4 sequences (FLAIR, T1, T1ce, T2) + label on real anatomy.
 
     seed: any non-negative int; same seed -> byte-identical arrays.
     downsample: k >= 1; grid ceil(240/k) x ceil(240/k) x ceil(155/k) at k mm, same field of view as BraTS.
     noise: False leaves out the Rician noise (for checks); the image is still integer-valued.
     At downsample <= 2 every case holds all three tumour labels (the tumour is re-drawn otherwise).
+    variety: an off-grid case (variety.py): wider head size and pose, a non-linear deformation of the anatomy, 1-3
+    lesions (small ones too), wider contrast and bias-field ranges, then a random grid (voxel sizes, slice
+    thickness, orientation, field of view); made at `downsample` mm before the regrid. Its own random streams:
+    `variety=False` cases are unchanged.
     """
     k = int(downsample)
     if k < 1:
@@ -78,22 +84,31 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True) -> Case:
     seed = int(seed)
     ss = np.random.SeedSequence([seed, 0x5eed])
     r_anat, r_tum, r_con, r_bias, r_noise = (np.random.default_rng(s) for s in ss.spawn(5))
+    r_var = np.random.default_rng(np.random.SeedSequence([seed, 0xa1e7]))  # variety only: plain cases unchanged
+    v = VARIETY if variety else {}
 
     tmaps, aff = anatomy_on_grid(k)
     shape = tmaps.shape[1:]
-    T = case_transform(r_anat)
-    lo, hi = case_box(aff, shape, T)
+    T = (case_transform(r_anat, v["max_rot_deg"], v["scale_xy"], v["scale_z"], v["max_shift_mm"]) if variety
+         else case_transform(r_anat))
+    lo, hi = case_box(aff, shape, T, margin_vox=2 + int(np.ceil(v["warp_mm"][1] / k)) if variety else 2)
     box = tuple(slice(lo[i], hi[i]) for i in range(3))
     aff_box = aff.copy()
     aff_box[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
     base = resample_anatomy(tmaps, aff, T, (lo, hi))  # only the box that holds the brain
+    warp = None
+    if variety:
+        base, warp = warp_anatomy(base, aff_box, r_var, r_var.uniform(*v["warp_mm"]), v["warp_length_mm"])
     vox = float(abs(aff[0, 0]))
 
     for attempt in range(20):  # noqa: B007 (the count is recorded after the loop)
-        n_les = 2 if r_tum.uniform() < 0.2 else 1
+        n_les = int(r_var.integers(v["lesions"][0], v["lesions"][1] + 1)) if variety else (
+            2 if r_tum.uniform() < 0.2 else 1)
         lesions = []
         for i in range(n_les):
             les = sample_lesion(r_tum, primary=(i == 0))
+            if variety and r_var.uniform() < v["small_lesion_p"]:
+                les = small_lesion(les, r_var.uniform(6.0, 14.0))
             p_t = sample_centre(r_tum, les["radius_core_mm"] + 6.0)
             les["centre_mm"] = (T[:3, :3] @ p_t + T[:3, 3]).tolist()
             lesions.append(les)
@@ -108,7 +123,7 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True) -> Case:
 
     t = dict(zip(("csf", "gm", "wm", "vessel"), maps))
     t["brain"] = brain
-    table = contrast_table(r_con)
+    table = contrast_table(r_con, v["contrast_jitter"]) if variety else contrast_table(r_con)
     clean = compose_image(t, c, table, tex)
     del c, tex
     clean = partial_volume(clean, vox)
@@ -116,7 +131,7 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True) -> Case:
     sig = []
     img = np.zeros(shape + (_NUM_MOD,), dtype=np.float32)
     axes = grid_axes_mm(aff_box, brain.shape)
-    amps = r_bias.uniform(0.06, 0.12, size=_NUM_MOD)
+    amps = r_bias.uniform(*(v["bias_amplitude"] if variety else (0.06, 0.12)), size=_NUM_MOD)
     for m in range(_NUM_MOD):
         bias = bias_field(r_bias, axes, brain, amplitude=float(amps[m]))
         v = clean[..., m][brain_mask] * bias[brain_mask]
@@ -136,9 +151,21 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True) -> Case:
         full[box] = t[n]
         tissues[n] = full
 
+    affine = aff.copy()
+    if variety:  # the finished case onto another grid around the head
+        head = np.argwhere(img[..., 1] > 0)  # the brain (skull-stripped like BraTS)
+        corners = np.array([head.min(0), head.max(0)], dtype=float)
+        world = corners @ aff[:3, :3].T + aff[:3, 3]
+        affine, grid_shape = random_grid(r_var, world.min(0), world.max(0))
+        img, label = regrid(img, label, aff, affine, grid_shape)
+        img = np.clip(np.round(img), 0, 32767)  # integer-valued like the plain cases
+        tissues = {n: regrid(t[..., None], label, aff, affine, grid_shape)[0][..., 0] for n, t in tissues.items()}
+        counts = np.bincount(label.ravel(), minlength=4)
     params = {
         "generator": "sparsesight.data.phantom", "version": GENERATOR_VERSION, "seed": seed, "downsample": k,
-        "spacing_mm": float(vox), "shape": list(label.shape), "modalities": list(MODALITIES),
+        "spacing_mm": float(vox) if not variety else [round(float(x), 4) for x in np.sqrt((affine[:3, :3] ** 2).sum(0))],
+        "shape": list(label.shape), "modalities": list(MODALITIES),
+        "variety": ({"warp": warp, "grid_affine": affine.tolist(), "ranges": VARIETY} if variety else None),
         "anatomy": {"source": "MNI152 ICBM 2009a (nilearn)", "transform_template_to_case": T.tolist()},
         "lesions": [{kk: v for kk, v in les.items()} for les in lesions],
         "attempts": attempt + 1,
@@ -148,4 +175,12 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True) -> Case:
         "label_voxels": {CLASSES[i]: int(n) for i, n in enumerate(counts)},
     }
     params = json.loads(json.dumps(_jsonable(params)))
-    return Case(image=img, label=label, affine=aff.copy(), params=params, tissues=tissues)
+    return Case(image=img, label=label, affine=affine, params=params, tissues=tissues)
+
+
+def small_lesion(lesion: dict, radius_wt_mm: float) -> dict:
+    """`lesion` scaled to a whole-tumour radius of `radius_wt_mm` (core, rim and enhancing shares kept in
+    proportion; the rim at least 1.5 mm so that a 1 mm grid can hold it)."""
+    f = radius_wt_mm / lesion["radius_wt_mm"]
+    return {**lesion, "radius_wt_mm": float(radius_wt_mm), "radius_core_mm": float(lesion["radius_core_mm"] * f),
+            "rim_mm": float(max(1.5, min(lesion["rim_mm"] * f, 0.4 * lesion["radius_core_mm"] * f))), "small": True}

@@ -28,11 +28,12 @@ def _save(arr, affine, path, dtype):
 
 
 def write_dataset(out_dir, n_cases: int = 12, seed: int = 0, downsample: int = 1, n_test: int = 2,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, variety: bool = False) -> Path:
     """Write ``n_cases`` phantoms in the MSD Task01 layout and return the path of dataset.json.
 
     imagesTr/case_NNN.nii.gz (4D int16, channel last: FLAIR, T1, T1ce, T2), labelsTr/case_NNN.nii.gz (uint8);
-    the last ``n_test`` cases go to imagesTs/ + labelsTs/. Case i is make_case(case_seed(seed, i), downsample).
+    the last ``n_test`` cases go to imagesTs/ + labelsTs/. Case i is make_case(case_seed(seed, i), downsample,
+    variety=variety) (variety: off-grid cases, each on its own grid).
     """
     from tqdm import tqdm
 
@@ -49,7 +50,7 @@ def write_dataset(out_dir, n_cases: int = 12, seed: int = 0, downsample: int = 1
     for i in tqdm(range(n_cases), desc="phantom cases", disable=not progress, unit="case"):
         cs = case_seed(seed, i)
         seeds.append(cs)
-        case = make_case(cs, downsample)
+        case = make_case(cs, downsample, variety=variety)
         split = "Tr" if i < n_train else "Ts"
         name = f"case_{i:03d}.nii.gz"
         _save(case.image, case.affine, out / f"images{split}" / name, np.int16)
@@ -72,7 +73,8 @@ def write_dataset(out_dir, n_cases: int = 12, seed: int = 0, downsample: int = 1
         "training": training,
         "test": test,
         "sparsesight": {"generator": "sparsesight.data.phantom", "version": GENERATOR_VERSION, "seed": int(seed),
-                        "downsample": int(downsample), "spacing_mm": float(downsample), "case_seeds": seeds},
+                        "downsample": int(downsample), "spacing_mm": float(downsample) if not variety else "varied",
+                        "variety": bool(variety), "case_seeds": seeds},
     }
     path = out / "dataset.json"
     path.write_text(json.dumps(meta, indent=2))
