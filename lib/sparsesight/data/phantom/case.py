@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
     ss = np.random.SeedSequence([seed, 0x5eed])
     r_anat, r_tum, r_con, r_bias, r_noise = (np.random.default_rng(s) for s in ss.spawn(5))
     r_var = np.random.default_rng(np.random.SeedSequence([seed, 0xa1e7]))  # variety only: plain cases unchanged
-    v = VARIETY if variety else {}
+    v: dict[str, Any] = VARIETY if variety else {}
 
     tmaps, aff = anatomy_on_grid(k)
     shape = tmaps.shape[1:]

@@ -12,6 +12,7 @@ has not seen. Each step is drawn from the case seed's streams, so a varied case 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -19,7 +20,7 @@ from scipy import ndimage as ndi
 from .fields import random_fourier_field
 
 #: ranges of the varied cases (the plain generator's in brackets)
-VARIETY = {
+VARIETY: dict[str, Any] = {
     "max_rot_deg": 12.0,            # (4)
     "scale_xy": (0.86, 1.08),       # head size (0.95-1.05)
     "scale_z": (0.84, 0.98),        # (0.92-0.98)
