@@ -86,29 +86,29 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
     ss = np.random.SeedSequence([seed, 0x5eed])
     r_anat, r_tum, r_con, r_bias, r_noise = (np.random.default_rng(s) for s in ss.spawn(5))
     r_var = np.random.default_rng(np.random.SeedSequence([seed, 0xa1e7]))  # variety only: plain cases unchanged
-    v: dict[str, Any] = VARIETY if variety else {}
+    var: dict[str, Any] = VARIETY if variety else {}
 
     tmaps, aff = anatomy_on_grid(k)
     shape = tmaps.shape[1:]
-    T = (case_transform(r_anat, v["max_rot_deg"], v["scale_xy"], v["scale_z"], v["max_shift_mm"]) if variety
+    T = (case_transform(r_anat, var["max_rot_deg"], var["scale_xy"], var["scale_z"], var["max_shift_mm"]) if variety
          else case_transform(r_anat))
-    lo, hi = case_box(aff, shape, T, margin_vox=2 + int(np.ceil(v["warp_mm"][1] / k)) if variety else 2)
+    lo, hi = case_box(aff, shape, T, margin_vox=2 + int(np.ceil(var["warp_mm"][1] / k)) if variety else 2)
     box = tuple(slice(lo[i], hi[i]) for i in range(3))
     aff_box = aff.copy()
     aff_box[:3, 3] = aff[:3, :3] @ lo + aff[:3, 3]
     base = resample_anatomy(tmaps, aff, T, (lo, hi))  # only the box that holds the brain
     warp = None
     if variety:
-        base, warp = warp_anatomy(base, aff_box, r_var, r_var.uniform(*v["warp_mm"]), v["warp_length_mm"])
+        base, warp = warp_anatomy(base, aff_box, r_var, r_var.uniform(*var["warp_mm"]), var["warp_length_mm"])
     vox = float(abs(aff[0, 0]))
 
     for attempt in range(20):  # noqa: B007 (the count is recorded after the loop)
-        n_les = int(r_var.integers(v["lesions"][0], v["lesions"][1] + 1)) if variety else (
+        n_les = int(r_var.integers(var["lesions"][0], var["lesions"][1] + 1)) if variety else (
             2 if r_tum.uniform() < 0.2 else 1)
         lesions = []
         for i in range(n_les):
             les = sample_lesion(r_tum, primary=(i == 0))
-            if variety and r_var.uniform() < v["small_lesion_p"]:
+            if variety and r_var.uniform() < var["small_lesion_p"]:
                 les = small_lesion(les, r_var.uniform(6.0, 14.0))
             p_t = sample_centre(r_tum, les["radius_core_mm"] + 6.0)
             les["centre_mm"] = (T[:3, :3] @ p_t + T[:3, 3]).tolist()
@@ -124,7 +124,7 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
 
     t = dict(zip(("csf", "gm", "wm", "vessel"), maps))
     t["brain"] = brain
-    table = contrast_table(r_con, v["contrast_jitter"]) if variety else contrast_table(r_con)
+    table = contrast_table(r_con, var["contrast_jitter"]) if variety else contrast_table(r_con)
     clean = compose_image(t, c, table, tex)
     del c, tex
     clean = partial_volume(clean, vox)
@@ -132,7 +132,7 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
     sig = []
     img = np.zeros(shape + (_NUM_MOD,), dtype=np.float32)
     axes = grid_axes_mm(aff_box, brain.shape)
-    amps = r_bias.uniform(*(v["bias_amplitude"] if variety else (0.06, 0.12)), size=_NUM_MOD)
+    amps = r_bias.uniform(*(var["bias_amplitude"] if variety else (0.06, 0.12)), size=_NUM_MOD)
     for m in range(_NUM_MOD):
         bias = bias_field(r_bias, axes, brain, amplitude=float(amps[m]))
         v = clean[..., m][brain_mask] * bias[brain_mask]
