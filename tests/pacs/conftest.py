@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,6 @@ from sparsesight.data.phantom import write_dataset
 from sparsesight.server import MonaiLabelServer
 
 REFUSE_PATIENT = "sparsesight-refuse-seg"
-FAST_TRAIN = {"patch_size": [32, 32, 32], "samples_per_image": 1, "batch_size": 1}
 LUA_REFUSE = f"""
 function ReceivedInstanceFilter(dicom, origin, info)
   if dicom.Modality == 'SEG' and dicom.PatientID == '{REFUSE_PATIENT}' then
@@ -178,42 +177,19 @@ def pacs(tmp_path_factory) -> Pacs:
         proc.stop()
 
 
+Rest = sys.modules["sparsesight_tests_server_conftest"].Rest  # get/post/put/delete/info/train (tests/conftest.py)
+
+
 @dataclass
-class Server:
-    url: str
+class Server(Rest):
     process: MonaiLabelServer
     cache: Path
     model_dir: Path
-
-    def get(self, path, **kw):
-        kw.setdefault("timeout", 120)
-        return requests.get(self.url + path, **kw)
-
-    def post(self, path, **kw):
-        kw.setdefault("timeout", 300)
-        return requests.post(self.url + path, **kw)
-
-    def put(self, path, **kw):
-        kw.setdefault("timeout", 120)
-        return requests.put(self.url + path, **kw)
 
     def cache_files(self) -> dict:
         """{path under the cache: size}: the server's local state."""
         return {str(p.relative_to(self.cache)): p.stat().st_size for p in sorted(self.cache.rglob("*"))
                 if p.is_file() and not p.name.endswith(".lock")}
-
-    def train(self, model="mlcsc", timeout=240) -> dict:
-        r = self.post(f"/train/{model}", json={"epochs": 1, "train_config": FAST_TRAIN})
-        assert r.status_code == 200, r.text
-        task_id = r.json()["id"]
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            status = self.get("/train/").json()
-            if status.get("id") == task_id and status["status"] not in ("SUBMITTED", "RUNNING"):
-                assert status["status"] == "DONE", "\n".join(status.get("details", []))
-                return status
-            time.sleep(1)
-        raise TimeoutError(f"training did not finish in {timeout} s")
 
 
 def start_server(work: Path, dicomweb: str, name: str = "server", conf: dict | None = None) -> Server:

@@ -5,7 +5,6 @@ hook. No training: the checkpoints are fresh networks (sparsesight.bench.server_
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,14 +13,7 @@ from pathlib import Path
 from sparsesight.bench.server_probes import write_checkpoints  # noqa: F401  (fresh networks, shared with the bench)
 
 ROOT = Path(__file__).resolve().parents[2]
-_NAME = "sparsesight_tests_server_conftest"  # the name tests/slicer loads it under: one module either way
-if _NAME in sys.modules:
-    server_conftest = sys.modules[_NAME]
-else:
-    _spec = importlib.util.spec_from_file_location(_NAME, ROOT / "tests" / "server" / "conftest.py")
-    server_conftest = importlib.util.module_from_spec(_spec)
-    sys.modules[_NAME] = server_conftest  # dataclasses look their module up there
-    _spec.loader.exec_module(server_conftest)
+server_conftest = sys.modules["sparsesight_tests_server_conftest"]  # loaded by tests/conftest.py
 
 Server = server_conftest.Server
 

@@ -26,14 +26,9 @@ FAST_TRAIN = {"patch_size": [32, 32, 32], "samples_per_image": 1, "batch_size": 
 
 
 @dataclass
-class Server:
+class Rest:
+    """REST calls to a running SparseSight server (shared by every server handle of the tests)."""
     url: str
-    studies: Path  # the datastore folder
-    phantom: Path  # MSD layout: imagesTr/, labelsTr/
-    model_dir: Path
-    tmpdir: Path  # the server process' TMPDIR
-    process: MonaiLabelServer
-    tmp_baseline: frozenset = frozenset()  # what the server keeps in TMPDIR (its log config)
 
     def get(self, path, **kw):
         kw.setdefault("timeout", 120)
@@ -56,11 +51,6 @@ class Server:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def files(self) -> dict:
-        """{path in the datastore: sha1}: a snapshot to show a refused request changed nothing stored."""
-        return {str(p.relative_to(self.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
-                for p in sorted(self.studies.rglob("*")) if p.is_file() and p.name != ".lock"}
-
     def version(self, model="mlcsc"):
         return self.info()["models"][model]["version"]
 
@@ -79,6 +69,20 @@ class Server:
             time.sleep(1)
         raise TimeoutError(f"training did not finish in {timeout} s")
 
+
+@dataclass
+class Server(Rest):
+    studies: Path  # the datastore folder
+    phantom: Path  # MSD layout: imagesTr/, labelsTr/
+    model_dir: Path
+    tmpdir: Path  # the server process' TMPDIR
+    process: MonaiLabelServer
+    tmp_baseline: frozenset = frozenset()  # what the server keeps in TMPDIR (its log config)
+
+    def files(self) -> dict:
+        """{path in the datastore: sha1}: a snapshot to show a refused request changed nothing stored."""
+        return {str(p.relative_to(self.studies)): hashlib.sha1(p.read_bytes()).hexdigest()
+                for p in sorted(self.studies.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def make_datastore(work: Path, n_cases: int = 2) -> tuple[Path, Path]:

@@ -6,7 +6,6 @@ session, that fixture hands back the server already running (one server per sess
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,14 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "slicer_extension" / "SparseSight"
 sys.path.insert(0, str(MODULE_DIR))
 
-_NAME = "sparsesight_tests_server_conftest"
-if _NAME in sys.modules:
-    server_conftest = sys.modules[_NAME]
-else:
-    _spec = importlib.util.spec_from_file_location(_NAME, ROOT / "tests" / "server" / "conftest.py")
-    server_conftest = importlib.util.module_from_spec(_spec)
-    sys.modules[_NAME] = server_conftest  # dataclasses look their module up there
-    _spec.loader.exec_module(server_conftest)
+server_conftest = sys.modules["sparsesight_tests_server_conftest"]  # loaded by tests/conftest.py
 
 server = server_conftest.server  # the session-wide real MONAI Label server (see tests/server/conftest.py)
 pytest_runtest_makereport = server_conftest.pytest_runtest_makereport  # server log tail on failures

@@ -25,14 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTEFACTS = ROOT / "out" / "test-artefacts" / "viewer"
 CHROMIUM = "/usr/bin/chromium"
 
-_NAME = "sparsesight_tests_server_conftest"
-if _NAME in sys.modules:
-    server_conftest = sys.modules[_NAME]
-else:
-    _spec = importlib.util.spec_from_file_location(_NAME, ROOT / "tests" / "server" / "conftest.py")
-    server_conftest = importlib.util.module_from_spec(_spec)
-    sys.modules[_NAME] = server_conftest
-    _spec.loader.exec_module(server_conftest)
+server_conftest = sys.modules["sparsesight_tests_server_conftest"]  # loaded by tests/conftest.py
 
 server = server_conftest.server  # the session-wide real MONAI Label server
 server_tools = server_conftest.server_tools
