@@ -1,6 +1,7 @@
 """Whole-brain scale and orientations of the microstructure runner (issue 21): fit_maps on Dask's schedulers gives
 the in-process numbers, and DIPY's multi-shell multi-tissue CSD resolves simulated crossings (or says why it
-falls back to single-shell CSD)."""
+falls back to single-shell CSD); the single-shell response is DIPY's, estimated a chunk of voxels at a time; the
+pieces of the whole-brain benchmark."""
 from __future__ import annotations
 
 import warnings
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from sparsesight import bundle, models
+from sparsesight.bench import microstructure_scale as scale
 from sparsesight.bench.microstructure_scale import angular_errors, crossing_volume
 from sparsesight.data import diffusion as dif
 from sparsesight.runners import microstructure as run
@@ -195,3 +197,42 @@ def test_msmt_falls_back_to_single_shell_csd_and_says_why(crossings, small_volum
     assert o["method"].startswith("MSMT-CSD") and "msmt_fallback" not in o, o
     assert o["shells_b"] == [1000.0, 3000.0, 5000.0] and min(o["response_voxels"].values()) >= run.MSMT_MIN_VOXELS
     assert len(o["response_csf_md_mm2_per_s"]) == 3 and o["voxels_one_peak"] >= 0
+
+
+def test_the_csd_response_is_dipys_without_a_copy_of_the_volume(small_volume):
+    """_ssst_response in chunks of voxels gives auto_response_ssst's numbers on the volume times the mask."""
+    from dipy.reconst.csdeconv import auto_response_ssst
+
+    _, data, protocol, mask, _, _ = small_volume
+    volumes = np.nonzero(protocol.b0_mask | (np.abs(protocol.bvals - 3000) < 100))[0]
+    gtab = protocol.subset(volumes).gtab()
+    for m in (mask, data[..., 0] > 0.3 * data[..., 0].max()):
+        d = data[..., volumes]
+        (evals, s0), _ = auto_response_ssst(gtab, d * m[..., None], roi_radii=max(2, min(d.shape[:3]) // 2),
+                                            fa_thr=0.5)
+        ours = run._ssst_response(gtab, data, m, volumes, fa_thr=0.5, chunk=7)
+        np.testing.assert_allclose(ours[0], evals, rtol=1e-12)
+        assert ours[1] == pytest.approx(s0, rel=1e-12)
+    assert run._ssst_response(gtab, data, np.zeros_like(mask), volumes) is None
+
+
+def test_whole_brain_benchmark_pieces():
+    p = scale.hcp_protocol()
+    assert p.m == 288 and sorted(set(p.bvals)) == [0.0, 1000.0, 2000.0, 3000.0]
+    rng = np.random.default_rng(0)
+    tissue = {k: rng.uniform(0, 0.5, (6, 5, 4)).astype(np.float32) for k in ("csf", "gm", "wm")}
+    tissue["wm"][:2] = tissue["gm"][:2] = tissue["csf"][:2] = 0  # background: noise only
+    dwi = scale.hcp_dwi(p, tissue, snr=30)
+    assert dwi.shape == (6, 5, 4, 288) and dwi.dtype == np.int16
+    assert 10 < dwi[:2].mean() < 60 and dwi[2:, :, :, p.b0_mask].mean() > 500  # Rayleigh (sigma 33), S0 ~ 1000
+    mask = np.zeros((4, 4, 9), bool)
+    mask[:, :, 2:7] = True
+    mask[:, :, 4] = False
+    slab = scale.central_slab(mask, 20)
+    assert slab.sum() >= 20 and set(np.nonzero(slab.any((0, 1)))[0]) <= {2, 3, 5, 6}
+    assert scale.central_slab(mask, 0) is mask and scale.tree_rss() > 0
+    runs = [{"voxels": 10, "wall_s": 10, "response_s": 1, "peaks_s": 2, "maps_s": 7, "peak_rss_bytes": 100},
+            {"voxels": 20, "wall_s": 20, "response_s": 1, "peaks_s": 4, "maps_s": 15, "peak_rss_bytes": 90}]
+    whole = scale._extrapolate(runs, 40, per_voxel=10.0, before=50, input_bytes=100)
+    assert (whole["wall_s"], whole["peaks_s"], whole["maps_s"]) == (40.0, 8.0, 30.0)
+    assert whole["peak_rss_bytes"] == 90 + 10 * 20 and whole["memory_over_input"] == 2.4

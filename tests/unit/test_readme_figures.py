@@ -91,3 +91,15 @@ def test_attribution_figures_are_those_of_the_recorded_attribution_bench():
     readme = " ".join((ROOT / "README.md").read_text().split())
     cost = r["ig_cost"]
     assert f"IG {cost['mlcsc']['ratio']:.2f}× its floor on ML-CSC ({cost['sum']['ratio']:.2f}× on SUM)" in readme
+
+
+def test_whole_brain_figures_are_those_of_the_recorded_bench():
+    r = json.loads((ROOT / "bench" / "results" / "microstructure_scale.json").read_text())["whole_brain"]["result"]
+    text = " ".join((ROOT / "bench" / "README.md").read_text().split())
+    big, whole = max(r["runs"], key=lambda x: x["voxels"]), r["extrapolated_whole_mask"]
+    for figure in (f"{r['white_matter_voxels']:,} white-matter", f"larger slab ({big['voxels']:,} voxels)",
+                   f"{big['wall_s']} s (CSD response {big['response_s']}, peaks {big['peaks_s']}, maps {big['maps_s']})",
+                   f"{whole['wall_s']:.0f} s = {whole['wall_s'] / 60:.1f} min (maps {whole['maps_s']:.0f} s)",
+                   f"| {big['memory_over_input']:.2f}× | {whole['memory_over_input']:.2f}× |",
+                   f"{whole['result_bytes_per_voxel']:.0f} bytes of results per voxel"):
+        assert figure in text, figure

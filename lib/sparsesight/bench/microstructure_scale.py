@@ -3,6 +3,7 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
 
     python -m sparsesight.bench.microstructure_scale --out bench/results            # all three parts
     python -m sparsesight.bench.microstructure_scale --parts dask msmt --out out/bench
+    python -m sparsesight.bench.microstructure_scale --whole-brain --wm-voxels 24000 --chunk 1024 --out bench/results
 
 - `jobs`: a server with only the microstructure model (a small checkpoint for the protocol) and a DWI phantom slab
   (2 mm, 6 slices, HCP MGH subsampled 8x) in its datastore; per method and repetition, the bundle through
@@ -16,6 +17,16 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
   and CSF voxels for the responses, SNR 30, HCP MGH subsampled 4x) with and without 20 % free water, and of the DWI
   phantom (4 mm, 4 slices; voxels where each population holds >= 25 % of the axonal volume), by MSMT-CSD and by
   single-shell CSD: share of voxels with two peaks, median and 90th percentile of the worse peak's angular error.
+- `whole_brain` (`--whole-brain`, not in the default parts: ~3 GB of memory, minutes): an HCP-size int16 DWI
+  generated here (145 x 174 x 145 at 1.25 mm, the MNI152 template's tissue fractions; 18 b=0 + 90 directions at
+  b 1000 / 2000 / 3000, Δ/δ 43.1/10.6 ms: 288 volumes, 2.1 GB; two fibre populations in the white matter, Rician
+  noise), the paper's dictionary for that protocol and CPU-sized networks (briefly trained: the cost is measured,
+  not the accuracy); fit_maps with the hybrid on the white-matter mask (WM fraction > 0.5): CSD orientations
+  (response, peaks), then the maps in `--workers` processes with `--chunk` voxels per chunk. Wall time per phase
+  and the peak resident memory of the process and its workers (sampled every 0.2 s) against the int16 input's
+  bytes. `--wm-voxels N` fits central axial slabs of N/2 and N white-matter voxels instead of the whole mask and
+  extrapolates from the larger (say so when quoting it): the time in proportion to the voxels, the memory as its
+  peak plus fit_maps' per-voxel results for the voxels not fitted.
 
 Writes <out>/microstructure_scale.json (parts not run this time are kept from an earlier file). Figures depend on
 the machine's load; the JSON records it per part.
@@ -196,6 +207,234 @@ def bench_dask(method: str = "hybrid", chunk: int = 1024) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ whole brain
+HCP_SHAPE = (145, 174, 145)  # HCP WU-Minn at 1.25 mm
+HCP_EXTENT_MM = (181, 217, 181)  # that grid's extent (the MNI152 1 mm template's)
+HCP_SHELLS = ((0.0, 18), (1000.0, 90), (2000.0, 90), (3000.0, 90))  # 288 volumes
+HCP_TIMING = (43.1e-3, 10.6e-3)  # Δ, δ (s) of HCP WU-Minn
+WB_RADII_UM, WB_FRACTIONS = np.array([1.0, 2.0, 3.0, 4.5, 6.0]), np.array([0.4, 0.55, 0.7])
+
+
+def hcp_protocol() -> dif.Protocol:
+    """An HCP WU-Minn-like protocol: 18 b=0, 90 directions at each of b 1000, 2000, 3000 s/mm²."""
+    from ..data.diffusion.protocol import hemisphere_directions
+
+    bvals: list = []
+    bvecs: list = []
+    for s, (b, n) in enumerate(HCP_SHELLS):
+        bvals += [b] * n
+        bvecs += [[0.0, 0.0, 0.0]] * n if b == 0 else hemisphere_directions(n, twist=0.7 * s).tolist()
+    return dif.Protocol(np.array(bvals), np.array(bvecs), *HCP_TIMING, name="hcp-wu-minn")
+
+
+def hcp_tissue() -> dict:
+    """CSF / GM / WM fractions of the MNI152 template (nilearn's, shipped) resampled to the HCP grid."""
+    from scipy import ndimage as ndi
+
+    from ..data.phantom.anatomy import load_mni152, tissue_maps
+
+    t1, gm, wm, _ = load_mni152()
+    maps = tissue_maps(t1, gm, wm)
+    idx = np.argwhere(maps["brain"] > 0)
+    ext = np.array(HCP_EXTENT_MM)
+    lo = np.clip((idx.min(0) + idx.max(0)) // 2 - ext // 2, 0, np.array(t1.shape) - ext)
+    crop = tuple(slice(a, a + e) for a, e in zip(lo, ext))
+    return {k: ndi.zoom(maps[k][crop], np.array(HCP_SHAPE) / ext, order=1).clip(0, 1) for k in ("csf", "gm", "wm")}
+
+
+def _fibres(protocol: dif.Protocol, rng, n: int, axis: int, log_perp: np.ndarray) -> np.ndarray:
+    """(n, M) signals of one population per voxel: orientations scattered around `axis`, r and f from a few
+    values."""
+    from ..data.diffusion.signal import D_AXON, cos2_angles, extra_perp_diffusivity
+
+    u = rng.normal(0, 0.3, (n, 3))
+    u[:, axis] = 1.0
+    c2 = cos2_angles(protocol, u / np.linalg.norm(u, axis=1, keepdims=True))
+    b = protocol.b_si[None]
+    f = rng.choice(WB_FRACTIONS, n)[:, None]
+    dperp = extra_perp_diffusivity(f)
+    s_in = np.exp(-b * D_AXON * c2 + (1 - c2) * log_perp[rng.integers(0, len(WB_RADII_UM), n)])
+    return f * s_in + (1 - f) * np.exp(-b * (dperp + (D_AXON - dperp) * c2))
+
+
+def hcp_dwi(protocol: dif.Protocol, tissue: dict, snr: float = 30.0, seed: int = 0) -> np.ndarray:
+    """An int16 DWI (X, Y, Z, M) written slice by slice (every voxel, as a scanner's: Rayleigh noise outside the
+    brain): white matter two populations (left-right and inferior-superior, the second's share 0.2-0.5), grey
+    matter isotropic 0.8e-9 m²/s, CSF free water; S0 1000 x the tissue fraction, Rician noise at `snr`."""
+    from ..data.diffusion.signal import free_water_signal, intra_log_perp_table
+
+    rng = np.random.default_rng(seed)
+    log_perp = intra_log_perp_table(protocol, WB_RADII_UM)
+    iso = np.stack([free_water_signal(protocol), np.exp(-protocol.b_si * 0.8e-9)])
+    shape = tissue["wm"].shape
+    out = np.empty(shape + (protocol.m,), np.int16)
+    sigma = 1000.0 / snr
+    for z in range(shape[2]):
+        csf, gm, wm = (tissue[k][:, :, z].reshape(-1) for k in ("csf", "gm", "wm"))
+        total = csf + gm + wm
+        idx = np.nonzero(total > 0.05)[0]
+        sig = np.zeros((total.size, protocol.m))
+        share = rng.uniform(0.2, 0.5, len(idx))[:, None]
+        fibres = (1 - share) * _fibres(protocol, rng, len(idx), 0, log_perp) + \
+            share * _fibres(protocol, rng, len(idx), 2, log_perp)
+        sig[idx] = (wm[idx, None] * fibres + csf[idx, None] * iso[0] + gm[idx, None] * iso[1]) * \
+            (1000.0 / np.maximum(total[idx], 1e-6) * total[idx].clip(0, 1))[:, None]
+        noisy = np.hypot(sig + rng.normal(0, sigma, sig.shape), rng.normal(0, sigma, sig.shape))
+        out[:, :, z] = np.rint(noisy).clip(0, 32767).reshape(shape[:2] + (protocol.m,))
+    return out
+
+
+def central_slab(mask: np.ndarray, voxels: int) -> np.ndarray:
+    """The mask's voxels in the fewest central axial slices that hold at least `voxels` of them (all: 0)."""
+    per_slice = mask.sum((0, 1))
+    if voxels <= 0 or voxels >= per_slice.sum():
+        return mask
+    lo = hi = int(np.argmax(per_slice))
+    while per_slice[lo:hi + 1].sum() < voxels:
+        if lo > 0 and (hi + 1 >= len(per_slice) or per_slice[lo - 1] >= per_slice[hi + 1]):
+            lo -= 1
+        else:
+            hi += 1
+    out = np.zeros_like(mask)
+    out[:, :, lo:hi + 1] = mask[:, :, lo:hi + 1]
+    return out
+
+
+def tree_rss() -> int:
+    """Resident bytes of this process and its descendants (Linux /proc)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    parent, rss = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                parent[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/statm") as f:
+                rss[int(name)] = int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, grown = {os.getpid()}, True
+    while grown:
+        new = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= new
+        grown = bool(new)
+    return sum(rss.get(p, 0) for p in tree)
+
+
+class PeakMemory:
+    """`with PeakMemory() as peak:` samples tree_rss() every `every` s in a thread; peak.bytes is the largest."""
+
+    def __init__(self, every: float = 0.2):
+        import threading
+
+        self.every, self.bytes = every, tree_rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.bytes = max(self.bytes, tree_rss())
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.bytes = max(self.bytes, tree_rss())
+
+
+def _fit_whole_brain(model, data, protocol, mask, method, workers, chunk, before) -> dict:
+    """One fit_maps on `mask` (CSD orientations, then the maps in `workers` processes): phases, peak memory."""
+    marks: dict = {}
+    held = tree_rss()
+    t = time.time()
+    with PeakMemory() as peak:
+        maps = run.fit_maps(model, data, protocol, mask, method, keep_weights=False, chunk=chunk, workers=workers,
+                            on_slice=lambda done, total: marks.setdefault("first_slice", time.time()),
+                            on_chunk=lambda done, total: marks.setdefault("orientations_done", time.time()),
+                            log=lambda s: None)
+    wall = time.time() - t
+    n = int(mask.sum())
+    return {"voxels": n, "slices": int(mask.any((0, 1)).sum()), "wall_s": round(wall, 1),
+            "response_s": round(marks["first_slice"] - t, 1),
+            "peaks_s": round(marks["orientations_done"] - marks["first_slice"], 1),
+            "maps_s": round(t + wall - marks["orientations_done"], 1), "ms_per_voxel_wall": round(1e3 * wall / n, 3),
+            "rss_with_input_bytes": held, "peak_rss_bytes": peak.bytes,
+            "memory_over_input": round((peak.bytes - before) / data.nbytes, 3),
+            "orientations": maps["orientations"]["method"]}
+
+
+def _result_bytes_per_voxel(model, data, protocol, mask, method, n: int = 256) -> float:
+    """Bytes fit_maps holds per fitted voxel until the end: its chunks' per-voxel results (twice: the parts and
+    their concatenation) and the voxel's three indices."""
+    sel = tuple(i[:n] for i in np.nonzero(mask))
+    u = np.broadcast_to(np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), (len(sel[0]), 2, 3))
+    e = run._estimate_chunk(model, data[sel], u, method, protocol, "cpu", False)
+    return 2 * sum(v.nbytes for v in e.values() if isinstance(v, np.ndarray)) / len(sel[0]) + 3 * 8
+
+
+def _extrapolate(runs: list, n_all: int, per_voxel: float, before: int, input_bytes: int) -> dict:
+    """The whole mask from the larger slab: its seconds x (white-matter voxels / its voxels), an upper bound (the
+    fixed costs, the workers' start, scale too; a line through both slabs follows the load more than the mask);
+    memory its peak plus the per-voxel results of the voxels it did not fit (the rest of the peak is bounded by the
+    chunk, the slice or the volume's shape, not by the mask)."""
+    b = max(runs, key=lambda r: r["voxels"])
+    scale = n_all / b["voxels"]
+    peak = b["peak_rss_bytes"] + per_voxel * (n_all - b["voxels"])
+    return {"how": "time: the larger slab's seconds x white-matter voxels / its voxels; memory: its peak + "
+                   "result_bytes_per_voxel x the white-matter voxels it did not fit",
+            **{k: round(b[k] * scale, 1) for k in ("wall_s", "response_s", "peaks_s", "maps_s")},
+            "result_bytes_per_voxel": round(per_voxel, 1), "peak_rss_bytes": int(peak),
+            "memory_over_input": round((peak - before) / input_bytes, 3)}
+
+
+def bench_whole_brain(wm_voxels: int = 0, workers: int = 2, chunk: int = 4096, method: str = "hybrid") -> dict:
+    """The hybrid on the white matter (WM fraction > 0.5) of an HCP-size DWI (145 x 174 x 145 x 288, int16):
+    CSD orientations, then the maps in `workers` processes. `wm_voxels` > 0: central axial slabs of wm_voxels / 2
+    and wm_voxels WM voxels instead, extrapolated to the whole mask (_extrapolate).
+    memory_over_input: (peak resident memory of the process and its workers - the process' memory before the
+    DWI existed) / the int16 DWI's bytes."""
+    import torch
+
+    from .. import models
+    from ..models import microstructure as msm
+    from ..training import microstructure as ms_training
+
+    torch.set_num_threads(1)
+    p = hcp_protocol()
+    config = {**msm.default_config(), "protocol": p.to_config()}  # the paper's dictionary, CPU-sized networks
+    model = models.build("microstructure", config)
+    ms_training.fit_networks(model, ms_training.simulate_training_set(model, 1000, (30,), seed=0), epochs=1,
+                             batch_size=64, lr=3e-3)  # trained briefly: the cost, not the accuracy, is measured
+    tissue = hcp_tissue()
+    whole = tissue["wm"] > 0.5
+    before = tree_rss()
+    t = time.time()
+    data = hcp_dwi(p, tissue)
+    out: dict = {"shape": list(data.shape), "dtype": str(data.dtype), "input_bytes": int(data.nbytes),
+                 "protocol": {"name": p.name, "shells": [list(s) for s in HCP_SHELLS], "big_delta_s": HCP_TIMING[0],
+                              "small_delta_s": HCP_TIMING[1]},
+                 "method": method, "workers": workers, "chunk": chunk, "white_matter_voxels": int(whole.sum()),
+                 "generation_s": round(time.time() - t, 1), "rss_before_input_bytes": before}
+    masks = [whole]
+    if wm_voxels > 0:  # the second slab at least a slice more than the first
+        masks = [central_slab(whole, wm_voxels // 2)]
+        masks.append(central_slab(whole, max(wm_voxels, int(masks[0].sum()) + 1)))
+    out["runs"] = []
+    for mask in masks:
+        out["runs"].append(_fit_whole_brain(model, data, p, mask, method, workers, chunk, before))
+        logger.info(f"whole brain: {out['runs'][-1]}")
+    if wm_voxels > 0:
+        per_voxel = _result_bytes_per_voxel(model, data, p, whole, method)
+        out["extrapolated_whole_mask"] = _extrapolate(out["runs"], out["white_matter_voxels"], per_voxel, before,
+                                                      data.nbytes)
+    logger.info(f"whole brain: {out}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ jobs
 def bench_jobs(methods=("hybrid", "fingerprinting"), reps: int = 2) -> dict:
     import requests
@@ -252,17 +491,26 @@ def bench_jobs(methods=("hybrid", "fingerprinting"), reps: int = 2) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
-    ap.add_argument("--parts", nargs="+", default=["jobs", "dask", "msmt"], choices=["jobs", "dask", "msmt"])
+    ap.add_argument("--parts", nargs="+", default=["jobs", "dask", "msmt"],
+                    choices=["jobs", "dask", "msmt", "whole_brain"])
+    ap.add_argument("--whole-brain", action="store_true", help="run the whole_brain part only (minutes; ~3 GB)")
+    ap.add_argument("--wm-voxels", type=int, default=0,
+                    help="whole_brain: fit a central slab of this many white-matter voxels and extrapolate (0: all)")
+    ap.add_argument("--workers", type=int, default=2, help="whole_brain: processes for the maps")
+    ap.add_argument("--chunk", type=int, default=4096, help="whole_brain: voxels per chunk (a job's default 4096)")
     ap.add_argument("--reps", type=int, default=2, help="jobs: repetitions per method")
     ap.add_argument("--methods", nargs="+", default=["hybrid", "fingerprinting"], help="jobs: methods")
     args = ap.parse_args(argv)
+    if args.whole_brain:
+        args.parts = ["whole_brain"]
     log_to_stderr()
     warnings.simplefilter("ignore")
     path = args.out / "microstructure_scale.json"
     result: dict = json.loads(path.read_text()) if path.is_file() else {}
     command = "python -m sparsesight.bench.microstructure_scale " + " ".join(argv or [])
-    parts = {"jobs": lambda: bench_jobs(tuple(args.methods), args.reps), "dask": bench_dask, "msmt": bench_msmt}
-    for name in ("jobs", "dask", "msmt"):
+    parts = {"jobs": lambda: bench_jobs(tuple(args.methods), args.reps), "dask": bench_dask, "msmt": bench_msmt,
+             "whole_brain": lambda: bench_whole_brain(args.wm_voxels, args.workers, args.chunk)}
+    for name in parts:
         if name in args.parts:
             load = round(os.getloadavg()[0], 2)
             result[name] = {"command": command, "cpus": os.cpu_count(), "python": platform.python_version(),

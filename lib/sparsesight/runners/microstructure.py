@@ -197,18 +197,20 @@ def _distinct_directions(v: np.ndarray) -> int:
     return len(np.unique(np.round(v * np.sign(lead), 3), axis=0))
 
 
-def _two_peaks(model, d: np.ndarray, sphere, mask: np.ndarray, npeaks: int, on_slice=None):
+def _two_peaks(model, d: np.ndarray, sphere, mask: np.ndarray, npeaks: int, on_slice=None, volumes=None):
     """(u (X, Y, Z, 2, 3), number of peaks) from DIPY's peaks_from_model, fitted one axial slice at a time
     (`on_slice(done, total)` after each: progress, and a cancel between slices); a voxel with one peak gets it
-    twice, a masked voxel without any the x axis. Each voxel's fit is independent: the slices change no number."""
+    twice, a masked voxel without any the x axis. Each voxel's fit is independent: the slices change no number.
+    `volumes`: the indices of the volumes the model reads, taken a slice at a time (no copy of the volume)."""
     from dipy.direction import peaks_from_model
 
     u = np.zeros(d.shape[:3] + (npeaks, 3))
     for z in range(d.shape[2]):
         if mask[:, :, z].any():
+            slab = d[:, :, z:z + 1] if volumes is None else d[:, :, z:z + 1][..., volumes]
             with warnings.catch_warnings():  # DIPY's CSD uses its legacy SH basis internally (a pending deprecation)
                 warnings.simplefilter("ignore", PendingDeprecationWarning)
-                pk = peaks_from_model(model, d[:, :, z:z + 1], sphere, relative_peak_threshold=0.3,
+                pk = peaks_from_model(model, slab, sphere, relative_peak_threshold=0.3,
                                       min_separation_angle=25, mask=mask[:, :, z:z + 1], npeaks=npeaks,
                                       return_sh=False, legacy=False)
             u[:, :, z:z + 1] = pk.peak_dirs
@@ -338,10 +340,7 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
     if info is not None and fallback_reason:
         info["msmt_fallback"] = f"single-shell CSD instead of MSMT-CSD: {fallback_reason}"
     from dipy.data import default_sphere
-    from dipy.reconst.csdeconv import (
-        ConstrainedSphericalDeconvModel,
-        auto_response_ssst,
-    )
+    from dipy.reconst.csdeconv import ConstrainedSphericalDeconvModel
 
     shells = protocol.shells(SHELL_TOL)
     dw = shells[shells > dif.B0_THRESHOLD]
@@ -350,23 +349,21 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
     count = {float(x): _distinct_directions(protocol.bvecs[np.abs(protocol.bvals - x) < SHELL_TOL]) for x in dw}
     pool = [x for x in count if 1000 - SHELL_TOL <= x <= 6000] or list(count)
     b = max(pool, key=lambda x: (count[x], -abs(x - 3000.0)))
-    sel = protocol.b0_mask | (np.abs(protocol.bvals - b) < SHELL_TOL)
-    sub = protocol.subset(np.nonzero(sel)[0])
+    volumes = np.nonzero(protocol.b0_mask | (np.abs(protocol.bvals - b) < SHELL_TOL))[0]
+    sub = protocol.subset(volumes)
     gtab = sub.gtab()
-    d = data[..., sel]
     n_dir = int((~sub.b0_mask).sum())
     order = max(2, min(8, int((np.sqrt(8 * n_dir + 1) - 3) / 2) // 2 * 2))  # (L+1)(L+2)/2 <= directions
     response = None
     try:
-        response, ratio = auto_response_ssst(gtab, d * mask[..., None], roi_radii=max(2, min(d.shape[:3]) // 2),
-                                             fa_thr=0.5)
-        if not np.isfinite(response[0]).all() or response[1] <= 0:
+        response = _ssst_response(gtab, data, mask, volumes, fa_thr=0.5)
+        if response is not None and (not np.isfinite(response[0]).all() or response[1] <= 0):
             response = None
     except (ValueError, IndexError, ZeroDivisionError, np.linalg.LinAlgError):
         response = None
     fallback = response is None
     if fallback:  # a single fibre of the model: D = 2e-9 along, a tortuous 0.35e-9 across
-        response = (np.array([2.0e-3, 0.35e-3, 0.35e-3]), float(np.median(d[mask][:, sub.b0_mask])))
+        response = (np.array([2.0e-3, 0.35e-3, 0.35e-3]), float(np.median(data[mask][:, protocol.b0_mask])))
         logger.info("microstructure: CSD response not estimable from the data (no voxel with FA > 0.5 in the "
                     "central region); using the model's single-fibre response")
     if info is not None:
@@ -374,11 +371,39 @@ def csd_peaks(data: np.ndarray, protocol: dif.Protocol, mask: np.ndarray, npeaks
                      "shell_b": float(b), "directions": n_dir,
                      "sh_order": order, "response_evals_mm2_per_s": [float(x) for x in response[0]],
                      "response": "default single-fibre response (not estimable from the data)" if fallback
-                     else "estimated from the data (auto_response_ssst, FA > 0.5)"})
+                     else "estimated from the data (as auto_response_ssst, FA > 0.5)"})
     with warnings.catch_warnings():  # DIPY's CSD uses its legacy SH basis internally (a pending deprecation)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         csd = ConstrainedSphericalDeconvModel(gtab, response, sh_order_max=order)
-    return _two_peaks(csd, d, default_sphere, mask, npeaks, on_slice)
+    return _two_peaks(csd, data, default_sphere, mask, npeaks, on_slice, volumes)
+
+
+def _ssst_response(gtab, data: np.ndarray, mask: np.ndarray, volumes: np.ndarray, fa_thr: float = 0.5,
+                   chunk: int = 16384) -> tuple | None:
+    """DIPY's auto_response_ssst on the masked voxels of a box around the volume's centre (half its smallest side
+    as radius, DIPY's box rule), `volumes` only, a chunk of voxels at a time: (the mean of the two largest tensor
+    eigenvalues as a prolate tensor, the mean S0) over the voxels with FA > fa_thr; None when there is none. The
+    numbers DIPY gives on the whole volume times the mask, without its float copy of the whole volume."""
+    from dipy.reconst.dti import TensorModel, fractional_anisotropy
+
+    shape = np.array(mask.shape)
+    radius, c = max(2, int(shape.min()) // 2), shape // 2
+    r = [radius if c[i] - radius >= 0 and c[i] + radius < shape[i] else min(c[i], shape[i] - c[i]) for i in range(3)]
+    box = np.zeros_like(mask)
+    box[tuple(slice(c[i] - r[i], c[i] + r[i] + 1) for i in range(3))] = True
+    idx = np.nonzero(mask & box)
+    tensor = TensorModel(gtab)
+    lambdas, s0s = [], []
+    for s in range(0, len(idx[0]), chunk):
+        vox = data[tuple(i[s:s + chunk] for i in idx)][:, volumes]
+        evals = tensor.fit(vox).evals
+        keep = np.nan_to_num(fractional_anisotropy(evals)) > fa_thr
+        lambdas.append(evals[keep, :2])
+        s0s.append(vox[keep][:, gtab.b0s_mask])
+    if not sum(len(x) for x in lambdas):
+        return None
+    l01 = np.concatenate(lambdas).mean(0)
+    return np.array([l01[0], l01[1], l01[1]]), np.mean(np.concatenate(s0s))
 
 
 # ------------------------------------------------------------------------------------------------ maps
