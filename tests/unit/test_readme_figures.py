@@ -103,3 +103,9 @@ def test_whole_brain_figures_are_those_of_the_recorded_bench():
                    f"| {big['memory_over_input']:.2f}× | {whole['memory_over_input']:.2f}× |",
                    f"{whole['result_bytes_per_voxel']:.0f} bytes of results per voxel"):
         assert figure in text, figure
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for figure in (f"took {big['wall_s']} s for a central slab of {big['voxels']:,} white-matter voxels at "
+                   f"{big['memory_over_input']:.2f}× the input's memory; extrapolated to the whole mask: "
+                   f"{whole['wall_s']:.0f} s", f"and {whole['memory_over_input']:.2f}× the input (aim 2×",
+                   f"whole brain {whole['wall_s']:.0f} s (extrapolated), {whole['memory_over_input']:.2f}×"):
+        assert figure in readme, figure
