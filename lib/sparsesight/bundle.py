@@ -13,6 +13,10 @@ All volumes share the input's affine and spatial shape. Extra keys of an output 
 colormap, range, ...) are kept as they are. Explanation quality (explain/quality.py): the manifest's
 `explanation_quality` and an output's `quality` are objects whose metric sets carry `flags` (a list of strings,
 the aims missed) and `faithful` (a boolean); validate checks that shape.
+
+`format` (FORMAT) says which version of this protocol wrote the bundle: 1 (no key: before the quality objects),
+2 (explanation quality with every map, the attribution quality table). Readers say when a bundle is older or newer
+than the format they read (the Slicer module's and the viewer's scene.format_note).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from .errors import BundleError
 
 KINDS = {"labelmap": (".nii.gz",), "scalar": (".nii.gz",), "table": (".csv",), "plot": (".png",)}
 MANIFEST = "manifest.json"
+FORMAT = 2
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -49,7 +54,7 @@ class BundleWriter:
     def __init__(self, model: str, model_version: str, image: str, affine, spatial_shape, **extra):
         self.affine = np.asarray(affine, dtype=np.float64)
         self.spatial_shape = tuple(int(s) for s in spatial_shape)
-        self.manifest = {"model": model, "model_version": model_version, "image": image,
+        self.manifest = {"format": FORMAT, "model": model, "model_version": model_version, "image": image,
                          "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          "spatial_shape": list(self.spatial_shape), "affine": self.affine.tolist(),
                          **extra, "outputs": []}

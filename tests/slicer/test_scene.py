@@ -414,3 +414,13 @@ def test_module_files_are_listed_in_cmake_and_never_import_the_library():
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert f"set({key} " in top, key
+
+
+def test_bundle_format_is_the_one_the_scene_reads_and_other_formats_are_named():
+    from sparsesight import bundle as lib_bundle
+
+    assert S.FORMAT == lib_bundle.FORMAT  # writer and readers move together
+    assert S.format_note({"format": lib_bundle.FORMAT}) is None
+    assert "older SparseSight (format 1" in S.format_note({})  # bundles written before the key existed
+    assert "newer SparseSight" in S.format_note({"format": lib_bundle.FORMAT + 1})
+    assert "not a number" in S.format_note({"format": "two"})

@@ -364,6 +364,19 @@ def test_bad_input_is_said_in_words_and_the_page_stays_usable(page, server, tmp_
     page.fill("#ss-bundle-path", str(broken))
     click_action(page, "#ss-open-bundle")
     assert "bundle lacks params.csv" in error(page), error(page)
+    # a whole bundle of an older format (no "format" key): shown, and the page says what that means
+    older = tmp_path / "older.zip"
+    with zipfile.ZipFile(older, "w") as z:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "manifest.json":
+                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "format"}).encode()
+            z.writestr(item, data)
+    page.fill("#ss-bundle-path", str(older))
+    click_action(page, "#ss-open-bundle")
+    assert not error(page), error(page)
+    notes = " ".join(page.locator(".ss-notes").all_inner_texts())
+    assert "older SparseSight (format 1" in notes, notes
     # the server is not there
     connect(page, "http://127.0.0.1:9")
     assert "cannot reach the SparseSight server" in error(page), error(page)

@@ -154,7 +154,7 @@ class ReviewSession:
             for node in self.run.nodes.values():
                 S.set_visible(node, False)
         self.run = run
-        notes = []
+        notes = [n for n in [S.format_note(run.manifest)] if n]
         have = set(run.nodes)
         for name in requested or []:
             if not any(h == name or h.startswith(name + "/") or h.startswith(name + ":") for h in have):

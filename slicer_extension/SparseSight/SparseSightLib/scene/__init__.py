@@ -21,7 +21,9 @@ kind, model, version, metadata as JSON) that survive saving the scene as an MRB.
 from __future__ import annotations
 
 from .bundle import (
+                   FORMAT,
                    Inference,
+                   format_note,
                    inference_folder_name,
                    inferences,
                    load_bundle,
@@ -65,7 +67,7 @@ from .scalar import (
 )
 from .table import add_table
 
-__all__ = ["ATTR", "COLORMAPS", "GREY", "MANIFEST", "PALETTE", "ROBUST", "Inference", "SceneError", "add_labelmap",
+__all__ = ["ATTR", "COLORMAPS", "FORMAT", "GREY", "MANIFEST", "format_note", "PALETTE", "ROBUST", "Inference", "SceneError", "add_labelmap",
            "add_plot", "add_scalar", "add_table", "array_from_volume", "children", "class_colors", "color_node",
            "display_for", "export_label", "folder", "ijk_to_ras", "inference_folder_name", "inferences",
            "load_bundle", "load_mrb", "new_scene", "node_name", "outputs", "place", "read_image", "read_volume",

@@ -25,6 +25,25 @@ from .scalar import add_scalar
 from .table import add_table
 
 
+#: the bundle format this module reads (sparsesight.bundle.FORMAT; a unit test keeps the two equal)
+FORMAT = 2
+
+
+def format_note(manifest: dict) -> str | None:
+    """What a reader should be told about a bundle of another format than FORMAT, None when it is current."""
+    try:
+        fmt = int(manifest.get("format", 1))
+    except (TypeError, ValueError):
+        return f"the bundle's format {manifest.get('format')!r} is not a number: it may not be shown correctly"
+    if fmt < FORMAT:
+        return (f"the bundle was written by an older SparseSight (format {fmt}, this reader's is {FORMAT}): its maps "
+                f"carry no explanation-quality figures, so none of them is flagged; run the model again for those")
+    if fmt > FORMAT:
+        return (f"the bundle was written by a newer SparseSight (format {fmt}, this reader's is {FORMAT}): outputs "
+                f"or figures this reader does not know are not shown; update the module")
+    return None
+
+
 @dataclass
 class Inference:
     """The nodes of one bundle in a scene: {output name: node}, its subject-hierarchy folder and manifest."""
