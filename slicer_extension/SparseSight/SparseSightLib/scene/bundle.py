@@ -24,7 +24,6 @@ from .plot import add_plot
 from .scalar import add_scalar
 from .table import add_table
 
-
 #: the bundle format this module reads (sparsesight.bundle.FORMAT; a unit test keeps the two equal)
 FORMAT = 2
 
