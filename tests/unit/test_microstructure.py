@@ -7,7 +7,6 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from scipy.optimize import nnls as scipy_nnls
 
 from sparsesight import bundle, checkpoint, models
@@ -21,13 +20,7 @@ from sparsesight.training import microstructure as ms_training
 SMALL_NETS = {"mlp_hidden": [64, 64], "split_hidden": [32, 32], "joint_hidden": [32]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batched ops: one thread avoids OpenMP oversubscription stalls on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")

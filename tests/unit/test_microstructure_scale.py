@@ -9,7 +9,6 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from sparsesight import bundle, models
 from sparsesight.bench import microstructure_scale as scale
@@ -20,12 +19,7 @@ from sparsesight.runners import microstructure as run
 KEYS = ("nu", "r", "f", "nu_fw", "residual", "sparsity", "nnls_r", "nnls_f", "fraction_sum")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/unit/conftest.py
 
 
 @pytest.fixture(scope="module")
