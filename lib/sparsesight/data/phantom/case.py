@@ -157,7 +157,7 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
         head = np.argwhere(img[..., 1] > 0)  # the brain (skull-stripped like BraTS)
         corners = np.array([head.min(0), head.max(0)], dtype=float)
         world = corners @ aff[:3, :3].T + aff[:3, 3]
-        affine, grid_shape = random_grid(r_var, world.min(0), world.max(0))
+        affine, grid_shape = random_grid(r_var, world.min(0), world.max(0), scale=k)
         img, label = regrid(img, label, aff, affine, grid_shape)
         img = np.clip(np.round(img), 0, 32767)  # integer-valued like the plain cases
         tissues = {n: regrid(t[..., None], label, aff, affine, grid_shape)[0][..., 0] for n, t in tissues.items()}

@@ -5,6 +5,7 @@ has not seen. Each step is drawn from the case seed's streams, so a varied case 
                        contrast jitter, bias-field amplitude;
 - ``warp_anatomy``     a smooth random non-linear deformation of the template anatomy (other brains' shapes);
 - ``random_grid``      another voxel grid for the finished case: voxel sizes 0.8-1.5 mm in plane, slices up to 3 mm
+                       (times the downsample factor of a coarse case)
                        (anisotropic), any of the 48 axis orientations (LPS, sagittal or coronal acquisitions),
                        a field of view cropped to the head with a random margin instead of 240 x 240 x 155;
 - ``regrid``           the image (trilinear) and label (nearest) resampled onto that grid.
@@ -64,12 +65,13 @@ def _orientations() -> list[np.ndarray]:
     return out
 
 
-def random_grid(rng: np.random.Generator, head_lo_mm: np.ndarray, head_hi_mm: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """(affine, shape) of a grid covering the world box [head_lo, head_hi] mm plus a random margin: voxel sizes,
-    slice axis and orientation drawn from VARIETY."""
+def random_grid(rng: np.random.Generator, head_lo_mm: np.ndarray, head_hi_mm: np.ndarray,
+                scale: float = 1.0) -> tuple[np.ndarray, tuple]:
+    """(affine, shape) of a grid covering the world box [head_lo, head_hi] mm plus a random margin: voxel sizes
+    (VARIETY's ranges x `scale`, the case's downsample factor), slice axis and orientation drawn from VARIETY."""
     v = VARIETY
     orient = _orientations()[int(rng.integers(48))]  # voxel axis j runs along world axis where orient[:, j] != 0
-    spacing = np.r_[rng.uniform(*v["spacing_xy_mm"], size=2), rng.uniform(*v["spacing_z_mm"])]
+    spacing = scale * np.r_[rng.uniform(*v["spacing_xy_mm"], size=2), rng.uniform(*v["spacing_z_mm"])]
     margin = rng.uniform(*v["margin_mm"], size=3)
     lo, hi = head_lo_mm - margin, head_hi_mm + margin
     world_axis = np.abs(orient).argmax(0)  # the world axis of each voxel axis
