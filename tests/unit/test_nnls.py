@@ -92,6 +92,22 @@ def test_factored_gram_matches_the_dense_dictionary():
     torch.testing.assert_close(op.sub(idx, rows), g.sub(idx, rows))
 
 
+def test_factored_gram_on_a_few_active_rows_gives_the_whole_batchs_numbers():
+    # matvec copies the active voxels' H once few are active: the same products, bit for bit (NNLS ties)
+    rng = np.random.default_rng(4)
+    m, q, n, b = 40, 9, 30, 12
+    phi = torch.tensor(np.abs(rng.standard_normal((b, m, q))))
+    ia, ib = rng.integers(0, q, n), rng.integers(0, q, n)
+    ca = rng.uniform(0.1, 1, n)
+    op = FactoredGram(phi.transpose(1, 2) @ phi, ia, ca, ib, 1 - ca)
+    idx = torch.tensor(rng.integers(0, n, (b, 4)))
+    val = torch.rand(b, 4, dtype=torch.float64)
+    every = op.matvec(idx, val, torch.arange(b))
+    for rows in (torch.tensor([1, 5, 9]), torch.tensor([0, 11]), torch.tensor([7])):
+        assert torch.equal(op.matvec(idx[rows], val[rows], rows), every[rows])
+        assert torch.equal(op.sub(idx[rows], rows), op.sub(idx, torch.arange(b))[rows])
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_tiny_nnls_closed_form_equals_scipy(k):
     rng = np.random.default_rng(10 + k)

@@ -69,21 +69,29 @@ class FactoredGram:
         """S^T u for u (B, Q, ...) -> (B, N, ...)."""
         ca = self.ca.view(1, -1, *([1] * (u.ndim - 2)))
         cb = self.cb.view(1, -1, *([1] * (u.ndim - 2)))
-        return ca * u[:, self.ia] + cb * u[:, self.ib]
+        return ca * u.index_select(1, self.ia) + cb * u.index_select(1, self.ib)  # index_select: 2x a fancy index
 
     def matvec(self, idx, val, rows):
-        # H (S w) as one batched product over every voxel (O(Q²) each; cheaper than copying H[rows])
-        v = torch.zeros(self.h.shape[0], self.q, dtype=torch.float64)
-        v[rows] = self.basis_coefficients(idx, val)
-        return self.apply_st((self.h @ v[..., None])[rows, :, 0])
+        # H (S w) as one batched product: over every voxel while most are active (copying H[rows] would cost
+        # more), over a copy of the active rows' H once few are left (the same products, the same numbers)
+        v = self.basis_coefficients(idx, val)
+        if len(rows) > 1 and 3 * len(rows) < self.h.shape[0]:
+            return self.apply_st((self.h.index_select(0, rows) @ v[..., None])[..., 0])
+        full = torch.zeros(self.h.shape[0], self.q, dtype=torch.float64)
+        full[rows] = v
+        return self.apply_st((self.h @ full[..., None])[rows, :, 0])
 
     def sub(self, idx, rows):
-        # (S^T H S)[a, b] = sum over the two basis columns of atoms a and b: four gathers of P x P entries of H
-        r = rows[:, None, None]
-        out = torch.zeros(idx.shape[0], idx.shape[1], idx.shape[1], dtype=torch.float64)
+        # (S^T H S)[a, b] = sum over the two basis columns of atoms a and b: four gathers of P x P entries of H,
+        # each one flat index into H (a tenth of the time of a three-tensor fancy index)
+        p = idx.shape[1]
+        base = rows[:, None, None] * (self.q * self.q)
+        flat = self.h.reshape(-1)
+        out = torch.zeros(idx.shape[0], p, p, dtype=torch.float64)
         for i1, c1 in ((self.ia, self.ca), (self.ib, self.cb)):
             for i2, c2 in ((self.ia, self.ca), (self.ib, self.cb)):
-                out += self.h[r, i1[idx][:, :, None], i2[idx][:, None, :]] * c1[idx][:, :, None] * c2[idx][:, None, :]
+                at = base + i1[idx][:, :, None] * self.q + i2[idx][:, None, :]
+                out += torch.take(flat, at) * c1[idx][:, :, None] * c2[idx][:, None, :]
         return out
 
 
