@@ -109,3 +109,19 @@ def test_whole_brain_figures_are_those_of_the_recorded_bench():
                    f"{whole['wall_s']:.0f} s", f"and {whole['memory_over_input']:.2f}× the input (aim 2×",
                    f"whole brain {whole['wall_s']:.0f} s (extrapolated), {whole['memory_over_input']:.2f}×"):
         assert figure in readme, figure
+
+
+def test_fine_tune_figures_are_those_of_the_recorded_candidate_cards():
+    """The README's table of the variety fine-tunes (issue 17) is model_card.readme_table of their cards."""
+    from sparsesight import model_card
+
+    folder = ROOT / "bench" / "results" / "finetune"
+    cards = {f"mlcsc + 12 varied, augment {k}": model_card.read(folder / f"mlcsc_variety_{k}.pt")
+             for k in ("full", "light")}
+    assert all(cards.values())
+    text = section("Shipped weights")
+    missing = [line for line in model_card.readme_table(cards) if line not in text]
+    assert missing == [], "README's fine-tune table differs from bench/results/finetune; paste readme_table"
+    for c in cards.values():
+        curve = c["training"]["validation_dice"]
+        assert f"{curve[0]:.3f}" in text and f"{curve[-1]:.3f}" in text
