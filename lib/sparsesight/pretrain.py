@@ -85,8 +85,7 @@ def add_off_grid(source: Path, cases: int = OFF_GRID_CASES, work: Path = Path("o
     card = model_card.read(source)
     if card is None:
         raise SystemExit(f"{source} has no card: it was not made by sparsesight.pretrain")
-    model_card.verify(source, meta, card)
-    model.spacing_mm = tuple(float(v) for v in card["training"]["spacing_mm"])
+    model_card.verify(source, meta, card)  # checkpoint.load set the training grid from the file's train metadata
     name, dice, per_case = off_grid_evaluation(model, cases, card["training"]["seed"], work)
     ev = card["evaluation"]
     ev["dice"] = {k: v for k, v in ev["dice"].items() if not k.startswith("off-grid")} | {name: dice}

@@ -3,8 +3,6 @@ runners.segmentation.predict_file gives (whole image, resampled to the model's g
 Used for the shipped weights' cards (pretrain.py) and the cards of models retrained in the app."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..data.io import load_label
@@ -18,12 +16,11 @@ def mean_dice(per_case: list[dict]) -> dict:
 
 
 def evaluate(model, items: list[dict]) -> tuple[dict, list[dict]]:
-    """(mean Dice per region, per-case Dice with the case id) of `items` = [{"image", "label"[, "id"]}]."""
+    """(mean Dice per region, per-case Dice with the case id) of `items` = [{"image", "label", "id"}]."""
     from ..runners.segmentation import predict_file
 
     per_case = []
     for it in items:
         label, _ = load_label(it["label"])
-        case = it.get("id") or Path(str(it["image"])).name.split(".")[0]
-        per_case.append({"case": case, **region_dice(predict_file(model, it["image"])[0], label)})
+        per_case.append({"case": it["id"], **region_dice(predict_file(model, it["image"])[0], label)})
     return mean_dice(per_case), per_case
