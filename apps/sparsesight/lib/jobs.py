@@ -15,7 +15,8 @@
 Only models whose runner reports progress per voxel chunk take jobs (JOB_MODELS: microstructure). Everything a
 job needs is checked before it is queued, so bad options, an unknown image, missing timing or a protocol the
 model refuses answer 4xx with the reason at once and nothing is queued. Jobs run on `job_workers` daemon threads
-of the server process (the event loop stays free: /info answers while a job runs); at most `max_jobs` are queued
+of the server process (the event loop stays free: /info answers while a job runs), each fitting its voxel chunks
+in `job_processes` spawned processes (one thread each; fit_maps' workers); at most `max_jobs` are queued
 or running, more are answered 429 with Retry-After. The routes sit behind the same guard as every other route
 (API token, CORS, body size) and the same RBAC dependency as the infer route.
 
@@ -421,6 +422,7 @@ class JobManager:
                 raise InvalidInput(f"model {job.model} has no trained checkpoint any more")
             runner.run_bundle(model, job.model, work["version"], work["path"], job.image, part,
                               outputs=work["outputs"], device=work["device"], chunk=work["chunk"],
+                              workers=self.app.security.job_processes,
                               on_chunk=on_chunk, on_slice=on_slice, **work["opts"])
             if job.cancel.is_set():
                 raise JobCancelled()

@@ -22,6 +22,8 @@ infer_workers                      2              inferences that run at the sam
 infer_queue                        8              inferences waiting beyond those; more -> 503 Retry-After
 job_workers                        1              asynchronous jobs (POST /jobs/{model}) that run at the same time
 max_jobs                           4              jobs queued or running; more -> 429 Retry-After
+job_processes                      cores, <= 4    processes a job fits its voxel chunks in (1: in the server
+                                                  process); one thread each, spawned per job
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class Settings:
     infer_queue: int = 8
     job_workers: int = 1
     max_jobs: int = 4
+    job_processes: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
 
     @classmethod
     def from_conf(cls, conf: Optional[Mapping[str, str]] = None, env: Optional[Mapping[str, str]] = None) -> "Settings":

@@ -3,7 +3,8 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
 
     python -m sparsesight.bench.microstructure_scale --out bench/results            # all three parts
     python -m sparsesight.bench.microstructure_scale --parts dask msmt --out out/bench
-    python -m sparsesight.bench.microstructure_scale --whole-brain --wm-voxels 24000 --chunk 1024 --out bench/results
+    python -m sparsesight.bench.microstructure_scale --whole-brain --out bench/results   # minutes, ~5 GB
+    python -m sparsesight.bench.microstructure_scale --parts nnls_chunks --out bench/results
 
 - `jobs`: a server with only the microstructure model (a small checkpoint for the protocol) and a DWI phantom slab
   (2 mm, 6 slices, HCP MGH subsampled 8x) in its datastore; per method and repetition, the bundle through
@@ -27,6 +28,10 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
   bytes. `--wm-voxels N` fits central axial slabs of N/2 and N white-matter voxels instead of the whole mask and
   extrapolates from the larger (say so when quoting it): the time in proportion to the voxels, the memory as its
   peak plus fit_maps' per-voxel results for the voxels not fitted.
+
+- `nnls_chunks` (`--parts nnls_chunks`): the hybrid's NNLS (nnls_weights) on 4,096 simulated voxels of the HCP
+  protocol, one thread, in batches of 2048 ... 128 voxels: ms per voxel (the batch size sets its memory and cache
+  use), and the voxels whose weights differ from the first size's with the largest residual change.
 
 Writes <out>/microstructure_scale.json (parts not run this time are kept from an earlier file). Figures depend on
 the machine's load; the JSON records it per part.
@@ -435,6 +440,34 @@ def bench_whole_brain(wm_voxels: int = 0, workers: int = 2, chunk: int = 4096, m
     return out
 
 
+# ------------------------------------------------------------------------------------------------ nnls batch
+def bench_nnls_chunks(sizes=(2048, 1024, 512, 256, 128), n: int = 4096) -> dict:
+    """The hybrid's NNLS (nnls_weights) on n simulated voxels of the HCP protocol with the paper's dictionary, one
+    thread, in batches of each size: ms per voxel, and how far the weights and residuals move from the first
+    size's (the optimum of a few voxels is not unique)."""
+    import torch
+
+    from .. import models
+    from ..models import microstructure as msm
+    from ..training import microstructure as ms_training
+
+    torch.set_num_threads(1)
+    p = hcp_protocol()
+    model = models.build("microstructure", {**msm.default_config(), "protocol": p.to_config()})
+    sim = ms_training.simulate_training_set(model, n, (30,), seed=0, with_weights=False)
+    rows, ref = [], None
+    for size in sizes:
+        t = time.perf_counter()
+        e = msm.nnls_weights(model, sim["signal"], sim["u"], chunk=size)
+        secs = time.perf_counter() - t
+        ref = ref or e
+        rows.append({"chunk": size, "ms_per_voxel": round(1e3 * secs / n, 3),
+                     "voxels_with_other_weights": int((np.abs(e["w"] - ref["w"]).max(1) > 1e-6).sum()),
+                     "max_residual_change": float(np.abs(e["residual"] - ref["residual"]).max())})
+        logger.info(f"nnls chunks: {rows[-1]}")
+    return {"voxels": n, "protocol": p.name, "atoms": model.n_atoms, "default": msm.NNLS_CHUNK, "rows": rows}
+
+
 # ------------------------------------------------------------------------------------------------ jobs
 def bench_jobs(methods=("hybrid", "fingerprinting"), reps: int = 2) -> dict:
     import requests
@@ -492,7 +525,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("--parts", nargs="+", default=["jobs", "dask", "msmt"],
-                    choices=["jobs", "dask", "msmt", "whole_brain"])
+                    choices=["jobs", "dask", "msmt", "whole_brain", "nnls_chunks"])
     ap.add_argument("--whole-brain", action="store_true", help="run the whole_brain part only (minutes; ~3 GB)")
     ap.add_argument("--wm-voxels", type=int, default=0,
                     help="whole_brain: fit a central slab of this many white-matter voxels and extrapolate (0: all)")
@@ -509,7 +542,8 @@ def main(argv=None) -> int:
     result: dict = json.loads(path.read_text()) if path.is_file() else {}
     command = "python -m sparsesight.bench.microstructure_scale " + " ".join(argv or [])
     parts = {"jobs": lambda: bench_jobs(tuple(args.methods), args.reps), "dask": bench_dask, "msmt": bench_msmt,
-             "whole_brain": lambda: bench_whole_brain(args.wm_voxels, args.workers, args.chunk)}
+             "whole_brain": lambda: bench_whole_brain(args.wm_voxels, args.workers, args.chunk),
+             "nnls_chunks": bench_nnls_chunks}
     for name in parts:
         if name in args.parts:
             load = round(os.getloadavg()[0], 2)
