@@ -134,10 +134,11 @@ def variety_training_set(cases: int, downsample: int, seed: int, work: Path) -> 
 
 def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int = 2, downsample: int = 1,
         seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
-        lr: float | None = None, variety_cases: int = 0, augment: str = "full") -> dict:
+        lr: float | None = None, variety_cases: int = 0, augment: str = "full", permute_labels: bool = False) -> dict:
     """Train `name` with its recipe (from `resume`'s weights when given: a second cosine cycle, the card then
     records both runs) on `cases` plain phantoms plus `variety_cases` varied ones, augmented (`augment`), and
-    publish it with its card."""
+    publish it with its card. `permute_labels`: the null model of the data-randomisation check instead (every
+    image paired with another case's label map, permuted_labels; written under `out`/null)."""
     recipe = RECIPES[name]
     epochs = epochs or recipe["epochs"]
     work = Path(work)
@@ -149,6 +150,9 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     train_items, val_items = items_of(train_ds, "training"), items_of(train_ds, "test")
     if variety_cases:
         train_items += variety_training_set(variety_cases, downsample, seed, work)
+    if permute_labels:  # no validation: the null task has no Dice to select an epoch by; the last is kept
+        train_items, val_items = permuted_labels(train_items), []
+        out = Path(out) / "null"
     torch.manual_seed(seed)
     earlier = None
     if resume is not None:
@@ -168,7 +172,9 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     training = {
         "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
                    f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed} --augment {augment}"
-                   + (f" --variety-cases {variety_cases}" if variety_cases else "") + (f" --lr {lr}" if lr else "") + (" --resume <the earlier run's checkpoint>" if resume else ""),
+                   + (f" --variety-cases {variety_cases}" if variety_cases else "") + (f" --lr {lr}" if lr else "")
+                   + (" --resume <the earlier run's checkpoint>" if resume else "")
+                   + (" --permute-labels" if permute_labels else ""),
         "commit": model_card.commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
         "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
         "device": "cpu", "config": cfg, "spacing_mm": stats["spacing_mm"],
@@ -178,6 +184,8 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                                        if variety_cases else "") + ", 1 more for validation",
         "loss": [round(v, 5) for v in stats["loss"]], "validation_dice": [round(v, 4) for v in stats.get("val", [])],
     }
+    if permute_labels:
+        training["labels"] = PERMUTED_NOTE
     if earlier is not None:  # the card records every run the weights went through
         training["continued_from"] = {k: earlier["training"].get(k) for k in
                                       ("command", "commit", "epochs", "best_epoch", "best_validation_dice", "seconds",
@@ -185,6 +193,18 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                                       if earlier["training"].get(k) is not None}
         training["continued_from"]["version"] = earlier["version"]
     return publish(model, name, training, eval_cases, downsample, seed, out, work)
+
+
+PERMUTED_NOTE = ("permuted: every training image paired with the label map of the next case (a cyclic shift, no "
+                 "image keeps its own), no validation (the last epoch kept): the null model of the data-randomisation "
+                 "check (Adebayo et al. 2018), not a segmentation model")
+
+
+def permuted_labels(items: list[dict]) -> list[dict]:
+    """Items whose label maps are shifted by one case (item i gets item i+1's label, cyclically): no image keeps
+    its own label. Phantoms share one grid."""
+    labels = [it["label"] for it in items]
+    return [{**it, "label": labels[(i + 1) % len(labels)]} for i, it in enumerate(items)]
 
 
 def explanation_figures(model, item: dict) -> dict:
@@ -249,7 +269,10 @@ def publish(model, name: str, training: dict, eval_cases: int, downsample: int, 
                                                                    off_name: off_dice},
                        "per_case": per_case, "per_case_coarse_grid": coarse_cases, "per_case_off_grid": off_cases,
                        "quality": figures, "quality_case": per_case[0]["case"]},
-        "limits": LIMITS["common"] + LIMITS.get(name, []),
+        "limits": LIMITS["common"] + (LIMITS.get(name, []) if "labels" not in training else
+                                      ["a null model: trained on permuted labels, its Dice is that of a model that "
+                                       "learned no relation between image and label; served only as the reference "
+                                       "of the data-randomisation check"]),
     }
     model_card.write(path, card)
     logger.info("wrote %s (%s) and its card: held-out Dice %s, explanation figures %s", path, version, dice, figures)
@@ -284,6 +307,9 @@ def main(argv=None) -> int:
     p.add_argument("--variety-cases", type=int, default=0,
                    help="also train on this many varied phantoms (sample-data --variety), resampled onto the grid")
     p.add_argument("--augment", choices=AUGMENT_LEVELS, default="full", help="training augmentation (default full)")
+    p.add_argument("--permute-labels", action="store_true",
+                   help="train the null model of the data-randomisation check (labels of other cases; written to "
+                        "<out>/null)")
     p.add_argument("--republish", type=Path, metavar="CHECKPOINT",
                    help="evaluate and card again a checkpoint made by this command (no training)")
     p.add_argument("--add-off-grid", type=Path, metavar="CHECKPOINT",
@@ -297,7 +323,7 @@ def main(argv=None) -> int:
         republish(a.republish, a.out, a.work)
     else:
         run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr,
-            a.variety_cases, a.augment)
+            a.variety_cases, a.augment, a.permute_labels)
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 

@@ -122,15 +122,22 @@ def test_served_options_are_checked():
 
 
 @pytest.mark.slow
-def test_served_bundle_entries_carry_faithfulness(tmp_path):
+def test_served_bundle_entries_carry_faithfulness(tmp_path, monkeypatch):
+    from sparsesight.explain import null_models
+
     net = _tiny_mlcsc()
+    torch.manual_seed(7)
+    (tmp_path / "null").mkdir()
+    _null_folder(tmp_path / "null", models.build("mlcsc", net.config))
+    monkeypatch.setattr(null_models, "NULL_DIR", tmp_path / "null")
     x = torch.randn(1, 4, 16, 16, 12, generator=torch.Generator().manual_seed(5))
     w = bundle.BundleWriter("mlcsc", "v", "case", np.eye(4), (16, 16, 12))
     entries = served.add_attributions(w, net, x, {"attribution": "ig,gradient", "attribution_target": "oedema",
                                                   "attribution_steps": 4, "attribution_region": "all",
                                                   "attribution_sanity": True},
-                                      progress=False)
+                                      progress=False, model_name="mlcsc")
     m = bundle.validate(w.write(tmp_path / "b.zip"))
+    assert m["data_randomisation"]["version"].startswith("sha256:")
     names = [o["name"] for o in m["outputs"]]
     assert names == ["attribution/ig/oedema", "attribution/gradient/oedema", "attribution/quality",
                      "attribution/faithfulness"]
@@ -144,10 +151,66 @@ def test_served_bundle_entries_carry_faithfulness(tmp_path):
         assert -1 <= q["model_randomisation_spearman_abs"] <= 1
         assert q["sane"] == (q["model_randomisation_spearman_abs"] <= Fa.SANITY_MAX_SPEARMAN)
         assert any("sanity check" in f for f in q["flags"]) == (not q["sane"])
+        # and the data randomisation: the same method on the null model (same configuration, other weights)
+        assert q["data_sane"] == (q["data_randomisation_spearman_abs"] <= Fa.SANITY_MAX_SPEARMAN)
+        assert any("data-randomisation" in f for f in q["flags"]) == (not q["data_sane"])
     rows = bundle.read(tmp_path / "b.zip").table("attribution/quality")
     sanity = [r for r in rows if r["metric"] == "model_randomisation_spearman_abs"]
     assert len(sanity) == 2 and all(r["aim"] == "<= 0.3" and r["status"] in ("ok", "FAIL") for r in sanity)
+    assert len([r for r in rows if r["metric"] == "data_randomisation_spearman_abs"]) == 2
     # the stored map is the channel sum of attribute()
     ig = A.attribute(net, x, "ig", 1, region="all", steps=4)
     vol, _ = bundle.read(tmp_path / "b.zip").volume("attribution/ig/oedema")
     np.testing.assert_allclose(vol, ig[0].sum(0).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_data_randomisation_against_a_null_model_of_known_maps():
+    """Adebayo et al. 2018 Sec. 3.2: a null model that attends to the same voxels fails the check (Spearman 1),
+    one that attends to other voxels passes; both on the trained model's region."""
+    x = torch.rand(1, 2, 16, 18, generator=torch.Generator().manual_seed(2))
+    model = BoxModel()
+    attr = A.attribute(model, x, "gradient", 1, region="all")
+    same = Fa.data_randomisation(model, BoxModel(), x, attr, "gradient", 1, region="all")
+    assert same["spearman_abs"] == pytest.approx(1.0) and same["sane"] is False
+    other = Fa.data_randomisation(model, BoxModel(box=(slice(11, 16), slice(0, 5))), x, attr, "gradient", 1,
+                                  region="all")
+    assert other["spearman_abs"] < Fa.SANITY_MAX_SPEARMAN and other["sane"] is True
+
+
+def _null_folder(folder, null):
+    from sparsesight import checkpoint, model_card
+
+    path = folder / "mlcsc.pt"
+    version = checkpoint.save(path, null, "mlcsc", null.config)
+    model_card.write(path, {"model": "mlcsc", "version": version, "config": checkpoint.load(path)[1]["config"],
+                            "description": "null", "parameters": 0, "training": {"labels": "permuted"},
+                            "evaluation": {}, "limits": []})
+    return path
+
+
+def test_null_models_are_found_by_name_and_configuration(tmp_path):
+    from sparsesight.explain import null_models
+
+    net = _tiny_mlcsc()
+    model, info = null_models.find("mlcsc", net, tmp_path)
+    assert model is None and "--permute-labels" in info["note"]
+    torch.manual_seed(1)
+    path = _null_folder(tmp_path, models.build("mlcsc", net.config))
+    model, info = null_models.find("mlcsc", net, tmp_path)
+    assert model is not None and model.config == net.config and info["version"].startswith("sha256:")
+    assert not torch.equal(model.classifier.weight, net.classifier.weight)
+    other = models.build("mlcsc", {**net.config, "atoms": [4, 4, 4, 8]})
+    assert null_models.find("mlcsc", other, tmp_path)[0] is None
+    path.write_bytes(path.read_bytes()[:-10])  # no longer the card's file: refused, never served
+    model, info = null_models.find("mlcsc", net, tmp_path)
+    assert model is None and "refused" in info["note"]
+
+
+def test_permuted_labels_leave_no_image_with_its_own_label():
+    from sparsesight.pretrain import permuted_labels
+
+    items = [{"image": f"i{k}", "label": f"l{k}"} for k in range(5)]
+    out = permuted_labels(items)
+    assert [it["image"] for it in out] == [it["image"] for it in items]
+    assert sorted(it["label"] for it in out) == sorted(it["label"] for it in items)
+    assert all(it["label"] != f"l{it['image'][1:]}" for it in out)

@@ -110,6 +110,18 @@ def test_whole_brain_figures_are_those_of_the_recorded_bench():
         assert figure in readme, figure
 
 
+def test_nnls_batch_figures_are_those_of_the_recorded_bench():
+    r = json.loads((ROOT / "bench" / "results" / "microstructure_scale.json").read_text())["nnls_chunks"]["result"]
+    text = " ".join((ROOT / "bench" / "README.md").read_text().split())
+    ms = {row["chunk"]: row["ms_per_voxel"] for row in r["rows"]}
+    figures = (f"{ms[2048]} ms per voxel in batches of 2,048, {ms[1024]} at 1,024, {ms[512]} at 512, {ms[256]} at "
+               f"256 and {ms[128]} at 128")
+    assert figures in text
+    assert r["default"] == 256 and r["repetitions"] == 3
+    assert f"{ms[2048] / ms[256]:.1f}× faster than 2,048" in text
+    assert f"within {round(100 * (ms[256] / min(ms.values()) - 1))} % of the fastest" in text
+
+
 def test_fine_tune_figures_are_those_of_the_recorded_candidate_cards():
     """The README's table of the variety fine-tunes (issue 17) is model_card.readme_table of their cards."""
     from sparsesight import model_card

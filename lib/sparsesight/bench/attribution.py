@@ -15,6 +15,10 @@
    box around the tumour; --weights train: models trained briefly here on --downsample mm phantoms.
 4. (shipped) Cascading model randomisation (Adebayo et al. 2018) of IG and the gradient on the first case:
    Spearman rank correlation of |map| with the trained model's as layers are re-initialised (aim <= 0.3 at the end).
+5. (--data-randomisation, shipped) Data randomisation (Adebayo et al. 2018, Sec. 3.2) of every method: Spearman of
+   |map| with the map of the shipped null model (apps/sparsesight/pretrained/null: the same recipe on permuted
+   labels) on the held-out cases, aim <= 0.3; with the null model's held-out Dice. Only this part runs; its rows are
+   merged into the attribution.json in --out.
 
 Writes attribution.json, attribution.csv and attribution.png under --out and prints the ratio tables.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import platform
 import resource
@@ -37,7 +42,14 @@ import torch
 from .. import CLASSES, models
 from ..data.io import load_image, load_label
 from ..explain.attribution import METHODS, SHORT, TargetScore, attribute
-from ..explain.faithfulness import deletion_insertion, gains, randomisation_check, reference_maps
+from ..explain.faithfulness import (
+    SANITY_MAX_SPEARMAN,
+    data_randomisation,
+    deletion_insertion,
+    gains,
+    randomisation_check,
+    reference_maps,
+)
 from ..explain.gradients import grad_and_score
 from ..preview import pyplot
 from ..runners.segmentation import normalise
@@ -45,6 +57,7 @@ from ..training import train
 from . import log_to_stderr
 from .segmentation import BRATS_SHAPE, _dataset
 
+logger = logging.getLogger(__name__)
 TARGET = 3  # enhancing
 #: methods whose maps get the cascading model-randomisation check (Adebayo et al. 2018) in the shipped run
 SANITY_METHODS = ("integrated_gradients", "gradient")
@@ -178,6 +191,84 @@ def shipped_table(name: str, steps: int, n_eval: int, crop: int, targets: list[i
                 for r in randomisation_check(model, x, method, targets[0], seed=seed, steps=steps, progress=True):
                     sanity.append({"model": name, "case": case, "method": SHORT[method], **r})
     return rows, sanity
+
+
+def data_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targets: list[int], work: Path,
+                            seed: int = 0) -> tuple[list[dict], dict]:
+    """Rows {model, case, target, method, spearman_abs, spearman, ssim_abs, sane} of every method on the shipped
+    model against its null model (null_models.find), on the held-out phantoms of its card cut as shipped_table
+    cuts them; and the null model's {version, held-out Dice, training command} from its card."""
+    from ..checkpoint import load
+    from ..explain import null_models
+    from ..model_card import read
+    from ..pretrain import PRETRAINED, eval_split, items_of
+
+    model = load(PRETRAINED / f"{name}.pt")[0].eval()
+    null, info = null_models.find(name, model)
+    if null is None:
+        raise SystemExit(f"--data-randomisation: {info['note']}")
+    card = read(null_models.NULL_DIR / f"{name}.pt") or {}
+    null_info = {"version": info["version"], "command": card["training"]["command"],
+                 "held_out_dice": card["evaluation"]["dice"]["held-out"]}
+    rows = []
+    for it in items_of(eval_split(max(n_eval, 2), 1, 0, work), "test")[:n_eval]:
+        img, _ = load_image(it["image"])
+        box = tumour_crop(load_label(it["label"])[0], crop)
+        x = normalise(img).as_subclass(torch.Tensor)[(slice(None), slice(None), *box)].contiguous()
+        case = Path(it["image"]).name.split(".")[0]
+        for target in targets:
+            for m in METHODS:
+                kw = {"steps": steps, **({"samples": steps} if m == "smoothgrad" else {})}
+                attr = attribute(model, x, m, target, progress=True, **kw)
+                r = data_randomisation(model, null, x, attr, m, target, **kw)
+                rows.append({"model": name, "case": case, "target": CLASSES[target], "method": SHORT[m],
+                             **{k: r[k] for k in ("spearman_abs", "spearman", "ssim_abs", "sane")}})
+                logger.info("data randomisation %s", rows[-1])
+    return rows, null_info
+
+
+def data_randomisation_table(res: dict) -> list[str]:
+    """The data-randomisation rows of a recorded run (mean over cases), as bench/README.md quotes them."""
+    d = res.get("data_randomisation")
+    if not d:
+        return []
+    lines = [r"| model | null model (held-out Dice WT / TC / ET) | target | method | Spearman of \|map\| | passes (≤ 0.3) "
+             "| Spearman of the signed maps | SSIM of \\|map\\| |", "|---|---|---|---|---|---|---|---|"]
+    for name, null in d["null_models"].items():
+        dice = " / ".join(f"{null['held_out_dice'][k]:.3f}" for k in ("WT", "TC", "ET"))
+        rows = [r for r in d["rows"] if r["model"] == name]
+        for target, method in dict.fromkeys((r["target"], r["method"]) for r in rows):
+            mean = {k: float(np.mean([r[k] for r in rows if r["target"] == target and r["method"] == method]))
+                    for k in ("spearman_abs", "spearman", "ssim_abs")}
+            lines.append(f"| {name} | {null['version'][:19]} ({dice}) | {target} | {method} | "
+                         f"{mean['spearman_abs']:.3f} | {'yes' if mean['spearman_abs'] <= SANITY_MAX_SPEARMAN else 'no'} "
+                         f"| {mean['spearman']:.3f} | {mean['ssim_abs']:.3f} |")
+    return lines
+
+
+def run_data_randomisation(names, steps: int, n_eval: int, crop: int, targets: tuple[str, ...], out: str,
+                           seed: int = 0) -> dict:
+    """Part 5 alone, merged into --out's attribution.json (the other parts' rows are kept as recorded)."""
+    target_ids = [{v: k for k, v in CLASSES.items()}[t] for t in targets]
+    path = Path(out) / "attribution.json"
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    old = res.get("data_randomisation") or {"rows": [], "null_models": {}, "commands": {}}
+    rows, nulls = [r for r in old["rows"] if r["model"] not in names], {
+        k: v for k, v in old["null_models"].items() if k not in names}
+    cmd = "python -m sparsesight.bench.attribution " + " ".join(sys.argv[1:])
+    for n in names:
+        r, info = data_randomisation_rows(n, steps, n_eval, crop, target_ids, Path("out/pretrain"), seed)
+        rows, nulls[n] = rows + r, info
+    res["data_randomisation"] = {"steps": steps, "crop": crop, "cases": n_eval, "rows": rows, "null_models": nulls,
+                                 "commands": {**{k: v for k, v in old["commands"].items() if k not in names},
+                                              **{n: cmd for n in names}}}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2))
+    print("Data randomisation (Adebayo et al. 2018 Sec. 3.2): Spearman of |map| with the map of the same model "
+          "trained on permuted labels (aim <= 0.3)")
+    print("\n".join(data_randomisation_table(res)))
+    print(f"written: {path}")
+    return res
 
 
 def _command_of(res: dict, name: str) -> str:
@@ -368,6 +459,9 @@ def main(argv=None):
     p.add_argument("--targets", nargs="+", default=["enhancing"], choices=[c for c in CLASSES.values()])
     p.add_argument("--merge", action="store_true", help="keep the other models' results of the attribution.json "
                    "in --out (made with the same settings) and replace those of --models")
+    p.add_argument("--data-randomisation", action="store_true",
+                   help="only the data-randomisation check of every method against the shipped null models, merged "
+                        "into the attribution.json in --out")
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
@@ -375,6 +469,9 @@ def main(argv=None):
     log_to_stderr()
     if a._memory:
         print(json.dumps(_memory_child(a._memory, a._model, a.steps)))
+        return
+    if a.data_randomisation:
+        run_data_randomisation(a.models, a.steps, a.eval, a.crop, tuple(a.targets), a.out)
         return
     run(a.steps, a.epochs, a.downsample, a.cases, a.eval, a.patch, a.full, a.out, names=a.models,
         weights=a.weights, crop=a.crop, targets=tuple(a.targets), merge=a.merge)

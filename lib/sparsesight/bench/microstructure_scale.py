@@ -30,8 +30,9 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
   peak plus fit_maps' per-voxel results for the voxels not fitted.
 
 - `nnls_chunks` (`--parts nnls_chunks`): the hybrid's NNLS (nnls_weights) on 4,096 simulated voxels of the HCP
-  protocol, one thread, in batches of 2048 ... 128 voxels: ms per voxel (the batch size sets its memory and cache
-  use), and the voxels whose weights differ from the first size's with the largest residual change.
+  protocol, one thread, in batches of 2048 ... 128 voxels, 3 interleaved repetitions: median ms per voxel (the
+  batch size sets its memory and cache use), and the voxels whose weights differ from the first size's with the
+  largest residual change.
 
 Writes <out>/microstructure_scale.json (parts not run this time are kept from an earlier file). Figures depend on
 the machine's load; the JSON records it per part.
@@ -441,7 +442,7 @@ def bench_whole_brain(wm_voxels: int = 0, workers: int = 2, chunk: int = 4096, m
 
 
 # ------------------------------------------------------------------------------------------------ nnls batch
-def bench_nnls_chunks(sizes=(2048, 1024, 512, 256, 128), n: int = 4096) -> dict:
+def bench_nnls_chunks(sizes=(2048, 1024, 512, 256, 128), n: int = 4096, reps: int = 3) -> dict:
     """The hybrid's NNLS (nnls_weights) on n simulated voxels of the HCP protocol with the paper's dictionary, one
     thread, in batches of each size: ms per voxel, and how far the weights and residuals move from the first
     size's (the optimum of a few voxels is not unique)."""
@@ -455,17 +456,23 @@ def bench_nnls_chunks(sizes=(2048, 1024, 512, 256, 128), n: int = 4096) -> dict:
     p = hcp_protocol()
     model = models.build("microstructure", {**msm.default_config(), "protocol": p.to_config()})
     sim = ms_training.simulate_training_set(model, n, (30,), seed=0, with_weights=False)
-    rows, ref = [], None
-    for size in sizes:
-        t = time.perf_counter()
-        e = msm.nnls_weights(model, sim["signal"], sim["u"], chunk=size)
-        secs = time.perf_counter() - t
-        ref = ref or e
-        rows.append({"chunk": size, "ms_per_voxel": round(1e3 * secs / n, 3),
-                     "voxels_with_other_weights": int((np.abs(e["w"] - ref["w"]).max(1) > 1e-6).sum()),
-                     "max_residual_change": float(np.abs(e["residual"] - ref["residual"]).max())})
-        logger.info(f"nnls chunks: {rows[-1]}")
-    return {"voxels": n, "protocol": p.name, "atoms": model.n_atoms, "default": msm.NNLS_CHUNK, "rows": rows}
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    found: dict[int, dict] = {}
+    for rep in range(reps):  # the sizes interleaved, so a change of load hits every size alike
+        for size in sizes:
+            t = time.perf_counter()
+            found[size] = msm.nnls_weights(model, sim["signal"], sim["u"], chunk=size)
+            times[size].append(1e3 * (time.perf_counter() - t) / n)
+            logger.info(f"nnls chunk {size}, repetition {rep + 1}/{reps}: {times[size][-1]:.3f} ms/voxel")
+    ref = found[sizes[0]]
+    rows = [{"chunk": size, "ms_per_voxel": round(float(np.median(times[size])), 3),
+             "ms_per_voxel_runs": [round(x, 3) for x in times[size]],
+             "voxels_with_other_weights": int((np.abs(found[size]["w"] - ref["w"]).max(1) > 1e-6).sum()),
+             "max_residual_change": float(np.abs(found[size]["residual"] - ref["residual"]).max())} for size in sizes]
+    for r in rows:
+        logger.info(f"nnls chunks: {r}")
+    return {"voxels": n, "protocol": p.name, "atoms": model.n_atoms, "default": msm.NNLS_CHUNK, "repetitions": reps,
+            "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------ jobs

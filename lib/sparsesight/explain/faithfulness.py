@@ -1,4 +1,4 @@
-"""Faithfulness of attribution maps: deletion and insertion AUC, and the model-randomisation sanity check.
+"""Faithfulness of attribution maps: deletion and insertion AUC, and the model- and data-randomisation checks.
 
 Deletion / insertion (Petsiuk et al. 2018, RISE, Sec. 4.1): voxels are ranked by the map (summed over channels,
 largest first). Deletion replaces the top fraction f of the voxels by the baseline and records the score p(f);
@@ -11,6 +11,9 @@ Model randomisation (Adebayo et al. 2018, Sec. 3.1, cascading): re-initialise th
 the input, one more each time, recompute the map and report its similarity to the map of the trained model
 (Spearman rank correlation of |map| and of the signed map, SSIM of |map|). A map that depends on what the model
 learned loses its similarity as layers are randomised.
+
+Data randomisation (Adebayo et al. 2018, Sec. 3.2): the same comparison against a model of the same architecture
+trained with the same recipe on permuted labels (data_randomisation).
 """
 from __future__ import annotations
 
@@ -207,22 +210,38 @@ def randomisation_check(model: nn.Module, x, method: str = "integrated_gradients
 SANITY_MAX_SPEARMAN = 0.3
 
 
+def _against(model: nn.Module, other: nn.Module, x, attr, method: str, target, region, **options) -> dict:
+    """similarity() of `attr` (model's map) with the same method's map for `other`, both on `model`'s target
+    region, and `sane` (spearman_abs <= SANITY_MAX_SPEARMAN)."""
+    x = plain(x)
+    xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
+    roi, _ = fixed_region(model.eval(), xb, target, region)
+    amap = attribute(other.eval(), xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
+    a = plain(attr)
+    sim = similarity(a[0] if a.ndim == xb.ndim else a, amap[0])
+    return {**sim, "sane": bool(sim["spearman_abs"] <= SANITY_MAX_SPEARMAN)}
+
+
 def model_randomisation(model: nn.Module, x, attr, method: str, target, region="predicted", seed: int = 0,
                         **options) -> dict:
     """The last step of the cascade at once: `attr` against the same method's map for a copy of `model` whose
     every parameterised layer is re-initialised (on the trained model's target region). Returns similarity()
     and `sane` (spearman_abs <= SANITY_MAX_SPEARMAN)."""
-    x = plain(x)
-    xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
-    roi, _ = fixed_region(model.eval(), xb, target, region)
     rand = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(seed)
     for _, mod in parameterised_modules(rand):
         reinitialise(mod, gen)
-    amap = attribute(rand, xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
-    a = plain(attr)
-    sim = similarity(a[0] if a.ndim == xb.ndim else a, amap[0])
-    return {**sim, "sane": bool(sim["spearman_abs"] <= SANITY_MAX_SPEARMAN)}
+    return _against(model, rand, x, attr, method, target, region, **options)
+
+
+def data_randomisation(model: nn.Module, null_model: nn.Module, x, attr, method: str, target, region="predicted",
+                       **options) -> dict:
+    """Data randomisation (Adebayo et al. 2018, Sec. 3.2): `attr` against the same method's map for `null_model`,
+    the same architecture trained with the same recipe on permuted labels (every image paired with another
+    case's label map: pretrain --permute-labels), on the trained model's target region. A map that explains what
+    the model learned from the labels differs from the null model's (spearman_abs <= SANITY_MAX_SPEARMAN:
+    `sane`); a map the two models share shows the image or the architecture, not the learned relation."""
+    return _against(model, null_model, x, attr, method, target, region, **options)
 
 
 # ----------------------------------------------------------------------------------------------- pictures

@@ -8,8 +8,11 @@ Infer options (INFER_OPTIONS, declared by each model's config in apps/sparsesigh
   attribution_baseline  zero (default, the seed's choice), min, max, blur, or a number
   attribution_region    predicted (default: the voxels labelled with the target), all, or a voxel "i,j,k"
   attribution_nifti     true: the plain NIfTI answer is the (first) map instead of the label, for stock clients
-  attribution_sanity    true: also the model-randomisation sanity check of every map (Adebayo et al. 2018; the
-                        same method on a copy of the model with every layer re-initialised: one more map each)
+  attribution_sanity    true: also the sanity checks of every map (Adebayo et al. 2018): model randomisation (the
+                        same method on a copy of the model with every layer re-initialised) and data randomisation
+                        (the same method on the shipped null model: the same architecture and recipe trained on
+                        permuted labels, explain/null_models.py, when one matches the served configuration): one
+                        or two more maps each
 
 Each map becomes the bundle output "attribution/<method>/<class>" (kind scalar, the map summed over modalities,
 float32) whose manifest entry carries method, target, steps, baseline, region, modality_share,
@@ -20,6 +23,8 @@ has the table "attribution/quality" (one row per map and figure, with aim and st
 "attribution/faithfulness" with every map's deletion and insertion curves beside the references'.
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -33,6 +38,7 @@ from .faithfulness import (
     SANITY_MAX_SPEARMAN,
     assess,
     curves_png,
+    data_randomisation,
     deletion_insertion,
     model_randomisation,
     reference_maps,
@@ -136,16 +142,37 @@ def compute(model, x: torch.Tensor, req: dict, method: str, target, progress: bo
                      **_method_kw(req, method))[0]
 
 
+def _null_for(model, model_name: str | None) -> tuple:
+    """(a private copy of the null model or None, what the manifest says about it) for the data randomisation;
+    a SUM null model runs at the served model's alpha."""
+    from . import null_models
+
+    if model_name is None:
+        return None, {"version": None, "note": "no model name given: no data-randomisation check"}
+    null, info = null_models.find(model_name, model)
+    if null is not None:
+        null = copy.deepcopy(null)  # requests run in parallel; the copy's alpha and autograd state are its own
+        alpha = getattr(null, "alpha", None)
+        if isinstance(alpha, torch.Tensor) and isinstance(getattr(model, "alpha", None), torch.Tensor):
+            alpha.copy_(model.alpha)
+    return null, info
+
+
 def add_attributions(writer, model, x: torch.Tensor, options: dict | None, classes: dict | None = None,
-                     progress: bool = True) -> list[dict]:
+                     progress: bool = True, model_name: str | None = None) -> list[dict]:
     """Add the requested maps (with their faithfulness) to a BundleWriter; x is the normalised (1, C, *spatial)
     input the model saw; options are the infer options or parse_options' result (checked before the bundle's
-    other work). Returns the manifest entries added ([] when no attribution was asked for)."""
+    other work). `model_name`: the served model's name, to find its null model for the data-randomisation check.
+    Returns the manifest entries added ([] when no attribution was asked for)."""
     classes = classes or CLASSES
     req = options if options is None or "methods" in options else parse_options(options, classes)
     if req is None:
         return []
     x = plain(x)
+    null = None
+    if req.get("sanity"):
+        null, info = _null_for(model, model_name)
+        writer.manifest["data_randomisation"] = info
     entries, curves = [], {}
     mods = list(MODALITIES) if x.shape[1] == len(MODALITIES) else [f"channel_{i}" for i in range(x.shape[1])]
     references = reference_maps(x)
@@ -170,6 +197,14 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
                     q["flags"].append(f"fails the model-randomisation sanity check: Spearman {san['spearman_abs']:.2f}"
                                       f" > {SANITY_MAX_SPEARMAN:g} with the map of a randomly initialised model (it "
                                       f"shows the image more than what the model learned)")
+                if null is not None:
+                    dat = data_randomisation(model, null, x, attr, method, target, roi, **_method_kw(req, method))
+                    q["data_randomisation_spearman_abs"] = dat["spearman_abs"]
+                    q["data_sane"] = dat["sane"]
+                    if not dat["sane"]:
+                        q["flags"].append(f"fails the data-randomisation check: Spearman {dat['spearman_abs']:.2f} > "
+                                          f"{SANITY_MAX_SPEARMAN:g} with the map of the same model trained on "
+                                          f"permuted labels (it does not show what was learned from the labels)")
             rows += quality_rows(f"{SHORT[method]}/{cname}", q)
             per_mod = attr.abs().flatten(1).sum(1)
             share = (per_mod / per_mod.sum().clamp_min(1e-30)).tolist()
@@ -197,12 +232,13 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
 def quality_rows(scope: str, q: dict) -> list[dict]:
     """Rows (set, scope, metric, value, aim, status) of one map's quality object, as explain.quality.table_rows."""
     above = {"deletion_gain_vs_random": FAITHFUL_MIN_GAIN, "deletion_gain_vs_sobel": 1.0}
-    below = {"model_randomisation_spearman_abs": SANITY_MAX_SPEARMAN}
+    below = {"model_randomisation_spearman_abs": SANITY_MAX_SPEARMAN,
+             "data_randomisation_spearman_abs": SANITY_MAX_SPEARMAN}
     rows = []
     for key, v in q.items():
         if key == "flags":
             continue
-        if isinstance(v, bool):  # faithful, sane
+        if isinstance(v, bool):  # faithful, sane, data_sane
             rows.append({"set": "attribution", "scope": scope, "metric": key, "value": str(v), "aim": "True",
                          "status": "ok" if v else "FAIL"})
             continue

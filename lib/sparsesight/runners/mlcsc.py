@@ -140,5 +140,5 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                     "issue 16 (status FAIL: the explanation is not faithful on that measure)")
     if "preview" in wanted and interp is not None:
         w.add_plot("preview", preview_png(image, label, interp["components"][0].numpy()))
-    served.add_attributions(w, model.to(device), normalise(image).to(device), attribution)
+    served.add_attributions(w, model.to(device), normalise(image).to(device), attribution, model_name="mlcsc")
     return w.write(out_path)

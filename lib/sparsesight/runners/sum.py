@@ -165,5 +165,5 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         if "params_plot" in wanted:
             w.add_plot("params_plot", params_plot(table))
     with model.using_alpha(a):
-        served.add_attributions(w, model, x, attribution)
+        served.add_attributions(w, model, x, attribution, model_name="sum")
     return w.write(out_path)
