@@ -50,6 +50,7 @@ from lib.scoring.epistemic import EpistemicScoring
 from lib.scoring.sparse_residual import SparseResidualScoring
 from lib.security import Settings, check_infer_request, check_train_request
 from lib.strategies.epistemic import Epistemic
+from lib.strategies.hybrid import Hybrid
 from lib.strategies.random import Random
 from lib.strategies.sparse_residual import SparseResidual
 
@@ -150,7 +151,8 @@ class MyApp(MONAILabelApp):
     def init_strategies(self) -> Dict[str, Strategy]:
         scoring = self._active_learning_scoring()
         return {"random": Random(), "sparse_residual": SparseResidual(scoring["sparse_residual"]),
-                "epistemic": Epistemic(scoring["epistemic"])}
+                "epistemic": Epistemic(scoring["epistemic"]),
+                "hybrid": Hybrid(scoring["sparse_residual"], scoring["epistemic"])}
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         return dict(self._active_learning_scoring())

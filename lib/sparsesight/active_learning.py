@@ -30,6 +30,9 @@ Two scores of an image x (C modalities, normalised as in training), both "higher
 
   and the image score is the brain mean of H[pbar] (MONAI Label's entropy score); the others are kept.
 
+- hybrid: rank fusion of the two (rank_fusion: the mean of each image's fractional rank under each score), so
+  an image both poorly explained by the dictionaries and uncertain to the classifier comes first; no scale to tune.
+
 ScoreCache keeps the scores of one model version in a JSON file; a new model version empties it.
 Nothing here imports monailabel: the app's scoring methods and strategies call these functions.
 """
@@ -45,6 +48,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from .errors import InvalidInput
 
@@ -126,6 +130,21 @@ def variance(p: np.ndarray) -> np.ndarray:
 def rank(scores: Mapping[str, float]) -> list[str]:
     """Image ids by decreasing score (ties by id, so the order is reproducible); NaN scores last."""
     return sorted(scores, key=lambda k: (not np.isfinite(scores[k]), -scores[k] if np.isfinite(scores[k]) else 0, k))
+
+
+def rank_fusion(*scores: Mapping[str, float]) -> dict[str, float]:
+    """Scale-free combination of several scores of the same images ("higher = annotate first"): each image's
+    mean over the scores of its fractional rank q = (number of images scored lower) / (n - 1) in [0, 1] (ties
+    share their mean rank; a single image gets 1). Only images every score has (finite) are kept, so a score
+    missing for an image never counts as lowest."""
+    common = set.intersection(*(set(k for k, v in s.items() if v is not None and np.isfinite(v)) for s in scores))
+    ids = sorted(common)
+    if not ids:
+        return {}
+    if len(ids) == 1:
+        return {ids[0]: 1.0}
+    q = np.mean([(rankdata([s[i] for i in ids]) - 1) / (len(ids) - 1) for s in scores], axis=0)
+    return {i: float(v) for i, v in zip(ids, q)}
 
 
 def area_under_curve(n_labels: Sequence[float], dice: Sequence[float]) -> float:

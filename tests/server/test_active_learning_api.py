@@ -23,8 +23,8 @@ from sparsesight.server import MonaiLabelServer
 
 pytestmark = pytest.mark.server
 
-STRATEGIES = ("random", "sparse_residual", "epistemic")
-RANKED = ("sparse_residual", "epistemic")
+STRATEGIES = ("random", "sparse_residual", "epistemic", "hybrid")
+RANKED = ("sparse_residual", "epistemic")  # the scoring methods; hybrid ranks by both
 FAST_TRAIN = {"patch_size": [32, 32, 32], "samples_per_image": 1, "batch_size": 1}
 
 
@@ -82,7 +82,7 @@ def test_strategy_returns_an_unlabelled_image(server, al, strategy):
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["id"] in todo
-    if strategy in RANKED:
+    if strategy != "random":
         assert answer["model"] == "mlcsc" and answer["model_version"] == server.version()
         ids = [i for i, _ in answer["ranking"]]
         scores = [s for _, s in answer["ranking"]]
@@ -90,6 +90,21 @@ def test_strategy_returns_an_unlabelled_image(server, al, strategy):
         assert scores == sorted(scores, reverse=True) and answer["score"] == scores[0]
         assert all(np.isfinite(scores))
         assert answer["unlabeled"] == len(todo) and len(ids) == min(10, len(todo))
+
+
+def test_hybrid_ranks_by_the_mean_rank_under_both_cached_scores(server, al):
+    answer = server.post("/activelearning/hybrid", json={}).json()
+    todo, version = al.unlabelled(), server.version()
+    cached = {}
+    for method in RANKED:
+        c = json.loads(cache_file(server, method).read_text())
+        assert c["version"] == version
+        cached[method] = {i: e["score"] for i, e in c["scores"].items() if i in todo}
+    assert set(cached["sparse_residual"]) == set(cached["epistemic"]) == todo
+    n = len(todo)
+    expected = {i: np.mean([sorted(s.values()).index(s[i]) / (n - 1) for s in cached.values()]) for i in todo}
+    assert dict(answer["ranking"]) == pytest.approx({i: expected[i] for i, _ in answer["ranking"]})
+    assert answer["score"] == pytest.approx(max(expected.values()))
 
 
 def test_unknown_model_for_a_strategy_is_refused(server):

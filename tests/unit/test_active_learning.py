@@ -24,6 +24,7 @@ from sparsesight.active_learning import (
     mutual_information,
     predictive_entropy,
     rank,
+    rank_fusion,
     relative_residual,
     relative_residual_from_energy,
     residual_from_outputs,
@@ -192,6 +193,37 @@ def test_tta_disagreement_of_a_convolutional_model(image):
 def test_rank_is_descending_reproducible_nan_last():
     assert rank({"b": 0.2, "a": 0.2, "c": 0.9, "d": float("nan"), "e": -1.0}) == ["c", "a", "b", "e", "d"]
     assert rank({}) == []
+
+
+def test_rank_fusion_is_the_mean_fractional_rank():
+    a = {"x": 10.0, "y": 0.5, "z": 3.0, "w": 7.0}  # ranks (low = 0): y 0, z 1, w 2, x 3
+    b = {"x": 0.1, "y": 0.4, "z": 0.3, "w": 0.2, "only_b": 9.0}  # x 0, w 1, z 2, y 3 (only_b: not in a)
+    f = rank_fusion(a, b)
+    assert f == pytest.approx({"x": 0.5, "y": 0.5, "z": 0.5, "w": 0.5})
+    assert rank_fusion(a, {k: -v for k, v in a.items()}) == pytest.approx({k: 0.5 for k in a})
+    assert rank_fusion(a, a) == pytest.approx({"y": 0, "z": 1 / 3, "w": 2 / 3, "x": 1})
+    # scale-free: any increasing transform of a score leaves the fusion unchanged
+    assert rank_fusion(a, b) == rank_fusion({k: math.exp(v) for k, v in a.items()}, {k: 5 * v for k, v in b.items()})
+    assert rank(rank_fusion(a, {"x": 1.0, "y": 0.0, "z": 0.5, "w": 0.9})) == ["x", "w", "z", "y"]
+    assert rank_fusion({"a": 1.0, "b": 1.0, "c": 0.0}) == pytest.approx({"a": 0.75, "b": 0.75, "c": 0})  # ties
+    assert rank_fusion({"a": float("nan"), "b": 2.0}, {"a": 1.0, "b": 1.0}) == {"b": 1.0}
+    assert rank_fusion({}, {"a": 1.0}) == {}
+
+
+def test_active_learning_intervals():
+    from sparsesight.bench.active_learning import mean_interval, ratio_interval
+
+    x = [0.7, 0.75, 0.72, 0.8, 0.68]
+    lo, hi = mean_interval(x)
+    assert (lo + hi) / 2 == pytest.approx(np.mean(x))
+    assert hi - lo == pytest.approx(2 * scipy.stats.t.ppf(0.975, 4) * scipy.stats.sem(x))
+    assert mean_interval([0.5]) is None
+    # a strategy 1.2x random in every seed: the interval is that ratio; paired noise widens it around the ratio
+    base = np.array([0.5, 0.6, 0.55, 0.65, 0.7])
+    assert ratio_interval(1.2 * base, base) == pytest.approx([1.2, 1.2])
+    lo, hi = ratio_interval(1.2 * base + [0.05, -0.05, 0.02, -0.02, 0], base)
+    assert lo < 1.2 * base.mean() / base.mean() < hi and lo > 1.0
+    assert ratio_interval([0.5], [0.4]) is None and ratio_interval([0.5, 0.6], [0.0, 0.0]) is None
 
 
 def test_area_under_curve_against_scipy():

@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import requests
+from scipy.stats import t as t_dist
 
 from .. import REGIONS
 from ..active_learning import area_under_curve
@@ -50,6 +52,9 @@ MODEL = "mlcsc"  # the annotator's default served model
 #: at 16 mm there and it did not segment within 3 epochs a round (`--model mlcsc` runs it anyway)
 BENCH_MODEL = "sum"
 METRICS = {"dice": "Dice", "soft_dice": "soft Dice"}
+STRATEGIES = ("random", "sparse_residual", "epistemic", "hybrid")
+#: bootstrap resamples of the seeds for the 95 % interval of an AUC ratio
+BOOTSTRAP = 10000
 #: one CPU epoch in seconds on the 4 mm phantoms (60 x 60 x 39 voxels)
 FAST_TRAIN = {"patch_size": [32, 32, 32], "samples_per_image": 2, "batch_size": 2}
 
@@ -182,7 +187,7 @@ def _restore(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, pool: int = 10, test: int = 3,
+def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
         initial: int = 2, rounds: int = 3, batch: int = 2, epochs: int = 15, initial_epochs: int | None = 60,
         downsample: int = 4, model_config: dict | None = None, data_seed: int = 0, out: str = "bench/results",
         work: str | None = None, model: str = BENCH_MODEL) -> dict:
@@ -212,6 +217,10 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
     ckpt = model_dir / f"{model}.pt"
 
     rows, t_start = [], time.time()
+    settings = {"pool": len(data["pool"]), "test": len(data["test"]), "initial": initial, "rounds": rounds,
+                "batch": batch, "epochs": epochs, "initial_epochs": initial_epochs, "downsample_mm": downsample,
+                "model": model, "model_config": model_config, "train_config": FAST_TRAIN,
+                "command": "python -m sparsesight.bench.active_learning " + " ".join(sys.argv[1:])}
     server = MonaiLabelServer(studies, conf={"model_dir": model_dir, "pretrained": "false"},  # AL from scratch
                               log_path=tmp / "server.log")
     logger.info(f"active learning ({model}): {len(data['pool'])} pool / {len(data['test'])} held-out phantoms at "
@@ -266,18 +275,22 @@ def run(strategies=("random", "sparse_residual", "epistemic"), seeds: int = 2, p
                     logger.info(f"seed {seed} {strategy:>15} round {r}/{rounds}: labelled {', '.join(picked)} -> "
                           f"Dice {d['dice']:.3f} (WT {d['WT']:.3f} TC {d['TC']:.3f} ET {d['ET']:.3f}), soft Dice "
                           f"{d['soft_dice']:.3f} [{time.time() - t:.0f} s, {time.time() - t_start:.0f} s total]")
+            if seed + 1 < seeds:  # the seeds so far, in case the run is stopped
+                write(_results(rows, strategies, seed + 1, t_start, settings), out_dir, partial=True)
     finally:
         server.stop()
-    results = summarise(rows, strategies)
-    results.update({"pool": len(data["pool"]), "test": len(data["test"]), "initial": initial, "rounds": rounds,
-                    "batch": batch, "epochs": epochs, "initial_epochs": initial_epochs, "seeds": seeds,
-                    "downsample_mm": downsample, "model": model, "model_config": model_config, "train_config": FAST_TRAIN,
-                    "seconds": round(time.time() - t_start, 1),
-                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
-                               f"load average {os.getloadavg()[0]:.1f} at the end",
-                    "rows": rows})
+    results = _results(rows, strategies, seeds, t_start, settings)
     write(results, out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _results(rows, strategies, seeds, t_start, settings) -> dict:
+    results = summarise(rows, strategies)
+    results.update({"seeds": seeds, "seconds": round(time.time() - t_start, 1),
+                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
+                               f"load average {os.getloadavg()[0]:.1f} at the end",
+                    "rows": rows, **settings})
     return results
 
 
@@ -300,13 +313,43 @@ def summarise(rows: list[dict], strategies) -> dict:
         res["n_labels"] = sorted({r["n_labels"] for r in rows if r["strategy"] == s})
         out["strategies"][s] = res
     for metric in METRICS:
-        base = out["strategies"]["random"][metric]["auc_mean"]
+        base = out["strategies"]["random"][metric]
         for r in out["strategies"].values():
-            r[metric]["auc_ratio_vs_random"] = r[metric]["auc_mean"] / base if base > 0 else None
+            m = r[metric]
+            m["auc_ratio_vs_random"] = m["auc_mean"] / base["auc_mean"] if base["auc_mean"] > 0 else None
+            m["auc_ratio_ci95"] = ratio_interval(m["auc"], base["auc"])
+            m["auc_ci95"] = mean_interval(m["auc"])
     return out
 
 
-def write(results: dict, out_dir: Path) -> None:
+def ratio_interval(a, b, n_boot: int = BOOTSTRAP, seed: int = 0) -> list[float] | None:
+    """95 % percentile-bootstrap interval of mean(a) / mean(b) over paired seeds (a[i], b[i] from seed i: the
+    same start set and initial model), resampling the seeds with replacement; None with fewer than 2 seeds or a
+    resample whose mean(b) is 0."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size < 2 or a.shape != b.shape:
+        return None
+    idx = np.random.default_rng(seed).integers(0, a.size, (n_boot, a.size))
+    den = b[idx].mean(1)
+    if np.any(den <= 0):
+        return None
+    lo, hi = np.percentile(a[idx].mean(1) / den, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def mean_interval(x) -> list[float] | None:
+    """95 % Student-t interval of the mean over the seeds (None with fewer than 2)."""
+    x = np.asarray(x, np.float64)
+    if x.size < 2:
+        return None
+    h = t_dist.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return [float(x.mean() - h), float(x.mean() + h)]
+
+
+def write(results: dict, out_dir: Path, partial: bool = False) -> None:
+    """active_learning.{json,csv,png} under out_dir (partial: the seeds so far, json and csv only, marked)."""
+    if partial:
+        results = {**results, "partial": f"{results['seeds']} seed(s) so far; the run was still going"}
     plt = pyplot()
 
     (out_dir / "active_learning.json").write_text(json.dumps(results, indent=2, default=str))
@@ -314,20 +357,28 @@ def write(results: dict, out_dir: Path) -> None:
             "model_version", "seconds"]
     lines = [",".join(keys)] + [",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in results["rows"]]
     (out_dir / "active_learning.csv").write_text("\n".join(lines) + "\n")
+    if partial:
+        logger.info(f"{results['partial']}: wrote {out_dir / 'active_learning.json'}")
+        return
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5.6 * len(METRICS), 4.2))
     for ax, metric in zip(axes, METRICS):
         for i, (s, r) in enumerate(results["strategies"].items()):
             n, m, sd = np.array(r["n_labels"]), np.array(r[metric]["mean"]), np.array(r[metric]["std"])
+            k = results["seeds"]
+            h = t_dist.ppf(0.975, k - 1) * sd * np.sqrt(k / (k - 1)) / np.sqrt(k) if k > 1 else 0 * sd
+            ci = r[metric].get("auc_ratio_ci95")
             ax.plot(n, m, "o-", color=f"C{i}",
-                    label=f"{s}: AUC {r[metric]['auc_mean']:.3f} ± {r[metric]['auc_std']:.3f}")
-            ax.fill_between(n, m - sd, m + sd, color=f"C{i}", alpha=0.18)
+                    label=f"{s}: AUC {r[metric]['auc_mean']:.3f}, {r[metric]['auc_ratio_vs_random'] or 0:.2f}× random"
+                          + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and s != "random" else ""))
+            ax.fill_between(n, m - h, m + h, color=f"C{i}", alpha=0.15)
         ax.set_xlabel("labelled images")
         ax.set_ylabel(f"mean {METRICS[metric]} (WT, TC, ET), held-out phantoms")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
     fig.suptitle(f"labelling efficiency of {results.get('model', MODEL)} through the MONAI Label server: "
-                 f"{results['seeds']} seeds, mean ± 1 sd, {results['downsample_mm']} mm phantoms", fontsize=10)
+                 f"{results['seeds']} seeds, mean and 95 % interval of the mean, pool {results['pool']}, "
+                 f"{results['downsample_mm']} mm phantoms", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_dir / "active_learning.png", dpi=100)
     plt.close(fig)
@@ -335,20 +386,23 @@ def write(results: dict, out_dir: Path) -> None:
     print(f"\nactive learning, {results['seeds']} seeds, {results['initial']} + {results['rounds']} x "
           f"{results['batch']} labels, {results['epochs']} epochs/round, {results['seconds']:.0f} s; "
           f"{results['machine']}")
-    print(f"{'strategy':<17}" + "".join(f"{'AUC ' + m:>16}{'sd':>8}{'final':>8}{'/ random':>10}" for m in METRICS))
+    print(f"{'strategy':<17}" + "".join(f"{'AUC ' + m:>16}{'sd':>8}{'final':>8}{'/ random':>10}{'95 % interval':>16}"
+                                        for m in METRICS))
     for s, r in results["strategies"].items():
         cells = []
         for m in METRICS:
             ratio = r[m]["auc_ratio_vs_random"]
+            ci = r[m].get("auc_ratio_ci95")
             cells.append(f"{r[m]['auc_mean']:>16.4f}{r[m]['auc_std']:>8.4f}{r[m]['final_mean']:>8.4f}"
-                         + (f"{ratio:>10.3f}" if ratio is not None else f"{'n/a':>10}"))
+                         + (f"{ratio:>10.3f}" if ratio is not None else f"{'n/a':>10}")
+                         + (f"{'[' + f'{ci[0]:.3f}, {ci[1]:.3f}' + ']':>16}" if ci else f"{'n/a':>16}"))
         print(f"{s:<17}" + "".join(cells))
     print(f"wrote {out_dir / 'active_learning.csv'}, .json, .png")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--strategies", default="random,sparse_residual,epistemic")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--pool", type=int, default=10)
     p.add_argument("--test", type=int, default=3)
