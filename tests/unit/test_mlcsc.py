@@ -1,4 +1,6 @@
 """ML-CSC maths against the paper (seed 000): soft-thresholding, adjoint dictionaries, eq. 7, eq. 2-4."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +224,20 @@ def test_two_sided_soft_threshold_variant_runs_and_matches_its_definition():
     assert torch.allclose(h[0], soft_threshold(mu * model.Phi.T_shared(x), model._per_channel(model.mu0 * lam0, 2)))
     assert (h[0] < 0).any()  # negative coefficients survive, unlike ReLU(z - lam)
     assert model(x).shape == (1, 2, 8, 8, 8)
+
+
+def test_inference_codes_equal_the_autograd_path():
+    """interpret() runs the unrolled steps in place under no_grad; the codes must equal those of the autograd
+    path bit for bit (the shipped weights: design 2, signed gamma_c, two-sided soft threshold)."""
+    from sparsesight.checkpoint import load
+
+    torch.set_default_dtype(torch.float32)  # the shipped weights' precision (the module fixture restores it)
+    model = load(Path(__file__).parents[2] / "apps" / "sparsesight" / "pretrained" / "mlcsc.pt")[0].eval()
+    x, _ = model._pad(torch.randn(1, 4, 20, 24, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float32))
+    with torch.no_grad():
+        fast = model.codes(x)
+    with torch.enable_grad():
+        ref = model.codes(x)
+    assert len(fast) == len(ref) and all(torch.equal(a, b.detach()) for a, b in zip(fast, ref))
+    z, lam = torch.randn(3, 5, 7), torch.rand(3, 1, 1)
+    assert torch.equal(soft_threshold(z, lam), torch.sign(z) * torch.relu(torch.abs(z) - lam))

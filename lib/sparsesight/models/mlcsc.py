@@ -245,8 +245,9 @@ class MLCSC(nn.Module):
             r = self.Phi.synthesis_sum(g[0], w=W[0]) - x                  # sum_c Phi_c g_0,c - x
         h = [self._prox_step(g[0], p["mu0"], lam0, self.Phi.code_ch, lambda b: self.Phi.T_shared(r, b, w=W[0]),
                              nonneg=self.config["nonneg"] and not (self.design == 2 and self.config["signed_gamma_c"]))]
+        inplace = not torch.is_grad_enabled()  # inference: g_0..g_{L-1} are fresh and used once, reuse them
         for l, D in enumerate(self.D, start=1):
-            diff = g[l - 1] - h[l - 1]
+            diff = g[l - 1].sub_(h[l - 1]) if inplace and torch.is_tensor(g[l - 1]) else g[l - 1] - h[l - 1]
             h.append(self._prox_step(g[l], p["mu"][l - 1], p["lam"][l - 1], D.code_ch,
                                      lambda b, D=D, diff=diff, w=W[l]: D.T(diff, b, w=w)))
         return h
@@ -262,7 +263,10 @@ class MLCSC(nn.Module):
         grad = analysis(lam.repeat_interleave(channels) if nonneg else None)
         z = -mu_c * grad if isinstance(g, float) else torch.addcmul(g, mu_c, grad, value=-1.0)
         if not nonneg:
-            return soft_threshold(z, self._per_channel(mu * lam, channels))
+            t = self._per_channel(mu * lam, channels)
+            if torch.is_grad_enabled():
+                return soft_threshold(z, t)
+            return z.sub_(z.clamp(-t, t))  # the same S_t(z) on the fresh z (inference: one temporary less)
         return z.relu_()
 
     def codes(self, x: torch.Tensor, W: list | None = None, residuals: list | None = None) -> list[torch.Tensor]:

@@ -3,8 +3,13 @@ import torch
 
 
 def soft_threshold(z: torch.Tensor, lam) -> torch.Tensor:
-    """S_lam(z) = sign(z) * max(|z| - lam, 0), the prox of lam*||.||_1 (two-sided)."""
-    return torch.sign(z) * torch.relu(torch.abs(z) - lam)
+    """S_lam(z) = sign(z) * max(|z| - lam, 0), the prox of lam*||.||_1 (two-sided).
+
+    Computed as z - clamp(z, -lam, lam): the same values bit for bit (z -/+ lam outside [-lam, lam], 0 inside)
+    and the same gradients, in two passes over z instead of five (sign, abs, sub, relu, mul)."""
+    if not torch.is_tensor(lam):
+        lam = torch.as_tensor(lam, dtype=z.dtype, device=z.device)
+    return z - z.clamp(-lam, lam)
 
 
 def soft_threshold_nonneg(z: torch.Tensor, lam) -> torch.Tensor:
