@@ -97,6 +97,12 @@ def fraction(value, what: str, hi: float) -> float:
     return v
 
 
+def training_seed(p: Dict[str, Any]) -> int:
+    """The request's train_config seed, else the recipe's default: it draws the held-out images and the card
+    records it."""
+    return int((p.get("train_config") or {}).get("seed", training.default_train_config()["seed"]))
+
+
 def held_out(items: list, share: float, seed: int) -> tuple[list, list]:
     """(training, held-out) items: floor(share * n) images drawn with `seed`, the same for the same datastore."""
     ordered = sorted(items, key=lambda it: str(it["image"]))
@@ -202,8 +208,7 @@ class SparseSightTrain(TrainTask):
         """The checked parameters and the training data (here: the labelled images that load, less the held-out
         ones in p["val_items"])."""
         p = self.check(request, datastore)
-        seed = (p["train_config"] or {}).get("seed", training.default_train_config()["seed"])
-        data, p["val_items"] = held_out(self.usable(datastore.datalist()), p["val_split"], int(seed))
+        data, p["val_items"] = held_out(self.usable(datastore.datalist()), p["val_split"], training_seed(p))
         return p, data
 
     def starting_model(self, p: Dict[str, Any], device: str):
@@ -260,7 +265,7 @@ class SparseSightTrain(TrainTask):
                    if p.get(k) is not None}
         record = {**train_meta, "command": f"POST /train/{self.name} {json.dumps(request, sort_keys=True)}",
                   "commit": model_card.commit(), "data": self.describe(p, data, config),
-                  "seed": (p.get("train_config") or {}).get("seed", training.default_train_config()["seed"])}
+                  "seed": training_seed(p)}
         return model_card.retrained(self.name, model, config, record, self.evaluate(model, p), earlier,
                                     self.DATA_LIMIT)
 
