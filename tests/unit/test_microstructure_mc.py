@@ -42,3 +42,16 @@ def test_readme_quotes_the_recorded_monte_carlo_run():
     assert all(x["fractions_above_1"] == 0 for x in r["mae"])
     t = mcb.load_tables(root / "bench" / "results" / "microstructure_mc_tables.npz")
     assert t["meta"]["simulator"].startswith("dmipy-sim") and t["intra"].shape == (5, 4, mcb.N_NODES)
+
+
+def test_readme_quotes_the_analytic_reference_and_the_longer_training():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = " ".join((root / "README.md").read_text().split())
+    r = json.loads((root / "bench" / "results" / "microstructure_mc_train30000" / "microstructure_mc.json").read_text())
+    assert r["train"]["n_train"] == 30000 and r["train"]["epochs"] == 40 and r["command"] in readme
+    h = {x["scenario"]: x["mae_nu"] for x in r["mae_analytic"] if x["method"] == "hybrid"}
+    assert f"{h['single']:.3f} / {h['crossing60']:.3f} / {h['crossing90']:.3f} (single / 60° / 90°)" in readme
+    assert {(x["scenario"], x["method"]) for x in r["mae_analytic"]} == {(x["scenario"], x["method"]) for x in r["mae"]}
