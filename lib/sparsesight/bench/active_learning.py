@@ -346,6 +346,27 @@ def mean_interval(x) -> list[float] | None:
     return [float(x.mean() - h), float(x.mean() + h)]
 
 
+def markdown_table(results: dict) -> list[str]:
+    """bench/README.md's table of a recorded run: per strategy the mean Dice at each label count, the Dice AUC with
+    its 95 % interval and its ratio to random with the paired-bootstrap interval, the same for the soft Dice."""
+    first = next(iter(results["strategies"].values()))
+    counts = " / ".join(str(n) for n in first["n_labels"])
+    lines = [f"| strategy | Dice at {counts} labels (mean of {results['seeds']} seeds) | Dice AUC [95 % interval] "
+             f"| × random [95 % interval] | soft-Dice AUC | soft Dice × random [95 % interval] |",
+             "|---|---|---|---|---|---|"]
+
+    def ci(x):
+        return f"[{x[0]:.3f}, {x[1]:.3f}]" if x else "n/a"
+
+    for name, r in results["strategies"].items():
+        d, sd = r["dice"], r["soft_dice"]
+        lines.append(f"| {name} | {' / '.join(f'{v:.3f}' for v in d['mean'])} | {d['auc_mean']:.3f} {ci(d['auc_ci95'])} "
+                     f"| {d['auc_ratio_vs_random']:.3f} {ci(d['auc_ratio_ci95']) if name != 'random' else ''} "
+                     f"| {sd['auc_mean']:.3f} | {sd['auc_ratio_vs_random']:.3f} "
+                     f"{ci(sd['auc_ratio_ci95']) if name != 'random' else ''} |")
+    return lines
+
+
 def write(results: dict, out_dir: Path, partial: bool = False) -> None:
     """active_learning.{json,csv,png} under out_dir (partial: the seeds so far, json and csv only, marked)."""
     if partial:
@@ -397,6 +418,7 @@ def write(results: dict, out_dir: Path, partial: bool = False) -> None:
                          + (f"{ratio:>10.3f}" if ratio is not None else f"{'n/a':>10}")
                          + (f"{'[' + f'{ci[0]:.3f}, {ci[1]:.3f}' + ']':>16}" if ci else f"{'n/a':>16}"))
         print(f"{s:<17}" + "".join(cells))
+    print("\n".join(markdown_table(results)))
     print(f"wrote {out_dir / 'active_learning.csv'}, .json, .png")
 
 
