@@ -136,3 +136,18 @@ def test_fine_tune_figures_are_those_of_the_recorded_candidate_cards():
     for c in cards.values():
         curve = c["training"]["validation_dice"]
         assert f"{curve[0]:.3f}" in text and f"{curve[-1]:.3f}" in text
+
+
+def test_active_learning_figures_are_those_of_the_recorded_bench():
+    from sparsesight.bench.active_learning import markdown_table
+
+    r = json.loads((ROOT / "bench" / "results" / "active_learning.json").read_text())
+    assert r["seeds"] >= 5 and r["pool"] >= 30 and "partial" not in r  # issue 23's size, a finished run
+    bench = (ROOT / "bench" / "README.md").read_text()
+    assert [line for line in markdown_table(r) if line not in bench] == []
+    assert r["command"] in bench
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for name in ("sparse_residual", "epistemic", "hybrid"):
+        d = r["strategies"][name]["dice"]
+        lo, hi = d["auc_ratio_ci95"]
+        assert f"{d['auc_ratio_vs_random']:.3f}× [{lo:.3f}, {hi:.3f}]" in readme.replace("random's Dice AUC ", "")

@@ -358,12 +358,14 @@ def markdown_table(results: dict) -> list[str]:
     def ci(x):
         return f"[{x[0]:.3f}, {x[1]:.3f}]" if x else "n/a"
 
+    def ratio(m, name):  # None when random's AUC is 0
+        x = m["auc_ratio_vs_random"]
+        return ("n/a" if x is None else f"{x:.3f}") + (f" {ci(m['auc_ratio_ci95'])}" if name != "random" else "")
+
     for name, r in results["strategies"].items():
         d, sd = r["dice"], r["soft_dice"]
         lines.append(f"| {name} | {' / '.join(f'{v:.3f}' for v in d['mean'])} | {d['auc_mean']:.3f} {ci(d['auc_ci95'])} "
-                     f"| {d['auc_ratio_vs_random']:.3f} {ci(d['auc_ratio_ci95']) if name != 'random' else ''} "
-                     f"| {sd['auc_mean']:.3f} | {sd['auc_ratio_vs_random']:.3f} "
-                     f"{ci(sd['auc_ratio_ci95']) if name != 'random' else ''} |")
+                     f"| {ratio(d, name)} | {sd['auc_mean']:.3f} | {ratio(sd, name)} |")
     return lines
 
 
