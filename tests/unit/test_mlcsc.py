@@ -241,3 +241,5 @@ def test_inference_codes_equal_the_autograd_path():
     assert len(fast) == len(ref) and all(torch.equal(a, b.detach()) for a, b in zip(fast, ref))
     z, lam = torch.randn(3, 5, 7), torch.rand(3, 1, 1)
     assert torch.equal(soft_threshold(z, lam), torch.sign(z) * torch.relu(torch.abs(z) - lam))
+    lam[1] = -0.5  # a negative threshold amplifies, as the formula says
+    assert torch.equal(soft_threshold(z, lam), torch.sign(z) * torch.relu(torch.abs(z) - lam))

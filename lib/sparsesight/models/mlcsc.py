@@ -264,7 +264,7 @@ class MLCSC(nn.Module):
         z = -mu_c * grad if isinstance(g, float) else torch.addcmul(g, mu_c, grad, value=-1.0)
         if not nonneg:
             t = self._per_channel(mu * lam, channels)
-            if torch.is_grad_enabled():
+            if torch.is_grad_enabled() or not bool((t >= 0).all()):
                 return soft_threshold(z, t)
             return z.sub_(z.clamp(-t, t))  # the same S_t(z) on the fresh z (inference: one temporary less)
         return z.relu_()
