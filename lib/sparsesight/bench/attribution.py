@@ -170,22 +170,30 @@ def case_rows(name: str, model, x: torch.Tensor, label: np.ndarray, case: str, s
     return rows
 
 
+def held_out_crops(n_eval: int, crop: int, work: Path):
+    """(case id, normalised image (1, C, crop^3), label (crop^3)) of the first n_eval held-out phantoms of the
+    shipped cards' split (1 mm, seed 1000), each cut to a crop^3 box around the tumour."""
+    from ..pretrain import eval_split, items_of
+
+    for it in items_of(eval_split(max(n_eval, 2), 1, 0, work), "test")[:n_eval]:
+        img, _ = load_image(it["image"])
+        label = load_label(it["label"])[0]
+        box = tumour_crop(label, crop)
+        x = normalise(img).as_subclass(torch.Tensor)[(slice(None), slice(None), *box)].contiguous()
+        yield Path(it["image"]).name.split(".")[0], x, label[box]
+
+
 def shipped_table(name: str, steps: int, n_eval: int, crop: int, targets: list[int], work: Path,
                   seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Rows of the shipped model (apps/sparsesight/pretrained) on the held-out phantoms of its card (1 mm),
     each cut to a crop^3 box around the tumour; and the cascading model-randomisation rows of IG on the first."""
     from ..checkpoint import load
-    from ..pretrain import PRETRAINED, eval_split, items_of
+    from ..pretrain import PRETRAINED
 
     model = load(PRETRAINED / f"{name}.pt")[0].eval()
     rows, sanity = [], []
-    for i, it in enumerate(items_of(eval_split(max(n_eval, 2), 1, 0, work), "test")[:n_eval]):
-        img, _ = load_image(it["image"])
-        label = load_label(it["label"])[0]
-        box = tumour_crop(label, crop)
-        x = normalise(img).as_subclass(torch.Tensor)[(slice(None), slice(None), *box)].contiguous()
-        case = Path(it["image"]).name.split(".")[0]
-        rows += case_rows(name, model, x, label[box], case, steps, targets, seed)
+    for i, (case, x, label) in enumerate(held_out_crops(n_eval, crop, work)):
+        rows += case_rows(name, model, x, label, case, steps, targets, seed)
         if i == 0:
             for method in SANITY_METHODS:
                 for r in randomisation_check(model, x, method, targets[0], seed=seed, steps=steps, progress=True):
@@ -201,7 +209,7 @@ def data_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targe
     from ..checkpoint import load
     from ..explain import null_models
     from ..model_card import read
-    from ..pretrain import PRETRAINED, eval_split, items_of
+    from ..pretrain import PRETRAINED
 
     model = load(PRETRAINED / f"{name}.pt")[0].eval()
     null, info = null_models.find(name, model)
@@ -211,11 +219,7 @@ def data_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targe
     null_info = {"version": info["version"], "command": card["training"]["command"],
                  "held_out_dice": card["evaluation"]["dice"]["held-out"]}
     rows = []
-    for it in items_of(eval_split(max(n_eval, 2), 1, 0, work), "test")[:n_eval]:
-        img, _ = load_image(it["image"])
-        box = tumour_crop(load_label(it["label"])[0], crop)
-        x = normalise(img).as_subclass(torch.Tensor)[(slice(None), slice(None), *box)].contiguous()
-        case = Path(it["image"]).name.split(".")[0]
+    for case, x, _ in held_out_crops(n_eval, crop, work):
         for target in targets:
             for m in METHODS:
                 kw = {"steps": steps, **({"samples": steps} if m == "smoothgrad" else {})}

@@ -158,6 +158,14 @@ def _null_for(model, model_name: str | None) -> tuple:
     return null, info
 
 
+def _record_check(q: dict, key: str, sane_key: str, result: dict, check: str, against: str) -> None:
+    """A sanity check's figure and verdict in a map's quality object q, and its flag when it fails."""
+    q[f"{key}_spearman_abs"], q[sane_key] = result["spearman_abs"], result["sane"]
+    if not result["sane"]:
+        q["flags"].append(f"fails the {check}: Spearman {result['spearman_abs']:.2f} > {SANITY_MAX_SPEARMAN:g} with "
+                          f"the map of {against}")
+
+
 def add_attributions(writer, model, x: torch.Tensor, options: dict | None, classes: dict | None = None,
                      progress: bool = True, model_name: str | None = None) -> list[dict]:
     """Add the requested maps (with their faithfulness) to a BundleWriter; x is the normalised (1, C, *spatial)
@@ -190,21 +198,16 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
             faith = deletion_insertion(model, x, attr, target, region=roi, steps=FAITHFULNESS_STEPS)
             q = assess(faith, refs)
             if req.get("sanity"):
-                san = model_randomisation(model, x, attr, method, target, roi, **_method_kw(req, method))
-                q["model_randomisation_spearman_abs"] = san["spearman_abs"]
-                q["sane"] = san["sane"]
-                if not san["sane"]:
-                    q["flags"].append(f"fails the model-randomisation sanity check: Spearman {san['spearman_abs']:.2f}"
-                                      f" > {SANITY_MAX_SPEARMAN:g} with the map of a randomly initialised model (it "
-                                      f"shows the image more than what the model learned)")
+                kw = _method_kw(req, method)
+                _record_check(q, "model_randomisation", "sane",
+                              model_randomisation(model, x, attr, method, target, roi, **kw),
+                              "model-randomisation sanity check", "a randomly initialised model (it shows the image "
+                              "more than what the model learned)")
                 if null is not None:
-                    dat = data_randomisation(model, null, x, attr, method, target, roi, **_method_kw(req, method))
-                    q["data_randomisation_spearman_abs"] = dat["spearman_abs"]
-                    q["data_sane"] = dat["sane"]
-                    if not dat["sane"]:
-                        q["flags"].append(f"fails the data-randomisation check: Spearman {dat['spearman_abs']:.2f} > "
-                                          f"{SANITY_MAX_SPEARMAN:g} with the map of the same model trained on "
-                                          f"permuted labels (it does not show what was learned from the labels)")
+                    _record_check(q, "data_randomisation", "data_sane",
+                                  data_randomisation(model, null, x, attr, method, target, roi, **kw),
+                                  "data-randomisation check", "the same model trained on permuted labels (it does "
+                                  "not show what was learned from the labels)")
             rows += quality_rows(f"{SHORT[method]}/{cname}", q)
             per_mod = attr.abs().flatten(1).sum(1)
             share = (per_mod / per_mod.sum().clamp_min(1e-30)).tolist()

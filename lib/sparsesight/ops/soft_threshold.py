@@ -2,17 +2,18 @@
 import torch
 
 
-def soft_threshold(z: torch.Tensor, lam) -> torch.Tensor:
+def soft_threshold(z: torch.Tensor, lam, inplace: bool = False) -> torch.Tensor:
     """S_lam(z) = sign(z) * max(|z| - lam, 0), the prox of lam*||.||_1 (two-sided).
 
     For lam >= 0 computed as z - clamp(z, -lam, lam): the same values bit for bit (z -/+ lam outside
     [-lam, lam], 0 inside) and the same gradients, in two passes over z instead of five (sign, abs, sub, relu,
     mul). A negative lam (an unconstrained learned threshold, e.g. an old SUM checkpoint) amplifies,
-    sign(z) (|z| + |lam|), as the formula says: that case keeps the formula."""
+    sign(z) (|z| + |lam|), as the formula says: that case keeps the formula. `inplace`: overwrite z with the result
+    (a fresh temporary nobody else holds; not under autograd) where the clamp form applies."""
     if not torch.is_tensor(lam):
         lam = torch.as_tensor(lam, dtype=z.dtype, device=z.device)
     if bool((lam >= 0).all()):
-        return z - z.clamp(-lam, lam)
+        return z.sub_(z.clamp(-lam, lam)) if inplace else z - z.clamp(-lam, lam)
     return torch.sign(z) * torch.relu(torch.abs(z) - lam)
 
 
