@@ -107,7 +107,8 @@ def _table(rows: dict) -> list[str]:
 def markdown(card: dict) -> str:
     """The card for people: what the model is, how it was made, what it scores and where it fails."""
     t, ev = card["training"], card["evaluation"]
-    kind = "retrained in the app" if card.get("kind") == "retrained" else "shipped weights"
+    kind = {"retrained": "retrained in the app", "null": "null model of the data-randomisation check"}.get(
+        card.get("kind", ""), "shipped weights")
     lines = [f"# Model card: `{card['model']}` ({kind})", "",
              card.get("description", ""), "",
              f"- version `{card['version']}`, file sha256 `{card['sha256']}`",

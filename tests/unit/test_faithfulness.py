@@ -214,3 +214,18 @@ def test_permuted_labels_leave_no_image_with_its_own_label():
     assert [it["image"] for it in out] == [it["image"] for it in items]
     assert sorted(it["label"] for it in out) == sorted(it["label"] for it in items)
     assert all(it["label"] != f"l{it['image'][1:]}" for it in out)
+
+
+def test_null_model_cards_say_what_the_run_did():
+    from sparsesight import model_card
+    from sparsesight.pretrain import PERMUTED_NOTE, card_limits
+
+    null = card_limits("sum", {"labels": PERMUTED_NOTE, "config": {"augment": "light"}})
+    assert any("null model" in x for x in null) and not any("misses most of the oedema" in x for x in null)
+    assert any("light augmentation" in x for x in null)
+    full = card_limits("sum", {"config": {"augment": "full"}})
+    assert any("full augmentation" in x for x in full) and not any("null model" in x for x in full)
+    assert any("light augmentation" in x for x in card_limits("mlcsc", {"config": {}}))  # recipes before augment
+    card = {"model": "sum", "kind": "null", "version": "v", "sha256": "s", "parameters": 1, "config": {},
+            "training": {}, "evaluation": {"dice": {}}, "limits": null}
+    assert "(null model of the data-randomisation check)" in model_card.markdown(card).splitlines()[0]

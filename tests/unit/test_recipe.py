@@ -25,7 +25,7 @@ def test_thresholds_step_sizes_and_biases_are_not_decayed():
 
     # AdamW with weight decay 0.25 and a zero gradient: the decayed weights shrink, thresholds and biases stay
     before = {n: p.detach().clone() for n, p in sum_.named_parameters()}
-    opt = torch.optim.AdamW(parameter_groups(sum_, 0.25), lr=0.1)
+    opt = torch.optim.AdamW(parameter_groups(sum_, 0.25, lr=0.1), lr=0.1)
     for _ in range(3):
         opt.zero_grad()
         (0.0 * sum(p.sum() for p in sum_.parameters())).backward()
@@ -35,6 +35,26 @@ def test_thresholds_step_sizes_and_biases_are_not_decayed():
             assert torch.equal(p, before[n]), n
         else:
             assert p.abs().sum() < before[n].abs().sum(), n
+
+
+def test_sum_read_out_learns_faster_and_is_not_decayed():
+    sum_ = models.build("sum")
+    groups = parameter_groups(sum_, 0.25, lr=1e-3)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    omega = by_param[id(sum_.omega.weight)]
+    assert omega["lr"] == pytest.approx(1e-3 * sum_.lr_multipliers()["omega.weight"]) and omega["weight_decay"] == 0
+    assert "lr" not in by_param[id(sum_.enc0[0].weight)] and by_param[id(sum_.enc0[0].weight)]["weight_decay"] == 0.25
+    assert sum(len(g["params"]) for g in groups) == len(list(sum_.parameters()))
+    # the scheduler scales every group from its own rate
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    sched = warmup_cosine(opt, epochs=4, warmup=0)
+    opt.step(), sched.step()
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(sum_.enc0[0].weight)] < 1e-3
+    assert lr_of[id(sum_.omega.weight)] / lr_of[id(sum_.enc0[0].weight)] == pytest.approx(
+        sum_.lr_multipliers()["omega.weight"])
+    with pytest.raises(ValueError, match="base lr"):
+        parameter_groups(sum_, 0.25)
 
 
 def test_warm_up_then_cosine_decay():

@@ -62,12 +62,24 @@ def no_decay(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.ndim <= 1 or n in listed}
 
 
-def parameter_groups(model, weight_decay: float) -> list[dict]:
-    """Two optimiser groups: decayed weights, and the no_decay() parameters with weight_decay 0."""
+def parameter_groups(model, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Optimiser groups: decayed weights and the no_decay() parameters (weight_decay 0), each split again by the
+    learning-rate factor the model asks for in `lr_multipliers()` (name -> factor; e.g. SUM's read-out Omega,
+    whose right scale Adam's per-step movement of about lr could not reach in a short CPU budget)."""
     skip = no_decay(model)
-    params = list(model.named_parameters())
-    return [{"params": [p for n, p in params if n not in skip], "weight_decay": weight_decay},
-            {"params": [p for n, p in params if n in skip], "weight_decay": 0.0}]
+    factors = getattr(model, "lr_multipliers", dict)()
+    groups: dict[tuple[bool, float], list] = {}
+    for n, p in model.named_parameters():
+        groups.setdefault((n in skip, float(factors.get(n, 1.0))), []).append(p)
+    out = []
+    for (skipped, factor), params in sorted(groups.items()):
+        g = {"params": params, "weight_decay": 0.0 if skipped else weight_decay}
+        if factor != 1.0:
+            if lr is None:
+                raise ValueError("parameter_groups needs the base lr for a model with lr_multipliers()")
+            g["lr"] = lr * factor
+        out.append(g)
+    return out
 
 
 def warmup_cosine(optimizer, epochs: int, warmup: int):
@@ -150,7 +162,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     def loss(batch):
         return net(*batch)
 
-    opt = OPTIMIZERS[cfg["optimizer"]](parameter_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
+    opt = OPTIMIZERS[cfg["optimizer"]](parameter_groups(model, cfg["weight_decay"], cfg["lr"]), lr=cfg["lr"])
     best: dict = {"val": -1.0, "epoch": 0, "state": None}
 
     def validate() -> float:
