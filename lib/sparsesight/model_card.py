@@ -116,7 +116,9 @@ def markdown(card: dict) -> str:
              f"- made by `{t.get('command', '?')}` at commit `{t.get('commit', '?')}`",
              "", "## Training", "",
              f"- data: {t.get('data', '?')}",
-             f"- {t.get('epochs', '?')} epochs (best validation epoch {t.get('best_epoch', '?')}), seed "
+             f"- {t.get('epochs', '?')} epochs ("
+             + (f"best validation epoch {t.get('best_epoch', '?')}" if t.get("best_epoch", "?") is not None else
+                "no validation: the last epoch kept") + "), seed "
              f"{t.get('seed', '?')}, {t.get('seconds', '?')} s on {t.get('device', '?')}",
              f"- recipe: `{json.dumps(t.get('config', {}), sort_keys=True)}`"]
     for e in earlier_runs(t):

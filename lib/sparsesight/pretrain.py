@@ -46,9 +46,10 @@ LIMITS = {
         "trained and evaluated on generated BraTS-like phantoms (MNI152 anatomy), not on patient scans",
         "held-out split: 2 phantoms of other case seeds; Dice on so few cases is a rough figure",
     ],
-    "mlcsc": ["design 2 (components that reconstruct the image, issue 16): the tumour core and enhancing rim are "
-              "found late in training and vary between cases (per-case Dice in the card); design 1 scored higher "
-              "TC/ET but its components were not an explanation"],
+    "mlcsc": ["design 2 (components that reconstruct the image, issue 16), its read-out learning at 20x and lam, mu "
+              "at 10x the base rate: the tumour core and the enhancing rim vary between cases (per-case Dice in the "
+              "card), and a class's component can be less than 5x brighter inside the class than outside it "
+              "(localisation figures)"],
     "sum": ["SUM_Rec (lambda_rec 0.35), thresholds b = |theta| >= 0, the read-out Omega learning at 20x the base "
             "rate (before that change it missed most of the oedema: WT 0.22); on the off-grid phantoms it still "
             "finds the whole tumour better than the core and the enhancing rim (table)"],

@@ -184,13 +184,15 @@ def held_out_crops(n_eval: int, crop: int, work: Path):
 
 
 def shipped_table(name: str, steps: int, n_eval: int, crop: int, targets: list[int], work: Path,
-                  seed: int = 0) -> tuple[list[dict], list[dict]]:
+                  seed: int = 0) -> tuple[list[dict], list[dict], str]:
     """Rows of the shipped model (apps/sparsesight/pretrained) on the held-out phantoms of its card (1 mm),
-    each cut to a crop^3 box around the tumour; and the cascading model-randomisation rows of IG on the first."""
+    each cut to a crop^3 box around the tumour; the cascading model-randomisation rows of IG on the first; and
+    the version of the weights measured (a test checks it is still the shipped one)."""
     from ..checkpoint import load
     from ..pretrain import PRETRAINED
 
-    model = load(PRETRAINED / f"{name}.pt")[0].eval()
+    model, meta = load(PRETRAINED / f"{name}.pt")
+    model.eval()
     rows, sanity = [], []
     for i, (case, x, label) in enumerate(held_out_crops(n_eval, crop, work)):
         rows += case_rows(name, model, x, label, case, steps, targets, seed)
@@ -198,7 +200,7 @@ def shipped_table(name: str, steps: int, n_eval: int, crop: int, targets: list[i
             for method in SANITY_METHODS:
                 for r in randomisation_check(model, x, method, targets[0], seed=seed, steps=steps, progress=True):
                     sanity.append({"model": name, "case": case, "method": SHORT[method], **r})
-    return rows, sanity
+    return rows, sanity, meta["version"]
 
 
 def data_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targets: list[int], work: Path,
@@ -211,13 +213,14 @@ def data_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targe
     from ..model_card import read
     from ..pretrain import PRETRAINED
 
-    model = load(PRETRAINED / f"{name}.pt")[0].eval()
+    model, meta = load(PRETRAINED / f"{name}.pt")
+    model.eval()
     null, info = null_models.find(name, model)
     if null is None:
         raise SystemExit(f"--data-randomisation: {info['note']}")
     card = read(null_models.NULL_DIR / f"{name}.pt") or {}
     null_info = {"version": info["version"], "command": card["training"]["command"],
-                 "held_out_dice": card["evaluation"]["dice"]["held-out"]}
+                 "held_out_dice": card["evaluation"]["dice"]["held-out"], "served_version": meta["version"]}
     rows = []
     for case, x, _ in held_out_crops(n_eval, crop, work):
         for target in targets:
@@ -371,8 +374,9 @@ def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, 
     if weights == "shipped":
         res.update(data=f"held-out phantoms of the model cards (1 mm), {crop}^3 voxels around the tumour",
                    crop=crop, targets=list(targets))
+        res["versions"] = {}
         for n in names:
-            r, s_ = shipped_table(n, steps, n_eval, crop, target_ids, Path("out/pretrain"), seed)
+            r, s_, res["versions"][n] = shipped_table(n, steps, n_eval, crop, target_ids, Path("out/pretrain"), seed)
             rows, sanity = rows + r, sanity + s_
         x = torch.randn(1, 4, crop, crop, crop, generator=torch.Generator().manual_seed(seed))
     else:
@@ -400,6 +404,9 @@ def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, 
         res["ig_cost"] = {**{n: old["ig_cost"][n] for n in keep}, **res["ig_cost"]}
         res["memory"] = {**{n: v for n, v in old.get("memory", {}).items() if n in keep}, **res["memory"]}
         res["commands"] = {n: old.get("commands", {}).get(n) or _command_of(old, n) for n in keep}
+        res["versions"] = {**{n: v for n, v in old.get("versions", {}).items() if n in keep}, **res.get("versions", {})}
+        if old.get("data_randomisation"):  # part 5 (its own command) is kept; it names the weights it measured
+            res["data_randomisation"] = old["data_randomisation"]
     cmd = "python -m sparsesight.bench.attribution " + " ".join(sys.argv[1:])
     res["commands"] = {**res.get("commands", {}), **{n: cmd for n in names}}
     res["faithfulness_rows"] = rows
