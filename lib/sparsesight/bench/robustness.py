@@ -200,6 +200,30 @@ def ratios(results: dict, strongest_noise: float | None) -> dict:
     return out
 
 
+def markdown_tables(results: dict) -> list[str]:
+    """bench/README.md's two tables of a recorded run: Dice under each corruption, and the filter-bank responses."""
+    m, u = results["models"], results["models"]["monai_unet"]
+    names = {"SUM": "SUM", "SUM_Rec": "SUM_Rec", "monai_unet": "MONAI UNet"}
+    lines = ["| model | params (× UNet) | inference s (× UNet) | clean WT / TC / ET | noise σ 0.05 / 0.1 / 0.2 (WT) "
+             "| blur 1 / 2 (WT) |", "|---|---|---|---|---|---|"]
+    for n, r in m.items():
+        unet = n == "monai_unet"
+        params = f"{r['params']:,}" + ("" if unet else f" ({r['params'] / u['params']:.3f}×)")
+        inf = f"{r['inference_s']:.2f}" + ("" if unet else f" ({r['inference_s'] / u['inference_s']:.2f}×)")
+        clean = " / ".join(f"{r['eval']['clean:0']['dice'][k]:.3f}" for k in ("WT", "TC", "ET"))
+        wt = lambda kind, levels: " / ".join(f"{r['eval'][f'{kind}:{v:g}']['dice']['WT']:.3f}"  # noqa: E731
+                                             for v in levels)
+        lines.append(f"| {names.get(n, n)} | {params} | {inf} | {clean} | {wt('noise', (0.05, 0.1, 0.2))} "
+                     f"| {wt('blur', (1, 2))} |")
+    lines += ["", "| model | SDS (voxels) | FDS | FDV | DC gain Σ r |", "|---|---|---|---|---|"]
+    for n, r in m.items():
+        if "response" in r:
+            q = r["response"]
+            lines.append(f"| {names.get(n, n)} | {q['SDS']:.2f} | {q['FDS']:.2f} | {q['FDV']:,.0f} | "
+                         f"{q['dc_gain']:.2f} |")
+    return lines
+
+
 def report(results: dict):
     print(f"\nSUM / SUM_Rec vs MONAI UNet — {results['epochs']} epochs each, {results['train_cases']} train / "
           f"{results['test_cases']} held-out phantoms at {results['downsample_mm']} mm; {results['machine']}")
