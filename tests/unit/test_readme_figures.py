@@ -88,6 +88,13 @@ def test_attribution_figures_are_those_of_the_recorded_attribution_bench():
     missing = [line for line in markdown_table(r) + sanity_table(r) + data_randomisation_table(r) if line not in text]
     assert missing == [], "bench/README.md's attribution tables differ from bench/results/attribution.json"
     assert r["weights"] == "shipped" and set(r["commands"]) == {"mlcsc", "sum"}
+    # measured on the weights that ship today (a retrained model makes the figures stale)
+    from sparsesight import model_card
+
+    folder = ROOT / "apps" / "sparsesight" / "pretrained"
+    shipped = {m: model_card.read(folder / f"{m}.pt")["version"] for m in ("mlcsc", "sum")}
+    assert r["versions"] == shipped, "bench/results/attribution.json was measured on other weights: rerun it"
+    assert {m: v["served_version"] for m, v in r["data_randomisation"]["null_models"].items()} == shipped
     readme = " ".join((ROOT / "README.md").read_text().split())
     cost = r["ig_cost"]
     assert f"IG {cost['mlcsc']['ratio']:.2f}× its floor on ML-CSC ({cost['sum']['ratio']:.2f}× on SUM)" in readme
@@ -151,3 +158,29 @@ def test_active_learning_figures_are_those_of_the_recorded_bench():
         d = r["strategies"][name]["dice"]
         lo, hi = d["auc_ratio_ci95"]
         assert f"{d['auc_ratio_vs_random']:.3f}× [{lo:.3f}, {hi:.3f}]" in readme.replace("random's Dice AUC ", "")
+
+
+def test_earlier_weights_figures_are_those_of_their_recorded_cards():
+    """The README's table of the weights shipped before the read-out learning-rate factor is model_card.readme_table
+    of their cards (kept in bench/results/shipped_before_readout_factor)."""
+    from sparsesight import model_card
+
+    folder = ROOT / "bench" / "results" / "shipped_before_readout_factor"
+    cards = {f"{m} (before)": model_card.read(folder / f"{m}.pt") for m in ("mlcsc", "sum")}
+    assert all(cards.values())
+    missing = [line for line in model_card.readme_table(cards) if line not in section("Shipped weights")]
+    assert missing == [], "README's table of the earlier weights differs from their cards; paste readme_table"
+
+
+def test_robustness_tables_are_those_of_the_recorded_runs():
+    from sparsesight.bench.robustness import markdown_tables
+
+    text = (ROOT / "bench" / "README.md").read_text()
+    for name in ("robustness.json", "robustness_before_readout_factor.json"):
+        r = json.loads((ROOT / "bench" / "results" / name).read_text())
+        lines = markdown_tables(r)
+        tables = lines if name == "robustness.json" else lines[:lines.index("")]
+        missing = [line for line in tables if line and line not in text]
+        assert missing == [], f"bench/README.md's robustness tables differ from bench/results/{name}"
+    ratios = json.loads((ROOT / "bench" / "results" / "robustness.json").read_text())["ratios"]
+    assert f"**{ratios['SUM_Rec']['wt_drop_noise_ratio']:.2f}×** for SUM_Rec" in " ".join(text.split())
