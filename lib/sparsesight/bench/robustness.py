@@ -211,10 +211,9 @@ def markdown_tables(results: dict) -> list[str]:
         params = f"{r['params']:,}" + ("" if unet else f" ({r['params'] / u['params']:.3f}×)")
         inf = f"{r['inference_s']:.2f}" + ("" if unet else f" ({r['inference_s'] / u['inference_s']:.2f}×)")
         clean = " / ".join(f"{r['eval']['clean:0']['dice'][k]:.3f}" for k in ("WT", "TC", "ET"))
-        wt = lambda kind, levels: " / ".join(f"{r['eval'][f'{kind}:{v:g}']['dice']['WT']:.3f}"  # noqa: E731
-                                             for v in levels)
-        lines.append(f"| {names.get(n, n)} | {params} | {inf} | {clean} | {wt('noise', (0.05, 0.1, 0.2))} "
-                     f"| {wt('blur', (1, 2))} |")
+        noise, blur_ = (" / ".join(f"{r['eval'][f'{kind}:{v:g}']['dice']['WT']:.3f}" for v in levels)
+                        for kind, levels in (("noise", (0.05, 0.1, 0.2)), ("blur", (1, 2))))
+        lines.append(f"| {names.get(n, n)} | {params} | {inf} | {clean} | {noise} | {blur_} |")
     lines += ["", "| model | SDS (voxels) | FDS | FDV | DC gain Σ r |", "|---|---|---|---|---|"]
     for n, r in m.items():
         if "response" in r:
