@@ -155,10 +155,12 @@ def variety_training_set(cases: int, downsample: int, seed: int, work: Path) -> 
 
 def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int = 2, downsample: int = 1,
         seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
-        lr: float | None = None, variety_cases: int = 0, augment: str = "full", permute_labels: bool = False) -> dict:
+        lr: float | None = None, variety_cases: int = 0, augment: str = "full", permute_labels: bool = False,
+        train_seed: int | None = None) -> dict:
     """Train `name` with its recipe (from `resume`'s weights when given: a second cosine cycle, the card then
     records both runs) on `cases` plain phantoms plus `variety_cases` varied ones, augmented (`augment`), and
-    publish it with its card. `permute_labels`: the null model of the data-randomisation check instead (every
+    publish it with its card. `train_seed` (default `seed`): the seed of the initial weights, patches and
+    augmentation alone, the data and held-out split staying those of `seed` (the seed-spread check). `permute_labels`: the null model of the data-randomisation check instead (every
     image paired with another case's label map, permuted_labels; written under `out`/null)."""
     recipe = RECIPES[name]
     epochs = epochs or recipe["epochs"]
@@ -174,7 +176,8 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     if permute_labels:  # no validation: the null task has no Dice to select an epoch by; the last is kept
         train_items, val_items = permuted_labels(train_items), []
         out = Path(out) / "null"
-    torch.manual_seed(seed)
+    train_seed = seed if train_seed is None else train_seed
+    torch.manual_seed(train_seed)  # the initial weights
     earlier = None
     if resume is not None:
         model, meta = checkpoint.load(resume, expect=name)
@@ -182,7 +185,7 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
         model.train()
     else:
         model = models.build(name)
-    cfg = {**recipe["train_config"], "seed": seed, "augment": augment, **({"lr": lr} if lr else {})}
+    cfg = {**recipe["train_config"], "seed": train_seed, "augment": augment, **({"lr": lr} if lr else {})}
     logger.info("training %s for up to %d epochs on %d cases (validation %d)", name, epochs, len(train_items),
                 len(val_items))
     stats = train(model, train_items, epochs=epochs, config=cfg, val_items=val_items, show_progress=False,
@@ -195,8 +198,9 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                    f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed} --augment {augment}"
                    + (f" --variety-cases {variety_cases}" if variety_cases else "") + (f" --lr {lr}" if lr else "")
                    + (" --resume <the earlier run's checkpoint>" if resume else "")
-                   + (" --permute-labels" if permute_labels else ""),
-        "commit": model_card.commit(), "seed": seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
+                   + (" --permute-labels" if permute_labels else "")
+                   + (f" --train-seed {train_seed}" if train_seed != seed else ""),
+        "commit": model_card.commit(), "seed": seed, "train_seed": train_seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
         "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
         "device": "cpu", "config": cfg, "spacing_mm": stats["spacing_mm"],
         "data": f"{cases - 1} generated phantoms (sparsesight sample-data, seed {seed}, cases 0..{cases - 2}, "
@@ -319,6 +323,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-cases", type=int, default=2)
     p.add_argument("--downsample", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="seed of the weights, patches and augmentation only (default --seed; the data stay --seed's)")
     p.add_argument("--out", type=Path, default=PRETRAINED)
     p.add_argument("--work", type=Path, default=Path("out/pretrain"))
     p.add_argument("--resume", type=Path, metavar="CHECKPOINT", help="continue from a checkpoint made by this "
@@ -343,7 +349,7 @@ def main(argv=None) -> int:
         republish(a.republish, a.out, a.work)
     else:
         run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr,
-            a.variety_cases, a.augment, a.permute_labels)
+            a.variety_cases, a.augment, a.permute_labels, a.train_seed)
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 

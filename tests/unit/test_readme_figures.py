@@ -184,3 +184,20 @@ def test_robustness_tables_are_those_of_the_recorded_runs():
         assert missing == [], f"bench/README.md's robustness tables differ from bench/results/{name}"
     ratios = json.loads((ROOT / "bench" / "results" / "robustness.json").read_text())["ratios"]
     assert f"**{ratios['SUM_Rec']['wt_drop_noise_ratio']:.2f}×** for SUM_Rec" in " ".join(text.split())
+
+
+def test_seed_spread_figures_are_those_of_the_recorded_cards():
+    from sparsesight import model_card
+
+    cards = {"sum (train seed 0, shipped)": model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "sum.pt")}
+    for t in (1, 2):
+        card = model_card.read(ROOT / "bench" / "results" / "seeds" / f"sum_train_seed{t}" / "sum.pt")
+        assert card["training"]["train_seed"] == t and card["training"]["seed"] == 0  # same data, other draws
+        cards[f"sum (train seed {t})"] = card
+    text = section("Shipped weights")
+    missing = [line for line in model_card.readme_table(cards) if line not in text]
+    assert missing == [], "README's seed-spread table differs from the cards; paste readme_table"
+    dice = [c["evaluation"]["dice"]["held-out"] for c in cards.values()]
+    spread = {k: max(d[k] for d in dice) - min(d[k] for d in dice) for k in ("WT", "TC", "ET")}
+    assert f"WT {spread['WT']:.3f}, TC {spread['TC']:.3f}, ET {spread['ET']:.3f} on the held-out split" in " ".join(
+        text.split())
