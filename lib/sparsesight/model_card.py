@@ -129,6 +129,12 @@ def markdown(card: dict) -> str:
     if ev.get("quality"):
         lines += ["", "Explanation quality on the held-out cases: " +
                   ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in ev["quality"].items())]
+    if ev.get("readout_grid_ceiling"):
+        c = ev["readout_grid_ceiling"]
+        lines += ["", f"The logits live on a grid {c['factor']}x coarser than the input's; the held-out labels "
+                      "themselves, averaged onto that grid and upsampled back, keep Dice "
+                      + ", ".join(f"{k} {c['dice'][k]:.3f}" for k in ("WT", "TC", "ET") if k in c["dice"])
+                      + " (metrics.grid_ceiling_dice)."]
     lines += ["", "## Known limits", ""] + [f"- {x}" for x in card["limits"]]
     return "\n".join(lines) + "\n"
 

@@ -172,6 +172,26 @@ def test_earlier_weights_figures_are_those_of_their_recorded_cards():
     assert missing == [], "README's table of the earlier weights differs from their cards; paste readme_table"
 
 
+def test_quarter_resolution_figures_are_those_of_its_card_and_the_readout_grid_bench():
+    """ML-CSC before its read-out moved to 1/2 resolution (card kept in bench/results/shipped_quarter_resolution), and
+    what the held-out labels keep on each read-out grid (bench/results/readout_grid.json)."""
+    from sparsesight import model_card
+    from sparsesight.bench.readout_grid import markdown_table
+
+    card = model_card.read(ROOT / "bench" / "results" / "shipped_quarter_resolution" / "mlcsc.pt")
+    assert card["config"]["strides"] == [1, 2, 2, 1]
+    text = section("Shipped weights")
+    missing = [line for line in model_card.readme_table({"mlcsc (1/4 resolution)": card}) if line not in text]
+    assert missing == [], "README's table of the 1/4-resolution ML-CSC differs from its card"
+    r = json.loads((ROOT / "bench" / "results" / "readout_grid.json").read_text())
+    assert [line for line in markdown_table(r) if line not in text] == []
+    assert r["command"] in " ".join(text.split())
+    shipped = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "mlcsc.pt")
+    factor = 2 ** sum(s == 2 for s in shipped["config"]["strides"])
+    row = next(x for x in r["rows"] if x["factor"] == factor)  # the card's ceiling is the bench's row of its grid
+    assert shipped["evaluation"]["readout_grid_ceiling"] == {"factor": factor, "dice": row["dice"]}
+
+
 def test_robustness_tables_are_those_of_the_recorded_runs():
     from sparsesight.bench.robustness import markdown_tables
 

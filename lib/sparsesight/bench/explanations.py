@@ -363,7 +363,7 @@ def main(argv=None):
     run(a.epochs, a.sum_epochs, a.out, a.cases, a.downsample, a.seed, a.test, given, variants, a.patch, a.repeats,
         a.retrain, not a.no_timing,
         command="python -m sparsesight.bench.explanations " + " ".join(sys.argv[1:] if argv is None else argv)
-        if a.betas else None)
+        if a.betas or variants != list(VARIANTS) or given else None)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Latent projections (seed 004, Sec. 4): PCA and t-SNE of what a model computes inside, coloured by label content.
 
 Features per model (latent_features): ML-CSC's deepest sparse codes gamma_{c,L} (all classes' codes stacked,
-m * K_L channels at 1/4 resolution), SUM's bottleneck (the shrunk output of the deepest encoder convolution,
-S(K_{1,L-1} ...), before its DWT), or any module's output named by `layer` (forward hook). Every position of the
+m * K_L channels at 1/prod(strides) of the input resolution), SUM's bottleneck (the shrunk output of the deepest
+encoder convolution, S(K_{1,L-1} ...), before its DWT), or any module's output named by `layer` (forward hook). Every position of the
 feature grid is one sample; its label is the dominant class of the voxels it covers (one-hot label average-pooled
 to the grid), and its tumour fraction the share of tumour voxels.
 

@@ -21,6 +21,7 @@ from torch import nn
 #: power iterations that settle a normalisation estimate (measured on the shipped model: converged in <= 100
 #: from a random start; from the training probe alone a class whose norm was 7% larger took 350)
 SETTLE_ITERS = 200
+INIT_ITERS = 100  # power iterations of a new dictionary's norm estimate (settle_norms converges it)
 
 
 class TransposedDictionary(nn.Module):
@@ -100,8 +101,8 @@ class ResizeDictionary(nn.Module):
         # the power iteration's code vector (persistent: a loaded model has the converged estimate)
         self.probe: torch.Tensor
         self.register_buffer("probe", torch.randn(1, groups * code_ch, probe, probe, probe))
-        if not self.raw.is_meta:
-            self.refresh_norm(iters=30)
+        if not self.raw.is_meta:  # stride-1 kernels' spectra are dense: 30 iterations left ||D|| 1 % above 1
+            self.refresh_norm(iters=INIT_ITERS)
 
     # --- operators with an explicit kernel (the normalisation runs them on the raw kernel) --------------------
     def _synth(self, g, w, groups):
