@@ -23,11 +23,10 @@ import torch
 from . import MODALITIES, checkpoint, model_card, models
 from .data.io import load_image, load_label
 from .data.phantom import write_dataset
-from .metrics import grid_ceiling_dice
 from .models.dictionary import settle_norms
 from .models.mlcsc import CLASS_NAMES
 from .training import train
-from .training.evaluation import evaluate, mean_dice
+from .training.evaluation import evaluate, grid_ceiling
 from .transforms import AUGMENT_LEVELS
 
 logger = logging.getLogger(__name__)
@@ -270,8 +269,7 @@ def readout_ceiling(model, items: list[dict]) -> dict | None:
     factor = int(getattr(model, "readout_factor", 1))
     if factor <= 1:
         return None
-    per_case = [{"case": it["id"], **grid_ceiling_dice(load_label(it["label"])[0], factor)} for it in items]
-    return {"factor": factor, "dice": mean_dice(per_case)}
+    return {"factor": factor, "dice": grid_ceiling(items, factor)[0]}
 
 
 def _finite(v, digits: int):

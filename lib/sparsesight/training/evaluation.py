@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.io import load_label
-from ..metrics import region_dice
+from ..metrics import grid_ceiling_dice, region_dice
 
 
 def mean_dice(per_case: list[dict]) -> dict:
@@ -23,4 +23,11 @@ def evaluate(model, items: list[dict]) -> tuple[dict, list[dict]]:
     for it in items:
         label, _ = load_label(it["label"])
         per_case.append({"case": it["id"], **region_dice(predict_file(model, it["image"])[0], label)})
+    return mean_dice(per_case), per_case
+
+
+def grid_ceiling(items: list[dict], factor: int) -> tuple[dict, list[dict]]:
+    """(mean, per-case) Dice that the labels of `items` keep on a grid `factor` times coarser
+    (metrics.grid_ceiling_dice): what a read-out on that grid reaches at best."""
+    per_case = [{"case": it["id"], **grid_ceiling_dice(load_label(it["label"])[0], factor)} for it in items]
     return mean_dice(per_case), per_case
