@@ -52,6 +52,16 @@ def test_explanation_figures_are_those_of_the_explanations_bench():
             assert (ROOT / "bench" / "results" / m["figure"]).is_file(), name
 
 
+def test_earlier_explanation_figures_are_those_of_the_recorded_run():
+    from sparsesight.bench.explanations import markdown_table
+
+    r = json.loads((ROOT / "bench" / "results" / "explanations_before_readout_factor.json").read_text())
+    assert r["models"]["mlcsc"]["config"]["strides"] == [1, 2, 2, 1]  # the run before the finer read-out grid
+    text = section("ML-CSC explanations, measured")
+    assert [line for line in markdown_table(r) if line not in text] == []
+    assert "bench/results/explanations_before_readout_factor.json" in text
+
+
 def test_demo_time_figures_are_those_of_the_explanations_bench():
     m = json.loads((ROOT / "bench" / "results" / "explanations.json").read_text())["models"]
     text = " ".join((ROOT / "README.md").read_text().split())
