@@ -182,6 +182,28 @@ def test_earlier_weights_figures_are_those_of_their_recorded_cards():
     assert missing == [], "README's table of the earlier weights differs from their cards; paste readme_table"
 
 
+def test_mlcsc_seed_spread_figures_are_those_of_the_recorded_cards():
+    from sparsesight import model_card
+
+    shipped = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "mlcsc.pt")
+    cards = {"mlcsc (train seed 0, shipped)": shipped}
+    for folder in sorted((ROOT / "bench" / "results" / "seeds").glob("mlcsc_train_seed*")):
+        card = model_card.read(folder / "mlcsc.pt")
+        t = card["training"]["train_seed"]
+        assert card["training"]["seed"] == 0 and card["config"] == shipped["config"]  # same data and network
+        cards[f"mlcsc (train seed {t})"] = card
+    assert len(cards) >= 2
+    text = section("Shipped weights")
+    missing = [line for line in model_card.readme_table(cards) if line not in text]
+    assert missing == [], "README's ML-CSC seed table differs from the cards; paste readme_table"
+    flat = " ".join(text.split())
+    for split in ("held-out", "held-out, 2 mm grid"):
+        dice = [c["evaluation"]["dice"][split] for c in cards.values()]
+        spread = {k: max(d[k] for d in dice) - min(d[k] for d in dice) for k in ("WT", "TC", "ET")}
+        assert f"{split}: WT {spread['WT']:.3f}, TC {spread['TC']:.3f}, ET {spread['ET']:.3f}" in flat, split
+    assert f"over {len(cards)} training seeds" in flat
+
+
 def test_quarter_resolution_figures_are_those_of_its_card_and_the_readout_grid_bench():
     """ML-CSC before its read-out moved to 1/2 resolution (card kept in bench/results/shipped_quarter_resolution), and
     what the held-out labels keep on each read-out grid (bench/results/readout_grid.json)."""
