@@ -128,7 +128,6 @@ class MLCSC(nn.Module):
             raise ValueError("atoms and strides need 4 entries: Phi, D_1, D_2, D_3 (L = 3)")
         self.n, self.m, self.L = n, m, len(atoms) - 1
         self.scale = int(math.prod(strides))
-        self.readout_factor = self.scale  # the logits' grid: gamma_{c,L}'s, 1/scale of the input's, upsampled linearly
         L = self.L
         if self.design == 1:
             # Phi_c^(i): code gamma_c (atoms[0] per class) -> n modalities per class
@@ -175,6 +174,11 @@ class MLCSC(nn.Module):
             w[c, :n] = torch.linalg.qr(torch.randn(n, n))[0].T * (1.0 if c == 0 else 0.5)
             w[c, n:] = torch.randn(k - n, n) * 0.1
         self.Phi.refresh_norm(iters=30)
+
+    @property
+    def readout_factor(self) -> int:
+        """The logits' grid is gamma_{c,L}'s, 1/scale of the input's (upsampled linearly): pretrain.readout_ceiling."""
+        return self.scale
 
     # --- the learned parameters (design 2: their constrained values) -----------------------------------
     def no_weight_decay(self) -> tuple[str, ...]:
