@@ -81,14 +81,14 @@ def grid_limit(augment: str) -> str:
             "is in the table")
 
 
-def eval_split(cases: int, downsample: int, seed: int, root: Path, variety: bool = False) -> Path:
+def eval_split(cases: int, downsample: int, seed: int, root: Path, variety: bool = False, workers: int = 1) -> Path:
     """dataset.json of the held-out split (made once; the demo calls this with the card's figures). `variety`:
     the off-grid split (other seeds, data/phantom/variety.py: deformed anatomy, 1-3 lesions, random grids)."""
     s = seed + (OFF_GRID_SEED_OFFSET if variety else EVAL_SEED_OFFSET)
     ds = root / f"heldout_n{cases}_d{downsample}_s{s}{'_variety' if variety else ''}" / "dataset.json"
     if not ds.is_file():
         write_dataset(ds.parent, n_cases=cases, seed=s, downsample=downsample, n_test=cases, progress=False,
-                      variety=variety)
+                      variety=variety, workers=workers)
     return ds
 
 
@@ -125,57 +125,89 @@ def items_of(ds_json: Path, key: str) -> list[dict]:
              "id": Path(t["image"]).name.removesuffix(".nii.gz")} for t in meta[key]]
 
 
-def variety_training_set(cases: int, downsample: int, seed: int, work: Path) -> list[dict]:
+def variety_training_set(cases: int, downsample: int, seed: int, work: Path, workers: int = 1) -> list[dict]:
     """Training items of `cases` varied phantoms (other seeds than every held-out split), each resampled onto the
     RAS grid of the plain phantoms as the served model resamples its input (runners.segmentation): the network
-    learns the anatomy, lesions, contrasts and the blur of thick slices it will meet, on its own grid."""
-    import nibabel as nib
-    from nibabel.processing import resample_from_to
-
-    from .runners.segmentation import load_on_model_grid
+    learns the anatomy, lesions, contrasts and the blur of thick slices it will meet, on its own grid. `workers`:
+    processes that make and resample the cases (the same files as one)."""
+    from concurrent.futures import ProcessPoolExecutor
 
     s = seed + VARIETY_TRAIN_SEED_OFFSET
     ds = work / f"train_variety_n{cases}_d{downsample}_s{s}" / "dataset.json"
     on_grid = ds.parent / f"on_grid_{downsample}mm"
     if not ds.is_file():
         logger.info("generating %d varied training phantoms (seed %d)", cases, s)
-        write_dataset(ds.parent, n_cases=cases, seed=s, downsample=downsample, n_test=0, progress=False, variety=True)
+        write_dataset(ds.parent, n_cases=cases, seed=s, downsample=downsample, n_test=0, progress=False, variety=True,
+                      workers=workers)
+    items = [{"image": str(on_grid / f"{it['id']}_image.nii.gz"), "label": str(on_grid / f"{it['id']}_label.nii.gz"),
+              "id": it["id"], "source": it} for it in items_of(ds, "training")]
+    todo = [it for it in items if not Path(it["label"]).is_file()]
+    if todo:
+        on_grid.mkdir(parents=True, exist_ok=True)
+        args = ([it["source"] for it in todo], [it["image"] for it in todo], [it["label"] for it in todo],
+                [downsample] * len(todo))
+        if workers > 1:
+            with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+                list(pool.map(_onto_plain_grid, *args))
+        else:
+            list(map(_onto_plain_grid, *args))
+    return [{k: v for k, v in it.items() if k != "source"} for it in items]
+
+
+def _onto_plain_grid(source: dict, image_out: str, label_out: str, downsample: int) -> None:
+    """Write a varied case's image (trilinear) and label (nearest) resampled onto the plain phantoms' RAS grid of
+    `downsample` mm, as the served model resamples its input."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    from .runners.segmentation import load_on_model_grid
+
     grid = SimpleNamespace(spacing_mm=(float(downsample),) * 3, n=len(MODALITIES))  # what load_on_model_grid reads
-    items = []
-    for it in items_of(ds, "training"):
-        image_out, label_out = on_grid / f"{it['id']}_image.nii.gz", on_grid / f"{it['id']}_label.nii.gz"
-        if not label_out.is_file():
-            on_grid.mkdir(parents=True, exist_ok=True)
-            image, affine, _ = load_on_model_grid(grid, it["image"])
-            ref = nib.load(it["label"])
-            label = resample_from_to(ref, (image.shape[1:], affine), order=0).get_fdata().astype(np.uint8)
-            nib.save(nib.Nifti1Image(np.moveaxis(np.round(image), 0, -1).astype(np.int16), affine), str(image_out))
-            nib.save(nib.Nifti1Image(label, affine), str(label_out))
-        items.append({"image": str(image_out), "label": str(label_out), "id": it["id"]})
-    return items
+    image, affine, _ = load_on_model_grid(grid, source["image"])
+    ref = nib.load(source["label"])
+    label = resample_from_to(ref, (image.shape[1:], affine), order=0).get_fdata().astype(np.uint8)
+    nib.save(nib.Nifti1Image(np.moveaxis(np.round(image), 0, -1).astype(np.int16), affine), image_out)
+    nib.save(nib.Nifti1Image(label, affine), label_out)
+
+
+def training_data(cases: int, eval_cases: int, downsample: int, seed: int, work: Path, variety_cases: int = 0,
+                  workers: int = 1) -> tuple[list[dict], list[dict]]:
+    """(training items, validation items), every phantom a run needs made first (once, under `work`): the
+    training cases (the last validates), the held-out, 2x coarser and off-grid splits (the same for every model),
+    and `variety_cases` varied ones plus one more that validates. `workers`: processes that make them."""
+    train_ds = work / f"train_n{cases}_d{downsample}_s{seed}" / "dataset.json"
+    if not train_ds.is_file():
+        logger.info("generating %d training phantoms (%d mm, seed %d)", cases, downsample, seed)
+        write_dataset(train_ds.parent, n_cases=cases, seed=seed, downsample=downsample, n_test=1, progress=False,
+                      workers=workers)
+    eval_split(eval_cases, downsample, seed, work, workers=workers)
+    eval_split(eval_cases, 2 * downsample, seed, work, workers=workers)
+    eval_split(OFF_GRID_CASES, 1, seed, work, variety=True, workers=workers)
+    train_items, val_items = items_of(train_ds, "training"), items_of(train_ds, "test")
+    if variety_cases:
+        varied = variety_training_set(variety_cases + 1, downsample, seed, work, workers)
+        train_items, val_items = train_items + varied[:-1], val_items + varied[-1:]
+    return train_items, val_items
 
 
 def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int = 2, downsample: int = 1,
         seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
         lr: float | None = None, variety_cases: int = 0, augment: str = "full", permute_labels: bool = False,
-        train_seed: int | None = None, model_config: dict | None = None) -> dict:
+        train_seed: int | None = None, model_config: dict | None = None, *, device: str = "cpu",
+        minutes: float | None = None, train_config: dict | None = None, workers: int = 1) -> dict:
     """Train `name` with its recipe (from `resume`'s weights when given: a second cosine cycle, the card then
     records both runs) on `cases` plain phantoms plus `variety_cases` varied ones, augmented (`augment`), and
     publish it with its card. `train_seed` (default `seed`): the seed of the initial weights, patches and
     augmentation alone, the data and held-out split staying those of `seed` (the seed-spread check). `model_config`:
-    hyperparameters over the model's defaults (models.build), recorded in the card. `permute_labels`: the null model of the data-randomisation check instead (every
-    image paired with another case's label map, permuted_labels; written under `out`/null)."""
+    hyperparameters over the model's defaults (models.build), recorded in the card. `permute_labels`: the null model
+    of the data-randomisation check instead (every image paired with another case's label map, permuted_labels;
+    written under `out`/null). `device`: where it trains (the held-out evaluation runs on the CPU, as served).
+    `minutes` (with no `epochs`): the epochs that fit that budget, from a 2-epoch probe (probe_epochs).
+    `train_config`: trainer settings over the recipe's. `workers`: processes that make the phantoms. With
+    `variety_cases`, one more varied phantom joins the validation."""
     recipe = RECIPES[name]
-    epochs = epochs or recipe["epochs"]
     work = Path(work)
-    train_ds = work / f"train_n{cases}_d{downsample}_s{seed}" / "dataset.json"
-    if not train_ds.is_file():
-        logger.info("generating %d training phantoms (%d mm, seed %d)", cases, downsample, seed)
-        write_dataset(train_ds.parent, n_cases=cases, seed=seed, downsample=downsample, n_test=1, progress=False)
-    eval_split(eval_cases, downsample, seed, work)  # made before training: the same split for every model
-    train_items, val_items = items_of(train_ds, "training"), items_of(train_ds, "test")
-    if variety_cases:
-        train_items += variety_training_set(variety_cases, downsample, seed, work)
+    train_items, val_items = training_data(cases, eval_cases, downsample, seed, work, variety_cases, workers)
     if permute_labels:  # no validation: the null task has no Dice to select an epoch by; the last is kept
         train_items, val_items = permuted_labels(train_items), []
         out = Path(out) / "null"
@@ -188,30 +220,41 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
         model.train()
     else:
         model = models.build(name, model_config)
-    cfg = {**recipe["train_config"], "seed": train_seed, "augment": augment, **({"lr": lr} if lr else {})}
-    logger.info("training %s for up to %d epochs on %d cases (validation %d)", name, epochs, len(train_items),
-                len(val_items))
-    stats = train(model, train_items, epochs=epochs, config=cfg, val_items=val_items, show_progress=False,
+    cfg = {**recipe["train_config"], "seed": train_seed, "augment": augment, **({"lr": lr} if lr else {}),
+           **(train_config or {})}
+    probe = None
+    if epochs is None and minutes:
+        probe = probe_epochs(model, train_items, val_items, cfg, device, minutes)
+        epochs = probe["epochs"]
+    epochs = epochs or recipe["epochs"]
+    logger.info("training %s on %s for up to %d epochs on %d cases (validation %d)", name, device, epochs,
+                len(train_items), len(val_items))
+    stats = train(model, train_items, epochs=epochs, device=device, config=cfg, val_items=val_items,
+                  show_progress=False, max_minutes=1.2 * minutes if minutes else None,
                   progress=lambda d: logger.info("%s epoch %d/%d loss %.4f val %.3f (%.0f s, eta %.0f s)", name,
                                                  d["epoch"], d["epochs"], d["loss"], d.get("val", float("nan")),
                                                  d["seconds"], d["eta_s"]))
+    model.cpu()
     model.eval()
     training = {
         "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
                    f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed} --augment {augment}"
                    + (f" --variety-cases {variety_cases}" if variety_cases else "") + (f" --lr {lr}" if lr else "")
+                   + (f" --device {device}" if device != "cpu" else "")
+                   + (f" --train-config '{json.dumps(train_config, separators=(',', ':'))}'" if train_config else "")
                    + (" --resume <the earlier run's checkpoint>" if resume else "")
                    + (" --permute-labels" if permute_labels else "")
                    + (f" --train-seed {train_seed}" if train_seed != seed else "")
                    + (f" --model-config '{json.dumps(model_config, separators=(',', ':'))}'" if model_config else ""),
         "commit": model_card.commit(), "seed": seed, "train_seed": train_seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
         "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
-        "device": "cpu", "config": cfg, "spacing_mm": stats["spacing_mm"],
+        "device": device, **({"epochs_from_probe": probe} if probe else {}), "config": cfg, "spacing_mm": stats["spacing_mm"],
         "data": f"{cases - 1} generated phantoms (sparsesight sample-data, seed {seed}, cases 0..{cases - 2}, "
                 f"{downsample} mm)" + (f" and {variety_cases} varied ones (--variety, seed "
                                        f"{seed + VARIETY_TRAIN_SEED_OFFSET}, resampled onto that grid)"
                                        if variety_cases else "")
-                + (", 1 more for validation" if val_items else ", no validation case (none is used)"),
+                + ((", 1 more of each for validation" if variety_cases else ", 1 more for validation") if val_items
+                   else ", no validation case (none is used)"),
         "loss": [round(v, 5) for v in stats["loss"]], "validation_dice": [round(v, 4) for v in stats.get("val", [])],
     }
     if permute_labels:
@@ -223,6 +266,20 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                                       if earlier["training"].get(k) is not None}
         training["continued_from"]["version"] = earlier["version"]
     return publish(model, name, training, eval_cases, downsample, seed, out, work)
+
+
+def probe_epochs(model, items: list[dict], val_items: list[dict], cfg: dict, device: str, minutes: float) -> dict:
+    """{"epochs", "seconds_per_epoch", "minutes"}: how many epochs of the recipe fit in `minutes`, from the second
+    of two epochs trained on a copy of `model` (the first pays for starting the data workers)."""
+    import copy
+
+    ends: list[float] = []
+    train(copy.deepcopy(model), items, epochs=2, device=device, config=cfg, val_items=val_items, show_progress=False,
+          progress=lambda d: ends.append(d["seconds"]))
+    per_epoch = ends[-1] - ends[0] if len(ends) > 1 else ends[-1]
+    epochs = max(2, int(60 * minutes / max(per_epoch, 1e-3)))
+    logger.info("probe: %.2f s per epoch -> %d epochs in %.1f minutes", per_epoch, epochs, minutes)
+    return {"epochs": epochs, "seconds_per_epoch": round(per_epoch, 3), "minutes": minutes}
 
 
 PERMUTED_NOTE = ("permuted: every training image paired with the label map of the next case (a cyclic shift, no "
@@ -288,6 +345,9 @@ def publish(model, name: str, training: dict, eval_cases: int, downsample: int, 
     eval_ds = eval_split(eval_cases, downsample, seed, Path(work))
     logger.info("evaluating on %d held-out phantoms", eval_cases)
     model.spacing_mm = tuple(float(v) for v in training["spacing_mm"])  # as checkpoint.load sets it when served
+    path = Path(out) / f"{name}.pt"  # saved first: weights that took long to train outlive a failed evaluation
+    version = checkpoint.save(path, model, name, model.config,
+                              meta={"train": {"epochs": training["epochs"], "spacing_mm": training["spacing_mm"]}})
     dice, per_case = evaluate(model, items_of(eval_ds, "test"))
     # the same phantoms on a grid twice as coarse: resampled to the model's grid and the label back
     coarse = eval_split(eval_cases, 2 * downsample, seed, Path(work))
@@ -295,9 +355,6 @@ def publish(model, name: str, training: dict, eval_cases: int, downsample: int, 
     off_name, off_dice, off_cases = off_grid_evaluation(model, OFF_GRID_CASES, seed, Path(work))
     figures = explanation_figures(model, items_of(eval_ds, "test")[0])
     ceiling = readout_ceiling(model, items_of(eval_ds, "test"))
-    path = Path(out) / f"{name}.pt"
-    version = checkpoint.save(path, model, name, model.config,
-                              meta={"train": {"epochs": training["epochs"], "spacing_mm": training["spacing_mm"]}})
     card = {
         "model": name, "version": version, "config": checkpoint.load(path)[1]["config"],
         "description": (type(model).__doc__ or name).strip().splitlines()[0],
@@ -353,6 +410,13 @@ def main(argv=None) -> int:
                         "<out>/null)")
     p.add_argument("--model-config", type=json.loads, default=None, metavar="JSON",
                    help='hyperparameters over the model\'s defaults, e.g. \'{"strides": [1, 2, 1, 1]}\'')
+    p.add_argument("--device", default="cpu", help="where to train: cpu, cuda, cuda:1 (evaluation stays on the CPU)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="without --epochs: as many epochs as fit in this many minutes (measured by a 2-epoch probe)")
+    p.add_argument("--train-config", type=json.loads, default=None, metavar="JSON",
+                   help='trainer settings over the recipe\'s, e.g. \'{"num_workers": 6, "patience": 60}\'')
+    p.add_argument("--workers", type=int, default=1, help="processes that make the phantoms")
+    p.add_argument("--data-only", action="store_true", help="make the phantoms a run needs, then stop")
     p.add_argument("--republish", type=Path, metavar="CHECKPOINT",
                    help="evaluate and card again a checkpoint made by this command (no training)")
     p.add_argument("--add-off-grid", type=Path, metavar="CHECKPOINT",
@@ -360,13 +424,16 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.time()
-    if a.add_off_grid:
+    if a.data_only:
+        training_data(a.cases, a.eval_cases, a.downsample, a.seed, a.work, a.variety_cases, a.workers)
+    elif a.add_off_grid:
         add_off_grid(a.add_off_grid, work=a.work)
     elif a.republish:
         republish(a.republish, a.out, a.work)
     else:
         run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr,
-            a.variety_cases, a.augment, a.permute_labels, a.train_seed, a.model_config)
+            a.variety_cases, a.augment, a.permute_labels, a.train_seed, a.model_config, device=a.device,
+            minutes=a.minutes, train_config=a.train_config, workers=a.workers)
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 

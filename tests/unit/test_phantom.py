@@ -214,6 +214,16 @@ def test_bias_field_is_smooth_and_near_one():
 
 
 # --------------------------------------------------------------------------------------------- dataset
+def test_write_dataset_in_processes_writes_the_same_cases(tmp_path):
+    one = write_dataset(tmp_path / "one", n_cases=3, seed=6, downsample=K, n_test=1, progress=False)
+    two = write_dataset(tmp_path / "two", n_cases=3, seed=6, downsample=K, n_test=1, progress=False, workers=2)
+    assert json.loads(one.read_text()) == json.loads(two.read_text())
+    for sub in ("imagesTr/case_000", "imagesTr/case_001", "imagesTs/case_002", "labelsTs/case_002"):
+        a, b = (nib.load(str(p.parent / f"{sub}.nii.gz")) for p in (one, two))
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+        np.testing.assert_allclose(a.affine, b.affine)
+
+
 def test_write_dataset_layout(tmp_path):
     path = write_dataset(tmp_path / "ds", n_cases=3, seed=5, downsample=K, n_test=1, progress=False)
     assert path == tmp_path / "ds" / "dataset.json"

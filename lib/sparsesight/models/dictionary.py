@@ -177,8 +177,8 @@ def operator_norm(d, size: int = 12, iters: int = 30, groups_apart: bool = False
     """||D^(c)|| per class (groups_apart) or ||D|| (largest over classes; `joint`: of the summed synthesis)
     by power iteration on D^T D over a size^3 code grid with zero-padded borders."""
     gen = torch.Generator().manual_seed(0)
-    g = torch.randn(1, d.groups * d.code_ch, size, size, size, generator=gen)
     w = d.kernel()
+    g = torch.randn(1, d.groups * d.code_ch, size, size, size, generator=gen).to(w)
     G = d.groups if groups_apart else 1
 
     def unit(t):

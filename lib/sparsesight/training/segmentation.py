@@ -143,7 +143,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     device = torch.device(device)
     transforms = train_transforms(cfg["patch_size"], cfg["samples_per_image"], cfg["augment"])
     transforms.set_random_state(seed=cfg["seed"] + rank())  # each DDP process draws its own patches
-    ds = CacheDataset(items, transform=transforms, progress=False, num_workers=0)
+    ds = CacheDataset(items, transform=transforms, progress=False, num_workers=cfg["num_workers"])
     shards = sampler(ds)
     loader = DataLoader(ds, batch_size=cfg["batch_size"], shuffle=shards is None, sampler=shards,
                         num_workers=cfg["num_workers"])

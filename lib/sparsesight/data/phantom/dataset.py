@@ -27,14 +27,24 @@ def _save(arr, affine, path, dtype):
     nib.save(img, str(path))
 
 
+def _write_case(cs: int, downsample: int, variety: bool, image_path: Path, label_path: Path) -> None:
+    """Make one case and write its image and label (a process pool's unit of work)."""
+    case = make_case(cs, downsample, variety=variety)
+    _save(case.image, case.affine, image_path, np.int16)
+    _save(case.label, case.affine, label_path, np.uint8)
+
+
 def write_dataset(out_dir, n_cases: int = 12, seed: int = 0, downsample: int = 1, n_test: int = 2,
-                  progress: bool = True, variety: bool = False) -> Path:
+                  progress: bool = True, variety: bool = False, workers: int = 1) -> Path:
     """Write ``n_cases`` phantoms in the MSD Task01 layout and return the path of dataset.json.
 
     imagesTr/case_NNN.nii.gz (4D int16, channel last: FLAIR, T1, T1ce, T2), labelsTr/case_NNN.nii.gz (uint8);
     the last ``n_test`` cases go to imagesTs/ + labelsTs/. Case i is make_case(case_seed(seed, i), downsample,
-    variety=variety) (variety: off-grid cases, each on its own grid).
+    variety=variety) (variety: off-grid cases, each on its own grid). `workers` > 1: cases made in that many
+    processes (each case has its own seed, so the files are the same).
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     if n_cases < 1 or not (0 <= n_test <= n_cases):
@@ -47,16 +57,24 @@ def write_dataset(out_dir, n_cases: int = 12, seed: int = 0, downsample: int = 1
             f.unlink()
     n_train = n_cases - n_test
     training, test, seeds = [], [], []
-    for i in tqdm(range(n_cases), desc="phantom cases", disable=not progress, unit="case"):
-        cs = case_seed(seed, i)
-        seeds.append(cs)
-        case = make_case(cs, downsample, variety=variety)
+    jobs = []
+    for i in range(n_cases):
+        seeds.append(case_seed(seed, i))
         split = "Tr" if i < n_train else "Ts"
         name = f"case_{i:03d}.nii.gz"
-        _save(case.image, case.affine, out / f"images{split}" / name, np.int16)
-        _save(case.label, case.affine, out / f"labels{split}" / name, np.uint8)
+        jobs.append((seeds[-1], downsample, variety, out / f"images{split}" / name, out / f"labels{split}" / name))
         entry = {"image": f"./images{split}/{name}", "label": f"./labels{split}/{name}"}
         (training if split == "Tr" else test).append(entry)
+    bar = tqdm(total=n_cases, desc="phantom cases", disable=not progress, unit="case")
+    if workers > 1:
+        with ProcessPoolExecutor(min(workers, n_cases)) as pool:
+            for _ in pool.map(_write_case, *zip(*jobs)):
+                bar.update()
+    else:
+        for job in jobs:
+            _write_case(*job)
+            bar.update()
+    bar.close()
     meta = {
         "name": "SparseSightPhantom",
         "description": "BraTS-like brain tumour phantom (FLAIR, T1, T1ce, T2) on MNI152 anatomy, made by SparseSight",
