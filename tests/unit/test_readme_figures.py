@@ -90,6 +90,28 @@ def test_shipped_weights_figures_are_those_of_the_model_cards_and_the_recorded_d
             assert abs(v - cards[m]["evaluation"]["dice"]["held-out"][region]) <= 0.02, (m, region)
 
 
+def test_shipped_weights_recipe_is_that_of_their_cards():
+    """What the README says about how the shipped weights were made (GPU, epochs from the probe, training time) is
+    what their cards recorded; the weights shipped before keep their table (bench/results/shipped_light_cpu)."""
+    from sparsesight import model_card
+
+    folder = ROOT / "apps" / "sparsesight" / "pretrained"
+    cards = {m: model_card.read(folder / f"{m}.pt") for m in ("mlcsc", "sum")}
+    t = {m: c["training"] for m, c in cards.items()}
+    flat = " ".join(section("Shipped weights").split())
+    for m, tr in t.items():
+        assert tr["device"] == "cuda" and tr["config"]["augment"] == "full", m
+        assert f"--epochs {tr['epochs']}" in tr["command"] and f"--epochs {tr['epochs']}" in flat, m
+    probe = [t[m]["epochs_from_probe"]["seconds_per_epoch"] for m in ("mlcsc", "sum")]
+    assert f"measured {probe[0]:.1f} s and {probe[1]:.1f} s per epoch" in flat
+    assert f"training took {round(t['mlcsc']['seconds'])} s and {round(t['sum']['seconds'])} s" in flat
+    assert f"--variety-cases {t['mlcsc']['command'].split('--variety-cases ')[1].split()[0]}" in flat
+    old = {f"{m} (light, CPU)": model_card.read(ROOT / "bench" / "results" / "shipped_light_cpu" / f"{m}.pt")
+           for m in ("mlcsc", "sum")}
+    missing = [line for line in model_card.readme_table(old) if line not in section("Shipped weights")]
+    assert missing == [], "README's table of the light CPU weights differs from their cards; paste readme_table"
+
+
 def test_attribution_figures_are_those_of_the_recorded_attribution_bench():
     from sparsesight.bench.attribution import data_randomisation_table, markdown_table, sanity_table
 
@@ -185,8 +207,8 @@ def test_earlier_weights_figures_are_those_of_their_recorded_cards():
 def test_mlcsc_seed_spread_figures_are_those_of_the_recorded_cards():
     from sparsesight import model_card
 
-    shipped = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "mlcsc.pt")
-    cards = {"mlcsc (train seed 0, shipped)": shipped}
+    shipped = model_card.read(ROOT / "bench" / "results" / "shipped_light_cpu" / "mlcsc.pt")  # the light recipe's seed 0
+    cards = {"mlcsc (train seed 0, light, CPU)": shipped}
     for folder in sorted((ROOT / "bench" / "results" / "seeds").glob("mlcsc_train_seed*")):
         card = model_card.read(folder / "mlcsc.pt")
         t = card["training"]["train_seed"]
@@ -241,7 +263,8 @@ def test_robustness_tables_are_those_of_the_recorded_runs():
 def test_seed_spread_figures_are_those_of_the_recorded_cards():
     from sparsesight import model_card
 
-    cards = {"sum (train seed 0, shipped)": model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "sum.pt")}
+    cards = {"sum (train seed 0, light, CPU)": model_card.read(ROOT / "bench" / "results" / "shipped_light_cpu" /
+                                                               "sum.pt")}
     for t in (1, 2):
         card = model_card.read(ROOT / "bench" / "results" / "seeds" / f"sum_train_seed{t}" / "sum.pt")
         assert card["training"]["train_seed"] == t and card["training"]["seed"] == 0  # same data, other draws
