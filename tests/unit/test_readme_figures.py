@@ -52,6 +52,29 @@ def test_explanation_figures_are_those_of_the_explanations_bench():
             assert (ROOT / "bench" / "results" / m["figure"]).is_file(), name
 
 
+def test_shipped_explanation_figures_are_those_of_the_recorded_run():
+    """The explanations bench on the shipped checkpoints (the cards' held-out split): README table and figures."""
+    from sparsesight import model_card
+    from sparsesight.bench.explanations import markdown_table
+
+    r = json.loads((ROOT / "bench" / "results" / "explanations_shipped" / "explanations.json").read_text())
+    shipped = {m: model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / f"{m}.pt")["version"]
+               for m in ("mlcsc", "sum")}
+    assert {m: v["version"] for m, v in r["models"].items()} == shipped, "measured on other weights: rerun it"
+    text = section("ML-CSC explanations, measured")
+    flat = " ".join(text.split())
+    assert r["command"] in flat and [line for line in markdown_table(r) if line not in text] == []
+    m = r["models"]["mlcsc"]
+    assert f"{m['inference_time_ratio']:.2f}× UNet's time in this run" in flat
+    loc = m["summary"]["localisation_truth"]
+    assert (f"oedema {loc['oedema']:.1f}, non-enhancing core {loc['non-enhancing core']:.1f}, enhancing "
+            f"{loc['enhancing']:.1f}") in flat
+    flagged = [c["quality"]["localisation"]["per_class"]["oedema"]["localisation_ratio"] for c in m["cases"]
+               if not c["quality"]["faithful"]]
+    assert [f"{v:.2f}" for v in flagged] == ["4.98"] and "scores 4.98 (aim 5)" in flat
+    assert f"WT {m['summary']['dice']['WT']:.3f}" in flat
+
+
 def test_earlier_explanation_figures_are_those_of_the_recorded_run():
     from sparsesight.bench.explanations import markdown_table
 
