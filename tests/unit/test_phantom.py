@@ -326,3 +326,18 @@ def test_varied_training_cases_are_resampled_onto_the_plain_grid(tmp_path):
         assert set(np.unique(label)) <= {0, 1, 2, 3} and (label > 0).any()
         brain = np.asarray(img.dataobj)[..., 1] > 0
         assert brain[label > 0].mean() > 0.95  # the tumour lies in the brain of the resampled image
+
+
+@pytest.mark.slow
+def test_varied_training_cases_made_in_processes_are_those_made_in_one(tmp_path):
+    """pretrain --workers: the varied cases and their resampling in a process pool give the same files."""
+    from sparsesight.pretrain import variety_training_set
+
+    one = variety_training_set(2, K, 0, tmp_path / "one")
+    two = variety_training_set(2, K, 0, tmp_path / "two", workers=2)
+    assert [it["id"] for it in one] == [it["id"] for it in two] == ["case_000", "case_001"]
+    for a, b in zip(one, two):
+        for key in ("image", "label"):
+            x, y = nib.load(a[key]), nib.load(b[key])
+            np.testing.assert_array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj))
+            np.testing.assert_allclose(x.affine, y.affine)

@@ -164,3 +164,24 @@ def test_full_augmentation_keeps_label_and_image_aligned_and_is_seeded():
     with pytest.raises(InvalidInput, match="unknown augment"):
         train(models.build("sum", {"roi_size": [32, 32, 32]}), [{"image": "x", "label": "y"}], epochs=1,
               config={"augment": "heavy"})
+
+
+@pytest.mark.slow
+def test_probe_picks_the_epochs_that_fit_the_budget_and_leaves_the_model_alone(tmp_path):
+    """pretrain --minutes: two epochs on a copy time the second one; epochs = budget / that time (at least 2)."""
+    from sparsesight.data.phantom import write_dataset
+    from sparsesight.pretrain import probe_epochs
+
+    meta = json.loads(write_dataset(tmp_path / "ph", n_cases=2, seed=3, downsample=4, n_test=0,
+                                    progress=False).read_text())
+    items = [{"image": str(tmp_path / "ph" / t["image"]), "label": str(tmp_path / "ph" / t["label"])}
+             for t in meta["training"]]
+    model = models.build("sum", {"roi_size": [32, 32, 32]})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = {"patch_size": [32, 32, 32], "samples_per_image": 1, "val_size": [32, 32, 32], "augment": "light"}
+    p = probe_epochs(model, items, items[1:], cfg, "cpu", minutes=0.5)
+    assert set(p) == {"epochs", "seconds_per_epoch", "minutes"} and p["minutes"] == 0.5
+    assert 0 < p["seconds_per_epoch"] < 30
+    assert abs(p["epochs"] - max(2, int(30 / p["seconds_per_epoch"]))) <= 1  # (the time is rounded to 1 ms)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # trained a copy
+    assert probe_epochs(model, items, [], cfg, "cpu", minutes=1e-4)["epochs"] == 2  # never fewer than the probe
