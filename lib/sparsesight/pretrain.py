@@ -2,6 +2,7 @@
 held-out split made from other case seeds, and write `<model>.pt` with its model card (model_card.py).
 
     python -m sparsesight.pretrain mlcsc [--epochs 40] [--cases 12] [--eval-cases 2] [--out apps/sparsesight/pretrained]
+    python -m sparsesight.pretrain mlcsc --variety-cases 16 --device cuda --minutes 4 --workers 16   (the shipped way)
 
 The training split is cases 0..cases-1 of seed `seed` (the last one validates: best epoch kept), the held-out
 split is `eval_cases` cases of seed `seed + EVAL_SEED_OFFSET`: other anatomy transforms, other tumours, never
