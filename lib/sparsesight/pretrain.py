@@ -131,7 +131,7 @@ def variety_training_set(cases: int, downsample: int, seed: int, work: Path, wor
     RAS grid of the plain phantoms as the served model resamples its input (runners.segmentation): the network
     learns the anatomy, lesions, contrasts and the blur of thick slices it will meet, on its own grid. `workers`:
     processes that make and resample the cases (the same files as one)."""
-    from concurrent.futures import ProcessPoolExecutor
+    from .data.phantom.dataset import starmap
 
     s = seed + VARIETY_TRAIN_SEED_OFFSET
     ds = work / f"train_variety_n{cases}_d{downsample}_s{s}" / "dataset.json"
@@ -142,16 +142,10 @@ def variety_training_set(cases: int, downsample: int, seed: int, work: Path, wor
                       workers=workers)
     items = [{"image": str(on_grid / f"{it['id']}_image.nii.gz"), "label": str(on_grid / f"{it['id']}_label.nii.gz"),
               "id": it["id"], "source": it} for it in items_of(ds, "training")]
-    todo = [it for it in items if not Path(it["label"]).is_file()]
+    todo = [(it["source"], it["image"], it["label"], downsample) for it in items if not Path(it["label"]).is_file()]
     if todo:
         on_grid.mkdir(parents=True, exist_ok=True)
-        args = ([it["source"] for it in todo], [it["image"] for it in todo], [it["label"] for it in todo],
-                [downsample] * len(todo))
-        if workers > 1:
-            with ProcessPoolExecutor(min(workers, len(todo))) as pool:
-                list(pool.map(_onto_plain_grid, *args))
-        else:
-            list(map(_onto_plain_grid, *args))
+        list(starmap(_onto_plain_grid, todo, workers))
     return [{k: v for k, v in it.items() if k != "source"} for it in items]
 
 

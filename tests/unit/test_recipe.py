@@ -2,7 +2,6 @@
 biases; warm-up then cosine decay; validation Dice with the best epoch restored and early stopping; ETA."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -95,15 +94,19 @@ def test_fit_reports_eta_and_stops_when_the_hook_says_so():
     assert seen[0]["eta_s"] == pytest.approx(seen[0]["seconds"] * 9, rel=1e-6)
 
 
+def _phantom_items(tmp_path, n: int) -> list[dict]:
+    """Training items of `n` real 4 mm phantoms (seed 3) written under tmp_path."""
+    from sparsesight.data.phantom import write_dataset
+    from sparsesight.pretrain import items_of
+
+    return items_of(write_dataset(tmp_path / "ph", n_cases=n, seed=3, downsample=4, n_test=0, progress=False),
+                    "training")
+
+
 @pytest.mark.slow
 def test_validation_keeps_the_best_epoch_and_stops_early(tmp_path):
     """Real phantoms at 4 mm: validation Dice after every epoch, the best epoch's weights restored, patience."""
-    from sparsesight.data.phantom import write_dataset
-
-    meta = json.loads(write_dataset(tmp_path / "ph", n_cases=3, seed=3, downsample=4, n_test=0,
-                                    progress=False).read_text())
-    items = [{"image": str(tmp_path / "ph" / t["image"]), "label": str(tmp_path / "ph" / t["label"])}
-             for t in meta["training"]]
+    items = _phantom_items(tmp_path, 3)
     model = models.build("sum", {"roi_size": [32, 32, 32]})
     cfg = {"patch_size": [32, 32, 32], "samples_per_image": 1, "val_size": [32, 32, 32], "patience": 2,
            "lr": 0.05, "warmup_epochs": 1}
@@ -169,13 +172,9 @@ def test_full_augmentation_keeps_label_and_image_aligned_and_is_seeded():
 @pytest.mark.slow
 def test_probe_picks_the_epochs_that_fit_the_budget_and_leaves_the_model_alone(tmp_path):
     """pretrain --minutes: two epochs on a copy time the second one; epochs = budget / that time (at least 2)."""
-    from sparsesight.data.phantom import write_dataset
     from sparsesight.pretrain import probe_epochs
 
-    meta = json.loads(write_dataset(tmp_path / "ph", n_cases=2, seed=3, downsample=4, n_test=0,
-                                    progress=False).read_text())
-    items = [{"image": str(tmp_path / "ph" / t["image"]), "label": str(tmp_path / "ph" / t["label"])}
-             for t in meta["training"]]
+    items = _phantom_items(tmp_path, 2)
     model = models.build("sum", {"roi_size": [32, 32, 32]})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = {"patch_size": [32, 32, 32], "samples_per_image": 1, "val_size": [32, 32, 32], "augment": "light"}

@@ -27,6 +27,18 @@ def _save(arr, affine, path, dtype):
     nib.save(img, str(path))
 
 
+def starmap(fn, jobs: list[tuple], workers: int = 1):
+    """fn(*job) for each job, results in the jobs' order: in `workers` processes when > 1, else in this one."""
+    if workers > 1 and jobs:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            yield from pool.map(fn, *zip(*jobs))
+    else:
+        for job in jobs:
+            yield fn(*job)
+
+
 def _write_case(cs: int, downsample: int, variety: bool, image_path: Path, label_path: Path) -> None:
     """Make one case and write its image and label (a process pool's unit of work)."""
     case = make_case(cs, downsample, variety=variety)
@@ -43,8 +55,6 @@ def write_dataset(out_dir, n_cases: int = 12, seed: int = 0, downsample: int = 1
     variety=variety) (variety: off-grid cases, each on its own grid). `workers` > 1: cases made in that many
     processes (each case has its own seed, so the files are the same).
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm import tqdm
 
     if n_cases < 1 or not (0 <= n_test <= n_cases):
@@ -65,16 +75,9 @@ def write_dataset(out_dir, n_cases: int = 12, seed: int = 0, downsample: int = 1
         jobs.append((seeds[-1], downsample, variety, out / f"images{split}" / name, out / f"labels{split}" / name))
         entry = {"image": f"./images{split}/{name}", "label": f"./labels{split}/{name}"}
         (training if split == "Tr" else test).append(entry)
-    bar = tqdm(total=n_cases, desc="phantom cases", disable=not progress, unit="case")
-    if workers > 1:
-        with ProcessPoolExecutor(min(workers, n_cases)) as pool:
-            for _ in pool.map(_write_case, *zip(*jobs)):
-                bar.update()
-    else:
-        for job in jobs:
-            _write_case(*job)
-            bar.update()
-    bar.close()
+    for _ in tqdm(starmap(_write_case, jobs, workers), total=n_cases, desc="phantom cases", disable=not progress,
+                  unit="case"):
+        pass
     meta = {
         "name": "SparseSightPhantom",
         "description": "BraTS-like brain tumour phantom (FLAIR, T1, T1ce, T2) on MNI152 anatomy, made by SparseSight",
