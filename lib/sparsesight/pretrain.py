@@ -24,6 +24,7 @@ import torch
 from . import MODALITIES, checkpoint, model_card, models
 from .data.io import load_image, load_label
 from .data.phantom import write_dataset
+from .errors import InvalidInput
 from .models.dictionary import settle_norms
 from .models.mlcsc import CLASS_NAMES
 from .training import train
@@ -189,7 +190,8 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
         seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
         lr: float | None = None, variety_cases: int = 0, augment: str = "full", permute_labels: bool = False,
         train_seed: int | None = None, model_config: dict | None = None, *, device: str = "cpu",
-        minutes: float | None = None, train_config: dict | None = None, workers: int = 1) -> dict:
+        minutes: float | None = None, train_config: dict | None = None, workers: int = 1,
+        evaluate_now: bool = True) -> dict:
     """Train `name` with its recipe (from `resume`'s weights when given: a second cosine cycle, the card then
     records both runs) on `cases` plain phantoms plus `variety_cases` varied ones, augmented (`augment`), and
     publish it with its card. `train_seed` (default `seed`): the seed of the initial weights, patches and
@@ -199,9 +201,15 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
     written under `out`/null). `device`: where it trains (the held-out evaluation runs on the CPU, as served).
     `minutes` (with no `epochs`): the epochs that fit that budget, from a 2-epoch probe (probe_epochs).
     `train_config`: trainer settings over the recipe's. `workers`: processes that make the phantoms. With
-    `variety_cases`, one more varied phantom joins the validation."""
+    `variety_cases`, one more varied phantom joins the validation. `evaluate_now` False: weights and a card with
+    the evaluation pending, for republish() elsewhere (a GPU lease spent on training, the CPU evaluation later).
+    `minutes` with `epochs`: a guard, training stops after the epoch that passes 1.2x `minutes`."""
     recipe = RECIPES[name]
     work = Path(work)
+    if permute_labels and variety_cases:
+        raise InvalidInput("--permute-labels pairs each image with another case's label map, which needs one grid; "
+                           "the varied phantoms each keep their own field of view: train the null model without "
+                           "--variety-cases")
     train_items, val_items = training_data(cases, eval_cases, downsample, seed, work, variety_cases, workers)
     if permute_labels:  # no validation: the null task has no Dice to select an epoch by; the last is kept
         train_items, val_items = permuted_labels(train_items), []
@@ -260,7 +268,7 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                                        "config", "loss", "validation_dice", "continued_from")
                                       if earlier["training"].get(k) is not None}
         training["continued_from"]["version"] = earlier["version"]
-    return publish(model, name, training, eval_cases, downsample, seed, out, work)
+    return publish(model, name, training, eval_cases, downsample, seed, out, work, evaluate_now)
 
 
 def probe_epochs(model, items: list[dict], val_items: list[dict], cfg: dict, device: str, minutes: float) -> dict:
@@ -285,6 +293,12 @@ PERMUTED_NOTE = ("permuted: every training image paired with the label map of th
 def permuted_labels(items: list[dict]) -> list[dict]:
     """Items whose label maps are shifted by one case (item i gets item i+1's label, cyclically): no image keeps
     its own label. Phantoms share one grid."""
+    import nibabel as nib
+
+    shapes = {tuple(nib.load(str(it["label"])).shape[:3]) for it in items}
+    if len(shapes) > 1:
+        raise InvalidInput(f"permuted labels need the cases on one grid; these have {len(shapes)} shapes "
+                           f"({', '.join('x'.join(map(str, s)) for s in sorted(shapes)[:3])}...)")
     labels = [it["label"] for it in items]
     return [{**it, "label": labels[(i + 1) % len(labels)]} for i, it in enumerate(items)]
 
@@ -335,14 +349,25 @@ def name_of(model) -> str:
 
 
 def publish(model, name: str, training: dict, eval_cases: int, downsample: int, seed: int, out: Path,
-            work: Path) -> dict:
-    """Evaluate `model` on the held-out split and write `<out>/<name>.pt` with its card; returns the card."""
-    eval_ds = eval_split(eval_cases, downsample, seed, Path(work))
-    logger.info("evaluating on %d held-out phantoms", eval_cases)
+            work: Path, evaluate_now: bool = True) -> dict:
+    """Evaluate `model` on the held-out split and write `<out>/<name>.pt` with its card; returns the card.
+    `evaluate_now` False: the weights and a card whose evaluation is pending (republish() fills it in)."""
     model.spacing_mm = tuple(float(v) for v in training["spacing_mm"])  # as checkpoint.load sets it when served
     path = Path(out) / f"{name}.pt"  # saved first: weights that took long to train outlive a failed evaluation
     version = checkpoint.save(path, model, name, model.config,
                               meta={"train": {"epochs": training["epochs"], "spacing_mm": training["spacing_mm"]}})
+    if not evaluate_now:
+        card = {"model": name, "version": version, "config": checkpoint.load(path)[1]["config"],
+                "description": (type(model).__doc__ or name).strip().splitlines()[0],
+                "parameters": int(sum(p.numel() for p in model.parameters())), "training": training,
+                "evaluation": {"data": f"pending: python -m sparsesight.pretrain {name} --republish {path.name}",
+                               "seed": seed + EVAL_SEED_OFFSET, "cases": eval_cases, "downsample": downsample},
+                "limits": card_limits(name, training), **({"kind": "null"} if "labels" in training else {})}
+        model_card.write(path, card)
+        logger.info("wrote %s (%s), evaluation pending", path, version)
+        return card
+    eval_ds = eval_split(eval_cases, downsample, seed, Path(work))
+    logger.info("evaluating on %d held-out phantoms", eval_cases)
     dice, per_case = evaluate(model, items_of(eval_ds, "test"))
     # the same phantoms on a grid twice as coarse: resampled to the model's grid and the label back
     coarse = eval_split(eval_cases, 2 * downsample, seed, Path(work))
@@ -412,6 +437,8 @@ def main(argv=None) -> int:
                    help='trainer settings over the recipe\'s, e.g. \'{"num_workers": 6, "patience": 60}\'')
     p.add_argument("--workers", type=int, default=1, help="processes that make the phantoms")
     p.add_argument("--data-only", action="store_true", help="make the phantoms a run needs, then stop")
+    p.add_argument("--no-eval", action="store_true",
+                   help="train and save the weights with a card whose evaluation is pending (run --republish later)")
     p.add_argument("--republish", type=Path, metavar="CHECKPOINT",
                    help="evaluate and card again a checkpoint made by this command (no training)")
     p.add_argument("--add-off-grid", type=Path, metavar="CHECKPOINT",
@@ -425,10 +452,12 @@ def main(argv=None) -> int:
         add_off_grid(a.add_off_grid, work=a.work)
     elif a.republish:
         republish(a.republish, a.out, a.work)
+    elif a.permute_labels and a.variety_cases:
+        p.error("--permute-labels needs the cases on one grid: train the null model without --variety-cases")
     else:
         run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr,
             a.variety_cases, a.augment, a.permute_labels, a.train_seed, a.model_config, device=a.device,
-            minutes=a.minutes, train_config=a.train_config, workers=a.workers)
+            minutes=a.minutes, train_config=a.train_config, workers=a.workers, evaluate_now=not a.no_eval)
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 

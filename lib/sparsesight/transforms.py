@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from monai import transforms as mt
 
 #: `augment` levels of the training recipe (training/segmentation.py's train_config)
@@ -62,5 +63,8 @@ def train_transforms(patch_size, samples_per_image: int = 2, augment: str = "lig
         mt.RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch_size,
                                   pos=2, neg=1, num_samples=samples_per_image, fg_indices_key="label_fg_indices",
                                   bg_indices_key="label_bg_indices"),
+        # the crops are views of the cached volume: own them, so that training can share the cache without
+        # copying each whole 1 mm case per draw (CacheDataset copy_cache=False; 0.11 s of 0.30 s per case)
+        mt.Lambdad(keys=["image", "label"], func=torch.clone),
         *(full_augmentation(patch_size) if augment == "full" else light_augmentation()),
     ])

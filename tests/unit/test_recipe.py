@@ -116,11 +116,63 @@ def test_validation_keeps_the_best_epoch_and_stops_early(tmp_path):
     assert stats["best_val"] == max(vals) and vals[stats["best_epoch"] - 1] == max(vals)
     if stats["epochs"] < 8:  # stopped early: exactly `patience` epochs after the best one
         assert stats["epochs"] - stats["best_epoch"] == 2 and "no better validation" in stats["stop"]
-    from sparsesight.training.segmentation import validation_dice
+    from sparsesight.training.segmentation import validation_crops, validation_dice
     model.eval()
     with torch.no_grad():
-        assert validation_dice(model, items[2:], [32, 32, 32], "cpu") == pytest.approx(stats["best_val"], abs=1e-6)
+        assert validation_dice(model, validation_crops(items[2:], [32, 32, 32]), "cpu") == pytest.approx(stats["best_val"], abs=1e-6)
 
+
+@pytest.mark.slow
+def test_training_draws_leave_the_shared_cache_untouched(tmp_path):
+    """The cache is shared with every draw (copy_cache=False): draws of the full augmentation must not write to it,
+    and two draws differ."""
+    from sparsesight.training.segmentation import default_train_config, training_dataset
+    cfg = {**default_train_config(), "patch_size": [32, 32, 32], "augment": "full"}
+    ds = training_dataset(_phantom_items(tmp_path, 1), cfg)
+    before = {k: v.clone() for k, v in ds._cache[0].items() if k in ("image", "label")}
+    draws = [ds[0] for _ in range(6)]
+    for k, v in before.items():
+        assert torch.equal(ds._cache[0][k], v)
+    for d in draws[0]:
+        assert d["image"].untyped_storage().data_ptr() != ds._cache[0]["image"].untyped_storage().data_ptr()
+    assert not torch.equal(draws[0][0]["image"], draws[1][0]["image"])
+
+def test_publish_without_evaluation_writes_weights_and_a_pending_card(tmp_path):
+    """pretrain --no-eval (a GPU lease spent on training alone): the checkpoint and a card that matches it, whose
+    evaluation says how to fill it in; no phantom is made."""
+    from sparsesight import checkpoint, model_card
+    from sparsesight.pretrain import publish
+    model = models.build("sum", {"roi_size": [32, 32, 32]})
+    training = {"epochs": 1, "spacing_mm": [4.0, 4.0, 4.0], "seed": 5, "command": "python -m sparsesight.pretrain sum"}
+    card = publish(model, "sum", training, 2, 4, 5, tmp_path / "out", tmp_path / "work", evaluate_now=False)
+    pt = tmp_path / "out" / "sum.pt"
+    assert model_card.read(pt)["evaluation"] == card["evaluation"] and "dice" not in card["evaluation"]
+    assert card["evaluation"]["data"] == "pending: python -m sparsesight.pretrain sum --republish sum.pt"
+    assert (card["evaluation"]["seed"], card["evaluation"]["cases"], card["evaluation"]["downsample"]) == (1005, 2, 4)
+    model_card.verify(pt, checkpoint.load(pt)[1], model_card.read(pt))
+    assert "No held-out evaluation." in (tmp_path / "out" / "sum.card.md").read_text()
+    assert not (tmp_path / "work").exists()
+
+def test_null_model_refuses_cases_on_several_grids(tmp_path):
+    """The permuted-label null model pairs images with other cases' label maps: on cases of other shapes (the
+    varied phantoms) it is refused with the reason, not left to crash in the data loader (as it did on the GPU)."""
+    import nibabel as nib
+    import numpy as np
+
+    from sparsesight.errors import InvalidInput
+    from sparsesight.pretrain import main, permuted_labels, run
+    items = []
+    for i, shape in enumerate([(8, 8, 8), (8, 8, 8), (9, 8, 8)]):
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), np.eye(4)), tmp_path / f"l{i}.nii.gz")
+        items.append({"image": f"i{i}", "label": str(tmp_path / f"l{i}.nii.gz")})
+    assert [it["label"] for it in permuted_labels(items[:2])] == [items[1]["label"], items[0]["label"]]
+    with pytest.raises(InvalidInput, match="one grid; these have 2 shapes"):
+        permuted_labels(items)
+    with pytest.raises(InvalidInput, match="without --variety-cases"):
+        run("sum", 1, variety_cases=2, permute_labels=True, work=tmp_path / "w", out=tmp_path / "o")
+    with pytest.raises(SystemExit):
+        main(["sum", "--permute-labels", "--variety-cases", "2", "--work", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
 
 
 def _augmented(augment_seed: int, n: int = 8, spatial_only: bool = False):
