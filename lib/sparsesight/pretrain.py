@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -186,81 +187,118 @@ def training_data(cases: int, eval_cases: int, downsample: int, seed: int, work:
     return train_items, val_items
 
 
-def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int = 2, downsample: int = 1,
-        seed: int = 0, out: Path = PRETRAINED, work: Path = Path("out/pretrain"), resume: Path | None = None,
-        lr: float | None = None, variety_cases: int = 0, augment: str = "full", permute_labels: bool = False,
-        train_seed: int | None = None, model_config: dict | None = None, *, device: str = "cpu",
-        minutes: float | None = None, train_config: dict | None = None, workers: int = 1,
-        evaluate_now: bool = True) -> dict:
+@dataclass(frozen=True)
+class RunOptions:
+    """What one `run` trains and where it writes (the command line's options, same names).
+
+    `train_seed` (default `seed`): the seed of the initial weights, patches and augmentation alone, the data and
+    held-out split staying those of `seed` (the seed-spread check). `model_config`: hyperparameters over the
+    model's defaults (models.build), recorded in the card. `permute_labels`: the null model of the
+    data-randomisation check instead (every image paired with another case's label map, permuted_labels; written
+    under `out`/null). `device`: where it trains (the held-out evaluation runs on the CPU, as served). `minutes`
+    (with no `epochs`): the epochs that fit that budget, from a 2-epoch probe (probe_epochs); with `epochs`: a
+    guard, training stops after the epoch that passes 1.2x `minutes`. `train_config`: trainer settings over the
+    recipe's. `workers`: processes that make the phantoms. With `variety_cases`, one more varied phantom joins the
+    validation. `evaluate_now` False: weights and a card with the evaluation pending, for republish() elsewhere
+    (a GPU lease spent on training, the CPU evaluation later)."""
+
+    epochs: int | None = None
+    cases: int = 12
+    eval_cases: int = 2
+    downsample: int = 1
+    seed: int = 0
+    out: Path = PRETRAINED
+    work: Path = Path("out/pretrain")
+    resume: Path | None = None
+    lr: float | None = None
+    variety_cases: int = 0
+    augment: str = "full"
+    permute_labels: bool = False
+    train_seed: int | None = None
+    model_config: dict | None = None
+    device: str = "cpu"
+    minutes: float | None = None
+    train_config: dict | None = None
+    workers: int = 1
+    evaluate_now: bool = True
+
+    def command(self, name: str, epochs: int) -> str:
+        """The command line that trains these weights again (recorded in the card)."""
+        def as_json(d: dict) -> str:
+            return json.dumps(d, separators=(",", ":"))
+        train_seed = self.seed if self.train_seed is None else self.train_seed
+        return (f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {self.cases} "
+                f"--eval-cases {self.eval_cases} --downsample {self.downsample} --seed {self.seed} "
+                f"--augment {self.augment}"
+                + (f" --variety-cases {self.variety_cases}" if self.variety_cases else "")
+                + (f" --lr {self.lr}" if self.lr else "")
+                + (f" --device {self.device}" if self.device != "cpu" else "")
+                + (f" --train-config '{as_json(self.train_config)}'" if self.train_config else "")
+                + (" --resume <the earlier run's checkpoint>" if self.resume else "")
+                + (" --permute-labels" if self.permute_labels else "")
+                + (f" --train-seed {train_seed}" if train_seed != self.seed else "")
+                + (f" --model-config '{as_json(self.model_config)}'" if self.model_config else ""))
+
+    def data(self, validates: bool) -> str:
+        """The card's description of the training data."""
+        varied = (f" and {self.variety_cases} varied ones (--variety, seed {self.seed + VARIETY_TRAIN_SEED_OFFSET}, "
+                  f"resampled onto that grid)" if self.variety_cases else "")
+        held = ((", 1 more of each for validation" if self.variety_cases else ", 1 more for validation")
+                if validates else ", no validation case (none is used)")
+        return (f"{self.cases - 1} generated phantoms (sparsesight sample-data, seed {self.seed}, cases "
+                f"0..{self.cases - 2}, {self.downsample} mm)" + varied + held)
+
+
+def run(name: str, options: RunOptions | None = None, **changes) -> dict:
     """Train `name` with its recipe (from `resume`'s weights when given: a second cosine cycle, the card then
     records both runs) on `cases` plain phantoms plus `variety_cases` varied ones, augmented (`augment`), and
-    publish it with its card. `train_seed` (default `seed`): the seed of the initial weights, patches and
-    augmentation alone, the data and held-out split staying those of `seed` (the seed-spread check). `model_config`:
-    hyperparameters over the model's defaults (models.build), recorded in the card. `permute_labels`: the null model
-    of the data-randomisation check instead (every image paired with another case's label map, permuted_labels;
-    written under `out`/null). `device`: where it trains (the held-out evaluation runs on the CPU, as served).
-    `minutes` (with no `epochs`): the epochs that fit that budget, from a 2-epoch probe (probe_epochs).
-    `train_config`: trainer settings over the recipe's. `workers`: processes that make the phantoms. With
-    `variety_cases`, one more varied phantom joins the validation. `evaluate_now` False: weights and a card with
-    the evaluation pending, for republish() elsewhere (a GPU lease spent on training, the CPU evaluation later).
-    `minutes` with `epochs`: a guard, training stops after the epoch that passes 1.2x `minutes`."""
+    publish it with its card. `options` (RunOptions; its defaults when None), with `changes` over them."""
+    o = replace(options or RunOptions(), **changes)
     recipe = RECIPES[name]
-    work = Path(work)
-    if permute_labels and variety_cases:
+    if o.permute_labels and o.variety_cases:
         raise InvalidInput("--permute-labels pairs each image with another case's label map, which needs one grid; "
                            "the varied phantoms each keep their own field of view: train the null model without "
                            "--variety-cases")
-    train_items, val_items = training_data(cases, eval_cases, downsample, seed, work, variety_cases, workers)
-    if permute_labels:  # no validation: the null task has no Dice to select an epoch by; the last is kept
+    work, out = Path(o.work), Path(o.out)
+    train_items, val_items = training_data(o.cases, o.eval_cases, o.downsample, o.seed, work, o.variety_cases,
+                                           o.workers)
+    if o.permute_labels:  # no validation: the null task has no Dice to select an epoch by; the last is kept
         train_items, val_items = permuted_labels(train_items), []
-        out = Path(out) / "null"
-    train_seed = seed if train_seed is None else train_seed
+        out = out / "null"
+    train_seed = o.seed if o.train_seed is None else o.train_seed
     torch.manual_seed(train_seed)  # the initial weights
     earlier = None
-    if resume is not None:
-        model, meta = checkpoint.load(resume, expect=name)
-        earlier = model_card.read(resume)
+    if o.resume is not None:
+        model, meta = checkpoint.load(o.resume, expect=name)
+        earlier = model_card.read(o.resume)
         model.train()
     else:
-        model = models.build(name, model_config)
-    cfg = {**recipe["train_config"], "seed": train_seed, "augment": augment, **({"lr": lr} if lr else {}),
-           **(train_config or {})}
-    probe = None
-    if epochs is None and minutes:
-        probe = probe_epochs(model, train_items, val_items, cfg, device, minutes)
+        model = models.build(name, o.model_config)
+    cfg = {**recipe["train_config"], "seed": train_seed, "augment": o.augment, **({"lr": o.lr} if o.lr else {}),
+           **(o.train_config or {})}
+    probe, epochs = None, o.epochs
+    if epochs is None and o.minutes:
+        probe = probe_epochs(model, train_items, val_items, cfg, o.device, o.minutes)
         epochs = probe["epochs"]
     epochs = epochs or recipe["epochs"]
-    logger.info("training %s on %s for up to %d epochs on %d cases (validation %d)", name, device, epochs,
+    logger.info("training %s on %s for up to %d epochs on %d cases (validation %d)", name, o.device, epochs,
                 len(train_items), len(val_items))
-    stats = train(model, train_items, epochs=epochs, device=device, config=cfg, val_items=val_items,
-                  show_progress=False, max_minutes=1.2 * minutes if minutes else None,
+    stats = train(model, train_items, epochs=epochs, device=o.device, config=cfg, val_items=val_items,
+                  show_progress=False, max_minutes=1.2 * o.minutes if o.minutes else None,
                   progress=lambda d: logger.info("%s epoch %d/%d loss %.4f val %.3f (%.0f s, eta %.0f s)", name,
                                                  d["epoch"], d["epochs"], d["loss"], d.get("val", float("nan")),
                                                  d["seconds"], d["eta_s"]))
     model.cpu()
     model.eval()
     training = {
-        "command": f"python -m sparsesight.pretrain {name} --epochs {epochs} --cases {cases} "
-                   f"--eval-cases {eval_cases} --downsample {downsample} --seed {seed} --augment {augment}"
-                   + (f" --variety-cases {variety_cases}" if variety_cases else "") + (f" --lr {lr}" if lr else "")
-                   + (f" --device {device}" if device != "cpu" else "")
-                   + (f" --train-config '{json.dumps(train_config, separators=(',', ':'))}'" if train_config else "")
-                   + (" --resume <the earlier run's checkpoint>" if resume else "")
-                   + (" --permute-labels" if permute_labels else "")
-                   + (f" --train-seed {train_seed}" if train_seed != seed else "")
-                   + (f" --model-config '{json.dumps(model_config, separators=(',', ':'))}'" if model_config else ""),
-        "commit": model_card.commit(), "seed": seed, "train_seed": train_seed, "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
-        "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1),
-        "device": device, **({"epochs_from_probe": probe} if probe else {}), "config": cfg, "spacing_mm": stats["spacing_mm"],
-        "data": f"{cases - 1} generated phantoms (sparsesight sample-data, seed {seed}, cases 0..{cases - 2}, "
-                f"{downsample} mm)" + (f" and {variety_cases} varied ones (--variety, seed "
-                                       f"{seed + VARIETY_TRAIN_SEED_OFFSET}, resampled onto that grid)"
-                                       if variety_cases else "")
-                + ((", 1 more of each for validation" if variety_cases else ", 1 more for validation") if val_items
-                   else ", no validation case (none is used)"),
+        "command": o.command(name, epochs), "commit": model_card.commit(), "seed": o.seed, "train_seed": train_seed,
+        "epochs": stats["epochs"], "best_epoch": stats.get("best_epoch"),
+        "best_validation_dice": stats.get("best_val"), "seconds": round(stats["seconds"], 1), "device": o.device,
+        **({"epochs_from_probe": probe} if probe else {}), "config": cfg, "spacing_mm": stats["spacing_mm"],
+        "data": o.data(bool(val_items)),
         "loss": [round(v, 5) for v in stats["loss"]], "validation_dice": [round(v, 4) for v in stats.get("val", [])],
     }
-    if permute_labels:
+    if o.permute_labels:
         training["labels"] = PERMUTED_NOTE
     if earlier is not None:  # the card records every run the weights went through
         training["continued_from"] = {k: earlier["training"].get(k) for k in
@@ -268,7 +306,7 @@ def run(name: str, epochs: int | None = None, cases: int = 12, eval_cases: int =
                                        "config", "loss", "validation_dice", "continued_from")
                                       if earlier["training"].get(k) is not None}
         training["continued_from"]["version"] = earlier["version"]
-    return publish(model, name, training, eval_cases, downsample, seed, out, work, evaluate_now)
+    return publish(model, name, training, o.eval_cases, o.downsample, o.seed, out, work, o.evaluate_now)
 
 
 def probe_epochs(model, items: list[dict], val_items: list[dict], cfg: dict, device: str, minutes: float) -> dict:
@@ -407,7 +445,8 @@ def republish(source: Path, out: Path, work: Path) -> dict:
     return publish(model, meta["model"], training, ev["cases"], ev["downsample"], old["training"]["seed"], out, work)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (its option names are RunOptions' fields)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", choices=sorted(RECIPES))
     p.add_argument("--epochs", type=int, default=None, help="default: the model's recipe")
@@ -443,6 +482,17 @@ def main(argv=None) -> int:
                    help="evaluate and card again a checkpoint made by this command (no training)")
     p.add_argument("--add-off-grid", type=Path, metavar="CHECKPOINT",
                    help="add the off-grid evaluation to a shipped checkpoint's card (weights untouched)")
+    return p
+
+
+def options_of(a: argparse.Namespace) -> RunOptions:
+    """The RunOptions of parsed command-line arguments."""
+    names = {f.name for f in fields(RunOptions)} - {"evaluate_now"}
+    return RunOptions(**{k: v for k, v in vars(a).items() if k in names}, evaluate_now=not a.no_eval)
+
+
+def main(argv=None) -> int:
+    p = parser()
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.time()
@@ -455,9 +505,7 @@ def main(argv=None) -> int:
     elif a.permute_labels and a.variety_cases:
         p.error("--permute-labels needs the cases on one grid: train the null model without --variety-cases")
     else:
-        run(a.model, a.epochs, a.cases, a.eval_cases, a.downsample, a.seed, a.out, a.work, a.resume, a.lr,
-            a.variety_cases, a.augment, a.permute_labels, a.train_seed, a.model_config, device=a.device,
-            minutes=a.minutes, train_config=a.train_config, workers=a.workers, evaluate_now=not a.no_eval)
+        run(a.model, options_of(a))
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 

@@ -169,10 +169,27 @@ def test_null_model_refuses_cases_on_several_grids(tmp_path):
     with pytest.raises(InvalidInput, match="one grid; these have 2 shapes"):
         permuted_labels(items)
     with pytest.raises(InvalidInput, match="without --variety-cases"):
-        run("sum", 1, variety_cases=2, permute_labels=True, work=tmp_path / "w", out=tmp_path / "o")
+        run("sum", epochs=1, variety_cases=2, permute_labels=True, work=tmp_path / "w", out=tmp_path / "o")
     with pytest.raises(SystemExit):
         main(["sum", "--permute-labels", "--variety-cases", "2", "--work", str(tmp_path / "w")])
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+def test_the_commands_in_the_cards_parse_back_to_themselves():
+    """Every recorded pretrain command (shipped weights, null models, seed runs) read by the command line gives
+    RunOptions whose command() is that command again: the card says exactly how to remake the weights."""
+    import json
+    import shlex
+    from pathlib import Path
+
+    from sparsesight.pretrain import options_of, parser
+    root = Path(__file__).resolve().parents[2]
+    cards = [*root.glob("apps/sparsesight/pretrained/**/*.card.json"), *root.glob("bench/results/seeds*/*/*.card.json")]
+    assert len(cards) >= 10
+    for path in cards:
+        t = json.loads(path.read_text())["training"]
+        argv = shlex.split(t["command"])[3:]
+        a = parser().parse_args(argv)
+        assert options_of(a).command(a.model, a.epochs) == t["command"], path
 
 
 def _augmented(augment_seed: int, n: int = 8, spatial_only: bool = False):
