@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -281,6 +283,33 @@ def test_robustness_tables_are_those_of_the_recorded_runs():
         assert missing == [], f"bench/README.md's robustness tables differ from bench/results/{name}"
     ratios = json.loads((ROOT / "bench" / "results" / "robustness.json").read_text())["ratios"]
     assert f"**{ratios['SUM_Rec']['wt_drop_noise_ratio']:.2f}×** for SUM_Rec" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("name", ["mlcsc", "sum"])
+def test_full_recipe_seed_spread_is_that_of_the_recorded_cards(name):
+    """The shipped weights (train seed 0) and the full recipe's train seeds 1 and 2 (bench/results/seeds_full): the
+    same command but --train-seed, the README's table and spread per split are those of their cards."""
+    from sparsesight import model_card
+
+    shipped = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / f"{name}.pt")
+    cards = {f"{name} (train seed 0, shipped)": shipped}
+    for t in (1, 2):
+        card = model_card.read(ROOT / "bench" / "results" / "seeds_full" / f"{name}_train_seed{t}" / f"{name}.pt")
+        tr = card["training"]
+        assert tr["train_seed"] == t and tr["seed"] == 0 and card["config"] == shipped["config"]
+        assert tr["epochs"] == shipped["training"]["epochs"] and tr["device"] == "cuda" and "dice" in card["evaluation"]
+        assert tr["config"]["augment"] == "full" and "16 varied ones" in tr["data"]
+        cards[f"{name} (train seed {t})"] = card
+    text = section("Shipped weights")
+    missing = [line for line in model_card.readme_table(cards) if line not in text]
+    assert missing == [], f"README's full-recipe seed table of {name} differs from the cards; paste readme_table"
+    flat = " ".join(text.split())
+    spreads = []
+    for split in shipped["evaluation"]["dice"]:
+        dice = [c["evaluation"]["dice"][split] for c in cards.values()]
+        s = {k: max(d[k] for d in dice) - min(d[k] for d in dice) for k in ("WT", "TC", "ET")}
+        spreads.append(f"{split}: WT {s['WT']:.3f}, TC {s['TC']:.3f}, ET {s['ET']:.3f}")
+    assert f"{name} full-recipe spread, " + "; ".join(spreads) in flat
 
 
 def test_seed_spread_figures_are_those_of_the_recorded_cards():
