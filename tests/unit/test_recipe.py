@@ -191,6 +191,27 @@ def test_the_commands_in_the_cards_parse_back_to_themselves():
         a = parser().parse_args(argv)
         assert options_of(a).command(a.model, a.epochs) == t["command"], path
 
+def test_republishing_keeps_settled_weights_and_settles_stale_ones(tmp_path):
+    """pretrain --republish evaluates again: settled weights (what train() saves) come back as they are, to the
+    byte (it would otherwise alter shipped weights in place: --out defaults to their folder); a checkpoint whose
+    norm estimates are stale (saved before settling, issue 16) is settled."""
+    from sparsesight import checkpoint
+    from sparsesight.models.dictionary import ResizeDictionary, settle_norms
+    from sparsesight.pretrain import settled
+    torch.manual_seed(0)
+    model = models.build("mlcsc", {"atoms": [4, 4, 4, 4], "roi_size": [16, 16, 16]})
+    settle_norms(model)
+    assert settled(model) is model
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    checkpoint.save(a, model, "mlcsc", model.config)
+    checkpoint.save(b, checkpoint.load(a)[0], "mlcsc", model.config)
+    assert a.read_bytes() == b.read_bytes()
+    for d in model.modules():
+        if isinstance(d, ResizeDictionary):
+            d.probe.copy_(torch.randn_like(d.probe))  # a stale estimate
+    fixed = settled(model)
+    assert fixed is not model and settled(fixed) is fixed
+
 
 def _augmented(augment_seed: int, n: int = 8, spatial_only: bool = False):
     """(label, n draws of the full augmentation (or its spatial steps) of a 32^3 case with a two-class blob whose
