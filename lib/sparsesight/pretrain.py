@@ -63,7 +63,9 @@ LIMITS = {
 
 AUGMENTATION_NOTE = {"light": "light augmentation only (flips, intensity scale and shift)",
                      "full": "the recipe's full augmentation (rotation, scaling, elastic deformation, noise, blur, bias "
-                             "field, gamma, coarser grids, flips)"}
+                             "field, gamma, coarser grids, flips)",
+                     "thick": "the recipe's full augmentation (rotation, scaling, elastic deformation, noise, blur, "
+                              "bias field, gamma, coarser grids, flips) and thick slices along a random axis"}
 
 
 def card_limits(name: str, training: dict) -> list[str]:

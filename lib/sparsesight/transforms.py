@@ -4,10 +4,60 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from monai import transforms as mt
 
 #: `augment` levels of the training recipe (training/segmentation.py's train_config)
-AUGMENT_LEVELS = ("light", "full")
+AUGMENT_LEVELS = ("light", "full", "thick")
+
+
+def thick_slices(x: torch.Tensor, axis: int, thickness: float) -> torch.Tensor:
+    """x (C, X, Y, Z) as if acquired with slices `thickness` voxels thick along spatial `axis` and resampled back
+    to its grid, as the server resamples a thick-slice scan: the slice profile (a Gaussian of FWHM
+    sqrt(thickness^2 - 1) voxels along the axis: a thick slice averages, it does not pick a plane), sampling every
+    `thickness` voxels, then linear interpolation back (data/phantom/variety.regrid makes the off-grid phantoms
+    the same way)."""
+    n = x.shape[axis + 1]
+    sigma = math.sqrt(max(thickness ** 2 - 1.0, 0.0)) / 2.355
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / max(sigma, 1e-6)) ** 2)
+    k = (k / k.sum()).to(x)
+    v = x.movedim(axis + 1, -1)                               # (C, a, b, n): the slice axis last
+    shape = v.shape
+    flat = v.reshape(-1, 1, n)
+    blurred = F.conv1d(F.pad(flat, (radius, radius), mode="replicate"), k.view(1, 1, -1))
+    m = max(2, int(math.floor((n - 1) / thickness)) + 1)      # the thick slices' centres
+    sampled = F.interpolate(blurred, size=m, mode="linear", align_corners=True)
+    back = F.interpolate(sampled, size=n, mode="linear", align_corners=True)
+    return back.reshape(shape).movedim(-1, axis + 1).contiguous()
+
+
+class RandThickSlicesd(mt.RandomizableTransform, mt.MapTransform):
+    """With probability `prob`, the images of `keys` acquired with thick slices (thick_slices) along one spatial
+    axis drawn at random, `thickness` voxels drawn from the range; labels are left on the fine grid (what the
+    network should recover). MONAI's RandSimulateLowResolution coarsens every axis alike; a scan's slices are
+    thicker along one."""
+
+    def __init__(self, keys, prob: float = 0.25, thickness: tuple[float, float] = (1.5, 3.0)):
+        mt.MapTransform.__init__(self, keys)
+        mt.RandomizableTransform.__init__(self, prob)
+        self.thickness = thickness
+        self.axis, self.t = 0, 1.0
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self.axis = int(self.R.randint(3))
+        self.t = float(self.R.uniform(*self.thickness))
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = thick_slices(torch.as_tensor(d[key]), self.axis, self.t)
+        return d
 
 
 def intensity_normalisation(keys=("image",)):
@@ -24,11 +74,12 @@ def light_augmentation() -> list:
     ]
 
 
-def full_augmentation(patch_size) -> list:
+def full_augmentation(patch_size, thick: bool = False) -> list:
     """nnU-Net-style augmentation of a patch, in its order: rotation / scaling (other head sizes and positions),
     elastic deformation (other anatomy), noise, blur, bias field (coil shading), gamma (other contrasts), a
-    coarser grid simulated by down- and up-sampling (other voxel sizes, thick slices), flips on every axis.
-    Labels follow every spatial step with nearest-neighbour sampling."""
+    coarser grid simulated by down- and up-sampling (other voxel sizes), with `thick` slices 1.5-3 voxels thick
+    along one random axis (RandThickSlicesd, p 0.25), flips on every axis. Labels follow every spatial step with
+    nearest-neighbour sampling."""
     both, interp = ["image", "label"], ("bilinear", "nearest")
     rot = math.radians(15)
     return [
@@ -43,6 +94,7 @@ def full_augmentation(patch_size) -> list:
         mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
         mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.3),
         mt.RandSimulateLowResolutiond(keys="image", prob=0.15, zoom_range=(0.5, 1.0)),
+        *([RandThickSlicesd(keys="image")] if thick else []),
         *[mt.RandFlipd(keys=both, prob=0.5, spatial_axis=axis) for axis in range(3)],
     ]
 
@@ -66,5 +118,5 @@ def train_transforms(patch_size, samples_per_image: int = 2, augment: str = "lig
         # the crops are views of the cached volume: own them, so that training can share the cache without
         # copying each whole 1 mm case per draw (CacheDataset copy_cache=False; 0.11 s of 0.30 s per case)
         mt.Lambdad(keys=["image", "label"], func=torch.clone),
-        *(full_augmentation(patch_size) if augment == "full" else light_augmentation()),
+        *(full_augmentation(patch_size, thick=augment == "thick") if augment != "light" else light_augmentation()),
     ])

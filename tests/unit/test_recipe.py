@@ -212,6 +212,43 @@ def test_republishing_keeps_settled_weights_and_settles_stale_ones(tmp_path):
     fixed = settled(model)
     assert fixed is not model and settled(fixed) is fixed
 
+def test_thick_slices_blur_and_resample_along_one_axis_only():
+    """thick_slices: a volume constant along the slice axis is unchanged; a 1-voxel plane across it is smeared
+    along that axis only, its mass kept (interior), and the result matches scipy's slice profile, sampling and
+    linear interpolation done by hand."""
+    import numpy as np
+    from scipy import ndimage as ndi
+
+    from sparsesight.transforms import RandThickSlicesd, thick_slices
+    rng = np.random.default_rng(0)
+    xy = ndi.gaussian_filter(rng.normal(size=(1, 12, 10, 1)), 2).repeat(20, axis=3).astype(np.float32)
+    torch.testing.assert_close(thick_slices(torch.from_numpy(xy), 2, 2.5), torch.from_numpy(xy), atol=1e-6, rtol=0)
+    plane = np.zeros((1, 8, 9, 31), np.float32)
+    plane[..., 15] = 1.0
+    out = thick_slices(torch.from_numpy(plane), 2, 3.0).numpy()
+    assert np.ptp(out[0, :, :, 15]) < 1e-6 and (out[0, 0, 0] > 1e-3).sum() > 3  # smeared along z, same everywhere
+    assert out[0, 0, 0].sum() == pytest.approx(1.0, rel=0.1)
+    # the same by hand: Gaussian of FWHM sqrt(t^2 - 1), sample every t voxels, linear back
+    t, n = 2.4, 31
+    line = rng.normal(size=n).astype(np.float32)
+    blurred = ndi.gaussian_filter1d(line.astype(np.float64), np.sqrt(t ** 2 - 1) / 2.355, mode="nearest", truncate=3.0)
+    m = int(np.floor((n - 1) / t)) + 1
+    centres = np.linspace(0, n - 1, m)
+    ref = np.interp(np.arange(n), centres, np.interp(centres, np.arange(n), blurred))
+    got = thick_slices(torch.from_numpy(line).view(1, 1, 1, n), 2, t).numpy().ravel()
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    # as a transform: seeded, the image only, one axis
+    img = torch.from_numpy(rng.normal(size=(2, 10, 11, 12)).astype(np.float32))
+    lab = torch.zeros(1, 10, 11, 12)
+    tr = RandThickSlicesd(keys="image", prob=1.0)
+    tr.set_random_state(3)
+    d = tr({"image": img, "label": lab})
+    assert d["label"] is lab and not torch.equal(d["image"], img) and d["image"].shape == img.shape
+    torch.testing.assert_close(d["image"], thick_slices(img, tr.axis, tr.t))
+    tr.set_random_state(3)
+    torch.testing.assert_close(tr({"image": img})["image"], d["image"])
+    assert RandThickSlicesd(keys="image", prob=0.0)({"image": img})["image"] is img
+
 
 def _augmented(augment_seed: int, n: int = 8, spatial_only: bool = False):
     """(label, n draws of the full augmentation (or its spatial steps) of a 32^3 case with a two-class blob whose
