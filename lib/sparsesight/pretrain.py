@@ -396,13 +396,13 @@ def publish(model, name: str, training: dict, eval_cases: int, downsample: int, 
     path = Path(out) / f"{name}.pt"  # saved first: weights that took long to train outlive a failed evaluation
     version = checkpoint.save(path, model, name, model.config,
                               meta={"train": {"epochs": training["epochs"], "spacing_mm": training["spacing_mm"]}})
+    card = {"model": name, "version": version, "config": checkpoint.load(path)[1]["config"],
+            "description": (type(model).__doc__ or name).strip().splitlines()[0],
+            "parameters": int(sum(p.numel() for p in model.parameters())), "training": training,
+            "evaluation": {"seed": seed + EVAL_SEED_OFFSET, "cases": eval_cases, "downsample": downsample},
+            "limits": card_limits(name, training), **({"kind": "null"} if "labels" in training else {})}
     if not evaluate_now:
-        card = {"model": name, "version": version, "config": checkpoint.load(path)[1]["config"],
-                "description": (type(model).__doc__ or name).strip().splitlines()[0],
-                "parameters": int(sum(p.numel() for p in model.parameters())), "training": training,
-                "evaluation": {"data": f"pending: python -m sparsesight.pretrain {name} --republish {path.name}",
-                               "seed": seed + EVAL_SEED_OFFSET, "cases": eval_cases, "downsample": downsample},
-                "limits": card_limits(name, training), **({"kind": "null"} if "labels" in training else {})}
+        card["evaluation"]["data"] = f"pending: python -m sparsesight.pretrain {name} --republish {path.name}"
         model_card.write(path, card)
         logger.info("wrote %s (%s), evaluation pending", path, version)
         return card
@@ -415,21 +415,13 @@ def publish(model, name: str, training: dict, eval_cases: int, downsample: int, 
     off_name, off_dice, off_cases = off_grid_evaluation(model, OFF_GRID_CASES, seed, Path(work))
     figures = explanation_figures(model, items_of(eval_ds, "test")[0])
     ceiling = readout_ceiling(model, items_of(eval_ds, "test"))
-    card = {
-        "model": name, "version": version, "config": checkpoint.load(path)[1]["config"],
-        "description": (type(model).__doc__ or name).strip().splitlines()[0],
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "training": training,
-        "evaluation": {"data": f"{eval_cases} held-out phantoms of seed {seed + EVAL_SEED_OFFSET} ({downsample} mm), "
-                               f"never seen in training", "seed": seed + EVAL_SEED_OFFSET, "cases": eval_cases,
-                       "downsample": downsample, "dice": {"held-out": dice, f"held-out, {2 * downsample} mm grid": coarse_dice,
-                                                                   off_name: off_dice},
-                       "per_case": per_case, "per_case_coarse_grid": coarse_cases, "per_case_off_grid": off_cases,
-                       "quality": figures, "quality_case": per_case[0]["case"],
-                       **({"readout_grid_ceiling": ceiling} if ceiling else {})},
-        "limits": card_limits(name, training),
-        **({"kind": "null"} if "labels" in training else {}),
-    }
+    card["evaluation"].update({
+        "data": f"{eval_cases} held-out phantoms of seed {seed + EVAL_SEED_OFFSET} ({downsample} mm), never seen in "
+                f"training",
+        "dice": {"held-out": dice, f"held-out, {2 * downsample} mm grid": coarse_dice, off_name: off_dice},
+        "per_case": per_case, "per_case_coarse_grid": coarse_cases, "per_case_off_grid": off_cases,
+        "quality": figures, "quality_case": per_case[0]["case"],
+        **({"readout_grid_ceiling": ceiling} if ceiling else {})})
     model_card.write(path, card)
     logger.info("wrote %s (%s) and its card: held-out Dice %s, explanation figures %s", path, version, dice, figures)
     return card
@@ -440,7 +432,7 @@ def settled(model, rtol: float = 0.01):
     training settled them (issue 16: a class's norm up to 7 % above the estimate); the model itself when settling
     again moves no estimate by more than `rtol` (train() settled it; each further settle still creeps up by about
     0.2 % on the shipped ML-CSC, whose largest singular values lie close), so that evaluating shipped weights again
-    leaves their bytes and version as they are."""
+    leaves their weights and version as they are."""
     import copy
 
     from .models.dictionary import ResizeDictionary
