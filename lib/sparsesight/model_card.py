@@ -180,3 +180,15 @@ def readme_table(cards: dict) -> list[str]:
             rows.append(f"| `{name}` | `{c['version']}` | {epochs} | {split} | {d['WT']:.3f} | {d['TC']:.3f} | "
                         f"{d['ET']:.3f} | {q if i == 0 else ''} |")
     return rows
+
+
+def off_grid_case_table(cards: dict) -> list[str]:
+    """Per off-grid case (its grid in the header), the Dice of each card: where a recipe gains or loses."""
+    first = next(iter(cards.values()))["evaluation"]["per_case_off_grid"]
+    rows = ["| model | " + " | ".join(f"{r['case']} WT / TC / ET" for r in first) + " |",
+            "|---|" + "---|" * len(first)]
+    for name, c in cards.items():
+        cases = c["evaluation"]["per_case_off_grid"]
+        rows.append(f"| `{name}` | " + " | ".join(f"{r['WT']:.3f} / {r['TC']:.3f} / {r['ET']:.3f}" for r in cases)
+                    + " |")
+    return rows

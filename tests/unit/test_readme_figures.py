@@ -328,3 +328,25 @@ def test_seed_spread_figures_are_those_of_the_recorded_cards():
     spread = {k: max(d[k] for d in dice) - min(d[k] for d in dice) for k in ("WT", "TC", "ET")}
     assert f"WT {spread['WT']:.3f}, TC {spread['TC']:.3f}, ET {spread['ET']:.3f} on the held-out split" in " ".join(
         text.split())
+
+
+def test_thick_slice_trial_is_that_of_its_card():
+    """The --augment thick trial (bench/results/thick_trial) beside the full recipe's three seeds, per off-grid case."""
+    from sparsesight import model_card
+
+    cards = {"mlcsc (train seed 0, shipped)": model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "mlcsc.pt")}
+    for t in (1, 2):
+        cards[f"mlcsc (train seed {t})"] = model_card.read(
+            ROOT / "bench" / "results" / "seeds_full" / f"mlcsc_train_seed{t}" / "mlcsc.pt")
+    thick = model_card.read(ROOT / "bench" / "results" / "thick_trial" / "mlcsc.pt")
+    assert thick["training"]["config"]["augment"] == "thick" and thick["config"] == cards[next(iter(cards))]["config"]
+    assert thick["training"]["epochs"] == 44 and "--variety-cases 16" in thick["training"]["command"]
+    assert f"{thick['training']['seconds']:,.0f} s" in section("Shipped weights")
+    cards["mlcsc, augment thick (CPU)"] = thick
+    text = section("Shipped weights")
+    lines = model_card.off_grid_case_table(cards) + model_card.readme_table({"mlcsc, augment thick (CPU)": thick})
+    missing = [line for line in lines if line not in text]
+    assert missing == [], "README's thick-slice trial tables differ from the cards"
+    seeds = [c["evaluation"]["per_case_off_grid"] for n, c in cards.items() if "thick" not in n]
+    case3 = thick["evaluation"]["per_case_off_grid"][3]
+    assert case3["ET"] < min(s[3]["ET"] for s in seeds)  # the README's "below the worst"
