@@ -206,14 +206,19 @@ def test_null_models_are_found_by_name_and_configuration(tmp_path):
     assert model is None and "refused" in info["note"]
 
 
-def test_permuted_labels_leave_no_image_with_its_own_label():
+def test_permuted_labels_leave_no_image_with_its_own_label(tmp_path):
+    import nibabel as nib
+
     from sparsesight.pretrain import permuted_labels
 
-    items = [{"image": f"i{k}", "label": f"l{k}"} for k in range(5)]
+    items = []
+    for k in range(5):  # label maps on one grid (permuted_labels checks it)
+        nib.save(nib.Nifti1Image(np.full((4, 4, 4), k, np.uint8), np.eye(4)), tmp_path / f"l{k}.nii.gz")
+        items.append({"image": f"i{k}", "label": str(tmp_path / f"l{k}.nii.gz")})
     out = permuted_labels(items)
     assert [it["image"] for it in out] == [it["image"] for it in items]
     assert sorted(it["label"] for it in out) == sorted(it["label"] for it in items)
-    assert all(it["label"] != f"l{it['image'][1:]}" for it in out)
+    assert all(it["label"] != str(tmp_path / f"l{it['image'][1:]}.nii.gz") for it in out)
 
 
 def test_null_model_cards_say_what_the_run_did():
