@@ -64,8 +64,8 @@ LIMITS = {
 AUGMENTATION_NOTE = {"light": "light augmentation only (flips, intensity scale and shift)",
                      "full": "the recipe's full augmentation (rotation, scaling, elastic deformation, noise, blur, bias "
                              "field, gamma, coarser grids, flips)",
-                     "thick": "the recipe's full augmentation (rotation, scaling, elastic deformation, noise, blur, "
-                              "bias field, gamma, coarser grids, flips) and thick slices along a random axis"}
+}
+AUGMENTATION_NOTE["thick"] = AUGMENTATION_NOTE["full"] + " and thick slices along a random axis"
 
 
 def card_limits(name: str, training: dict) -> list[str]:
@@ -520,10 +520,11 @@ def main(argv=None) -> int:
         add_off_grid(a.add_off_grid, work=a.work)
     elif a.republish:
         republish(a.republish, a.out, a.work)
-    elif a.permute_labels and a.variety_cases:
-        p.error("--permute-labels needs the cases on one grid: train the null model without --variety-cases")
     else:
-        run(a.model, options_of(a))
+        try:
+            run(a.model, options_of(a))
+        except InvalidInput as e:  # options that cannot work together (run checks them before any slow work)
+            p.error(str(e))
     logger.info("done in %.0f s", time.time() - t0)
     return 0
 

@@ -285,21 +285,32 @@ def test_robustness_tables_are_those_of_the_recorded_runs():
     assert f"**{ratios['SUM_Rec']['wt_drop_noise_ratio']:.2f}×** for SUM_Rec" in " ".join(text.split())
 
 
+def _full_recipe_seeds(name: str) -> dict:
+    """{README label: card} of the shipped weights (train seed 0) and the full recipe's train seeds 1 and 2
+    (bench/results/seeds_full)."""
+    from sparsesight import model_card
+
+    cards = {f"{name} (train seed 0, shipped)": model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" /
+                                                                f"{name}.pt")}
+    for t in (1, 2):
+        cards[f"{name} (train seed {t})"] = model_card.read(
+            ROOT / "bench" / "results" / "seeds_full" / f"{name}_train_seed{t}" / f"{name}.pt")
+    return cards
+
+
 @pytest.mark.parametrize("name", ["mlcsc", "sum"])
 def test_full_recipe_seed_spread_is_that_of_the_recorded_cards(name):
     """The shipped weights (train seed 0) and the full recipe's train seeds 1 and 2 (bench/results/seeds_full): the
     same command but --train-seed, the README's table and spread per split are those of their cards."""
     from sparsesight import model_card
 
-    shipped = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / f"{name}.pt")
-    cards = {f"{name} (train seed 0, shipped)": shipped}
-    for t in (1, 2):
-        card = model_card.read(ROOT / "bench" / "results" / "seeds_full" / f"{name}_train_seed{t}" / f"{name}.pt")
+    cards = _full_recipe_seeds(name)
+    shipped = cards[f"{name} (train seed 0, shipped)"]
+    for t, card in enumerate(list(cards.values())[1:], start=1):
         tr = card["training"]
         assert tr["train_seed"] == t and tr["seed"] == 0 and card["config"] == shipped["config"]
         assert tr["epochs"] == shipped["training"]["epochs"] and tr["device"] == "cuda" and "dice" in card["evaluation"]
         assert tr["config"]["augment"] == "full" and "16 varied ones" in tr["data"]
-        cards[f"{name} (train seed {t})"] = card
     text = section("Shipped weights")
     missing = [line for line in model_card.readme_table(cards) if line not in text]
     assert missing == [], f"README's full-recipe seed table of {name} differs from the cards; paste readme_table"
@@ -334,16 +345,13 @@ def test_thick_slice_trial_is_that_of_its_card():
     """The --augment thick trial (bench/results/thick_trial) beside the full recipe's three seeds, per off-grid case."""
     from sparsesight import model_card
 
-    cards = {"mlcsc (train seed 0, shipped)": model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "mlcsc.pt")}
-    for t in (1, 2):
-        cards[f"mlcsc (train seed {t})"] = model_card.read(
-            ROOT / "bench" / "results" / "seeds_full" / f"mlcsc_train_seed{t}" / "mlcsc.pt")
+    cards = _full_recipe_seeds("mlcsc")
     thick = model_card.read(ROOT / "bench" / "results" / "thick_trial" / "mlcsc.pt")
     assert thick["training"]["config"]["augment"] == "thick" and thick["config"] == cards[next(iter(cards))]["config"]
     assert thick["training"]["epochs"] == 44 and "--variety-cases 16" in thick["training"]["command"]
-    assert f"{thick['training']['seconds']:,.0f} s" in section("Shipped weights")
-    cards["mlcsc, augment thick (CPU)"] = thick
     text = section("Shipped weights")
+    assert f"{thick['training']['seconds']:,.0f} s" in text
+    cards["mlcsc, augment thick (CPU)"] = thick
     lines = model_card.off_grid_case_table(cards) + model_card.readme_table({"mlcsc, augment thick (CPU)": thick})
     missing = [line for line in lines if line not in text]
     assert missing == [], "README's thick-slice trial tables differ from the cards"

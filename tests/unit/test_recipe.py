@@ -137,6 +137,7 @@ def test_training_draws_leave_the_shared_cache_untouched(tmp_path):
         assert d["image"].untyped_storage().data_ptr() != ds._cache[0]["image"].untyped_storage().data_ptr()
     assert not torch.equal(draws[0][0]["image"], draws[1][0]["image"])
 
+
 def test_publish_without_evaluation_writes_weights_and_a_pending_card(tmp_path):
     """pretrain --no-eval (a GPU lease spent on training alone): the checkpoint and a card that matches it, whose
     evaluation says how to fill it in; no phantom is made."""
@@ -152,6 +153,7 @@ def test_publish_without_evaluation_writes_weights_and_a_pending_card(tmp_path):
     model_card.verify(pt, checkpoint.load(pt)[1], model_card.read(pt))
     assert "No held-out evaluation." in (tmp_path / "out" / "sum.card.md").read_text()
     assert not (tmp_path / "work").exists()
+
 
 def test_null_model_refuses_cases_on_several_grids(tmp_path):
     """The permuted-label null model pairs images with other cases' label maps: on cases of other shapes (the
@@ -174,6 +176,7 @@ def test_null_model_refuses_cases_on_several_grids(tmp_path):
         main(["sum", "--permute-labels", "--variety-cases", "2", "--work", str(tmp_path / "w")])
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
 
+
 def test_the_commands_in_the_cards_parse_back_to_themselves():
     """Every recorded pretrain command (shipped weights, null models, seed runs) read by the command line gives
     RunOptions whose command() is that command again: the card says exactly how to remake the weights."""
@@ -190,6 +193,7 @@ def test_the_commands_in_the_cards_parse_back_to_themselves():
         argv = shlex.split(t["command"])[3:]
         a = parser().parse_args(argv)
         assert options_of(a).command(a.model, a.epochs) == t["command"], path
+
 
 def test_republishing_keeps_settled_weights_and_settles_stale_ones(tmp_path):
     """pretrain --republish evaluates again: settled weights (what train() saves) come back as they are, the same
@@ -210,6 +214,7 @@ def test_republishing_keeps_settled_weights_and_settles_stale_ones(tmp_path):
             d.probe.copy_(torch.randn_like(d.probe))  # a stale estimate
     fixed = settled(model)
     assert fixed is not model and settled(fixed) is fixed
+
 
 def test_thick_slices_blur_and_resample_along_one_axis_only():
     """thick_slices: a volume constant along the slice axis is unchanged; a 1-voxel plane across it is smeared
