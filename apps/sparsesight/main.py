@@ -30,6 +30,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 import sparsesight
 from sparsesight.data import io as sio
+from sparsesight.memory import keep_freed_memory
 
 # Everything from the app's lib/ is imported here, while MONAI Label has the app folder on sys.path.
 from lib import guard, jobs, pacs_routes, preflight
@@ -88,6 +89,7 @@ CONFIGS = discover_configs()
 class MyApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = conf or {}
+        keep_freed_memory()  # CPU tensors reuse freed heap memory instead of page-faulting fresh mmaps (memory.py)
         self.security = Settings.from_conf(conf)  # token, CORS, size limits, queue (lib/security.py)
         self.model_dir = os.path.abspath(conf.get("model_dir") or os.path.join(app_dir, "model"))
         self.jobs_dir = os.path.abspath(conf.get("jobs_dir") or os.path.join(self.model_dir, "jobs"))  # lib/jobs.py

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import cli_pacs as _pacs
+from .memory import keep_freed_memory
 
 DEFAULT_SAMPLE_OUT = Path("sample_data") / "generated" / "Task01_SparseSightPhantom"
 
@@ -328,6 +329,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's progress lines
+    keep_freed_memory()  # the server's malloc settings (memory.py)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -26,6 +26,7 @@ from . import MODALITIES, checkpoint, model_card, models
 from .data.io import load_image, load_label
 from .data.phantom import write_dataset
 from .errors import InvalidInput
+from .memory import keep_freed_memory
 from .models.dictionary import settle_norms
 from .models.mlcsc import CLASS_NAMES
 from .training import train
@@ -513,6 +514,7 @@ def main(argv=None) -> int:
     p = parser()
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    keep_freed_memory()  # the server's malloc settings (memory.py)
     t0 = time.time()
     if a.data_only:
         training_data(a.cases, a.eval_cases, a.downsample, a.seed, a.work, a.variety_cases, a.workers)

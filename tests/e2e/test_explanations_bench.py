@@ -24,6 +24,8 @@ def test_benchmark_small(tmp_path, capsys):
             assert (out / m["figure"]).stat().st_size > 1000 and set(s["localisation_truth"]) == {
                 "oedema", "non-enhancing core", "enhancing"}
             assert m["inference_time_ratio"] > 0 and len(s["residual_per_step"]) >= 1
+    assert [len(saved["models"][v]["summary"]["residual_per_step"]) for v in ("mlcsc", "mlcsc_steps2",
+                                                                           "mlcsc_steps1")] == [4, 2, 1]
     # design 2 keeps lambda >= 0 and mu ||D||^2 <= 1 by construction, even after one epoch
     assert r["models"]["mlcsc"]["aims_met"]["parameters"] is True
     assert r["models"]["mlcsc"]["summary"]["lattice_vs_image_max"] < r["models"]["mlcsc_design1"]["summary"][

@@ -186,3 +186,35 @@ def test_parameter_table_and_sparsity_layers(model):
     out = model.interpret(torch.randn(1, 4, 8, 8, 8), contributions=False)
     assert out["sparsity"].shape == (4, 4) and np.isfinite(out["step_residuals"].numpy()).all()
     assert {"lam_min_c", "mu_c", "lam_c3", "mu_c3"} <= set(model.parameter_table()[0])
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_pointwise_phi_step_equals_the_synthesis_analysis_path(signed, monkeypatch):
+    """With a 1x1x1 Phi the layer-0 step g_0 - mu Phi^T (Phi g_0 - x) runs as g_0 M + C (phi_gram): the same codes,
+    logits and gradients as the convolutions it replaces (eq. 7), in both threshold variants."""
+    torch.manual_seed(2)
+    model = MLCSC(**{**SMALL, "M": 2, "signed_gamma_c": signed}).double().eval()  # eval: no norm refresh
+    with torch.no_grad():  # away from the identical initial scalars
+        model.mu0_raw.uniform_(-1, 2)
+        model.lam_min_raw.uniform_(-3, 0)
+    x = torch.randn(2, 4, 11, 8, 9, dtype=torch.float64)
+    assert model.pointwise_phi
+
+    def run():
+        model.zero_grad()
+        out = model(x, decompose=True)
+        (out["logits"].square().sum() + out["reconstruction"].square().sum()).backward()
+        with torch.no_grad():
+            codes = model.codes(model._pad(x)[0])
+        return out, codes, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused, fused_codes, fused_grads = run()
+    monkeypatch.setattr(MLCSC, "pointwise_phi", property(lambda self: False))
+    ref, ref_codes, ref_grads = run()
+    for k in ("logits", "components"):
+        torch.testing.assert_close(fused[k], ref[k], rtol=1e-10, atol=1e-10)
+    for a, b in zip(fused_codes, ref_codes):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert (fused_codes[0] < 0).any() == signed and (fused_codes[0] != 0).any()
+    for n in ref_grads:
+        torch.testing.assert_close(fused_grads[n], ref_grads[n], rtol=1e-8, atol=1e-10)

@@ -43,7 +43,7 @@ from ..active_learning import area_under_curve
 from ..data.io import load_label
 from ..metrics import region_dice
 from ..preview import pyplot
-from . import log_to_stderr
+from . import setup_process
 
 logger = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ def main(argv=None):
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--work", default="out/bench", help="where the phantom data are cached")
     a = p.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     run(tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds, pool=a.pool, test=a.test,
         initial=a.initial, rounds=a.rounds, batch=a.batch, epochs=a.epochs, initial_epochs=a.initial_epochs,
         downsample=a.downsample, model_config=json.loads(a.model_config) if a.model_config else None,

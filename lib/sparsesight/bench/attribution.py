@@ -54,7 +54,7 @@ from ..explain.gradients import grad_and_score
 from ..preview import pyplot
 from ..runners.segmentation import normalise
 from ..training import train
-from . import log_to_stderr
+from . import setup_process
 from .segmentation import BRATS_SHAPE, _dataset
 
 logger = logging.getLogger(__name__)
@@ -477,7 +477,7 @@ def main(argv=None):
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     if a._memory:
         print(json.dumps(_memory_child(a._memory, a._model, a.steps)))
         return

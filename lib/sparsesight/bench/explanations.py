@@ -38,7 +38,7 @@ from ..models.baselines import unet
 from ..preview import png_bytes, pyplot
 from ..runners import get as runner_of
 from ..training import train
-from . import log_to_stderr
+from . import setup_process
 from .segmentation import _time_inference
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "mlcsc": ("mlcsc", {}),
     "mlcsc_beta0": ("mlcsc", {"beta": 0.0, "eta": 0.0}),
     "mlcsc_design1": ("mlcsc", {"design": 1}),
+    # fewer unrolled steps (T x M = 2, 1; served: 4): the inference-time trade-off of issue 16
+    "mlcsc_steps2": ("mlcsc", {"T": 1, "M": 2}),
+    "mlcsc_steps1": ("mlcsc", {"T": 1, "M": 1}),
     "sum": ("sum", {}),
 }
 TUMOUR = {1: "oedema", 2: "non-enhancing core", 3: "enhancing"}
@@ -351,7 +354,7 @@ def main(argv=None):
                    "(eta as the default) and the trade-off figure beta_sweep.png (Dice and reconstruction error)")
     p.add_argument("--out", default="bench/results")
     a = p.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     given = dict(c.split("=", 1) for c in a.checkpoint)
     variants = [v for v in a.variants.split(",") if v]
     for b in (float(v) for v in a.betas.split(",") if v.strip()):

@@ -31,14 +31,14 @@ from ..models import microstructure as ms
 from ..preview import png_bytes, pyplot
 from ..runners import microstructure as run
 from ..training import microstructure as ms_training
-from . import log_to_stderr
+from . import setup_process
 
 logger = logging.getLogger(__name__)
 
 PAPER_TIME = {"fingerprinting": 1.25, "mlp": 1.02e-4, "hybrid": 1.45e-1}  # s per voxel, Table 1
 
 
-log = logger.info  # progress lines (bench/__init__.log_to_stderr shows them with the time)
+log = logger.info  # progress lines (bench/__init__.setup_process shows them with the time)
 
 
 def csd_orientations(signal: np.ndarray, protocol: dif.Protocol) -> np.ndarray:
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("out/bench"), help="where results go (recorded runs: --out bench/results)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     torch.set_num_threads(a.threads)
     t_start = time.time()
 

@@ -303,7 +303,7 @@ def markdown_table(result: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    from . import log_to_stderr
+    from . import setup_process
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="step", required=True)
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     e.add_argument("--n-train", type=int, default=6000)
     e.add_argument("--epochs", type=int, default=25)
     a = ap.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     if a.step == "generate":
         print(json.dumps(generate(a.out, a.walkers, a.subsample), indent=1))
         return 0

@@ -55,7 +55,7 @@ import numpy as np
 
 from ..data import diffusion as dif
 from ..runners import microstructure as run
-from . import log_to_stderr
+from . import setup_process
 
 logger = logging.getLogger(__name__)
 
@@ -543,7 +543,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.whole_brain:
         args.parts = ["whole_brain"]
-    log_to_stderr()
+    setup_process()
     warnings.simplefilter("ignore")
     path = args.out / "microstructure_scale.json"
     result: dict = json.loads(path.read_text()) if path.is_file() else {}

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from ..training.evaluation import grid_ceiling
-from . import log_to_stderr
+from . import setup_process
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("out/pretrain"))
     p.add_argument("--out", type=Path, default=Path("out/bench"))
     a = p.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     res = run(a.factors, a.cases, a.seed, a.work)
     res["command"] = "python -m sparsesight.bench.readout_grid " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in

@@ -32,7 +32,7 @@ from ..models import cdl
 from ..ops import kspace
 from ..preview import pyplot
 from ..training import cdl as cdl_training
-from . import log_to_stderr
+from . import setup_process
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     run(a.train_steps, a.test_slices, a.iterations, a.dictionary, a.crop, a.out, a.seed)
     return 0
 

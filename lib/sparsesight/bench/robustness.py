@@ -37,7 +37,7 @@ from ..models.sum import sum_rec, sum_seg
 from ..preview import pyplot
 from ..runners.segmentation import predict
 from ..training import train
-from . import log_to_stderr
+from . import setup_process
 from .segmentation import BRATS_SHAPE, _dataset, _time_inference
 
 logger = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench/results")
     p.add_argument("--data", default="out/bench/data", help="where the phantom cases are generated (cached)")
     a = p.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.patch, a.noise, a.blur, a.repeats, not a.no_timing, a.data,
         BRATS_SHAPE if a.time_brats else WINDOW, a.samples, a.threads)
 

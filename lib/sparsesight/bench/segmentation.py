@@ -26,7 +26,7 @@ from ..models.baselines import unet
 from ..preview import pyplot
 from ..runners.segmentation import predict
 from ..training import train
-from . import log_to_stderr
+from . import setup_process
 
 BRATS_SHAPE = (240, 240, 155)
 
@@ -139,7 +139,7 @@ def main(argv=None):
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--out", default="out/bench")
     a = p.parse_args(argv)
-    log_to_stderr()
+    setup_process()
     run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.repeats, a.patch)
 
 

@@ -106,6 +106,17 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, X, Y, Z) -> (B*X*Y*Z, C), one row per voxel (a view of a channels-last tensor)."""
+    return t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])
+
+
+def _unrows(rows: torch.Tensor, shape) -> torch.Tensor:
+    """The inverse of _rows: (B*X*Y*Z, C) -> (B, C, X, Y, Z) channels-last (a view)."""
+    B, C, *sp = shape
+    return rows.view(B, *sp, C).permute(0, 4, 1, 2, 3)
+
+
 class MLCSC(nn.Module):
     """Merged Joint-Feature ML-ISTA segmentation network (seed 000, eqs. 2-7, Table I).
 
@@ -249,28 +260,56 @@ class MLCSC(nn.Module):
         return out.reshape(out.shape[0], self.m, self.n, *out.shape[2:])
 
     def ml_ista_step(self, x: torch.Tensor, gamma_L: torch.Tensor | None, lam0: torch.Tensor,
-                     W: list | None = None, p: dict | None = None) -> list[torch.Tensor]:
+                     W: list | None = None, p: dict | None = None, gram=None) -> list[torch.Tensor]:
         """One merged JF-ML-ISTA step (eq. 7 for L layers); returns [h_0, ..., h_L], h_L = new gamma_{c,L}.
 
         gamma_L = None stands for gamma_{c,L} = 0 (the first step): every g_l is 0 and the synthesis is skipped,
-        which leaves the layered soft-thresholding forward pass of Table I.
+        which leaves the layered soft-thresholding forward pass of Table I. `gram`: phi_gram(x, ...) of this
+        forward pass (pointwise Phi; computed here when not given).
         """
         W = self._kernels() if W is None else W
         p = self.learned() if p is None else p
-        if gamma_L is None:
-            g = [0.0] * (self.L + 1)
-            r = -x
+        g = [0.0] * (self.L + 1) if gamma_L is None else self.synthesis(gamma_L, W)
+        nonneg0 = self.config["nonneg"] and not (self.design == 2 and self.config["signed_gamma_c"])
+        if self.pointwise_phi:
+            gram = self.phi_gram(x, W[0], p["mu0"]) if gram is None else gram
+            h = [self._pointwise_prox_step(g[0], gram, p["mu0"], lam0, nonneg0)]
         else:
-            g = self.synthesis(gamma_L, W)
-            r = self.Phi.synthesis_sum(g[0], w=W[0]) - x                  # sum_c Phi_c g_0,c - x
-        h = [self._prox_step(g[0], p["mu0"], lam0, self.Phi.code_ch, lambda b: self.Phi.T_shared(r, b, w=W[0]),
-                             nonneg=self.config["nonneg"] and not (self.design == 2 and self.config["signed_gamma_c"]))]
+            r = -x if gamma_L is None else self.Phi.synthesis_sum(g[0], w=W[0]) - x  # sum_c Phi_c g_0,c - x
+            h = [self._prox_step(g[0], p["mu0"], lam0, self.Phi.code_ch,
+                                 lambda b: self.Phi.T_shared(r, b, w=W[0]), nonneg=nonneg0)]
         inplace = not torch.is_grad_enabled()  # inference: g_0..g_{L-1} are fresh and used once, reuse them
         for l, D in enumerate(self.D, start=1):
             diff = g[l - 1].sub_(h[l - 1]) if inplace and torch.is_tensor(g[l - 1]) else g[l - 1] - h[l - 1]
             h.append(self._prox_step(g[l], p["mu"][l - 1], p["lam"][l - 1], D.code_ch,
                                      lambda b, D=D, diff=diff, w=W[l]: D.T(diff, b, w=w)))
         return h
+
+    @property
+    def pointwise_phi(self) -> bool:
+        """Design 2 with a 1x1x1 Phi: the layer-0 data-fit step is a per-voxel matrix product (phi_gram)."""
+        return self.design == 2 and self.config["phi_kernel_size"] == 1
+
+    def phi_gram(self, x: torch.Tensor, w0: torch.Tensor, mu0: torch.Tensor) -> tuple:
+        """(M, C, shape) with g_0 - mu_c Phi_c^T (sum_c' Phi_c' g_0,c' - x) = g_0 M + C at every voxel (rows of
+        C: voxels): M = I - (Phi Phi^T) diag(mu), C = (x Phi^T) diag(mu), Phi the (m*K_0, n) matrix of the 1x1x1
+        kernel; shape: gamma_c's. One (K, K) product per step replaces the synthesis, residual, analysis and
+        update passes over the full-resolution codes (the memory traffic that dominates a CPU forward pass); C is
+        computed once per forward pass, as x and mu_c do not change between steps."""
+        K = w0.shape[0]
+        phi = w0.reshape(K, self.n)
+        mu = mu0.repeat_interleave(self.Phi.code_ch)
+        M = torch.eye(K, dtype=phi.dtype, device=phi.device) - (phi @ phi.T) * mu
+        return M, _rows(x) @ (phi.T * mu), (x.shape[0], K, *x.shape[2:])
+
+    def _pointwise_prox_step(self, g0, gram: tuple, mu0, lam0, nonneg: bool) -> torch.Tensor:
+        """h_0 = S_{mu lam}(g_0 M + C) (phi_gram; g_0 = 0.0 in the first step)."""
+        M, C, shape = gram
+        z = _unrows(torch.addmm(C, _rows(g0), M) if torch.is_tensor(g0) else C.clone(), shape)
+        thr = self._per_channel(mu0 * lam0, self.Phi.code_ch)
+        if nonneg:
+            return z.sub_(thr).relu_() if not torch.is_grad_enabled() else (z - thr).relu()
+        return soft_threshold(z, thr, inplace=not torch.is_grad_enabled())
 
     def _prox_step(self, g, mu, lam, channels: int, analysis, nonneg: bool | None = None) -> torch.Tensor:
         """S_{mu lam}(g - mu A^T s) for per-class mu, lam (m,), with analysis(bias) = A^T s + bias.
@@ -293,10 +332,11 @@ class MLCSC(nn.Module):
         W = self._kernels() if W is None else W
         p = self.learned()
         gamma_L, h = None, None  # None: gamma_{c,L} = 0
+        gram = self.phi_gram(x, W[0], p["mu0"]) if self.pointwise_phi else None
         for t in range(self.config["T"]):
             lam0 = self.lam_schedule(t, p["lam_min"])
             for _ in range(self.config["M"]):
-                h = self.ml_ista_step(x, gamma_L, lam0, W, p)
+                h = self.ml_ista_step(x, gamma_L, lam0, W, p, gram)
                 gamma_L = h[-1]
                 if residuals is not None:
                     rec = self.Phi.synthesis_sum(self._gamma_c(h, W), w=W[0])

@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..memory import keep_freed_memory
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,6 +37,7 @@ def free_port() -> int:
 def _worker(rank: int, world: int, port: int, gpus: list | None, result: str, fn: Callable, args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    keep_freed_memory()  # as the server process (memory.py)
     backend = "nccl" if gpus else "gloo"
     if gpus:
         torch.cuda.set_device(int(gpus[rank]))
