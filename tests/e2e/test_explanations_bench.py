@@ -26,6 +26,8 @@ def test_benchmark_small(tmp_path, capsys):
             assert m["inference_time_ratio"] > 0 and len(s["residual_per_step"]) >= 1
     assert [len(saved["models"][v]["summary"]["residual_per_step"]) for v in ("mlcsc", "mlcsc_steps2",
                                                                            "mlcsc_steps1")] == [4, 2, 1]
+    assert [r["steps"] for r in saved["steps_sweep"]] == [1, 2, 4] and (out / "steps_sweep.png").is_file()
+    assert "mlcsc_steps2" not in [r["variant"] for r in saved["beta_sweep"]]  # one factor per sweep
     # design 2 keeps lambda >= 0 and mu ||D||^2 <= 1 by construction, even after one epoch
     assert r["models"]["mlcsc"]["aims_met"]["parameters"] is True
     assert r["models"]["mlcsc"]["summary"]["lattice_vs_image_max"] < r["models"]["mlcsc_design1"]["summary"][

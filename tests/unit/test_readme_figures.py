@@ -77,6 +77,22 @@ def test_shipped_explanation_figures_are_those_of_the_recorded_run():
     assert f"WT {m['summary']['dice']['WT']:.3f}" in flat
 
 
+def test_steps_trade_off_figures_are_those_of_the_recorded_run():
+    """Issue 16's inference-time trade-off: the README quotes the steps run's table, time ratios and command."""
+    from sparsesight.bench.explanations import markdown_table, steps_sweep
+
+    r = json.loads((ROOT / "bench" / "results" / "steps_tradeoff" / "explanations.json").read_text())
+    assert [row["steps"] for row in steps_sweep(r)] == [1, 2, 4] and r["steps_sweep"] == steps_sweep(r)
+    flat = " ".join(section("ML-CSC explanations, measured").split())
+    assert r["command"] in flat and [line for line in markdown_table(r) if line not in flat] == []
+    m = r["models"]
+    assert (f"at {m['mlcsc_steps2']['inference_time_ratio']:.2f}× UNet's time against "
+            f"{m['mlcsc']['inference_time_ratio']:.2f}×") in flat
+    assert f"One step meets the time aim ({m['mlcsc_steps1']['inference_time_ratio']:.2f}×)" in flat
+    assert f"UNet {r['unet_inference_s']:.2f} s" in flat
+    assert (ROOT / "bench" / "results" / "steps_tradeoff" / "steps_sweep.png").is_file()
+
+
 def test_earlier_explanation_figures_are_those_of_the_recorded_run():
     from sparsesight.bench.explanations import markdown_table
 

@@ -35,6 +35,7 @@ from ..data.io import load_image, load_label
 from ..explain import quality
 from ..metrics import region_dice
 from ..models.baselines import unet
+from ..models.mlcsc import default_config
 from ..preview import png_bytes, pyplot
 from ..runners import get as runner_of
 from ..training import train
@@ -241,6 +242,10 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
     if len(sweep) >= 2:
         results["beta_sweep"] = sweep
         (out_dir / "beta_sweep.png").write_bytes(_sweep_png(sweep, results["downsample_mm"]))
+    steps = steps_sweep(results)
+    if len(steps) >= 2:
+        results["steps_sweep"] = steps
+        (out_dir / "steps_sweep.png").write_bytes(_steps_png(steps, results["downsample_mm"]))
     if command:
         results["command"] = command
     (out_dir / "explanations.json").write_text(json.dumps(quality.jsonable(results), indent=2))
@@ -254,13 +259,59 @@ def beta_sweep(results: dict) -> list[dict]:
     rows = []
     for name, r in results["models"].items():
         cfg = r.get("config") or {}
-        if r["model"] != "mlcsc" or cfg.get("design", 2) != 2:
+        if r["model"] != "mlcsc" or cfg.get("design", 2) != 2 or _steps(cfg) != _steps(default_config()):
             continue
         s = r["summary"]
         rows.append({"variant": name, "beta": float(cfg.get("beta", 0.0)), "eta": float(cfg.get("eta", 0.0)),
                      "relative_error_max": s["relative_error_max"], "relative_error_mean": s["relative_error_mean"],
                      "dice": s["dice"], "localisation_truth": s.get("localisation_truth")})
     return sorted(rows, key=lambda r: (r["beta"], r["eta"]))
+
+
+def _steps(cfg: dict) -> int:
+    return int(cfg.get("T", 1)) * int(cfg.get("M", 1))
+
+
+def steps_sweep(results: dict) -> list[dict]:
+    """The design-2 ML-CSC variants of a run with the served beta, eta ordered by their unrolled steps T x M: the
+    trade-off of issue 16 between inference time, Dice and the explanation (localisation, reconstruction)."""
+    d = default_config()
+    rows = []
+    for name, r in results["models"].items():
+        cfg = r.get("config") or {}
+        if r["model"] != "mlcsc" or cfg.get("design", 2) != 2 or (cfg.get("beta"), cfg.get("eta")) != (
+                d["beta"], d["eta"]):
+            continue
+        s = r["summary"]
+        rows.append({"variant": name, "steps": _steps(cfg), "T": cfg.get("T"), "M": cfg.get("M"),
+                     "inference_time_ratio": r.get("inference_time_ratio"), "inference_s": r.get("inference_s"),
+                     "relative_error_max": s["relative_error_max"], "dice": s["dice"],
+                     "localisation_truth": s.get("localisation_truth"), "aims_met": r.get("aims_met")})
+    return sorted(rows, key=lambda r: r["steps"])
+
+
+def _steps_png(sweep: list[dict], mm) -> bytes:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    steps = [r["steps"] for r in sweep]
+    for k, c in (("WT", "tab:green"), ("TC", "tab:orange"), ("ET", "tab:red")):
+        axes[0].plot(steps, [r["dice"][k] for r in sweep], "o-", color=c, label=f"Dice {k}")
+    for c, col in zip(TUMOUR.values(), ("tab:blue", "tab:purple", "tab:red")):
+        axes[1].plot(steps, [(r["localisation_truth"] or {}).get(c, np.nan) for r in sweep], "o-", color=col, label=c)
+    axes[1].axhline(quality.AIMS["localisation_ratio_min"], color="k", lw=0.6, ls=":")
+    times = [r["inference_time_ratio"] if r["inference_time_ratio"] is not None else np.nan for r in sweep]
+    axes[2].plot(steps, times, "s-", color="k")
+    axes[2].axhline(1.0, color="k", lw=0.6, ls=":")
+    for ax, title in zip(axes, ("Dice (held-out)", "component localisation ratio", "inference time / UNet's")):
+        ax.set_xlabel("unrolled steps T × M")
+        ax.set_xticks(steps)
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"ML-CSC design 2: unrolled steps on held-out phantoms at {mm} mm (served: "
+                 f"{_steps(default_config())})", fontsize=9)
+    fig.tight_layout()
+    return png_bytes(fig, dpi=90)
 
 
 def _sweep_png(sweep: list[dict], mm) -> bytes:
