@@ -275,12 +275,16 @@ class MLCSC(nn.Module):
             gram = self.phi_gram(x, W[0], p["mu0"]) if gram is None else gram
             h = [self._pointwise_prox_step(g[0], gram, p["mu0"], lam0, nonneg0)]
         else:
-            r = -x if gamma_L is None else self.Phi.synthesis_sum(g[0], w=W[0]) - x  # sum_c Phi_c g_0,c - x
+            # sum_c Phi_c g_0,c - x; the first step (g_0 = 0) passes -r = x (_prox_step)
+            r = x if gamma_L is None else self.Phi.synthesis_sum(g[0], w=W[0]) - x
             h = [self._prox_step(g[0], p["mu0"], lam0, self.Phi.code_ch,
                                  lambda b: self.Phi.T_shared(r, b, w=W[0]), nonneg=nonneg0)]
         inplace = not torch.is_grad_enabled()  # inference: g_0..g_{L-1} are fresh and used once, reuse them
         for l, D in enumerate(self.D, start=1):
-            diff = g[l - 1].sub_(h[l - 1]) if inplace and torch.is_tensor(g[l - 1]) else g[l - 1] - h[l - 1]
+            if torch.is_tensor(g[l - 1]):
+                diff = g[l - 1].sub_(h[l - 1]) if inplace else g[l - 1] - h[l - 1]
+            else:  # first step: g_{l-1} = 0, residual -h_{l-1}; _prox_step takes the analysis of its negative
+                diff = h[l - 1]
             h.append(self._prox_step(g[l], p["mu"][l - 1], p["lam"][l - 1], D.code_ch,
                                      lambda b, D=D, diff=diff, w=W[l]: D.T(diff, b, w=w)))
         return h
@@ -305,8 +309,11 @@ class MLCSC(nn.Module):
     def _pointwise_prox_step(self, g0, gram: tuple, mu0, lam0, nonneg: bool) -> torch.Tensor:
         """h_0 = S_{mu lam}(g_0 M + C) (phi_gram; g_0 = 0.0 in the first step)."""
         M, C, shape = gram
-        z = _unrows(torch.addmm(C, _rows(g0), M) if torch.is_tensor(g0) else C.clone(), shape)
         thr = self._per_channel(mu0 * lam0, self.Phi.code_ch)
+        if not torch.is_tensor(g0):  # z = C, which the later steps still need: thresholded into a new tensor
+            z = _unrows(C, shape)
+            return (z - thr).relu_() if nonneg else soft_threshold(z, thr)
+        z = _unrows(torch.addmm(C, _rows(g0), M), shape)
         if nonneg:
             return z.sub_(thr).relu_() if not torch.is_grad_enabled() else (z - thr).relu()
         return soft_threshold(z, thr, inplace=not torch.is_grad_enabled())
@@ -315,12 +322,17 @@ class MLCSC(nn.Module):
         """S_{mu lam}(g - mu A^T s) for per-class mu, lam (m,), with analysis(bias) = A^T s + bias.
 
         For S_lam(z) = ReLU(z - lam): ReLU(g - mu (A^T s + lam)), the threshold riding on the convolution's
-        bias and g - mu(.) fused in one addcmul (g = 0.0 in the first step). nonneg=False (or config "nonneg"
-        False): the two-sided S_lam(z) = sign(z) max(|z| - lam, 0)."""
+        bias and g - mu(.) fused in one addcmul. In the first step (g = 0.0) `analysis` is that of -s, so that
+        nobody negates s: z = mu (A^T(-s) - bias). nonneg=False (or config "nonneg" False): the two-sided
+        S_lam(z) = sign(z) max(|z| - lam, 0)."""
         mu_c = self._per_channel(mu, channels)
         nonneg = self.config["nonneg"] if nonneg is None else nonneg
-        grad = analysis(lam.repeat_interleave(channels) if nonneg else None)
-        z = -mu_c * grad if isinstance(g, float) else torch.addcmul(g, mu_c, grad, value=-1.0)
+        bias = lam.repeat_interleave(channels) if nonneg else None
+        if isinstance(g, float):
+            d = analysis(None if bias is None else -bias)
+            z = d.mul_(mu_c) if not torch.is_grad_enabled() else d * mu_c
+        else:
+            z = torch.addcmul(g, mu_c, analysis(bias), value=-1.0)
         if not nonneg:
             # inference: on the fresh z in place (one temporary less)
             return soft_threshold(z, self._per_channel(mu * lam, channels), inplace=not torch.is_grad_enabled())
