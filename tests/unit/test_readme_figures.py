@@ -93,6 +93,41 @@ def test_steps_trade_off_figures_are_those_of_the_recorded_run():
     assert (ROOT / "bench" / "results" / "steps_tradeoff" / "steps_sweep.png").is_file()
 
 
+def test_two_step_trial_is_that_of_its_card_and_its_timed_run():
+    """Issue 16: the full-recipe trial with T x M = 2 (bench/results/steps2_trial) beside the shipped four steps."""
+    from sparsesight import model_card
+    from sparsesight.bench.explanations import markdown_table
+
+    shipped = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / "mlcsc.pt")
+    trial = model_card.read(ROOT / "bench" / "results" / "steps2_trial" / "mlcsc.pt")
+    assert (trial["config"]["T"], trial["config"]["M"], shipped["config"]["T"] * shipped["config"]["M"]) == (1, 2, 4)
+    assert {k: v for k, v in trial["config"].items() if k not in ("T", "M")} == {
+        k: v for k, v in shipped["config"].items() if k not in ("T", "M")}
+    text = section("ML-CSC explanations, measured")
+    flat = " ".join(text.split())
+    cards = {"mlcsc (4 steps, shipped)": shipped, "mlcsc, 2 steps (CPU trial)": trial}
+    lines = model_card.readme_table(cards) + model_card.off_grid_case_table(cards)
+    assert [line for line in lines if line not in text] == [], "README's two-step trial tables differ from the cards"
+    assert f"`{trial['training']['command']}`, {trial['training']['seconds']:,.0f} s" in flat
+    def gap(split, k):  # of the figures as the tables show them (3 decimals), with the README's minus sign
+        v = round(trial["evaluation"]["dice"][split][k], 3) - round(shipped["evaluation"]["dice"][split][k], 3)
+        return f"{v:.3f}".replace("-", "−")
+
+    assert f"held-out WT / TC / ET {' / '.join(gap('held-out', k) for k in ('WT', 'TC', 'ET'))}" in flat
+    assert f"off the grid ET {gap('off-grid: 4 varied phantoms of seed 2000', 'ET')}" in flat
+    r = json.loads((ROOT / "bench" / "results" / "steps2_trial" / "explanations" / "explanations.json").read_text())
+    assert {m: v["version"] for m, v in r["models"].items()} == {"mlcsc": shipped["version"],
+                                                                  "mlcsc_steps2": trial["version"]}
+    assert r["command"] in flat and [line for line in markdown_table(r) if line not in text] == []
+    m = r["models"]
+    assert (f"Time: {m['mlcsc_steps2']['inference_time_ratio']:.2f}× UNet's against "
+            f"{m['mlcsc']['inference_time_ratio']:.2f}× in this run") in flat
+    before = json.loads((ROOT / "bench" / "results" / "explanations_shipped" / "explanations.json").read_text())
+    assert (f"made the shipped ML-CSC {m['mlcsc']['inference_s']:.1f} s on this case against "
+            f"{before['models']['mlcsc']['inference_s']:.1f} s") in flat
+    assert f"({r['unet_inference_s']:.2f} s against {before['unet_inference_s']:.2f} s)" in flat
+
+
 def test_earlier_explanation_figures_are_those_of_the_recorded_run():
     from sparsesight.bench.explanations import markdown_table
 
