@@ -269,7 +269,9 @@ def beta_sweep(results: dict) -> list[dict]:
 
 
 def _steps(cfg: dict) -> int:
-    return int(cfg.get("T", 1)) * int(cfg.get("M", 1))
+    """T x M of a variant's config (a key it does not set: the default's)."""
+    d = default_config()
+    return int(cfg.get("T", d["T"])) * int(cfg.get("M", d["M"]))
 
 
 def steps_sweep(results: dict) -> list[dict]:
