@@ -126,6 +126,7 @@ def test_two_step_trial_is_that_of_its_card_and_its_timed_run():
     assert (f"made the shipped ML-CSC {m['mlcsc']['inference_s']:.1f} s on this case against "
             f"{before['models']['mlcsc']['inference_s']:.1f} s") in flat
     assert f"({r['unet_inference_s']:.2f} s against {before['unet_inference_s']:.2f} s)" in flat
+    assert f"with this release's speed-ups {m['mlcsc']['inference_time_ratio']:.2f}× (both models faster" in flat
 
 
 def test_earlier_explanation_figures_are_those_of_the_recorded_run():
