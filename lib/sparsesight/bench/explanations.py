@@ -253,15 +253,21 @@ def run(epochs: int = 40, sum_epochs: int = 10, out: str = "bench/results", n_ca
     return results
 
 
+def _design2_variants(results: dict):
+    """(name, result, config, summary) of each design-2 ML-CSC variant of a run: the points of its sweeps."""
+    for name, r in results["models"].items():
+        cfg = r.get("config") or {}
+        if r["model"] == "mlcsc" and cfg.get("design", 2) == 2:
+            yield name, r, cfg, r["summary"]
+
+
 def beta_sweep(results: dict) -> list[dict]:
     """The design-2 ML-CSC variants of a run ordered by beta: the trade-off of issue 16 between the reconstruction
     term's weight, the reconstruction error and the Dice."""
     rows = []
-    for name, r in results["models"].items():
-        cfg = r.get("config") or {}
-        if r["model"] != "mlcsc" or cfg.get("design", 2) != 2 or _steps(cfg) != _steps(default_config()):
+    for name, _r, cfg, s in _design2_variants(results):
+        if _steps(cfg) != _steps(default_config()):
             continue
-        s = r["summary"]
         rows.append({"variant": name, "beta": float(cfg.get("beta", 0.0)), "eta": float(cfg.get("eta", 0.0)),
                      "relative_error_max": s["relative_error_max"], "relative_error_mean": s["relative_error_mean"],
                      "dice": s["dice"], "localisation_truth": s.get("localisation_truth")})
@@ -279,12 +285,9 @@ def steps_sweep(results: dict) -> list[dict]:
     trade-off of issue 16 between inference time, Dice and the explanation (localisation, reconstruction)."""
     d = default_config()
     rows = []
-    for name, r in results["models"].items():
-        cfg = r.get("config") or {}
-        if r["model"] != "mlcsc" or cfg.get("design", 2) != 2 or (cfg.get("beta"), cfg.get("eta")) != (
-                d["beta"], d["eta"]):
+    for name, r, cfg, s in _design2_variants(results):
+        if (cfg.get("beta"), cfg.get("eta")) != (d["beta"], d["eta"]):
             continue
-        s = r["summary"]
         rows.append({"variant": name, "steps": _steps(cfg), "T": cfg.get("T"), "M": cfg.get("M"),
                      "inference_time_ratio": r.get("inference_time_ratio"), "inference_s": r.get("inference_s"),
                      "relative_error_max": s["relative_error_max"], "dice": s["dice"],
