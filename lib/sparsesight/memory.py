@@ -6,7 +6,7 @@ of free space, so the large temporaries of a 3D forward pass are page-faulted in
 freed memory in the heap (blocks up to 32 MiB from the heap, no trimming below 2 GiB of free top) removes most of
 those faults. Measured on 2 cores (one 96³ window, shipped weights): ML-CSC 0.82 -> 0.61 s, MONAI's UNet
 0.17 -> 0.15 s, minor page faults 3.5x fewer, peak RSS 5-15 % higher. The price: up to 2 GiB of freed memory
-stays with the process instead of going back to the system (`release_freed_memory` returns it).
+stays with the process instead of going back to the system.
 
 Called by the server app, the CLI and the benchmarks (so benchmark times are the server's); not on import, so a
 process that only reads bundles (3D Slicer) keeps its own allocator settings. SPARSESIGHT_MALLOC=system opts out.
@@ -51,8 +51,3 @@ def keep_freed_memory() -> dict | None:
     logger.debug("malloc: freed memory kept in the heap (%s)", _applied)
     return _applied
 
-
-def release_freed_memory() -> bool:
-    """Return the heap's free memory to the system (malloc_trim); False where unavailable."""
-    libc = _glibc()
-    return bool(libc and libc.malloc_trim(0))
