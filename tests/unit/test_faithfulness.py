@@ -95,7 +95,52 @@ def test_similarity_closed_forms():
     s = Fa.similarity(a, 3 * a)
     assert s["spearman_abs"] == pytest.approx(1.0) and s["spearman"] == pytest.approx(1.0)
     assert s["ssim_abs"] == pytest.approx(1.0)
-    assert Fa.similarity(a, -a)["spearman"] == pytest.approx(-1.0)
+    inv = Fa.similarity(a, -a)
+    assert inv["spearman"] == pytest.approx(-1.0) and inv["spearman_abs"] == pytest.approx(1.0)
+    assert not Fa.passes(inv["spearman"])  # an inverted map is the same picture
+    # the maps are compared as shown: summed over channels (a channel swap changes nothing)
+    assert Fa.similarity(a, a.flip(0))["spearman"] == pytest.approx(1.0)
+    # a constant map ranks nothing: undefined, and the check fails (it was written 0, a pass)
+    const = Fa.similarity(a, torch.zeros_like(a))
+    assert const["spearman"] is None and const["spearman_abs"] is None and not Fa.passes(None)
+
+
+def _tiny_sum():
+    torch.manual_seed(0)
+    return models.build("sum", {"levels": 2, "features": 4}).eval()
+
+
+def test_randomised_layers_come_from_the_models_own_random_initialisation():
+    """Adebayo et al. 2018 re-initialise to the initialisation's random weights. SUM starts from near-identity
+    filter banks (not random): its layers come from SUM's random initialisation (variance-preserving, so the
+    randomised network's output is not shrunk to a constant and the check stays defined); ML-CSC's
+    dictionaries come with their power-iteration probe, so ||D|| = 1 holds for the new kernels."""
+    net = _tiny_sum()
+    rand, layers = Fa.randomised_layers(net, seed=3)
+    assert [n for n, _ in layers][:2] == ["omega", "b_dec_out"] and layers[-1][0] == "enc0.0"
+    for _, randomise in layers:
+        randomise()
+    twin = models.build("sum", {**net.config, "init": "random"})
+    for (name, p), (_, q) in zip(rand.named_parameters(), net.named_parameters()):
+        assert not torch.equal(p, q) or name.startswith("b_") or name == "omega.bias", name  # constant starts
+    assert float(rand.enc1[0].weight.std()) == pytest.approx(float(twin.enc1[0].weight.std()), rel=0.2)
+    assert torch.equal(rand.alpha, net.alpha)  # the root's settings are kept
+    x = torch.randn(1, 4, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    r = Fa.model_randomisation(net, x, A.attribute(net, x, "gradient", 1, region="all"), "gradient", 1, region="all")
+    assert r["spearman"] is not None and r["spearman_abs"] is not None
+    # ML-CSC design 2: every dictionary of the randomised copy still has norm 1
+    torch.manual_seed(0)
+    m = models.build("mlcsc", {"atoms": [8, 8, 8, 8]}).eval()
+    rand, layers = Fa.randomised_layers(m, seed=1)
+    for _, randomise in layers:
+        randomise()
+    for name in ("Phi", "D.0", "D.2"):
+        d = rand.get_submodule(name)
+        assert not torch.equal(d.raw, m.get_submodule(name).raw)
+        d2 = type(d)(d.groups, d.raw.shape[1], d.code_ch, d.raw.shape[-1], d.stride, d.joint)
+        d2.raw.data.copy_(d.raw)
+        d2.refresh_norm(200)
+        assert float(d.sigma()) == pytest.approx(float(d2.sigma()), rel=0.02), name
 
 
 def test_voxel_order_ranks_the_channel_sum():
@@ -147,17 +192,25 @@ def test_served_bundle_entries_carry_faithfulness(tmp_path, monkeypatch):
         assert 0 <= f["deletion_auc"] <= 1 and 0 <= f["insertion_auc"] <= 1
         assert math.isclose(sum(e["modality_share"].values()), 1.0, rel_tol=1e-4)
         # the sanity check: the same method on a randomly re-initialised copy, flagged when it barely changes
+        # (judged on the map as shown, summed over modalities and signed; its magnitude gets its own verdict)
         q = e["quality"]
-        assert -1 <= q["model_randomisation_spearman_abs"] <= 1
-        assert q["sane"] == (q["model_randomisation_spearman_abs"] <= Fa.SANITY_MAX_SPEARMAN)
-        assert any("sanity check" in f for f in q["flags"]) == (not q["sane"])
+        assert -1 <= q["model_randomisation_spearman"] <= 1 and -1 <= q["model_randomisation_spearman_abs"] <= 1
+        assert q["sane"] == (abs(q["model_randomisation_spearman"]) <= Fa.SANITY_MAX_SPEARMAN)
+        assert q["magnitude_sane"] == (abs(q["model_randomisation_spearman_abs"]) <= Fa.SANITY_MAX_SPEARMAN)
+        flags = [f for f in q["flags"] if "model-randomisation" in f]
+        assert len(flags) == (not q["sane"] or not q["magnitude_sane"])
+        assert any(f.startswith("its magnitude fails") for f in flags) == (q["sane"] and not q["magnitude_sane"])
         # and the data randomisation: the same method on the null model (same configuration, other weights)
-        assert q["data_sane"] == (q["data_randomisation_spearman_abs"] <= Fa.SANITY_MAX_SPEARMAN)
-        assert any("data-randomisation" in f for f in q["flags"]) == (not q["data_sane"])
+        assert q["data_sane"] == (abs(q["data_randomisation_spearman"]) <= Fa.SANITY_MAX_SPEARMAN)
+        assert q["magnitude_data_sane"] == (abs(q["data_randomisation_spearman_abs"]) <= Fa.SANITY_MAX_SPEARMAN)
+        assert any("data-randomisation" in f for f in q["flags"]) == (not q["data_sane"] or
+                                                                      not q["magnitude_data_sane"])
     rows = bundle.read(tmp_path / "b.zip").table("attribution/quality")
-    sanity = [r for r in rows if r["metric"] == "model_randomisation_spearman_abs"]
-    assert len(sanity) == 2 and all(r["aim"] == "<= 0.3" and r["status"] in ("ok", "FAIL") for r in sanity)
-    assert len([r for r in rows if r["metric"] == "data_randomisation_spearman_abs"]) == 2
+    for check in ("model", "data"):
+        for metric in (f"{check}_randomisation_spearman", f"{check}_randomisation_spearman_abs"):
+            sanity = [r for r in rows if r["metric"] == metric]
+            assert len(sanity) == 2 and all(r["aim"] == "|rho| <= 0.3" and r["status"] in ("ok", "FAIL")
+                                            for r in sanity)
     # the stored map is the channel sum of attribute()
     ig = A.attribute(net, x, "ig", 1, region="all", steps=4)
     vol, _ = bundle.read(tmp_path / "b.zip").volume("attribution/ig/oedema")

@@ -207,6 +207,14 @@ def test_attribution_figures_are_those_of_the_recorded_attribution_bench():
     readme = " ".join((ROOT / "README.md").read_text().split())
     cost = r["ig_cost"]
     assert f"IG {cost['mlcsc']['ratio']:.2f}× its floor on ML-CSC ({cost['sum']['ratio']:.2f}× on SUM)" in readme
+    # the XRAI-against-IG figures of the summary row and of bench/README.md's bullet
+    gain = {(g["model"], g["target"], g["method"]): g["deletion_gain"] for g in r["faithfulness"]}
+    pair = {(m, t): f"{gain[(m, t, 'xrai')]:.2f} vs {gain[(m, t, 'ig')]:.2f}"
+            for m in ("sum", "mlcsc") for t in ("enhancing", "oedema")}
+    assert (f"XRAI ≥ IG on SUM (enhancing {pair[('sum', 'enhancing')]}, oedema {pair[('sum', 'oedema')]}), not on "
+            f"ML-CSC ({pair[('mlcsc', 'enhancing')]}, {pair[('mlcsc', 'oedema')]})") in readme
+    bench = " ".join(text.split())
+    assert all(f"({v}" in bench for v in pair.values())
 
 
 def test_whole_brain_figures_are_those_of_the_recorded_bench():

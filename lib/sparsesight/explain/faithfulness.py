@@ -9,8 +9,9 @@ insertion AUC. Baselines: zero for deletion (the normalised mean), a Gaussian bl
 
 Model randomisation (Adebayo et al. 2018, Sec. 3.1, cascading): re-initialise the layers from the output towards
 the input, one more each time, recompute the map and report its similarity to the map of the trained model
-(Spearman rank correlation of |map| and of the signed map, SSIM of |map|). A map that depends on what the model
-learned loses its similarity as layers are randomised.
+(Spearman rank correlation of the map as shown, summed over channels, and of its magnitude; SSIM of the
+magnitude). A map that depends on what the model learned loses its similarity as layers are randomised. Layers are
+re-initialised from the model's own random initialisation (random_twin).
 
 Data randomisation (Adebayo et al. 2018, Sec. 3.2): the same comparison against a model of the same architecture
 trained with the same recipe on permuted labels (data_randomisation).
@@ -157,10 +158,35 @@ def parameterised_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [t for t in reversed(mods) if t[0] != "(root)"] + root
 
 
+def random_twin(model: nn.Module, seed: int = 0) -> nn.Module | None:
+    """A freshly initialised model of `model`'s class and configuration (seeded), the distribution a layer is
+    re-initialised from (Adebayo et al. 2018: "re-initialize ... to random weights" of the initialisation);
+    a structured start (SUM's near-identity filter banks, config init="identity") becomes the model's random
+    initialisation. None when the model cannot be rebuilt from a `config`."""
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, dict):
+        return None
+    cfg = {**cfg, "init": "random"} if cfg.get("init") == "identity" else dict(cfg)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            twin = type(model)(**cfg)
+    except (TypeError, ValueError):
+        return None
+    return twin.to(next(model.parameters()).device).eval()
+
+
 @torch.no_grad()
-def reinitialise(module: nn.Module, generator: torch.Generator):
-    """Fresh random weights: the module's reset_parameters when it has one (its own initialisation), else
-    Gaussian values with each parameter's mean and standard deviation."""
+def reinitialise(module: nn.Module, generator: torch.Generator, twin: nn.Module | None = None,
+                 buffers: bool = True):
+    """Fresh random weights. With `twin` (the same module of random_twin's model): its parameters, and with
+    `buffers` its buffers too (a dictionary's power-iteration probe goes with its kernel). Else the module's
+    reset_parameters when it has one, else Gaussian values with each parameter's mean and standard deviation."""
+    if twin is not None:
+        state = [*twin.named_parameters(recurse=False), *(twin.named_buffers(recurse=False) if buffers else ())]
+        for name, t in state:
+            getattr(module, name).copy_(t)
+        return
     if callable(getattr(module, "reset_parameters", None)):
         module.reset_parameters()  # type: ignore[operator]
         return
@@ -169,21 +195,46 @@ def reinitialise(module: nn.Module, generator: torch.Generator):
         p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) * (std or 1.0) + p.mean())
 
 
-def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Spearman rank correlation of |a|, |b| and of a, b; SSIM of |a|, |b| (channel-summed, scaled to [0, 1])."""
+def randomised_layers(model: nn.Module, seed: int = 0):
+    """(copy, [(name, re-initialise the copy's layer)]) from the output end: the copy of `model` whose layers the
+    callables re-initialise one by one (from random_twin's model when it can be built, else reinitialise's rules)."""
+    rand = copy.deepcopy(model)
+    twin = random_twin(model, seed)
+    twin_mods = dict(twin.named_modules()) if twin is not None else {}
+    gen = torch.Generator().manual_seed(seed)
+    steps = []
+    for name, mod in parameterised_modules(rand):
+        t = twin_mods.get("" if name == "(root)" else name)
+        # the root's buffers are the model's settings (SUM's alpha), not weights: kept
+        steps.append((name, lambda mod=mod, t=t, b=name != "(root)": reinitialise(mod, gen, t, b)))
+    return rand, steps
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation; None when either ranking is undefined (a constant map ranks nothing)."""
     from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a.ravel(), b.ravel())[0])
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Similarity of two maps (C, *spatial) as a bundle shows them, summed over channels (served.voxel_map; the
+    viewers draw signed maps with a diverging colour map): `spearman` of the maps, `spearman_abs` of their
+    magnitudes, `ssim_abs` of the magnitudes scaled to [0, 1]. A Spearman is None when a map is constant."""
     from skimage.metrics import structural_similarity
 
-    a_np, b_np = a.detach().cpu().double().numpy(), b.detach().cpu().double().numpy()
-    out = {"spearman_abs": float(spearmanr(np.abs(a_np).ravel(), np.abs(b_np).ravel())[0]),
-           "spearman": float(spearmanr(a_np.ravel(), b_np.ravel())[0])}
-    sa, sb = np.abs(a_np).sum(0), np.abs(b_np).sum(0)
-    sa, sb = sa / (sa.max() or 1.0), sb / (sb.max() or 1.0)
+    sa = a.detach().cpu().double().numpy().sum(0)
+    sb = b.detach().cpu().double().numpy().sum(0)
+    out: dict = {"spearman": _spearman(sa, sb), "spearman_abs": _spearman(np.abs(sa), np.abs(sb))}
+    ma, mb = np.abs(sa), np.abs(sb)
+    ma, mb = ma / (ma.max() or 1.0), mb / (mb.max() or 1.0)
     try:
-        out["ssim_abs"] = float(structural_similarity(sa, sb, data_range=1.0))
+        out["ssim_abs"] = float(structural_similarity(ma, mb, data_range=1.0))
     except ValueError:  # an image smaller than SSIM's 7-voxel window
         out["ssim_abs"] = float("nan")
-    return {k: (0.0 if np.isnan(v) and k != "ssim_abs" else v) for k, v in out.items()}
+    return out
 
 
 def randomisation_check(model: nn.Module, x, method: str = "integrated_gradients", target: int = 1,
@@ -196,41 +247,44 @@ def randomisation_check(model: nn.Module, x, method: str = "integrated_gradients
     roi, _ = fixed_region(model, xb, target, region)  # the same region for every randomised model
     ref = attribute(model, xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
     rows = [{"layer": "(trained)", "n_randomised": 0, **similarity(ref[0], ref[0])}]
-    rand = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    layers = parameterised_modules(rand)
-    for i, (name, mod) in enumerate(tqdm(layers, desc="randomisation", disable=not progress, leave=False), 1):
-        reinitialise(mod, gen)
+    rand, layers = randomised_layers(model, seed)
+    for i, (name, randomise) in enumerate(tqdm(layers, desc="randomisation", disable=not progress, leave=False), 1):
+        randomise()
         amap = attribute(rand, xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
         rows.append({"layer": name, "n_randomised": i, **similarity(ref[0], amap[0])})
     return rows
 
 
-#: a map whose rank correlation (|map|) with the map of the fully randomised model is above this fails the check
+#: a map whose rank correlation with the map of the fully randomised model is above this (in absolute value: an
+#: inverted map is the same picture) fails the check; an undefined one (a constant map) fails too
 SANITY_MAX_SPEARMAN = 0.3
+
+
+def passes(rho: float | None) -> bool:
+    """The sanity verdict of a Spearman correlation against the other model's map: |rho| <= SANITY_MAX_SPEARMAN."""
+    return rho is not None and abs(rho) <= SANITY_MAX_SPEARMAN
 
 
 def _against(model: nn.Module, other: nn.Module, x, attr, method: str, target, region, **options) -> dict:
     """similarity() of `attr` (model's map) with the same method's map for `other`, both on `model`'s target
-    region, and `sane` (spearman_abs <= SANITY_MAX_SPEARMAN)."""
+    region; `sane`: the map as shown passes (spearman); `magnitude_sane`: its magnitude does (spearman_abs)."""
     x = plain(x)
     xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
     roi, _ = fixed_region(model.eval(), xb, target, region)
     amap = attribute(other.eval(), xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
     a = plain(attr)
     sim = similarity(a[0] if a.ndim == xb.ndim else a, amap[0])
-    return {**sim, "sane": bool(sim["spearman_abs"] <= SANITY_MAX_SPEARMAN)}
+    return {**sim, "sane": passes(sim["spearman"]), "magnitude_sane": passes(sim["spearman_abs"])}
 
 
 def model_randomisation(model: nn.Module, x, attr, method: str, target, region="predicted", seed: int = 0,
                         **options) -> dict:
     """The last step of the cascade at once: `attr` against the same method's map for a copy of `model` whose
-    every parameterised layer is re-initialised (on the trained model's target region). Returns similarity()
-    and `sane` (spearman_abs <= SANITY_MAX_SPEARMAN)."""
-    rand = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    for _, mod in parameterised_modules(rand):
-        reinitialise(mod, gen)
+    every parameterised layer is re-initialised (on the trained model's target region). Returns similarity(),
+    `sane` and `magnitude_sane` (_against)."""
+    rand, layers = randomised_layers(model, seed)
+    for _, randomise in layers:
+        randomise()
     return _against(model, rand, x, attr, method, target, region, **options)
 
 
@@ -239,8 +293,8 @@ def data_randomisation(model: nn.Module, null_model: nn.Module, x, attr, method:
     """Data randomisation (Adebayo et al. 2018, Sec. 3.2): `attr` against the same method's map for `null_model`,
     the same architecture trained with the same recipe on permuted labels (every image paired with another
     case's label map: pretrain --permute-labels), on the trained model's target region. A map that explains what
-    the model learned from the labels differs from the null model's (spearman_abs <= SANITY_MAX_SPEARMAN:
-    `sane`); a map the two models share shows the image or the architecture, not the learned relation."""
+    the model learned from the labels differs from the null model's (`sane`, `magnitude_sane` as _against); a
+    map the two models share shows the image or the architecture, not the learned relation."""
     return _against(model, null_model, x, attr, method, target, region, **options)
 
 
@@ -270,7 +324,7 @@ def randomisation_png(rows: list[dict], title: str = "") -> bytes:
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(rows)), 3.4))
     xs = np.arange(len(rows))
     for key in ("spearman_abs", "spearman", "ssim_abs"):
-        ax.plot(xs, [r[key] for r in rows], marker="o", label=key)
+        ax.plot(xs, [np.nan if r[key] is None else r[key] for r in rows], marker="o", label=key)
     ax.set_xticks(xs)
     ax.set_xticklabels([r["layer"] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("similarity to trained map")

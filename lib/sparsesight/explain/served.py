@@ -41,6 +41,7 @@ from .faithfulness import (
     data_randomisation,
     deletion_insertion,
     model_randomisation,
+    passes,
     reference_maps,
 )
 from .gradients import BASELINES
@@ -158,12 +159,22 @@ def _null_for(model, model_name: str | None) -> tuple:
     return null, info
 
 
+def _rho(v) -> str:
+    return "undefined (a constant map)" if v is None else f"{v:.2f}"
+
+
 def _record_check(q: dict, key: str, sane_key: str, result: dict, check: str, against: str) -> None:
-    """A sanity check's figure and verdict in a map's quality object q, and its flag when it fails."""
-    q[f"{key}_spearman_abs"], q[sane_key] = result["spearman_abs"], result["sane"]
+    """A sanity check's figures and verdicts in a map's quality object q (the map as shown: `sane_key`; its
+    magnitude: magnitude_`sane_key`), and a flag for each that fails."""
+    q[f"{key}_spearman"], q[f"{key}_spearman_abs"] = result["spearman"], result["spearman_abs"]
+    q[sane_key], q[f"magnitude_{sane_key}"] = result["sane"], result["magnitude_sane"]
     if not result["sane"]:
-        q["flags"].append(f"fails the {check}: Spearman {result['spearman_abs']:.2f} > {SANITY_MAX_SPEARMAN:g} with "
-                          f"the map of {against}")
+        q["flags"].append(f"fails the {check}: Spearman {_rho(result['spearman'])} (aim |rho| <= "
+                          f"{SANITY_MAX_SPEARMAN:g}) with the map of {against}")
+    elif not result["magnitude_sane"]:
+        q["flags"].append(f"its magnitude fails the {check} (Spearman of |map| {_rho(result['spearman_abs'])} > "
+                          f"{SANITY_MAX_SPEARMAN:g}): the strength of the map is much the same for {against}; "
+                          f"its sign (Spearman {_rho(result['spearman'])}) is what differs")
 
 
 def add_attributions(writer, model, x: torch.Tensor, options: dict | None, classes: dict | None = None,
@@ -201,13 +212,11 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
                 kw = _method_kw(req, method)
                 _record_check(q, "model_randomisation", "sane",
                               model_randomisation(model, x, attr, method, target, roi, **kw),
-                              "model-randomisation sanity check", "a randomly initialised model (it shows the image "
-                              "more than what the model learned)")
+                              "model-randomisation sanity check", "a randomly initialised model")
                 if null is not None:
                     _record_check(q, "data_randomisation", "data_sane",
                                   data_randomisation(model, null, x, attr, method, target, roi, **kw),
-                                  "data-randomisation check", "the same model trained on permuted labels (it does "
-                                  "not show what was learned from the labels)")
+                                  "data-randomisation check", "the same model trained on permuted labels")
             rows += quality_rows(f"{SHORT[method]}/{cname}", q)
             per_mod = attr.abs().flatten(1).sum(1)
             share = (per_mod / per_mod.sum().clamp_min(1e-30)).tolist()
@@ -235,18 +244,21 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
 def quality_rows(scope: str, q: dict) -> list[dict]:
     """Rows (set, scope, metric, value, aim, status) of one map's quality object, as explain.quality.table_rows."""
     above = {"deletion_gain_vs_random": FAITHFUL_MIN_GAIN, "deletion_gain_vs_sobel": 1.0}
-    below = {"model_randomisation_spearman_abs": SANITY_MAX_SPEARMAN,
-             "data_randomisation_spearman_abs": SANITY_MAX_SPEARMAN}
+    below = {f"{c}_randomisation_spearman{m}": SANITY_MAX_SPEARMAN for c in ("model", "data") for m in ("", "_abs")}
     rows = []
     for key, v in q.items():
         if key == "flags":
             continue
-        if isinstance(v, bool):  # faithful, sane, data_sane
+        if v is None:  # an undefined Spearman (a constant map)
+            rows.append({"set": "attribution", "scope": scope, "metric": key, "value": "undefined",
+                         "aim": f"|rho| <= {below.get(key, SANITY_MAX_SPEARMAN):g}", "status": "FAIL"})
+            continue
+        if isinstance(v, bool):  # faithful, sane, magnitude_sane, data_sane, magnitude_data_sane
             rows.append({"set": "attribution", "scope": scope, "metric": key, "value": str(v), "aim": "True",
                          "status": "ok" if v else "FAIL"})
             continue
         aim, ok = (f"> {above[key]:g}", v > above[key]) if key in above else \
-            (f"<= {below[key]:g}", v <= below[key]) if key in below else ("", None)
+            (f"|rho| <= {below[key]:g}", passes(v)) if key in below else ("", None)
         rows.append({"set": "attribution", "scope": scope, "metric": key, "value": f"{v:.4g}", "aim": aim,
                      "status": "" if ok is None else ("ok" if ok else "FAIL")})
     return rows
