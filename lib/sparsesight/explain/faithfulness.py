@@ -227,11 +227,10 @@ def similarity(a: torch.Tensor, b: torch.Tensor) -> dict:
 
     sa = a.detach().cpu().double().numpy().sum(0)
     sb = b.detach().cpu().double().numpy().sum(0)
-    out: dict = {"spearman": _spearman(sa, sb), "spearman_abs": _spearman(np.abs(sa), np.abs(sb))}
     ma, mb = np.abs(sa), np.abs(sb)
-    ma, mb = ma / (ma.max() or 1.0), mb / (mb.max() or 1.0)
+    out: dict = {"spearman": _spearman(sa, sb), "spearman_abs": _spearman(ma, mb)}
     try:
-        out["ssim_abs"] = float(structural_similarity(ma, mb, data_range=1.0))
+        out["ssim_abs"] = float(structural_similarity(ma / (ma.max() or 1.0), mb / (mb.max() or 1.0), data_range=1.0))
     except ValueError:  # an image smaller than SSIM's 7-voxel window
         out["ssim_abs"] = float("nan")
     return out
