@@ -7,6 +7,7 @@ import itertools
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import nnls as scipy_nnls
 
 from sparsesight import bundle, checkpoint, models
@@ -34,7 +35,9 @@ def make_model(protocol, grid):
 
 @pytest.fixture(scope="module")
 def trained(protocol):
-    """A small model trained on simulations (both networks), and its training set."""
+    """A small model trained on simulations (both networks), and its training set. The networks' initialisation
+    is seeded too: unseeded, 2 of 10 runs missed the 0.85x margin on ν (MAE 0.082-0.092 against 0.080)."""
+    torch.manual_seed(0)
     model = make_model(protocol, dif.small_grid(6, 5))
     data = ms_training.simulate_training_set(model, 2000, (25, 50, 100), seed=0)
     hist = ms_training.fit_networks(model, data, epochs=15, batch_size=64, lr=3e-3)

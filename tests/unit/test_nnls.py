@@ -93,7 +93,7 @@ def test_factored_gram_matches_the_dense_dictionary():
 
 
 def test_factored_gram_on_a_few_active_rows_gives_the_whole_batchs_numbers():
-    # matvec copies the active voxels' H once few are active: the same products, bit for bit (NNLS ties)
+    # matvec and sub on a few active rows give the whole batch's numbers, bit for bit (NNLS ties)
     rng = np.random.default_rng(4)
     m, q, n, b = 40, 9, 30, 12
     phi = torch.tensor(np.abs(rng.standard_normal((b, m, q))))

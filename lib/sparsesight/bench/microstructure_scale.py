@@ -32,7 +32,8 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
 - `nnls_chunks` (`--parts nnls_chunks`): the hybrid's NNLS (nnls_weights) on 4,096 simulated voxels of the HCP
   protocol, one thread, in batches of 2048 ... 128 voxels, 3 interleaved repetitions: median ms per voxel (the
   batch size sets its memory and cache use), and the voxels whose weights differ from the first size's with the
-  largest residual change.
+  largest residual change; then the whole hybrid estimate (NNLS and networks) per voxel at the default batch on
+  this protocol and on HCP MGH (M = 552, b up to 10,000), against the aim of 1 ms per voxel per core.
 
 Writes <out>/microstructure_scale.json (parts not run this time are kept from an earlier file). Figures depend on
 the machine's load; the JSON records it per part.
@@ -472,7 +473,31 @@ def bench_nnls_chunks(sizes=(2048, 1024, 512, 256, 128), n: int = 4096, reps: in
     for r in rows:
         logger.info(f"nnls chunks: {r}")
     return {"voxels": n, "protocol": p.name, "atoms": model.n_atoms, "default": msm.NNLS_CHUNK, "repetitions": reps,
-            "rows": rows}
+            "rows": rows, "hybrid": [hybrid_cost(q, n // 2, reps) for q in (p, dif.hcp_mgh_protocol())]}
+
+
+def hybrid_cost(p: dif.Protocol, n: int, reps: int) -> dict:
+    """The whole hybrid estimate (NNLS + split MLPs; the networks untrained: the cost is the same) at the default
+    batch on n simulated voxels of protocol p, one thread: median ms per voxel of wall and CPU time (the aim: 1 ms
+    per voxel per core)."""
+    import torch
+
+    from .. import models
+    from ..models import microstructure as msm
+
+    torch.set_num_threads(1)
+    model = models.build("microstructure", {**msm.default_config(), "protocol": p.to_config()})
+    sim = dif.simulate(p, n, 30.0, 0)
+    msm.estimate(model, sim["signal"][:64], sim["u"][:64])  # warm-up: the protocol's radius table, allocations
+    wall, cpu = [], []
+    for rep in range(reps):
+        est = msm.estimate(model, sim["signal"], sim["u"], "hybrid")
+        wall.append(1e3 * est["seconds"] / n)
+        cpu.append(1e3 * est["cpu_seconds"] / n)
+        logger.info(f"hybrid on {p.name} (M = {p.m}), repetition {rep + 1}/{reps}: {wall[-1]:.3f} ms/voxel")
+    return {"protocol": p.name, "m": p.m, "b_max": float(p.bvals.max()), "voxels": n, "chunk": msm.NNLS_CHUNK,
+            "ms_per_voxel": round(float(np.median(wall)), 3), "cpu_ms_per_voxel": round(float(np.median(cpu)), 3),
+            "ms_per_voxel_runs": [round(x, 3) for x in wall]}
 
 
 # ------------------------------------------------------------------------------------------------ jobs

@@ -157,14 +157,15 @@ class Microstructure(nn.Module):
 # ------------------------------------------------------------------------------------------------ dictionary
 def basis_layout(grid: dif.Grid, free_water: bool) -> dict:
     """Columns of Φ = [I_1 E_1 I_2 E_2 (fw)] and the 2-sparse S with D = Φ S: atom (k, r_i, f_j) is
-    f_j · I_k[:, i] + (1 - f_j) · E_k[:, j]."""
+    f_j · I_k[:, i] + (1 - f_j) · E_k[:, j]; "grid" the (I_k, E_k) blocks of every population (FactoredGram)."""
     nr, nf = len(grid.radii_um), len(grid.fractions)
     ir = np.repeat(np.arange(nr), nf)
     jf = np.tile(np.arange(nf), nr)
     fv = np.asarray(grid.fractions, dtype=np.float64)[jf]
-    ia, ib, ca, cb = [], [], [], []
+    ia, ib, ca, cb, blocks = [], [], [], [], []
     for k in range(K):
         off = k * (nr + nf)
+        blocks.append((off, nr, off + nr, nf))
         ia.append(off + ir)
         ib.append(off + nr + jf)
         ca.append(fv)
@@ -177,7 +178,7 @@ def basis_layout(grid: dif.Grid, free_water: bool) -> dict:
         cb.append(np.array([0.0]))
         q += 1
     return {"ia": np.concatenate(ia), "ib": np.concatenate(ib), "ca": np.concatenate(ca),
-            "cb": np.concatenate(cb), "q": q}
+            "cb": np.concatenate(cb), "q": q, "grid": blocks}
 
 
 def basis(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: bool = True,
@@ -197,23 +198,35 @@ def basis(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: boo
 
 
 def _problem(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: dif.Protocol | None = None):
-    """(FactoredGram of D^T D, Φ^T y, ||y||², Φ) for a batch of voxels."""
+    """(FactoredGram of D^T D, Φ^T y, ||y||²) for a batch of voxels. Φ is built and reduced GRAM_CHUNK voxels at
+    a time and never kept: its Gram is all that NNLS and fingerprinting need."""
     protocol = protocol or model.protocol
     key = ("lp", protocol.hash)  # the dictionary of the user's protocol, built on demand, cached by its hash
     if key not in model._cache:
         model._cache.clear()
         model._cache[key] = dif.intra_log_perp_table(protocol, model.grid.radii_um)
-    phi = basis(protocol, model.grid, u, model.free_water, model._cache[key])
-    yt = torch.as_tensor(y, dtype=torch.float64)
     lay = basis_layout(model.grid, model.free_water)
-    h = phi.transpose(1, 2) @ phi
-    return FactoredGram(h, lay["ia"], lay["ca"], lay["ib"], lay["cb"]), (yt[:, None] @ phi)[:, 0], (yt * yt).sum(1), phi
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    h = torch.empty(len(yt), lay["q"], lay["q"], dtype=torch.float64)
+    aty = torch.empty(len(yt), lay["q"], dtype=torch.float64)
+    for s in range(0, len(yt), GRAM_CHUNK):
+        phi = basis(protocol, model.grid, u[s:s + GRAM_CHUNK], model.free_water, model._cache[key])
+        torch.matmul(phi.transpose(1, 2), phi, out=h[s:s + GRAM_CHUNK])
+        aty[s:s + GRAM_CHUNK] = (yt[s:s + GRAM_CHUNK, None] @ phi)[:, 0]
+    return FactoredGram(h, lay["ia"], lay["ca"], lay["ib"], lay["cb"], lay["grid"]), aty, (yt * yt).sum(1)
 
 
-#: voxels per NNLS batch: Φ (chunk, M, Q) and H (chunk, Q, Q) in float64 stay in the CPU caches' reach. Measured on
-#: the HCP protocol with the paper's dictionary (one thread): 4.06 ms/voxel at 2048, 0.96 at 1024, 0.87 at 256;
-#: the residual is the same at every size, the weights of a few voxels whose optimum is not unique (nearly
-#: collinear small-radius atoms) may differ
+#: voxels whose Φ (GRAM_CHUNK, M, Q) is built and reduced to its Gram at once: small enough to stay in the CPU's
+#: caches between the two (float64, M = 552, Q = 115: 8 MB). Measured on that protocol, one thread, basis and
+#: Gram together: 0.74-0.80 ms/voxel at 8-16 voxels, 0.90 at 64, 1.44 at 256
+GRAM_CHUNK = 16
+
+
+#: voxels per NNLS batch: their H (chunk, Q, Q) in float64 and the solver's state (Φ is reduced GRAM_CHUNK voxels at
+#: a time). Recorded (bench microstructure_scale --parts nnls_chunks: HCP-size protocol, M = 288, the paper's
+#: dictionary, one thread): 0.90 ms/voxel at 2048, 0.82 at 1024, 0.84 at 256, 0.91 at 128. The residual is the same
+#: at every size; the weights of some voxels whose optimum is not unique (nearly collinear small-radius atoms)
+#: follow the round-off, which the batch's padding changes
 NNLS_CHUNK = 256
 
 
@@ -230,13 +243,12 @@ def nnls_weights(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: 
     res = np.zeros(len(y), dtype=np.float32)
     for s in range(0, len(y), chunk):
         e = min(s + chunk, len(y))
-        op, aty, yy, phi = _problem(model, y[s:e], u[s:e], protocol)
+        op, aty, yy = _problem(model, y[s:e], u[s:e], protocol)
         w, _ = nnls_gram(op, op.apply_st(aty[..., None])[..., 0])
-        nz = w > 0
-        # residual through the basis: ||y - Φ S w||
-        coef = op.basis_coefficients(*_sparse(w, nz))
-        r = torch.as_tensor(y[s:e]) - (phi @ coef[..., None])[..., 0]
-        res[s:e] = (r.norm(dim=1) / yy.sqrt().clamp_min(1e-12)).numpy()
+        # residual through the Gram: ||y - Φ v||² = ||y||² - 2 v·Φ^T y + v^T H v, v = S w
+        v = op.basis_coefficients(*_sparse(w, w > 0))
+        r2 = yy - 2 * (v * aty).sum(1) + (v * (op.h @ v[..., None])[..., 0]).sum(1)
+        res[s:e] = (r2.clamp_min(0).sqrt() / yy.sqrt().clamp_min(1e-12)).numpy()
         out_w[s:e] = w.numpy()
         if progress is not None:
             progress(e, len(y))
@@ -266,7 +278,7 @@ def fingerprint(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: d
     res = np.zeros(len(y), dtype=np.float32)
     for s in range(0, len(y), per):
         e = min(s + per, len(y))
-        op, aty, yy, _ = _problem(model, y[s:e], u[s:e], protocol)
+        op, aty, yy = _problem(model, y[s:e], u[s:e], protocol)
         b = op.apply_st(aty[..., None])[..., 0]  # D^T y (B, N_tot)
         h = op.h
         q2 = lay["q"] - int(model.free_water)  # basis columns of the populations

@@ -48,15 +48,27 @@ class DenseGram:
 class FactoredGram:
     """G = S^T H S where H = Φ^T Φ (B, Q, Q) is the Gram of a basis Φ and every atom is a combination of at
     most two basis columns: atom j = ca[j] Φ[:, ia[j]] + cb[j] Φ[:, ib[j]] (S is Q x N with 2 non-zeros a
-    column). Costs O(Q² + N) per matvec instead of O(N²)."""
+    column). Costs O(P Q + N) per matvec (P the passive atoms) instead of O(N²)."""
 
-    def __init__(self, h: torch.Tensor, ia, ca, ib, cb):
-        self.h = h.to(torch.float64)
+    def __init__(self, h: torch.Tensor, ia, ca, ib, cb, grid=None):
+        """`grid` (optional): blocks (a0, na, b0, nb) that tile the first atoms in order, atom (i, j) of a block
+        combining basis columns a0 + i and b0 + j (i major), as fingerprints over a (radius, fraction) grid do;
+        S^T then needs no gather on them (checked against ia, ib here)."""
+        self.h = h.to(torch.float64).contiguous()
         self.ia, self.ib = torch.as_tensor(ia, dtype=torch.long), torch.as_tensor(ib, dtype=torch.long)
         self.ca = torch.as_tensor(ca, dtype=torch.float64)
         self.cb = torch.as_tensor(cb, dtype=torch.float64)
         self.n = len(self.ia)
         self.q = self.h.shape[-1]
+        self.grid = [tuple(int(x) for x in blk) for blk in grid or []]
+        o = 0
+        for a0, na, b0, nb in self.grid:
+            ok = (torch.equal(self.ia[o:o + na * nb], a0 + torch.arange(na).repeat_interleave(nb))
+                  and torch.equal(self.ib[o:o + na * nb], b0 + torch.arange(nb).repeat(na)))
+            if not ok:
+                raise ValueError(f"grid block {(a0, na, b0, nb)} at atom {o} does not match ia, ib")
+            o += na * nb
+        self.n_grid = o
 
     def basis_coefficients(self, idx, val):
         """S[:, idx] @ val: (B, Q) coefficients on the basis of a sparse w."""
@@ -66,33 +78,41 @@ class FactoredGram:
         return v
 
     def apply_st(self, u):
-        """S^T u for u (B, Q, ...) -> (B, N, ...)."""
-        ca = self.ca.view(1, -1, *([1] * (u.ndim - 2)))
-        cb = self.cb.view(1, -1, *([1] * (u.ndim - 2)))
-        return ca * u.index_select(1, self.ia) + cb * u.index_select(1, self.ib)  # index_select: 2x a fancy index
+        """S^T u for u (B, Q, ...) -> (B, N, ...): on grid blocks ca ⊗ u[a] + cb ⊗ u[b] by broadcasting (30x a
+        gather of 256 voxels at the paper's grid), on the other atoms a gather."""
+        tail = [1] * (u.ndim - 2)
+        out = u.new_empty(u.shape[0], self.n, *u.shape[2:])
+        o = 0
+        for a0, na, b0, nb in self.grid:
+            blk = out[:, o:o + na * nb].view(u.shape[0], na, nb, *u.shape[2:])
+            torch.mul(u[:, a0:a0 + na].unsqueeze(2), self.ca[o:o + na * nb].view(na, nb, *tail), out=blk)
+            blk.addcmul_(u[:, b0:b0 + nb].unsqueeze(1), self.cb[o:o + na * nb].view(na, nb, *tail))
+            o += na * nb
+        if o < self.n:
+            ia, ib = self.ia[o:], self.ib[o:]
+            ca, cb = self.ca[o:].view(1, -1, *tail), self.cb[o:].view(1, -1, *tail)
+            out[:, o:] = ca * u.index_select(1, ia) + cb * u.index_select(1, ib)  # index_select: 2x a fancy index
+        return out
 
     def matvec(self, idx, val, rows):
-        # H (S w) as one batched product: over every voxel while most are active (copying H[rows] would cost
-        # more), over a copy of the active rows' H once few are left (the same products, the same numbers)
-        v = self.basis_coefficients(idx, val)
-        if len(rows) > 1 and 3 * len(rows) < self.h.shape[0]:
-            return self.apply_st((self.h.index_select(0, rows) @ v[..., None])[..., 0])
-        full = torch.zeros(self.h.shape[0], self.q, dtype=torch.float64)
-        full[rows] = v
-        return self.apply_st((self.h @ full[..., None])[rows, :, 0])
+        # H (S w) from the rows of H at the basis columns of w's support only (H is symmetric): 2P rows of Q
+        # entries per voxel instead of all Q², the rows contiguous in memory
+        cols = torch.cat([self.ia[idx], self.ib[idx]], 1)  # (R, 2P)
+        coef = torch.cat([self.ca[idx] * val, self.cb[idx] * val], 1)
+        at = (rows[:, None] * self.q + cols).reshape(-1)
+        h_rows = self.h.view(-1, self.q).index_select(0, at).view(len(rows), -1, self.q)  # (R, 2P, Q)
+        return self.apply_st((coef[:, None, :] @ h_rows)[:, 0])
 
     def sub(self, idx, rows):
-        # (S^T H S)[a, b] = sum over the two basis columns of atoms a and b: four gathers of P x P entries of H,
-        # each one flat index into H (a tenth of the time of a three-tensor fancy index)
+        # (S^T H S)[a, b] = sum over the two basis columns of atoms a and b: one gather of the (2P)² entries of H
+        # at the support's basis columns (a flat index: a tenth of the time of a three-tensor fancy index), then
+        # the four P x P blocks weighted and summed
         p = idx.shape[1]
-        base = rows[:, None, None] * (self.q * self.q)
-        flat = self.h.reshape(-1)
-        out = torch.zeros(idx.shape[0], p, p, dtype=torch.float64)
-        for i1, c1 in ((self.ia, self.ca), (self.ib, self.cb)):
-            for i2, c2 in ((self.ia, self.ca), (self.ib, self.cb)):
-                at = base + i1[idx][:, :, None] * self.q + i2[idx][:, None, :]
-                out += torch.take(flat, at) * c1[idx][:, :, None] * c2[idx][:, None, :]
-        return out
+        cols = torch.cat([self.ia[idx], self.ib[idx]], 1)  # (R, 2P)
+        coef = torch.cat([self.ca[idx], self.cb[idx]], 1)
+        at = rows[:, None, None] * (self.q * self.q) + cols[:, :, None] * self.q + cols[:, None, :]
+        g = torch.take(self.h, at) * coef[:, :, None] * coef[:, None, :]
+        return g[:, :p, :p] + g[:, :p, p:] + g[:, p:, :p] + g[:, p:, p:]
 
 
 def _solve_passive(op, aty, idx, valid, rows):
