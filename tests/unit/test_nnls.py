@@ -121,3 +121,21 @@ def test_tiny_nnls_closed_form_equals_scipy(k):
         ref, rn = scipy_nnls(a[v], y[v])
         np.testing.assert_allclose(w[v].numpy(), ref, atol=1e-10)
         assert r2[v].item() == pytest.approx(rn**2, abs=1e-10)
+
+
+def test_factored_gram_grid_blocks_give_the_gathers_numbers():
+    # S^T on (radius, fraction) grid blocks by broadcasting equals the gather over ia, ib; a grid that does not
+    # describe ia, ib is refused
+    rng = np.random.default_rng(5)
+    na, nb = 4, 3
+    ia = np.concatenate([np.repeat(np.arange(na), nb), np.repeat(np.arange(na), nb) + na + nb, [2 * (na + nb)]])
+    ib = np.concatenate([np.tile(np.arange(nb), na) + na, np.tile(np.arange(nb), na) + 2 * na + nb, [2 * (na + nb)]])
+    ca = rng.uniform(0, 1, len(ia))
+    q = 2 * (na + nb) + 1
+    h = torch.tensor(rng.standard_normal((2, q, q)))
+    plain = FactoredGram(h, ia, ca, ib, 1 - ca)
+    grid = FactoredGram(h, ia, ca, ib, 1 - ca, [(0, na, na, nb), (na + nb, na, 2 * na + nb, nb)])
+    for u in (torch.tensor(rng.standard_normal((2, q))), torch.tensor(rng.standard_normal((2, q, 5)))):
+        torch.testing.assert_close(grid.apply_st(u), plain.apply_st(u), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="does not match"):
+        FactoredGram(h, ia, ca, ib, 1 - ca, [(0, nb, na, na)])
