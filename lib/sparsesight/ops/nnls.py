@@ -68,7 +68,6 @@ class FactoredGram:
             if not ok:
                 raise ValueError(f"grid block {(a0, na, b0, nb)} at atom {o} does not match ia, ib")
             o += na * nb
-        self.n_grid = o
 
     def basis_coefficients(self, idx, val):
         """S[:, idx] @ val: (B, Q) coefficients on the basis of a sparse w."""
