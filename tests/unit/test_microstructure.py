@@ -63,6 +63,22 @@ def test_basis_times_selection_is_the_dictionary(protocol):
     np.testing.assert_allclose(phi @ s, dif.dictionary(protocol, u[0], grid), rtol=1e-12)
 
 
+def test_problem_is_the_dense_gram_of_the_full_basis(protocol):
+    # _problem builds Φ without the repeated b = 0 rows (all ones) and reduces it by syrk: the Gram, Φ^T y and
+    # ||y||² must be those of the full Φ of every volume
+    assert (protocol.bvals == 0).sum() > 1
+    grid = dif.small_grid(5, 4)
+    model = make_model(protocol, grid)
+    sim = dif.simulate(protocol, 37, 30.0, 1, grid=grid)  # 37: not a multiple of GRAM_CHUNK
+    op, aty, yy = ms._problem(model, sim["signal"], sim["u"])
+    phi = ms.basis(model.protocol, grid, sim["u"]).numpy()  # the model's protocol: its config's rounding
+    y = sim["signal"].astype(np.float64)
+    np.testing.assert_allclose(op.h.numpy(), phi.transpose(0, 2, 1) @ phi, rtol=1e-12)
+    np.testing.assert_array_equal(op.h.numpy(), op.h.numpy().transpose(0, 2, 1))
+    np.testing.assert_allclose(aty.numpy(), (y[:, None] @ phi)[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(yy.numpy(), (y * y).sum(1), rtol=1e-12)
+
+
 def test_fingerprinting_recovers_on_grid_noiseless_parameters_exactly(protocol):
     grid = dif.small_grid(8, 6)
     model = make_model(protocol, grid)

@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.linalg import blas
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ..data import diffusion as dif
@@ -181,50 +183,90 @@ def basis_layout(grid: dif.Grid, free_water: bool) -> dict:
             "cb": np.concatenate(cb), "q": q, "grid": blocks}
 
 
-def basis(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: bool = True,
-          log_perp: np.ndarray | None = None) -> torch.Tensor:
-    """Φ for each voxel's orientations u (B, K, 3): (B, M, Q) float64, columns as in basis_layout."""
+def basis_t(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: bool = True,
+            log_perp: np.ndarray | None = None) -> np.ndarray:
+    """Φᵀ for each voxel's orientations u (B, K, 3): (B, Q, M) float64, rows as the columns in basis_layout, each
+    contiguous over the measurements."""
     u = np.asarray(u, dtype=np.float64)
     u = u / np.maximum(np.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
     lp = dif.intra_log_perp_table(protocol, grid.radii_um) if log_perp is None else log_perp
-    cols = []
-    for k in range(K):
+    nr, nf = len(grid.radii_um), len(grid.fractions)
+    phi_t = np.empty((len(u), K * (nr + nf) + int(free_water), protocol.m))
+    for k in range(K):  # each block written in place: no per-population copies, no concatenation
         c2 = dif.cos2_angles(protocol, u[:, k])  # (B, M)
-        cols.append(dif.intra_signal(protocol, c2, lp))
-        cols.append(dif.extra_signal(protocol, c2, grid.fractions))
+        o = k * (nr + nf)
+        dif.intra_signal(protocol, c2, lp, out=phi_t[:, o:o + nr])
+        dif.extra_signal(protocol, c2, grid.fractions, out=phi_t[:, o + nr:o + nr + nf])
     if free_water:
-        cols.append(np.broadcast_to(dif.free_water_signal(protocol)[None, :, None], (len(u), protocol.m, 1)))
-    return torch.from_numpy(np.concatenate(cols, 2))
+        phi_t[:, -1] = dif.free_water_signal(protocol)
+    return phi_t
+
+
+def basis(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: bool = True,
+          log_perp: np.ndarray | None = None) -> torch.Tensor:
+    """Φ for each voxel's orientations u (B, K, 3): (B, M, Q) float64 (a view of basis_t's Φᵀ)."""
+    return torch.from_numpy(basis_t(protocol, grid, u, free_water, log_perp)).transpose(1, 2)
+
+
+def _measured_rows(model: Microstructure, protocol: dif.Protocol) -> tuple[dif.Protocol, np.ndarray, np.ndarray]:
+    """(the protocol with one of its b = 0 volumes, the mask of the others, ln E⊥ on the kept volumes), built on
+    demand per protocol hash. Every column of Φ is exactly 1 at b = 0 (no gradient), so the other b = 0 rows
+    enter the Gram as n · 11^T and Φ^T y as their sum: they need no building (7 % of HCP MGH's rows)."""
+    key = ("rows", protocol.hash)  # the dictionary of the user's protocol, cached by its hash
+    if key not in model._cache:
+        model._cache.clear()
+        merged = protocol.bvals == 0
+        merged[np.argmax(merged)] = False  # one stays: a protocol needs its b = 0
+        kept = protocol.subset(np.flatnonzero(~merged)) if merged.any() else protocol
+        model._cache[key] = (kept, merged, dif.intra_log_perp_table(kept, model.grid.radii_um))
+    return model._cache[key]
+
+
+def _gram(phi_t: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = Φ_iᵀ Φ_i from Φᵀ (B, Q, M) by BLAS syrk (one triangle: half the flops of a matrix product), then
+    mirrored."""
+    for i in range(len(phi_t)):
+        # phi_t[i].T is Φ in Fortran order: syrk's AᵀA (trans=1) is ΦᵀΦ; its lower triangle, written through
+        # the Fortran view out[i].T, is the upper triangle of out[i]
+        c = blas.dsyrk(1.0, phi_t[i].T, c=out[i].T, trans=1, lower=1, overwrite_c=1)
+        if not np.shares_memory(c, out[i]):  # f2py copied: keep its result
+            out[i] = c.T
+    np.copyto(out, out.transpose(0, 2, 1), where=np.tri(out.shape[-1], k=-1, dtype=bool))
 
 
 def _problem(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: dif.Protocol | None = None):
     """(FactoredGram of D^T D, Φ^T y, ||y||²) for a batch of voxels. Φ is built and reduced GRAM_CHUNK voxels at
     a time and never kept: its Gram is all that NNLS and fingerprinting need."""
-    protocol = protocol or model.protocol
-    key = ("lp", protocol.hash)  # the dictionary of the user's protocol, built on demand, cached by its hash
-    if key not in model._cache:
-        model._cache.clear()
-        model._cache[key] = dif.intra_log_perp_table(protocol, model.grid.radii_um)
+    kept, merged, lp = _measured_rows(model, protocol or model.protocol)
     lay = basis_layout(model.grid, model.free_water)
-    yt = torch.as_tensor(y, dtype=torch.float64)
-    h = torch.empty(len(yt), lay["q"], lay["q"], dtype=torch.float64)
-    aty = torch.empty(len(yt), lay["q"], dtype=torch.float64)
-    for s in range(0, len(yt), GRAM_CHUNK):
-        phi = basis(protocol, model.grid, u[s:s + GRAM_CHUNK], model.free_water, model._cache[key])
-        torch.matmul(phi.transpose(1, 2), phi, out=h[s:s + GRAM_CHUNK])
-        aty[s:s + GRAM_CHUNK] = (yt[s:s + GRAM_CHUNK, None] @ phi)[:, 0]
-    return FactoredGram(h, lay["ia"], lay["ca"], lay["ib"], lay["cb"], lay["grid"]), aty, (yt * yt).sum(1)
+    y = np.asarray(y, dtype=np.float64)
+    yk = np.ascontiguousarray(y[:, ~merged])
+    h = np.empty((len(y), lay["q"], lay["q"]))
+    aty = np.empty((len(y), lay["q"]))
+    # one BLAS thread: each product is small (Q x M), and threads made it 2x slower on 2 cores; the parallelism
+    # is over voxel chunks, one process per core (runners/microstructure.py)
+    with threadpool_limits(1, user_api="blas"):
+        for s in range(0, len(y), GRAM_CHUNK):
+            phi_t = basis_t(kept, model.grid, u[s:s + GRAM_CHUNK], model.free_water, lp)
+            _gram(phi_t, h[s:s + GRAM_CHUNK])
+            np.matmul(phi_t, yk[s:s + GRAM_CHUNK, :, None], out=aty[s:s + GRAM_CHUNK, :, None])
+    h += merged.sum()  # the merged b = 0 rows: n · 11^T
+    aty += y[:, merged].sum(1, keepdims=True)
+    yt = torch.from_numpy(y)
+    return (FactoredGram(torch.from_numpy(h), lay["ia"], lay["ca"], lay["ib"], lay["cb"], lay["grid"]),
+            torch.from_numpy(aty), (yt * yt).sum(1))
 
 
-#: voxels whose Φ (GRAM_CHUNK, M, Q) is built and reduced to its Gram at once: small enough to stay in the CPU's
-#: caches between the two (float64, M = 552, Q = 115: 8 MB). Measured on that protocol, one thread, basis and
-#: Gram together: 0.74-0.80 ms/voxel at 8-16 voxels, 0.90 at 64, 1.44 at 256
+#: voxels whose Φᵀ (GRAM_CHUNK, Q, M) is built and reduced to its Gram at once: small enough to stay in the CPU's
+#: caches between the two (float64, M = 552, Q = 115: 8 MB). Measured on that protocol, one thread, the whole
+#: _problem (basis, syrk Gram, Φᵀy): 0.45 ms/voxel at 8-16 voxels, 0.47 at 4 and 32, 0.53 at 64, 0.68 at 256
 GRAM_CHUNK = 16
 
 
 #: voxels per NNLS batch: their H (chunk, Q, Q) in float64 and the solver's state (Φ is reduced GRAM_CHUNK voxels at
 #: a time). Recorded (bench microstructure_scale --parts nnls_chunks: HCP-size protocol, M = 288, the paper's
-#: dictionary, one thread): 0.90 ms/voxel at 2048, 0.82 at 1024, 0.84 at 256, 0.91 at 128. The residual is the same
+#: dictionary, one thread): 0.83 ms/voxel at 2048, 0.68 at 1024, 0.69 at 512, 0.73 at 256, 0.80 at 128 (runs at 256
+#: and 1024 overlap; 256 holds a quarter of the memory). The residual is the same
 #: at every size; the weights of some voxels whose optimum is not unique (nearly collinear small-radius atoms)
 #: follow the round-off, which the batch's padding changes
 NNLS_CHUNK = 256

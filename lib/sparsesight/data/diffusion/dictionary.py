@@ -62,8 +62,8 @@ def sub_dictionary(protocol: Protocol, u, grid: Grid) -> np.ndarray:
     """C^k for orientation u: (M, N) with column j = S(u, r_j, f_j; P) (fingerprints of Section 3.2)."""
     c2 = cos2_angles(protocol, np.asarray(u, dtype=np.float64) / np.linalg.norm(u))
     lp = intra_log_perp_table(protocol, grid.radii_um)
-    i = intra_signal(protocol, c2, lp)  # (M, N_r)
-    e = extra_signal(protocol, c2, grid.fractions)  # (M, N_f)
+    i = intra_signal(protocol, c2, lp).T  # (M, N_r)
+    e = extra_signal(protocol, c2, grid.fractions).T  # (M, N_f)
     f = np.asarray(grid.fractions)
     return (f[None, None, :] * i[:, :, None] + (1 - f)[None, None, :] * e[:, None, :]).reshape(protocol.m, -1)
 

@@ -63,19 +63,24 @@ def intra_log_perp_table(protocol: Protocol, radii_um) -> np.ndarray:
     return log_restricted_perp(r, protocol.gradient_strength[None, :], protocol.big_delta, protocol.small_delta)
 
 
-def intra_signal(protocol: Protocol, c2: np.ndarray, log_perp: np.ndarray) -> np.ndarray:
+def intra_signal(protocol: Protocol, c2: np.ndarray, log_perp: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Intra-axonal signal exp(-b D cos²θ) · exp(sin²θ ln E⊥(r, G)): c2 (..., M), log_perp (N_r, M) ->
-    (..., M, N_r)."""
+    (..., N_r, M), one row per radius contiguous over the measurements (rows of Φᵀ: the exponentials vectorise,
+    2x faster than radius-minor), written into `out` when given."""
+    c2 = c2[..., None, :]
+    arg = np.multiply(1.0 - c2, log_perp, out=out)
+    arg += (-D_AXON * protocol.b_si) * c2
+    return np.exp(arg, out=arg)
+
+
+def extra_signal(protocol: Protocol, c2: np.ndarray, fractions, out: np.ndarray | None = None) -> np.ndarray:
+    """Extra-axonal signal exp(-b [D⊥ + (D - D⊥) cos²θ]), D⊥ = D (1 - f): c2 (..., M) -> (..., N_f, M), one row
+    per fraction, written into `out` when given."""
+    dperp = extra_perp_diffusivity(fractions)[:, None]  # (N_f, 1)
     b = protocol.b_si
-    c2 = c2[..., :, None]
-    return np.exp(-b[:, None] * D_AXON * c2 + (1.0 - c2) * log_perp.T)
-
-
-def extra_signal(protocol: Protocol, c2: np.ndarray, fractions) -> np.ndarray:
-    """Extra-axonal signal exp(-b [D⊥ + (D - D⊥) cos²θ]), D⊥ = D (1 - f): (..., M) -> (..., M, N_f)."""
-    dperp = extra_perp_diffusivity(fractions)  # (N_f,)
-    b = protocol.b_si[:, None]
-    return np.exp(-b * (dperp + (D_AXON - dperp) * c2[..., :, None]))
+    arg = np.multiply(c2[..., None, :], -b * (D_AXON - dperp), out=out)
+    arg -= b * dperp
+    return np.exp(arg, out=arg)
 
 
 def free_water_signal(protocol: Protocol) -> np.ndarray:
