@@ -161,6 +161,37 @@ def test_radius_is_resolvable_on_hcp_not_on_a_clinical_b2000_protocol():
     assert "not resolvable" in clinical["reason"]
 
 
+def test_cramer_rao_bound_is_reached_by_least_squares_at_high_snr():
+    # the bound's maths: at high SNR the nonlinear least-squares estimate is efficient, so its spread over noise
+    # draws must match √diag(F⁻¹); and the bound scales as 1/SNR and is infinite where the signal is blind
+    from scipy.optimize import least_squares
+
+    protocol = dif.hcp_mgh_protocol(8)
+    u = np.array([[[0.0, 0.6, 0.8]]])
+    truth = np.array([0.7, 5.0, 0.4])  # ν, r (µm), f; ν_fw = 0.3
+    snr = 400.0
+    crb = sens.cramer_rao(protocol, u, truth[None, :1], truth[None, 1:2], truth[None, 2:], snr)
+    bound = np.array([crb["nu"][0, 0], crb["r"][0, 0], crb["f"][0, 0]])
+    twice = sens.cramer_rao(protocol, u, truth[None, :1], truth[None, 1:2], truth[None, 2:], 2 * snr)
+    np.testing.assert_allclose(twice["r"], crb["r"] / 2, rtol=1e-9)
+
+    def model(t):
+        return t[0] * dif.population_signals(protocol, u[:, 0], t[1:2], t[2:])[0] + \
+            (1 - t[0]) * dif.free_water_signal(protocol)
+
+    rng = np.random.default_rng(0)
+    clean = model(truth)
+    fits = np.array([least_squares(lambda t, y=y: model(t) - y, truth, bounds=([0, 0.1, 0.05], [1, 10, 0.95])).x
+                     for y in clean + rng.standard_normal((300, protocol.m)) / snr])
+    ratio = fits.std(0) / bound
+    assert np.all((ratio > 0.8) & (ratio < 1.25)), ratio
+    blind = sens.cramer_rao(protocol, np.repeat(u, 2, 1), np.array([[1.0, 0.0]]), np.array([[5.0, 3.0]]),
+                            np.array([[0.4, 0.4]]), snr)
+    # a population with no signal: its radius and packing cannot be told, the other population's still can
+    assert np.isinf(blind["r"][0, 1]) and np.isinf(blind["f"][0, 1])
+    assert np.isfinite(blind["r"][0, 0]) and np.isfinite(blind["nu"]).all()
+
+
 def test_simplex_projection_is_the_euclidean_projection():
     rng = np.random.default_rng(0)
     v = rng.normal(0.4, 0.5, (300, 2))

@@ -55,3 +55,24 @@ def test_readme_quotes_the_analytic_reference_and_the_longer_training():
     h = {x["scenario"]: x["mae_nu"] for x in r["mae_analytic"] if x["method"] == "hybrid"}
     assert f"{h['single']:.3f} / {h['crossing60']:.3f} / {h['crossing90']:.3f} (single / 60° / 90°)" in readme
     assert {(x["scenario"], x["method"]) for x in r["mae_analytic"]} == {(x["scenario"], x["method"]) for x in r["mae"]}
+
+
+def test_readme_quotes_the_full_protocol_run_and_the_cramer_rao_floor():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    flat = " ".join(readme.split())
+    for name, m in (("microstructure_mc.json", 138), ("microstructure_mc_full552/microstructure_mc.json", 552)):
+        r = json.loads((root / "bench" / "results" / name).read_text())
+        assert r["protocol"]["m"] == m and r["command"] in flat
+        lines = mcb.markdown_table(r)
+        table = lines[:lines.index("")]  # the MAE table
+        start = next(i for i, x in enumerate(lines) if x.startswith("| scenario | parameter | aim |"))
+        floor = lines[start:lines.index("", start)]  # the Cramér–Rao floor table
+        assert len(floor) == 2 + 9
+        assert [x for x in table + floor if x not in readme] == []
+        # the floor's own invariants: an unbiased estimate of a crossing's ν split is harder than of one bundle's ν
+        c = {x["scenario"]: x for x in r["crlb"]}
+        assert c["crossing60"]["mae_floor_nu_median"] > c["single"]["mae_floor_nu_median"]

@@ -81,6 +81,7 @@ def main(argv=None) -> int:
 
     protocol = dif.hcp_mgh_protocol(a.protocol_subsample)
     grid = dif.paper_grid() if a.grid == "paper" else dif.small_grid(*[int(x) for x in a.grid.split("x")])
+    torch.manual_seed(a.seed)  # the networks' initialisation (fit_networks seeds only what follows it)
     model = ms.Microstructure(protocol.to_config(), grid.to_config())
     log(f"protocol {protocol.name} M = {protocol.m}; grid {len(grid.radii_um)} x {len(grid.fractions)} = {grid.n} "
         f"per population (N_tot = {model.n_atoms}); MLP {ms.n_parameters(model.mlp):,} parameters, hybrid "

@@ -246,8 +246,45 @@ def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed:
     return rows
 
 
-def evaluate(out: Path, tables_path=TABLES, n: int = 60, n_fp: int = 30, n_train: int = 6000, epochs: int = 25,
-             snr: float = 30.0, seed: int = 0) -> dict:
+#: the issue's aims for the hybrid's MAE on these voxels (SNR 30)
+AIMS = {"nu": 0.03, "r": 0.3, "f": 0.04}
+
+
+def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int) -> list[dict]:
+    """The floor of the MAE an unbiased estimator can reach on the same voxels as mae_rows (same draws):
+    √(2/π) × the Cramér–Rao standard deviation (diffusion.cramer_rao: orientations and Σν + ν_fw = 1 known,
+    Gaussian noise), per voxel and parameter (averaged over a crossing's two populations); median over the voxels
+    and the share of voxels whose floor lies above the issue's aim (AIMS), and the SNR at which the median
+    floor would reach the aim. An estimator below the floor is biased: its prior (training ranges, the
+    dictionary's grid, the simplex) supplies what the signal does not. Beside it, the MAE of a constant at the
+    scenario's median true value: what the prior alone gives."""
+    from ..data import diffusion as dif
+
+    rows = []
+    for scenario in ("single", "crossing60", "crossing90"):
+        vox = voxels(tables, protocol, n, scenario, snr, seed + {"single": 1, "crossing60": 2, "crossing90": 3}[scenario])
+        k = 1 if scenario == "single" else 2
+        sd = dif.cramer_rao(protocol, vox["u"][:, :k], vox["nu"][:, :k], vox["r"][:, :k], vox["f"][:, :k], snr)
+        row: dict = {"scenario": scenario, "voxels": n, "snr": snr}
+        for p in ("nu", "r", "f"):
+            # the MAE of a constant: the scenario's own median of the true values (an oracle of the prior alone)
+            truth = vox[p][:, :k]
+            row[f"mae_constant_{p}"] = round(float(np.abs(truth - np.median(truth, 0)).mean()), 4)
+            floor = np.sqrt(2 / np.pi) * sd[p].mean(1)
+            row[f"mae_floor_{p}_median"] = round(float(np.median(floor)), 4)
+            row[f"share_floor_{p}_above_aim"] = round(float((floor > AIMS[p]).mean()), 3)
+            # the floor scales as 1/SNR: the SNR at which the median voxel's floor reaches the aim
+            row[f"snr_for_aim_{p}"] = round(snr * float(np.median(floor)) / AIMS[p])
+        rows.append(row)
+        logger.info(json.dumps(row))
+    return rows
+
+
+def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_train: int = 6000, epochs: int = 25,
+             snr: float = 30.0, seed: int = 0, subsample: int | None = None) -> dict:
+    """MAE tables of the three methods on the Monte-Carlo voxels and on the analytic model's, beside the
+    Cramér–Rao floor; on the tables' protocol, or on HCP MGH subsampled by `subsample` (1: all 552 volumes; the
+    tables hold every shell and timing, the directions are interpolated in cos²θ)."""
     import torch
 
     from ..data import diffusion as dif
@@ -256,8 +293,10 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 60, n_fp: int = 30, n_train
 
     torch.set_num_threads(1)
     tables = load_tables(tables_path)
-    protocol = _protocol(int(str(tables["meta"]["protocol"]).split("/")[-1]) if "/" in tables["meta"]["protocol"]
-                         else 1)
+    if subsample is None:
+        subsample = int(str(tables["meta"]["protocol"]).split("/")[-1]) if "/" in tables["meta"]["protocol"] else 1
+    protocol = _protocol(subsample)
+    torch.manual_seed(seed)  # the networks' initialisation (fit_networks seeds only what follows it)
     model = ms.Microstructure(protocol.to_config(), dif.paper_grid().to_config())
     t0 = time.time()
     data = ms_training.simulate_training_set(model, n_train, (25, 50, 100), seed=seed)
@@ -268,12 +307,15 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 60, n_fp: int = 30, n_train
     # what is left there is noise and identifiability, not the forward model's gap to the walkers
     analytic = {**tables, **analytic_tables(protocol, tables["radii_um"], tables["achieved"])}
     rows_analytic = mae_rows(model, analytic, protocol, n, n_fp, snr, seed)
-    result = {"command": "python -m sparsesight.bench.microstructure_mc evaluate --out bench/results"
-                         + (f" --n {n}" if n != 60 else "") + (f" --n-fp {n_fp}" if n_fp != 30 else "")
-                         + (f" --n-train {n_train}" if n_train != 6000 else "") + (f" --epochs {epochs}" if epochs != 25 else ""),
+    result = {"command": f"python -m sparsesight.bench.microstructure_mc evaluate --out {out}"
+                         + (f" --n {n}" if n != 240 else "") + (f" --n-fp {n_fp}" if n_fp != 30 else "")
+                         + (f" --n-train {n_train}" if n_train != 6000 else "") + (f" --epochs {epochs}" if epochs != 25 else "")
+                         + (f" --subsample {subsample}" if subsample != 4 else ""),
+              "protocol": {"name": protocol.name, "m": protocol.m, "subsample": subsample},
               "tables": tables["meta"], "radii_um": [float(x) for x in tables["radii_um"]],
               "packings_achieved": np.round(tables["achieved"], 3).tolist(),
               "forward_gap": forward_gap(tables, protocol), "mae": rows, "mae_analytic": rows_analytic,
+              "crlb": crlb_rows(tables, protocol, n, snr, seed), "aims": AIMS,
               "train": {"n_train": n_train, "epochs": epochs, "grid": "paper 34 x 23"}}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,6 +337,15 @@ def markdown_table(result: dict) -> list[str]:
             lines.append(f"| {x['scenario']} | {x['method']} | {x['mae_nu']:.3f} / {y['mae_nu']:.3f} | "
                          f"{x['mae_r']:.2f} / {y['mae_r']:.2f} | {x['mae_f']:.3f} / {y['mae_f']:.3f} | "
                          f"{x['spurious_fw']:.3f} / {y['spurious_fw']:.3f} |")
+    if result.get("crlb"):
+        hybrid = {x["scenario"]: x for x in result["mae"] if x["method"] == "hybrid"}
+        lines += ["", "| scenario | parameter | aim | Cramér–Rao MAE floor, median (voxels above the aim) | SNR for the aim "
+                      "| constant at the median | hybrid, Monte Carlo |", "|---|---|---|---|---|---|---|"]
+        for c in result["crlb"]:
+            for p, name in (("nu", "ν"), ("r", "r (µm)"), ("f", "f")):
+                lines.append(f"| {c['scenario']} | {name} | {result['aims'][p]:g} | {c[f'mae_floor_{p}_median']:.3f} "
+                             f"({100 * c[f'share_floor_{p}_above_aim']:.0f} %) | {c[f'snr_for_aim_{p}']} | "
+                             f"{c[f'mae_constant_{p}']:.3f} | {hybrid[c['scenario']][f'mae_{p}']:.3f} |")
     lines += ["", "| r (µm) | intra-axonal max abs gap | extra-axonal, f 0.30 | extra-axonal, f 0.45 |", "|---|---|---|---|"]
     for g in result["forward_gap"]:
         ex = [v for k, v in g.items() if k.startswith("extra")]
@@ -314,16 +365,18 @@ def main(argv=None) -> int:
     e = sub.add_parser("evaluate", help="MAE tables of the three methods on the Monte-Carlo voxels")
     e.add_argument("--tables", type=Path, default=TABLES)
     e.add_argument("--out", type=Path, default=Path("out/bench"))
-    e.add_argument("--n", type=int, default=60, help="voxels per scenario (MLP, hybrid)")
+    e.add_argument("--n", type=int, default=240, help="voxels per scenario (MLP, hybrid, the Cramér–Rao floor)")
     e.add_argument("--n-fp", type=int, default=30, help="voxels per scenario for fingerprinting (slow)")
     e.add_argument("--n-train", type=int, default=6000)
     e.add_argument("--epochs", type=int, default=25)
+    e.add_argument("--subsample", type=int, default=None,
+                   help="HCP MGH every k-th volume (default: the tables' own, 4; 1 for all 552 volumes)")
     a = ap.parse_args(argv)
     setup_process()
     if a.step == "generate":
         print(json.dumps(generate(a.out, a.walkers, a.subsample), indent=1))
         return 0
-    res = evaluate(a.out, a.tables, a.n, a.n_fp, a.n_train, a.epochs)
+    res = evaluate(a.out, a.tables, a.n, a.n_fp, a.n_train, a.epochs, subsample=a.subsample)
     print(json.dumps({"forward_gap": res["forward_gap"], "mae": res["mae"]}, indent=1))
     return 0
 

@@ -51,7 +51,7 @@ from .protocol_files import (
                        read_sidecar,
                        write_sidecar,
 )
-from .sensitivity import radius_sensitivity
+from .sensitivity import cramer_rao, radius_sensitivity
 from .signal import (
                        D_AXON,
                        D_FREE,
@@ -78,7 +78,7 @@ from .simulation import (
 
 __all__ = ["B0_THRESHOLD", "D_AXON", "D_FREE", "GAMMA", "HCP_MGH_BIG_DELTA", "HCP_MGH_SHELLS", "HCP_MGH_SMALL_DELTA",
            "MAX_GRADIENT", "build_protocol", "read_mrtrix", "read_protocol", "read_sidecar", "write_sidecar",
-           "radius_sensitivity", "PAPER_FRACTIONS", "PAPER_RADII_UM", "Grid", "Protocol", "SimulationRanges", "bessel_j1p_roots",
+           "cramer_rao", "radius_sensitivity", "PAPER_FRACTIONS", "PAPER_RADII_UM", "Grid", "Protocol", "SimulationRanges", "bessel_j1p_roots",
            "check_gradients", "cos2_angles", "crossing_pair", "dictionary", "dwi_phantom", "extra_perp_diffusivity",
            "extra_signal", "free_water_signal", "hcp_mgh_protocol", "intra_log_perp_table", "intra_signal",
            "log_neuman_long_pulse", "log_restricted_perp", "normalise_s0", "paper_grid", "population_signals",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .protocol import B0_THRESHOLD, GAMMA, Protocol
-from .signal import D_AXON, log_restricted_perp
+from .signal import D_AXON, free_water_signal, log_restricted_perp
 
 Z_ALPHA = 1.64  # one-sided α = 0.05
 RESOLVABLE_UM = 2.0
@@ -80,3 +80,43 @@ def radius_sensitivity(protocol: Protocol, snr: float = 30.0, intra_share: float
                   f"{RESOLVABLE_UM:g} µm, where most axons lie; stronger gradients (higher b at short δ) are needed")
     return {"r_min_um": r_min, "shell_b": best["b"], "snr": snr, "intra_share": intra_share, "shells": rows,
             "resolvable": ok, "threshold_um": RESOLVABLE_UM, "reason": reason}
+
+
+def cramer_rao(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarray, f: np.ndarray,
+               snr: float = 30.0) -> dict:
+    """Cramér–Rao bound: the smallest standard deviation any unbiased estimate of ν_k, r_k, f_k can have, per
+    voxel, for the model S = Σ_k ν_k S_k(u_k, r_k, f_k) + (1 - Σ_k ν_k) S_fw.
+
+    Orientations u and Σν + ν_fw = 1 are taken as known (the most an estimator can be told), and the noise as
+    Gaussian with σ = 1/SNR on every S0-normalised volume. Rician noise carries less information than that
+    (its Fisher information about the amplitude is at most 1/σ²), so under the benchmarks' Rician noise the
+    bound holds a fortiori. Fisher information F = Jᵀ J / σ² with J = ∂S/∂θ, θ = (ν_1..ν_K, r_1..r_K, f_1..f_K):
+    ∂S/∂ν_k = S_k - S_fw exactly, ∂S/∂r_k and ∂S/∂f_k by central differences (1e-3 µm, 1e-4).
+
+    u (n, K, 3), nu, r_um, f (n, K). Returns {"nu", "r", "f"}: (n, K) standard deviations √diag(F⁻¹), inf for a
+    parameter the signal cannot tell (one along a null direction of F, e.g. r_k of a population with ν_k = 0)."""
+    from .simulation import population_signals
+
+    u = np.asarray(u, dtype=np.float64)
+    nu, r_um, f = (np.asarray(a, dtype=np.float64) for a in (nu, r_um, f))
+    n, k_pop = nu.shape
+    s_fw = free_water_signal(protocol)[None]
+    hr, hf = 1e-3, 1e-4
+
+    def pop(k, r, ff):
+        return population_signals(protocol, u[:, k], r, ff)
+
+    d_nu = [pop(k, r_um[:, k], f[:, k]) - s_fw for k in range(k_pop)]
+    d_r = [nu[:, k, None] * (pop(k, r_um[:, k] + hr, f[:, k]) - pop(k, r_um[:, k] - hr, f[:, k])) / (2 * hr)
+           for k in range(k_pop)]
+    d_f = [nu[:, k, None] * (pop(k, r_um[:, k], f[:, k] + hf) - pop(k, r_um[:, k], f[:, k] - hf)) / (2 * hf)
+           for k in range(k_pop)]
+    jac = np.stack(d_nu + d_r + d_f, -1)  # (n, M, 3K)
+    fisher = snr**2 * np.einsum("nmi,nmj->nij", jac, jac)
+    # F⁻¹'s diagonal on F's range; a parameter with a component along a null direction is not identifiable
+    w, vec = np.linalg.eigh(fisher)
+    null = w <= 1e-12 * w[:, -1:]
+    var = (vec**2 / np.where(null, np.inf, w)[:, None, :]).sum(-1)
+    blind = ((np.abs(vec) > 1e-6) & null[:, None, :]).any(-1)
+    sd = np.where(blind, np.inf, np.sqrt(var))
+    return {"nu": sd[:, :k_pop], "r": sd[:, k_pop:2 * k_pop], "f": sd[:, 2 * k_pop:]}
