@@ -76,3 +76,23 @@ def test_readme_quotes_the_full_protocol_run_and_the_cramer_rao_floor():
         # the floor's own invariants: an unbiased estimate of a crossing's ν split is harder than of one bundle's ν
         c = {x["scenario"]: x for x in r["crlb"]}
         assert c["crossing60"]["mae_floor_nu_median"] > c["single"]["mae_floor_nu_median"]
+
+
+def test_readme_quotes_the_free_water_prior_runs():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = " ".join((root / "README.md").read_text().split())
+
+    def trip(r, key):
+        h = {x["scenario"]: x for x in r["mae"] if x["method"] == "hybrid"}
+        return " / ".join(f"{h[s][key]:.3f}" for s in ("single", "crossing60", "crossing90"))
+
+    base = json.loads((root / "bench" / "results" / "microstructure_mc.json").read_text())
+    runs = [json.loads((root / "bench" / "results" / f"microstructure_mc_freewater{fw}" / "microstructure_mc.json")
+                       .read_text()) for fw in ("0.3", "1")]
+    for r, fw in zip(runs, (0.3, 1.0)):
+        assert r["train"]["free_water"] == [0.0, fw] and r["command"] in readme
+    for key in ("mae_nu", "mae_f"):
+        assert (f"{trip(runs[0], key)} and {trip(runs[1], key)}" in readme and trip(base, key) in readme), key

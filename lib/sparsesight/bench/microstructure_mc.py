@@ -281,7 +281,8 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int) -> list[dic
 
 
 def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_train: int = 6000, epochs: int = 25,
-             snr: float = 30.0, seed: int = 0, subsample: int | None = None) -> dict:
+             snr: float = 30.0, seed: int = 0, subsample: int | None = None,
+             free_water_max: float | None = None) -> dict:
     """MAE tables of the three methods on the Monte-Carlo voxels and on the analytic model's, beside the
     Cramér–Rao floor; on the tables' protocol, or on HCP MGH subsampled by `subsample` (1: all 552 volumes; the
     tables hold every shell and timing, the directions are interpolated in cos²θ)."""
@@ -299,7 +300,9 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_trai
     torch.manual_seed(seed)  # the networks' initialisation (fit_networks seeds only what follows it)
     model = ms.Microstructure(protocol.to_config(), dif.paper_grid().to_config())
     t0 = time.time()
-    data = ms_training.simulate_training_set(model, n_train, (25, 50, 100), seed=seed)
+    ranges = dif.SimulationRanges() if free_water_max is None else \
+        dif.SimulationRanges(free_water=(0.0, float(free_water_max)))
+    data = ms_training.simulate_training_set(model, n_train, (25, 50, 100), seed=seed, ranges=ranges)
     ms_training.fit_networks(model, data, epochs=epochs, batch_size=128, lr=2e-3, seed=seed)
     logger.info(f"trained MLP and hybrid on {n_train} analytic voxels in {time.time() - t0:.0f} s")
     rows = mae_rows(model, tables, protocol, n, n_fp, snr, seed)
@@ -310,13 +313,15 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_trai
     result = {"command": f"python -m sparsesight.bench.microstructure_mc evaluate --out {out}"
                          + (f" --n {n}" if n != 240 else "") + (f" --n-fp {n_fp}" if n_fp != 30 else "")
                          + (f" --n-train {n_train}" if n_train != 6000 else "") + (f" --epochs {epochs}" if epochs != 25 else "")
-                         + (f" --subsample {subsample}" if subsample != 4 else ""),
+                         + (f" --subsample {subsample}" if subsample != 4 else "")
+                         + (f" --free-water-max {free_water_max:g}" if free_water_max is not None else ""),
               "protocol": {"name": protocol.name, "m": protocol.m, "subsample": subsample},
               "tables": tables["meta"], "radii_um": [float(x) for x in tables["radii_um"]],
               "packings_achieved": np.round(tables["achieved"], 3).tolist(),
               "forward_gap": forward_gap(tables, protocol), "mae": rows, "mae_analytic": rows_analytic,
               "crlb": crlb_rows(tables, protocol, n, snr, seed), "aims": AIMS,
-              "train": {"n_train": n_train, "epochs": epochs, "grid": "paper 34 x 23"}}
+              "train": {"n_train": n_train, "epochs": epochs, "grid": "paper 34 x 23",
+                        "free_water": list(ranges.free_water)}}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "microstructure_mc.json").write_text(json.dumps(result, indent=1))
@@ -371,12 +376,15 @@ def main(argv=None) -> int:
     e.add_argument("--epochs", type=int, default=25)
     e.add_argument("--subsample", type=int, default=None,
                    help="HCP MGH every k-th volume (default: the tables' own, 4; 1 for all 552 volumes)")
+    e.add_argument("--free-water-max", type=float, default=None,
+                   help="train on free water uniform in [0, this] (default: the paper's range, 0-0.1)")
     a = ap.parse_args(argv)
     setup_process()
     if a.step == "generate":
         print(json.dumps(generate(a.out, a.walkers, a.subsample), indent=1))
         return 0
-    res = evaluate(a.out, a.tables, a.n, a.n_fp, a.n_train, a.epochs, subsample=a.subsample)
+    res = evaluate(a.out, a.tables, a.n, a.n_fp, a.n_train, a.epochs, subsample=a.subsample,
+                   free_water_max=a.free_water_max)
     print(json.dumps({"forward_gap": res["forward_gap"], "mae": res["mae"]}, indent=1))
     return 0
 
