@@ -213,6 +213,12 @@ def forward_gap(tables: dict, protocol) -> list[dict]:
     return rows
 
 
+def scenario_voxels(tables: dict, protocol, n: int, scenario: str, snr: float, seed: int) -> dict:
+    """The voxels every table of a run scores for `scenario`: one seed per scenario, so MAE and floor rows see the
+    same draws."""
+    return voxels(tables, protocol, n, scenario, snr, seed + {"single": 1, "crossing60": 2, "crossing90": 3}[scenario])
+
+
 def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed: int) -> list[dict]:
     """MAE ν / r / f, spurious free water, fractions above 1 and ms/voxel of every method and scenario on the
     voxels of `tables` (Monte-Carlo or analytic)."""
@@ -220,7 +226,7 @@ def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed:
 
     rows = []
     for scenario in ("single", "crossing60", "crossing90"):
-        vox = voxels(tables, protocol, n, scenario, snr, seed + {"single": 1, "crossing60": 2, "crossing90": 3}[scenario])
+        vox = scenario_voxels(tables, protocol, n, scenario, snr, seed)
         for method in ms.METHODS:
             k = n_fp if method == "fingerprinting" else n
             sub = {key: v[:k] for key, v in vox.items()}
@@ -262,7 +268,7 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int) -> list[dic
 
     rows = []
     for scenario in ("single", "crossing60", "crossing90"):
-        vox = voxels(tables, protocol, n, scenario, snr, seed + {"single": 1, "crossing60": 2, "crossing90": 3}[scenario])
+        vox = scenario_voxels(tables, protocol, n, scenario, snr, seed)
         k = 1 if scenario == "single" else 2
         sd = dif.cramer_rao(protocol, vox["u"][:, :k], vox["nu"][:, :k], vox["r"][:, :k], vox["f"][:, :k], snr)
         row: dict = {"scenario": scenario, "voxels": n, "snr": snr}
