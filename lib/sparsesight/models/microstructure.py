@@ -285,13 +285,14 @@ def nnls_weights(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: 
     res = np.zeros(len(y), dtype=np.float32)
     for s in range(0, len(y), chunk):
         e = min(s + chunk, len(y))
-        op, aty, yy = _problem(model, y[s:e], u[s:e], protocol)
-        w, _ = nnls_gram(op, op.apply_st(aty[..., None])[..., 0])
-        # residual through the Gram: ||y - Φ v||² = ||y||² - 2 v·Φ^T y + v^T H v, v = S w
-        v = op.basis_coefficients(*_sparse(w, w > 0))
-        r2 = yy - 2 * (v * aty).sum(1) + (v * (op.h @ v[..., None])[..., 0]).sum(1)
-        res[s:e] = (r2.clamp_min(0).sqrt() / yy.sqrt().clamp_min(1e-12)).numpy()
-        out_w[s:e] = w.numpy()
+        with torch.inference_mode():  # no autograd bookkeeping: the solver's many small steps run ~10 % faster
+            op, aty, yy = _problem(model, y[s:e], u[s:e], protocol)
+            w, _ = nnls_gram(op, op.apply_st(aty[..., None])[..., 0])
+            # residual through the Gram: ||y - Φ v||² = ||y||² - 2 v·Φ^T y + v^T H v, v = S w
+            v = op.basis_coefficients(*_sparse(w, w > 0))
+            r2 = yy - 2 * (v * aty).sum(1) + (v * (op.h @ v[..., None])[..., 0]).sum(1)
+            res[s:e] = (r2.clamp_min(0).sqrt() / yy.sqrt().clamp_min(1e-12)).numpy()
+            out_w[s:e] = w.numpy()
         if progress is not None:
             progress(e, len(y))
     return {"w": out_w, "residual": res, "sparsity": (out_w > 0).sum(1).astype(np.int32)}
