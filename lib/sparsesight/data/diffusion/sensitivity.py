@@ -20,6 +20,7 @@ import numpy as np
 
 from .protocol import B0_THRESHOLD, GAMMA, Protocol
 from .signal import D_AXON, free_water_signal, log_restricted_perp
+from .simulation import population_signals
 
 Z_ALPHA = 1.64  # one-sided α = 0.05
 RESOLVABLE_UM = 2.0
@@ -95,8 +96,6 @@ def cramer_rao(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarr
 
     u (n, K, 3), nu, r_um, f (n, K). Returns {"nu", "r", "f"}: (n, K) standard deviations √diag(F⁻¹), inf for a
     parameter the signal cannot tell (one along a null direction of F, e.g. r_k of a population with ν_k = 0)."""
-    from .simulation import population_signals
-
     u = np.asarray(u, dtype=np.float64)
     nu, r_um, f = (np.asarray(a, dtype=np.float64) for a in (nu, r_um, f))
     n, k_pop = nu.shape
