@@ -192,6 +192,37 @@ def test_cramer_rao_bound_is_reached_by_least_squares_at_high_snr():
     assert np.isfinite(blind["r"][0, 0]) and np.isfinite(blind["nu"]).all()
 
 
+def test_cramer_rao_jacobian_equals_finite_differences_of_the_model():
+    # the analytic ∂S/∂ν, ∂S/∂f and the per-timing ∂ln E⊥/∂r against central differences of the full two-population
+    # model (population_signals), on a protocol whose shells have different Δ/δ
+    base = dif.hcp_mgh_protocol(8)
+    timing = np.where(base.bvals > 4000, 30e-3, base.big_deltas), np.where(base.bvals > 4000, 10e-3, base.small_deltas)
+    protocol = dif.Protocol(base.bvals, base.bvecs, *timing)
+    rng = np.random.default_rng(1)
+    n = 5
+    u = rng.standard_normal((n, 2, 3))
+    nu = np.c_[rng.uniform(0.3, 0.6, n), rng.uniform(0.1, 0.3, n)]
+    r, f = rng.uniform(0.5, 6, (n, 2)), rng.uniform(0.3, 0.8, (n, 2))
+
+    def signal(nu, r, f):
+        un = u / np.linalg.norm(u, axis=-1, keepdims=True)
+        s = sum(nu[:, k, None] * dif.population_signals(protocol, un[:, k], r[:, k], f[:, k]) for k in range(2))
+        return s + (1 - nu.sum(1))[:, None] * dif.free_water_signal(protocol)
+
+    jt = sens.jacobian(protocol, u, nu, r, f)
+    assert jt.shape == (n, 6, protocol.m)
+    for i, (name, h) in enumerate((("nu", 1e-6), ("r", 1e-4), ("f", 1e-6))):
+        for k in range(2):
+            args = {"nu": nu, "r": r, "f": f}
+            up, down = ({**args, name: args[name] + s * h * np.eye(2)[k]} for s in (1, -1))
+            fd = (signal(**up) - signal(**down)) / (2 * h)
+            np.testing.assert_allclose(jt[:, 2 * i + k], fd, rtol=1e-5, atol=1e-8 * np.abs(fd).max())
+    # the bound per voxel SNR: a per-voxel SNR scales each voxel's bound
+    one = sens.cramer_rao(protocol, u, nu, r, f, 1.0)
+    per = sens.cramer_rao(protocol, u, nu, r, f, np.arange(1.0, n + 1))
+    np.testing.assert_allclose(per["r"], one["r"] / np.arange(1.0, n + 1)[:, None], rtol=1e-12)
+
+
 def test_simplex_projection_is_the_euclidean_projection():
     rng = np.random.default_rng(0)
     v = rng.normal(0.4, 0.5, (300, 2))

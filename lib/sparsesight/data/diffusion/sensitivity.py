@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .protocol import B0_THRESHOLD, GAMMA, Protocol
-from .signal import D_AXON, free_water_signal, log_restricted_perp
-from .simulation import population_signals
+from .signal import D_AXON, cos2_angles, free_water_signal, log_restricted_perp
 
 Z_ALPHA = 1.64  # one-sided α = 0.05
 RESOLVABLE_UM = 2.0
@@ -83,39 +82,72 @@ def radius_sensitivity(protocol: Protocol, snr: float = 30.0, intra_share: float
             "resolvable": ok, "threshold_um": RESOLVABLE_UM, "reason": reason}
 
 
+def jacobian(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarray, f: np.ndarray,
+             h_um: float = 1e-3) -> np.ndarray:
+    """Jᵀ (n, 3K, M), J = ∂S/∂θ of S = Σ_k ν_k S_k(u_k, r_k, f_k) + (1 - Σ_k ν_k) S_fw and
+    θ = (ν_1..ν_K, r_1..r_K, f_1..f_K). With S_k = f s_in + (1 - f) s_ex, s_in = exp(-b D cos²θ + sin²θ ln E⊥(r))
+    and s_ex = exp(-b D (1 - f sin²θ)) (D⊥ = D (1 - f)):
+
+        ∂S/∂ν_k = S_k - S_fw
+        ∂S/∂r_k = ν_k f s_in sin²θ ∂ln E⊥/∂r
+        ∂S/∂f_k = ν_k (s_in - s_ex + (1 - f) s_ex b D sin²θ)
+
+    exactly, but for ∂ln E⊥/∂r: a central difference (h_um). Under the Gaussian phase approximation ln E⊥ is G²
+    times a function of (r, Δ, δ), so its series is summed once per distinct timing, not per measurement."""
+    u = np.asarray(u, dtype=np.float64)
+    nu, r_um, f = (np.asarray(a, dtype=np.float64) for a in (nu, r_um, f))
+    k_pop = nu.shape[1]
+    b = protocol.b_si
+    s_fw = free_water_signal(protocol)[None]
+    timing, which = np.unique(np.stack([protocol.big_deltas, protocol.small_deltas], 1), axis=0, return_inverse=True)
+    g2 = protocol.gradient_strength**2
+
+    def per_measurement(unit):  # (n, distinct timings) at G = 1 -> (n, M)
+        return unit[:, which.ravel()] * g2
+
+    def unit_log_perp(r):  # ln E⊥ at G = 1 for each distinct timing: (n, T)
+        return log_restricted_perp(r[:, None] * 1e-6, 1.0, timing[:, 0], timing[:, 1])
+
+    jac = np.empty((len(nu), 3 * k_pop, protocol.m))  # rows contiguous over the measurements
+    for k in range(k_pop):
+        u_k = u[:, k] / np.maximum(np.linalg.norm(u[:, k], axis=-1, keepdims=True), 1e-12)
+        sin2 = 1.0 - cos2_angles(protocol, u_k)
+        r, ff = r_um[:, k], f[:, k, None]
+        s_in = np.exp(-b * D_AXON + sin2 * (b * D_AXON + per_measurement(unit_log_perp(r))))
+        s_ex = np.exp(-b * D_AXON * (1.0 - ff * sin2))
+        dlp = per_measurement((unit_log_perp(r + h_um) - unit_log_perp(r - h_um)) / (2 * h_um))
+        jac[:, k] = ff * s_in + (1 - ff) * s_ex - s_fw
+        jac[:, k_pop + k] = nu[:, k, None] * ff * s_in * sin2 * dlp
+        jac[:, 2 * k_pop + k] = nu[:, k, None] * (s_in - s_ex + (1 - ff) * s_ex * b * D_AXON * sin2)
+    return jac
+
+
 def cramer_rao(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarray, f: np.ndarray,
-               snr: float = 30.0) -> dict:
+               snr=30.0, chunk: int = 128) -> dict:
     """Cramér–Rao bound: the smallest standard deviation any unbiased estimate of ν_k, r_k, f_k can have, per
     voxel, for the model S = Σ_k ν_k S_k(u_k, r_k, f_k) + (1 - Σ_k ν_k) S_fw.
 
     Orientations u and Σν + ν_fw = 1 are taken as known (the most an estimator can be told), and the noise as
     Gaussian with σ = 1/SNR on every S0-normalised volume. Rician noise carries less information than that
     (its Fisher information about the amplitude is at most 1/σ²), so under the benchmarks' Rician noise the
-    bound holds a fortiori. Fisher information F = Jᵀ J / σ² with J = ∂S/∂θ, θ = (ν_1..ν_K, r_1..r_K, f_1..f_K):
-    ∂S/∂ν_k = S_k - S_fw exactly, ∂S/∂r_k and ∂S/∂f_k by central differences (1e-3 µm, 1e-4).
+    bound holds a fortiori. Fisher information F = Jᵀ J / σ² with J = ∂S/∂θ (jacobian), `chunk` voxels at a time
+    (small enough for J to stay in the CPU's caches: 128 took a third of the time of 2048 on HCP MGH).
 
-    u (n, K, 3), nu, r_um, f (n, K). Returns {"nu", "r", "f"}: (n, K) standard deviations √diag(F⁻¹), inf for a
-    parameter the signal cannot tell (one along a null direction of F, e.g. r_k of a population with ν_k = 0)."""
-    u = np.asarray(u, dtype=np.float64)
-    nu, r_um, f = (np.asarray(a, dtype=np.float64) for a in (nu, r_um, f))
+    u (n, K, 3), nu, r_um, f (n, K); snr a number or one per voxel (n,). Returns {"nu", "r", "f"}: (n, K)
+    standard deviations √diag(F⁻¹), inf for a parameter the signal cannot tell (one along a null direction of F,
+    e.g. r_k of a population with ν_k = 0)."""
+    nu = np.asarray(nu, dtype=np.float64)
     n, k_pop = nu.shape
-    s_fw = free_water_signal(protocol)[None]
-    hr, hf = 1e-3, 1e-4
-
-    def pop(k, r, ff):
-        return population_signals(protocol, u[:, k], r, ff)
-
-    d_nu = [pop(k, r_um[:, k], f[:, k]) - s_fw for k in range(k_pop)]
-    d_r = [nu[:, k, None] * (pop(k, r_um[:, k] + hr, f[:, k]) - pop(k, r_um[:, k] - hr, f[:, k])) / (2 * hr)
-           for k in range(k_pop)]
-    d_f = [nu[:, k, None] * (pop(k, r_um[:, k], f[:, k] + hf) - pop(k, r_um[:, k], f[:, k] - hf)) / (2 * hf)
-           for k in range(k_pop)]
-    jac = np.stack(d_nu + d_r + d_f, -1)  # (n, M, 3K)
-    fisher = snr**2 * np.einsum("nmi,nmj->nij", jac, jac)
-    # F⁻¹'s diagonal on F's range; a parameter with a component along a null direction is not identifiable
-    w, vec = np.linalg.eigh(fisher)
-    null = w <= 1e-12 * w[:, -1:]
-    var = (vec**2 / np.where(null, np.inf, w)[:, None, :]).sum(-1)
-    blind = ((np.abs(vec) > 1e-6) & null[:, None, :]).any(-1)
-    sd = np.where(blind, np.inf, np.sqrt(var))
+    sd = np.empty((n, 3 * k_pop))
+    for s in range(0, n, chunk):
+        sl = slice(s, s + chunk)
+        jac = jacobian(protocol, np.asarray(u)[sl], nu[sl], np.asarray(r_um)[sl], np.asarray(f)[sl])
+        fisher = jac @ jac.transpose(0, 2, 1)  # at SNR 1: F scales as SNR², the bound as 1/SNR
+        # F⁻¹'s diagonal on F's range; a parameter with a component along a null direction is not identifiable
+        w, vec = np.linalg.eigh(fisher)
+        null = w <= 1e-12 * w[:, -1:]
+        var = (vec**2 / np.where(null, np.inf, w)[:, None, :]).sum(-1)
+        blind = ((np.abs(vec) > 1e-6) & null[:, None, :]).any(-1)
+        sd[sl] = np.where(blind, np.inf, np.sqrt(var))
+    sd /= np.broadcast_to(np.asarray(snr, dtype=np.float64), (n,))[:, None]
     return {"nu": sd[:, :k_pop], "r": sd[:, k_pop:2 * k_pop], "f": sd[:, 2 * k_pop:]}
