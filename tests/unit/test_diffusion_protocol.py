@@ -223,6 +223,25 @@ def test_cramer_rao_jacobian_equals_finite_differences_of_the_model():
     np.testing.assert_allclose(per["r"], one["r"] / np.arange(1.0, n + 1)[:, None], rtol=1e-12)
 
 
+def test_noise_level_from_b0_repeats_and_from_the_fit_residual():
+    from sparsesight.data.diffusion import noise
+
+    rng = np.random.default_rng(0)
+    sigma, s0 = 20.0, rng.uniform(500, 1500, 4000)
+    b0 = s0[:, None] + sigma * rng.standard_normal((4000, 3))
+    b0[:40] += 400 * rng.standard_normal((40, 3))  # 1 % of the voxels moved between the b = 0 volumes
+    est = noise.image_noise(b0.mean(1), 3, b0_var=b0.var(1, ddof=1))
+    assert abs(est["sigma"] - sigma) < 0.04 * sigma and "3 b = 0" in est["source"]
+    np.testing.assert_allclose(est["snr"], b0.mean(1) / est["sigma"])
+    # one b = 0 volume: from the residual sum of squares over the degrees of freedom (M - |w|_0)
+    dof = rng.integers(60, 66, 4000)
+    rss = sigma**2 * rng.chisquare(dof)
+    est = noise.image_noise(s0, 1, rss=rss, dof=dof)
+    assert abs(est["sigma"] - sigma) < 0.02 * sigma and "residual" in est["source"]
+    with pytest.raises(ValueError):
+        noise.image_noise(s0, 1)
+
+
 def test_simplex_projection_is_the_euclidean_projection():
     rng = np.random.default_rng(0)
     v = rng.normal(0.4, 0.5, (300, 2))

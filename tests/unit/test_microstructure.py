@@ -12,6 +12,7 @@ from scipy.optimize import nnls as scipy_nnls
 
 from sparsesight import bundle, checkpoint, models
 from sparsesight.data import diffusion as dif
+from sparsesight.data.diffusion import sensitivity as sens
 from sparsesight.errors import InvalidInput
 from sparsesight.explain import microstructure_plots
 from sparsesight.models import microstructure as ms
@@ -200,6 +201,50 @@ def test_bundle_of_a_dwi_phantom(trained, phantom, tmp_path):
     assert maps.shape == mask.shape + (6,) and np.isfinite(maps).all()
 
 
+def test_bundle_maps_carry_their_cramer_rao_precision(trained, phantom, tmp_path):
+    # every map of the bundle carries the Cramér–Rao floor of its voxels at the image's own noise level: σ from the
+    # b = 0 repeats (the phantom's is 1000 / SNR 50 = 20), the bound at each voxel's estimate and CSD orientations
+    model, _, _ = trained
+    path = run.run_bundle(model, "microstructure", "v1", phantom["dwi"], "dwi_000", tmp_path / "b.zip",
+                          method="hybrid", outputs=["maps", "precision", "peaks"], log=lambda s: None)
+    man = bundle.validate(path)
+    assert abs(man["noise"]["sigma"] - 20.0) < 2.0 and man["noise"]["b0_volumes"] == 5
+    b = bundle.read(path)
+    mask = np.asarray(nib.load(phantom["mask"]).dataobj) > 0
+    snr, _ = b.volume("precision/snr")
+    assert 40 < np.median(snr[mask]) < 60 and (snr[~mask] == 0).all()
+    est = {p: np.stack([b.volume(f"{p}/{k}")[0][mask] for k in (1, 2)], 1) for p in ms.PARAMS}
+    u = np.stack([np.stack([b.volume(f"peak/{k}/{a}")[0][mask] for a in "xyz"], -1) for k in (1, 2)], 1)
+    bound = dif.cramer_rao(model.protocol, u, est["nu"], est["r"], est["f"], snr[mask])
+    cap = {"nu": 1.0, "r": 7.0, "f": 1.0}
+    rows = b.table("precision/quality")
+    for p in ms.PARAMS:
+        for k in (1, 2):
+            sd, _ = b.volume(f"precision/{p}/{k}")
+            np.testing.assert_allclose(sd[mask], np.minimum(bound[p][:, k - 1], cap[p]), rtol=1e-4, err_msg=p)
+            q = b.output(f"{p}/{k}")["quality"]
+            assert q == b.output(f"precision/{p}/{k}")["quality"] and q["crlb_aim"] == sens.PRECISION_AIMS[p]
+            floor = np.sqrt(2 / np.pi) * np.minimum(bound[p][:, k - 1], cap[p])
+            if p == "nu":
+                assert q["crlb_mae_floor_median"] == pytest.approx(np.median(floor), rel=1e-3, abs=1e-4)
+            # a flag exactly where the median voxel's floor is above the aim
+            assert bool(q["flags"]) == (q["crlb_mae_floor_median"] > q["crlb_aim"])
+            row = next(r for r in rows if r["scope"] == f"{p}/{k}" and r["metric"] == "crlb_mae_floor_median")
+            assert row["status"] == ("FAIL" if q["flags"] else "ok")
+    # where CSD found one peak both populations share it: the signal cannot split ν_1 from ν_2 (the bound hits its
+    # cap); where it found two, it can
+    n_peaks = b.volume("n_peaks")[0][mask]
+    nu_sd = b.volume("precision/nu/1")[0][mask]
+    assert (n_peaks == 1).any() and (n_peaks == 2).any()
+    assert np.median(nu_sd[n_peaks == 1]) == pytest.approx(1.0) and np.median(nu_sd[n_peaks == 2]) < 0.5
+    b.close()
+    # the MLP has no orientations: no bound, and the manifest says why
+    path = run.run_bundle(model, "microstructure", "v1", phantom["dwi"], "dwi_000", tmp_path / "m.zip",
+                          method="mlp", outputs=["maps", "precision"], log=lambda s: None)
+    man = bundle.validate(path)
+    assert "note" in man["noise"] and not any(o["name"].startswith("precision/") for o in man["outputs"])
+
+
 def _write(tmp_path, data, bvals=None, bvecs=None, name="x"):
     path = tmp_path / f"{name}.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4)), str(path))
@@ -293,6 +338,10 @@ def test_chunked_maps_equal_one_pass(trained, phantom):
     for key in ("nu", "r", "f"):
         np.testing.assert_allclose(parts[key][same], one[key][same], rtol=1e-5, atol=1e-6, err_msg=key)
     # the same chunks in two worker processes: the same numbers
-    par = run.fit_maps(model, data, protocol, mask, "hybrid", chunk=7, keep_weights=False, workers=2, **quiet)
+    par = run.fit_maps(model, data, protocol, mask, "hybrid", chunk=7, keep_weights=False, workers=2,
+                       precision=True, **quiet)
     for key in ("nu", "r", "f", "nu_fw", "residual", "nnls_r", "sparsity"):
         np.testing.assert_array_equal(par[key], parts[key], err_msg=key)
+    alone = run.fit_maps(model, data, protocol, mask, "hybrid", chunk=7, keep_weights=False, precision=True, **quiet)
+    for key in ("snr", "nu", "r", "f"):  # the precision's per-chunk figures come back from the workers too
+        np.testing.assert_array_equal(par["precision"][key], alone["precision"][key], err_msg=key)

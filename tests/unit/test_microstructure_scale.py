@@ -37,7 +37,7 @@ def small_volume(tmp_path_factory):
 @pytest.mark.parametrize("method", ["hybrid", "fingerprinting"])
 def test_dask_engine_gives_the_in_process_numbers(small_volume, method):
     model, data, protocol, mask, u, _ = small_volume
-    q = {"log": lambda s: None, "orientations": u, "chunk": 37, "keep_weights": False}
+    q = {"log": lambda s: None, "orientations": u, "chunk": 37, "keep_weights": False, "precision": True}
     assert mask.sum() > 3 * 37
     local = run.fit_maps(model, data, protocol, mask, method, **q)
     calls = []
@@ -50,6 +50,8 @@ def test_dask_engine_gives_the_in_process_numbers(small_volume, method):
         if key in local:
             np.testing.assert_array_equal(threads[key], local[key], err_msg=key)
     assert set(threads) == set(local)
+    for key in ("snr", "nu", "r", "f"):  # the precision's per-chunk figures too
+        np.testing.assert_array_equal(threads["precision"][key], local["precision"][key], err_msg=key)
 
 
 @pytest.mark.slow  # a few seconds (spawned processes / a QP per voxel)

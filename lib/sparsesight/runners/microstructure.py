@@ -39,8 +39,8 @@ PROTOCOL_OPTIONS = ("grad", "shells", "b_unit", "timing_unit")
 TRAIN_CONFIG_KEYS = ("n_train", "snr", "lr", "batch_size", "seed", "grid", "mlp_hidden", "split_hidden",
                      "joint_hidden", "threads", "big_delta", "small_delta", "shells", "b_unit", "timing_unit")
 #: every output the bundle can hold; "tsne" (t-SNE of the hybrid's activations, slow) only when asked for
-BUNDLE_OUTPUTS = ("maps", "free_water", "peaks", "sparsity", "residual", "nnls_maps", "weights", "weights_plot",
-                  "preview", "tsne")
+BUNDLE_OUTPUTS = ("maps", "precision", "free_water", "peaks", "sparsity", "residual", "nnls_maps", "weights",
+                  "weights_plot", "preview", "tsne")
 DEFAULT_OUTPUTS = tuple(o for o in BUNDLE_OUTPUTS if o != "tsne")
 SHELL_TOL = 100.0  # s/mm²
 #: how the fibre orientations are found: single-shell CSD, or multi-shell multi-tissue CSD (falls back to "csd")
@@ -410,9 +410,10 @@ def _ssst_response(gtab, data: np.ndarray, mask: np.ndarray, volumes: np.ndarray
 VOXEL_CHUNK = 16384  # voxels normalised (float64) and estimated at a time: memory bounded whatever the volume
 
 
-def _estimate_chunk(model, raw, u, method, protocol, device, keep_weights, acts=None, progress=None) -> dict:
+def _estimate_chunk(model, raw, u, method, protocol, device, keep_weights, acts=None, progress=None,
+                    precision: bool = False) -> dict:
     """One chunk of voxels: normalised by S0 in float64, estimated, the NNLS weights reduced to the nnls maps
-    (and dropped unless `keep_weights`)."""
+    (and dropped unless `keep_weights`); with `precision`, what the maps' precision needs (_precision_chunk)."""
     y = dif.normalise_s0(raw.astype(np.float64), protocol)
     e = ms.estimate(model, y, u, method, protocol=protocol, device=device, activations=acts, progress=progress)
     if "w" in e:
@@ -420,7 +421,26 @@ def _estimate_chunk(model, raw, u, method, protocol, device, keep_weights, acts=
         e["nnls_r"], e["nnls_f"] = wp["r"], wp["f"]
         if not keep_weights:
             del e["w"]
+    if precision:
+        e.update(_precision_chunk(raw, y, u, e, protocol))
     return e
+
+
+def _precision_chunk(raw, y, u, e: dict, protocol: dif.Protocol) -> dict:
+    """Per voxel of a chunk: S0 and the sample variance of the b = 0 volumes (image units), the fit's residual sum
+    of squares and degrees of freedom (when the method has a residual), and the Cramér–Rao standard deviations of
+    ν, r, f at the estimate and its orientations, at SNR 1 (fit_maps divides them by each voxel's SNR)."""
+    b0 = raw[:, protocol.b0_mask].astype(np.float64)
+    s0 = b0.mean(1)
+    out = {"s0": s0}
+    if b0.shape[1] >= 2:
+        out["b0_var"] = b0.var(1, ddof=1)
+    if "residual" in e:  # relative RMS ||y - D w|| / ||y|| of the S0-normalised signal, back to image units
+        out["rss"] = (e["residual"] * np.linalg.norm(y, axis=1) * s0) ** 2
+        out["dof"] = protocol.m - e["sparsity"]
+    sd = dif.cramer_rao(protocol, u, e["nu"], e["r"], e["f"], 1.0)
+    out.update({f"crlb_{p}": sd[p] for p in ms.PARAMS})
+    return out
 
 
 _WORKER: dict = {}
@@ -432,18 +452,20 @@ def _one_thread() -> None:
     torch.set_num_threads(1)  # one process per core
 
 
-def _init_worker(model, protocol, method, device, keep_weights) -> None:
+def _init_worker(model, protocol, method, device, keep_weights, precision=False) -> None:
     _one_thread()
-    _WORKER.update(model=model, protocol=protocol, method=method, device=device, keep_weights=keep_weights)
+    _WORKER.update(model=model, protocol=protocol, method=method, device=device, keep_weights=keep_weights,
+                   precision=precision)
 
 
 def _chunk_in_worker(raw, u) -> dict:
     w = _WORKER
-    return _estimate_chunk(w["model"], raw, u, w["method"], w["protocol"], w["device"], w["keep_weights"])
+    return _estimate_chunk(w["model"], raw, u, w["method"], w["protocol"], w["device"], w["keep_weights"],
+                           precision=w["precision"])
 
 
 def _dask_chunks(model, data, peaks, idx, starts, chunk, method, protocol, device, keep_weights, workers,
-                 scheduler, keep, on_chunk, log, t0) -> None:
+                 scheduler, keep, on_chunk, log, t0, precision: bool = False) -> None:
     """fit_maps' chunks as Dask tasks, in waves of 2 x workers, results kept in chunk order."""
     import uuid
 
@@ -471,7 +493,8 @@ def _dask_chunks(model, data, peaks, idx, starts, chunk, method, protocol, devic
             for s in starts[w0:w0 + wave]:
                 sel = tuple(i[s:s + chunk] for i in idx)
                 tasks.append(dask.delayed(_estimate_chunk, pure=False)(shared[0], data[sel], peaks[sel], method,
-                                                                     shared[1], device, keep_weights))
+                                                                     shared[1], device, keep_weights,
+                                                                     precision=precision))
             for e in dask.compute(*tasks, **kw):
                 keep(e)
                 done += 1
@@ -489,7 +512,7 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
              interpret: bool = False, log=logger.info, keep_weights: bool = True,
              chunk: int = VOXEL_CHUNK, workers: int = 1, orientation_method: str = "csd", engine: str = "local",
              dask_scheduler: str = "threads", on_chunk: Callable[[int, int], None] | None = None,
-             on_slice: Callable[[int, int], None] | None = None) -> dict:
+             on_slice: Callable[[int, int], None] | None = None, precision: bool = False) -> dict:
     """Parameter maps of the masked voxels: {"nu", "r", "f" (X, Y, Z, 2), "nu_fw", "sparsity", "residual",
     "peaks" (X, Y, Z, 2, 3), "n_peaks", "fraction_sum" (ν_1 + ν_2 + ν_fw <= 1), "radius" (the protocol's radius
     sensitivity; r is 0 where it is not resolvable), "orientations" (how the peaks were found)} (+ "w" when
@@ -508,7 +531,10 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
 
     `orientation_method`: "csd" or "msmt" (csd_peaks). `on_chunk(done, total)` is called with the chunks estimated
     so far, first (0, total) once the orientations are found; an exception it raises (a cancelled job) stops the
-    fit between chunks. `on_slice(done, total)` likewise for the axial slices of the orientation fit (csd_peaks)."""
+    fit between chunks. `on_slice(done, total)` likewise for the axial slices of the orientation fit (csd_peaks).
+
+    `precision`: also "precision" (maps_precision): the image's noise and each map's Cramér–Rao standard
+    deviation per voxel at the estimate (not for the MLP, which has no orientations)."""
     if method not in ms.METHODS:
         raise InvalidInput(f"unknown method {method!r}; choose one of {', '.join(ms.METHODS)}")
     if engine not in ENGINES:
@@ -541,6 +567,7 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
             log(f"microstructure: {method} {done}/{n_vox} voxels ({time.time() - t0:.1f} s)")
 
     want_acts = interpret and method != "fingerprinting"
+    precision = precision and not orient["method"].startswith("none")
     parts: dict = {}
     act_parts: dict = {}
     seconds = 0.0
@@ -561,7 +588,7 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
         if want_acts:
             raise InvalidInput("the t-SNE interpretation (activations) needs engine 'local'")
         _dask_chunks(model, data, peaks, idx, starts, chunk, method, protocol, device, keep_weights, workers,
-                     dask_scheduler, lambda e: keep(e, None), on_chunk, log, t0)
+                     dask_scheduler, lambda e: keep(e, None), on_chunk, log, t0, precision)
     elif workers > 1 and not want_acts and len(starts) > 1:
         # chunks in worker processes (spawned: no forked OpenMP state), at most 2 per worker in flight so that the
         # voxels held in transit stay bounded; results come back in order
@@ -570,7 +597,7 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
 
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(model, protocol, method, device, keep_weights)) as ex:
+                                 initargs=(model, protocol, method, device, keep_weights, precision)) as ex:
             pending: list = []
             done = 0
             for s in starts:
@@ -590,7 +617,7 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
             acts: dict | None = {} if want_acts else None
             offset[0] = s
             keep(_estimate_chunk(model, data[sel], peaks[sel], method, protocol, device, keep_weights, acts,
-                                 progress), acts)
+                                 progress, precision), acts)
             if on_chunk is not None:
                 on_chunk(n + 1, len(starts))
     est = {k: np.concatenate(v) for k, v in parts.items()}
@@ -631,10 +658,51 @@ def fit_maps(model: ms.Microstructure, data: np.ndarray, protocol: dif.Protocol,
         log(f"microstructure: {out['radius']['reason']}; radius maps are 0")
         out["r"][:] = 0
         out.pop("nnls_r", None)
+    if precision:
+        out["precision"] = maps_precision(model, protocol, est, idx, shape, out["radius"]["resolvable"])
     if acts:
         out["activations"] = {k: v.cpu().numpy() for k, v in acts.items()}
     log(f"microstructure: {method} on {n_vox} voxels in {est['seconds']:.2f} s "
         f"({1e3 * est['seconds'] / max(n_vox, 1):.3f} ms/voxel)")
+    return out
+
+
+#: r_k and f_k are judged where population k holds at least this volume fraction
+PRESENT_NU = 0.1
+
+
+def maps_precision(model: ms.Microstructure, protocol: dif.Protocol, est: dict, idx, shape,
+                   radius_resolvable: bool) -> dict:
+    """The precision of the maps from fit_maps' per-voxel estimates with _precision_chunk's figures: the image's
+    noise (diffusion.noise: σ from the b = 0 repeats, else the fit residual), "snr" (X, Y, Z) = S0 / σ, and "nu",
+    "r" (only where radius is resolvable), "f" (X, Y, Z, K): each voxel's Cramér–Rao standard deviation at its
+    SNR, capped at the parameter's whole range (at the cap the signal does not bound it). "quality" {map name:
+    precision_quality}: ν_k over every voxel, r_k and f_k over the voxels where population k holds
+    ν_k >= PRESENT_NU (elsewhere they describe nothing)."""
+    from ..data.diffusion import noise, sensitivity
+
+    n_b0 = int(protocol.b0_mask.sum())
+    nz = noise.image_noise(est["s0"], n_b0, est.get("b0_var"), est.get("rss"), est.get("dof"))
+    snr = nz["snr"]
+    cap = {"nu": 1.0, "f": 1.0, "r": float(np.max(model.grid.radii_um))}
+    out: dict = {k: nz[k] for k in ("sigma", "source", "b0_volumes", "snr_median")}
+    vol = np.zeros(shape, np.float32)
+    vol[idx] = np.nan_to_num(snr, nan=0.0, posinf=0.0)
+    out["snr"] = vol
+    out["quality"] = {}
+    for p in ms.PARAMS:
+        if p == "r" and not radius_resolvable:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sd = est[f"crlb_{p}"] / snr[:, None]
+        sd = np.where(np.isnan(sd), np.inf, sd)
+        vol = np.zeros(shape + (ms.K,), np.float32)
+        vol[idx] = np.minimum(sd, cap[p])
+        out[p] = vol
+        for k in range(ms.K):
+            sel = slice(None) if p == "nu" else est["nu"][:, k] >= PRESENT_NU
+            out["quality"][f"{p}/{k + 1}"] = sensitivity.precision_quality(
+                sd[sel, k], p, f"{p}_{k + 1}", nz["snr_median"], cap[p])
     return out
 
 
@@ -714,13 +782,15 @@ def _preview_png(maps: dict, method: str) -> bytes:
     plt = pyplot()
 
     z = maps["nu"].shape[2] // 2
-    panels: list[tuple[str, Any, tuple[int, int] | None]] = [(f"ν_{k + 1}", maps["nu"][..., z, k], (0, 1)) for k in range(ms.K)]
+    panels: list[tuple[str, Any, tuple[float, float] | None]] = [(f"ν_{k + 1}", maps["nu"][..., z, k], (0, 1)) for k in range(ms.K)]
     panels += [(f"r_{k + 1} (µm)", maps["r"][..., z, k], (0, 7)) for k in range(ms.K)]
     panels += [(f"f_{k + 1}", maps["f"][..., z, k], (0, 1)) for k in range(ms.K)]
     if "sparsity" in maps:
         panels.append(("|w|_0", maps["sparsity"][..., z], None))
     if "residual" in maps:
         panels.append(("residual (rel. RMS)", maps["residual"][..., z], None))
+    if "precision" in maps:  # how far the signal pins the first population's share (Cramér–Rao)
+        panels.append(("Cramér–Rao SD of ν_1", maps["precision"]["nu"][..., z, 0], (0, 0.2)))
     u = np.abs(maps["peaks"][..., z, 0, :]) * maps["nu"][..., z, :1]
     fig, axes = plt.subplots(2, (len(panels) + 2) // 2, figsize=(2.6 * ((len(panels) + 2) // 2), 5.2))
     axes = axes.ravel()
@@ -737,13 +807,39 @@ def _preview_png(maps: dict, method: str) -> bytes:
     return png_bytes(fig, dpi=80)
 
 
+def _add_precision(w: BundleWriter, prec: dict, units: dict) -> None:
+    """The precision outputs of a bundle (maps_precision): the SNR map, each map's Cramér–Rao standard deviation
+    and the table of their quality objects (the rows of explain.served.quality_rows: set, scope, metric, value,
+    aim, status)."""
+    w.add_volume("precision/snr", prec["snr"], colormap="viridis",
+                 description=f"SNR at b = 0, S0 / σ (σ = {prec['sigma']:.4g} from the {prec['source']})")
+    rows = []
+    for name, q in prec["quality"].items():
+        p, k = name.split("/")
+        w.add_volume(f"precision/{name}", prec[p][..., int(k) - 1], colormap="viridis", quality=q,
+                     description=f"Cramér–Rao standard deviation of {p}_{k} ({units[p]}) at each voxel's estimate, "
+                                 f"orientations and SNR: no unbiased estimate is more precise; capped at the "
+                                 f"parameter's range, where the signal does not bound it (e.g. ν_1 against ν_2 "
+                                 f"where CSD found one peak: both populations share it)")
+        for metric in ("crlb_mae_floor_median", "crlb_share_above_aim", "crlb_share_unbounded"):
+            v, judged = q[metric], metric == "crlb_mae_floor_median"
+            rows.append({"set": "precision", "scope": name, "metric": metric,
+                         "value": "none" if v is None else f"{v:.4g}", "aim": f"<= {q['crlb_aim']:g}" if judged else "",
+                         "status": "" if not judged or v is None else ("ok" if v <= q["crlb_aim"] else "FAIL")})
+    w.add_table("precision/quality", rows, description="precision of every map: the median voxel's Cramér–Rao MAE "
+                "floor (√(2/π) × the bound) against the precision the map is read to, and the share of voxels "
+                f"above it; r and f where their population holds ν >= {PRESENT_NU:g}")
+
+
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
                method: str = "hybrid", bvals=None, bvecs=None, mask=None, big_delta=None, small_delta=None,
                log=logger.info, workers: int = 1, orientations: str = "csd", engine: str = "local",
                chunk: int = VOXEL_CHUNK, on_chunk=None, dask_scheduler: str = "threads", on_slice=None,
                **protocol_options) -> Path:
     """Maps and their interpretation as a result bundle (docs/ARCHITECTURE.md). `outputs` from BUNDLE_OUTPUTS (None: all
-    but "tsne"): maps (nu|r|f/<population>), free_water, peaks (peak/<k>/x|y|z, n_peaks), sparsity (|w|_0),
+    but "tsne"): maps (nu|r|f/<population>), precision (each map's Cramér–Rao standard deviation per voxel,
+    precision/nu|r|f/<population>, the SNR map precision/snr, the table precision/quality, and each map's
+    quality object; not for the MLP), free_water, peaks (peak/<k>/x|y|z, n_peaks), sparsity (|w|_0),
     residual, nnls_maps (weight-averaged r, f of the chosen fingerprints), weights (table of the chosen
     fingerprints per voxel), weights_plot, preview, tsne (hybrid's split/joint activations, Fig. 4).
     `orientations`, `engine`, `dask_scheduler`, `chunk`, `on_chunk`, `on_slice`: as fit_maps' orientation_method,
@@ -758,8 +854,9 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     maps = fit_maps(model, data, protocol, m, method, device=device, interpret="tsne" in wanted, log=log,
                     keep_weights=bool({"weights", "weights_plot"} & set(wanted)), workers=workers,
                     orientation_method=orientations, engine=engine, chunk=chunk, on_chunk=on_chunk,
-                    dask_scheduler=dask_scheduler, on_slice=on_slice)
+                    dask_scheduler=dask_scheduler, on_slice=on_slice, precision="precision" in wanted)
     sens = maps["radius"]
+    prec = maps.get("precision", {})
     w = BundleWriter(name, version, image_id, affine, data.shape[:3], method=method,
                      protocol={"volumes": protocol.m, "shells": protocol.shell_table(SHELL_TOL),
                                "hash": protocol.hash, "source": protocol.source, "config": protocol.to_config(),
@@ -768,7 +865,10 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                      voxels=int(m.sum()),
                      nonfinite_voxels=notes["nonfinite_voxels"],
                      fractions={"max_sum": round(float(maps["fraction_sum"].max()), 6),
-                                "rule": "ν_1 + ν_2 + ν_fw <= 1 by construction (simplex projection)"})
+                                "rule": "ν_1 + ν_2 + ν_fw <= 1 by construction (simplex projection)"},
+                     noise={k: prec[k] for k in ("sigma", "source", "b0_volumes", "snr_median") if k in prec} or
+                     {"note": "not estimated: the precision output was not asked for, or the method (mlp) has no "
+                              "orientations for the Cramér–Rao bound"})
     units = {"nu": "volume fraction", "r": "axon radius index (µm)", "f": "intra-axonal fraction"}
     if "maps" in wanted:
         for k in range(ms.K):
@@ -778,7 +878,11 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                 desc = f"{units[p]} of population {k + 1} ({method})"
                 if p == "r":
                     desc += f"; resolution limit {sens['r_min_um']:.2f} µm: smaller radii read as that"
-                w.add_volume(f"{p}/{k + 1}", maps[p][..., k], colormap="viridis", description=desc)
+                q = prec.get("quality", {}).get(f"{p}/{k + 1}")
+                w.add_volume(f"{p}/{k + 1}", maps[p][..., k], colormap="viridis", description=desc,
+                             **({"quality": q} if q else {}))
+    if "precision" in wanted and prec:
+        _add_precision(w, prec, units)
     if "free_water" in wanted and "nu_fw" in maps:
         w.add_volume("nu/free_water", maps["nu_fw"], description="free-water share of the dictionary weights")
     if "peaks" in wanted and not maps["orientations"]["method"].startswith("none"):
