@@ -265,8 +265,8 @@ GRAM_CHUNK = 16
 
 #: voxels per NNLS batch: their H (chunk, Q, Q) in float64 and the solver's state (Φ is reduced GRAM_CHUNK voxels at
 #: a time). Recorded (bench microstructure_scale --parts nnls_chunks: HCP-size protocol, M = 288, the paper's
-#: dictionary, one thread): 0.83 ms/voxel at 2048, 0.68 at 1024, 0.69 at 512, 0.73 at 256, 0.80 at 128 (runs at 256
-#: and 1024 overlap; 256 holds a quarter of the memory). The residual is the same
+#: dictionary, one thread): 0.80 ms/voxel at 2048, 0.63 at 1024, 0.65 at 512, 0.62 at 256, 0.69 at 128 (runs at 256,
+#: 512 and 1024 overlap; 256 holds a quarter of the memory of 1024). The residual is the same
 #: at every size; the weights of some voxels whose optimum is not unique (nearly collinear small-radius atoms)
 #: follow the round-off, which the batch's padding changes
 NNLS_CHUNK = 256
