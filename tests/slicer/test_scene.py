@@ -270,6 +270,28 @@ def test_table_and_plot(mrml, bundle):
     assert tuple(top) == (255, 0, 0) and tuple(bottom) == (0, 0, 255)
 
 
+def test_review_page_metrics_show_each_maps_verdicts_and_flags(mrml, tmp_path, monkeypatch):
+    # what the browser review page lists beside the maps (sparsesight_viewer.session, over the same MRML nodes as the
+    # Slicer module): figures, verdicts and every flag of a map's quality, so a failed check is seen where it is shown
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "apps" / "viewer"))
+    from sparsesight_viewer.session import ReviewSession
+
+    w = BundleWriter("microstructure", "sha256:0123456789abcdef", "dwi_000", np.eye(4), SHAPE)
+    flag = "nu_1: the signal does not bound it at SNR 30, above the 0.03 it is read to (Cramér–Rao)"
+    w.add_volume("nu/1", np.full(SHAPE, 0.5, np.float32),
+                 quality={"crlb_mae_floor_median": 0.7979, "crlb_aim": 0.03, "flags": [flag]})
+    w.add_volume("attribution/xrai/enhancing", np.zeros(SHAPE, np.float32),
+                 quality={"deletion_gain_vs_random": 0.8, "faithful": False, "sane": True, "flags": []})
+    w.write(tmp_path / "b.zip")
+    session = ReviewSession(mrml, workdir=tmp_path / "work")
+    session._use(S.load_bundle(mrml, tmp_path / "b.zip"))
+    rows = set(session.metrics())
+    assert ("nu/1", "quality.crlb_mae_floor_median", "0.7979") in rows and ("nu/1", "quality.flag", flag) in rows
+    assert ("attribution/xrai/enhancing", "quality.faithful", "NO") in rows
+    assert ("attribution/xrai/enhancing", "quality.sane", "yes") in rows
+    assert not any(r[0] == "attribution/xrai/enhancing" and r[1] == "quality.flag" for r in rows)
+
+
 def test_two_runs_are_two_folders_side_by_side(mrml, bundle):
     path, _ = bundle
     first, second = S.load_bundle(mrml, path), S.load_bundle(mrml, path)

@@ -222,7 +222,9 @@ class ReviewSession:
 
     def metrics(self) -> list[tuple[str, str, str]]:
         """(output, metric, value) of every measurement a bundle entry carries (faithfulness of attribution maps,
-        reconstruction error, sparsity, ...): the explanation-quality table."""
+        reconstruction error, sparsity, the precision of microstructure maps, ...): the explanation-quality table.
+        A verdict (faithful, sane, ...) reads yes / NO, and every flag of an entry's quality is a row of its own
+        ("<key>.flag"), so a map that fails its check says so where it is shown."""
         rows = []
         for name, node in (self.run.nodes.items() if self.run else []):
             for key, value in sorted(_meta(node).items()):
@@ -232,6 +234,9 @@ class ReviewSession:
                     rows.append((name, key, f"{value:.4g}"))
                 elif isinstance(value, dict):
                     rows += [(name, f"{key}.{k}", f"{v:.4g}") for k, v in sorted(value.items()) if _number(v)]
+                    rows += [(name, f"{key}.{k}", "yes" if v else "NO") for k, v in sorted(value.items())
+                             if isinstance(v, bool)]
+                    rows += [(name, f"{key}.flag", f) for f in value.get("flags") or [] if isinstance(f, str)]
         return rows
 
     # ------------------------------------------------------------------ probe
