@@ -27,6 +27,25 @@ def test_tables_of_the_analytic_model_give_its_signals(scenario):
     assert all(v == 0 for row in gap for k, v in row.items() if k != "r_um")
 
 
+def test_voxel_free_water_range_and_the_served_bound_ratio():
+    protocol = dif.hcp_mgh_protocol(8)
+    radii = np.array([1.0, 3.0, 6.0])
+    achieved = np.array([[0.3, 0.45]] * 3)
+    tables = {**mcb.analytic_tables(protocol, radii, achieved), "radii_um": radii, "achieved": achieved}
+    vox = mcb.voxels(tables, protocol, 400, "crossing90", 30.0, seed=1, fw_max=1.0)
+    fw = vox["nu_fw"]
+    assert (fw[:200] == 0).all() and fw[200:].max() > 0.9 and np.isclose(vox["nu"].sum(1) + fw, 1).all()
+    assert mcb.voxels(tables, protocol, 400, "crossing90", 30.0, seed=1)["nu_fw"].max() <= 0.3
+    # an estimate equal to the truth serves the true bound: ratio 1 everywhere
+    truth = {k: vox[k] for k in ("nu", "r", "f")}
+    ratio = mcb.served_bound_ratio(protocol, vox, truth, 30.0)
+    assert all(ratio[f"served_bound_ratio_{p}_median"] == 1.0 and ratio[f"served_bound_within_2x_{p}"] == 1.0
+               for p in ("nu", "r", "f"))
+    # one that halves every radius serves another bound (the radius sets how much of the signal it moves)
+    off = mcb.served_bound_ratio(protocol, vox, {**truth, "r": truth["r"] / 2}, 30.0)
+    assert off["served_bound_ratio_r_median"] > 2
+
+
 def test_readme_quotes_the_recorded_monte_carlo_run():
     import json
     from pathlib import Path
@@ -96,3 +115,35 @@ def test_readme_quotes_the_free_water_prior_runs():
         assert r["train"]["free_water"] == [0.0, fw] and r["command"] in readme
     for key in ("mae_nu", "mae_f"):
         assert (f"{trip(runs[0], key)} and {trip(runs[1], key)}" in readme and trip(base, key) in readme), key
+
+
+def test_readme_quotes_the_full_free_water_range_and_the_served_bound():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    flat = " ".join(readme.split())
+    res = root / "bench" / "results"
+    fw1 = json.loads((res / "microstructure_mc_voxelfw1" / "microstructure_mc.json").read_text())
+    fw1p = json.loads((res / "microstructure_mc_voxelfw1_prior1" / "microstructure_mc.json").read_text())
+    assert fw1["voxel_free_water"] == [0.0, 1.0] and fw1["train"]["free_water"] == [0.0, 0.1]
+    assert fw1p["voxel_free_water"] == [0.0, 1.0] and fw1p["train"]["free_water"] == [0.0, 1.0]
+    lines = mcb.markdown_table(fw1)
+    assert [x for x in lines[:lines.index("")] if x not in readme] == []
+    assert fw1["command"] in flat and fw1p["command"] in flat
+
+    def trip(r, method, key):
+        h = {x["scenario"]: x for x in r["mae"] if x["method"] == method}
+        return " / ".join(f"{h[s][key]:.3f}" for s in ("single", "crossing60", "crossing90"))
+
+    assert f"MAE ν_fw {trip(fw1, 'hybrid', 'mae_nu_fw')}, single / 60° / 90°" in flat
+    assert f"(hybrid ν {trip(fw1p, 'hybrid', 'mae_nu')})" in flat
+    base = json.loads((res / "microstructure_mc.json").read_text())
+    for r in (base, fw1):  # the served bound (at the estimate) against the truth's, on crossings
+        h = [x for x in r["mae"] if x["method"] == "hybrid" and x["scenario"] != "single"]
+        assert "ν " + " / ".join(f"{x['served_bound_ratio_nu_median']:.2f}" for x in h) in flat
+        assert all(0 < x["served_bound_within_2x_nu"] <= 1 for x in h)
+    # fingerprinting scores voxels with free water too (it once saw only the first, water-free half)
+    fp = [x for x in base["mae"] if x["method"] == "fingerprinting"]
+    assert all(x["mae_nu_fw"] != x["spurious_fw"] for x in fp)

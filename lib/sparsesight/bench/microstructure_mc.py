@@ -23,11 +23,13 @@ table; `test_microstructure_mc` proves the interpolation exact on analytic table
 
 Voxels (evaluate): ν, r, f with r and f at the simulated values, orientations random; single bundles (ν_2 = 0,
 the second orientation = the first, as the runner does with one CSD peak) and crossings at 60 and 90 degrees; free
-water 0 in half the voxels (spurious free water is the mean ν_fw estimated there), uniform 0-0.3 in the others;
+water 0 in half the voxels (spurious free water is the mean ν_fw estimated there), uniform 0-0.3 in the others
+(0-1 with --voxel-free-water-max 1);
 Rician noise at SNR 30. The MLP and hybrid are trained on the analytic model's simulations (as served), so the
 MC voxels test them on data they were not made from. A single bundle is scored as one: ν as the two estimated
 populations' sum, r and f as their ν-weighted means (the two share the orientation, so any split is equivalent). Reported: forward-model gap per r and f, MAE ν / r / f per
-method and scenario, spurious free water, voxels with ν_1 + ν_2 + ν_fw > 1.
+method and scenario, spurious free water, voxels with ν_1 + ν_2 + ν_fw > 1. Fingerprinting (70-80 ms a voxel)
+scores n_fp of the voxels, evenly spread over the scenario's (half of them with free water).
 """
 from __future__ import annotations
 
@@ -167,8 +169,14 @@ def analytic_tables(protocol, radii_um, fractions) -> dict:
     return {"shells": shells, "c2": c2, "intra": intra, "extra": extra}
 
 
-def voxels(tables: dict, protocol, n: int, scenario: str, snr: float | None, seed: int = 0) -> dict:
-    """n voxels of `scenario` ("single", "crossing60", "crossing90") from the tables, normalised by S0."""
+#: free water of the voxels that have some: uniform in [0, this] (the recorded runs; --voxel-free-water-max)
+VOXEL_FREE_WATER_MAX = 0.3
+
+
+def voxels(tables: dict, protocol, n: int, scenario: str, snr: float | None, seed: int = 0,
+           fw_max: float = VOXEL_FREE_WATER_MAX) -> dict:
+    """n voxels of `scenario` ("single", "crossing60", "crossing90") from the tables, normalised by S0; free water
+    0 in the first half, uniform in [0, fw_max] in the others."""
     from ..data import diffusion as dif
 
     rng = np.random.default_rng(seed)
@@ -180,7 +188,7 @@ def voxels(tables: dict, protocol, n: int, scenario: str, snr: float | None, see
         u2 = u1.copy()
     else:
         u1, u2 = dif.crossing_pair(rng, n, float(scenario.replace("crossing", "")))
-    fw = np.where(np.arange(n) < n // 2, 0.0, rng.uniform(0, 0.3, n))
+    fw = np.where(np.arange(n) < n // 2, 0.0, rng.uniform(0, fw_max, n))
     share2 = np.zeros(n) if scenario == "single" else rng.uniform(0.3, 0.5, n)
     nu = np.stack([1 - share2, share2], 1) * (1 - fw)[:, None]
     f = tables["achieved"][ir, jp]
@@ -215,23 +223,29 @@ def forward_gap(tables: dict, protocol) -> list[dict]:
     return rows
 
 
-def scenario_voxels(tables: dict, protocol, n: int, scenario: str, snr: float, seed: int) -> dict:
+def scenario_voxels(tables: dict, protocol, n: int, scenario: str, snr: float, seed: int,
+                    fw_max: float = VOXEL_FREE_WATER_MAX) -> dict:
     """The voxels every table of a run scores for `scenario`: one seed per scenario, so MAE and floor rows see the
     same draws."""
-    return voxels(tables, protocol, n, scenario, snr, seed + {"single": 1, "crossing60": 2, "crossing90": 3}[scenario])
+    return voxels(tables, protocol, n, scenario, snr, seed + {"single": 1, "crossing60": 2, "crossing90": 3}[scenario],
+                  fw_max)
 
 
-def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed: int) -> list[dict]:
+def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed: int,
+             fw_max: float = VOXEL_FREE_WATER_MAX) -> list[dict]:
     """MAE ν / r / f, spurious free water, fractions above 1 and ms/voxel of every method and scenario on the
     voxels of `tables` (Monte-Carlo or analytic)."""
     from ..models import microstructure as ms
 
     rows = []
     for scenario in ("single", "crossing60", "crossing90"):
-        vox = scenario_voxels(tables, protocol, n, scenario, snr, seed)
+        vox = scenario_voxels(tables, protocol, n, scenario, snr, seed, fw_max)
         for method in ms.METHODS:
-            k = n_fp if method == "fingerprinting" else n
-            sub = {key: v[:k] for key, v in vox.items()}
+            k = min(n_fp, n) if method == "fingerprinting" else n
+            # fingerprinting (slow) scores k voxels spread evenly over the scenario: both halves, with and without
+            # free water, as the other methods see them
+            pick = np.linspace(0, n - 1, k).round().astype(int)
+            sub = {key: v[pick] for key, v in vox.items()}
             est = ms.estimate(model, sub["signal"], sub["u"], method)
             if scenario == "single":  # one bundle, both estimated populations along it: score the bundle as
                 # their sum (ν) and ν-weighted means (r, f), whichever way a method splits it
@@ -249,16 +263,37 @@ def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed:
                    "spurious_fw": round(float(est["nu_fw"][no_fw].mean()), 4),
                    "fractions_above_1": int((total > 1 + 1e-6).sum()),
                    "ms_per_voxel": round(1e3 * est["seconds"] / k, 2)}
+            if method == "hybrid" and scenario != "single":
+                row.update(served_bound_ratio(protocol, sub, est, snr))
             rows.append(row)
             logger.info(json.dumps(row))
     return rows
+
+
+def served_bound_ratio(protocol, vox: dict, est: dict, snr: float) -> dict:
+    """How well the bound a bundle serves (Cramér–Rao at the estimate) stands for the bound at the truth, on
+    crossings (two distinct populations): the median over the voxels of their ratio per parameter, and the share of
+    voxels where it is within a factor 2."""
+    from ..data import diffusion as dif
+
+    at_est = dif.cramer_rao(protocol, vox["u"], est["nu"], est["r"], est["f"], snr)
+    at_true = dif.cramer_rao(protocol, vox["u"], vox["nu"], vox["r"], vox["f"], snr)
+    out = {}
+    for p in ("nu", "r", "f"):
+        a, b = at_est[p].ravel(), at_true[p].ravel()
+        with np.errstate(invalid="ignore", divide="ignore"):  # both unbounded: they agree
+            ratio = np.where(np.isinf(a) & np.isinf(b), 1.0, a / b)
+        ratio = np.where(np.isnan(ratio), np.inf, ratio)
+        out[f"served_bound_ratio_{p}_median"] = round(float(np.median(ratio)), 3)
+        out[f"served_bound_within_2x_{p}"] = round(float(((ratio >= 0.5) & (ratio <= 2)).mean()), 3)
+    return out
 
 
 #: the issue's aims for the hybrid's MAE on these voxels (SNR 30): the precision the served maps are judged by
 AIMS = PRECISION_AIMS
 
 
-def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int) -> list[dict]:
+def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: float = VOXEL_FREE_WATER_MAX) -> list[dict]:
     """The floor of the MAE an unbiased estimator can reach on the same voxels as mae_rows (same draws):
     √(2/π) × the Cramér–Rao standard deviation (diffusion.cramer_rao: orientations and Σν + ν_fw = 1 known,
     Gaussian noise), per voxel and parameter (averaged over a crossing's two populations); median over the voxels
@@ -270,7 +305,7 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int) -> list[dic
 
     rows = []
     for scenario in ("single", "crossing60", "crossing90"):
-        vox = scenario_voxels(tables, protocol, n, scenario, snr, seed)
+        vox = scenario_voxels(tables, protocol, n, scenario, snr, seed, fw_max)
         k = 1 if scenario == "single" else 2
         sd = dif.cramer_rao(protocol, vox["u"][:, :k], vox["nu"][:, :k], vox["r"][:, :k], vox["f"][:, :k], snr)
         row: dict = {"scenario": scenario, "voxels": n, "snr": snr}
@@ -290,10 +325,11 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int) -> list[dic
 
 def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_train: int = 6000, epochs: int = 25,
              snr: float = 30.0, seed: int = 0, subsample: int | None = None,
-             free_water_max: float | None = None) -> dict:
+             free_water_max: float | None = None, voxel_free_water_max: float = VOXEL_FREE_WATER_MAX) -> dict:
     """MAE tables of the three methods on the Monte-Carlo voxels and on the analytic model's, beside the
     Cramér–Rao floor; on the tables' protocol, or on HCP MGH subsampled by `subsample` (1: all 552 volumes; the
-    tables hold every shell and timing, the directions are interpolated in cos²θ)."""
+    tables hold every shell and timing, the directions are interpolated in cos²θ). `free_water_max`: the networks'
+    training prior; `voxel_free_water_max`: the scored voxels' (half of them have none)."""
     import torch
 
     from ..data import diffusion as dif
@@ -313,21 +349,24 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_trai
     data = ms_training.simulate_training_set(model, n_train, (25, 50, 100), seed=seed, ranges=ranges)
     ms_training.fit_networks(model, data, epochs=epochs, batch_size=128, lr=2e-3, seed=seed)
     logger.info(f"trained MLP and hybrid on {n_train} analytic voxels in {time.time() - t0:.0f} s")
-    rows = mae_rows(model, tables, protocol, n, n_fp, snr, seed)
+    fw_max = float(voxel_free_water_max)
+    rows = mae_rows(model, tables, protocol, n, n_fp, snr, seed, fw_max)
     # the same voxels (r, f, orientations, fractions, noise) from the analytic model the methods are built on:
     # what is left there is noise and identifiability, not the forward model's gap to the walkers
     analytic = {**tables, **analytic_tables(protocol, tables["radii_um"], tables["achieved"])}
-    rows_analytic = mae_rows(model, analytic, protocol, n, n_fp, snr, seed)
+    rows_analytic = mae_rows(model, analytic, protocol, n, n_fp, snr, seed, fw_max)
     result = {"command": f"python -m sparsesight.bench.microstructure_mc evaluate --out {out}"
                          + (f" --n {n}" if n != 240 else "") + (f" --n-fp {n_fp}" if n_fp != 30 else "")
                          + (f" --n-train {n_train}" if n_train != 6000 else "") + (f" --epochs {epochs}" if epochs != 25 else "")
                          + (f" --subsample {subsample}" if subsample != 4 else "")
-                         + (f" --free-water-max {free_water_max:g}" if free_water_max is not None else ""),
+                         + (f" --free-water-max {free_water_max:g}" if free_water_max is not None else "")
+                         + (f" --voxel-free-water-max {fw_max:g}" if fw_max != VOXEL_FREE_WATER_MAX else ""),
               "protocol": {"name": protocol.name, "m": protocol.m, "subsample": subsample},
               "tables": tables["meta"], "radii_um": [float(x) for x in tables["radii_um"]],
               "packings_achieved": np.round(tables["achieved"], 3).tolist(),
               "forward_gap": forward_gap(tables, protocol), "mae": rows, "mae_analytic": rows_analytic,
-              "crlb": crlb_rows(tables, protocol, n, snr, seed), "aims": AIMS,
+              "crlb": crlb_rows(tables, protocol, n, snr, seed, fw_max), "aims": AIMS,
+              "voxel_free_water": [0.0, fw_max],
               "train": {"n_train": n_train, "epochs": epochs, "grid": "paper 34 x 23",
                         "free_water": list(ranges.free_water)}}
     out = Path(out)
@@ -386,13 +425,15 @@ def main(argv=None) -> int:
                    help="HCP MGH every k-th volume (default: the tables' own, 4; 1 for all 552 volumes)")
     e.add_argument("--free-water-max", type=float, default=None,
                    help="train on free water uniform in [0, this] (default: the paper's range, 0-0.1)")
+    e.add_argument("--voxel-free-water-max", type=float, default=VOXEL_FREE_WATER_MAX,
+                   help="the scored voxels' free water, uniform in [0, this] in half of them (none in the others)")
     a = ap.parse_args(argv)
     setup_process()
     if a.step == "generate":
         print(json.dumps(generate(a.out, a.walkers, a.subsample), indent=1))
         return 0
     res = evaluate(a.out, a.tables, a.n, a.n_fp, a.n_train, a.epochs, subsample=a.subsample,
-                   free_water_max=a.free_water_max)
+                   free_water_max=a.free_water_max, voxel_free_water_max=a.voxel_free_water_max)
     print(json.dumps({"forward_gap": res["forward_gap"], "mae": res["mae"]}, indent=1))
     return 0
 
