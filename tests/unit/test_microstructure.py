@@ -238,6 +238,20 @@ def test_bundle_maps_carry_their_cramer_rao_precision(trained, phantom, tmp_path
     assert (n_peaks == 1).any() and (n_peaks == 2).any()
     assert np.median(nu_sd[n_peaks == 1]) == pytest.approx(1.0) and np.median(nu_sd[n_peaks == 2]) < 0.5
     b.close()
+    # one b = 0 volume: σ from the fit residual instead (it includes the model's misfit, so it is not smaller)
+    img = nib.load(phantom["dwi"])
+    protocol = dif.read_protocol(phantom["dwi"])
+    keep = np.flatnonzero(~protocol.b0_mask | (np.arange(protocol.m) == np.argmax(protocol.b0_mask)))
+    stem = tmp_path / "one_b0"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., keep], img.affine), str(stem) + ".nii.gz")
+    dif.write_bvals_bvecs(protocol.subset(keep), stem)
+    dif.write_sidecar(protocol.subset(keep), str(stem) + ".json")
+    nib.save(nib.load(phantom["mask"]), str(stem) + "_mask.nii.gz")
+    path = run.run_bundle(model, "microstructure", "v1", str(stem) + ".nii.gz", "one_b0", tmp_path / "o.zip",
+                          method="fingerprinting", outputs=["maps", "precision"], log=lambda s: None)
+    noise = bundle.validate(path)["noise"]
+    # this test's coarse dictionary (6 x 5) misfits the phantom (grey-matter partial volume too): σ 2.8x the truth
+    assert "residual" in noise["source"] and noise["b0_volumes"] == 1 and 20.0 < noise["sigma"] < 80.0
     # the MLP has no orientations: no bound, and the manifest says why
     path = run.run_bundle(model, "microstructure", "v1", phantom["dwi"], "dwi_000", tmp_path / "m.zip",
                           method="mlp", outputs=["maps", "precision"], log=lambda s: None)
