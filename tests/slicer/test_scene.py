@@ -284,8 +284,13 @@ def test_review_page_metrics_show_each_maps_verdicts_and_flags(mrml, tmp_path, m
                  quality={"deletion_gain_vs_random": 0.8, "faithful": False, "sane": True, "flags": []})
     w.write(tmp_path / "b.zip")
     session = ReviewSession(mrml, workdir=tmp_path / "work")
-    session._use(S.load_bundle(mrml, tmp_path / "b.zip"))
+    run = S.load_bundle(mrml, tmp_path / "b.zip")
+    session._use(run)
     rows = set(session.metrics())
+    # and in Slicer, where the node is shown (Data module): its description says it is flagged, and why
+    assert run.nodes["nu/1"].GetDescription() == f"FLAGGED: {flag}"
+    assert json.loads(run.nodes["nu/1"].GetAttribute(S.ATTR + "flags")) == [flag]
+    assert not run.nodes["attribution/xrai/enhancing"].GetDescription()
     assert ("nu/1", "quality.crlb_mae_floor_median", "0.7979") in rows and ("nu/1", "quality.flag", flag) in rows
     assert ("attribution/xrai/enhancing", "quality.faithful", "NO") in rows
     assert ("attribution/xrai/enhancing", "quality.sane", "yes") in rows

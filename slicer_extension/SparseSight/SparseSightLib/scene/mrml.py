@@ -100,8 +100,21 @@ def tag(node, entry: dict, manifest: dict):
         node.SetAttribute(ATTR + key, str(manifest.get(key, "")))
     meta = {k: v for k, v in entry.items() if k not in ("name", "file", "kind")}
     node.SetAttribute(ATTR + "meta", json.dumps(meta))
-    if entry.get("description"):
-        node.SetDescription(str(entry["description"]))
+    flags = quality_flags(entry)
+    node.SetAttribute(ATTR + "flags", json.dumps(flags))
+    lines = [str(entry["description"])] if entry.get("description") else []
+    lines += [f"FLAGGED: {f}" for f in flags]  # a failed check is said where Slicer shows the node (Data module)
+    if lines:
+        node.SetDescription("\n".join(lines))
+
+
+def quality_flags(entry: dict) -> list[str]:
+    """Every flag of an output's measurement objects (its entries that are objects: `quality`, ...), in order."""
+    out: list[str] = []
+    for value in entry.values():
+        if isinstance(value, dict):
+            out += [str(f) for f in value.get("flags") or [] if isinstance(f, str)]
+    return out
 
 
 def read_volume(scene, path, name: str, node_class: str = "vtkMRMLScalarVolumeNode"):
