@@ -23,7 +23,8 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
   b 1000 / 2000 / 3000, Δ/δ 43.1/10.6 ms: 288 volumes, 2.1 GB; two fibre populations in the white matter, Rician
   noise), the paper's dictionary for that protocol and CPU-sized networks (briefly trained: the cost is measured,
   not the accuracy); fit_maps with the hybrid on the white-matter mask (WM fraction > 0.5): CSD orientations
-  (response, peaks), then the maps in `--workers` processes with `--chunk` voxels per chunk. Wall time per phase
+  (response, peaks), then the maps and their precision (as a bundle or job has them; the noise σ estimated against
+  the simulated 1000 / 30) in `--workers` processes with `--chunk` voxels per chunk. Wall time per phase
   and the peak resident memory of the process and its workers (sampled every 0.2 s) against the int16 input's
   bytes. `--wm-voxels N` fits central axial slabs of N/2 and N white-matter voxels instead of the whole mask and
   extrapolates from the larger (say so when quoting it): the time in proportion to the voxels, the memory as its
@@ -354,12 +355,14 @@ class PeakMemory:
 
 
 def _fit_whole_brain(model, data, protocol, mask, method, workers, chunk, before) -> dict:
-    """One fit_maps on `mask` (CSD orientations, then the maps in `workers` processes): phases, peak memory."""
+    """One fit_maps on `mask` (CSD orientations, then the maps in `workers` processes, with their precision as a
+    bundle has it: the Cramér–Rao bounds and the noise): phases, peak memory, the estimated noise σ."""
     marks: dict = {}
     held = tree_rss()
     t = time.time()
     with PeakMemory() as peak:
         maps = run.fit_maps(model, data, protocol, mask, method, keep_weights=False, chunk=chunk, workers=workers,
+                            precision=True,
                             on_slice=lambda done, total: marks.setdefault("first_slice", time.time()),
                             on_chunk=lambda done, total: marks.setdefault("orientations_done", time.time()),
                             log=lambda s: None)
@@ -371,7 +374,9 @@ def _fit_whole_brain(model, data, protocol, mask, method, workers, chunk, before
             "maps_s": round(t + wall - marks["orientations_done"], 1), "ms_per_voxel_wall": round(1e3 * wall / n, 3),
             "rss_with_input_bytes": held, "peak_rss_bytes": peak.bytes,
             "memory_over_input": round((peak.bytes - before) / data.nbytes, 3),
-            "orientations": maps["orientations"]["method"]}
+            "orientations": maps["orientations"]["method"],
+            "noise_sigma": round(float(maps["precision"]["sigma"]), 3),
+            "snr_median": round(float(maps["precision"]["snr_median"]), 2)}
 
 
 def _result_bytes_per_voxel(model, data, protocol, mask, method, n: int = 256) -> float:
@@ -379,7 +384,7 @@ def _result_bytes_per_voxel(model, data, protocol, mask, method, n: int = 256) -
     their concatenation) and the voxel's three indices."""
     sel = tuple(i[:n] for i in np.nonzero(mask))
     u = np.broadcast_to(np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), (len(sel[0]), 2, 3))
-    e = run._estimate_chunk(model, data[sel], u, method, protocol, "cpu", False)
+    e = run._estimate_chunk(model, data[sel], u, method, protocol, "cpu", False, precision=True)
     return 2 * sum(v.nbytes for v in e.values() if isinstance(v, np.ndarray)) / len(sel[0]) + 3 * 8
 
 
