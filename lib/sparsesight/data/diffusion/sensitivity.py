@@ -13,6 +13,9 @@ limit r_min is the smallest over its shells.
 Radius is reported only where r_min <= RESOLVABLE_UM = 2 µm: most human axons are 0.5-2 µm in radius
 (histology, Aboitiz et al. 1992), so a protocol whose limit lies above 2 µm cannot tell most of them from a
 radius of zero, and a fitted radius then reflects noise and the dictionary's prior, not the tissue.
+
+Beside it, per voxel: the Cramér–Rao bound of ν, r, f (`jacobian`, `cramer_rao`) and the quality object a served map
+carries from it (`precision_quality`: its MAE floor against the precision the map is read to, PRECISION_AIMS).
 """
 from __future__ import annotations
 
