@@ -113,7 +113,9 @@ def test_infer_bundle_with_interpretation(server, dwi, trained, tmp_path):
     # each map's Cramér–Rao precision at the image's noise, with its quality object beside the map
     assert {"precision/snr", "precision/nu/1", "precision/f/2", "precision/quality"} <= names
     assert man["noise"]["sigma"] > 0 and "b = 0" in man["noise"]["source"]
-    assert all("crlb_mae_floor_median" in o["quality"] for o in man["outputs"] if o["name"] in ("nu/1", "f/2"))
+    assert all("crlb_mae_floor_median" in o["quality"] for o in man["outputs"]
+               if o["name"] in ("nu/1", "f/2", "nu/free_water"))
+    assert "precision/nu/free_water" in names
     b = bundle.read(path)
     sp, _ = b.volume("sparsity")
     assert sp.max() >= 2

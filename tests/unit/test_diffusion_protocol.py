@@ -217,6 +217,14 @@ def test_cramer_rao_jacobian_equals_finite_differences_of_the_model():
             up, down = ({**args, name: args[name] + s * h * np.eye(2)[k]} for s in (1, -1))
             fd = (signal(**up) - signal(**down)) / (2 * h)
             np.testing.assert_allclose(jt[:, 2 * i + k], fd, rtol=1e-5, atol=1e-8 * np.abs(fd).max())
+    # the free water's bound is that of ν_fw = 1 - ν_1 - ν_2: √(aᵀ F⁻¹ a), a the sum over the ν_k
+    jac = jt.transpose(0, 2, 1)
+    fisher = 900.0 * jac.transpose(0, 2, 1) @ jac  # SNR 30
+    a = np.array([1.0, 1.0, 0, 0, 0, 0])
+    want = np.sqrt(np.einsum("i,nij,j->n", a, np.linalg.inv(fisher), a))
+    np.testing.assert_allclose(sens.cramer_rao(protocol, u, nu, r, f, 30.0)["nu_fw"], want, rtol=1e-6)
+    one = sens.cramer_rao(protocol, u[:, :1], nu[:, :1], r[:, :1], f[:, :1], 30.0)  # one population: ν_fw = 1 - ν
+    np.testing.assert_allclose(one["nu_fw"], one["nu"][:, 0], rtol=1e-9)
     # the bound per voxel SNR: a per-voxel SNR scales each voxel's bound
     one = sens.cramer_rao(protocol, u, nu, r, f, 1.0)
     per = sens.cramer_rao(protocol, u, nu, r, f, np.arange(1.0, n + 1))

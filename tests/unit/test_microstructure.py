@@ -237,6 +237,13 @@ def test_bundle_maps_carry_their_cramer_rao_precision(trained, phantom, tmp_path
     nu_sd = b.volume("precision/nu/1")[0][mask]
     assert (n_peaks == 1).any() and (n_peaks == 2).any()
     assert np.median(nu_sd[n_peaks == 1]) == pytest.approx(1.0) and np.median(nu_sd[n_peaks == 2]) < 0.5
+    # their sum is bounded there, and so is the free water (one population with the sum's share): the free-water map
+    # carries its bound in every voxel
+    fw_sd = b.volume("precision/nu/free_water")[0][mask]
+    assert np.median(fw_sd[n_peaks == 1]) < 0.2 and (fw_sd < 1.0).all()
+    two = n_peaks == 2
+    np.testing.assert_allclose(fw_sd[two], bound["nu_fw"][two], rtol=1e-4)
+    assert b.output("precision/nu/free_water")["quality"]["crlb_voxels"] == int(mask.sum())
     b.close()
     # one b = 0 volume: σ from the fit residual instead (it includes the model's misfit, so it is not smaller)
     img = nib.load(phantom["dwi"])

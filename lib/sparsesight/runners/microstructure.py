@@ -439,7 +439,15 @@ def _precision_chunk(raw, y, u, e: dict, protocol: dif.Protocol) -> dict:
         out["rss"] = (e["residual"] * np.linalg.norm(y, axis=1) * s0) ** 2
         out["dof"] = protocol.m - e["sparsity"]
     sd = dif.cramer_rao(protocol, u, e["nu"], e["r"], e["f"], 1.0)
-    out.update({f"crlb_{p}": sd[p] for p in ms.PARAMS})
+    # a voxel with one peak has it twice: its two populations share an orientation, so their split is not bounded,
+    # but their sum is, and its free water is that of one population with the sum's share and the ν-weighted r, f
+    one = np.abs((u[:, 0] * u[:, 1]).sum(-1)) > 1 - 1e-9
+    if one.any():
+        tot = e["nu"][one].sum(1, keepdims=True)
+        w = e["nu"][one] / np.maximum(tot, 1e-12)
+        sd["nu_fw"][one] = dif.cramer_rao(protocol, u[one, :1], tot, (w * e["r"][one]).sum(1, keepdims=True),
+                                          (w * e["f"][one]).sum(1, keepdims=True), 1.0)["nu_fw"]
+    out.update({f"crlb_{p}": sd[p] for p in (*ms.PARAMS, "nu_fw")})
     return out
 
 
@@ -675,10 +683,10 @@ def maps_precision(model: ms.Microstructure, protocol: dif.Protocol, est: dict, 
                    radius_resolvable: bool) -> dict:
     """The precision of the maps from fit_maps' per-voxel estimates with _precision_chunk's figures: the image's
     noise (diffusion.noise: σ from the b = 0 repeats, else the fit residual), "snr" (X, Y, Z) = S0 / σ, and "nu",
-    "r" (only where radius is resolvable), "f" (X, Y, Z, K): each voxel's Cramér–Rao standard deviation at its
-    SNR, capped at the parameter's whole range (at the cap the signal does not bound it). "quality" {map name:
-    precision_quality}: ν_k over every voxel, r_k and f_k over the voxels where population k holds
-    ν_k >= PRESENT_NU (elsewhere they describe nothing)."""
+    "r" (only where radius is resolvable), "f" (X, Y, Z, K) and "nu_fw" (X, Y, Z): each voxel's Cramér–Rao standard
+    deviation at its SNR, capped at the parameter's whole range (at the cap the signal does not bound it).
+    "quality" {map name: precision_quality}: ν_k and the free water over every voxel, r_k and f_k over the voxels
+    where population k holds ν_k >= PRESENT_NU (elsewhere they describe nothing)."""
     from ..data.diffusion import noise, sensitivity
 
     n_b0 = int(protocol.b0_mask.sum())
@@ -703,6 +711,13 @@ def maps_precision(model: ms.Microstructure, protocol: dif.Protocol, est: dict, 
             sel = slice(None) if p == "nu" else est["nu"][:, k] >= PRESENT_NU
             out["quality"][f"{p}/{k + 1}"] = sensitivity.precision_quality(
                 sd[sel, k], p, f"{p}_{k + 1}", nz["snr_median"], cap[p])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sd = est["crlb_nu_fw"] / snr
+    sd = np.where(np.isnan(sd), np.inf, sd)
+    vol = np.zeros(shape, np.float32)
+    vol[idx] = np.minimum(sd, 1.0)
+    out["nu_fw"] = vol
+    out["quality"]["nu/free_water"] = sensitivity.precision_quality(sd, "nu", "nu_free_water", nz["snr_median"], 1.0)
     return out
 
 
@@ -816,7 +831,8 @@ def _add_precision(w: BundleWriter, prec: dict, units: dict) -> None:
     rows = []
     for name, q in prec["quality"].items():
         p, k = name.split("/")
-        w.add_volume(f"precision/{name}", prec[p][..., int(k) - 1], colormap="viridis", quality=q,
+        vol = prec["nu_fw"] if name == "nu/free_water" else prec[p][..., int(k) - 1]
+        w.add_volume(f"precision/{name}", vol, colormap="viridis", quality=q,
                      description=f"Cramér–Rao standard deviation of {p}_{k} ({units[p]}) at each voxel's estimate, "
                                  f"orientations and SNR: no unbiased estimate is more precise; capped at the "
                                  f"parameter's range, where the signal does not bound it (e.g. ν_1 against ν_2 "
@@ -884,7 +900,9 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     if "precision" in wanted and prec:
         _add_precision(w, prec, units)
     if "free_water" in wanted and "nu_fw" in maps:
-        w.add_volume("nu/free_water", maps["nu_fw"], description="free-water share of the dictionary weights")
+        q = prec.get("quality", {}).get("nu/free_water")
+        w.add_volume("nu/free_water", maps["nu_fw"], description="free-water share of the dictionary weights",
+                     **({"quality": q} if q else {}))
     if "peaks" in wanted and not maps["orientations"]["method"].startswith("none"):
         for k in range(ms.K):
             for c, axis in enumerate("xyz"):

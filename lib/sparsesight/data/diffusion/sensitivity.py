@@ -138,10 +138,12 @@ def cramer_rao(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarr
 
     u (n, K, 3), nu, r_um, f (n, K); snr a number or one per voxel (n,). Returns {"nu", "r", "f"}: (n, K)
     standard deviations √diag(F⁻¹), inf for a parameter the signal cannot tell (one along a null direction of F,
-    e.g. r_k of a population with ν_k = 0)."""
+    e.g. r_k of a population with ν_k = 0); and "nu_fw" (n,): that of ν_fw = 1 - Σ_k ν_k, √(aᵀ F⁻¹ a) with a the
+    sum over the ν_k (bounded where the split between the populations is not: two populations along one
+    orientation)."""
     nu = np.asarray(nu, dtype=np.float64)
     n, k_pop = nu.shape
-    sd = np.empty((n, 3 * k_pop))
+    sd = np.empty((n, 3 * k_pop + 1))
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
         jac = jacobian(protocol, np.asarray(u)[sl], nu[sl], np.asarray(r_um)[sl], np.asarray(f)[sl])
@@ -149,11 +151,12 @@ def cramer_rao(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarr
         # F⁻¹'s diagonal on F's range; a parameter with a component along a null direction is not identifiable
         w, vec = np.linalg.eigh(fisher)
         null = w <= 1e-12 * w[:, -1:]
+        vec = np.concatenate([vec, vec[:, :k_pop].sum(1, keepdims=True)], 1)  # + the row of a = Σ_k e_ν_k
         var = (vec**2 / np.where(null, np.inf, w)[:, None, :]).sum(-1)
         blind = ((np.abs(vec) > 1e-6) & null[:, None, :]).any(-1)
         sd[sl] = np.where(blind, np.inf, np.sqrt(var))
     sd /= np.broadcast_to(np.asarray(snr, dtype=np.float64), (n,))[:, None]
-    return {"nu": sd[:, :k_pop], "r": sd[:, k_pop:2 * k_pop], "f": sd[:, 2 * k_pop:]}
+    return {"nu": sd[:, :k_pop], "r": sd[:, k_pop:2 * k_pop], "f": sd[:, 2 * k_pop:3 * k_pop], "nu_fw": sd[:, -1]}
 
 
 #: the precision each map is read to: the MAE issue 21 asks of the estimates (ν, r in µm, f)
