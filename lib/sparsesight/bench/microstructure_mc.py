@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.diffusion.sensitivity import PRECISION_AIMS
+from ..data.diffusion.sensitivity import PRECISION_AIMS, mae_floor
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: flo
             # the MAE of a constant: the scenario's own median of the true values (an oracle of the prior alone)
             truth = vox[p][:, :k]
             row[f"mae_constant_{p}"] = round(float(np.abs(truth - np.median(truth, 0)).mean()), 4)
-            floor = np.sqrt(2 / np.pi) * sd[p].mean(1)
+            floor = mae_floor(sd[p].mean(1))
             row[f"mae_floor_{p}_median"] = round(float(np.median(floor)), 4)
             row[f"share_floor_{p}_above_aim"] = round(float((floor > AIMS[p]).mean()), 3)
             # the floor scales as 1/SNR: the SNR at which the median voxel's floor reaches the aim

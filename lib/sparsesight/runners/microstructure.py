@@ -685,8 +685,9 @@ def maps_precision(model: ms.Microstructure, protocol: dif.Protocol, est: dict, 
     noise (diffusion.noise: σ from the b = 0 repeats, else the fit residual), "snr" (X, Y, Z) = S0 / σ, and "nu",
     "r" (only where radius is resolvable), "f" (X, Y, Z, K) and "nu_fw" (X, Y, Z): each voxel's Cramér–Rao standard
     deviation at its SNR, capped at the parameter's whole range (at the cap the signal does not bound it).
-    "quality" {map name: precision_quality}: ν_k and the free water over every voxel, r_k and f_k over the voxels
-    where population k holds ν_k >= PRESENT_NU (elsewhere they describe nothing)."""
+    "maps" {map name ("nu/1", ..., "nu/free_water"): its (X, Y, Z) volume, a view of those} and "quality" {map
+    name: precision_quality}: ν_k and the free water over every voxel, r_k and f_k over the voxels where
+    population k holds ν_k >= PRESENT_NU (elsewhere they describe nothing)."""
     from ..data.diffusion import noise, sensitivity
 
     n_b0 = int(protocol.b0_mask.sum())
@@ -697,27 +698,30 @@ def maps_precision(model: ms.Microstructure, protocol: dif.Protocol, est: dict, 
     vol = np.zeros(shape, np.float32)
     vol[idx] = np.nan_to_num(snr, nan=0.0, posinf=0.0)
     out["snr"] = vol
-    out["quality"] = {}
+    out["maps"], out["quality"] = {}, {}
+
+    def bound(key: str, cap_p: float) -> np.ndarray:  # each voxel's bound at its SNR (inf: unbounded), as a volume
+        crlb = est[f"crlb_{key}"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sd = crlb / snr.reshape((-1,) + (1,) * (crlb.ndim - 1))
+        sd = np.where(np.isnan(sd), np.inf, sd)
+        out[key] = np.zeros(shape + crlb.shape[1:], np.float32)
+        out[key][idx] = np.minimum(sd, cap_p)
+        return sd
+
     for p in ms.PARAMS:
         if p == "r" and not radius_resolvable:
             continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sd = est[f"crlb_{p}"] / snr[:, None]
-        sd = np.where(np.isnan(sd), np.inf, sd)
-        vol = np.zeros(shape + (ms.K,), np.float32)
-        vol[idx] = np.minimum(sd, cap[p])
-        out[p] = vol
+        sd = bound(p, cap[p])
         for k in range(ms.K):
             sel = slice(None) if p == "nu" else est["nu"][:, k] >= PRESENT_NU
+            out["maps"][f"{p}/{k + 1}"] = out[p][..., k]
             out["quality"][f"{p}/{k + 1}"] = sensitivity.precision_quality(
                 sd[sel, k], p, f"{p}_{k + 1}", nz["snr_median"], cap[p])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sd = est["crlb_nu_fw"] / snr
-    sd = np.where(np.isnan(sd), np.inf, sd)
-    vol = np.zeros(shape, np.float32)
-    vol[idx] = np.minimum(sd, 1.0)
-    out["nu_fw"] = vol
-    out["quality"]["nu/free_water"] = sensitivity.precision_quality(sd, "nu", "nu_free_water", nz["snr_median"], 1.0)
+    sd = bound("nu_fw", cap["nu"])
+    out["maps"]["nu/free_water"] = out["nu_fw"]
+    out["quality"]["nu/free_water"] = sensitivity.precision_quality(sd, "nu", "nu_free_water", nz["snr_median"],
+                                                                    cap["nu"])
     return out
 
 
@@ -831,8 +835,7 @@ def _add_precision(w: BundleWriter, prec: dict, units: dict) -> None:
     rows = []
     for name, q in prec["quality"].items():
         p, k = name.split("/")
-        vol = prec["nu_fw"] if name == "nu/free_water" else prec[p][..., int(k) - 1]
-        w.add_volume(f"precision/{name}", vol, colormap="viridis", quality=q,
+        w.add_volume(f"precision/{name}", prec["maps"][name], colormap="viridis", quality=q,
                      description=f"Cramér–Rao standard deviation of {p}_{k} ({units[p]}) at each voxel's estimate, "
                                  f"orientations and SNR: no unbiased estimate is more precise; capped at the "
                                  f"parameter's range, where the signal does not bound it (e.g. ν_1 against ν_2 "
