@@ -73,6 +73,7 @@ def test_info_lists_microstructure(server):
 def test_train_on_the_images_protocol(server, dwi, trained):
     text = "\n".join(trained.get("details", []))
     assert f"M = {dwi['protocol'].m}" in text and "epoch 4/4" in text
+    assert "extra-axonal law mc" in text  # the train task's default: the Monte-Carlo-calibrated law
     assert server.version("microstructure").startswith("sha256:")
     card = server.info()["models"]["microstructure"]["protocol"]  # the protocol the served model fits
     assert card["volumes"] == dwi["protocol"].m and card["hash"] in text
@@ -162,6 +163,8 @@ def test_bad_dwi_requests_are_refused_and_nothing_stored_changes(server, dwi, tr
         assert reason in r.json()["detail"], (what, r.json()["detail"])
     r = server.post("/train/microstructure", json={"epochs": 1, "train_config": {"grid": "tiny"}})
     assert r.status_code == 400 and "grid" in r.json()["detail"]
+    r = server.post("/train/microstructure", json={"epochs": 1, "train_config": {"extra_axonal": "zeppelin"}})
+    assert r.status_code == 400 and "extra-axonal law" in r.json()["detail"], r.text
     r = server.post("/train/microstructure", json={"epochs": 1, "image": "case_000"})
     assert r.status_code == 400 and "bval" in r.json()["detail"]
     r = server.post("/train/microstructure", json={"epochs": 1, "bvals": grads["bvals"], "bvecs": grads["bvecs"]})
@@ -206,14 +209,15 @@ def test_upload_a_dwi_with_its_protocol(server, dwi, trained):
 
 def test_train_for_another_timing_and_the_model_refuses_the_old_one(server, dwi, trained):
     # runs last: it leaves a model trained for other timing (Δ/δ 30/15 ms, given in train_config as today's
-    # callers would, in seconds), which must then refuse the phantom's HCP timing with the reason
+    # callers would, in seconds) and with the paper's tortuosity extra-axonal law, which must then refuse the
+    # phantom's HCP timing with the reason
     p = dwi["protocol"]
-    tc = {**TRAIN, "n_train": 600, "big_delta": 0.030, "small_delta": 0.015}
+    tc = {**TRAIN, "n_train": 600, "big_delta": 0.030, "small_delta": 0.015, "extra_axonal": "tortuosity"}
     status = server.train("microstructure", epochs=1, bvals=p.bvals.tolist(), bvecs=p.bvecs.tolist(),
                           train_config=tc, timeout=600)
     text = "\n".join(status.get("details", []))
     other = dif.Protocol(p.bvals, p.bvecs, 0.030, 0.015)
-    assert "Δ/δ 30/15 ms" in text and other.hash in text, text
+    assert "Δ/δ 30/15 ms" in text and other.hash in text and "extra-axonal law tortuosity" in text, text
     r = server.post("/infer/microstructure", params={"image": DWI, "output": "image"},
                     data={"params": json.dumps({"method": "hybrid"})})
     assert r.status_code == 400 and "trained at 30 ms" in r.json()["detail"], r.text

@@ -192,9 +192,11 @@ def test_cramer_rao_bound_is_reached_by_least_squares_at_high_snr():
     assert np.isfinite(blind["r"][0, 0]) and np.isfinite(blind["nu"]).all()
 
 
-def test_cramer_rao_jacobian_equals_finite_differences_of_the_model():
+@pytest.mark.parametrize("law", ["tortuosity", "mc"])
+def test_cramer_rao_jacobian_equals_finite_differences_of_the_model(law):
     # the analytic ∂S/∂ν, ∂S/∂f and the per-timing ∂ln E⊥/∂r against central differences of the full two-population
-    # model (population_signals), on a protocol whose shells have different Δ/δ
+    # model (population_signals), on a protocol whose shells have different Δ/δ, for either extra-axonal law
+    law = dif.extra_law(law)
     base = dif.hcp_mgh_protocol(8)
     timing = np.where(base.bvals > 4000, 30e-3, base.big_deltas), np.where(base.bvals > 4000, 10e-3, base.small_deltas)
     protocol = dif.Protocol(base.bvals, base.bvecs, *timing)
@@ -206,10 +208,10 @@ def test_cramer_rao_jacobian_equals_finite_differences_of_the_model():
 
     def signal(nu, r, f):
         un = u / np.linalg.norm(u, axis=-1, keepdims=True)
-        s = sum(nu[:, k, None] * dif.population_signals(protocol, un[:, k], r[:, k], f[:, k]) for k in range(2))
+        s = sum(nu[:, k, None] * dif.population_signals(protocol, un[:, k], r[:, k], f[:, k], law) for k in range(2))
         return s + (1 - nu.sum(1))[:, None] * dif.free_water_signal(protocol)
 
-    jt = sens.jacobian(protocol, u, nu, r, f)
+    jt = sens.jacobian(protocol, u, nu, r, f, law=law)
     assert jt.shape == (n, 6, protocol.m)
     for i, (name, h) in enumerate((("nu", 1e-6), ("r", 1e-4), ("f", 1e-6))):
         for k in range(2):
@@ -222,7 +224,7 @@ def test_cramer_rao_jacobian_equals_finite_differences_of_the_model():
     fisher = 900.0 * jac.transpose(0, 2, 1) @ jac  # SNR 30
     a = np.array([1.0, 1.0, 0, 0, 0, 0])
     want = np.sqrt(np.einsum("i,nij,j->n", a, np.linalg.inv(fisher), a))
-    np.testing.assert_allclose(sens.cramer_rao(protocol, u, nu, r, f, 30.0)["nu_fw"], want, rtol=1e-6)
+    np.testing.assert_allclose(sens.cramer_rao(protocol, u, nu, r, f, 30.0, law=law)["nu_fw"], want, rtol=1e-6)
     one = sens.cramer_rao(protocol, u[:, :1], nu[:, :1], r[:, :1], f[:, :1], 30.0)  # one population: ν_fw = 1 - ν
     np.testing.assert_allclose(one["nu_fw"], one["nu"][:, 0], rtol=1e-9)
     # the bound per voxel SNR: a per-voxel SNR scales each voxel's bound

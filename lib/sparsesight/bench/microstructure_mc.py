@@ -50,6 +50,7 @@ PACKINGS = (0.3, 0.45)  # target intra-axonal volume fractions; RSA of equal cyl
 N_NODES = 7  # c² nodes per shell
 D = 2.0e-9
 TABLES = Path("bench/results/microstructure_mc_tables.npz")
+CALIBRATION = Path("bench/results/microstructure_mc_extra_calibration.npz")
 
 
 def nodes() -> np.ndarray:
@@ -117,6 +118,124 @@ def generate(out: Path, walkers: int = 20000, subsample: int = 4, step_fraction:
     return meta
 
 
+#: the extra-axonal calibration (generate_extra): packings other than the bench's (other seeds), radii spanning the
+#: diffusion times of the dictionary's range, b across the axons only (along them the hindered signal is exactly
+#: Gaussian: the cylinders are infinite), at the tables' timing
+CAL_RADII_UM = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+CAL_PACKINGS = (0.15, 0.3, 0.45, 0.5)  # RSA of 60 equal cylinders tops out at 0.5
+CAL_B = (250.0, 500.0, 1000.0, 1500.0, 2000.0, 3000.0, 4000.0)  # s/mm²
+CAL_TIMING_S = (21.8e-3, 12.9e-3)  # Δ, δ: HCP's, the MC tables' and the calibration's
+CAL_SEED = 100  # packing seeds 100 + 1000 f: none of them is a packing the bench scores (seeds 0, 1)
+
+
+def _rsa_packing(mc, r: float, vf: float, seed: int, tries: int = 5):
+    """dmipy-sim's RSA packing of 60 cylinders of radius r at fraction vf: the first of `tries` seeds from `seed`
+    on that fills it (RSA of equal disks jams near 0.5 with 60 of them)."""
+    for t in range(tries):
+        try:
+            return mc.pack_cylinders(np.full(60, r), target_vf=vf, seed=seed + t)
+        except RuntimeError:
+            logger.info(f"RSA did not reach f {vf} with seed {seed + t}")
+    raise RuntimeError(f"RSA did not reach f {vf} in {tries} seeds")
+
+
+def generate_extra(out: Path, packings=CAL_PACKINGS, radii_um=CAL_RADII_UM, walkers: int = 20000,
+                   step_fraction: float = 0.2, seed: int = CAL_SEED) -> dict:
+    """Extra-axonal signals across the axons (c² = 0) for the calibration of the hindered law
+    (data/diffusion/extra_axonal.py): walkers between RSA-packed equal cylinders, per target packing fraction and
+    radius, at CAL_B and CAL_TIMING_S. ln E⊥ (radii, packings, b) and the achieved fractions go to `out`."""
+    import dmipy_sim as mc
+
+    big, small = CAL_TIMING_S
+    bvals = np.asarray(CAL_B) * 1e6
+    table = np.zeros((len(radii_um), len(packings), len(bvals)))
+    achieved = np.zeros((len(radii_um), len(packings)))
+    t0 = time.time()
+    for i, r_um in enumerate(radii_um):
+        r = r_um * 1e-6
+        dt = (step_fraction * r) ** 2 / (6 * D)
+        n_t = max(300, int(np.ceil((big + small) / dt)))
+        wf = mc.set_b(mc.pgse(delta=small, DELTA=big, G_magnitude=0.1, bvecs=np.tile([[1.0, 0.0, 0.0]], (len(bvals), 1)),
+                              n_t=n_t, slew_rate=np.inf), bvals)
+        for j, vf in enumerate(packings):
+            centers, side, got = _rsa_packing(mc, r, vf, seed + int(round(1000 * vf)))
+            achieved[i, j] = got
+            sig = np.asarray(mc.simulate(n_walkers=walkers, diffusivity=D, waveform=wf,
+                                         geometry=mc.PackedCylinders(np.full(60, r), centers, side),
+                                         seed=seed + 1000 + 17 * i + j, require_gpu=False), np.float64)
+            table[i, j] = np.log(np.clip(sig, 1e-6, None))
+            logger.info(f"r {r_um} µm, f {got:.3f}: {n_t} steps, D_app/D {np.round(-table[i, j] / (bvals * D), 3)}, "
+                        f"{time.time() - t0:.0f} s")
+    from importlib.metadata import version
+
+    meta = {"simulator": f"dmipy-sim {version('dmipy-sim')}", "jax": version("jax"), "walkers": walkers,
+            "step_fraction": step_fraction, "seed": seed, "timing_s": list(CAL_TIMING_S), "d": D,
+            "seconds": time.time() - t0}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, radii_um=np.asarray(radii_um), packings=np.asarray(packings), achieved=achieved,
+                        b=np.asarray(CAL_B), log_perp=table, meta=json.dumps(meta))
+    return meta
+
+
+def gamma_log_perp(b_perp, dperp, kurtosis):
+    """The gamma law of the hindered signal across the axons: ln E⊥ = -(3/K) ln(1 + b⊥ D⊥ K / 3)
+    (data/diffusion/extra_axonal.py); b⊥ in ms/µm² and D⊥ in µm²/ms, or any pair whose product is unitless."""
+    return -(3.0 / kurtosis) * np.log1p(np.asarray(b_perp) * dperp * kurtosis / 3.0)
+
+
+def calibrate(parts, out: Path | None = None, min_signal: float = 0.03) -> dict:
+    """Fit the gamma law to every (radius, packing) of the generate_extra files `parts`: D⊥ and K by weighted least
+    squares on ln E⊥ (weights E / σ_MC, σ_MC = 1/√(2 walkers) the walkers' noise on E; b with E > min_signal only,
+    below it the walkers' noise dominates). Writes the calibration file the "mc" law reads."""
+    from scipy.optimize import curve_fit
+
+    packs = [dict(np.load(p, allow_pickle=False)) for p in parts]
+    metas = [json.loads(str(p["meta"])) for p in packs]
+    radii = packs[0]["radii_um"]
+    if any(not np.array_equal(p["radii_um"], radii) or not np.array_equal(p["b"], packs[0]["b"]) for p in packs):
+        raise ValueError("the calibration parts differ in radii or b")
+    achieved = np.concatenate([p["achieved"] for p in packs], 1)  # (R, P)
+    table = np.concatenate([p["log_perp"] for p in packs], 1)  # (R, P, B)
+    order = np.argsort(achieved.mean(0))
+    achieved, table = achieved[:, order], table[:, order]
+    big, small = metas[0]["timing_s"]
+    d = metas[0]["d"]
+    b = np.asarray(packs[0]["b"]) * 1e-3  # ms/µm²
+    d_um = d * 1e9  # µm²/ms
+    sigma_mc = 1.0 / np.sqrt(2.0 * metas[0]["walkers"])
+    dperp = np.zeros(table.shape[:2])
+    kurt = np.zeros(table.shape[:2])
+    rms = np.zeros(table.shape[:2])
+    used = np.zeros(table.shape[:2], dtype=int)
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            e = np.exp(table[i, j])
+            keep = e > min_signal
+            (dp, k), _ = curve_fit(gamma_log_perp, b[keep], table[i, j, keep], p0=(d_um * (1 - achieved[i, j]), 0.3),
+                                   sigma=sigma_mc / e[keep], bounds=([0.01, 1e-4], [d_um, 10.0]))
+            dperp[i, j], kurt[i, j] = dp / d_um, k
+            rms[i, j] = np.sqrt(np.mean((gamma_log_perp(b[keep], dp, k) - table[i, j, keep]) ** 2))
+            used[i, j] = int(keep.sum())
+    t_eff = big - small / 3
+    cal = {"law": "ln E⊥ = -(3/K) ln(1 + b⊥ D⊥ K/3), per packing (rows) and cylinder radius (columns)",
+           "command": "python -m sparsesight.bench.microstructure_mc calibrate " + " ".join(str(p) for p in parts),
+           "simulator": metas[0]["simulator"], "walkers": metas[0]["walkers"],
+           "step_fraction": metas[0]["step_fraction"], "seeds": [m["seed"] for m in metas],
+           "timing_s": [big, small], "d": d, "t_eff_s": t_eff, "min_signal": min_signal, "b_ms_per_um2": b.tolist(),
+           "radii_um": radii.tolist(), "tau": (d * t_eff / (radii * 1e-6) ** 2).round(4).tolist(),
+           "fractions": achieved.mean(0).round(4).tolist(),
+           "dperp_over_d": dperp.T.round(4).tolist(), "kurtosis": kurt.T.round(4).tolist(),
+           "rms_log": rms.T.round(4).tolist(), "points": used.T.tolist(),
+           "tortuosity_dperp_over_d": (1 - achieved.mean(0)).round(4).tolist(),
+           "seconds": round(sum(m["seconds"] for m in metas), 1)}
+    from ..data.diffusion.extra_axonal import CALIBRATION_FILE
+
+    out = Path(out or CALIBRATION_FILE)
+    out.write_text(json.dumps(cal, indent=1) + "\n")
+    return cal
+
+
 # ------------------------------------------------------------------------------------------------ signals
 def load_tables(path=TABLES) -> dict:
     with np.load(path) as z:
@@ -148,10 +267,12 @@ def population_signal(table: np.ndarray, c2_nodes: np.ndarray, shell_idx: np.nda
     return out
 
 
-def analytic_tables(protocol, radii_um, fractions) -> dict:
-    """The analytic model's tables on the same (shell, c²) layout: what the forward-model check compares with, and
-    the interpolation test's reference."""
+def analytic_tables(protocol, radii_um, fractions, law=None) -> dict:
+    """The analytic model's tables on the same (shell, c²) layout (extra-axonal by `law`, default the tortuosity
+    law): what the forward-model check compares with, and the interpolation test's reference."""
     from ..data import diffusion as dif
+
+    law = law or dif.TORTUOSITY
 
     shells = np.asarray(_shells(protocol))
     c2 = nodes()
@@ -164,8 +285,13 @@ def analytic_tables(protocol, radii_um, fractions) -> dict:
             lp = dif.log_restricted_perp(r * 1e-6, g, big, small)
             intra[i, s] = -b * 1e6 * dif.D_AXON * c2 + (1 - c2) * lp
             for j, f in enumerate(fractions[i] if per_r else fractions):
-                dperp = dif.extra_perp_diffusivity(f)
-                extra[i, j, s] = -b * 1e6 * (dperp + (dif.D_AXON - dperp) * c2)
+                if law.name == "tortuosity":
+                    dperp = dif.extra_perp_diffusivity(f)
+                    extra[i, j, s] = -b * 1e6 * (dperp + (dif.D_AXON - dperp) * c2)
+                else:  # the law on a one-shell protocol of this timing (and the b = 0 a protocol needs)
+                    one = dif.Protocol(np.r_[0.0, np.full(len(c2), b)], np.tile([1.0, 0.0, 0.0], (len(c2) + 1, 1)),
+                                       big, small)
+                    extra[i, j, s] = law.log_signal(one, np.r_[0.0, c2], np.float64(f))[1:]
     return {"shells": shells, "c2": c2, "intra": intra, "extra": extra}
 
 
@@ -209,23 +335,28 @@ def voxels(tables: dict, protocol, n: int, scenario: str, snr: float | None, see
 
 
 # ------------------------------------------------------------------------------------------------ evaluate
-def apparent_dperp(tables: dict) -> list[dict]:
+def apparent_dperp(tables: dict, calibrated: dict | None = None) -> list[dict]:
     """The extra-axonal signal across the axons (c² = 0) of every radius and packing as an apparent diffusivity per
     shell, D_app / D = -ln S / (b D): one number at every b for the analytic model's Gaussian D⊥ = D (1 - f); a
-    fall with b is the walkers' non-Gaussian (kurtotic) hindrance, which no single D⊥ can follow."""
+    fall with b is the walkers' non-Gaussian (kurtotic) hindrance, which no single D⊥ can follow. With
+    `calibrated` (analytic_tables of the "mc" law) also that law's, per shell ("mc_law")."""
     b = np.asarray(tables["shells"])[:, 0] * 1e6
     rows = []
     for i, r in enumerate(tables["radii_um"]):
         for j in range(tables["extra"].shape[1]):
             f = float(tables["achieved"][i, j])
-            rows.append({"r_um": float(r), "f": round(f, 3), "model": round(1.0 - f, 3), "b": b.tolist(),
-                         "mc": [round(float(-tables["extra"][i, j, s, 0] / (b[s] * D)), 3) for s in range(len(b))]})
+            row = {"r_um": float(r), "f": round(f, 3), "model": round(1.0 - f, 3), "b": b.tolist(),
+                   "mc": [round(float(-tables["extra"][i, j, s, 0] / (b[s] * D)), 3) for s in range(len(b))]}
+            if calibrated is not None:
+                row["mc_law"] = [round(float(-calibrated["extra"][i, j, s, 0] / (b[s] * D)), 3) for s in range(len(b))]
+            rows.append(row)
     return rows
 
 
-def forward_gap(tables: dict, protocol) -> list[dict]:
-    """Largest |S_analytic - S_MC| over shells and orientations, per radius (intra) and packing (extra)."""
-    ana = analytic_tables(protocol, tables["radii_um"], tables["achieved"])
+def forward_gap(tables: dict, protocol, law=None) -> list[dict]:
+    """Largest |S_analytic - S_MC| over shells and orientations, per radius (intra) and packing (extra; by the
+    extra-axonal `law`, default the tortuosity law)."""
+    ana = analytic_tables(protocol, tables["radii_um"], tables["achieved"], law)
     rows = []
     for i, r in enumerate(tables["radii_um"]):
         row = {"r_um": float(r),
@@ -278,20 +409,21 @@ def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed:
                    "fractions_above_1": int((total > 1 + 1e-6).sum()),
                    "ms_per_voxel": round(1e3 * est["seconds"] / k, 2)}
             if method == "hybrid" and scenario != "single":
-                row.update(served_bound_ratio(protocol, sub, est, snr))
+                row.update(served_bound_ratio(protocol, sub, est, snr, model.extra_law))
             rows.append(row)
             logger.info(json.dumps(row))
     return rows
 
 
-def served_bound_ratio(protocol, vox: dict, est: dict, snr: float) -> dict:
+def served_bound_ratio(protocol, vox: dict, est: dict, snr: float, law=None) -> dict:
     """How well the bound a bundle serves (Cramér–Rao at the estimate) stands for the bound at the truth, on
     crossings (two distinct populations): the median over the voxels of their ratio per parameter, and the share of
     voxels where it is within a factor 2."""
     from ..data import diffusion as dif
 
-    at_est = dif.cramer_rao(protocol, vox["u"], est["nu"], est["r"], est["f"], snr)
-    at_true = dif.cramer_rao(protocol, vox["u"], vox["nu"], vox["r"], vox["f"], snr)
+    law = law or dif.TORTUOSITY  # the model's extra-axonal law: the bound a bundle of that model serves
+    at_est = dif.cramer_rao(protocol, vox["u"], est["nu"], est["r"], est["f"], snr, law=law)
+    at_true = dif.cramer_rao(protocol, vox["u"], vox["nu"], vox["r"], vox["f"], snr, law=law)
     out = {}
     for p in ("nu", "r", "f"):
         a, b = at_est[p].ravel(), at_true[p].ravel()
@@ -307,10 +439,11 @@ def served_bound_ratio(protocol, vox: dict, est: dict, snr: float) -> dict:
 AIMS = PRECISION_AIMS
 
 
-def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: float = VOXEL_FREE_WATER_MAX) -> list[dict]:
+def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: float = VOXEL_FREE_WATER_MAX,
+              law=None) -> list[dict]:
     """The floor of the MAE an unbiased estimator can reach on the same voxels as mae_rows (same draws):
     √(2/π) × the Cramér–Rao standard deviation (diffusion.cramer_rao: orientations and Σν + ν_fw = 1 known,
-    Gaussian noise), per voxel and parameter (averaged over a crossing's two populations); median over the voxels
+    Gaussian noise; the extra-axonal `law` of the model), per voxel and parameter (averaged over a crossing's two populations); median over the voxels
     and the share of voxels whose floor lies above the issue's aim (AIMS), and the SNR at which the median
     floor would reach the aim. An estimator below the floor is biased: its prior (training ranges, the
     dictionary's grid, the simplex) supplies what the signal does not. Beside it, the MAE of a constant at the
@@ -321,7 +454,8 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: flo
     for scenario in ("single", "crossing60", "crossing90"):
         vox = scenario_voxels(tables, protocol, n, scenario, snr, seed, fw_max)
         k = 1 if scenario == "single" else 2
-        sd = dif.cramer_rao(protocol, vox["u"][:, :k], vox["nu"][:, :k], vox["r"][:, :k], vox["f"][:, :k], snr)
+        sd = dif.cramer_rao(protocol, vox["u"][:, :k], vox["nu"][:, :k], vox["r"][:, :k], vox["f"][:, :k], snr,
+                            law=law or dif.TORTUOSITY)
         row: dict = {"scenario": scenario, "voxels": n, "snr": snr}
         for p in ("nu", "r", "f"):
             # the MAE of a constant: the scenario's own median of the true values (an oracle of the prior alone)
@@ -339,11 +473,13 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: flo
 
 def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_train: int = 6000, epochs: int = 25,
              snr: float = 30.0, seed: int = 0, subsample: int | None = None,
-             free_water_max: float | None = None, voxel_free_water_max: float = VOXEL_FREE_WATER_MAX) -> dict:
+             free_water_max: float | None = None, voxel_free_water_max: float = VOXEL_FREE_WATER_MAX,
+             extra_axonal: str = "tortuosity") -> dict:
     """MAE tables of the three methods on the Monte-Carlo voxels and on the analytic model's, beside the
     Cramér–Rao floor; on the tables' protocol, or on HCP MGH subsampled by `subsample` (1: all 552 volumes; the
     tables hold every shell and timing, the directions are interpolated in cos²θ). `free_water_max`: the networks'
-    training prior; `voxel_free_water_max`: the scored voxels' (half of them have none)."""
+    training prior; `voxel_free_water_max`: the scored voxels' (half of them have none); `extra_axonal`: the
+    extra-axonal law of the dictionary and the training simulations (data/diffusion/extra_axonal.py)."""
     import torch
 
     from ..data import diffusion as dif
@@ -356,7 +492,7 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_trai
         subsample = int(str(tables["meta"]["protocol"]).split("/")[-1]) if "/" in tables["meta"]["protocol"] else 1
     protocol = _protocol(subsample)
     torch.manual_seed(seed)  # the networks' initialisation (fit_networks seeds only what follows it)
-    model = ms.Microstructure(protocol.to_config(), dif.paper_grid().to_config())
+    model = ms.Microstructure(protocol.to_config(), dif.paper_grid().to_config(), extra_axonal=extra_axonal)
     t0 = time.time()
     ranges = dif.SimulationRanges() if free_water_max is None else \
         dif.SimulationRanges(free_water=(0.0, float(free_water_max)))
@@ -367,7 +503,7 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_trai
     rows = mae_rows(model, tables, protocol, n, n_fp, snr, seed, fw_max)
     # the same voxels (r, f, orientations, fractions, noise) from the analytic model the methods are built on:
     # what is left there is noise and identifiability, not the forward model's gap to the walkers
-    analytic = {**tables, **analytic_tables(protocol, tables["radii_um"], tables["achieved"])}
+    analytic = {**tables, **analytic_tables(protocol, tables["radii_um"], tables["achieved"], model.extra_law)}
     rows_analytic = mae_rows(model, analytic, protocol, n, n_fp, snr, seed, fw_max)
     # the walkers' intra-axonal signal with the analytic extra-axonal one: how much of the gap is the extra-axonal law
     rows_mixed = mae_rows(model, {**tables, "extra": analytic["extra"]}, protocol, n, n_fp, snr, seed, fw_max)
@@ -376,14 +512,16 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_trai
                          + (f" --n-train {n_train}" if n_train != 6000 else "") + (f" --epochs {epochs}" if epochs != 25 else "")
                          + (f" --subsample {subsample}" if subsample != 4 else "")
                          + (f" --free-water-max {free_water_max:g}" if free_water_max is not None else "")
-                         + (f" --voxel-free-water-max {fw_max:g}" if fw_max != VOXEL_FREE_WATER_MAX else ""),
+                         + (f" --voxel-free-water-max {fw_max:g}" if fw_max != VOXEL_FREE_WATER_MAX else "")
+                         + (f" --extra-axonal {extra_axonal}" if extra_axonal != "tortuosity" else ""),
               "protocol": {"name": protocol.name, "m": protocol.m, "subsample": subsample},
               "tables": tables["meta"], "radii_um": [float(x) for x in tables["radii_um"]],
               "packings_achieved": np.round(tables["achieved"], 3).tolist(),
-              "forward_gap": forward_gap(tables, protocol), "apparent_dperp": apparent_dperp(tables),
+              "forward_gap": forward_gap(tables, protocol, model.extra_law),
+              "apparent_dperp": apparent_dperp(tables, analytic if model.extra_law.name == "mc" else None),
               "mae": rows, "mae_analytic": rows_analytic, "mae_mc_intra_analytic_extra": rows_mixed,
-              "crlb": crlb_rows(tables, protocol, n, snr, seed, fw_max), "aims": AIMS,
-              "voxel_free_water": [0.0, fw_max],
+              "crlb": crlb_rows(tables, protocol, n, snr, seed, fw_max, model.extra_law), "aims": AIMS,
+              "voxel_free_water": [0.0, fw_max], "extra_axonal": model.extra_law.name,
               "train": {"n_train": n_train, "epochs": epochs, "grid": "paper 34 x 23",
                         "free_water": list(ranges.free_water)}}
     out = Path(out)
@@ -431,6 +569,13 @@ def main(argv=None) -> int:
     g.add_argument("--out", type=Path, default=TABLES)
     g.add_argument("--walkers", type=int, default=20000)
     g.add_argument("--subsample", type=int, default=4, help="HCP MGH protocol, every k-th volume per shell")
+    x = sub.add_parser("generate-extra", help="extra-axonal calibration signals with dmipy-sim (its own environment)")
+    x.add_argument("--out", type=Path, default=CALIBRATION)
+    x.add_argument("--packings", type=float, nargs="+", default=list(CAL_PACKINGS))
+    x.add_argument("--walkers", type=int, default=20000)
+    c = sub.add_parser("calibrate", help="fit the extra-axonal gamma law to generate-extra files")
+    c.add_argument("parts", type=Path, nargs="+")
+    c.add_argument("--out", type=Path, default=None, help="default: the file the 'mc' law reads")
     e = sub.add_parser("evaluate", help="MAE tables of the three methods on the Monte-Carlo voxels")
     e.add_argument("--tables", type=Path, default=TABLES)
     e.add_argument("--out", type=Path, default=Path("out/bench"))
@@ -444,13 +589,23 @@ def main(argv=None) -> int:
                    help="train on free water uniform in [0, this] (default: the paper's range, 0-0.1)")
     e.add_argument("--voxel-free-water-max", type=float, default=VOXEL_FREE_WATER_MAX,
                    help="the scored voxels' free water, uniform in [0, this] in half of them (none in the others)")
+    e.add_argument("--extra-axonal", default="tortuosity", choices=("tortuosity", "mc"),
+                   help="the dictionary's extra-axonal law (data/diffusion/extra_axonal.py)")
     a = ap.parse_args(argv)
     setup_process()
     if a.step == "generate":
         print(json.dumps(generate(a.out, a.walkers, a.subsample), indent=1))
         return 0
+    if a.step == "calibrate":
+        cal = calibrate(a.parts, a.out)
+        print(json.dumps({k: cal[k] for k in ("fractions", "radii_um", "dperp_over_d", "kurtosis", "rms_log")}))
+        return 0
+    if a.step == "generate-extra":
+        print(json.dumps(generate_extra(a.out, tuple(a.packings), walkers=a.walkers), indent=1))
+        return 0
     res = evaluate(a.out, a.tables, a.n, a.n_fp, a.n_train, a.epochs, subsample=a.subsample,
-                   free_water_max=a.free_water_max, voxel_free_water_max=a.voxel_free_water_max)
+                   free_water_max=a.free_water_max, voxel_free_water_max=a.voxel_free_water_max,
+                   extra_axonal=a.extra_axonal)
     print(json.dumps({"forward_gap": res["forward_gap"], "mae": res["mae"]}, indent=1))
     return 0
 

@@ -36,6 +36,9 @@ synchronous infer, Dask against the in-process chunks, MSMT-CSD against single-s
   largest residual change; then the whole hybrid estimate (NNLS and networks) per voxel at the default batch on
   this protocol and on HCP MGH (M = 552, b up to 10,000), against the aim of 1 ms per voxel per core.
 
+- `extra_law_cost` (`--parts extra_law_cost`): the whole hybrid estimate on HCP MGH per voxel, one thread, with the
+  tortuosity and the Monte-Carlo-calibrated extra-axonal law (data/diffusion/extra_axonal.py), interleaved.
+
 Writes <out>/microstructure_scale.json (parts not run this time are kept from an earlier file). Figures depend on
 the machine's load; the JSON records it per part.
 """
@@ -481,7 +484,23 @@ def bench_nnls_chunks(sizes=(2048, 1024, 512, 256, 128), n: int = 4096, reps: in
             "rows": rows, "hybrid": [hybrid_cost(q, n // 2, reps) for q in (p, dif.hcp_mgh_protocol())]}
 
 
-def hybrid_cost(p: dif.Protocol, n: int, reps: int) -> dict:
+def bench_extra_law_cost(n: int = 2048, reps: int = 3) -> dict:
+    """The whole hybrid estimate on HCP MGH (M = 552) with either extra-axonal law (hybrid_cost), the two
+    interleaved per repetition so a change of load hits both: what the calibrated law's log1p per extra-axonal
+    row costs against the aim of 1 ms per voxel per core."""
+    runs: dict[str, list[dict]] = {law: [] for law in dif.EXTRA_AXONAL_LAWS}
+    for _ in range(reps):
+        for law in dif.EXTRA_AXONAL_LAWS:
+            runs[law].append(hybrid_cost(dif.hcp_mgh_protocol(), n, 1, law))
+    rows: dict[str, dict[str, Any]] = {law: {"ms_per_voxel": round(float(np.median([r["ms_per_voxel"] for r in rs])), 3),
+                  "ms_per_voxel_runs": [r["ms_per_voxel"] for r in rs],
+                  "precision_ms_per_voxel": round(float(np.median([r["precision_ms_per_voxel"] for r in rs])), 3)}
+            for law, rs in runs.items()}
+    return {"protocol": "hcp-mgh", "voxels": n, "repetitions": reps, "laws": rows,
+            "mc_over_tortuosity": round(rows["mc"]["ms_per_voxel"] / rows["tortuosity"]["ms_per_voxel"], 3)}
+
+
+def hybrid_cost(p: dif.Protocol, n: int, reps: int, extra_axonal: str = "tortuosity") -> dict:
     """The whole hybrid estimate (NNLS + split MLPs; the networks untrained: the cost is the same) at the default
     batch on n simulated voxels of protocol p, one thread: median ms per voxel of wall and CPU time (the aim: 1 ms
     per voxel per core); and of the bundle's precision output after it (the Cramér–Rao bound at the estimates)."""
@@ -491,8 +510,9 @@ def hybrid_cost(p: dif.Protocol, n: int, reps: int) -> dict:
     from ..models import microstructure as msm
 
     torch.set_num_threads(1)
-    model = models.build("microstructure", {**msm.default_config(), "protocol": p.to_config()})
-    sim = dif.simulate(p, n, 30.0, 0)
+    model = models.build("microstructure", {**msm.default_config(), "protocol": p.to_config(),
+                                            "extra_axonal": extra_axonal})
+    sim = dif.simulate(p, n, 30.0, 0, law=model.extra_law)
     msm.estimate(model, sim["signal"][:64], sim["u"][:64])  # warm-up: the protocol's radius table, allocations
     wall, cpu, bound = [], [], []
     for rep in range(reps):
@@ -500,7 +520,7 @@ def hybrid_cost(p: dif.Protocol, n: int, reps: int) -> dict:
         wall.append(1e3 * est["seconds"] / n)
         cpu.append(1e3 * est["cpu_seconds"] / n)
         t = time.perf_counter()
-        dif.cramer_rao(p, sim["u"], est["nu"], est["r"], est["f"], 1.0)
+        dif.cramer_rao(p, sim["u"], est["nu"], est["r"], est["f"], 1.0, law=model.extra_law)
         bound.append(1e3 * (time.perf_counter() - t) / n)
         logger.info(f"hybrid on {p.name} (M = {p.m}), repetition {rep + 1}/{reps}: {wall[-1]:.3f} ms/voxel, "
                     f"its precision {bound[-1]:.3f}")
@@ -567,7 +587,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("--parts", nargs="+", default=["jobs", "dask", "msmt"],
-                    choices=["jobs", "dask", "msmt", "whole_brain", "nnls_chunks"])
+                    choices=["jobs", "dask", "msmt", "whole_brain", "nnls_chunks", "extra_law_cost"])
     ap.add_argument("--whole-brain", action="store_true", help="run the whole_brain part only (minutes; ~3 GB)")
     ap.add_argument("--wm-voxels", type=int, default=0,
                     help="whole_brain: fit a central slab of this many white-matter voxels and extrapolate (0: all)")
@@ -585,7 +605,7 @@ def main(argv=None) -> int:
     command = "python -m sparsesight.bench.microstructure_scale " + " ".join(argv or [])
     parts = {"jobs": lambda: bench_jobs(tuple(args.methods), args.reps), "dask": bench_dask, "msmt": bench_msmt,
              "whole_brain": lambda: bench_whole_brain(args.wm_voxels, args.workers, args.chunk),
-             "nnls_chunks": bench_nnls_chunks}
+             "nnls_chunks": bench_nnls_chunks, "extra_law_cost": bench_extra_law_cost}
     for name in parts:
         if name in args.parts:
             load = round(os.getloadavg()[0], 2)

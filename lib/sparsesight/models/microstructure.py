@@ -48,6 +48,7 @@ def default_config() -> dict:
         "protocol": dif.hcp_mgh_protocol().to_config(),
         "grid": dif.paper_grid().to_config(),
         "free_water": True,
+        "extra_axonal": "tortuosity",  # or "mc" (data/diffusion/extra_axonal.py)
         "mlp_hidden": [512, 256, 256],
         "split_hidden": [256, 128],
         "joint_hidden": [256, 128],
@@ -124,14 +125,18 @@ class Microstructure(nn.Module):
 
     def __init__(self, protocol: dict | None = None, grid: dict | None = None, free_water: bool = True,
                  mlp_hidden=(512, 256, 256), split_hidden=(256, 128), joint_hidden=(256, 128),
-                 dropout_mlp: float = 0.05, dropout_hybrid: float = 0.1):
+                 dropout_mlp: float = 0.05, dropout_hybrid: float = 0.1, extra_axonal: str | None = None):
         super().__init__()
         self.protocol = dif.Protocol.from_config(protocol) if protocol else dif.hcp_mgh_protocol()
         g = grid or dif.paper_grid().to_config()
         self.grid = dif.Grid(tuple(g["radii_um"]), tuple(g["fractions"]))
         self.free_water = bool(free_water)
+        try:  # the dictionary's extra-axonal law (data/diffusion/extra_axonal.py); a config without it: tortuosity
+            self.extra_law = dif.extra_law(extra_axonal)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
         self.config = {"protocol": self.protocol.to_config(), "grid": self.grid.to_config(),
-                       "free_water": self.free_water, "mlp_hidden": list(mlp_hidden),
+                       "free_water": self.free_water, "extra_axonal": self.extra_law.name, "mlp_hidden": list(mlp_hidden),
                        "split_hidden": list(split_hidden), "joint_hidden": list(joint_hidden),
                        "dropout_mlp": dropout_mlp, "dropout_hybrid": dropout_hybrid}
         self.mlp = FullyLearnedMLP(self.protocol.m, list(mlp_hidden), dropout_mlp)
@@ -184,9 +189,9 @@ def basis_layout(grid: dif.Grid, free_water: bool) -> dict:
 
 
 def basis_t(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: bool = True,
-            log_perp: np.ndarray | None = None) -> np.ndarray:
+            log_perp: np.ndarray | None = None, law: dif.ExtraAxonalLaw = dif.TORTUOSITY) -> np.ndarray:
     """Φᵀ for each voxel's orientations u (B, K, 3): (B, Q, M) float64, rows as the columns in basis_layout, each
-    contiguous over the measurements."""
+    contiguous over the measurements; extra-axonal rows by `law`."""
     u = np.asarray(u, dtype=np.float64)
     u = u / np.maximum(np.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
     lp = dif.intra_log_perp_table(protocol, grid.radii_um) if log_perp is None else log_perp
@@ -196,16 +201,16 @@ def basis_t(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: b
         c2 = dif.cos2_angles(protocol, u[:, k])  # (B, M)
         o = k * (nr + nf)
         dif.intra_signal(protocol, c2, lp, out=phi_t[:, o:o + nr])
-        dif.extra_signal(protocol, c2, grid.fractions, out=phi_t[:, o + nr:o + nr + nf])
+        dif.extra_signal(protocol, c2, grid.fractions, out=phi_t[:, o + nr:o + nr + nf], law=law)
     if free_water:
         phi_t[:, -1] = dif.free_water_signal(protocol)
     return phi_t
 
 
 def basis(protocol: dif.Protocol, grid: dif.Grid, u: np.ndarray, free_water: bool = True,
-          log_perp: np.ndarray | None = None) -> torch.Tensor:
+          log_perp: np.ndarray | None = None, law: dif.ExtraAxonalLaw = dif.TORTUOSITY) -> torch.Tensor:
     """Φ for each voxel's orientations u (B, K, 3): (B, M, Q) float64 (a view of basis_t's Φᵀ)."""
-    return torch.from_numpy(basis_t(protocol, grid, u, free_water, log_perp)).transpose(1, 2)
+    return torch.from_numpy(basis_t(protocol, grid, u, free_water, log_perp, law)).transpose(1, 2)
 
 
 def _measured_rows(model: Microstructure, protocol: dif.Protocol) -> tuple[dif.Protocol, np.ndarray, np.ndarray]:
@@ -247,7 +252,7 @@ def _problem(model: Microstructure, y: np.ndarray, u: np.ndarray, protocol: dif.
     # is over voxel chunks, one process per core (runners/microstructure.py)
     with threadpool_limits(1, user_api="blas"):
         for s in range(0, len(y), GRAM_CHUNK):
-            phi_t = basis_t(kept, model.grid, u[s:s + GRAM_CHUNK], model.free_water, lp)
+            phi_t = basis_t(kept, model.grid, u[s:s + GRAM_CHUNK], model.free_water, lp, model.extra_law)
             _gram(phi_t, h[s:s + GRAM_CHUNK])
             np.matmul(phi_t, yk[s:s + GRAM_CHUNK, :, None], out=aty[s:s + GRAM_CHUNK, :, None])
     h += merged.sum()  # the merged b = 0 rows: n · 11^T

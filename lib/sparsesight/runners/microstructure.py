@@ -37,7 +37,8 @@ OPTIONS = {"method": "hybrid", "bvals": None, "bvecs": None, "grad": None, "mask
 PROTOCOL_OPTIONS = ("grad", "shells", "b_unit", "timing_unit")
 #: the keys a train request's `train_config` may hold
 TRAIN_CONFIG_KEYS = ("n_train", "snr", "lr", "batch_size", "seed", "grid", "mlp_hidden", "split_hidden",
-                     "joint_hidden", "threads", "big_delta", "small_delta", "shells", "b_unit", "timing_unit")
+                     "joint_hidden", "threads", "big_delta", "small_delta", "shells", "b_unit", "timing_unit",
+                     "extra_axonal")
 #: every output the bundle can hold; "tsne" (t-SNE of the hybrid's activations, slow) only when asked for
 BUNDLE_OUTPUTS = ("maps", "precision", "free_water", "peaks", "sparsity", "residual", "nnls_maps", "weights",
                   "weights_plot", "preview", "tsne")
@@ -50,9 +51,15 @@ ENGINES = ("local", "dask")
 DASK_SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
 
 
+#: the extra-axonal law a train request gets unless its train_config names one: the Monte-Carlo-calibrated law,
+#: closer to the walkers than the paper's analytic tortuosity law (README "Microstructure against Monte Carlo")
+DEFAULT_EXTRA_AXONAL = "mc"
+
+
 def default_train_config() -> dict:
-    """How many voxels to simulate for training, at which SNRs, on which fingerprint grid (paper: 34 x 23)."""
-    return {"n_train": 20000, "snr": [25, 50, 100], "grid": "paper"}
+    """How many voxels to simulate for training, at which SNRs, on which fingerprint grid (paper: 34 x 23), with
+    which extra-axonal law."""
+    return {"n_train": 20000, "snr": [25, 50, 100], "grid": "paper", "extra_axonal": DEFAULT_EXTRA_AXONAL}
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -422,14 +429,15 @@ def _estimate_chunk(model, raw, u, method, protocol, device, keep_weights, acts=
         if not keep_weights:
             del e["w"]
     if precision:
-        e.update(_precision_chunk(raw, y, u, e, protocol))
+        e.update(_precision_chunk(raw, y, u, e, protocol, model.extra_law))
     return e
 
 
-def _precision_chunk(raw, y, u, e: dict, protocol: dif.Protocol) -> dict:
+def _precision_chunk(raw, y, u, e: dict, protocol: dif.Protocol, law: dif.ExtraAxonalLaw = dif.TORTUOSITY) -> dict:
     """Per voxel of a chunk: S0 and the sample variance of the b = 0 volumes (image units), the fit's residual sum
     of squares and degrees of freedom (when the method has a residual), and the Cramér–Rao standard deviations of
-    ν, r, f at the estimate and its orientations, at SNR 1 (fit_maps divides them by each voxel's SNR)."""
+    ν, r, f at the estimate and its orientations, at SNR 1 (fit_maps divides them by each voxel's SNR), under the
+    model's extra-axonal `law`."""
     b0 = raw[:, protocol.b0_mask].astype(np.float64)
     s0 = b0.mean(1)
     out = {"s0": s0}
@@ -438,7 +446,7 @@ def _precision_chunk(raw, y, u, e: dict, protocol: dif.Protocol) -> dict:
     if "residual" in e:  # relative RMS ||y - D w|| / ||y|| of the S0-normalised signal, back to image units
         out["rss"] = (e["residual"] * np.linalg.norm(y, axis=1) * s0) ** 2
         out["dof"] = protocol.m - e["sparsity"]
-    sd = dif.cramer_rao(protocol, u, e["nu"], e["r"], e["f"], 1.0)
+    sd = dif.cramer_rao(protocol, u, e["nu"], e["r"], e["f"], 1.0, law=law)
     # a voxel with one peak has it twice: its two populations share an orientation, so their split is not bounded,
     # but their sum is, and its free water is that of one population with the sum's share and the ν-weighted r, f
     one = np.abs((u[:, 0] * u[:, 1]).sum(-1)) > 1 - 1e-9
@@ -446,7 +454,7 @@ def _precision_chunk(raw, y, u, e: dict, protocol: dif.Protocol) -> dict:
         tot = e["nu"][one].sum(1, keepdims=True)
         w = e["nu"][one] / np.maximum(tot, 1e-12)
         sd["nu_fw"][one] = dif.cramer_rao(protocol, u[one, :1], tot, (w * e["r"][one]).sum(1, keepdims=True),
-                                          (w * e["f"][one]).sum(1, keepdims=True), 1.0)["nu_fw"]
+                                          (w * e["f"][one]).sum(1, keepdims=True), 1.0, law=law)["nu_fw"]
     out.update({f"crlb_{p}": sd[p] for p in (*ms.PARAMS, "nu_fw")})
     return out
 
@@ -880,6 +888,9 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                      protocol={"volumes": protocol.m, "shells": protocol.shell_table(SHELL_TOL),
                                "hash": protocol.hash, "source": protocol.source, "config": protocol.to_config(),
                                "model_protocol_hash": model.protocol.hash},
+                     extra_axonal={"law": model.extra_law.name,
+                                   "about": "Monte-Carlo calibrated gamma law (data/diffusion/extra_axonal.py)"
+                                   if model.extra_law.name == "mc" else "tortuosity D⊥ = D (1 - f), Gaussian"},
                      radius=sens, orientations=maps["orientations"], seconds=round(float(maps["seconds"]), 3),
                      voxels=int(m.sum()),
                      nonfinite_voxels=notes["nonfinite_voxels"],

@@ -25,7 +25,7 @@ def simulate_training_set(model: Microstructure, n: int, snrs=(25, 50, 100), see
     parts = []
     for snr in np.unique(snr_of):
         m = int((snr_of == snr).sum())
-        parts.append(dif.simulate(model.protocol, m, float(snr), rng, ranges))
+        parts.append(dif.simulate(model.protocol, m, float(snr), rng, ranges, law=model.extra_law))
     sim = {k: np.concatenate([p[k] for p in parts]) for k in ("signal", "nu", "r", "f", "nu_fw", "u", "angle")}
     sim["snr"] = np.concatenate([np.full(len(p["signal"]), p["snr"]) for p in parts])
     perm = rng.permutation(n)

@@ -77,6 +77,11 @@ class MicrostructureTrain(SparseSightTrain):
             grid = {"n_r": whole_number(grid["n_r"], "grid.n_r", 2, 100),
                     "n_f": whole_number(grid["n_f"], "grid.n_f", 2, 100)}
         tc["grid"] = grid
+        law = tc.get("extra_axonal", runner.DEFAULT_EXTRA_AXONAL)
+        if law not in dif.EXTRA_AXONAL_LAWS:
+            raise refuse(BAD_REQUEST, f"'extra_axonal' is one of {list(dif.EXTRA_AXONAL_LAWS)} (the dictionary's "
+                                      f"extra-axonal law); got {law!r}")
+        tc["extra_axonal"] = law
         for key in HIDDEN:
             if key in tc and (not isinstance(tc[key], list) or not tc[key]
                               or not all(isinstance(h, int) and 1 <= h <= 8192 for h in tc[key])):
@@ -99,10 +104,12 @@ class MicrostructureTrain(SparseSightTrain):
         """The checkpoint when it was trained for this protocol, grid and layer widths; else fresh weights."""
         tc, protocol = p["train_config"], p["protocol"]
         config = {**models.default_config(self.name), "protocol": protocol.to_config(), "grid": p["grid"].to_config(),
-                  **{k: tc[k] for k in HIDDEN if k in tc}}
+                  "extra_axonal": tc["extra_axonal"], **{k: tc[k] for k in HIDDEN if k in tc}}
         model, meta = self.model_file.load("cpu", fresh_if_broken=True)
+        # a checkpoint made before the extra-axonal law was a choice has the tortuosity law
+        saved = {"extra_axonal": "tortuosity", **meta["config"]} if meta is not None else {}
         same = meta is not None and all(
-            json.dumps(meta["config"].get(k), sort_keys=True) == json.dumps(config[k], sort_keys=True) for k in config)
+            json.dumps(saved.get(k), sort_keys=True) == json.dumps(config[k], sort_keys=True) for k in config)
         if not same:
             model = models.build(self.name, config)
         return model, model.config, meta["version"] if same else None
@@ -113,7 +120,8 @@ class MicrostructureTrain(SparseSightTrain):
                            for r in protocol.shell_table() if r["b"] > dif.B0_THRESHOLD)
         return (f"protocol {protocol.name} {protocol.hash} (M = {protocol.m}, shells {protocol.shells().tolist()}; "
                 f"{timing}), grid "
-                f"{len(grid.radii_um)} x {len(grid.fractions)}, {tc['n_train']} simulated voxels at SNR {tc['snr']}")
+                f"{len(grid.radii_um)} x {len(grid.fractions)}, extra-axonal law {tc['extra_axonal']}, "
+                f"{tc['n_train']} simulated voxels at SNR {tc['snr']}")
 
     def fit(self, model, data, p, device) -> Dict[str, Any]:
         tc = p["train_config"]

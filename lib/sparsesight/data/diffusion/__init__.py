@@ -30,6 +30,8 @@ from .dictionary import (
                        small_grid,
                        sub_dictionary,
 )
+from .extra_axonal import LAWS as EXTRA_AXONAL_LAWS
+from .extra_axonal import TORTUOSITY, ExtraAxonalLaw, extra_law
 from .phantom import dwi_phantom, write_dwi_phantom
 from .protocol import (
                        B0_THRESHOLD,
@@ -79,7 +81,8 @@ from .simulation import (
 __all__ = ["B0_THRESHOLD", "D_AXON", "D_FREE", "GAMMA", "HCP_MGH_BIG_DELTA", "HCP_MGH_SHELLS", "HCP_MGH_SMALL_DELTA",
            "MAX_GRADIENT", "build_protocol", "read_mrtrix", "read_protocol", "read_sidecar", "write_sidecar",
            "cramer_rao", "radius_sensitivity", "PAPER_FRACTIONS", "PAPER_RADII_UM", "Grid", "Protocol", "SimulationRanges", "bessel_j1p_roots",
-           "check_gradients", "cos2_angles", "crossing_pair", "dictionary", "dwi_phantom", "extra_perp_diffusivity",
+           "check_gradients", "cos2_angles", "crossing_pair", "dictionary", "dwi_phantom", "EXTRA_AXONAL_LAWS",
+           "ExtraAxonalLaw", "TORTUOSITY", "extra_law", "extra_perp_diffusivity",
            "extra_signal", "free_water_signal", "hcp_mgh_protocol", "intra_log_perp_table", "intra_signal",
            "log_neuman_long_pulse", "log_restricted_perp", "normalise_s0", "paper_grid", "population_signals",
            "random_unit", "read_bvals_bvecs", "rician", "simulate", "single_population_signal", "small_grid",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .extra_axonal import TORTUOSITY, ExtraAxonalLaw
 from .protocol import B0_THRESHOLD, GAMMA, Protocol
 from .signal import D_AXON, cos2_angles, free_water_signal, log_restricted_perp
 
@@ -86,7 +87,7 @@ def radius_sensitivity(protocol: Protocol, snr: float = 30.0, intra_share: float
 
 
 def jacobian(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarray, f: np.ndarray,
-             h_um: float = 1e-3) -> np.ndarray:
+             h_um: float = 1e-3, law: ExtraAxonalLaw = TORTUOSITY) -> np.ndarray:
     """Jᵀ (n, 3K, M), J = ∂S/∂θ of S = Σ_k ν_k S_k(u_k, r_k, f_k) + (1 - Σ_k ν_k) S_fw and
     θ = (ν_1..ν_K, r_1..r_K, f_1..f_K). With S_k = f s_in + (1 - f) s_ex, s_in = exp(-b D cos²θ + sin²θ ln E⊥(r))
     and s_ex = exp(-b D (1 - f sin²θ)) (D⊥ = D (1 - f)):
@@ -96,7 +97,8 @@ def jacobian(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarray
         ∂S/∂f_k = ν_k (s_in - s_ex + (1 - f) s_ex b D sin²θ)
 
     exactly, but for ∂ln E⊥/∂r: a central difference (h_um). Under the Gaussian phase approximation ln E⊥ is G²
-    times a function of (r, Δ, δ), so its series is summed once per distinct timing, not per measurement."""
+    times a function of (r, Δ, δ), so its series is summed once per distinct timing, not per measurement.
+    Another extra-axonal `law` (extra_axonal.py) replaces s_ex and b D sin²θ = ∂ln s_ex/∂f by its own."""
     u = np.asarray(u, dtype=np.float64)
     nu, r_um, f = (np.asarray(a, dtype=np.float64) for a in (nu, r_um, f))
     k_pop = nu.shape[1]
@@ -117,18 +119,19 @@ def jacobian(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarray
         sin2 = 1.0 - cos2_angles(protocol, u_k)
         r, ff = r_um[:, k], f[:, k, None]
         s_in = np.exp(-b * D_AXON + sin2 * (b * D_AXON + per_measurement(unit_log_perp(r))))
-        s_ex = np.exp(-b * D_AXON * (1.0 - ff * sin2))
+        s_ex = np.exp(law.log_signal(protocol, 1.0 - sin2, ff[:, 0]))
+        dlog_ex = law.dlog_df(protocol, 1.0 - sin2, ff[:, 0])
         dlp = per_measurement((unit_log_perp(r + h_um) - unit_log_perp(r - h_um)) / (2 * h_um))
         jac[:, k] = ff * s_in + (1 - ff) * s_ex - s_fw
         jac[:, k_pop + k] = nu[:, k, None] * ff * s_in * sin2 * dlp
-        jac[:, 2 * k_pop + k] = nu[:, k, None] * (s_in - s_ex + (1 - ff) * s_ex * b * D_AXON * sin2)
+        jac[:, 2 * k_pop + k] = nu[:, k, None] * (s_in - s_ex + (1 - ff) * s_ex * dlog_ex)
     return jac
 
 
 def cramer_rao(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarray, f: np.ndarray,
-               snr=30.0, chunk: int = 128) -> dict:
+               snr=30.0, chunk: int = 128, law: ExtraAxonalLaw = TORTUOSITY) -> dict:
     """Cramér–Rao bound: the smallest standard deviation any unbiased estimate of ν_k, r_k, f_k can have, per
-    voxel, for the model S = Σ_k ν_k S_k(u_k, r_k, f_k) + (1 - Σ_k ν_k) S_fw.
+    voxel, for the model S = Σ_k ν_k S_k(u_k, r_k, f_k) + (1 - Σ_k ν_k) S_fw (extra-axonal signals by `law`).
 
     Orientations u and Σν + ν_fw = 1 are taken as known (the most an estimator can be told), and the noise as
     Gaussian with σ = 1/SNR on every S0-normalised volume. Rician noise carries less information than that
@@ -146,7 +149,7 @@ def cramer_rao(protocol: Protocol, u: np.ndarray, nu: np.ndarray, r_um: np.ndarr
     sd = np.empty((n, 3 * k_pop + 1))
     for s in range(0, n, chunk):
         sl = slice(s, s + chunk)
-        jac = jacobian(protocol, np.asarray(u)[sl], nu[sl], np.asarray(r_um)[sl], np.asarray(f)[sl])
+        jac = jacobian(protocol, np.asarray(u)[sl], nu[sl], np.asarray(r_um)[sl], np.asarray(f)[sl], law=law)
         fisher = jac @ jac.transpose(0, 2, 1)  # at SNR 1: F scales as SNR², the bound as 1/SNR
         # F⁻¹'s diagonal on F's range; a parameter with a component along a null direction is not identifiable
         w, vec = np.linalg.eigh(fisher)

@@ -6,6 +6,7 @@ import functools
 import numpy as np
 from scipy import special
 
+from .extra_axonal import TORTUOSITY, ExtraAxonalLaw
 from .protocol import GAMMA, Protocol
 
 D_AXON = 2.0e-9  # intra- and extra-axonal free diffusivity along the axons, m²/s (paper: D = 2e-9)
@@ -73,13 +74,21 @@ def intra_signal(protocol: Protocol, c2: np.ndarray, log_perp: np.ndarray, out: 
     return np.exp(arg, out=arg)
 
 
-def extra_signal(protocol: Protocol, c2: np.ndarray, fractions, out: np.ndarray | None = None) -> np.ndarray:
-    """Extra-axonal signal exp(-b [D⊥ + (D - D⊥) cos²θ]), D⊥ = D (1 - f): c2 (..., M) -> (..., N_f, M), one row
-    per fraction, written into `out` when given."""
-    dperp = extra_perp_diffusivity(fractions)[:, None]  # (N_f, 1)
+def extra_signal(protocol: Protocol, c2: np.ndarray, fractions, out: np.ndarray | None = None,
+                 law: ExtraAxonalLaw = TORTUOSITY) -> np.ndarray:
+    """Extra-axonal signal of `law` (extra_axonal.py; the tortuosity law: exp(-b [D⊥ + (D - D⊥) cos²θ]),
+    D⊥ = D (1 - f)): c2 (..., M) -> (..., N_f, M), one row per fraction, written into `out` when given."""
     b = protocol.b_si
-    arg = np.multiply(c2[..., None, :], -b * (D_AXON - dperp), out=out)
-    arg -= b * dperp
+    if law.name == "tortuosity":
+        dperp = extra_perp_diffusivity(fractions)[:, None]  # (N_f, 1)
+        arg = np.multiply(c2[..., None, :], -b * (D_AXON - dperp), out=out)
+        arg -= b * dperp
+        return np.exp(arg, out=arg)
+    a, c = law.gamma_factors(protocol, fractions)  # (N_f, M) each: L = c ln(1 + sin²θ a)
+    arg = np.multiply(1.0 - c2[..., None, :], a, out=out)
+    np.log1p(arg, out=arg)
+    arg *= c
+    arg -= (b * D_AXON) * c2[..., None, :]
     return np.exp(arg, out=arg)
 
 
@@ -88,13 +97,12 @@ def free_water_signal(protocol: Protocol) -> np.ndarray:
     return np.exp(-protocol.b_si * D_FREE)
 
 
-def single_population_signal(protocol: Protocol, u, r_um, f) -> np.ndarray:
+def single_population_signal(protocol: Protocol, u, r_um, f, law: ExtraAxonalLaw = TORTUOSITY) -> np.ndarray:
     """S_k(u, r, f; P) of one population, written out directly (the reference for the dictionary): (M,)."""
     c2 = cos2_angles(protocol, np.asarray(u, dtype=np.float64) / np.linalg.norm(u))
     b = protocol.b_si
     lp = log_restricted_perp(np.float64(r_um) * 1e-6, protocol.gradient_strength, protocol.big_delta,
                              protocol.small_delta)
     s_in = np.exp(-b * D_AXON * c2 + (1 - c2) * lp)
-    dperp = extra_perp_diffusivity(f)
-    s_ex = np.exp(-b * (dperp + (D_AXON - dperp) * c2))
+    s_ex = np.exp(law.log_signal(protocol, c2, np.float64(f)))
     return f * s_in + (1 - f) * s_ex

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dictionary import Grid
+from .extra_axonal import TORTUOSITY, ExtraAxonalLaw
 from .protocol import Protocol
 from .signal import (
     D_AXON,
     cos2_angles,
-    extra_perp_diffusivity,
     free_water_signal,
     log_restricted_perp,
 )
@@ -55,22 +55,23 @@ class SimulationRanges:
     angle_deg: tuple = (30.0, 90.0)
 
 
-def population_signals(protocol: Protocol, u, r_um, f) -> np.ndarray:
-    """Vectorised S(u, r, f) for n voxels: u (n, 3), r (n,), f (n,) -> (n, M)."""
+def population_signals(protocol: Protocol, u, r_um, f, law: ExtraAxonalLaw = TORTUOSITY) -> np.ndarray:
+    """Vectorised S(u, r, f) for n voxels: u (n, 3), r (n,), f (n,) -> (n, M); extra-axonal by `law`."""
     c2 = cos2_angles(protocol, u)  # (n, M)
     b = protocol.b_si
     lp = log_restricted_perp(np.asarray(r_um)[:, None] * 1e-6, protocol.gradient_strength[None, :],
                              protocol.big_delta, protocol.small_delta)
     s_in = np.exp(-b * D_AXON * c2 + (1 - c2) * lp)
-    dperp = extra_perp_diffusivity(f)[:, None]
-    s_ex = np.exp(-b * (dperp + (D_AXON - dperp) * c2))
+    s_ex = np.exp(law.log_signal(protocol, c2, np.asarray(f, dtype=np.float64)))
     f = np.asarray(f)[:, None]
     return f * s_in + (1 - f) * s_ex
 
 
 def simulate(protocol: Protocol, n: int, snr: float | None, rng: np.random.Generator | int = 0,
-             ranges: SimulationRanges | None = None, grid: Grid | None = None) -> dict:
-    """n voxels of eq. 2 with K = 2 populations and free water: y = φ_SNR(Σ_k ν_k S_k + ν_fw S_fw), S0 = 1.
+             ranges: SimulationRanges | None = None, grid: Grid | None = None,
+             law: ExtraAxonalLaw = TORTUOSITY) -> dict:
+    """n voxels of eq. 2 with K = 2 populations and free water: y = φ_SNR(Σ_k ν_k S_k + ν_fw S_fw), S0 = 1,
+    extra-axonal signals by `law`.
 
     Parameters are uniform in `ranges`, or drawn from the grid's values when `grid` is given (on-grid tests).
     Population 1 is the larger one (ν1 >= ν2), the order CSD peaks come in. Returns float64 arrays
@@ -90,8 +91,8 @@ def simulate(protocol: Protocol, n: int, snr: float | None, rng: np.random.Gener
     nu_fw = rng.uniform(*p.free_water, n)
     share2 = rng.uniform(p.nu_min, 0.5, n)
     nu = np.stack([(1 - share2), share2], 1) * (1 - nu_fw)[:, None]
-    clean = (nu[:, :1] * population_signals(protocol, u1, r[:, 0], f[:, 0])
-             + nu[:, 1:] * population_signals(protocol, u2, r[:, 1], f[:, 1])
+    clean = (nu[:, :1] * population_signals(protocol, u1, r[:, 0], f[:, 0], law)
+             + nu[:, 1:] * population_signals(protocol, u2, r[:, 1], f[:, 1], law)
              + nu_fw[:, None] * free_water_signal(protocol)[None])
     noisy = clean if snr is None else rician(clean, snr, rng)
     return {"signal": normalise_s0(noisy, protocol), "clean": clean, "nu": nu, "r": r, "f": f, "nu_fw": nu_fw,

@@ -1,0 +1,144 @@
+"""The hindered extra-axonal signal of one population of parallel axons: two laws.
+
+Along the axons the hindrance is nil (the cylinders are infinite), so with cos θ = g·u
+
+    ln s_ex = -b D cos²θ + L(b sin²θ; f, timing)
+
+and the laws differ only in L, the signal across the axons:
+
+- ``tortuosity`` (the analytic model's, first order): Gaussian, L = -b⊥ D⊥ with D⊥ = D (1 - f).
+- ``mc``: calibrated on Monte-Carlo walkers between randomly packed cylinders (dmipy-sim, packings the benchmark
+  does not score; `python -m sparsesight.bench.microstructure_mc generate-extra` then `calibrate`, the fits in
+  extra_axonal_mc.json). The walkers' hindrance is not Gaussian: their apparent D⊥ falls with b (kurtosis K > 0)
+  and is above D (1 - f) at low b. L is the gamma law
+
+      L = -(3 / K) ln(1 + b⊥ D⊥ K / 3)
+
+  (a gamma distribution of diffusivities of mean D⊥ and kurtosis K: its first two cumulants are D⊥ and K, and it
+  stays bounded at high b, where a cumulant expansion diverges). D⊥ and K depend on f and on the diffusion time
+  τ = D t / r² (t = Δ - δ/3, r the cylinders' radius): long times (small axons) approach the tortuosity limit,
+  short ones (large axons) are faster and more kurtotic. The dictionary's factored basis holds one extra-axonal
+  signal per f, not per (r, f), so the law cannot follow the population's own radius: it pools the cylinders of
+  REFERENCE_RADII_UM (equal weights; the pooled D⊥ and K are the mixture's first two cumulants) at the
+  protocol's own timing. Fractions between the calibrated packings are interpolated linearly; above the densest
+  one D⊥ is extrapolated linearly (floored at D⊥_MIN · D) and K held.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .protocol import Protocol
+
+D_AXON = 2.0e-9  # as in signal.py (imported from there would be circular)
+CALIBRATION_FILE = Path(__file__).with_name("extra_axonal_mc.json")
+REFERENCE_RADII_UM = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+D_PERP_MIN = 0.02  # floor of the extrapolated D⊥ / D above the densest calibrated packing
+LAWS = ("tortuosity", "mc")
+_FACTORS: dict = {}  # gamma_factors' cache
+
+
+@functools.lru_cache(maxsize=2)
+def load_calibration(path: str = str(CALIBRATION_FILE)) -> dict:
+    """The calibration's fits: per packing (rows) and cylinder radius (columns) D⊥ / D and K, with τ per radius."""
+    cal = json.loads(Path(path).read_text())
+    for key in ("fractions", "tau", "dperp_over_d", "kurtosis"):
+        cal[key] = np.asarray(cal[key], dtype=np.float64)
+    return cal
+
+
+def pooled_coefficients(t_eff_s: np.ndarray, cal: dict | None = None,
+                        radii_um=REFERENCE_RADII_UM) -> tuple[np.ndarray, np.ndarray]:
+    """(D⊥ / D, K) of every calibrated packing at each diffusion time t_eff_s (T,): (P, T) each. Per radius the fits
+    are interpolated in ln τ (held at the calibrated ends), then pooled over `radii_um` by the cumulants of the
+    equal-weight mixture: D̄ = mean D⊥, K̄ = 3 (mean(K D⊥² / 3) + var D⊥) / D̄²."""
+    cal = cal or load_calibration()
+    t = np.atleast_1d(np.asarray(t_eff_s, dtype=np.float64))
+    order = np.argsort(cal["tau"])
+    log_tau = np.log(cal["tau"][order])
+    tau = D_AXON * t[None, :] / (np.asarray(radii_um, dtype=np.float64)[:, None] * 1e-6) ** 2  # (R, T)
+    d_all, v_all = [], []
+    for p in range(len(cal["fractions"])):
+        d = np.interp(np.log(tau), log_tau, cal["dperp_over_d"][p][order])
+        k = np.interp(np.log(tau), log_tau, cal["kurtosis"][p][order])
+        d_all.append(d)
+        v_all.append(k * d**2 / 3)
+    d, v = np.stack(d_all), np.stack(v_all)  # (P, R, T)
+    dbar = d.mean(1)
+    return dbar, 3 * (v.mean(1) + d.var(1)) / dbar**2
+
+
+def _in_fraction(f: np.ndarray, fc: np.ndarray, yc: np.ndarray) -> np.ndarray:
+    """yc (P, T) at the packings fc (P,), interpolated at f (...,) -> (..., T): linear inside, linear extrapolation
+    from the last two packings above them, held below the first."""
+    f = np.asarray(f, dtype=np.float64)
+    out = np.stack([np.interp(f, fc, yc[:, j]) for j in range(yc.shape[1])], -1)
+    slope = (yc[-1] - yc[-2]) / (fc[-1] - fc[-2])
+    above = (f > fc[-1])[..., None]
+    return np.where(above, yc[-1] + (f[..., None] - fc[-1]) * slope, out)
+
+
+@dataclass(frozen=True)
+class ExtraAxonalLaw:
+    """One of LAWS; `log_signal` and `dlog_df` broadcast c2 (..., M) against f (...) (one f per row of c2)."""
+
+    name: str = "tortuosity"
+
+    def __post_init__(self):
+        if self.name not in LAWS:
+            raise ValueError(f"unknown extra-axonal law {self.name!r}: one of {', '.join(LAWS)}")
+
+    def coefficients(self, protocol: Protocol, f) -> tuple[np.ndarray, np.ndarray | None]:
+        """(D⊥ in m²/s, K) of fractions f (...) at every measurement: (..., M) each (K None: Gaussian)."""
+        f = np.asarray(f, dtype=np.float64)
+        if self.name == "tortuosity":
+            return np.broadcast_to((D_AXON * (1.0 - f))[..., None], f.shape + (protocol.m,)), None
+        timing, which = np.unique(protocol.big_deltas - protocol.small_deltas / 3, return_inverse=True)
+        d, k = pooled_coefficients(timing)
+        fc = load_calibration()["fractions"]
+        d_f = np.maximum(_in_fraction(f, fc, d), D_PERP_MIN)
+        k_f = _in_fraction(np.minimum(f, fc[-1]), fc, k)
+        return D_AXON * d_f[..., which.ravel()], k_f[..., which.ravel()]
+
+    def gamma_factors(self, protocol: Protocol, fractions) -> tuple[np.ndarray, np.ndarray]:
+        """(b D⊥ K / 3, -3 / K) of the calibrated law for fractions (N_f,) at every measurement, (N_f, M) each, so
+        that L = c · ln(1 + sin²θ · a): what the dictionary's basis evaluates per voxel. Cached per protocol
+        (b and timing) and fractions: the basis asks for them once per chunk of voxels."""
+        f = np.asarray(fractions, dtype=np.float64)
+        key = (self.name, protocol.bvals.tobytes(), protocol.big_deltas.tobytes(), protocol.small_deltas.tobytes(),
+               f.tobytes())
+        if key not in _FACTORS:
+            dperp, k = self.coefficients(protocol, f)
+            if k is None:
+                raise ValueError("the tortuosity law is Gaussian: it has no gamma factors")
+            if len(_FACTORS) >= 8:
+                _FACTORS.clear()
+            _FACTORS[key] = (protocol.b_si * dperp * k / 3.0, -3.0 / k)
+        return _FACTORS[key]
+
+    def log_signal(self, protocol: Protocol, c2: np.ndarray, f) -> np.ndarray:
+        """ln s_ex for cos²θ c2 (..., M) and fractions f (...): (..., M)."""
+        b = protocol.b_si
+        dperp, k = self.coefficients(protocol, f)
+        if k is None:
+            return -b * (dperp + (D_AXON - dperp) * c2)
+        return -b * D_AXON * c2 - (3.0 / k) * np.log1p(b * (1.0 - c2) * dperp * k / 3.0)
+
+    def dlog_df(self, protocol: Protocol, c2: np.ndarray, f, h: float = 1e-4) -> np.ndarray:
+        """∂ ln s_ex / ∂f: b D sin²θ for the tortuosity law (exact), a central difference for the calibrated one."""
+        if self.name == "tortuosity":
+            return protocol.b_si * D_AXON * (1.0 - c2) + 0.0 * np.asarray(f, dtype=np.float64)[..., None]
+        f = np.asarray(f, dtype=np.float64)
+        return (self.log_signal(protocol, c2, f + h) - self.log_signal(protocol, c2, f - h)) / (2 * h)
+
+
+TORTUOSITY = ExtraAxonalLaw("tortuosity")
+
+
+def extra_law(name: str | None) -> ExtraAxonalLaw:
+    """The law of a model config's "extra_axonal" (None: the tortuosity law, as models made before it had)."""
+    return ExtraAxonalLaw(name or "tortuosity")
