@@ -104,3 +104,21 @@ def test_calibrated_law_is_closer_to_walkers_it_was_not_fitted_to():
     worst = {name: max(row[k] for row in g for k in keys) for name, g in gaps.items()}
     mean = {name: np.mean([row[k] for row in g for k in keys]) for name, g in gaps.items()}
     assert worst["mc"] < worst["tortuosity"] and mean["mc"] < 0.8 * mean["tortuosity"], (worst, mean)
+
+
+def test_law_follows_time_and_density():
+    # longer diffusion times hinder more (D⊥ falls towards its long-time limit) and so do denser packings, across
+    # the calibrated fractions and above them (Archie's law, continuous at the densest packing)
+    cal = ea.load_calibration()
+    d, k = ea.pooled_coefficients(np.array([0.008, 0.0175, 0.060]), cal)
+    assert np.all(np.diff(d, axis=1) < 0) and np.all(np.diff(d, axis=0) < 0)
+    alpha = ea.archie_exponent(cal["fractions"], d)
+    np.testing.assert_allclose(np.log(d) / np.log1p(-cal["fractions"])[:, None], np.broadcast_to(alpha, d.shape),
+                               atol=0.08)
+    one = dif.Protocol(np.array([0.0, 1000.0]), np.array([[1.0, 0, 0], [1.0, 0, 0]]), 0.0218, 0.0129)
+    f = np.linspace(0.21, 0.87, 67)
+    dperp, kurt = MC.coefficients(one, f)
+    assert np.all(np.diff(dperp[:, 1]) < 0) and np.all(kurt[:, 1] > 0)
+    top = cal["fractions"][-1]
+    below, above = MC.coefficients(one, np.array([top - 1e-9, top + 1e-9]))[0][:, 1]
+    assert abs(below - above) < 1e-6 * dif.D_AXON
