@@ -122,3 +122,18 @@ def test_law_follows_time_and_density():
     top = cal["fractions"][-1]
     below, above = MC.coefficients(one, np.array([top - 1e-9, top + 1e-9]))[0][:, 1]
     assert abs(below - above) < 1e-6 * dif.D_AXON
+
+
+def test_shipped_calibration_is_what_calibrate_writes_from_the_recorded_walkers(tmp_path):
+    # the law's coefficients are not typed in: `calibrate` on the committed walker signals gives the shipped file
+    import json
+    from pathlib import Path
+
+    parts = sorted((Path(__file__).resolve().parents[2] / "bench" / "results"
+                    / "microstructure_mc_extra_calibration").glob("packings_*.npz"))
+    assert len(parts) == 2
+    got = mcb.calibrate(parts, tmp_path / "cal.json", figure=tmp_path / "cal.png")
+    shipped = json.loads(ea.CALIBRATION_FILE.read_text())
+    for key in ("fractions", "tau", "dperp_over_d", "kurtosis", "rms_log", "points", "radii_um"):
+        np.testing.assert_allclose(np.asarray(got[key], dtype=float), np.asarray(shipped[key], dtype=float), atol=1e-4)
+    assert (tmp_path / "cal.png").read_bytes()[:4] == b"\x89PNG"

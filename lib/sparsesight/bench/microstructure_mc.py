@@ -184,10 +184,11 @@ def gamma_log_perp(b_perp, dperp, kurtosis):
     return -(3.0 / kurtosis) * np.log1p(np.asarray(b_perp) * dperp * kurtosis / 3.0)
 
 
-def calibrate(parts, out: Path | None = None, min_signal: float = 0.03) -> dict:
+def calibrate(parts, out: Path | None = None, min_signal: float = 0.03, figure: Path | None = None) -> dict:
     """Fit the gamma law to every (radius, packing) of the generate_extra files `parts`: D⊥ and K by weighted least
     squares on ln E⊥ (weights E / σ_MC, σ_MC = 1/√(2 walkers) the walkers' noise on E; b with E > min_signal only,
-    below it the walkers' noise dominates). Writes the calibration file the "mc" law reads."""
+    below it the walkers' noise dominates). Writes the calibration file the "mc" law reads, and its picture to
+    `figure` (default calibration.png beside the first part)."""
     from scipy.optimize import curve_fit
 
     packs = [dict(np.load(p, allow_pickle=False)) for p in parts]
@@ -233,7 +234,32 @@ def calibrate(parts, out: Path | None = None, min_signal: float = 0.03) -> dict:
 
     out = Path(out or CALIBRATION_FILE)
     out.write_text(json.dumps(cal, indent=1) + "\n")
+    figure = Path(figure or Path(parts[0]).parent / "calibration.png")
+    figure.write_bytes(calibration_figure(b, radii, achieved.mean(0), table, dperp * d_um, kurt))
     return cal
+
+
+def calibration_figure(b: np.ndarray, radii, fractions, table: np.ndarray, dperp_um: np.ndarray,
+                       kurt: np.ndarray) -> bytes:
+    """One panel per packing: the walkers' ln E⊥ against b⊥ per radius (dots), the gamma law fitted to them
+    (lines) and the tortuosity law's -b⊥ D (1 - f) (dashed): the picture of what `calibrate` fitted."""
+    from ..preview import png_bytes, pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(fractions), figsize=(3.2 * len(fractions), 3.2), sharey=True)
+    bb = np.linspace(0, b.max(), 60)
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(radii)))
+    for j, (ax, f) in enumerate(zip(np.atleast_1d(axes), fractions)):
+        for i, (r, c) in enumerate(zip(radii, colours)):
+            ax.plot(b, table[i, j], "o", ms=3, color=c, label=f"r {r:g} µm")
+            ax.plot(bb, gamma_log_perp(bb, dperp_um[i, j], kurt[i, j]), "-", lw=1, color=c)
+        ax.plot(bb, -bb * D * 1e9 * (1 - f), "k--", lw=1, label="D (1 - f)")
+        ax.set_title(f"f {f:.2f}")
+        ax.set_xlabel("b⊥ (ms/µm²)")
+        ax.set_ylim(-6, 0.1)
+    np.atleast_1d(axes)[0].set_ylabel("ln E⊥ (walkers: dots; gamma law: lines)")
+    np.atleast_1d(axes)[-1].legend(fontsize=6)
+    return png_bytes(fig)
 
 
 # ------------------------------------------------------------------------------------------------ signals
