@@ -197,3 +197,16 @@ def test_readme_quotes_the_calibrated_law_runs():
     assert f"{laws['tortuosity']['ms_per_voxel']} ms/voxel with the tortuosity law, {laws['mc']['ms_per_voxel']}" in readme
     cal = json.loads((root / "lib" / "sparsesight" / "data" / "diffusion" / "extra_axonal_mc.json").read_text())
     assert " / ".join(f"{row[0]:.3f}" for row in cal["dperp_over_d"]) in readme
+
+
+def test_readme_quotes_the_other_timing_check():
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    readme = " ".join((root / "README.md").read_text().split())
+    rows = json.loads((root / "bench" / "results" / "microstructure_mc_extra_calibration" / "other_timing.json")
+                      .read_text())["rows"]
+    for key, text in (("mc_law_max_abs", "largest |ΔE⊥|"), ("tortuosity_max_abs", "tortuosity law's")):
+        vals = [x[key] for x in rows]
+        assert f"{text} {min(vals):.4f}–{max(vals):.4f} (mean {sum(vals) / len(vals):.4f})" in readme, key

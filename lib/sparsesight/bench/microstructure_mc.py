@@ -140,13 +140,14 @@ def _rsa_packing(mc, r: float, vf: float, seed: int, tries: int = 5):
 
 
 def generate_extra(out: Path, packings=CAL_PACKINGS, radii_um=CAL_RADII_UM, walkers: int = 20000,
-                   step_fraction: float = 0.2, seed: int = CAL_SEED) -> dict:
+                   step_fraction: float = 0.2, seed: int = CAL_SEED, timing_s=CAL_TIMING_S) -> dict:
     """Extra-axonal signals across the axons (c² = 0) for the calibration of the hindered law
     (data/diffusion/extra_axonal.py): walkers between RSA-packed equal cylinders, per target packing fraction and
-    radius, at CAL_B and CAL_TIMING_S. ln E⊥ (radii, packings, b) and the achieved fractions go to `out`."""
+    radius, at CAL_B and `timing_s` (Δ, δ; the calibration's is CAL_TIMING_S, another one checks the law's
+    time scaling). ln E⊥ (radii, packings, b) and the achieved fractions go to `out`."""
     import dmipy_sim as mc
 
-    big, small = CAL_TIMING_S
+    big, small = timing_s
     bvals = np.asarray(CAL_B) * 1e6
     table = np.zeros((len(radii_um), len(packings), len(bvals)))
     achieved = np.zeros((len(radii_um), len(packings)))
@@ -169,7 +170,7 @@ def generate_extra(out: Path, packings=CAL_PACKINGS, radii_um=CAL_RADII_UM, walk
     from importlib.metadata import version
 
     meta = {"simulator": f"dmipy-sim {version('dmipy-sim')}", "jax": version("jax"), "walkers": walkers,
-            "step_fraction": step_fraction, "seed": seed, "timing_s": list(CAL_TIMING_S), "d": D,
+            "step_fraction": step_fraction, "seed": seed, "timing_s": [big, small], "d": D,
             "seconds": time.time() - t0}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +261,42 @@ def calibration_figure(b: np.ndarray, radii, fractions, table: np.ndarray, dperp
     np.atleast_1d(axes)[0].set_ylabel("ln E⊥ (walkers: dots; gamma law: lines)")
     np.atleast_1d(axes)[-1].legend(fontsize=6)
     return png_bytes(fig)
+
+
+def check_timing(parts, out: Path | None = None, min_signal: float = 0.03) -> dict:
+    """The calibrated law at a diffusion time it was not fitted at: walkers (generate_extra with another --timing,
+    other packings) against the law's per-radius prediction (its fits interpolated in ln τ = D t / r² and in f,
+    extra_axonal.radius_coefficients) and against the tortuosity law, on the b whose signal is above `min_signal`.
+    Per radius and packing: the largest |E_law - E_walkers| of each law. Written to `out` (JSON) when given."""
+    from ..data.diffusion import extra_axonal as ea
+
+    cal = ea.load_calibration()
+    fc = np.asarray(cal["fractions"])
+    rows = []
+    for path in parts:
+        z = dict(np.load(path, allow_pickle=False))
+        meta = json.loads(str(z["meta"]))
+        big, small = meta["timing_s"]
+        b = np.asarray(z["b"]) * 1e-3
+        d, k = ea.radius_coefficients(np.array([big - small / 3]), z["radii_um"], cal)  # (P, R, 1)
+        for i, r in enumerate(z["radii_um"]):
+            for j in range(z["achieved"].shape[1]):
+                f = float(z["achieved"][i, j])
+                e = np.exp(z["log_perp"][i, j])
+                keep = e > min_signal
+                d_f = float(np.interp(f, fc, d[:, i, 0])) * D * 1e9
+                k_f = float(np.interp(f, fc, k[:, i, 0]))
+                mc_law = np.exp(gamma_log_perp(b, d_f, k_f))
+                tort = np.exp(-b * D * 1e9 * (1 - f))
+                rows.append({"timing_ms": [big * 1e3, small * 1e3], "r_um": float(r), "f": round(f, 3),
+                             "tau": round(D * (big - small / 3) / (r * 1e-6) ** 2, 3), "b_used": int(keep.sum()),
+                             "mc_law_max_abs": round(float(np.abs(mc_law - e)[keep].max()), 4),
+                             "tortuosity_max_abs": round(float(np.abs(tort - e)[keep].max()), 4)})
+    result = {"command": "python -m sparsesight.bench.microstructure_mc check-timing " + " ".join(str(p) for p in parts),
+              "rows": rows, "walkers": meta["walkers"]}
+    if out is not None:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ signals
@@ -599,9 +636,16 @@ def main(argv=None) -> int:
     x.add_argument("--out", type=Path, default=CALIBRATION)
     x.add_argument("--packings", type=float, nargs="+", default=list(CAL_PACKINGS))
     x.add_argument("--walkers", type=int, default=20000)
+    x.add_argument("--radii", type=float, nargs="+", default=list(CAL_RADII_UM), help="cylinder radii, µm")
+    x.add_argument("--timing", type=float, nargs=2, default=list(CAL_TIMING_S), metavar=("DELTA", "delta"),
+                   help="Δ and δ in s (default HCP's, the calibration's)")
+    x.add_argument("--seed", type=int, default=CAL_SEED)
     c = sub.add_parser("calibrate", help="fit the extra-axonal gamma law to generate-extra files")
     c.add_argument("parts", type=Path, nargs="+")
     c.add_argument("--out", type=Path, default=None, help="default: the file the 'mc' law reads")
+    t = sub.add_parser("check-timing", help="the calibrated law against walkers at another timing")
+    t.add_argument("parts", type=Path, nargs="+")
+    t.add_argument("--out", type=Path, default=None)
     e = sub.add_parser("evaluate", help="MAE tables of the three methods on the Monte-Carlo voxels")
     e.add_argument("--tables", type=Path, default=TABLES)
     e.add_argument("--out", type=Path, default=Path("out/bench"))
@@ -626,8 +670,12 @@ def main(argv=None) -> int:
         cal = calibrate(a.parts, a.out)
         print(json.dumps({k: cal[k] for k in ("fractions", "radii_um", "dperp_over_d", "kurtosis", "rms_log")}))
         return 0
+    if a.step == "check-timing":
+        print(json.dumps(check_timing(a.parts, a.out), indent=1))
+        return 0
     if a.step == "generate-extra":
-        print(json.dumps(generate_extra(a.out, tuple(a.packings), walkers=a.walkers), indent=1))
+        print(json.dumps(generate_extra(a.out, tuple(a.packings), tuple(a.radii), walkers=a.walkers, seed=a.seed,
+                                        timing_s=tuple(a.timing)), indent=1))
         return 0
     res = evaluate(a.out, a.tables, a.n, a.n_fp, a.n_train, a.epochs, subsample=a.subsample,
                    free_water_max=a.free_water_max, voxel_free_water_max=a.voxel_free_water_max,

@@ -52,25 +52,27 @@ def load_calibration(path: str = str(CALIBRATION_FILE)) -> dict:
     return cal
 
 
-def pooled_coefficients(t_eff_s: np.ndarray, cal: dict | None = None,
-                        radii_um=REFERENCE_RADII_UM) -> tuple[np.ndarray, np.ndarray]:
-    """(D⊥ / D, K) of every calibrated packing at each diffusion time t_eff_s (T,): (P, T) each. Per radius the fits
-    are interpolated in ln τ (held at the calibrated ends), then pooled over `radii_um` by the cumulants of the
-    equal-weight mixture: D̄ = mean D⊥, K̄ = 3 (mean(K D⊥² / 3) + var D⊥) / D̄²."""
+def radius_coefficients(t_eff_s: np.ndarray, radii_um, cal: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(D⊥ / D, K) of every calibrated packing for cylinders of each radius at each diffusion time t_eff_s (T,):
+    (P, R, T) each, the fits interpolated in ln τ, τ = D t / r² (held at the calibrated ends)."""
     cal = cal or load_calibration()
     t = np.atleast_1d(np.asarray(t_eff_s, dtype=np.float64))
     order = np.argsort(cal["tau"])
     log_tau = np.log(cal["tau"][order])
-    tau = D_AXON * t[None, :] / (np.asarray(radii_um, dtype=np.float64)[:, None] * 1e-6) ** 2  # (R, T)
-    d_all, v_all = [], []
-    for p in range(len(cal["fractions"])):
-        d = np.interp(np.log(tau), log_tau, cal["dperp_over_d"][p][order])
-        k = np.interp(np.log(tau), log_tau, cal["kurtosis"][p][order])
-        d_all.append(d)
-        v_all.append(k * d**2 / 3)
-    d, v = np.stack(d_all), np.stack(v_all)  # (P, R, T)
+    log_t = np.log(D_AXON * t[None, :] / (np.asarray(radii_um, dtype=np.float64)[:, None] * 1e-6) ** 2)  # (R, T)
+    d = np.stack([np.interp(log_t, log_tau, row[order]) for row in cal["dperp_over_d"]])
+    k = np.stack([np.interp(log_t, log_tau, row[order]) for row in cal["kurtosis"]])
+    return d, k
+
+
+def pooled_coefficients(t_eff_s: np.ndarray, cal: dict | None = None,
+                        radii_um=REFERENCE_RADII_UM) -> tuple[np.ndarray, np.ndarray]:
+    """(D⊥ / D, K) of every calibrated packing at each diffusion time t_eff_s (T,): (P, T) each, the per-radius
+    coefficients (radius_coefficients) pooled over `radii_um` by the cumulants of the equal-weight mixture:
+    D̄ = mean D⊥, K̄ = 3 (mean(K D⊥² / 3) + var D⊥) / D̄²."""
+    d, k = radius_coefficients(t_eff_s, radii_um, cal)  # (P, R, T)
     dbar = d.mean(1)
-    return dbar, 3 * (v.mean(1) + d.var(1)) / dbar**2
+    return dbar, 3 * ((k * d**2 / 3).mean(1) + d.var(1)) / dbar**2
 
 
 def _in_fraction(f: np.ndarray, fc: np.ndarray, yc: np.ndarray) -> np.ndarray:
