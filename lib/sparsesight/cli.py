@@ -93,9 +93,13 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     print(f"dataset.json: {path.resolve()}")
     if getattr(args, "dwi", False):
         from .data.diffusion import hcp_mgh_protocol, write_dwi_phantom
+        from .runners.microstructure import DEFAULT_EXTRA_AXONAL
 
-        paths = write_dwi_phantom(Path(args.out) / "dwi", hcp_mgh_protocol(args.dwi_subsample), seed=args.seed)
-        print(f"DWI phantom: {paths['dwi'].resolve()} (+ .bval, .bvec, .json timing, _mask, _truth_*)")
+        # the extra-axonal law the train task trains with by default, so that the served model and the data agree
+        paths = write_dwi_phantom(Path(args.out) / "dwi", hcp_mgh_protocol(args.dwi_subsample), seed=args.seed,
+                                  extra_axonal=DEFAULT_EXTRA_AXONAL)
+        print(f"DWI phantom: {paths['dwi'].resolve()} (+ .bval, .bvec, .json timing, _mask, _truth_*; "
+              f"extra-axonal law {DEFAULT_EXTRA_AXONAL})")
     if getattr(args, "dicom", False) or getattr(args, "stow", None):
         return _write_dicom(args)
     return 0

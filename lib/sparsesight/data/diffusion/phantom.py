@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .extra_axonal import extra_law
 from .protocol import Protocol, hcp_mgh_protocol, write_bvals_bvecs
 from .protocol_files import write_sidecar
 from .signal import free_water_signal
@@ -16,7 +17,7 @@ def _unit_field(v: np.ndarray) -> np.ndarray:
 
 
 def dwi_phantom(protocol: Protocol | None = None, downsample: int = 3, slices: int = 3, snr: float = 50.0,
-                seed: int = 0) -> dict:
+                seed: int = 0, extra_axonal: str = "tortuosity") -> dict:
     """A DWI slab on the MNI152 anatomy (nilearn's template via sparsesight.data.phantom) with two crossing
     white-matter fibre populations.
 
@@ -25,7 +26,8 @@ def dwi_phantom(protocol: Protocol | None = None, downsample: int = 3, slices: i
     a lateral band on each side (the centrum-semiovale crossing). r and f are smooth random fields in the
     paper's ranges. CSF is free water; grey matter an isotropic 0.8e-9 m²/s compartment (outside the model,
     masked out by the WM mask). Rician noise at `snr` relative to the WM S0. The slab is `slices` axial
-    slices through the corona radiata at `downsample` mm.
+    slices through the corona radiata at `downsample` mm. The populations' extra-axonal signal follows the law
+    named by `extra_axonal` (data/diffusion/extra_axonal.py).
 
     Returns {"dwi" (X, Y, Z, M) float32, "affine", "protocol", "mask" (WM > 0.5), "truth": {"nu": (X, Y, Z, 2),
     "r", "f", "nu_fw", "u" (X, Y, Z, 2, 3)}}.
@@ -67,7 +69,7 @@ def dwi_phantom(protocol: Protocol | None = None, downsample: int = 3, slices: i
     sig = np.zeros(csf.shape + (protocol.m,), dtype=np.float64)
     idx = np.nonzero(brain)
     for k in range(2):
-        sk = population_signals(protocol, u[idx][:, k], r[idx][:, k], f[idx][:, k])
+        sk = population_signals(protocol, u[idx][:, k], r[idx][:, k], f[idx][:, k], extra_law(extra_axonal))
         sig[idx] += nu[idx][:, k:k + 1] * sk
     sig[idx] += w_csf[idx][:, None] * free_water_signal(protocol)[None]
     sig[idx] += w_gm[idx][:, None] * np.exp(-protocol.b_si * 0.8e-9)[None]
@@ -81,14 +83,14 @@ def dwi_phantom(protocol: Protocol | None = None, downsample: int = 3, slices: i
 
 
 def write_dwi_phantom(out_dir, protocol: Protocol | None = None, downsample: int = 3, slices: int = 3,
-                      snr: float = 50.0, seed: int = 0, name: str = "dwi_000") -> dict:
+                      snr: float = 50.0, seed: int = 0, name: str = "dwi_000", extra_axonal: str = "tortuosity") -> dict:
     """Write the phantom as `<name>.nii.gz` (+ .bval/.bvec sidecars and the timing in `<name>.json`), `<name>_mask.nii.gz` and the ground truth
     `<name>_truth_<param>.nii.gz`; returns the paths."""
     from ..io import save_nifti
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ph = dwi_phantom(protocol, downsample, slices, snr, seed)
+    ph = dwi_phantom(protocol, downsample, slices, snr, seed, extra_axonal)
     paths = {"dwi": save_nifti(ph["dwi"], ph["affine"], out / f"{name}.nii.gz")}
     paths["bval"], paths["bvec"] = write_bvals_bvecs(ph["protocol"], out / name)
     paths["json"] = write_sidecar(ph["protocol"], out / f"{name}.json")  # Δ, δ: the timing FSL files lack
