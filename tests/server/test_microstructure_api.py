@@ -108,6 +108,7 @@ def test_infer_bundle_with_interpretation(server, dwi, trained, tmp_path):
     assert man["protocol"]["hash"] == man["protocol"]["model_protocol_hash"]  # trained on this image
     assert {r["big_delta_ms"] for r in man["protocol"]["shells"]} == {21.8}
     assert man["radius"]["resolvable"] and man["fractions"]["max_sum"] <= 1 + 1e-5
+    assert man["extra_axonal"]["law"] == "mc"  # the train task's default law, named in the bundle
     names = {o["name"] for o in man["outputs"]}
     assert {"nu/1", "r/1", "f/1", "nu/2", "r/2", "f/2", "peak/1/x", "peak/2/z", "sparsity", "residual", "weights",
             "weights_plot", "preview"} <= names
