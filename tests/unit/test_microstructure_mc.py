@@ -210,3 +210,14 @@ def test_readme_quotes_the_other_timing_check():
     for key, text in (("mc_law_max_abs", "largest |ΔE⊥|"), ("tortuosity_max_abs", "tortuosity law's")):
         vals = [x[key] for x in rows]
         assert f"{text} {min(vals):.4f}–{max(vals):.4f} (mean {sum(vals) / len(vals):.4f})" in readme, key
+
+
+def test_laws_figure_draws_the_recorded_runs(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "bench" / "results"
+    out = tmp_path / "laws.png"
+    assert mcb.main(["plot", f"tortuosity law={root / 'microstructure_mc_full552' / 'microstructure_mc.json'}",
+                     f"calibrated law={root / 'microstructure_mc_extra_mc_full552' / 'microstructure_mc.json'}",
+                     "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 10_000

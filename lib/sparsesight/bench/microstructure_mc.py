@@ -593,6 +593,36 @@ def evaluate(out: Path, tables_path=TABLES, n: int = 240, n_fp: int = 30, n_trai
     return result
 
 
+def laws_figure(runs: dict[str, dict]) -> bytes:
+    """The hybrid's Monte-Carlo MAE per parameter and scenario for each recorded run (e.g. the tortuosity and the
+    calibrated extra-axonal law on one protocol), beside the issue's aims and the Cramér–Rao MAE floor of each run:
+    one panel per parameter (ν, r, f, spurious free water)."""
+    from ..preview import png_bytes, pyplot
+
+    plt = pyplot()
+    scenarios = ("single", "crossing60", "crossing90")
+    panels = (("mae_nu", "nu", "MAE ν"), ("mae_r", "r", "MAE r (µm)"), ("mae_f", "f", "MAE f"),
+              ("spurious_fw", None, "spurious ν_fw"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2))
+    width = 0.8 / len(runs)
+    x = np.arange(len(scenarios))
+    for ax, (key, floor_key, title) in zip(axes, panels):
+        for i, (label, res) in enumerate(runs.items()):
+            hybrid = {r["scenario"]: r for r in res["mae"] if r["method"] == "hybrid"}
+            ax.bar(x + (i - (len(runs) - 1) / 2) * width, [hybrid[s][key] for s in scenarios], width, label=label)
+            if floor_key:
+                crlb = {c["scenario"]: c for c in res["crlb"]}
+                ax.scatter(x + (i - (len(runs) - 1) / 2) * width,
+                           [crlb[s][f"mae_floor_{floor_key}_median"] for s in scenarios], marker="_", s=200,
+                           color="k", zorder=3)
+        aim = AIMS.get(floor_key, 0.02) if floor_key else 0.02
+        ax.axhline(aim, color="k", ls="--", lw=1)
+        ax.set_xticks(x, ["single", "60°", "90°"])
+        ax.set_title(title + ("  (dash: aim; bar tick: Cramér–Rao floor)" if key == "mae_nu" else ""), fontsize=8)
+    axes[0].legend(fontsize=7)
+    return png_bytes(fig)
+
+
 def markdown_table(result: dict) -> list[str]:
     """The README's lines of a result: MAE per scenario and method, then the forward-model gap per radius."""
     lines = ["| scenario | method | voxels | MAE ν | MAE r (µm) | MAE f | spurious ν_fw | ν1+ν2+ν_fw > 1 | ms/voxel |",
@@ -640,6 +670,9 @@ def main(argv=None) -> int:
     x.add_argument("--timing", type=float, nargs=2, default=list(CAL_TIMING_S), metavar=("DELTA", "delta"),
                    help="Δ and δ in s (default HCP's, the calibration's)")
     x.add_argument("--seed", type=int, default=CAL_SEED)
+    f = sub.add_parser("plot", help="the hybrid's MAE of recorded runs beside the aims and the Cramér–Rao floor")
+    f.add_argument("runs", nargs="+", help="LABEL=PATH of a microstructure_mc.json")
+    f.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("calibrate", help="fit the extra-axonal gamma law to generate-extra files")
     c.add_argument("parts", type=Path, nargs="+")
     c.add_argument("--out", type=Path, default=None, help="default: the file the 'mc' law reads")
@@ -665,6 +698,10 @@ def main(argv=None) -> int:
     setup_process()
     if a.step == "generate":
         print(json.dumps(generate(a.out, a.walkers, a.subsample), indent=1))
+        return 0
+    if a.step == "plot":
+        runs = {label: json.loads(Path(path).read_text()) for label, path in (r.split("=", 1) for r in a.runs)}
+        a.out.write_bytes(laws_figure(runs))
         return 0
     if a.step == "calibrate":
         cal = calibrate(a.parts, a.out)
