@@ -197,6 +197,17 @@ def test_readme_quotes_the_calibrated_law_runs():
     assert f"{laws['tortuosity']['ms_per_voxel']} ms/voxel with the tortuosity law, {laws['mc']['ms_per_voxel']}" in readme
     cal = json.loads((root / "lib" / "sparsesight" / "data" / "diffusion" / "extra_axonal_mc.json").read_text())
     assert " / ".join(f"{row[0]:.3f}" for row in cal["dperp_over_d"]) in readme
+    # the fit's other figures the README quotes: D⊥/D at short times, K's range, rms, Archie's exponent
+    from sparsesight.data.diffusion import extra_axonal as ea
+
+    k = np.asarray(cal["kurtosis"])
+    rms = np.asarray(cal["rms_log"])
+    d, _ = ea.pooled_coefficients(np.array([cal["t_eff_s"]]))
+    alpha = float(ea.archie_exponent(np.asarray(cal["fractions"]), d)[0])
+    for text in (f"D⊥/D up to {np.max(cal['dperp_over_d']):.3f}", f"K {k.min():.2f}–{k.max():.2f}",
+                 f"rms in ln E⊥ has median {np.median(rms):.2f} and reaches {rms.max():.2f}",
+                 f"pooled at HCP timing {alpha:.2f}"):
+        assert text in readme, text
 
 
 def test_readme_quotes_the_other_timing_check():
