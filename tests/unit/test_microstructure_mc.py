@@ -206,7 +206,10 @@ def test_readme_quotes_the_calibrated_law_runs():
     alpha = float(ea.archie_exponent(np.asarray(cal["fractions"]), d)[0])
     for text in (f"D⊥/D up to {np.max(cal['dperp_over_d']):.3f}", f"K {k.min():.2f}–{k.max():.2f}",
                  f"rms in ln E⊥ has median {np.median(rms):.2f} and reaches {rms.max():.2f}",
-                 f"pooled at HCP timing {alpha:.2f}"):
+                 f"pooled at HCP timing {alpha:.2f}",
+                 "each packing within {:.3f} of it: {:.3f}–{:.3f}".format(
+                     *(lambda a: (np.abs(a - alpha).max(), a.min(), a.max()))(
+                         np.log(d[:, 0]) / np.log1p(-np.asarray(cal["fractions"]))))):
         assert text in readme, text
 
 

@@ -22,7 +22,7 @@ and the laws differ only in L, the signal across the axons:
   REFERENCE_RADII_UM (equal weights; the pooled D⊥ and K are the mixture's first two cumulants) at the
   protocol's own timing. Fractions between the calibrated packings are interpolated linearly; above the densest
   one (RSA packs equal cylinders to 0.5 at most) D⊥ follows Archie's law D⊥ / D = (1 - f)^α, α fitted on the
-  packings (they agree on it within ±0.04), and K is held.
+  packings (they agree on it within 0.044 at HCP timing), and K is held.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def _in_fraction(f: np.ndarray, fc: np.ndarray, yc: np.ndarray) -> np.ndarray:
 
 def archie_exponent(fc: np.ndarray, d: np.ndarray) -> np.ndarray:
     """α of D⊥ / D = (1 - f)^α (Archie's law) per diffusion time: the median over the packings of ln(D⊥/D) / ln(1 - f),
-    d (P, T) -> (T,). The calibrated packings agree on it within ±0.04 (0.64-0.70 at HCP timing)."""
+    d (P, T) -> (T,). The calibrated packings agree on it within 0.044 (0.636-0.699 at HCP timing)."""
     return np.median(np.log(d) / np.log1p(-fc)[:, None], axis=0)
 
 
