@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.diffusion.extra_axonal import LAWS, TORTUOSITY
 from ..data.diffusion.sensitivity import PRECISION_AIMS, mae_floor
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ PACKINGS = (0.3, 0.45)  # target intra-axonal volume fractions; RSA of equal cyl
 N_NODES = 7  # c² nodes per shell
 D = 2.0e-9
 TABLES = Path("bench/results/microstructure_mc_tables.npz")
-CALIBRATION = Path("bench/results/microstructure_mc_extra_calibration.npz")
+CALIBRATION_DIR = Path("bench/results/microstructure_mc_extra_calibration")  # generate_extra's files, calibrate's figure
 
 
 def nodes() -> np.ndarray:
@@ -330,12 +331,10 @@ def population_signal(table: np.ndarray, c2_nodes: np.ndarray, shell_idx: np.nda
     return out
 
 
-def analytic_tables(protocol, radii_um, fractions, law=None) -> dict:
+def analytic_tables(protocol, radii_um, fractions, law=TORTUOSITY) -> dict:
     """The analytic model's tables on the same (shell, c²) layout (extra-axonal by `law`, default the tortuosity
     law): what the forward-model check compares with, and the interpolation test's reference."""
     from ..data import diffusion as dif
-
-    law = law or dif.TORTUOSITY
 
     shells = np.asarray(_shells(protocol))
     c2 = nodes()
@@ -344,17 +343,13 @@ def analytic_tables(protocol, radii_um, fractions, law=None) -> dict:
     extra = np.zeros((len(radii_um), np.shape(fractions)[-1], len(shells), N_NODES))
     for s, (b, big, small) in enumerate(shells):
         g = np.sqrt(b * 1e6 / (dif.GAMMA**2 * small**2 * (big - small / 3)))
+        # the shell as a protocol of its own (with the b = 0 a protocol needs) for the extra-axonal law
+        one = dif.Protocol(np.r_[0.0, np.full(len(c2), b)], np.tile([1.0, 0.0, 0.0], (len(c2) + 1, 1)), big, small)
         for i, r in enumerate(radii_um):
             lp = dif.log_restricted_perp(r * 1e-6, g, big, small)
             intra[i, s] = -b * 1e6 * dif.D_AXON * c2 + (1 - c2) * lp
             for j, f in enumerate(fractions[i] if per_r else fractions):
-                if law.name == "tortuosity":
-                    dperp = dif.extra_perp_diffusivity(f)
-                    extra[i, j, s] = -b * 1e6 * (dperp + (dif.D_AXON - dperp) * c2)
-                else:  # the law on a one-shell protocol of this timing (and the b = 0 a protocol needs)
-                    one = dif.Protocol(np.r_[0.0, np.full(len(c2), b)], np.tile([1.0, 0.0, 0.0], (len(c2) + 1, 1)),
-                                       big, small)
-                    extra[i, j, s] = law.log_signal(one, np.r_[0.0, c2], np.float64(f))[1:]
+                extra[i, j, s] = law.log_signal(one, np.r_[0.0, c2], np.float64(f))[1:]
     return {"shells": shells, "c2": c2, "intra": intra, "extra": extra}
 
 
@@ -416,7 +411,7 @@ def apparent_dperp(tables: dict, calibrated: dict | None = None) -> list[dict]:
     return rows
 
 
-def forward_gap(tables: dict, protocol, law=None) -> list[dict]:
+def forward_gap(tables: dict, protocol, law=TORTUOSITY) -> list[dict]:
     """Largest |S_analytic - S_MC| over shells and orientations, per radius (intra) and packing (extra; by the
     extra-axonal `law`, default the tortuosity law)."""
     ana = analytic_tables(protocol, tables["radii_um"], tables["achieved"], law)
@@ -478,13 +473,12 @@ def mae_rows(model, tables: dict, protocol, n: int, n_fp: int, snr: float, seed:
     return rows
 
 
-def served_bound_ratio(protocol, vox: dict, est: dict, snr: float, law=None) -> dict:
+def served_bound_ratio(protocol, vox: dict, est: dict, snr: float, law=TORTUOSITY) -> dict:
     """How well the bound a bundle serves (Cramér–Rao at the estimate) stands for the bound at the truth, on
     crossings (two distinct populations): the median over the voxels of their ratio per parameter, and the share of
-    voxels where it is within a factor 2."""
+    voxels where it is within a factor 2; under the model's extra-axonal `law`, as its bundles serve it."""
     from ..data import diffusion as dif
 
-    law = law or dif.TORTUOSITY  # the model's extra-axonal law: the bound a bundle of that model serves
     at_est = dif.cramer_rao(protocol, vox["u"], est["nu"], est["r"], est["f"], snr, law=law)
     at_true = dif.cramer_rao(protocol, vox["u"], vox["nu"], vox["r"], vox["f"], snr, law=law)
     out = {}
@@ -503,7 +497,7 @@ AIMS = PRECISION_AIMS
 
 
 def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: float = VOXEL_FREE_WATER_MAX,
-              law=None) -> list[dict]:
+              law=TORTUOSITY) -> list[dict]:
     """The floor of the MAE an unbiased estimator can reach on the same voxels as mae_rows (same draws):
     √(2/π) × the Cramér–Rao standard deviation (diffusion.cramer_rao: orientations and Σν + ν_fw = 1 known,
     Gaussian noise; the extra-axonal `law` of the model), per voxel and parameter (averaged over a crossing's two populations); median over the voxels
@@ -518,7 +512,7 @@ def crlb_rows(tables: dict, protocol, n: int, snr: float, seed: int, fw_max: flo
         vox = scenario_voxels(tables, protocol, n, scenario, snr, seed, fw_max)
         k = 1 if scenario == "single" else 2
         sd = dif.cramer_rao(protocol, vox["u"][:, :k], vox["nu"][:, :k], vox["r"][:, :k], vox["f"][:, :k], snr,
-                            law=law or dif.TORTUOSITY)
+                            law=law)
         row: dict = {"scenario": scenario, "voxels": n, "snr": snr}
         for p in ("nu", "r", "f"):
             # the MAE of a constant: the scenario's own median of the true values (an oracle of the prior alone)
@@ -663,7 +657,7 @@ def main(argv=None) -> int:
     g.add_argument("--walkers", type=int, default=20000)
     g.add_argument("--subsample", type=int, default=4, help="HCP MGH protocol, every k-th volume per shell")
     x = sub.add_parser("generate-extra", help="extra-axonal calibration signals with dmipy-sim (its own environment)")
-    x.add_argument("--out", type=Path, default=CALIBRATION)
+    x.add_argument("--out", type=Path, default=CALIBRATION_DIR / "packings.npz")
     x.add_argument("--packings", type=float, nargs="+", default=list(CAL_PACKINGS))
     x.add_argument("--walkers", type=int, default=20000)
     x.add_argument("--radii", type=float, nargs="+", default=list(CAL_RADII_UM), help="cylinder radii, µm")
@@ -692,7 +686,7 @@ def main(argv=None) -> int:
                    help="train on free water uniform in [0, this] (default: the paper's range, 0-0.1)")
     e.add_argument("--voxel-free-water-max", type=float, default=VOXEL_FREE_WATER_MAX,
                    help="the scored voxels' free water, uniform in [0, this] in half of them (none in the others)")
-    e.add_argument("--extra-axonal", default="tortuosity", choices=("tortuosity", "mc"),
+    e.add_argument("--extra-axonal", default="tortuosity", choices=LAWS,
                    help="the dictionary's extra-axonal law (data/diffusion/extra_axonal.py)")
     a = ap.parse_args(argv)
     setup_process()

@@ -131,10 +131,8 @@ class Microstructure(nn.Module):
         g = grid or dif.paper_grid().to_config()
         self.grid = dif.Grid(tuple(g["radii_um"]), tuple(g["fractions"]))
         self.free_water = bool(free_water)
-        try:  # the dictionary's extra-axonal law (data/diffusion/extra_axonal.py); a config without it: tortuosity
-            self.extra_law = dif.extra_law(extra_axonal)
-        except ValueError as e:
-            raise InvalidInput(str(e)) from None
+        # the dictionary's extra-axonal law (data/diffusion/extra_axonal.py); a config without it: tortuosity
+        self.extra_law = dif.extra_law(extra_axonal)
         self.config = {"protocol": self.protocol.to_config(), "grid": self.grid.to_config(),
                        "free_water": self.free_water, "extra_axonal": self.extra_law.name, "mlp_hidden": list(mlp_hidden),
                        "split_hidden": list(split_hidden), "joint_hidden": list(joint_hidden),

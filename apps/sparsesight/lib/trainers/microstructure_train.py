@@ -77,11 +77,8 @@ class MicrostructureTrain(SparseSightTrain):
             grid = {"n_r": whole_number(grid["n_r"], "grid.n_r", 2, 100),
                     "n_f": whole_number(grid["n_f"], "grid.n_f", 2, 100)}
         tc["grid"] = grid
-        law = tc.get("extra_axonal", runner.DEFAULT_EXTRA_AXONAL)
-        if law not in dif.EXTRA_AXONAL_LAWS:
-            raise refuse(BAD_REQUEST, f"'extra_axonal' is one of {list(dif.EXTRA_AXONAL_LAWS)} (the dictionary's "
-                                      f"extra-axonal law); got {law!r}")
-        tc["extra_axonal"] = law
+        with bad_request():  # the dictionary's extra-axonal law: one of dif.EXTRA_AXONAL_LAWS
+            tc["extra_axonal"] = dif.ExtraAxonalLaw(tc.get("extra_axonal", runner.DEFAULT_EXTRA_AXONAL)).name
         for key in HIDDEN:
             if key in tc and (not isinstance(tc[key], list) or not tc[key]
                               or not all(isinstance(h, int) and 1 <= h <= 8192 for h in tc[key])):

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import InvalidInput
 from .protocol import Protocol
 
 D_AXON = 2.0e-9  # as in signal.py (imported from there would be circular)
@@ -95,7 +96,7 @@ class ExtraAxonalLaw:
 
     def __post_init__(self):
         if self.name not in LAWS:
-            raise ValueError(f"unknown extra-axonal law {self.name!r}: one of {', '.join(LAWS)}")
+            raise InvalidInput(f"unknown extra-axonal law {self.name!r}: one of {', '.join(LAWS)}")
 
     def coefficients(self, protocol: Protocol, f) -> tuple[np.ndarray, np.ndarray | None]:
         """(D⊥ in m²/s, K) of fractions f (...) at every measurement: (..., M) each (K None: Gaussian)."""
@@ -138,7 +139,7 @@ class ExtraAxonalLaw:
     def dlog_df(self, protocol: Protocol, c2: np.ndarray, f, h: float = 1e-4) -> np.ndarray:
         """∂ ln s_ex / ∂f: b D sin²θ for the tortuosity law (exact), a central difference for the calibrated one."""
         if self.name == "tortuosity":
-            return protocol.b_si * D_AXON * (1.0 - c2) + 0.0 * np.asarray(f, dtype=np.float64)[..., None]
+            return protocol.b_si * D_AXON * (1.0 - c2)
         f = np.asarray(f, dtype=np.float64)
         return (self.log_signal(protocol, c2, f + h) - self.log_signal(protocol, c2, f - h)) / (2 * h)
 

@@ -68,8 +68,9 @@ def dwi_phantom(protocol: Protocol | None = None, downsample: int = 3, slices: i
 
     sig = np.zeros(csf.shape + (protocol.m,), dtype=np.float64)
     idx = np.nonzero(brain)
+    law = extra_law(extra_axonal)
     for k in range(2):
-        sk = population_signals(protocol, u[idx][:, k], r[idx][:, k], f[idx][:, k], extra_law(extra_axonal))
+        sk = population_signals(protocol, u[idx][:, k], r[idx][:, k], f[idx][:, k], law)
         sig[idx] += nu[idx][:, k:k + 1] * sk
     sig[idx] += w_csf[idx][:, None] * free_water_signal(protocol)[None]
     sig[idx] += w_gm[idx][:, None] * np.exp(-protocol.b_si * 0.8e-9)[None]
