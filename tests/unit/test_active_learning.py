@@ -226,6 +226,48 @@ def test_active_learning_intervals():
     assert ratio_interval([0.5], [0.4]) is None and ratio_interval([0.5, 0.6], [0.0, 0.0]) is None
 
 
+def test_benchmark_merges_seeds_of_a_run_with_the_same_settings(tmp_path):
+    """--merge: an earlier finished run's seeds join this run's in one summary (paired by seed), every run's
+    command kept; a run with other settings, a partial one, or one holding the same seed is refused."""
+    import json
+
+    from sparsesight.bench.active_learning import _results, merged_rows, summarise
+
+    settings = {"pool": 30, "test": 3, "initial": 2, "rounds": 1, "batch": 2, "epochs": 15, "initial_epochs": 60,
+                "downsample_mm": 4, "model": "sum", "model_config": {}, "train_config": {"patch_size": [32] * 3},
+                "data_seed": 0, "command": "python -m sparsesight.bench.active_learning --first-seed 2 --merge"}
+    strategies = ("random", "sparse_residual")
+
+    def rows(seeds):
+        return [{"strategy": s, "seed": k, "round": r, "n_labels": 2 + 2 * r, "dice": 0.5 + 0.1 * r + 0.01 * k
+                 + (0.05 * r if s == "sparse_residual" else 0), "soft_dice": 0.4 + 0.1 * r, "seconds": 1.0}
+                for k in seeds for s in strategies for r in (0, 1)]
+
+    path = tmp_path / "active_learning.json"
+    with pytest.raises(ValueError, match="no recorded run"):
+        merged_rows(path, settings, [2, 3], strategies)
+    old = {**summarise(rows([0, 1]), strategies), **settings, "command": "python -m ... --seeds 2", "seeds": 2,
+           "seconds": 100.0, "machine": "m", "rows": rows([0, 1])}
+    old.pop("data_seed")  # runs recorded before the key was written had data seed 0
+    path.write_text(json.dumps(old))
+    earlier = merged_rows(path, settings, [2, 3], strategies)
+    assert earlier["runs"] == [{"command": "python -m ... --seeds 2", "seeds": [0, 1], "seconds": 100.0,
+                                "machine": "m"}]
+    res = _results(rows([2, 3]), strategies, time.time(), settings, earlier)
+    assert res["seeds"] == 4 and len(res["rows"]) == 16 and [r["seeds"] for r in res["runs"]] == [[0, 1], [2, 3]]
+    assert res["strategies"] == summarise(rows([0, 1, 2, 3]), strategies)["strategies"]
+    assert res["command"] == settings["command"] and res["seconds"] >= 100.0
+    with pytest.raises(ValueError, match=r"already has seed\(s\) \[1\]"):
+        merged_rows(path, settings, [1, 2], strategies)
+    with pytest.raises(ValueError, match="differs in epochs, data_seed"):
+        merged_rows(path, {**settings, "epochs": 3, "data_seed": 1}, [2], strategies)
+    with pytest.raises(ValueError, match="strategies"):
+        merged_rows(path, settings, [2], ("random", "epistemic"))
+    path.write_text(json.dumps({**old, "partial": "1 seed(s) so far"}))
+    with pytest.raises(ValueError, match="did not finish"):
+        merged_rows(path, settings, [2], strategies)
+
+
 def test_area_under_curve_against_scipy():
     n, d = [2, 3, 4, 6], [0.1, 0.4, 0.5, 0.8]
     assert area_under_curve(n, d) == pytest.approx(scipy.integrate.trapezoid(d, n) / 4)

@@ -2,7 +2,7 @@
 
     python -m sparsesight.bench.active_learning [--strategies random,sparse_residual,epistemic] [--seeds 2]
         [--pool 10] [--test 3] [--initial 2] [--rounds 3] [--batch 2] [--epochs 15] [--initial-epochs 60]
-        [--downsample 4] [--model sum|mlcsc] [--model-config JSON] [--out bench/results]
+        [--downsample 4] [--model sum|mlcsc] [--model-config JSON] [--first-seed 0] [--merge] [--out bench/results]
 
 Everything goes through the real MONAI Label server with apps/sparsesight (started once, as a child process):
 a simulated annotator starts from `initial` labelled phantoms of the pool and then, for `rounds` rounds, asks
@@ -17,6 +17,10 @@ strategy) and the training seed are the same for every strategy, so the curves d
 strategies pick. Reported per strategy: the area under the Dice-vs-labels curve (normalised: the mean Dice
 over the budget), mean and spread over the seeds, and its ratio to `random` measured in the same run; the
 same for the soft Dice of the probabilities, which moves even while the hard Dice is still 0.
+
+Seeds are first-seed, first-seed + 1, ... (each seed's start set, network and training draws depend on it
+alone). --merge adds the seeds of the run recorded in --out (the same settings, other seeds) to this run's, so a
+benchmark can grow by seeds over several sessions; the record lists every run's command.
 
 Writes active_learning.{csv,json,png} under --out.
 """
@@ -190,9 +194,10 @@ def _restore(src: Path, dst: Path) -> None:
 def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
         initial: int = 2, rounds: int = 3, batch: int = 2, epochs: int = 15, initial_epochs: int | None = 60,
         downsample: int = 4, model_config: dict | None = None, data_seed: int = 0, out: str = "bench/results",
-        work: str | None = None, model: str = BENCH_MODEL) -> dict:
+        work: str | None = None, model: str = BENCH_MODEL, first_seed: int = 0, merge: bool = False) -> dict:
     """Run the benchmark (see the module docstring); `model_config` overrides the model's default hyperparameters
-    of the fresh network each seed starts from (default: the served model's defaults)."""
+    of the fresh network each seed starts from (default: the served model's defaults); seeds first_seed ..
+    first_seed + seeds - 1; `merge`: with the rows of the run recorded in `out` (merged_rows)."""
     import torch
 
     from .. import checkpoint, models
@@ -207,7 +212,13 @@ def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
     model_config = dict(model_config or {})
     config = {**models.default_config(model), **model_config}
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"pool": pool, "test": test, "initial": initial, "rounds": rounds,
+                "batch": batch, "epochs": epochs, "initial_epochs": initial_epochs, "downsample_mm": downsample,
+                "model": model, "model_config": model_config, "train_config": FAST_TRAIN, "data_seed": data_seed,
+                "command": "python -m sparsesight.bench.active_learning " + " ".join(sys.argv[1:])}
+    seed_list = list(range(first_seed, first_seed + seeds))
+    earlier = merged_rows(out_dir / "active_learning.json", settings, seed_list, strategies) if merge else None
+    (out_dir / "partial" if merge else out_dir).mkdir(parents=True, exist_ok=True)
     data = _dataset(Path(work or "out/bench") / "data", pool, test, downsample, data_seed)
     tmp = Path(tempfile.mkdtemp(prefix="sparsesight-al-"))
     studies, model_dir = tmp / "datastore", tmp / "model"
@@ -217,10 +228,6 @@ def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
     ckpt = model_dir / f"{model}.pt"
 
     rows, t_start = [], time.time()
-    settings = {"pool": len(data["pool"]), "test": len(data["test"]), "initial": initial, "rounds": rounds,
-                "batch": batch, "epochs": epochs, "initial_epochs": initial_epochs, "downsample_mm": downsample,
-                "model": model, "model_config": model_config, "train_config": FAST_TRAIN,
-                "command": "python -m sparsesight.bench.active_learning " + " ".join(sys.argv[1:])}
     server = MonaiLabelServer(studies, conf={"model_dir": model_dir, "pretrained": "false"},  # AL from scratch
                               log_path=tmp / "server.log")
     logger.info(f"active learning ({model}): {len(data['pool'])} pool / {len(data['test'])} held-out phantoms at "
@@ -229,7 +236,7 @@ def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
     try:
         url = server.start(timeout=300)
         ann = Annotator(url, data["folder"] / "labelsTr", model)
-        for seed in range(seeds):
+        for seed in seed_list:
             rng = np.random.default_rng(1000 + seed)
             start_ids = sorted(rng.choice(data["pool"], size=initial, replace=False).tolist())
             ann.unlabel(sorted(ann.labelled()))
@@ -275,22 +282,59 @@ def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
                     logger.info(f"seed {seed} {strategy:>15} round {r}/{rounds}: labelled {', '.join(picked)} -> "
                           f"Dice {d['dice']:.3f} (WT {d['WT']:.3f} TC {d['TC']:.3f} ET {d['ET']:.3f}), soft Dice "
                           f"{d['soft_dice']:.3f} [{time.time() - t:.0f} s, {time.time() - t_start:.0f} s total]")
-            if seed + 1 < seeds:  # the seeds so far, in case the run is stopped
-                write(_results(rows, strategies, seed + 1, t_start, settings), out_dir, partial=True)
+            if seed != seed_list[-1]:  # the seeds so far, in case the run is stopped (beside, not over, a merge's)
+                write(_results(rows, strategies, t_start, settings), out_dir / "partial" if merge else out_dir,
+                      partial=True)
     finally:
         server.stop()
-    results = _results(rows, strategies, seeds, t_start, settings)
+    results = _results(rows, strategies, t_start, settings, earlier)
     write(results, out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 
-def _results(rows, strategies, seeds, t_start, settings) -> dict:
+#: the settings two runs must share for their seeds to be merged into one record
+MERGE_KEYS = ("pool", "test", "initial", "rounds", "batch", "epochs", "initial_epochs", "downsample_mm", "model",
+              "model_config", "train_config")
+
+
+def merged_rows(path: Path, settings: dict, seeds: list[int], strategies) -> dict:
+    """The finished run recorded at `path` that this run's seeds extend: its rows, commands, seconds and machine.
+    Refused (ValueError, before anything runs) when there is none, it is partial, its settings or strategies
+    differ, or it already has one of `seeds`."""
+    if not path.is_file():
+        raise ValueError(f"--merge: no recorded run at {path}")
+    old = json.loads(path.read_text())
+    if "partial" in old:
+        raise ValueError(f"--merge: the run at {path} did not finish ({old['partial']})")
+    differ = [k for k in MERGE_KEYS if old.get(k) != settings[k]]
+    if old.get("data_seed", 0) != settings["data_seed"]:
+        differ.append("data_seed")
+    if differ:
+        raise ValueError(f"--merge: the recorded run differs in {', '.join(differ)}")
+    if list(old["strategies"]) != list(strategies):
+        raise ValueError(f"--merge: the recorded run has strategies {list(old['strategies'])}, this one "
+                         f"{list(strategies)}")
+    shared = sorted({r["seed"] for r in old["rows"]} & set(seeds))
+    if shared:
+        raise ValueError(f"--merge: the recorded run already has seed(s) {shared}; choose --first-seed after them")
+    runs = old.get("runs") or [{"command": old["command"], "seeds": sorted({r["seed"] for r in old["rows"]}),
+                                "seconds": old["seconds"], "machine": old["machine"]}]
+    return {"rows": old["rows"], "runs": runs}
+
+
+def _results(rows, strategies, t_start, settings, earlier: dict | None = None) -> dict:
+    """The summary of this run's rows (and, merged, an earlier run's): every seed, with each run's command."""
+    seconds = round(time.time() - t_start, 1)
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, load average "
+               f"{os.getloadavg()[0]:.1f} at the end")
+    run = {"command": settings["command"], "seeds": sorted({r["seed"] for r in rows}), "seconds": seconds,
+           "machine": machine}
+    runs = [*(earlier or {}).get("runs", []), run]
+    rows = [*(earlier or {}).get("rows", []), *rows]
     results = summarise(rows, strategies)
-    results.update({"seeds": seeds, "seconds": round(time.time() - t_start, 1),
-                    "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
-                               f"load average {os.getloadavg()[0]:.1f} at the end",
-                    "rows": rows, **settings})
+    results.update({"seeds": len({r["seed"] for r in rows}), "seconds": round(sum(r["seconds"] for r in runs), 1),
+                    "machine": machine, "rows": rows, **settings, "runs": runs})
     return results
 
 
@@ -439,6 +483,9 @@ def main(argv=None):
     p.add_argument("--model", default=BENCH_MODEL, choices=["sum", "mlcsc"], help="the served model in the loop")
     p.add_argument("--model-config", default=None, help="JSON overriding the fresh model's hyperparameters")
     p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (seeds first-seed, first-seed + 1, ...)")
+    p.add_argument("--merge", action="store_true",
+                   help="add this run's seeds to the finished run recorded in --out (same settings, other seeds)")
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--work", default="out/bench", help="where the phantom data are cached")
     a = p.parse_args(argv)
@@ -446,7 +493,7 @@ def main(argv=None):
     run(tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds, pool=a.pool, test=a.test,
         initial=a.initial, rounds=a.rounds, batch=a.batch, epochs=a.epochs, initial_epochs=a.initial_epochs,
         downsample=a.downsample, model_config=json.loads(a.model_config) if a.model_config else None,
-        data_seed=a.data_seed, out=a.out, work=a.work, model=a.model)
+        data_seed=a.data_seed, out=a.out, work=a.work, model=a.model, first_seed=a.first_seed, merge=a.merge)
 
 
 if __name__ == "__main__":
