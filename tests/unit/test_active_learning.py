@@ -226,16 +226,17 @@ def test_active_learning_intervals():
     assert ratio_interval([0.5], [0.4]) is None and ratio_interval([0.5, 0.6], [0.0, 0.0]) is None
 
 
-def test_benchmark_merges_seeds_of_a_run_with_the_same_settings(tmp_path):
-    """--merge: an earlier finished run's seeds join this run's in one summary (paired by seed), every run's
-    command kept; a run with other settings, a partial one, or one holding the same seed is refused."""
+def test_benchmark_combines_finished_runs_of_the_same_settings_and_code(tmp_path):
+    """--combine: runs of other seeds (same settings, strategies and commit) make one record whose summary is that
+    of all their rows (paired by seed), every run's command kept; a partial run, other settings or strategies, a
+    seed twice, or code that is not the same committed code is refused."""
     import json
 
-    from sparsesight.bench.active_learning import _results, merged_rows, summarise
+    from sparsesight.bench.active_learning import combine, summarise
 
     settings = {"pool": 30, "test": 3, "initial": 2, "rounds": 1, "batch": 2, "epochs": 15, "initial_epochs": 60,
                 "downsample_mm": 4, "model": "sum", "model_config": {}, "train_config": {"patch_size": [32] * 3},
-                "data_seed": 0, "command": "python -m sparsesight.bench.active_learning --first-seed 2 --merge"}
+                "data_seed": 0, "commit": "abc1234"}
     strategies = ("random", "sparse_residual")
 
     def rows(seeds):
@@ -243,29 +244,35 @@ def test_benchmark_merges_seeds_of_a_run_with_the_same_settings(tmp_path):
                  + (0.05 * r if s == "sparse_residual" else 0), "soft_dice": 0.4 + 0.1 * r, "seconds": 1.0}
                 for k in seeds for s in strategies for r in (0, 1)]
 
-    path = tmp_path / "active_learning.json"
-    with pytest.raises(ValueError, match="no recorded run"):
-        merged_rows(path, settings, [2, 3], strategies)
-    old = {**summarise(rows([0, 1]), strategies), **settings, "command": "python -m ... --seeds 2", "seeds": 2,
-           "seconds": 100.0, "machine": "m", "rows": rows([0, 1])}
-    old.pop("data_seed")  # runs recorded before the key was written had data seed 0
-    path.write_text(json.dumps(old))
-    earlier = merged_rows(path, settings, [2, 3], strategies)
-    assert earlier["runs"] == [{"command": "python -m ... --seeds 2", "seeds": [0, 1], "seconds": 100.0,
-                                "machine": "m"}]
-    res = _results(rows([2, 3]), strategies, time.time(), settings, earlier)
-    assert res["seeds"] == 4 and len(res["rows"]) == 16 and [r["seeds"] for r in res["runs"]] == [[0, 1], [2, 3]]
+    def record(name, seeds, **changes):
+        rec = {**summarise(rows(seeds), strategies), **settings, "command": f"run {name}", "seeds": len(seeds),
+               "seconds": 100.0, "machine": "m", "rows": rows(seeds), **changes}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "active_learning.json").write_text(json.dumps(rec))
+        return str(tmp_path / name)
+
+    a, b = record("a", [0, 1]), record("b", [2, 3])
+    res = combine([a, b], str(tmp_path / "out"))
+    assert res["seeds"] == 4 and len(res["rows"]) == 16 and res["seconds"] == 200.0
+    assert [(r["command"], r["seeds"], r["commit"]) for r in res["runs"]] == [
+        ("run a", [0, 1], "abc1234"), ("run b", [2, 3], "abc1234")]
     assert res["strategies"] == summarise(rows([0, 1, 2, 3]), strategies)["strategies"]
-    assert res["command"] == settings["command"] and res["seconds"] >= 100.0
-    with pytest.raises(ValueError, match=r"already has seed\(s\) \[1\]"):
-        merged_rows(path, settings, [1, 2], strategies)
-    with pytest.raises(ValueError, match="differs in epochs, data_seed"):
-        merged_rows(path, {**settings, "epochs": 3, "data_seed": 1}, [2], strategies)
-    with pytest.raises(ValueError, match="strategies"):
-        merged_rows(path, settings, [2], ("random", "epistemic"))
-    path.write_text(json.dumps({**old, "partial": "1 seed(s) so far"}))
+    recorded = json.loads((tmp_path / "out" / "active_learning.json").read_text())
+    assert recorded["seeds"] == 4 and recorded["runs"] == res["runs"]
+    assert (tmp_path / "out" / "active_learning.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="no recorded run"):
+        combine([a, str(tmp_path / "none")], str(tmp_path / "x"))
+    with pytest.raises(ValueError, match=r"seed\(s\) \[1\]"):
+        combine([a, record("c", [1, 4])], str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="differs from .* in epochs, data_seed"):
+        combine([a, record("d", [5], epochs=3, data_seed=1)], str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="in strategies"):
+        combine([a, record("e", [6], strategies={"random": {}, "epistemic": {}})], str(tmp_path / "x"))
     with pytest.raises(ValueError, match="did not finish"):
-        merged_rows(path, settings, [2], strategies)
+        combine([a, record("f", [7], partial="1 seed(s) so far")], str(tmp_path / "x"))
+    for commit in ("abc1234+dirty", "unknown", None):  # edited, unknown or unrecorded code is not the same code
+        with pytest.raises(ValueError, match="other code"):
+            combine([a, record(f"g{commit}", [8], commit=commit)], str(tmp_path / "x"))
 
 
 def test_area_under_curve_against_scipy():

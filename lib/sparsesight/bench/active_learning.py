@@ -2,7 +2,8 @@
 
     python -m sparsesight.bench.active_learning [--strategies random,sparse_residual,epistemic] [--seeds 2]
         [--pool 10] [--test 3] [--initial 2] [--rounds 3] [--batch 2] [--epochs 15] [--initial-epochs 60]
-        [--downsample 4] [--model sum|mlcsc] [--model-config JSON] [--first-seed 0] [--merge] [--out bench/results]
+        [--downsample 4] [--model sum|mlcsc] [--model-config JSON] [--first-seed 0] [--out bench/results]
+    python -m sparsesight.bench.active_learning --combine DIR [DIR ...] --out bench/results
 
 Everything goes through the real MONAI Label server with apps/sparsesight (started once, as a child process):
 a simulated annotator starts from `initial` labelled phantoms of the pool and then, for `rounds` rounds, asks
@@ -19,8 +20,9 @@ over the budget), mean and spread over the seeds, and its ratio to `random` meas
 same for the soft Dice of the probabilities, which moves even while the hard Dice is still 0.
 
 Seeds are first-seed, first-seed + 1, ... (each seed's start set, network and training draws depend on it
-alone). --merge adds the seeds of the run recorded in --out (the same settings, other seeds) to this run's, so a
-benchmark can grow by seeds over several sessions; the record lists every run's command.
+alone), so runs of other seeds can go on side by side or in other sessions. --combine writes one record of the
+finished runs recorded in those folders: the same settings and strategies, no seed twice, and the same code (each
+record names its commit; the code under CODE_PATHS must not differ between them, nor have been edited uncommitted).
 
 Writes active_learning.{csv,json,png} under --out.
 """
@@ -32,6 +34,7 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +45,7 @@ import numpy as np
 import requests
 from scipy.stats import t as t_dist
 
-from .. import REGIONS
+from .. import REGIONS, model_card
 from ..active_learning import area_under_curve
 from ..data.io import load_label
 from ..metrics import region_dice
@@ -194,10 +197,10 @@ def _restore(src: Path, dst: Path) -> None:
 def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
         initial: int = 2, rounds: int = 3, batch: int = 2, epochs: int = 15, initial_epochs: int | None = 60,
         downsample: int = 4, model_config: dict | None = None, data_seed: int = 0, out: str = "bench/results",
-        work: str | None = None, model: str = BENCH_MODEL, first_seed: int = 0, merge: bool = False) -> dict:
+        work: str | None = None, model: str = BENCH_MODEL, first_seed: int = 0) -> dict:
     """Run the benchmark (see the module docstring); `model_config` overrides the model's default hyperparameters
     of the fresh network each seed starts from (default: the served model's defaults); seeds first_seed ..
-    first_seed + seeds - 1; `merge`: with the rows of the run recorded in `out` (merged_rows)."""
+    first_seed + seeds - 1."""
     import torch
 
     from .. import checkpoint, models
@@ -215,10 +218,10 @@ def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
     settings = {"pool": pool, "test": test, "initial": initial, "rounds": rounds,
                 "batch": batch, "epochs": epochs, "initial_epochs": initial_epochs, "downsample_mm": downsample,
                 "model": model, "model_config": model_config, "train_config": FAST_TRAIN, "data_seed": data_seed,
+                "commit": code_commit(),
                 "command": "python -m sparsesight.bench.active_learning " + " ".join(sys.argv[1:])}
     seed_list = list(range(first_seed, first_seed + seeds))
-    earlier = merged_rows(out_dir / "active_learning.json", settings, seed_list, strategies) if merge else None
-    (out_dir / "partial" if merge else out_dir).mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     data = _dataset(Path(work or "out/bench") / "data", pool, test, downsample, data_seed)
     tmp = Path(tempfile.mkdtemp(prefix="sparsesight-al-"))
     studies, model_dir = tmp / "datastore", tmp / "model"
@@ -282,59 +285,99 @@ def run(strategies=STRATEGIES, seeds: int = 2, pool: int = 10, test: int = 3,
                     logger.info(f"seed {seed} {strategy:>15} round {r}/{rounds}: labelled {', '.join(picked)} -> "
                           f"Dice {d['dice']:.3f} (WT {d['WT']:.3f} TC {d['TC']:.3f} ET {d['ET']:.3f}), soft Dice "
                           f"{d['soft_dice']:.3f} [{time.time() - t:.0f} s, {time.time() - t_start:.0f} s total]")
-            if seed != seed_list[-1]:  # the seeds so far, in case the run is stopped (beside, not over, a merge's)
-                write(_results(rows, strategies, t_start, settings), out_dir / "partial" if merge else out_dir,
-                      partial=True)
+            if seed != seed_list[-1]:  # the seeds so far, in case the run is stopped
+                write(_results(rows, strategies, t_start, settings), out_dir, partial=True)
     finally:
         server.stop()
-    results = _results(rows, strategies, t_start, settings, earlier)
+    results = _results(rows, strategies, t_start, settings)
     write(results, out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     return results
 
 
-#: the settings two runs must share for their seeds to be merged into one record
-MERGE_KEYS = ("pool", "test", "initial", "rounds", "batch", "epochs", "initial_epochs", "downsample_mm", "model",
-              "model_config", "train_config")
+#: the settings two runs must share to be combined into one record
+COMBINE_KEYS = ("pool", "test", "initial", "rounds", "batch", "epochs", "initial_epochs", "downsample_mm", "model",
+                "model_config", "train_config")
+#: the code a run's figures depend on (the loop, the server app, the models, the trainer, the pinned packages)
+CODE_PATHS = ("lib/sparsesight", "apps/sparsesight", "requirements.lock")
+REPO = Path(__file__).resolve().parents[3]
 
 
-def merged_rows(path: Path, settings: dict, seeds: list[int], strategies) -> dict:
-    """The finished run recorded at `path` that this run's seeds extend: its rows, commands, seconds and machine.
-    Refused (ValueError, before anything runs) when there is none, it is partial, its settings or strategies
-    differ, or it already has one of `seeds`."""
-    if not path.is_file():
-        raise ValueError(f"--merge: no recorded run at {path}")
-    old = json.loads(path.read_text())
-    if "partial" in old:
-        raise ValueError(f"--merge: the run at {path} did not finish ({old['partial']})")
-    differ = [k for k in MERGE_KEYS if old.get(k) != settings[k]]
-    if old.get("data_seed", 0) != settings["data_seed"]:
-        differ.append("data_seed")
-    if differ:
-        raise ValueError(f"--merge: the recorded run differs in {', '.join(differ)}")
-    if list(old["strategies"]) != list(strategies):
-        raise ValueError(f"--merge: the recorded run has strategies {list(old['strategies'])}, this one "
-                         f"{list(strategies)}")
-    shared = sorted({r["seed"] for r in old["rows"]} & set(seeds))
-    if shared:
-        raise ValueError(f"--merge: the recorded run already has seed(s) {shared}; choose --first-seed after them")
-    runs = old.get("runs") or [{"command": old["command"], "seeds": sorted({r["seed"] for r in old["rows"]}),
-                                "seconds": old["seconds"], "machine": old["machine"]}]
-    return {"rows": old["rows"], "runs": runs}
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
 
 
-def _results(rows, strategies, t_start, settings, earlier: dict | None = None) -> dict:
-    """The summary of this run's rows (and, merged, an earlier run's): every seed, with each run's command."""
+def code_commit() -> str:
+    """The commit the run's code is at, '+dirty' when CODE_PATHS hold uncommitted edits, 'unknown' outside git."""
+    head = model_card.commit()
+    if head == "unknown":
+        return head
+    return head + ("+dirty" if _git("diff", "--quiet", "HEAD", "--", *CODE_PATHS).returncode else "")
+
+
+def same_code(a: str | None, b: str | None) -> bool:
+    """Whether runs at commits a and b ran the same code: both committed and clean, and CODE_PATHS equal."""
+    if not a or not b or "unknown" in (a, b) or a.endswith("+dirty") or b.endswith("+dirty"):
+        return False
+    return a == b or _git("diff", "--quiet", a, b, "--", *CODE_PATHS).returncode == 0
+
+
+def _runs(rec: dict) -> list[dict]:
+    """A record's runs: {command, seeds, seconds, machine, commit} of each run it holds."""
+    return rec.get("runs") or [{"command": rec["command"], "seeds": sorted({r["seed"] for r in rec["rows"]}),
+                                "seconds": rec["seconds"], "machine": rec["machine"], "commit": rec.get("commit")}]
+
+
+def combine(dirs, out: str) -> dict:
+    """One record (active_learning.{json,csv,png} in `out`) of the finished runs recorded in `dirs`; ValueError
+    naming the reason when a run is partial, or differs from the first in settings, strategies or code, or when
+    two hold the same seed."""
+    recs = []
+    for d in dirs:
+        path = Path(d) / "active_learning.json"
+        if not path.is_file():
+            raise ValueError(f"--combine: no recorded run at {path}")
+        rec = json.loads(path.read_text())
+        if "partial" in rec:
+            raise ValueError(f"--combine: the run at {path} did not finish ({rec['partial']})")
+        recs.append((path, rec))
+    (first_path, first), seen = recs[0], set()
+    for path, rec in recs:
+        differ = [k for k in COMBINE_KEYS if rec.get(k) != first.get(k)]
+        differ += ["data_seed"] if rec.get("data_seed", 0) != first.get("data_seed", 0) else []
+        differ += ["strategies"] if list(rec["strategies"]) != list(first["strategies"]) else []
+        if differ:
+            raise ValueError(f"--combine: {path} differs from {first_path} in {', '.join(differ)}")
+        for run in _runs(rec):
+            if not same_code(run.get("commit"), first.get("commit")):
+                raise ValueError(f"--combine: {path} ran other code ({run.get('commit')}) than {first_path} "
+                                 f"({first.get('commit')}) under {', '.join(CODE_PATHS)}, or code not committed")
+        seeds = {r["seed"] for r in rec["rows"]}
+        if seeds & seen:
+            raise ValueError(f"--combine: seed(s) {sorted(seeds & seen)} of {path} are in another run too")
+        seen |= seeds
+    rows = [r for _, rec in recs for r in rec["rows"]]
+    runs = [run for _, rec in recs for run in _runs(rec)]
+    results = summarise(rows, list(first["strategies"]))
+    results.update({**{k: first.get(k) for k in (*COMBINE_KEYS, "data_seed", "commit")},
+                    "seeds": len(seen), "seconds": round(sum(r["seconds"] for r in runs), 1),
+                    "machine": "; ".join(dict.fromkeys(r["machine"] for r in runs)), "rows": rows, "runs": runs,
+                    "command": "python -m sparsesight.bench.active_learning " + " ".join(sys.argv[1:])})
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write(results, out_dir)
+    return results
+
+
+def _results(rows, strategies, t_start, settings) -> dict:
+    results = summarise(rows, strategies)
     seconds = round(time.time() - t_start, 1)
     machine = (f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, load average "
                f"{os.getloadavg()[0]:.1f} at the end")
     run = {"command": settings["command"], "seeds": sorted({r["seed"] for r in rows}), "seconds": seconds,
-           "machine": machine}
-    runs = [*(earlier or {}).get("runs", []), run]
-    rows = [*(earlier or {}).get("rows", []), *rows]
-    results = summarise(rows, strategies)
-    results.update({"seeds": len({r["seed"] for r in rows}), "seconds": round(sum(r["seconds"] for r in runs), 1),
-                    "machine": machine, "rows": rows, **settings, "runs": runs})
+           "machine": machine, "commit": settings["commit"]}
+    results.update({"seeds": len({r["seed"] for r in rows}), "seconds": seconds, "machine": machine, "rows": rows,
+                    **settings, "runs": [run]})
     return results
 
 
@@ -484,16 +527,19 @@ def main(argv=None):
     p.add_argument("--model-config", default=None, help="JSON overriding the fresh model's hyperparameters")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--first-seed", type=int, default=0, help="the first seed (seeds first-seed, first-seed + 1, ...)")
-    p.add_argument("--merge", action="store_true",
-                   help="add this run's seeds to the finished run recorded in --out (same settings, other seeds)")
+    p.add_argument("--combine", nargs="+", metavar="DIR", default=None,
+                   help="write one record in --out of the finished runs recorded in these folders (no run)")
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--work", default="out/bench", help="where the phantom data are cached")
     a = p.parse_args(argv)
     setup_process()
+    if a.combine:
+        combine(a.combine, a.out)
+        return
     run(tuple(s.strip() for s in a.strategies.split(",") if s.strip()), seeds=a.seeds, pool=a.pool, test=a.test,
         initial=a.initial, rounds=a.rounds, batch=a.batch, epochs=a.epochs, initial_epochs=a.initial_epochs,
         downsample=a.downsample, model_config=json.loads(a.model_config) if a.model_config else None,
-        data_seed=a.data_seed, out=a.out, work=a.work, model=a.model, first_seed=a.first_seed, merge=a.merge)
+        data_seed=a.data_seed, out=a.out, work=a.work, model=a.model, first_seed=a.first_seed)
 
 
 if __name__ == "__main__":
