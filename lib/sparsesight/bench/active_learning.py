@@ -356,29 +356,32 @@ def combine(dirs, out: str) -> dict:
         if seeds & seen:
             raise ValueError(f"--combine: seed(s) {sorted(seeds & seen)} of {path} are in another run too")
         seen |= seeds
-    rows = [r for _, rec in recs for r in rec["rows"]]
-    runs = [run for _, rec in recs for run in _runs(rec)]
-    results = summarise(rows, list(first["strategies"]))
-    results.update({**{k: first.get(k) for k in (*COMBINE_KEYS, "data_seed", "commit")},
-                    "seeds": len(seen), "seconds": round(sum(r["seconds"] for r in runs), 1),
-                    "machine": "; ".join(dict.fromkeys(r["machine"] for r in runs)), "rows": rows, "runs": runs,
-                    "command": "python -m sparsesight.bench.active_learning " + " ".join(sys.argv[1:])})
+    settings = {**{k: first.get(k) for k in (*COMBINE_KEYS, "data_seed", "commit")},
+                "command": "python -m sparsesight.bench.active_learning " + " ".join(sys.argv[1:])}
+    results = _record([r for _, rec in recs for r in rec["rows"]], [run for _, rec in recs for run in _runs(rec)],
+                      settings, list(first["strategies"]))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write(results, out_dir)
     return results
 
 
-def _results(rows, strategies, t_start, settings) -> dict:
+def _record(rows, runs, settings, strategies) -> dict:
+    """The record of `rows` made by `runs`: the summary, the number of seeds, the runs' seconds and machines."""
     results = summarise(rows, strategies)
-    seconds = round(time.time() - t_start, 1)
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, load average "
-               f"{os.getloadavg()[0]:.1f} at the end")
-    run = {"command": settings["command"], "seeds": sorted({r["seed"] for r in rows}), "seconds": seconds,
-           "machine": machine, "commit": settings["commit"]}
-    results.update({"seeds": len({r["seed"] for r in rows}), "seconds": seconds, "machine": machine, "rows": rows,
-                    **settings, "runs": [run]})
+    results.update({"seeds": len({r["seed"] for r in rows}), "seconds": round(sum(r["seconds"] for r in runs), 1),
+                    "machine": "; ".join(dict.fromkeys(r["machine"] for r in runs)), "rows": rows, **settings,
+                    "runs": runs})
     return results
+
+
+def _results(rows, strategies, t_start, settings) -> dict:
+    """The record of this run's rows so far."""
+    run = {"command": settings["command"], "seeds": sorted({r["seed"] for r in rows}),
+           "seconds": round(time.time() - t_start, 1), "commit": settings["commit"],
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, load average "
+                      f"{os.getloadavg()[0]:.1f} at the end"}
+    return _record(rows, [run], settings, strategies)
 
 
 def summarise(rows: list[dict], strategies) -> dict:
