@@ -60,6 +60,58 @@ class RandThickSlicesd(mt.RandomizableTransform, mt.MapTransform):
         return d
 
 
+class RandRangeNoised(mt.RandomizableTransform, mt.MapTransform):
+    """With probability `prob`, additive Gaussian noise of sigma = u x each channel's dynamic range inside the brain,
+    u drawn from `fraction` (seed 003, App. E and G: 10 % of the range), on a z-scored image (background 0), then
+    the brain re-scaled by 1 / sqrt(1 + s^2), s the noise sigma in z units: what z-scoring the noisy scan gives
+    (zero-mean noise independent of the image adds s^2 to the brain's unit variance), so a patch looks as the
+    served pipeline sees a noisy scan (noise added to the scan, then normalised). The range is the whole
+    volume's, stored under `range_key` by ChannelRanged before the crop; the patch's own range without it."""
+
+    def __init__(self, keys, prob: float = 0.3, fraction: tuple[float, float] = (0.0, 0.1),
+                 range_key: str = "image_range"):
+        mt.MapTransform.__init__(self, keys)
+        mt.RandomizableTransform.__init__(self, prob)
+        self.fraction, self.range_key = fraction, range_key
+        self.u = 0.0
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self.u = float(self.R.uniform(*self.fraction))
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform or self.u <= 0:
+            return d
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key])
+            brain = (x != 0).any(0)
+            span = d.get(self.range_key)
+            if span is None:
+                span = torch.stack([c[brain].max() - c[brain].min() if brain.any() else c.new_zeros(())
+                                    for c in x])
+            s = self.u * torch.as_tensor(span, dtype=x.dtype).reshape(-1)
+            gen = torch.Generator().manual_seed(int(self.R.randint(2 ** 31)))
+            n = torch.randn(x.shape, generator=gen, dtype=x.dtype) * s.view(-1, 1, 1, 1)
+            d[key] = torch.where(brain, (x + n) / torch.sqrt(1 + s * s).view(-1, 1, 1, 1), x)
+        return d
+
+
+class ChannelRanged(mt.MapTransform):
+    """Each channel's dynamic range (max - min) over the brain (non-zero voxels of any channel) of `keys`, stored
+    under `<key>_range` for RandRangeNoised (computed once, before the crop, on the whole volume)."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key])
+            brain = (x != 0).any(0)
+            d[f"{key}_range"] = torch.stack([c[brain].max() - c[brain].min() if brain.any() else c.new_zeros(())
+                                             for c in x])
+        return d
+
+
 def intensity_normalisation(keys=("image",)):
     """Per-channel z-score over brain voxels (non-zero), the BraTS convention."""
     return mt.NormalizeIntensityd(keys=list(keys), nonzero=True, channel_wise=True)
@@ -99,9 +151,11 @@ def full_augmentation(patch_size, thick: bool = False) -> list:
     ]
 
 
-def train_transforms(patch_size, samples_per_image: int = 2, augment: str = "light"):
+def train_transforms(patch_size, samples_per_image: int = 2, augment: str = "light",
+                     range_noise: tuple[float, float] | None = None):
     """Load, normalise, sample patches centred on tumour (2:1 positive:negative), augment (`augment` of
-    AUGMENT_LEVELS)."""
+    AUGMENT_LEVELS); with `range_noise` = (probability, largest fraction of the dynamic range), also the noise
+    of seed 003's App. G (RandRangeNoised, fractions drawn uniformly up to the largest) after the other steps."""
     if augment not in AUGMENT_LEVELS:
         raise ValueError(f"unknown augment {augment!r}; choose from {list(AUGMENT_LEVELS)}")
     return mt.Compose([
@@ -109,6 +163,7 @@ def train_transforms(patch_size, samples_per_image: int = 2, augment: str = "lig
         mt.EnsureChannelFirstd(keys=["image", "label"]),
         mt.EnsureTyped(keys=["image", "label"], dtype=None, track_meta=False),
         intensity_normalisation(),
+        *([ChannelRanged(keys="image")] if range_noise else []),
         mt.SpatialPadd(keys=["image", "label"], spatial_size=patch_size),
         # tumour / brain voxel indices once per case (cached), not a full-volume scan per patch
         mt.FgBgToIndicesd(keys="label", image_key="image", image_threshold=0),
@@ -119,4 +174,5 @@ def train_transforms(patch_size, samples_per_image: int = 2, augment: str = "lig
         # copying each whole 1 mm case per draw (CacheDataset copy_cache=False; 0.11 s of 0.30 s per case)
         mt.Lambdad(keys=["image", "label"], func=torch.clone),
         *(full_augmentation(patch_size, thick=augment == "thick") if augment != "light" else light_augmentation()),
+        *([RandRangeNoised(keys="image", prob=range_noise[0], fraction=(0.0, range_noise[1]))] if range_noise else []),
     ])

@@ -315,3 +315,51 @@ def test_probe_picks_the_epochs_that_fit_the_budget_and_leaves_the_model_alone(t
     assert abs(p["epochs"] - max(2, int(30 / p["seconds_per_epoch"]))) <= 1  # (the time is rounded to 1 ms)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # trained a copy
     assert probe_epochs(model, items, [], cfg, "cpu", minutes=1e-4)["epochs"] == 2  # never fewer than the probe
+
+
+def test_range_noise_is_the_scans_noise_as_the_served_pipeline_normalises_it():
+    """RandRangeNoised on a z-scored volume matches noise of the same fraction of the range added to the scan and
+    z-scored afterwards (robustness.add_noise, then the served normalisation): the same noise sigma and signal
+    scale inside the brain, the background left at 0; a probability of 0 leaves the image alone."""
+    import numpy as np
+
+    from sparsesight.bench.robustness import add_noise
+    from sparsesight.runners.segmentation import normalise
+    from sparsesight.transforms import ChannelRanged, RandRangeNoised
+
+    rng = np.random.default_rng(0)
+    raw = np.zeros((2, 40, 40, 40), np.float32)
+    brain = np.zeros((40, 40, 40), bool)
+    brain[5:35, 5:35, 5:35] = True
+    raw[:, brain] = (rng.gamma(4.0, 50.0, size=(2, int(brain.sum()))) + 100).astype(np.float32)
+    z = normalise(raw)[0]
+    d = ChannelRanged(keys="image")({"image": z})
+    t = RandRangeNoised(keys="image", prob=1.0, fraction=(0.1, 0.1))
+    t.set_random_state(seed=1)
+    out = t(d)["image"]
+    served = normalise(add_noise(raw, 0.1, np.random.default_rng(2)))[0]
+    for c in range(2):
+        s = 0.1 * float(d["image_range"][c])
+        scale = 1 / math.sqrt(1 + s * s)
+        ours, theirs = out[c][torch.from_numpy(brain)], served[c][torch.from_numpy(brain)]
+        assert ours.std().item() == pytest.approx(1.0, rel=0.03)
+        assert theirs.std().item() == pytest.approx(1.0, rel=0.03)
+        # the clean image's part is scaled alike, and what is left is noise of the same sigma
+        for x in (ours, theirs):
+            resid = x - scale * z[c][torch.from_numpy(brain)]
+            assert resid.std().item() == pytest.approx(s * scale, rel=0.03)
+            assert abs(float(np.corrcoef(resid.numpy(), z[c][torch.from_numpy(brain)].numpy())[0, 1])) < 0.02
+    assert torch.count_nonzero(out[:, ~torch.from_numpy(brain)]) == 0
+    off = RandRangeNoised(keys="image", prob=0.0, fraction=(0.1, 0.1))({"image": z})["image"]
+    assert torch.equal(off, z)
+
+
+def test_range_noise_setting_is_checked():
+    from sparsesight.errors import InvalidInput
+    from sparsesight.training.segmentation import check_range_noise
+
+    check_range_noise(None)
+    check_range_noise([0.5, 0.1])
+    for bad in ([0.5], [1.5, 0.1], [0.5, 0.0], [0.5, 2.0], "0.5,0.1", [True, 0.1]):
+        with pytest.raises(InvalidInput, match="range_noise"):
+            check_range_noise(bad)

@@ -14,6 +14,8 @@ Also reported: parameter counts and inference time (runners.segmentation.predict
 Writes robustness.json, robustness.csv and robustness.png under --out and prints the ratio table against UNet;
 for SUM and SUM_Rec also the impulse / frequency response of their filter banks with SDS, FDS, FDV and the alpha
 sweep on a held-out case (robustness_response/<model>/), the paper's Fig. 3 comparison.
+--range-noise P F trains all three with seed 003's App. G noise as well (with probability P, sigma up to F of the
+dynamic range; the recipe leaves it off): the noise robustness the paper's augmentation buys.
 Aims (issue 4): SUM parameters <= 1/10 of UNet's; SUM_Rec's WT Dice drop at the strongest noise <= half of
 UNet's; SUM inference time <= 0.5x UNet's.
 """
@@ -23,6 +25,7 @@ import argparse
 import json
 import logging
 import platform
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +47,12 @@ logger = logging.getLogger(__name__)
 
 REGIONS = ("WT", "TC", "ET")
 WINDOW = (96, 96, 96)  # one sliding window of runners.segmentation.predict: the unit every volume's inference time scales with
-MODELS: dict[str, Callable[[], Any]] = {"SUM": sum_seg, "SUM_Rec": sum_rec, "monai_unet": unet}
+MODELS: dict[str, Callable[[], Any]] = {"SUM": sum_seg, "SUM_Rec": sum_rec, "monai_unet": unet,
+                                        # the paper's own U-Nets (App. E, Table 2), on request (--models)
+                                        "unet_bn": partial(unet, norm="batch"), "unet_nobn": partial(unet, norm=None)}
+DEFAULT_MODELS = ("SUM", "SUM_Rec", "monai_unet")
+NAMES = {"SUM": "SUM", "SUM_Rec": "SUM_Rec", "monai_unet": "MONAI UNet", "unet_bn": "U-Net (batch norm)",
+         "unet_nobn": "U-Net_NoBN"}
 
 
 def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -103,7 +111,7 @@ def _plot(results: dict, path: Path):
         axes[j].set_title(f"whole tumour Dice under {kind}")
         axes[j].grid(alpha=0.3)
         axes[j].legend(fontsize=8)
-    axes[2].bar(names, [results["models"][n]["params"] for n in names], color=["C0", "C1", "C2"])
+    axes[2].bar(names, [results["models"][n]["params"] for n in names], color=[f"C{i}" for i in range(len(names))])
     axes[2].set_yscale("log")
     axes[2].set_title("parameters")
     timed = [n for n in names if results["models"][n].get("inference_s")]
@@ -116,7 +124,11 @@ def _plot(results: dict, path: Path):
 
 def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0, out: str = "bench/results",
         patch: int = 32, noise=(0.05, 0.1, 0.2), blurs=(1.0, 2.0), repeats: int = 3, time_inference: bool = True,
-        data_dir: str = "out/bench/data", time_shape=WINDOW, samples: int = 2, threads: int | None = 1) -> dict:
+        data_dir: str = "out/bench/data", time_shape=WINDOW, samples: int = 2, threads: int | None = 1,
+        range_noise: tuple[float, float] | None = None, models=DEFAULT_MODELS) -> dict:
+    unknown = [n for n in models if n not in MODELS]
+    if unknown or not set(DEFAULT_MODELS) <= set(models):
+        raise ValueError(f"models must include {list(DEFAULT_MODELS)} and come from {list(MODELS)}; got {list(models)}")
     if threads:  # on a shared CPU more OpenMP threads than free cores make every convolution many times slower
         torch.set_num_threads(threads)
     out_dir = Path(out)
@@ -124,19 +136,20 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
     data = _dataset(Path(data_dir), n_cases, downsample, seed)
     conds = corruptions(list(noise), list(blurs))
     results: dict[str, Any] = {"epochs": epochs, "downsample_mm": downsample, "patch": patch, "samples_per_image": samples,
-               "train_cases": len(data["train"]),
+               "train_cases": len(data["train"]), "range_noise": list(range_noise) if range_noise else None,
                "test_cases": len(data["test"]), "threads": torch.get_num_threads(),
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"torch {torch.__version__}",
                "corruptions": [f"{k}:{v:g}" for k, v in conds], "models": {}}
     full = np.random.default_rng(seed).normal(size=(4, *time_shape)).astype(np.float32) if time_inference else None
     results["time_shape"] = list(time_shape)
-    for name, make in MODELS.items():
+    for name in models:
         torch.manual_seed(seed)
-        model = make()
+        model = MODELS[name]()
         logger.info(f"[{name}] training {epochs} epochs on {len(data['train'])} phantoms ({downsample} mm)")
         stats = train(model, data["train"], epochs=epochs,
-                      config={"patch_size": [patch] * 3, "samples_per_image": samples, "seed": seed})
+                      config={"patch_size": [patch] * 3, "samples_per_image": samples, "seed": seed,
+                              "range_noise": list(range_noise) if range_noise else None})
         logger.info(f"[{name}] evaluating {len(conds)} conditions x {len(data['test'])} held-out cases")
         r = {"params": int(sum(p.numel() for p in model.parameters())), "train_s": stats["seconds"],
              "loss": stats["loss"], "eval": evaluate(model, data["test"], conds, seed)}
@@ -147,7 +160,7 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
             assert full is not None
             r["inference_s"] = _time_inference(model, full, repeats)
         results["models"][name] = r
-    if time_inference:
+    if time_inference:  # SUM and SUM_Rec share one architecture
         results["models"]["SUM"]["inference_s"] = results["models"]["SUM_Rec"]["inference_s"]
     results["ratios"] = ratios(results, max(noise) if noise else None)
     (out_dir / "robustness.json").write_text(json.dumps(results, indent=2))
@@ -180,7 +193,8 @@ def filter_bank_response(model, case: dict, out_dir: Path) -> dict:
 
 
 def ratios(results: dict, strongest_noise: float | None) -> dict:
-    """Ratios against UNet: parameters, inference time, WT Dice drop at the strongest noise and blur."""
+    """Ratios against MONAI's UNet: parameters, inference time, WT Dice drop at the strongest noise and blur; the
+    WT drops of the paper's U-Nets where they ran (`wt_drop_<kind>_<unet_bn|unet_nobn>`)."""
     m = results["models"]
     u = m["monai_unet"]
     out = {}
@@ -197,22 +211,29 @@ def ratios(results: dict, strongest_noise: float | None) -> dict:
             out[n][f"wt_drop_{kind}"] = drop(m[n])
             out[n][f"wt_drop_{kind}_unet"] = drop(u)
             out[n][f"wt_drop_{kind}_ratio"] = drop(m[n]) / drop(u) if drop(u) > 1e-9 else float("nan")
+            for other in ("unet_bn", "unet_nobn"):
+                if other in m:
+                    out[n][f"wt_drop_{kind}_{other}"] = drop(m[other])
     return out
 
 
 def markdown_tables(results: dict) -> list[str]:
     """bench/README.md's two tables of a recorded run: Dice under each corruption, and the filter-bank responses."""
     m, u = results["models"], results["models"]["monai_unet"]
-    names = {"SUM": "SUM", "SUM_Rec": "SUM_Rec", "monai_unet": "MONAI UNet"}
-    lines = ["| model | params (× UNet) | inference s (× UNet) | clean WT / TC / ET | noise σ 0.05 / 0.1 / 0.2 (WT) "
-             "| blur 1 / 2 (WT) |", "|---|---|---|---|---|---|"]
+    names = NAMES
+    levels = {kind: [float(c.split(":")[1]) for c in results["corruptions"] if c.startswith(f"{kind}:")]
+              for kind in ("noise", "blur")}
+    lines = [f"| model | params (× UNet) | inference s (× UNet) | clean WT / TC / ET | noise σ "
+             f"{' / '.join(f'{v:g}' for v in levels['noise'])} (WT) | blur {' / '.join(f'{v:g}' for v in levels['blur'])} "
+             "(WT) |", "|---|---|---|---|---|---|"]
     for n, r in m.items():
         unet = n == "monai_unet"
         params = f"{r['params']:,}" + ("" if unet else f" ({r['params'] / u['params']:.3f}×)")
-        inf = f"{r['inference_s']:.2f}" + ("" if unet else f" ({r['inference_s'] / u['inference_s']:.2f}×)")
+        inf = ("not timed" if not r.get("inference_s") else
+               f"{r['inference_s']:.2f}" + ("" if unet else f" ({r['inference_s'] / u['inference_s']:.2f}×)"))
         clean = " / ".join(f"{r['eval']['clean:0']['dice'][k]:.3f}" for k in ("WT", "TC", "ET"))
-        noise, blur_ = (" / ".join(f"{r['eval'][f'{kind}:{v:g}']['dice']['WT']:.3f}" for v in levels)
-                        for kind, levels in (("noise", (0.05, 0.1, 0.2)), ("blur", (1, 2))))
+        noise, blur_ = (" / ".join(f"{r['eval'][f'{kind}:{v:g}']['dice']['WT']:.3f}" for v in values)
+                        for kind in ("noise", "blur") for values in [levels[kind]])
         lines.append(f"| {names.get(n, n)} | {params} | {inf} | {clean} | {noise} | {blur_} |")
     lines += ["", "| model | SDS (voxels) | FDS | FDV | DC gain Σ r |", "|---|---|---|---|---|"]
     for n, r in m.items():
@@ -225,7 +246,9 @@ def markdown_tables(results: dict) -> list[str]:
 
 def report(results: dict):
     print(f"\nSUM / SUM_Rec vs MONAI UNet — {results['epochs']} epochs each, {results['train_cases']} train / "
-          f"{results['test_cases']} held-out phantoms at {results['downsample_mm']} mm; {results['machine']}")
+          f"{results['test_cases']} held-out phantoms at {results['downsample_mm']} mm; {results['machine']}"
+          + (f"; trained with range noise p {results['range_noise'][0]:g}, sigma <= {results['range_noise'][1]:g} "
+             "of the range" if results.get("range_noise") else ""))
     conds = results["corruptions"]
     print(f"{'model':<11}{'params':>9}{'infer s':>9}  " + "".join(f"{c:>11}" for c in conds) + "   (Dice WT)")
     for n, r in results["models"].items():
@@ -259,6 +282,11 @@ def main(argv=None):
     p.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.1, 0.2])
     p.add_argument("--blur", type=float, nargs="*", default=[1.0, 2.0])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--range-noise", type=float, nargs=2, metavar=("P", "F"),
+                   help="train all three with seed 003's App. G noise: with probability P, sigma up to F of each "
+                        "channel's dynamic range (transforms.RandRangeNoised); off by default, as in the recipe")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS),
+                   help="the models to train and compare; unet_bn and unet_nobn are the paper's U-Nets (App. E)")
     p.add_argument("--no-timing", action="store_true", help="skip the inference timing")
     p.add_argument("--time-brats", action="store_true",
                    help=f"time inference on a full {BRATS_SHAPE} volume instead of one {WINDOW} window")
@@ -267,7 +295,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     setup_process()
     run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.patch, a.noise, a.blur, a.repeats, not a.no_timing, a.data,
-        BRATS_SHAPE if a.time_brats else WINDOW, a.samples, a.threads)
+        BRATS_SHAPE if a.time_brats else WINDOW, a.samples, a.threads, a.range_noise, a.models)
 
 
 if __name__ == "__main__":

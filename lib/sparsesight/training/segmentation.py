@@ -26,7 +26,8 @@ def default_train_config() -> dict:
     """Defaults that train the sample-data phantoms to a useful model on 2 CPU cores in minutes."""
     return {"patch_size": [64, 64, 64], "samples_per_image": 2, "batch_size": 2, "lr": 2e-3, "grad_clip": 1.0,
             "optimizer": "adam", "weight_decay": 1e-5, "iterations_per_epoch": None, "seed": 0, "num_workers": 0,
-            "warmup_epochs": 0, "patience": None, "val_size": [96, 96, 96], "augment": "full"}
+            "warmup_epochs": 0, "patience": None, "val_size": [96, 96, 96], "augment": "full",
+            "range_noise": None}
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -120,10 +121,22 @@ def validation_dice(model, crops: list[tuple[torch.Tensor, np.ndarray]], device)
     return float(np.mean(scores))
 
 
+def check_range_noise(value) -> None:
+    """`range_noise` is None (off) or [probability in [0, 1], largest fraction of the dynamic range in (0, 1]]."""
+    if value is None:
+        return
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok or not (0 <= value[0] <= 1 and 0 < value[1] <= 1):
+        raise InvalidInput(f"range_noise must be null or [probability in [0, 1], largest fraction of the dynamic "
+                           f"range in (0, 1]]; got {value!r}")
+
+
 def training_dataset(items: list[dict], cfg: dict) -> CacheDataset:
     """The cases, loaded, normalised and indexed once (cached), then cropped and augmented per draw by the
     recipe's transforms, seeded per DDP process so that each draws its own patches."""
-    transforms = train_transforms(cfg["patch_size"], cfg["samples_per_image"], cfg["augment"])
+    transforms = train_transforms(cfg["patch_size"], cfg["samples_per_image"], cfg["augment"],
+                                  cfg["range_noise"])
     transforms.set_random_state(seed=cfg["seed"] + rank())
     # copy_cache=False: the random steps start from owned crops (train_transforms), never writing to the cache
     return CacheDataset(items, transform=transforms, progress=False, num_workers=cfg["num_workers"],
@@ -158,6 +171,7 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
         raise InvalidInput(f"unknown optimizer {cfg['optimizer']!r}; choose from {sorted(OPTIMIZERS)}")
     if cfg["augment"] not in AUGMENT_LEVELS:
         raise InvalidInput(f"unknown augment {cfg['augment']!r}; choose from {list(AUGMENT_LEVELS)}")
+    check_range_noise(cfg["range_noise"])
     torch.manual_seed(cfg["seed"])
     device = torch.device(device)
     ds = training_dataset(items, cfg)
