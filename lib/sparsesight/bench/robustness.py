@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import platform
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -125,7 +126,7 @@ def _plot(results: dict, path: Path):
 def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0, out: str = "bench/results",
         patch: int = 32, noise=(0.05, 0.1, 0.2), blurs=(1.0, 2.0), repeats: int = 3, time_inference: bool = True,
         data_dir: str = "out/bench/data", time_shape=WINDOW, samples: int = 2, threads: int | None = 1,
-        range_noise: tuple[float, float] | None = None, models=DEFAULT_MODELS) -> dict:
+        range_noise: tuple[float, float] | None = None, models=DEFAULT_MODELS, command: str | None = None) -> dict:
     unknown = [n for n in models if n not in MODELS]
     if unknown or not set(DEFAULT_MODELS) <= set(models):
         raise ValueError(f"models must include {list(DEFAULT_MODELS)} and come from {list(MODELS)}; got {list(models)}")
@@ -140,7 +141,7 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
                "test_cases": len(data["test"]), "threads": torch.get_num_threads(),
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"torch {torch.__version__}",
-               "corruptions": [f"{k}:{v:g}" for k, v in conds], "models": {}}
+               "corruptions": [f"{k}:{v:g}" for k, v in conds], "models": {}, "command": command}
     full = np.random.default_rng(seed).normal(size=(4, *time_shape)).astype(np.float32) if time_inference else None
     results["time_shape"] = list(time_shape)
     for name in models:
@@ -295,7 +296,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     setup_process()
     run(a.epochs, a.downsample, a.cases, a.seed, a.out, a.patch, a.noise, a.blur, a.repeats, not a.no_timing, a.data,
-        BRATS_SHAPE if a.time_brats else WINDOW, a.samples, a.threads, a.range_noise, a.models)
+        BRATS_SHAPE if a.time_brats else WINDOW, a.samples, a.threads, a.range_noise, a.models,
+        "python -m sparsesight.bench.robustness " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
