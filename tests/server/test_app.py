@@ -264,6 +264,10 @@ def _bad_inputs():
         ("label: image id with ../", label_for("../case_001", good_label), 400, "path"),
         ("label: tag with ../", label_for("case_001", good_label, tag="../../evil"), 400, "path"),
         ("train: bad epochs", lambda s: s.post("/train/mlcsc", json={"epochs": "many"}), 400, "epochs"),
+        ("train: bad range_noise", lambda s: s.post("/train/sum", json={"epochs": 1, "train_config": {
+            "range_noise": [0.5, 3]}}), 400, "range_noise"),
+        ("train: unknown augment", lambda s: s.post("/train/mlcsc", json={"epochs": 1, "train_config": {
+            "augment": "heavy"}}), 400, "augment"),
         ("delete: unknown image", lambda s: s.delete("/datastore/image", params={"id": "case_999"}), 404,
          "case_999"),
         ("delete: id with ../", lambda s: s.delete("/datastore/image", params={"id": "../datastore"}), 400,

@@ -354,12 +354,17 @@ def test_range_noise_is_the_scans_noise_as_the_served_pipeline_normalises_it():
     assert torch.equal(off, z)
 
 
-def test_range_noise_setting_is_checked():
+def test_train_config_is_checked_before_training():
+    """What the train task's pre-flight refuses (a 400): unknown keys, optimizer, augment, a malformed range_noise."""
     from sparsesight.errors import InvalidInput
-    from sparsesight.training.segmentation import check_range_noise
+    from sparsesight.training import check_train_config
 
-    check_range_noise(None)
-    check_range_noise([0.5, 0.1])
+    check_train_config({})
+    check_train_config({"range_noise": [0.5, 0.1], "augment": "thick", "optimizer": "adamw"})
     for bad in ([0.5], [1.5, 0.1], [0.5, 0.0], [0.5, 2.0], "0.5,0.1", [True, 0.1]):
         with pytest.raises(InvalidInput, match="range_noise"):
-            check_range_noise(bad)
+            check_train_config({"range_noise": bad})
+    for config, reason in (({"lr0": 1}, "unknown train_config keys"), ({"augment": "heavy"}, "augment"),
+                           ({"optimizer": "sgd"}, "optimizer")):
+        with pytest.raises(InvalidInput, match=reason):
+            check_train_config(config)

@@ -121,6 +121,18 @@ def validation_dice(model, crops: list[tuple[torch.Tensor, np.ndarray]], device)
     return float(np.mean(scores))
 
 
+def check_train_config(config: dict) -> None:
+    """InvalidInput with the reason for a `config` train() would refuse: keys default_train_config() does not
+    know, an unknown optimizer or augment, a malformed range_noise (the train task's pre-flight asks this too, so
+    that a bad request is a 400, not a failed job)."""
+    check_known(config, default_train_config(), "train_config keys")
+    if "optimizer" in config and config["optimizer"] not in OPTIMIZERS:
+        raise InvalidInput(f"unknown optimizer {config['optimizer']!r}; choose from {sorted(OPTIMIZERS)}")
+    if "augment" in config and config["augment"] not in AUGMENT_LEVELS:
+        raise InvalidInput(f"unknown augment {config['augment']!r}; choose from {list(AUGMENT_LEVELS)}")
+    check_range_noise(config.get("range_noise"))
+
+
 def check_range_noise(value) -> None:
     """`range_noise` is None (off) or [probability in [0, 1], largest fraction of the dynamic range in (0, 1]]."""
     if value is None:
@@ -165,13 +177,8 @@ def train(model, items: list[dict], *, epochs: int, device="cpu", config: dict |
     check_epochs(epochs)
     cfg = default_train_config()
     cfg.update(getattr(model, "train_defaults", dict)())  # a model's own optimiser settings (SUM: AdamW)
-    check_known(config or {}, cfg, "train_config keys")
+    check_train_config(config or {})
     cfg.update(config or {})
-    if cfg["optimizer"] not in OPTIMIZERS:
-        raise InvalidInput(f"unknown optimizer {cfg['optimizer']!r}; choose from {sorted(OPTIMIZERS)}")
-    if cfg["augment"] not in AUGMENT_LEVELS:
-        raise InvalidInput(f"unknown augment {cfg['augment']!r}; choose from {list(AUGMENT_LEVELS)}")
-    check_range_noise(cfg["range_noise"])
     torch.manual_seed(cfg["seed"])
     device = torch.device(device)
     ds = training_dataset(items, cfg)
