@@ -223,8 +223,10 @@ def validate(path) -> dict:
             problems += _quality_problems("explanation_quality", m["explanation_quality"])
         for o in m["outputs"]:
             kind, fname = o.get("kind"), o.get("file", "")
-            if "quality" in o:
-                problems += _quality_problems(str(o.get("name")), o["quality"])
+            for key in ("quality", "input_noise"):
+                if key in o:
+                    problems += _quality_problems(f"{o.get('name')}.{key}" if key != "quality" else str(o.get("name")),
+                                                  o[key])
             if kind not in KINDS:
                 problems.append(f"{o.get('name')}: unknown kind {kind!r}")
                 continue

@@ -134,6 +134,17 @@ def _bundle(url: str, model: str, case: dict, out_dir: Path, params: dict, pictu
     return {"path": path, "manifest": manifest, "pngs": pngs}
 
 
+def noise_line(manifest: dict) -> str:
+    """The label's input_noise in a line: the estimate, the tolerance measured for the weights, the flags."""
+    n = next((o.get("input_noise") for o in manifest["outputs"] if o["name"] == "label"), None) or {}
+    if not n:
+        return "not estimated"
+    tol = n.get("tolerance")
+    return (f"sigma_z {n['sigma_z_max']:.3f}; " + (f"held up to {tol:.3f} on held-out phantoms (bench/noise_tolerance)"
+                                                     if tol is not None else n.get("note", "tolerance not measured"))
+            + ("; FLAGGED: " + "; ".join(n["flags"]) if n.get("flags") else ""))
+
+
 def shipped_cards(folder: Path | None = None) -> dict:
     """{model: card} of the shipped weights; RuntimeError naming what is missing."""
     from . import model_card
@@ -205,6 +216,7 @@ def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int |
               + ", ".join(str(p) for p in b["pngs"]))
         for line in summary(b["manifest"].get("explanation_quality", {})):
             print(f"      {m} explanation quality: {line}")
+        print(f"      {m} input noise: {noise_line(b['manifest'])}")
     seconds = time.time() - t0
     results["seconds"] = seconds
     print(f"      demo on shipped weights: {seconds:.0f} s; server log: {server.log_path}")

@@ -31,6 +31,11 @@ def test_demo_on_the_shipped_weights(tmp_path, capsys):
     r = run_shipped(out=str(tmp_path / "demo"), max_cases=1)
     for m in ("mlcsc", "sum"):
         assert r[m]["differs"] == [] and r[m]["dice"] == pytest.approx(r[m]["card_dice"], abs=0.02), r[m]
-        assert bundle.validate(r[m]["bundle"]["path"])["model"] == m
+        manifest = bundle.validate(r[m]["bundle"]["path"])
+        assert manifest["model"] == m
+        # the shipped version's noise tolerance was measured, and a held-out phantom is within it
+        noise = next(o["input_noise"] for o in manifest["outputs"] if o["name"] == "label")
+        assert noise["tolerance"] is not None and noise["sigma_z_max"] < noise["tolerance"] and noise["flags"] == []
     out = capsys.readouterr().out
+    assert "mlcsc input noise: sigma_z" in out and "held up to" in out
     assert "mlcsc: shipped weights sha256:" in out and "(model card: WT" in out

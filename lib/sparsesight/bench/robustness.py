@@ -114,6 +114,8 @@ def _plot(results: dict, path: Path):
         axes[j].legend(fontsize=8)
     axes[2].bar(names, [results["models"][n]["params"] for n in names], color=[f"C{i}" for i in range(len(names))])
     axes[2].set_yscale("log")
+    for ax in axes[2:]:
+        ax.tick_params(axis="x", labelrotation=30)
     axes[2].set_title("parameters")
     timed = [n for n in names if results["models"][n].get("inference_s")]
     axes[3].bar(timed, [results["models"][n]["inference_s"] for n in timed], color=[f"C{names.index(n)}" for n in timed])

@@ -130,9 +130,15 @@ def load_image_affine(image_path) -> np.ndarray:
     return np.asarray(nib.load(str(image_path)).affine)
 
 
-def add_label(w: BundleWriter, label: np.ndarray) -> dict:
-    """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names."""
-    return w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k})
+def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None) -> dict:
+    """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names; with the `image` it
+    was segmented from (C, X, Y, Z, on the model's grid), the input's noise against the noise the model version
+    was measured to hold up on (input_noise.assess: `input_noise`, flagged when above)."""
+    from ..input_noise import assess
+
+    meta = {} if image is None else {"input_noise": assess(image, w.manifest["model"], w.manifest["model_version"],
+                                                           MODALITIES[: image.shape[0]])}
+    return w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k}, **meta)
 
 
 def add_probabilities(w: BundleWriter, probabilities: np.ndarray, **meta) -> None:
