@@ -297,6 +297,23 @@ def test_review_page_metrics_show_each_maps_verdicts_and_flags(mrml, tmp_path, m
     assert not any(r[0] == "attribution/xrai/enhancing" and r[1] == "quality.flag" for r in rows)
 
 
+def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, tmp_path):
+    """The served label carries the input's noise against the shipped weights' measured tolerance (input_noise):
+    a scan far noisier than that gives a segmentation whose description says FLAGGED, and why."""
+    from sparsesight.input_noise import tolerances
+    from sparsesight.runners.segmentation import add_label
+
+    version = tolerances()["sum"]["version"]  # the shipped weights' version, as the server names it
+    rng = np.random.default_rng(0)
+    image = np.stack([np.full(SHAPE, 100.0) + 50 * rng.standard_normal(SHAPE) for _ in range(4)]).astype(np.float32)
+    w = BundleWriter("sum", version, "noisy", np.eye(4), SHAPE)
+    add_label(w, np.zeros(SHAPE, np.uint8), image)
+    w.write(tmp_path / "b.zip")
+    node = S.load_bundle(mrml, tmp_path / "b.zip").nodes["label"]
+    flags = json.loads(node.GetAttribute(S.ATTR + "flags"))
+    assert len(flags) == 1 and flags[0].startswith("input noise sigma_z") and f"FLAGGED: {flags[0]}" in node.GetDescription()
+
+
 def test_two_runs_are_two_folders_side_by_side(mrml, bundle):
     path, _ = bundle
     first, second = S.load_bundle(mrml, path), S.load_bundle(mrml, path)

@@ -345,14 +345,20 @@ def test_robustness_tables_are_those_of_the_recorded_runs():
     from sparsesight.bench.robustness import markdown_tables
 
     text = (ROOT / "bench" / "README.md").read_text()
-    for name in ("robustness.json", "robustness_before_readout_factor.json"):
+    flat = " ".join(text.split())
+    for name in ("robustness.json", "robustness_before_readout_factor.json", "robustness_range_noise/robustness.json"):
         r = json.loads((ROOT / "bench" / "results" / name).read_text())
         lines = markdown_tables(r)
-        tables = lines if name == "robustness.json" else lines[:lines.index("")]
+        tables = lines if name == "robustness.json" else lines[:lines.index("")]  # the filter banks: main run only
         missing = [line for line in tables if line and line not in text]
         assert missing == [], f"bench/README.md's robustness tables differ from bench/results/{name}"
+        if r.get("command"):  # the runs that record their command: quoted as it ran
+            assert f"OMP_NUM_THREADS=1 {r['command']}" in flat, name
     ratios = json.loads((ROOT / "bench" / "results" / "robustness.json").read_text())["ratios"]
-    assert f"**{ratios['SUM_Rec']['wt_drop_noise_ratio']:.2f}×** for SUM_Rec" in " ".join(text.split())
+    assert f"**{ratios['SUM_Rec']['wt_drop_noise_ratio']:.2f}×** for SUM_Rec" in flat
+    noisy = json.loads((ROOT / "bench" / "results" / "robustness_range_noise" / "robustness.json").read_text())
+    assert noisy["range_noise"] == [0.5, 0.1]
+    assert f"**{noisy['ratios']['SUM_Rec']['wt_drop_noise_ratio']:.2f}×** (SUM {noisy['ratios']['SUM']['wt_drop_noise_ratio']:.2f}×)" in flat
 
 
 def _full_recipe_seeds(name: str) -> dict:
@@ -428,3 +434,22 @@ def test_thick_slice_trial_is_that_of_its_card():
     seeds = [c["evaluation"]["per_case_off_grid"] for n, c in cards.items() if "thick" not in n]
     case3 = thick["evaluation"]["per_case_off_grid"][3]
     assert case3["ET"] < min(s[3]["ET"] for s in seeds)  # the README's "below the worst"
+
+
+def test_noise_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
+    """The tolerance bundles flag against (package data) was measured on the shipped weights' versions, and the
+    READMEs quote its table, command and tolerances."""
+    from sparsesight import model_card
+    from sparsesight.bench.noise_tolerance import markdown_table
+    from sparsesight.input_noise import tolerances
+
+    r = json.loads((ROOT / "lib" / "sparsesight" / "data" / "noise_tolerance.json").read_text())
+    assert tolerances() == r["models"]
+    bench = (ROOT / "bench" / "README.md").read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert [line for line in markdown_table(r) if line not in bench] == []
+    assert f"OMP_NUM_THREADS=1 {r['command']}" in " ".join(bench.split())
+    for name, m in r["models"].items():
+        card = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / f"{name}.pt")
+        assert m["version"] == card["version"], f"{name}: measured on other weights than the shipped ones"
+        assert f"`{name}` holds up to noise {m['level']:g} of the range (input σ_z {m['sigma_z']:.3f})" in readme
