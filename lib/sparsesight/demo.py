@@ -137,8 +137,8 @@ def _bundle(url: str, model: str, case: dict, out_dir: Path, params: dict, pictu
 def noise_line(manifest: dict) -> str:
     """The label's input_noise in a line: the estimate, the tolerance measured for the weights, the flags."""
     n = next((o.get("input_noise") for o in manifest["outputs"] if o["name"] == "label"), None) or {}
-    if not n:
-        return "not estimated"
+    if n.get("sigma_z_max") is None:
+        return "not estimated (no 2x2x2 block of the image lies wholly inside the brain)" if n else "not estimated"
     tol = n.get("tolerance")
     return (f"sigma_z {n['sigma_z_max']:.3f}; " + (f"held up to {tol:.3f} on held-out phantoms (bench/noise_tolerance)"
                                                      if tol is not None else n.get("note", "tolerance not measured"))

@@ -66,7 +66,8 @@ def assess(image: np.ndarray, model: str, version: str, modalities, table: dict 
     worst = float(np.nanmax(s)) if np.isfinite(s).any() else float("nan")
     tol = (tolerances() if table is None else table).get(model, {})
     measured = tol.get("version") == version
-    out = {"sigma_z": {m: round(float(v), 4) for m, v in zip(modalities, s)}, "sigma_z_max": round(worst, 4),
+    figure = lambda v: round(float(v), 4) if np.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
+    out = {"sigma_z": {m: figure(v) for m, v in zip(modalities, s)}, "sigma_z_max": figure(worst),
            "method": "median |finest Haar detail| / 0.6745 inside the brain, over the brain's standard deviation",
            "tolerance": tol.get("sigma_z") if measured else None, "flags": []}
     if not measured:

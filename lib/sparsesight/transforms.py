@@ -89,8 +89,7 @@ class RandRangeNoised(mt.RandomizableTransform, mt.MapTransform):
             brain = (x != 0).any(0)
             span = d.get(self.range_key)
             if span is None:
-                span = torch.stack([c[brain].max() - c[brain].min() if brain.any() else c.new_zeros(())
-                                    for c in x])
+                span = brain_ranges(x)
             s = self.u * torch.as_tensor(span, dtype=x.dtype).reshape(-1)
             gen = torch.Generator().manual_seed(int(self.R.randint(2 ** 31)))
             n = torch.randn(x.shape, generator=gen, dtype=x.dtype) * s.view(-1, 1, 1, 1)
@@ -105,11 +104,14 @@ class ChannelRanged(mt.MapTransform):
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            x = torch.as_tensor(d[key])
-            brain = (x != 0).any(0)
-            d[f"{key}_range"] = torch.stack([c[brain].max() - c[brain].min() if brain.any() else c.new_zeros(())
-                                             for c in x])
+            d[f"{key}_range"] = brain_ranges(torch.as_tensor(d[key]))
         return d
+
+
+def brain_ranges(x: torch.Tensor) -> torch.Tensor:
+    """max - min of each channel of x (C, *S) over the brain (voxels non-zero in any channel); 0 without one."""
+    brain = (x != 0).any(0)
+    return torch.stack([c[brain].max() - c[brain].min() if brain.any() else c.new_zeros(()) for c in x])
 
 
 def intensity_normalisation(keys=("image",)):

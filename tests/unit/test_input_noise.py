@@ -63,3 +63,9 @@ def test_a_scan_noisier_than_the_measured_tolerance_is_flagged():
     assert bad["sigma_z_max"] > 0.2 and len(bad["flags"]) == 1 and "above 0.200" in bad["flags"][0]
     other = assess(noisy, "sum", "sha256:retrained", ["FLAIR", "T1"], table)
     assert other["tolerance"] is None and other["flags"] == [] and "not measured" in other["note"]
+
+
+def test_a_scan_without_brain_blocks_has_no_estimate_and_no_flag():
+    empty = np.zeros((2, 8, 8, 8), np.float32)
+    out = assess(empty, "sum", "sha256:abc", ["FLAIR", "T1"], {"sum": {"version": "sha256:abc", "sigma_z": 0.2}})
+    assert out["sigma_z"] == {"FLAIR": None, "T1": None} and out["sigma_z_max"] is None and out["flags"] == []
