@@ -1,20 +1,22 @@
 """Benchmark: robustness of SUM, SUM_Rec and MONAI's UNet to noise and blur (seed 003, App. E / Table 2).
 
     python -m sparsesight.bench.robustness [--epochs 60] [--samples 2] [--downsample 4] [--cases 12] [--threads 1]
-                                           [--out bench/results]
+                                           [--models SUM SUM_Rec monai_unet [unet_bn unet_nobn mlcsc]]
+                                           [--range-noise P F] [--out bench/results]
 
-The three models are trained in one run with the same budget (cases, epochs, patches per case and epoch, seed,
-learning-rate schedule; each with its own
-objective: SUM/SUM_Rec soft IoU (+ 0.35 L1 reconstruction) with AdamW, UNet DiceCE with Adam) and evaluated on the
-held-out phantoms: Dice WT/TC/ET on clean inputs, with additive Gaussian noise of sigma = a fraction of each
-channel's dynamic range, and with Gaussian blur of several widths (voxels). Noise is added, and blur is cut back,
-inside the brain (non-zero voxels), so that the z-score normalisation's brain mask is the one of the clean image.
-Also reported: parameter counts and inference time (runners.segmentation.predict) on one 96^3 sliding window of 4 channels
-(--time-brats: a whole 240x240x155 volume).
+The models are trained in one run with the same budget (cases, epochs, patches per case and epoch, seed,
+learning-rate schedule; each with its own objective: SUM/SUM_Rec soft IoU (+ 0.35 L1 reconstruction) with AdamW,
+the UNets DiceCE with Adam, ML-CSC its design's loss) and evaluated on the held-out phantoms: Dice WT/TC/ET on
+clean inputs, with additive Gaussian noise of sigma = a fraction of each channel's dynamic range, and with
+Gaussian blur of several widths (voxels). Noise is added, and blur is cut back, inside the brain (non-zero
+voxels), so that the z-score normalisation's brain mask is the one of the clean image. `--models` adds the
+paper's own U-Nets (batch norm, no normalisation) and the served ML-CSC design to the three.
+Also reported: parameter counts and inference time (runners.segmentation.predict) on one 96^3 sliding window of 4
+channels (--time-brats: a whole 240x240x155 volume).
 Writes robustness.json, robustness.csv and robustness.png under --out and prints the ratio table against UNet;
 for SUM and SUM_Rec also the impulse / frequency response of their filter banks with SDS, FDS, FDV and the alpha
 sweep on a held-out case (robustness_response/<model>/), the paper's Fig. 3 comparison.
---range-noise P F trains all three with seed 003's App. G noise as well (with probability P, sigma up to F of the
+--range-noise P F trains every model with seed 003's App. G noise as well (with probability P, sigma up to F of the
 dynamic range; the recipe leaves it off): the noise robustness the paper's augmentation buys.
 Aims (issue 4): SUM parameters <= 1/10 of UNet's; SUM_Rec's WT Dice drop at the strongest noise <= half of
 UNet's; SUM inference time <= 0.5x UNet's.
@@ -36,6 +38,7 @@ from scipy import ndimage
 
 from ..data.io import load_image, load_label
 from ..metrics import region_dice
+from ..models import build
 from ..models.baselines import unet
 from ..models.sum import sum_rec, sum_seg
 from ..preview import pyplot
@@ -49,11 +52,13 @@ logger = logging.getLogger(__name__)
 REGIONS = ("WT", "TC", "ET")
 WINDOW = (96, 96, 96)  # one sliding window of runners.segmentation.predict: the unit every volume's inference time scales with
 MODELS: dict[str, Callable[[], Any]] = {"SUM": sum_seg, "SUM_Rec": sum_rec, "monai_unet": unet,
-                                        # the paper's own U-Nets (App. E, Table 2), on request (--models)
-                                        "unet_bn": partial(unet, norm="batch"), "unet_nobn": partial(unet, norm=None)}
+                                        # on request (--models): the paper's own U-Nets (App. E, Table 2), and the
+                                        # served ML-CSC (seed 000's sparse coding, its shipped design)
+                                        "unet_bn": partial(unet, norm="batch"), "unet_nobn": partial(unet, norm=None),
+                                        "mlcsc": partial(build, "mlcsc", {})}
 DEFAULT_MODELS = ("SUM", "SUM_Rec", "monai_unet")
 NAMES = {"SUM": "SUM", "SUM_Rec": "SUM_Rec", "monai_unet": "MONAI UNet", "unet_bn": "U-Net (batch norm)",
-         "unet_nobn": "U-Net_NoBN"}
+         "unet_nobn": "U-Net_NoBN", "mlcsc": "ML-CSC"}
 
 
 def add_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -197,7 +202,7 @@ def filter_bank_response(model, case: dict, out_dir: Path) -> dict:
 
 def ratios(results: dict, strongest_noise: float | None) -> dict:
     """Ratios against MONAI's UNet: parameters, inference time, WT Dice drop at the strongest noise and blur; the
-    WT drops of the paper's U-Nets where they ran (`wt_drop_<kind>_<unet_bn|unet_nobn>`)."""
+    WT drops of the paper's U-Nets and ML-CSC where they ran (`wt_drop_<kind>_<unet_bn|unet_nobn|mlcsc>`)."""
     m = results["models"]
     u = m["monai_unet"]
     out = {}
@@ -214,7 +219,7 @@ def ratios(results: dict, strongest_noise: float | None) -> dict:
             out[n][f"wt_drop_{kind}"] = drop(m[n])
             out[n][f"wt_drop_{kind}_unet"] = drop(u)
             out[n][f"wt_drop_{kind}_ratio"] = drop(m[n]) / drop(u) if drop(u) > 1e-9 else float("nan")
-            for other in ("unet_bn", "unet_nobn"):
+            for other in ("unet_bn", "unet_nobn", "mlcsc"):
                 if other in m:
                     out[n][f"wt_drop_{kind}_{other}"] = drop(m[other])
     return out
@@ -289,7 +294,8 @@ def main(argv=None):
                    help="train all three with seed 003's App. G noise: with probability P, sigma up to F of each "
                         "channel's dynamic range (transforms.RandRangeNoised); off by default, as in the recipe")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS),
-                   help="the models to train and compare; unet_bn and unet_nobn are the paper's U-Nets (App. E)")
+                   help="the models to train and compare; unet_bn and unet_nobn are the paper's U-Nets (App. E), "
+                        "mlcsc the served ML-CSC design")
     p.add_argument("--no-timing", action="store_true", help="skip the inference timing")
     p.add_argument("--time-brats", action="store_true",
                    help=f"time inference on a full {BRATS_SHAPE} volume instead of one {WINDOW} window")
