@@ -297,11 +297,14 @@ def test_review_page_metrics_show_each_maps_verdicts_and_flags(mrml, tmp_path, m
     assert not any(r[0] == "attribution/xrai/enhancing" and r[1] == "quality.flag" for r in rows)
 
 
-def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, tmp_path):
+def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, tmp_path, monkeypatch):
     """The served label carries the input's noise against the shipped weights' measured tolerance (input_noise):
-    a scan far noisier than that gives a segmentation whose description says FLAGGED, and why."""
+    a scan far noisier than that gives a segmentation whose description says FLAGGED, and why, and the review
+    page's table lists the estimate and the flag."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "apps" / "viewer"))
     from sparsesight.input_noise import tolerances
     from sparsesight.runners.segmentation import add_label
+    from sparsesight_viewer.session import ReviewSession
 
     version = tolerances()["sum"]["version"]  # the shipped weights' version, as the server names it
     rng = np.random.default_rng(0)
@@ -309,9 +312,15 @@ def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, 
     w = BundleWriter("sum", version, "noisy", np.eye(4), SHAPE)
     add_label(w, np.zeros(SHAPE, np.uint8), image)
     w.write(tmp_path / "b.zip")
-    node = S.load_bundle(mrml, tmp_path / "b.zip").nodes["label"]
+    run = S.load_bundle(mrml, tmp_path / "b.zip")
+    node = run.nodes["label"]
     flags = json.loads(node.GetAttribute(S.ATTR + "flags"))
     assert len(flags) == 1 and flags[0].startswith("input noise sigma_z") and f"FLAGGED: {flags[0]}" in node.GetDescription()
+    session = ReviewSession(mrml, workdir=tmp_path / "work")
+    session._use(run)
+    rows = set(session.metrics())
+    assert ("label", "input_noise.flag", flags[0]) in rows
+    assert any(r[:2] == ("label", "input_noise.sigma_z_max") and float(r[2]) > 0.5 for r in rows)
 
 
 def test_two_runs_are_two_folders_side_by_side(mrml, bundle):
