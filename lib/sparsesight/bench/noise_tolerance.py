@@ -38,12 +38,14 @@ def measure(model, items: list[dict], levels: list[float], seed: int) -> list[di
     from ..runners.segmentation import predict
     from .robustness import add_noise
 
+    cases = []  # read once: every level corrupts the same scans
+    for it in items:
+        img, _ = load_image(it["image"])
+        cases.append((img, load_label(it["label"], spatial_shape=img.shape[1:])[0]))
     rows = []
     for level in [0.0, *levels]:
         dice, sz = [], []
-        for k, it in enumerate(items):
-            img, _ = load_image(it["image"])
-            lab, _ = load_label(it["label"], spatial_shape=img.shape[1:])
+        for k, (img, lab) in enumerate(cases):
             x = add_noise(img, level, np.random.default_rng(seed + 1000 * k)) if level else img
             sz.append(float(np.nanmax(sigma_z(x))))
             dice.append(region_dice(predict(model, x), lab))

@@ -142,9 +142,10 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = _dataset(Path(data_dir), n_cases, downsample, seed)
+    train_noise = list(range_noise) if range_noise else None  # as train_config and the record hold it
     conds = corruptions(list(noise), list(blurs))
     results: dict[str, Any] = {"epochs": epochs, "downsample_mm": downsample, "patch": patch, "samples_per_image": samples,
-               "train_cases": len(data["train"]), "range_noise": list(range_noise) if range_noise else None,
+               "train_cases": len(data["train"]), "range_noise": train_noise,
                "test_cases": len(data["test"]), "threads": torch.get_num_threads(),
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"torch {torch.__version__}",
@@ -157,7 +158,7 @@ def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0,
         logger.info(f"[{name}] training {epochs} epochs on {len(data['train'])} phantoms ({downsample} mm)")
         stats = train(model, data["train"], epochs=epochs,
                       config={"patch_size": [patch] * 3, "samples_per_image": samples, "seed": seed,
-                              "range_noise": list(range_noise) if range_noise else None})
+                              "range_noise": train_noise})
         logger.info(f"[{name}] evaluating {len(conds)} conditions x {len(data['test'])} held-out cases")
         r = {"params": int(sum(p.numel() for p in model.parameters())), "train_s": stats["seconds"],
              "loss": stats["loss"], "eval": evaluate(model, data["test"], conds, seed)}
@@ -219,16 +220,14 @@ def ratios(results: dict, strongest_noise: float | None) -> dict:
             out[n][f"wt_drop_{kind}"] = drop(m[n])
             out[n][f"wt_drop_{kind}_unet"] = drop(u)
             out[n][f"wt_drop_{kind}_ratio"] = drop(m[n]) / drop(u) if drop(u) > 1e-9 else float("nan")
-            for other in ("unet_bn", "unet_nobn", "mlcsc"):
-                if other in m:
-                    out[n][f"wt_drop_{kind}_{other}"] = drop(m[other])
+            for other in (k for k in m if k not in DEFAULT_MODELS):  # the models asked for beside the three
+                out[n][f"wt_drop_{kind}_{other}"] = drop(m[other])
     return out
 
 
 def markdown_tables(results: dict) -> list[str]:
     """bench/README.md's two tables of a recorded run: Dice under each corruption, and the filter-bank responses."""
     m, u = results["models"], results["models"]["monai_unet"]
-    names = NAMES
     levels = {kind: [float(c.split(":")[1]) for c in results["corruptions"] if c.startswith(f"{kind}:")]
               for kind in ("noise", "blur")}
     lines = [f"| model | params (× UNet) | inference s (× UNet) | clean WT / TC / ET | noise σ "
@@ -242,12 +241,12 @@ def markdown_tables(results: dict) -> list[str]:
         clean = " / ".join(f"{r['eval']['clean:0']['dice'][k]:.3f}" for k in ("WT", "TC", "ET"))
         noise, blur_ = (" / ".join(f"{r['eval'][f'{kind}:{v:g}']['dice']['WT']:.3f}" for v in values)
                         for kind in ("noise", "blur") for values in [levels[kind]])
-        lines.append(f"| {names.get(n, n)} | {params} | {inf} | {clean} | {noise} | {blur_} |")
+        lines.append(f"| {NAMES.get(n, n)} | {params} | {inf} | {clean} | {noise} | {blur_} |")
     lines += ["", "| model | SDS (voxels) | FDS | FDV | DC gain Σ r |", "|---|---|---|---|---|"]
     for n, r in m.items():
         if "response" in r:
             q = r["response"]
-            lines.append(f"| {names.get(n, n)} | {q['SDS']:.2f} | {q['FDS']:.2f} | {q['FDV']:,.0f} | "
+            lines.append(f"| {NAMES.get(n, n)} | {q['SDS']:.2f} | {q['FDS']:.2f} | {q['FDV']:,.0f} | "
                          f"{q['dc_gain']:.2f} |")
     return lines
 
@@ -291,7 +290,7 @@ def main(argv=None):
     p.add_argument("--blur", type=float, nargs="*", default=[1.0, 2.0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--range-noise", type=float, nargs=2, metavar=("P", "F"),
-                   help="train all three with seed 003's App. G noise: with probability P, sigma up to F of each "
+                   help="train every model with seed 003's App. G noise: with probability P, sigma up to F of each "
                         "channel's dynamic range (transforms.RandRangeNoised); off by default, as in the recipe")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS),
                    help="the models to train and compare; unet_bn and unet_nobn are the paper's U-Nets (App. E), "
