@@ -43,7 +43,7 @@ format: setup
 	$(PY) -m ruff check --fix lib apps tests slicer_extension
 
 # every benchmark at its default size (each prints its ratio table and writes bench/results or out/bench)
-BENCHES ?= segmentation readout_grid explanations robustness reconstruction microstructure attribution active_learning reliability
+BENCHES ?= segmentation readout_grid explanations robustness off_grid_ablation reconstruction microstructure attribution active_learning reliability
 bench: setup
 	set -e; for b in $(BENCHES); do echo "== sparsesight.bench.$$b"; $(PY) -m sparsesight.bench.$$b; done
 

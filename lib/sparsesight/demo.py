@@ -145,6 +145,18 @@ def noise_line(manifest: dict) -> str:
             + ("; FLAGGED: " + "; ".join(n["flags"]) if n.get("flags") else ""))
 
 
+def grid_line(manifest: dict) -> str:
+    """The label's input_grid in a line: the input's voxel size, the slice thickness measured to hold up, the flags."""
+    g = next((o.get("input_grid") for o in manifest["outputs"] if o["name"] == "label"), None) or {}
+    if not g:
+        return "not reported"
+    tol = g.get("tolerance_mm")
+    return (" x ".join(f"{v:g}" for v in g["voxel_mm"]) + " mm; "
+            + (f"held up to {tol:g} mm slices on held-out phantoms (bench/slice_tolerance)" if tol is not None
+               else g.get("note", "tolerance not measured"))
+            + ("; FLAGGED: " + "; ".join(g["flags"]) if g.get("flags") else ""))
+
+
 def shipped_cards(folder: Path | None = None) -> dict:
     """{model: card} of the shipped weights; RuntimeError naming what is missing."""
     from . import model_card
@@ -217,6 +229,7 @@ def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int |
         for line in summary(b["manifest"].get("explanation_quality", {})):
             print(f"      {m} explanation quality: {line}")
         print(f"      {m} input noise: {noise_line(b['manifest'])}")
+        print(f"      {m} input grid: {grid_line(b['manifest'])}")
     seconds = time.time() - t0
     results["seconds"] = seconds
     print(f"      demo on shipped weights: {seconds:.0f} s; server log: {server.log_path}")

@@ -36,6 +36,10 @@ def test_demo_on_the_shipped_weights(tmp_path, capsys):
         # the shipped version's noise tolerance was measured, and a held-out phantom is within it
         noise = next(o["input_noise"] for o in manifest["outputs"] if o["name"] == "label")
         assert noise["tolerance"] is not None and noise["sigma_z_max"] < noise["tolerance"] and noise["flags"] == []
+        # and its slice-thickness tolerance: the 1 mm phantom is within it
+        grid = next(o["input_grid"] for o in manifest["outputs"] if o["name"] == "label")
+        assert grid["voxel_mm"] == [1.0, 1.0, 1.0] and grid["tolerance_mm"] >= 1.0 and grid["flags"] == []
     out = capsys.readouterr().out
     assert "mlcsc input noise: sigma_z" in out and "held up to" in out
+    assert "sum input grid: 1 x 1 x 1 mm; held up to" in out
     assert "mlcsc: shipped weights sha256:" in out and "(model card: WT" in out

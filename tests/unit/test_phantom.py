@@ -312,6 +312,19 @@ def test_varied_cases_lie_on_other_grids_in_the_same_world(varied):
     assert len(shapes) == 3 and len(orientations) >= 2 and (60, 60, 39, 4) not in shapes
 
 
+def test_a_varied_case_on_the_plain_grid_is_that_case_without_its_random_grid():
+    """make_case(plain_grid=True) (bench/off_grid_ablation): the varied case's anatomy, lesions, contrast and noise,
+    on the plain grid; only the random grid is left out, so the tumour's volume is the same."""
+    off = make_case(7, K, variety=True)
+    plain = make_case(7, K, variety=True, plain_grid=True)
+    assert plain.params["lesions"] == off.params["lesions"] and plain.params["contrast"] == off.params["contrast"]
+    assert plain.params["noise_sigma"] == off.params["noise_sigma"] and plain.params["variety"]["plain_grid"]
+    assert np.allclose(plain.affine, make_case(7, K).affine) and plain.image.shape == (60, 60, 39, 4)
+    off_mm3 = np.prod(np.sqrt((off.affine[:3, :3] ** 2).sum(0)))
+    # the whole tumour's volume (at 4 mm the random grid's voxels are 3-12 mm: a class of a few voxels is not kept)
+    assert (off.label > 0).sum() * off_mm3 == pytest.approx((plain.label > 0).sum() * K**3, rel=0.15)
+
+
 def test_varied_training_cases_are_resampled_onto_the_plain_grid(tmp_path):
     """pretrain --variety-cases: varied phantoms put on the RAS grid the served model resamples to, label with them."""
     from sparsesight.pretrain import variety_training_set

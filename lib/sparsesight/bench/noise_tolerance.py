@@ -57,16 +57,17 @@ def measure(model, items: list[dict], levels: list[float], seed: int) -> list[di
     return rows
 
 
-def tolerance(rows: list[dict], drop: float = NOISE_DICE_DROP) -> dict:
-    """The noisiest level (rows in increasing noise, clean first) up to which every region's Dice stayed within
-    `drop` of the clean row's, and its sigma_z: levels past the first one that fails do not count."""
+def tolerance(rows: list[dict], drop: float = NOISE_DICE_DROP, key: str = "sigma_z") -> dict:
+    """The worst level (rows in increasing corruption, clean first) up to which every region's Dice stayed within
+    `drop` of the clean row's, and its `key` figure (sigma_z; slice_tolerance: slice_mm): levels past the first
+    one that fails do not count."""
     clean = rows[0]["dice"]
     held = rows[0]
     for r in rows[1:]:
         if any(clean[k] - r["dice"][k] > drop for k in REGIONS):
             break
         held = r
-    return {"sigma_z": round(held["sigma_z"], 4), "level": held["level"]}
+    return {key: round(held[key], 4), "level": held["level"]}
 
 
 def run(models: list[str], cases: int, levels: list[float], seed: int, work: Path) -> dict:

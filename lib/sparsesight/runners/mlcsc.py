@@ -14,7 +14,15 @@ from ..errors import InvalidInput
 from ..explain.served import INFER_OPTIONS
 from ..preview import png_bytes, pyplot
 from ..training import default_train_config
-from .segmentation import add_label, add_probabilities, load_on_model_grid, normalise, predict, predict_file
+from .segmentation import (
+    add_label,
+    add_probabilities,
+    input_voxel_mm,
+    load_on_model_grid,
+    normalise,
+    predict,
+    predict_file,
+)
 
 __all__ = ["BUNDLE_OUTPUTS", "OPTIONS", "default_train_config", "predict_file", "run_bundle"]
 
@@ -89,7 +97,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         label = interp["logits"][0].argmax(0).numpy().astype(np.uint8)
     else:
         label = predict(model, image, device)
-    add_label(w, label, image)
+    add_label(w, label, image, input_voxel_mm(affine, resampled))
     classes = [CLASSES[c] for c in range(len(CLASSES))]
     # explanation quality (explain/quality.py, issue 16): in the manifest, in the entries it qualifies, as a table
     eq = quality.jsonable(quality.assess(

@@ -130,14 +130,27 @@ def load_image_affine(image_path) -> np.ndarray:
     return np.asarray(nib.load(str(image_path)).affine)
 
 
-def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None) -> dict:
+def input_voxel_mm(affine: np.ndarray, resampled: dict | None) -> list[float]:
+    """The voxel size of the image as it came in: before the resampling `load_on_model_grid` reported, if any."""
+    from ..input_grid import voxel_mm
+
+    return list(resampled["from_voxel_mm"]) if resampled else [float(v) for v in voxel_mm(affine)]
+
+
+def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None,
+              voxel: list[float] | None = None) -> dict:
     """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names; with the `image` it
     was segmented from (C, X, Y, Z, on the model's grid), the input's noise against the noise the model version
-    was measured to hold up on (input_noise.assess: `input_noise`, flagged when above)."""
+    was measured to hold up on (input_noise.assess: `input_noise`, flagged when above); with the input's `voxel`
+    size (input_voxel_mm), its slice thickness against the thickest slices measured to hold up
+    (input_grid.assess: `input_grid`, flagged when above)."""
+    from .. import input_grid
     from ..input_noise import assess
 
-    meta = {} if image is None else {"input_noise": assess(image, w.manifest["model"], w.manifest["model_version"],
-                                                           MODALITIES[: image.shape[0]])}
+    model, version = w.manifest["model"], w.manifest["model_version"]
+    meta = {} if image is None else {"input_noise": assess(image, model, version, MODALITIES[: image.shape[0]])}
+    if voxel is not None:
+        meta["input_grid"] = input_grid.assess(voxel, model, version)
     return w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k}, **meta)
 
 

@@ -67,7 +67,8 @@ def _jsonable(x):
     return x
 
 
-def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bool = False) -> Case:
+def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bool = False,
+              plain_grid: bool = False) -> Case:
     """Make one BraTS-like case: 4 sequences (FLAIR, T1, T1ce, T2) + label on real anatomy.
 
     seed: any non-negative int; same seed -> byte-identical arrays.
@@ -78,6 +79,8 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
     lesions (small ones too), wider contrast and bias-field ranges, then a random grid (voxel sizes, slice
     thickness, orientation, field of view); made at `downsample` mm before the regrid. Its own random streams:
     `variety=False` cases are unchanged.
+    plain_grid: a `variety` case left on the plain grid (the same anatomy, lesions, contrast and noise, without the
+    random grid): what the grid alone costs a model (bench/off_grid_ablation.py).
     """
     k = int(downsample)
     if k < 1:
@@ -153,7 +156,8 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
         tissues[n] = full
 
     affine = aff.copy()
-    if variety:  # the finished case onto another grid around the head
+    regridded = variety and not plain_grid
+    if regridded:  # the finished case onto another grid around the head
         head = np.argwhere(img[..., 1] > 0)  # the brain (skull-stripped like BraTS)
         corners = np.array([head.min(0), head.max(0)], dtype=float)
         world = corners @ aff[:3, :3].T + aff[:3, 3]
@@ -164,9 +168,10 @@ def make_case(seed: int, downsample: int = 1, *, noise: bool = True, variety: bo
         counts = np.bincount(label.ravel(), minlength=4)
     params = {
         "generator": "sparsesight.data.phantom", "version": GENERATOR_VERSION, "seed": seed, "downsample": k,
-        "spacing_mm": float(vox) if not variety else [round(float(x), 4) for x in np.sqrt((affine[:3, :3] ** 2).sum(0))],
+        "spacing_mm": float(vox) if not regridded else [round(float(x), 4) for x in np.sqrt((affine[:3, :3] ** 2).sum(0))],
         "shape": list(label.shape), "modalities": list(MODALITIES),
-        "variety": ({"warp": warp, "grid_affine": affine.tolist(), "ranges": VARIETY} if variety else None),
+        "variety": ({"warp": warp, "grid_affine": affine.tolist(), "plain_grid": bool(plain_grid), "ranges": VARIETY}
+                    if variety else None),
         "anatomy": {"source": "MNI152 ICBM 2009a (nilearn)", "transform_template_to_case": T.tolist()},
         "lesions": [{kk: v for kk, v in les.items()} for les in lesions],
         "attempts": attempt + 1,
