@@ -436,14 +436,12 @@ def test_thick_slice_trial_is_that_of_its_card():
     assert case3["ET"] < min(s[3]["ET"] for s in seeds)  # the README's "below the worst"
 
 
-def test_noise_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
-    """The tolerance bundles flag against (package data) was measured on the shipped weights' versions, and the
-    READMEs quote its table, command and tolerances."""
+def _check_tolerance_record(file: str, markdown_table, tolerances, sentence) -> None:
+    """A tolerance bundles flag against (package data `file`) was measured on the shipped weights' versions, and the
+    READMEs quote its table, command and, per model, `sentence(name, record)`."""
     from sparsesight import model_card
-    from sparsesight.bench.noise_tolerance import markdown_table
-    from sparsesight.input_noise import tolerances
 
-    r = json.loads((ROOT / "lib" / "sparsesight" / "data" / "noise_tolerance.json").read_text())
+    r = json.loads((ROOT / "lib" / "sparsesight" / "data" / file).read_text())
     assert tolerances() == r["models"]
     bench = (ROOT / "bench" / "README.md").read_text()
     readme = " ".join((ROOT / "README.md").read_text().split())
@@ -452,4 +450,43 @@ def test_noise_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
     for name, m in r["models"].items():
         card = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / f"{name}.pt")
         assert m["version"] == card["version"], f"{name}: measured on other weights than the shipped ones"
-        assert f"`{name}` holds up to noise {m['level']:g} of the range (input σ_z {m['sigma_z']:.3f})" in readme
+        assert sentence(name, m) in readme
+
+
+def test_noise_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
+    from sparsesight.bench.noise_tolerance import markdown_table
+    from sparsesight.input_noise import tolerances
+
+    _check_tolerance_record("noise_tolerance.json", markdown_table, tolerances, lambda name, m: (
+        f"`{name}` holds up to noise {m['level']:g} of the range (input σ_z {m['sigma_z']:.3f})"))
+
+
+def test_slice_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
+    from sparsesight.bench.slice_tolerance import markdown_table
+    from sparsesight.input_grid import tolerances
+
+    _check_tolerance_record("slice_tolerance.json", markdown_table, tolerances,
+                            lambda name, m: f"`{name}` holds up to slices {m['slice_mm']:g} mm thick")
+
+
+def test_off_grid_ablation_is_that_of_the_shipped_cards():
+    """The off-grid ablation ran the shipped weights, its random-grid Dice on the cards' off-grid cases are the
+    cards' (the same split, segmented the same way), and bench/README quotes its table, intervals and command."""
+    from sparsesight import model_card
+    from sparsesight.bench.off_grid_ablation import interval_lines, markdown_table
+
+    r = json.loads((ROOT / "bench" / "results" / "off_grid_ablation.json").read_text())
+    bench = (ROOT / "bench" / "README.md").read_text()
+    assert [line for line in markdown_table(r) + interval_lines(r) if line not in bench] == []
+    assert f"OMP_NUM_THREADS=1 {r['command']}" in " ".join(bench.split())
+    for name in r["mean"]:
+        card = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / f"{name}.pt")
+        per_case = {c["case"]: c for c in card["evaluation"]["per_case_off_grid"]}
+        on_card = [c for c in r["cases"] if c["case"] in per_case]
+        assert len(on_card) == len(per_case)
+        for c in r["cases"]:
+            m = c["models"][name]
+            assert m["version"] == card["version"]
+            if c["case"] in per_case:
+                card_dice = {k: per_case[c["case"]][k] for k in ("WT", "TC", "ET")}
+                assert m["card_off_grid"] == card_dice and m["off_grid"] == pytest.approx(card_dice, abs=1e-6)

@@ -98,7 +98,11 @@ def markdown_table(res: dict) -> list[str]:
     return lines
 
 
-def plot(res: dict, path: Path) -> None:
+def plot_tolerance(res: dict, path: Path, key: str, xlabel: str, what: str, tolerance_label,
+                   points: dict | None = None) -> None:
+    """Dice per region against the corruption `key` of every row, one panel per model, the tolerance as a dashed
+    line (`tolerance_label(model record)` its legend); `points` {model: [{key, WT, TC, ET}]}: other cases drawn as
+    crosses in the regions' colours."""
     from ..preview import pyplot
 
     plt = pyplot()
@@ -106,20 +110,30 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         m = res["models"][name]
-        x = [r["sigma_z"] for r in m["rows"]]
-        for k in REGIONS:
-            ax.plot(x, [r["dice"][k] for r in m["rows"]], "o-", label=k)
-        ax.axvline(m["sigma_z"], color="k", ls="--", lw=1, label=f"tolerance σ_z {m['sigma_z']:.3f}")
-        ax.set_xlabel("input noise σ_z (estimated, brain-std units)")
-        ax.set_ylabel("Dice (held-out, 1 mm)")
+        x = [r[key] for r in m["rows"]]
+        for k, colour in zip(REGIONS, ("C0", "C1", "C2")):
+            ax.plot(x, [r["dice"][k] for r in m["rows"]], "o-", color=colour, label=k)
+            pts = (points or {}).get(name, [])
+            if pts:
+                ax.plot([q[key] for q in pts], [q[k] for q in pts], "x", color=colour, ms=8)
+        if (points or {}).get(name):
+            ax.plot([], [], "kx", label="off-grid cases (card)")
+        ax.axvline(m[key], color="k", ls="--", lw=1, label=tolerance_label(m))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Dice")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{name} {m['version'][7:19]}: Dice under noise")
+        ax.set_title(f"{name} {m['version'][7:19]}: {what}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot(res: dict, path: Path) -> None:
+    plot_tolerance(res, path, "sigma_z", "input noise σ_z (estimated, brain-std units)", "Dice under noise",
+                   lambda m: f"tolerance σ_z {m['sigma_z']:.3f}")
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
 """Benchmark: how thick the slices of a scan may be before the shipped weights lose the tumour, the tolerance their
 bundles flag against.
 
-    python -m sparsesight.bench.slice_tolerance [--models sum mlcsc] [--cases 2] [--levels 2 3 5]
+    python -m sparsesight.bench.slice_tolerance [--models sum mlcsc] [--cases 2] [--levels 2 3 4 5]
                                                 [--axes 0 1 2] [--threads 1] [--out lib/sparsesight/data/slice_tolerance.json]
 
 On the held-out phantoms of the shipped models' cards (pretrain.eval_split: 1 mm, case seeds never trained on) and
@@ -30,7 +30,7 @@ import torch
 
 from ..input_grid import SLICE_DICE_DROP, voxel_mm
 from . import setup_process
-from .noise_tolerance import REGIONS, tolerance
+from .noise_tolerance import REGIONS, plot_tolerance, tolerance
 
 logger = logging.getLogger(__name__)
 
@@ -165,37 +165,16 @@ def markdown_table(res: dict) -> list[str]:
 
 
 def plot(res: dict, path: Path) -> None:
-    from ..preview import pyplot
-
-    plt = pyplot()
-    names = list(res["models"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        m = res["models"][name]
-        x = [r["slice_mm"] for r in m["rows"]]
-        for k, colour in zip(REGIONS, ("C0", "C1", "C2")):
-            ax.plot(x, [r["dice"][k] for r in m["rows"]], "o-", color=colour, label=f"{k} (thickened 1 mm cases, mean)")
-            pts = res.get("off_grid", {}).get(name, [])
-            ax.plot([p["slice_mm"] for p in pts], [p[k] for p in pts], "x", color=colour, ms=8)
-        ax.plot([], [], "kx", label="off-grid cases (card)")
-        ax.axvline(m["slice_mm"], color="k", ls="--", lw=1, label=f"tolerance {m['slice_mm']:g} mm")
-        ax.set_xlabel("slice thickness (largest voxel size, mm)")
-        ax.set_ylabel("Dice")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{name} {m['version'][7:19]}: Dice against slice thickness")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    """Dice (mean of the thickened 1 mm cases) against slice thickness; the cards' off-grid cases as crosses."""
+    plot_tolerance(res, path, "slice_mm", "slice thickness (largest voxel size, mm)", "Dice against slice thickness",
+                   lambda m: f"tolerance {m['slice_mm']:g} mm", res.get("off_grid"))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["sum", "mlcsc"], choices=["sum", "mlcsc"])
     p.add_argument("--cases", type=int, default=2)
-    p.add_argument("--levels", type=float, nargs="+", default=[2.0, 3.0, 5.0],
+    p.add_argument("--levels", type=float, nargs="+", default=[2.0, 3.0, 4.0, 5.0],
                    help="slice thicknesses in mm, increasing, above 1 mm")
     p.add_argument("--axes", type=int, nargs="+", default=[0, 1, 2], choices=[0, 1, 2],
                    help="the voxel axes made thick, one at a time (sagittal, coronal, axial slices)")
