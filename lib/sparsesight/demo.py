@@ -134,9 +134,14 @@ def _bundle(url: str, model: str, case: dict, out_dir: Path, params: dict, pictu
     return {"path": path, "manifest": manifest, "pngs": pngs}
 
 
+def _label_entry(manifest: dict, key: str) -> dict:
+    """The label output's `key` object in a bundle manifest ({} when absent)."""
+    return next((o.get(key) for o in manifest["outputs"] if o["name"] == "label"), None) or {}
+
+
 def noise_line(manifest: dict) -> str:
     """The label's input_noise in a line: the estimate, the tolerance measured for the weights, the flags."""
-    n = next((o.get("input_noise") for o in manifest["outputs"] if o["name"] == "label"), None) or {}
+    n = _label_entry(manifest, "input_noise")
     if n.get("sigma_z_max") is None:
         return "not estimated (no 2x2x2 block of the image lies wholly inside the brain)" if n else "not estimated"
     tol = n.get("tolerance")
@@ -147,7 +152,7 @@ def noise_line(manifest: dict) -> str:
 
 def grid_line(manifest: dict) -> str:
     """The label's input_grid in a line: the input's voxel size, the slice thickness measured to hold up, the flags."""
-    g = next((o.get("input_grid") for o in manifest["outputs"] if o["name"] == "label"), None) or {}
+    g = _label_entry(manifest, "input_grid")
     if not g:
         return "not reported"
     tol = g.get("tolerance_mm")

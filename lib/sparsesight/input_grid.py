@@ -24,11 +24,6 @@ TOLERANCE_FILE = "slice_tolerance.json"
 SLACK = 0.02
 
 
-def voxel_mm(affine: np.ndarray) -> np.ndarray:
-    """The voxel size along each voxel axis (column norms of the affine's 3x3 block), any orientation."""
-    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
-
-
 @lru_cache(maxsize=1)
 def tolerances() -> dict:
     """{model: {"version", "slice_mm", ...}} of data/slice_tolerance.json ({} when the package has none)."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nibabel.affines import voxel_sizes
 
 from sparsesight.bench.noise_tolerance import tolerance
 from sparsesight.bench.slice_tolerance import thick_case
-from sparsesight.input_grid import assess, tolerances, voxel_mm
+from sparsesight.input_grid import assess, tolerances
 from sparsesight.runners.segmentation import input_voxel_mm
 
 TABLE = {"sum": {"version": "sha256:abc", "slice_mm": 2.5}}
@@ -16,7 +17,7 @@ TABLE = {"sum": {"version": "sha256:abc", "slice_mm": 2.5}}
 def test_voxel_size_is_read_along_each_voxel_axis_in_any_orientation():
     aff = np.zeros((4, 4))
     aff[0, 2], aff[1, 0], aff[2, 1], aff[3, 3] = -3.0, 0.9, 1.2, 1  # a sagittal-like permutation, flipped
-    assert voxel_mm(aff) == pytest.approx([0.9, 1.2, 3.0])
+    assert voxel_sizes(aff) == pytest.approx([0.9, 1.2, 3.0])
     # the served path reports the voxel of the file as it came in, before resampling to the model's grid
     assert input_voxel_mm(np.eye(4), {"from_voxel_mm": [1.0, 1.0, 5.0]}) == [1.0, 1.0, 5.0]
     assert input_voxel_mm(np.diag([1.0, 1.0, 1.0, 1.0]), None) == [1.0, 1.0, 1.0]
@@ -60,7 +61,7 @@ def test_a_thick_slice_case_averages_along_one_axis_and_keeps_the_world():
     affine[:3, 3] = [-10, -11, -15]
     img, lab, aff = thick_case(image, label, affine, 3.0, axis=2)
     assert img.shape == (2, 20, 22, 10) and lab.shape == (20, 22, 10)
-    assert voxel_mm(aff) == pytest.approx([1.0, 1.0, 3.0]) and aff[:3, 3] == pytest.approx(affine[:3, 3])
+    assert voxel_sizes(aff) == pytest.approx([1.0, 1.0, 3.0]) and aff[:3, 3] == pytest.approx(affine[:3, 3])
     # voxel k of the thick grid lies at z = 3k mm of the original: nearest-neighbour label, averaged image
     assert np.array_equal(lab, label[:, :, ::3])
     assert img[:, 10, 10, 3].mean() == pytest.approx(100, abs=1.5)  # inside: the mean intensity is kept

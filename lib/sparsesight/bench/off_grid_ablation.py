@@ -21,11 +21,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from .. import CLASSES
-from ..input_grid import voxel_mm
 from . import setup_process
 from .noise_tolerance import REGIONS
 
@@ -56,8 +56,6 @@ def plain_grid_cases(seed: int, work: Path, dest: Path, cases: int | None = None
     cards') made again on the plain 1 mm grid, written to `dest`: [{"image", "label", "id", "off_grid_image",
     "off_grid_label", "lesions"}] (the off-grid split is made in `work` if missing). Each is checked to hold the
     off-grid file's tumour (whole-tumour volume within 15 %), else the comparison would mean nothing."""
-    import nibabel as nib
-
     from ..data.phantom import make_case
     from ..data.phantom.dataset import case_seed
     from ..pretrain import OFF_GRID_CASES, OFF_GRID_SEED_OFFSET, eval_split, items_of
@@ -69,7 +67,7 @@ def plain_grid_cases(seed: int, work: Path, dest: Path, cases: int | None = None
         # the split's i-th case is make_case(case_seed(split seed, i)): its test cases are the whole split
         c = make_case(case_seed(seed + OFF_GRID_SEED_OFFSET, i), 1, variety=True, plain_grid=True)
         off = nib.load(it["label"])
-        off_ml = float((np.asarray(off.dataobj) > 0).sum() * np.prod(voxel_mm(off.affine))) / 1000
+        off_ml = float((np.asarray(off.dataobj) > 0).sum() * np.prod(nib.affines.voxel_sizes(off.affine))) / 1000
         if abs(off_ml - float((c.label > 0).sum()) / 1000) > 0.15 * off_ml:
             raise RuntimeError(f"{it['id']}: the plain-grid case's tumour ({(c.label > 0).sum() / 1000:.1f} mL) is "
                                f"not the off-grid file's ({off_ml:.1f} mL)")
@@ -84,8 +82,6 @@ def plain_grid_cases(seed: int, work: Path, dest: Path, cases: int | None = None
 
 
 def run(models: list[str], seed: int, work: Path, cases: int | None = None) -> dict:
-    import nibabel as nib
-
     from .. import checkpoint, model_card
     from ..data.io import load_label
     from ..metrics import grid_ceiling_dice, region_dice
@@ -107,7 +103,7 @@ def run(models: list[str], seed: int, work: Path, cases: int | None = None) -> d
             off_label = np.asarray(off.dataobj)
             label = load_label(it["label"])[0]
             row = {"case": it["id"],
-                   "off_grid_voxel_mm": [round(float(v), 3) for v in voxel_mm(off.affine)],
+                   "off_grid_voxel_mm": [round(float(v), 3) for v in nib.affines.voxel_sizes(off.affine)],
                    "off_grid_axes": "".join(nib.orientations.aff2axcodes(off.affine)),
                    "volume_ml": {CLASSES[k]: round(float((label == k).sum()) / 1000, 1) for k in (1, 2, 3)},
                    "lesions": it["lesions"], "readout_ceiling_x2": grid_ceiling_dice(label, 2), "models": {}}

@@ -25,10 +25,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
-from ..input_grid import SLICE_DICE_DROP, voxel_mm
+from ..input_grid import SLICE_DICE_DROP
 from . import setup_process
 from .noise_tolerance import REGIONS, plot_tolerance, tolerance
 
@@ -45,7 +46,7 @@ def thick_case(image: np.ndarray, label: np.ndarray, affine: np.ndarray, thickne
     from ..data.phantom.variety import regrid
 
     new = np.array(affine, dtype=float)
-    step = voxel_mm(affine)[axis]
+    step = nib.affines.voxel_sizes(affine)[axis]
     new[:3, axis] *= thickness_mm / step
     shape = list(label.shape)
     shape[axis] = int(np.floor((shape[axis] - 1) * step / thickness_mm)) + 1
@@ -56,7 +57,6 @@ def thick_case(image: np.ndarray, label: np.ndarray, affine: np.ndarray, thickne
 def segment(model, path: Path, label_1mm: np.ndarray, affine_1mm: np.ndarray) -> tuple[np.ndarray, dict]:
     """The served label of the image file `path` (on its own grid) and the Dice, on the model's grid, of the
     model's label against the original 1 mm label resampled there (nearest neighbour)."""
-    import nibabel as nib
     from nibabel.processing import resample_from_to
 
     from ..metrics import region_dice
@@ -75,8 +75,6 @@ def measure(model, items: list[dict], levels: list[float], axes: list[int], work
     """One row per slice thickness (1 mm first): mean Dice per region over the cases and slice axes on the thick
     grid (`dice`) and against the 1 mm truth on the model's grid (`dice_1mm`), and each case and axis's
     (`per_case`)."""
-    import nibabel as nib
-
     from ..data.io import load_image, load_label
     from ..metrics import region_dice
 
@@ -111,12 +109,10 @@ def measure(model, items: list[dict], levels: list[float], axes: list[int], work
 def off_grid_points(cards: dict, seed: int, work: Path) -> dict:
     """{model: [{"case", "slice_mm", WT, TC, ET}]}: the cards' off-grid Dice per case against the case's largest
     voxel size (the off-grid split of pretrain.eval_split, made if missing)."""
-    import nibabel as nib
-
     from ..pretrain import OFF_GRID_CASES, eval_split, items_of
 
     items = items_of(eval_split(OFF_GRID_CASES, 1, seed, work, variety=True), "test")
-    thick = {it["id"]: float(voxel_mm(nib.load(it["label"]).affine).max()) for it in items}
+    thick = {it["id"]: float(nib.affines.voxel_sizes(nib.load(it["label"]).affine).max()) for it in items}
     return {m: [{**c, "slice_mm": round(thick[c["case"]], 3)} for c in card["evaluation"].get("per_case_off_grid", [])
                 if c.get("case") in thick] for m, card in cards.items()}
 

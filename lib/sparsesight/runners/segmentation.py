@@ -61,7 +61,7 @@ def model_grid(model, affine: np.ndarray) -> np.ndarray | None:
         return None
     import nibabel as nib
 
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    zooms = nib.affines.voxel_sizes(affine)
     ras = nib.orientations.aff2axcodes(affine) == ("R", "A", "S")
     oblique = np.abs(affine[:3, :3] / zooms - np.diag(np.sign(np.diag(affine[:3, :3])))).max() > 1e-3
     if ras and not oblique and np.all(np.abs(zooms / np.asarray(spacing) - 1) <= GRID_TOLERANCE):
@@ -90,8 +90,7 @@ def load_on_model_grid(model, image_path) -> tuple[np.ndarray, np.ndarray, dict 
     target[:3, 3] = lo
     resampled = np.stack([resample_from_to(nib.Nifti1Image(c, affine), (out_shape, target), order=1).get_fdata(
         dtype=np.float32) for c in image])
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    info = {"from_voxel_mm": [round(float(z), 3) for z in zooms], "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
+    info = {"from_voxel_mm": [round(float(z), 3) for z in nib.affines.voxel_sizes(affine)], "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
             "to_voxel_mm": [float(v) for v in step], "to_shape": list(out_shape)}
     logger.info("image resampled onto the model's grid: %s", info)
     return resampled, target, info
@@ -132,9 +131,9 @@ def load_image_affine(image_path) -> np.ndarray:
 
 def input_voxel_mm(affine: np.ndarray, resampled: dict | None) -> list[float]:
     """The voxel size of the image as it came in: before the resampling `load_on_model_grid` reported, if any."""
-    from ..input_grid import voxel_mm
+    import nibabel as nib
 
-    return list(resampled["from_voxel_mm"]) if resampled else [float(v) for v in voxel_mm(affine)]
+    return list(resampled["from_voxel_mm"]) if resampled else [float(v) for v in nib.affines.voxel_sizes(affine)]
 
 
 def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None,
