@@ -3,7 +3,10 @@ library's loggers, shown on stderr by `setup_process`, which also applies the se
 the timings are the server's (sparsesight.memory)."""
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from pathlib import Path
 
 
 def setup_process() -> None:
@@ -13,3 +16,13 @@ def setup_process() -> None:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     keep_freed_memory()
+
+
+def write_record(res: dict, name: str, argv, path: Path) -> None:
+    """Write a bench record atomically as JSON at `path`, with the command that made it (`python -m
+    sparsesight.bench.<name>` and `argv`, or the process's arguments when None) as `res["command"]`."""
+    from ..atomic import replace_atomically
+
+    res["command"] = " ".join([f"python -m sparsesight.bench.{name}", *(sys.argv[1:] if argv is None else argv)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, (json.dumps(res, indent=1) + "\n").encode())

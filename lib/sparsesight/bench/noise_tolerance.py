@@ -14,16 +14,14 @@ against sigma_z beside it in bench/results (--plot).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..input_noise import NOISE_DICE_DROP, sigma_z
-from . import setup_process
+from . import setup_process, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -154,11 +152,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     res = run(a.models, a.cases, a.levels, a.seed, a.work)
-    res["command"] = "python -m sparsesight.bench.noise_tolerance " + " ".join(sys.argv[1:] if argv is None else argv)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    from ..atomic import replace_atomically
-
-    replace_atomically(a.out, (json.dumps(res, indent=1) + "\n").encode())
+    write_record(res, "noise_tolerance", argv, a.out)
     plot(res, a.plot)
     print("\n".join(markdown_table(res)))
     for name, m in res["models"].items():

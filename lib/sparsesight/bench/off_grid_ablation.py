@@ -15,9 +15,7 @@ the cases. What is left below the aims on the plain grid is the anatomy and the 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import CLASSES
-from . import setup_process
+from . import setup_process, write_record
 from .noise_tolerance import REGIONS
 
 logger = logging.getLogger(__name__)
@@ -171,12 +169,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     res = run(a.models, a.seed, a.work, a.cases)
-    res["command"] = ("python -m sparsesight.bench.off_grid_ablation "
-                      + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    from ..atomic import replace_atomically
-
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(a.out, (json.dumps(res, indent=1) + "\n").encode())
+    write_record(res, "off_grid_ablation", argv, a.out)
     print("\n".join(markdown_table(res) + interval_lines(res)))
     for name in res["mean"]:
         lost = core_lost_to(res, name)

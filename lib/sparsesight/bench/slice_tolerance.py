@@ -19,9 +19,7 @@ bench/results (--plot).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 
 from ..input_grid import SLICE_DICE_DROP
-from . import setup_process
+from . import setup_process, write_record
 from .noise_tolerance import REGIONS, plot_tolerance, tolerance
 
 logger = logging.getLogger(__name__)
@@ -188,11 +186,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     res = run(a.models, a.cases, a.levels, a.axes, a.seed, a.work, a.varied)
-    res["command"] = "python -m sparsesight.bench.slice_tolerance " + " ".join(sys.argv[1:] if argv is None else argv)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    from ..atomic import replace_atomically
-
-    replace_atomically(a.out, (json.dumps(res, indent=1) + "\n").encode())
+    write_record(res, "slice_tolerance", argv, a.out)
     plot(res, a.plot)
     print("\n".join(markdown_table(res)))
     for name, m in res["models"].items():
