@@ -223,7 +223,7 @@ def validate(path) -> dict:
             problems += _quality_problems("explanation_quality", m["explanation_quality"])
         for o in m["outputs"]:
             kind, fname = o.get("kind"), o.get("file", "")
-            for key in ("quality", "input_noise", "input_grid"):
+            for key in ("quality", "input_noise", "input_grid", "label_consistency"):
                 if key in o:
                     problems += _quality_problems(f"{o.get('name')}.{key}" if key != "quality" else str(o.get("name")),
                                                   o[key])

@@ -162,6 +162,20 @@ def grid_line(manifest: dict) -> str:
             + ("; FLAGGED: " + "; ".join(g["flags"]) if g.get("flags") else ""))
 
 
+def consistency_line(manifest: dict) -> str:
+    """The label's label_consistency in a line: its agreement with the mirrored scan's label per region, the least
+    agreement of a good segmentation measured for the weights, the flags."""
+    c = _label_entry(manifest, "label_consistency")
+    if not c:
+        return "not reported"
+    t = c.get("threshold")
+    return ("agreement with the mirrored scan " + " / ".join(f"{r} {v:.3f}" for r, v in c["agreement"].items())
+            + "; " + ("good segmentations agreed at least " + " / ".join(
+                f"{r} {v:.3f}" for r, v in t.items() if v is not None) + " (bench/label_consistency)"
+                if t is not None else c.get("note", "thresholds not measured"))
+            + ("; FLAGGED: " + "; ".join(c["flags"]) if c.get("flags") else ""))
+
+
 def shipped_cards(folder: Path | None = None) -> dict:
     """{model: card} of the shipped weights; RuntimeError naming what is missing."""
     from . import model_card
@@ -235,6 +249,7 @@ def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int |
             print(f"      {m} explanation quality: {line}")
         print(f"      {m} input noise: {noise_line(b['manifest'])}")
         print(f"      {m} input grid: {grid_line(b['manifest'])}")
+        print(f"      {m} label consistency: {consistency_line(b['manifest'])}")
     seconds = time.time() - t0
     results["seconds"] = seconds
     print(f"      demo on shipped weights: {seconds:.0f} s; server log: {server.log_path}")

@@ -31,6 +31,17 @@ def png_bytes(fig, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def save_png(fig, path, dpi: int = 90) -> None:
+    """A matplotlib figure written as a PNG at `path` (png_bytes, then an atomic replace; folders made)."""
+    from pathlib import Path
+
+    from .atomic import replace_atomically
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, png_bytes(fig, dpi))
+
+
 def _centre(label: np.ndarray) -> tuple[int, ...]:
     """Centre of mass of the largest connected tumour region (the volume's centre when there is none)."""
     from scipy import ndimage

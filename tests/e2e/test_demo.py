@@ -39,7 +39,11 @@ def test_demo_on_the_shipped_weights(tmp_path, capsys):
         # and its slice-thickness tolerance: the 1 mm phantom is within it
         grid = next(o["input_grid"] for o in manifest["outputs"] if o["name"] == "label")
         assert grid["voxel_mm"] == [1.0, 1.0, 1.0] and grid["tolerance_mm"] >= 1.0 and grid["flags"] == []
+        # and its label consistency: the held-out case's label survives mirroring as well as a good one does
+        lc = next(o["label_consistency"] for o in manifest["outputs"] if o["name"] == "label")
+        assert lc["threshold"] is not None and lc["flags"] == [] and lc["least_agreement"] > 0.9, lc
     out = capsys.readouterr().out
     assert "mlcsc input noise: sigma_z" in out and "held up to" in out
     assert "sum input grid: 1 x 1 x 1 mm; held up to" in out
+    assert "mlcsc label consistency: agreement with the mirrored scan WT 0." in out and "agreed at least" in out
     assert "mlcsc: shipped weights sha256:" in out and "(model card: WT" in out

@@ -299,8 +299,10 @@ def test_review_page_metrics_show_each_maps_verdicts_and_flags(mrml, tmp_path, m
 
 def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, tmp_path, monkeypatch):
     """The served label carries the input's noise and slice thickness against the shipped weights' measured
-    tolerances (input_noise, input_grid): a scan far noisier, with far thicker slices, than those gives a
-    segmentation whose description says FLAGGED, and why, and the review page's table lists the figures and flags."""
+    tolerances (input_noise, input_grid) and its agreement with the mirrored scan's label against the measured
+    threshold (label_consistency): a scan far noisier, with far thicker slices, than those, segmented differently
+    when mirrored, gives a segmentation whose description says FLAGGED, and why, and the review page's table lists
+    the figures and flags."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "apps" / "viewer"))
     from sparsesight.input_noise import tolerances
     from sparsesight.runners.segmentation import add_label
@@ -310,12 +312,16 @@ def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, 
     rng = np.random.default_rng(0)
     image = np.stack([np.full(SHAPE, 100.0) + 50 * rng.standard_normal(SHAPE) for _ in range(4)]).astype(np.float32)
     w = BundleWriter("sum", version, "noisy", np.eye(4), SHAPE)
-    add_label(w, np.zeros(SHAPE, np.uint8), image, [1.0, 1.0, 8.0])  # and 8 mm slices (input_grid)
+    mirrored = np.zeros(SHAPE, np.uint8)
+    mirrored[: SHAPE[0] // 2] = 1  # the mirrored scan's label finds tumour where the label has none
+    # and 8 mm slices (input_grid), and a label that changes when the scan is mirrored (label_consistency)
+    add_label(w, np.zeros(SHAPE, np.uint8), image, [1.0, 1.0, 8.0], mirrored=mirrored)
     w.write(tmp_path / "b.zip")
     run = S.load_bundle(mrml, tmp_path / "b.zip")
     node = run.nodes["label"]
     flags = json.loads(node.GetAttribute(S.ATTR + "flags"))
-    assert len(flags) == 2 and flags[0].startswith("input noise sigma_z") and "thicker than" in flags[1]
+    assert len(flags) == 3 and flags[0].startswith("input noise sigma_z") and "thicker than" in flags[1]
+    assert flags[2].startswith("the label changes when the scan is mirrored left-right: WT agreement 0.000")
     assert all(f"FLAGGED: {f}" in node.GetDescription() for f in flags)
     session = ReviewSession(mrml, workdir=tmp_path / "work")
     session._use(run)
@@ -323,6 +329,9 @@ def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, 
     assert ("label", "input_noise.flag", flags[0]) in rows and ("label", "input_grid.flag", flags[1]) in rows
     assert any(r[:2] == ("label", "input_noise.sigma_z_max") and float(r[2]) > 0.5 for r in rows)
     assert ("label", "input_grid.slice_mm", "8") in rows
+    assert ("label", "label_consistency.flag", flags[2]) in rows
+    assert ("label", "label_consistency.agreement.WT", "0") in rows and ("label", "input_noise.sigma_z.FLAIR") in {
+        r[:2] for r in rows}
 
 
 def test_two_runs_are_two_folders_side_by_side(mrml, bundle):

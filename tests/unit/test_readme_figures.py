@@ -490,3 +490,26 @@ def test_off_grid_ablation_is_that_of_the_shipped_cards():
             if c["case"] in per_case:
                 card_dice = {k: per_case[c["case"]][k] for k in ("WT", "TC", "ET")}
                 assert m["card_off_grid"] == card_dice and m["off_grid"] == pytest.approx(card_dice, abs=1e-6)
+
+
+def test_label_consistency_thresholds_are_those_of_the_recorded_run_of_the_shipped_weights():
+    """The thresholds bundles flag a label's agreement with its mirrored scan against (package data) were measured on
+    the shipped weights, and the READMEs quote the table, the command and each model's thresholds and catch."""
+    from sparsesight import model_card
+    from sparsesight.bench.label_consistency import markdown_table
+    from sparsesight.label_consistency import thresholds
+
+    r = json.loads((ROOT / "lib" / "sparsesight" / "data" / "label_consistency.json").read_text())
+    assert thresholds() == r["models"]
+    bench = (ROOT / "bench" / "README.md").read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert [line for line in markdown_table(r) if line not in bench] == []
+    assert f"`{r['command']}`" in " ".join(bench.split())
+    for name, m in r["models"].items():
+        card = model_card.read(ROOT / "apps" / "sparsesight" / "pretrained" / f"{name}.pt")
+        assert m["version"] == card["version"], f"{name}: measured on other weights than the shipped ones"
+        t, wt = m["threshold"], m["detection"]["WT"]
+        assert (f"`{name}` flags a label whose agreement is below WT {t['WT']:.3f} / TC {t['TC']:.3f} / ET "
+                f"{t['ET']:.3f}") in readme
+        assert (f"{len(wt['missed_aim_flagged_loo'])} of the {len(wt['missed_aim'])} segmentations below the WT "
+                f"aim") in readme

@@ -234,6 +234,9 @@ class ReviewSession:
                     rows.append((name, key, f"{value:.4g}"))
                 elif isinstance(value, dict):
                     rows += [(name, f"{key}.{k}", f"{v:.4g}") for k, v in sorted(value.items()) if _number(v)]
+                    # one level down: figures per region or modality (label_consistency.agreement.WT, ...)
+                    rows += [(name, f"{key}.{k}.{kk}", f"{vv:.4g}") for k, v in sorted(value.items())
+                             if isinstance(v, dict) for kk, vv in v.items() if _number(vv)]
                     rows += [(name, f"{key}.{k}", "yes" if v else "NO") for k, v in sorted(value.items())
                              if isinstance(v, bool)]
                     rows += [(name, f"{key}.flag", f) for f in value.get("flags") or [] if isinstance(f, str)]

@@ -3,19 +3,39 @@ library's loggers, shown on stderr by `setup_process`, which also applies the se
 the timings are the server's (sparsesight.memory)."""
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
 
-def setup_process() -> None:
+def setup_process(threads: int = 0) -> None:
     """Show the `sparsesight` loggers' INFO lines with the time (a benchmark's progress); keep freed memory in the
-    heap as the server does (memory.keep_freed_memory)."""
+    heap as the server does (memory.keep_freed_memory); `threads` > 0: that many torch threads."""
     from ..memory import keep_freed_memory
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     keep_freed_memory()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def shipped_weights_parser(doc: str, out: Path, plot: Path | None = None, seed_help: str = "") -> argparse.ArgumentParser:
+    """The parser of a benchmark of the shipped segmentation weights, described by `doc`'s first line, with the
+    arguments they all take (--models, --seed, --threads, --work, --out, and --plot when given a default); the
+    benchmark adds its own."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["sum", "mlcsc"], choices=["sum", "mlcsc"])
+    p.add_argument("--seed", type=int, default=0, help="the cards' training seed" + seed_help)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave PyTorch's default)")
+    p.add_argument("--work", type=Path, default=Path("out/pretrain"))
+    p.add_argument("--out", type=Path, default=out)
+    if plot is not None:
+        p.add_argument("--plot", type=Path, default=plot)
+    return p
 
 
 def write_record(res: dict, name: str, argv, path: Path) -> None:

@@ -55,7 +55,7 @@ from ..explain.faithfulness import (
     reference_maps,
 )
 from ..explain.gradients import grad_and_score
-from ..preview import pyplot
+from ..preview import pyplot, save_png
 from ..runners.segmentation import normalise
 from ..training import train
 from . import setup_process
@@ -384,9 +384,7 @@ def _plot(results: dict, path: Path):
     axes[2].set_ylabel("s")
     axes[2].set_title(f"IG cost, n = {next(iter(cost.values()))['steps']} steps", fontsize=9)
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, n_eval: int = 1, patch: int = 32,

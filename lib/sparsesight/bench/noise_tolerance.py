@@ -13,15 +13,13 @@ against sigma_z beside it in bench/results (--plot).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..input_noise import NOISE_DICE_DROP, sigma_z
-from . import setup_process, write_record
+from . import setup_process, shipped_weights_parser, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ def plot_tolerance(res: dict, path: Path, key: str, xlabel: str, what: str, tole
     """Dice per region against the corruption `key` of every row, one panel per model, the tolerance as a dashed
     line (`tolerance_label(model record)` its legend); `points` {model: [{key, WT, TC, ET}]}: other cases drawn as
     crosses in the regions' colours."""
-    from ..preview import pyplot
+    from ..preview import pyplot, save_png
 
     plt = pyplot()
     names = list(res["models"])
@@ -123,10 +121,7 @@ def plot_tolerance(res: dict, path: Path, key: str, xlabel: str, what: str, tole
         ax.set_title(f"{name} {m['version'][7:19]}: {what}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot(res: dict, path: Path) -> None:
@@ -135,22 +130,14 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["sum", "mlcsc"], choices=["sum", "mlcsc"])
+    p = shipped_weights_parser(__doc__, DEFAULT_OUT, Path("bench/results/noise_tolerance.png"), seed_help=" (held-out seed = seed + 1000)")
     p.add_argument("--cases", type=int, default=2)
     p.add_argument("--levels", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1],
                    help="noise sigma as fractions of each channel's dynamic range, increasing")
-    p.add_argument("--seed", type=int, default=0, help="the cards' training seed (held-out seed = seed + 1000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave PyTorch's default)")
-    p.add_argument("--work", type=Path, default=Path("out/pretrain"))
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--plot", type=Path, default=Path("bench/results/noise_tolerance.png"))
     a = p.parse_args(argv)
     if sorted(a.levels) != a.levels or any(v <= 0 for v in a.levels):
         p.error("--levels must be positive and increasing")
-    setup_process()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    setup_process(a.threads)
     res = run(a.models, a.cases, a.levels, a.seed, a.work)
     write_record(res, "noise_tolerance", argv, a.out)
     plot(res, a.plot)

@@ -14,17 +14,15 @@ the cases. What is left below the aims on the plain grid is the anatomy and the 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 from .. import CLASSES
-from . import setup_process, write_record
+from . import setup_process, shipped_weights_parser, write_record
 from .noise_tolerance import REGIONS
 
 logger = logging.getLogger(__name__)
@@ -156,18 +154,11 @@ def interval_lines(res: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["sum", "mlcsc"], choices=["sum", "mlcsc"])
+    p = shipped_weights_parser(__doc__, Path("bench/results/off_grid_ablation.json"), None, seed_help=" (off-grid seed = seed + 2000)")
     p.add_argument("--cases", type=int, default=None,
                    help="off-grid cases (default: the cards' 4; more are made with the same generator and seeds)")
-    p.add_argument("--seed", type=int, default=0, help="the cards' training seed (off-grid seed = seed + 2000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave PyTorch's default)")
-    p.add_argument("--work", type=Path, default=Path("out/pretrain"))
-    p.add_argument("--out", type=Path, default=Path("bench/results/off_grid_ablation.json"))
     a = p.parse_args(argv)
-    setup_process()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    setup_process(a.threads)
     res = run(a.models, a.seed, a.work, a.cases)
     write_record(res, "off_grid_ablation", argv, a.out)
     print("\n".join(markdown_table(res) + interval_lines(res)))

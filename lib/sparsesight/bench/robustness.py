@@ -41,7 +41,7 @@ from ..metrics import region_dice
 from ..models import build
 from ..models.baselines import unet
 from ..models.sum import sum_rec, sum_seg
-from ..preview import pyplot
+from ..preview import pyplot, save_png
 from ..runners.segmentation import predict
 from ..training import train
 from . import setup_process
@@ -125,9 +125,7 @@ def _plot(results: dict, path: Path):
     timed = [n for n in names if results["models"][n].get("inference_s")]
     axes[3].bar(timed, [results["models"][n]["inference_s"] for n in timed], color=[f"C{names.index(n)}" for n in timed])
     axes[3].set_title(f"inference on {tuple(results['time_shape'])} x4 (s, {results['threads']} threads)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def run(epochs: int = 60, downsample: int = 4, n_cases: int = 12, seed: int = 0, out: str = "bench/results",

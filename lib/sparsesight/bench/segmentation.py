@@ -23,7 +23,7 @@ from .. import models
 from ..data.io import load_image, load_label
 from ..metrics import region_dice
 from ..models.baselines import unet
-from ..preview import pyplot
+from ..preview import pyplot, save_png
 from ..runners.segmentation import predict
 from ..training import train
 from . import setup_process
@@ -74,9 +74,7 @@ def _plot(results: dict, path: Path):
     axes[1].legend()
     axes[2].bar(names, [results["models"][n]["inference_s"] for n in names], color=["C0", "C1"])
     axes[2].set_title(f"inference on {BRATS_SHAPE} x4 (s, {results['threads']} threads)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def run(epochs: int = 40, downsample: int = 2, n_cases: int = 16, seed: int = 0, out: str = "out/bench",

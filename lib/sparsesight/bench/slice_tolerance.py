@@ -18,17 +18,15 @@ bench/results (--plot).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 from ..input_grid import SLICE_DICE_DROP
-from . import setup_process, write_record
+from . import setup_process, shipped_weights_parser, write_record
 from .noise_tolerance import REGIONS, plot_tolerance, tolerance
 
 logger = logging.getLogger(__name__)
@@ -165,8 +163,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["sum", "mlcsc"], choices=["sum", "mlcsc"])
+    p = shipped_weights_parser(__doc__, DEFAULT_OUT, Path("bench/results/slice_tolerance.png"), seed_help=" (held-out seed = seed + 1000)")
     p.add_argument("--cases", type=int, default=2)
     p.add_argument("--levels", type=float, nargs="+", default=[2.0, 3.0, 4.0, 5.0],
                    help="slice thicknesses in mm, increasing, above 1 mm")
@@ -174,17 +171,10 @@ def main(argv=None) -> int:
                    help="the voxel axes made thick, one at a time (sagittal, coronal, axial slices)")
     p.add_argument("--no-varied", dest="varied", action="store_false",
                    help="the held-out phantoms only, not the off-grid split's tumours on the plain grid too")
-    p.add_argument("--seed", type=int, default=0, help="the cards' training seed (held-out seed = seed + 1000)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave PyTorch's default)")
-    p.add_argument("--work", type=Path, default=Path("out/pretrain"))
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--plot", type=Path, default=Path("bench/results/slice_tolerance.png"))
     a = p.parse_args(argv)
     if sorted(a.levels) != a.levels or any(v <= 1.0 for v in a.levels):
         p.error("--levels must be increasing and above 1 mm")
-    setup_process()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    setup_process(a.threads)
     res = run(a.models, a.cases, a.levels, a.axes, a.seed, a.work, a.varied)
     write_record(res, "slice_tolerance", argv, a.out)
     plot(res, a.plot)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInput
-from ..preview import pyplot
+from ..preview import pyplot, save_png
 
 FOLDER = Path(__file__).with_name("dictionaries")
 #: the stored set: (filters K, kernel size k); names K{K}_k{k}
@@ -104,9 +104,7 @@ def plot(names, path) -> Path:
         ax.imshow(tile, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_title(f"{name}: {k} filters {ks}x{ks}", fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_png(fig, path)
     return Path(path)
 
 

@@ -19,6 +19,7 @@ from .segmentation import (
     add_probabilities,
     input_voxel_mm,
     load_on_model_grid,
+    mirror_label,
     normalise,
     predict,
     predict_file,
@@ -97,7 +98,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         label = interp["logits"][0].argmax(0).numpy().astype(np.uint8)
     else:
         label = predict(model, image, device)
-    add_label(w, label, image, input_voxel_mm(affine, resampled))
+    add_label(w, label, image, input_voxel_mm(affine, resampled),
+              mirrored=mirror_label(model.to(device), xn.to(device), affine))
     classes = [CLASSES[c] for c in range(len(CLASSES))]
     # explanation quality (explain/quality.py, issue 16): in the manifest, in the entries it qualifies, as a table
     eq = quality.jsonable(quality.assess(

@@ -137,20 +137,36 @@ def input_voxel_mm(affine: np.ndarray, resampled: dict | None) -> list[float]:
 
 
 def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None,
-              voxel: list[float] | None = None) -> dict:
+              voxel: list[float] | None = None, mirrored: np.ndarray | None = None,
+              consistency_note: str | None = None) -> dict:
     """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names; with the `image` it
     was segmented from (C, X, Y, Z, on the model's grid), the input's noise against the noise the model version
     was measured to hold up on (input_noise.assess: `input_noise`, flagged when above); with the input's `voxel`
     size (input_voxel_mm), its slice thickness against the thickest slices measured to hold up
-    (input_grid.assess: `input_grid`, flagged when above)."""
-    from .. import input_grid
+    (input_grid.assess: `input_grid`, flagged when above); with the `mirrored` scan's label (mirror_label), how
+    much the label agrees with it against the least agreement of a good segmentation measured for the model
+    version (label_consistency.assess: `label_consistency`, flagged when below; `consistency_note` says why the
+    measured thresholds do not apply)."""
+    from .. import input_grid, label_consistency
     from ..input_noise import assess
 
     model, version = w.manifest["model"], w.manifest["model_version"]
     meta = {} if image is None else {"input_noise": assess(image, model, version, MODALITIES[: image.shape[0]])}
     if voxel is not None:
         meta["input_grid"] = input_grid.assess(voxel, model, version)
+    if mirrored is not None:
+        meta["label_consistency"] = label_consistency.assess(label_consistency.agreement(label, mirrored), model,
+                                                             version, unmeasured=consistency_note)
     return w.add_volume("label", label, kind="labelmap", classes={k: v for k, v in CLASSES.items() if k}, **meta)
+
+
+def mirror_label(model, x: torch.Tensor, affine: np.ndarray, **forward) -> np.ndarray:
+    """The label of the normalised scan x (1, C, X, Y, Z) on the model's grid (`affine`) mirrored left-right and
+    mirrored back (label_consistency.mirrored_label; one more whole-volume pass)."""
+    from ..label_consistency import lr_axis, mirrored_label
+
+    logger.info("label consistency: segmenting the scan mirrored left-right")
+    return mirrored_label(model, x, lr_axis(affine), **forward)
 
 
 def add_probabilities(w: BundleWriter, probabilities: np.ndarray, **meta) -> None:

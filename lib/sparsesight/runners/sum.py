@@ -105,7 +105,11 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     logger.info("%s: interpreting %s %s at alpha %g", name, image_id, tuple(image.shape[1:]), a)
     interp = model.interpret(x, alpha=a)  # one whole-volume pass: the label is the argmax of what is shown
     label = interp["logits"][0].argmax(0).cpu().numpy().astype(np.uint8)
-    segmentation.add_label(w, label, image, segmentation.input_voxel_mm(affine, resampled))
+    trained = abs(a - float(model.alpha)) < 1e-9
+    segmentation.add_label(w, label, image, segmentation.input_voxel_mm(affine, resampled),
+                           mirrored=segmentation.mirror_label(model, x, affine, alpha=a),
+                           consistency_note=None if trained else f"the thresholds were measured at the trained "
+                           f"alpha {float(model.alpha):g}, not at {a:g}")
     # explanation quality of ED_alpha(x) as the reconstruction of x (explain/quality.py, issue 16)
     shrinkage = quality.shrinkage_activity(interp["sparsity"].tolist(), list(interp["masks"]),
                                            model.parameter_table())
