@@ -2,7 +2,7 @@
 wrong when it does not.
 
 The noise and slice checks (input_noise, input_grid) look at the input; some failures come with inputs that pass
-both: SUM labels a region of healthy cortex as tumour on two off-grid phantoms of clean 1 mm scans
+both: SUM labels healthy cortex as tumour on two of the off-grid tumours made on the plain 1 mm grid, clean scans
 (bench/off_grid_ablation). What such labels share is that the model is unsure of them: the label changes when the
 scan is mirrored left-right (a test-time augmentation, Wang et al. 2019, Neurocomputing 338: 34-45; the models are
 trained with flips along every axis, so the mirrored scan is one they were trained on). `agreement` is the Dice, per
