@@ -158,6 +158,10 @@ def test_put_label_then_train_changes_version(server):
     r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "json"})
     assert r.status_code == 200, r.text
     assert r.json()["model_version"] == after
+    # the plain label answer carries the input checks a bundle's label does (a retrained version: not measured)
+    checks = r.json()["checks"]
+    assert checks["input_noise"]["sigma_z_max"] > 0 and "not measured" in checks["input_noise"]["note"]
+    assert len(checks["input_grid"]["voxel_mm"]) == 3 and checks["flags"] == []
 
 
 # ---------------------------------------------------------------------------------------------- active learning

@@ -39,6 +39,7 @@ def test_infer_label(server, trained):
                     data={"params": json.dumps({"alpha": 0.0})})
     assert r.status_code == 200, r.text
     assert r.json()["alpha"] == 0.0 and r.json()["model_version"] == trained
+    assert set(r.json()["checks"]) == {"input_noise", "input_grid", "flags"}
 
 
 def test_infer_bundle_with_alpha(server, trained, tmp_path):

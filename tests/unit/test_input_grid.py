@@ -66,3 +66,18 @@ def test_a_thick_slice_case_averages_along_one_axis_and_keeps_the_world():
     assert np.array_equal(lab, label[:, :, ::3])
     assert img[:, 10, 10, 3].mean() == pytest.approx(100, abs=1.5)  # inside: the mean intensity is kept
     assert np.std(img[:, 10, 10, 3:7]) < 0.8 * np.std(image[:, 10, 10, 8:22])  # the slice profile averages noise
+
+
+def test_the_plain_label_answer_carries_the_input_checks_and_all_their_flags():
+    """segmentation.input_checks: what the infer task's plain label answer puts in its params, the bundle label's
+    input_noise and input_grid, with every flag in one list."""
+    from sparsesight.runners.segmentation import input_checks
+
+    version = tolerances()["sum"]["version"]  # the shipped weights, whose tolerances were measured
+    rng = np.random.default_rng(0)
+    shape = (12, 10, 8)
+    noisy = np.stack([100 + 50 * rng.standard_normal(shape) for _ in range(4)]).astype(np.float32)
+    bad = input_checks(noisy, [1.0, 1.0, 8.0], "sum", version)
+    assert len(bad["flags"]) == 2 and bad["flags"] == bad["input_noise"]["flags"] + bad["input_grid"]["flags"]
+    smooth = np.stack([np.broadcast_to(np.linspace(50, 150, shape[0])[:, None, None], shape)] * 4)
+    assert input_checks(smooth.astype(np.float32), [1.0, 1.0, 1.0], "sum", version)["flags"] == []

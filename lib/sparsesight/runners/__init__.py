@@ -31,7 +31,9 @@ class Runner(Protocol):
     BUNDLE_OUTPUTS: tuple[str, ...]
 
     def predict_file(self, model, image_path, device="cpu", **options) -> tuple[np.ndarray, np.ndarray]:
-        """The plain answer (label map or the model's main map) and the affine of an image file."""
+        """The plain answer (label map or the model's main map) and the affine of an image file. A runner with
+        `INPUT_CHECKS = True` also takes `checks_for=(name, version)` and then returns the label's input checks as
+        a third item (segmentation.input_checks; None for an attribution map)."""
 
     def run_bundle(self, model, name: str, version: str, image_path, image_id: str, out_path, outputs=None,
                    device="cpu", **options) -> Path:

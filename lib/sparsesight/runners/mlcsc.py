@@ -25,7 +25,10 @@ from .segmentation import (
     predict_file,
 )
 
-__all__ = ["BUNDLE_OUTPUTS", "OPTIONS", "default_train_config", "predict_file", "run_bundle"]
+__all__ = ["BUNDLE_OUTPUTS", "INPUT_CHECKS", "OPTIONS", "default_train_config", "predict_file", "run_bundle"]
+
+#: predict_file(..., checks_for=(name, version)) also gives the input checks (segmentation.input_checks)
+INPUT_CHECKS = True
 
 #: the model's own infer options and their defaults (attribution maps, explain/served.py)
 OPTIONS = dict(INFER_OPTIONS)

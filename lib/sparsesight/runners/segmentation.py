@@ -107,20 +107,35 @@ def back_to_image_grid(label: np.ndarray, label_affine: np.ndarray, image_path) 
                       dtype=np.uint8)
 
 
-def predict_file(model, image_path, device="cpu", **options) -> tuple[np.ndarray, np.ndarray]:
+def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | None = None, **options):
     """Label map (X, Y, Z) uint8 and affine of the 4-channel image file `image_path` (the infer task's default);
     an attribution map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti).
     An image on another grid than the model's is segmented on the model's grid and the label put back on the
-    image's grid (an attribution map stays on the model's grid, with its affine)."""
+    image's grid (an attribution map stays on the model's grid, with its affine).
+
+    `checks_for` = (model name, version): a third item, the input checks a bundle's label carries (input_checks:
+    noise and slice thickness against the tolerances measured for that version; None for an attribution map)."""
     image, affine, resampled = load_on_model_grid(model, image_path)
     from ..explain.served import nifti_map
     amap = nifti_map(model.to(device), normalise(image).to(device), options)
     if amap is not None:
-        return amap, affine
+        return (amap, affine) if checks_for is None else (amap, affine, None)
     label = predict(model, image, device)
-    if resampled is None:
-        return label, affine
-    return back_to_image_grid(label, affine, image_path), load_image_affine(image_path)
+    checks = None if checks_for is None else input_checks(image, input_voxel_mm(affine, resampled), *checks_for)
+    if resampled is not None:
+        label, affine = back_to_image_grid(label, affine, image_path), load_image_affine(image_path)
+    return (label, affine) if checks is None else (label, affine, checks)
+
+
+def input_checks(image: np.ndarray, voxel: list[float], model: str, version: str) -> dict:
+    """The input checks of a label (add_label's `input_noise` and `input_grid`) and all their flags in one list:
+    what the plain label answer carries (its params' `checks`)."""
+    from .. import input_grid, input_noise
+
+    out: dict = {"input_noise": input_noise.assess(image, model, version, MODALITIES[: image.shape[0]]),
+                 "input_grid": input_grid.assess(voxel, model, version)}
+    out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
+    return out
 
 
 def load_image_affine(image_path) -> np.ndarray:

@@ -35,6 +35,10 @@ OPTIONS = {"alpha": 1.0, **INFER_OPTIONS}
 SWEEP_CROP = 64  # the alpha sweep runs on a cube of this side around the predicted tumour (10 passes)
 
 
+#: predict_file(..., checks_for=(name, version)) also gives the input checks (segmentation.input_checks)
+INPUT_CHECKS = True
+
+
 def default_train_config() -> dict:
     """The segmentation training defaults with SUM's optimiser (Section 4.3: AdamW, weight decay 0.25)."""
     return {**_segmentation_train_config(), **train_defaults()}

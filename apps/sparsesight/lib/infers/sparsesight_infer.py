@@ -121,7 +121,14 @@ class SparseSightInfer(InferTask):
                 raise
             params.update({"bundle": True, "outputs": outputs or "all"})
         else:
-            label, affine = self.runner.predict_file(model, image_path, device=device, **opts)
+            if getattr(self.runner, "INPUT_CHECKS", False):
+                # the input checks a bundle's label carries (noise, slice thickness), in the params of the answer
+                label, affine, checks = self.runner.predict_file(model, image_path, device=device,
+                                                                 checks_for=(self.name, version), **opts)
+                if checks is not None:
+                    params["checks"] = checks
+            else:
+                label, affine = self.runner.predict_file(model, image_path, device=device, **opts)
             fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".nii.gz")
             os.close(fd)
             try:
