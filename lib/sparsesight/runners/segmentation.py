@@ -127,13 +127,19 @@ def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | 
     return (label, affine) if checks is None else (label, affine, checks)
 
 
-def input_checks(image: np.ndarray, voxel: list[float], model: str, version: str) -> dict:
-    """The input checks of a label (add_label's `input_noise` and `input_grid`) and all their flags in one list:
-    what the plain label answer carries (its params' `checks`)."""
+def input_checks(image: np.ndarray | None, voxel: list[float] | None, model: str, version: str) -> dict:
+    """The input checks of a label and all their flags in one list (`flags`): with the `image` it was segmented
+    from (C, X, Y, Z, on the model's grid), its noise against the noise the model version was measured to hold up
+    on (input_noise.assess: `input_noise`, flagged when above); with the input's `voxel` size (input_voxel_mm), its
+    slice thickness against the thickest slices measured to hold up (input_grid.assess: `input_grid`, flagged when
+    above). What the plain label answer carries (its params' `checks`) and the bundle's label entry (add_label)."""
     from .. import input_grid, input_noise
 
-    out: dict = {"input_noise": input_noise.assess(image, model, version, MODALITIES[: image.shape[0]]),
-                 "input_grid": input_grid.assess(voxel, model, version)}
+    out: dict = {}
+    if image is not None:
+        out["input_noise"] = input_noise.assess(image, model, version, MODALITIES[: image.shape[0]])
+    if voxel is not None:
+        out["input_grid"] = input_grid.assess(voxel, model, version)
     out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
     return out
 
@@ -155,20 +161,14 @@ def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = Non
               voxel: list[float] | None = None, mirrored: np.ndarray | None = None,
               consistency_note: str | None = None) -> dict:
     """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names; with the `image` it
-    was segmented from (C, X, Y, Z, on the model's grid), the input's noise against the noise the model version
-    was measured to hold up on (input_noise.assess: `input_noise`, flagged when above); with the input's `voxel`
-    size (input_voxel_mm), its slice thickness against the thickest slices measured to hold up
-    (input_grid.assess: `input_grid`, flagged when above); with the `mirrored` scan's label (mirror_label), how
-    much the label agrees with it against the least agreement of a good segmentation measured for the model
-    version (label_consistency.assess: `label_consistency`, flagged when below; `consistency_note` says why the
-    measured thresholds do not apply)."""
-    from .. import input_grid, label_consistency
-    from ..input_noise import assess
+    was segmented from and the input's `voxel` size, the input checks (input_checks: `input_noise`, `input_grid`);
+    with the `mirrored` scan's label (mirror_label), how much the label agrees with it against the least agreement
+    of a good segmentation measured for the model version (label_consistency.assess: `label_consistency`, flagged
+    when below; `consistency_note` says why the measured thresholds do not apply)."""
+    from .. import label_consistency
 
     model, version = w.manifest["model"], w.manifest["model_version"]
-    meta = {} if image is None else {"input_noise": assess(image, model, version, MODALITIES[: image.shape[0]])}
-    if voxel is not None:
-        meta["input_grid"] = input_grid.assess(voxel, model, version)
+    meta = {k: v for k, v in input_checks(image, voxel, model, version).items() if k != "flags"}
     if mirrored is not None:
         meta["label_consistency"] = label_consistency.assess(label_consistency.agreement(label, mirrored), model,
                                                              version, unmeasured=consistency_note)
