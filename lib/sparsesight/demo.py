@@ -145,7 +145,9 @@ def noise_line(manifest: dict) -> str:
     if n.get("sigma_z_max") is None:
         return "not estimated (no 2x2x2 block of the image lies wholly inside the brain)" if n else "not estimated"
     tol = n.get("tolerance")
-    return (f"sigma_z {n['sigma_z_max']:.3f}; " + (f"held up to {tol:.3f} on held-out phantoms (bench/noise_tolerance)"
+    gain = n.get("noise_gain")
+    where = f" (on the scan's own grid x {gain:.3f}, what resampling it kept)" if gain is not None else ""
+    return (f"sigma_z {n['sigma_z_max']:.3f}{where}; " + (f"held up to {tol:.3f} on held-out phantoms (bench/noise_tolerance)"
                                                      if tol is not None else n.get("note", "tolerance not measured"))
             + ("; FLAGGED: " + "; ".join(n["flags"]) if n.get("flags") else ""))
 

@@ -69,3 +69,97 @@ def test_a_scan_without_brain_blocks_has_no_estimate_and_no_flag():
     empty = np.zeros((2, 8, 8, 8), np.float32)
     out = assess(empty, "sum", "sha256:abc", ["FLAIR", "T1"], {"sum": {"version": "sha256:abc", "sigma_z": 0.2}})
     assert out["sigma_z"] == {"FLAIR": None, "T1": None} and out["sigma_z_max"] is None and out["flags"] == []
+
+
+def test_a_resampled_scan_is_estimated_on_its_own_grid(tmp_path):
+    """Interpolation correlates white noise and the finest band loses it: estimated after resampling to the
+    model's grid, a noisy thick-slice scan looks quiet. The served checks take sigma^ on the scan's own grid
+    (load_on_model_grid's from_sigma) times the share of white noise the resampling keeps (noise_gain)."""
+    import nibabel as nib
+
+    from sparsesight.runners.segmentation import input_checks, load_on_model_grid
+
+    rng = np.random.default_rng(1)
+    shape = (40, 44, 16)
+    brain = np.zeros(shape, bool)
+    brain[4:-4, 4:-4, 2:-2] = True
+    sigma = 40.0
+    chans = [np.where(brain, ndimage.gaussian_filter(rng.standard_normal(shape), 3) * 3000 + 500
+                      + sigma * rng.standard_normal(shape), 0) for _ in range(4)]
+    image = np.stack(chans, -1).astype(np.float32)
+    path = tmp_path / "thick.nii.gz"
+
+    class OneMillimetre:
+        spacing_mm = (1.0, 1.0, 1.0)
+        n = 4
+
+    # LAS with thick slices: unaligned with a 1 mm RAS grid; the trilinear weights keep about (2/3)^(3/2)
+    nib.save(nib.Nifti1Image(image, np.diag([-1.3, 1.1, 2.7, 1.0])), str(path))
+    resampled, _, info = load_on_model_grid(OneMillimetre(), path)
+    assert info["from_sigma"] == pytest.approx([sigma] * 4, rel=0.1)
+    true_z = sigma / np.array([c[brain].std() for c in chans])
+    assert info["from_sigma_z"] == pytest.approx(true_z, rel=0.1)
+    assert 0.45 < info["noise_gain"] < 0.7
+    version = "sha256:abc"
+    table = {"sum": {"version": version, "sigma_z": 0.3}}
+    served = assess(resampled, "sum", version, list("ABCD"), table, resampled=info)
+    brain_std = np.array([c[np.any(resampled != 0, 0)].std() for c in resampled])
+    assert list(served["sigma_z"].values()) == pytest.approx(np.array(info["from_sigma"]) * info["noise_gain"] / brain_std,
+                                                             rel=1e-3)
+    assert served["own_grid_sigma_z"]["A"] == pytest.approx(true_z[0], rel=0.1) and "own grid" in served["method"]
+    # the finest band of the resampled image has lost most of it: estimated there, the noise looks 3x weaker
+    assert np.all(sigma_z(resampled) < np.array(list(served["sigma_z"].values())) / 2)
+    loud = {"sum": {"version": version, "sigma_z": float(served["sigma_z_max"]) * 0.9}}
+    assert len(assess(resampled, "sum", version, list("ABCD"), loud, resampled=info)["flags"]) == 1
+    assert assess(resampled, "sum", version, list("ABCD"), loud)["flags"] == []  # the old estimate passed it
+    checks = input_checks(resampled, [1.3, 1.1, 2.7], "sum", version, resampled=info)
+    assert checks["input_noise"]["noise_gain"] == info["noise_gain"]
+    # the plain label answer's checks, through the served path
+    import torch
+
+    from sparsesight.runners.segmentation import predict_file
+
+    class Background(torch.nn.Module):
+        spacing_mm, n, config = (1.0, 1.0, 1.0), 4, {"roi_size": [32, 32, 32]}
+
+        def forward(self, x):
+            return torch.cat([torch.ones_like(x[:, :1]), torch.zeros_like(x[:, :3])], 1)
+
+    label, _, answer = predict_file(Background(), path, checks_for=("sum", version))
+    assert label.shape == shape and answer["input_noise"]["noise_gain"] == info["noise_gain"]
+    assert list(answer["input_noise"]["sigma_z"].values()) == list(served["sigma_z"].values())
+    # a mere flip of axes on the model's voxel size moves every voxel centre onto a voxel centre: nothing lost
+    nib.save(nib.Nifti1Image(image, np.diag([-1.0, -1.0, 1.0, 1.0])), str(path))
+    flipped, _, info = load_on_model_grid(OneMillimetre(), path)
+    assert info["noise_gain"] == pytest.approx(1.0, abs=1e-3)
+    # so its noise is white and the tolerance of scans on the model's grid applies, not that of resampled scans
+    from sparsesight.input_noise import tolerances
+
+    table = assess(flipped, "sum", tolerances()["sum"]["version"], list("ABCD"), resampled=info)
+    assert table["tolerance"] == tolerances()["sum"]["sigma_z"]
+    assert table["sigma_z_max"] == pytest.approx(float(np.nanmax(sigma_z(flipped))), rel=1e-3)
+
+
+def test_the_tolerance_for_resampled_scans_and_how_its_flag_fares():
+    """bench/noise_grid: the tolerance is noise_tolerance's rule over the factors' mean served sigma_z and Dice,
+    and each scan's flag is judged against its own case at factor 1, with the case left out of the tolerance."""
+    from sparsesight.bench.noise_grid import fell, flag_record, level_rows
+
+    def row(case, factor, served, wt, own=0.5, resampled=0.1):
+        return {"case": case, "factor": factor, "sigma_z_own_grid": own, "sigma_z_resampled": resampled,
+                "models": {"m": {"sigma_z": served, "dice": {"WT": wt, "TC": 0.8, "ET": 0.7}}}}
+
+    rows = [row("a", 1, 0.10, 0.95), row("a", 3, 0.30, 0.94), row("a", 6, 0.50, 0.80),
+            row("b", 1, 0.12, 0.90), row("b", 3, 0.32, 0.84), row("b", 6, 0.52, 0.70)]
+    levels = level_rows(rows, "m")
+    assert [r["level"] for r in levels] == [1, 3, 6] and levels[1]["sigma_z"] == pytest.approx(0.31)
+    assert levels[1]["dice"]["WT"] == pytest.approx(0.89)
+    assert tolerance(levels) == {"sigma_z": 0.31, "level": 3}  # the means fell by 0.035 at 3, by 0.175 at 6
+    assert level_rows(rows, "m", leave_out="b")[1]["sigma_z"] == pytest.approx(0.30)
+    assert fell(rows, "m") == {("a", 3): False, ("a", 6): True, ("b", 3): True, ("b", 6): True}
+    rec = flag_record(rows, "m")
+    assert rec["scans"] == 4 and rec["fell"] == 3
+    # in sample: above 0.31 are b at 3 (fell), a and b at 6 (fell)
+    assert rec["served"] == {"flagged": 3, "fell_and_flagged": 3, "held_and_flagged": 0}
+    # left out: a is judged by b's tolerance (b held at 1 only: 0.12), b by a's (0.30): all four flagged
+    assert rec["served_left_out"] == {"flagged": 4, "fell_and_flagged": 3, "held_and_flagged": 1}

@@ -464,6 +464,28 @@ def test_noise_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
         f"`{name}` holds up to noise {m['level']:g} of the range (input σ_z {m['sigma_z']:.3f})",))
 
 
+def test_resampled_noise_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
+    """The tolerance a resampled scan's noise is flagged against (bench/noise_grid) was measured on the shipped
+    weights, and the READMEs quote its tables, its estimates, its command and each model's tolerance."""
+    from sparsesight.bench.noise_grid import flag_table, markdown_table, summary_lines
+    from sparsesight.input_noise import tolerances
+
+    def sentences(name, m):
+        fl = m["flags"]["served_left_out"]
+        return (f"`{name}` holds up on resampled scans to noise {m['level']:g}× the phantoms' own (served σ_z "
+                f"{m['sigma_z']:.3f})",
+                f"flags {fl['fell_and_flagged']} of the {m['flags']['fell']} scans whose Dice fell")
+
+    _check_tolerance_record("noise_tolerance_resampled.json", lambda r: markdown_table(r) + flag_table(r),
+                            lambda: tolerances(resampled=True), sentences, command="`{}`")
+    r = json.loads((ROOT / "lib" / "sparsesight" / "data" / "noise_tolerance_resampled.json").read_text())
+    assert summary_lines(r)[0] in " ".join((ROOT / "bench" / "README.md").read_text().split())
+    q, o, g = (r["estimates"][k] for k in ("resampled_over_true", "own_grid_over_true", "noise_gain"))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"On the resampled image σ_z read {q['min']:.2f}-{q['max']:.2f} of the noise put in" in readme
+    assert f"own grid (median {o['median']:.2f} of the truth)" in readme and f"(`noise_gain`, {g['median']:.2f} on" in readme
+
+
 def test_slice_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
     from sparsesight.bench.slice_tolerance import markdown_table
     from sparsesight.input_grid import tolerances

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from .. import CLASSES, MODALITIES
+from .. import CLASSES, MODALITIES, input_noise
 from ..bundle import BundleWriter
 from ..data.io import load_image
 from ..errors import InvalidInput
@@ -69,28 +69,70 @@ def model_grid(model, affine: np.ndarray) -> np.ndarray | None:
     return np.diag([*spacing, 1.0])
 
 
-def load_on_model_grid(model, image_path) -> tuple[np.ndarray, np.ndarray, dict | None]:
-    """(image (C, X, Y, Z), affine, resampling) with the image on the model's grid: an image of another voxel size,
-    orientation or obliquity is resampled (trilinear) onto RAS axes at the training voxel size, covering the
-    same field of view; `resampling` says from what (None when nothing was done)."""
-    import nibabel as nib
-    from nibabel.processing import resample_from_to
+def _figures(values) -> list[float | None]:
+    """Rounded floats for a manifest (None for nan: JSON has none)."""
+    return [round(float(v), 4) if np.isfinite(v) else None for v in values]
 
-    image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
+
+def model_grid_box(model, affine: np.ndarray, shape) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """(shape, affine) of the model's grid (model_grid) covering the field of view of an image of `shape` on
+    `affine`, or None when the image is already on such a grid."""
     target = model_grid(model, affine)
     if target is None:
-        return image, affine, None
-    shape = np.array(image.shape[1:])
+        return None
+    shape = np.array(shape)
     corners = np.array([[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
     world = (affine @ corners.T)[:3]
     lo, hi = world.min(1), world.max(1)
     step = np.diag(target)[:3]
-    out_shape = tuple(int(n) for n in np.ceil((hi - lo) / step).astype(int) + 1)
     target = target.copy()
     target[:3, 3] = lo
+    return tuple(int(n) for n in np.ceil((hi - lo) / step).astype(int) + 1), target
+
+
+def interpolation_noise_gain(affine: np.ndarray, shape, out_shape, target: np.ndarray, block: int = 48,
+                             seed: int = 0) -> float:
+    """How much of white noise's standard deviation the trilinear resampling of load_on_model_grid keeps: the std
+    of unit white noise on the image's grid (`shape`, `affine`) resampled onto a block of `block`^3 voxels at the
+    centre of the model's grid (`out_shape`, `target`), over the block's voxels inside the image. 1 when the grids
+    coincide (a flip of axes), (2/3)^(3/2) = 0.54 on average for unaligned grids."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    start = [max(0, (n - block) // 2) for n in out_shape]
+    size = tuple(min(block, n) for n in out_shape)
+    sub = target.copy()
+    sub[:3, 3] = target[:3, :3] @ np.array(start, dtype=float) + target[:3, 3]
+    noise = np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
+    inside = resample_from_to(nib.Nifti1Image(np.ones(tuple(shape), np.float32), affine), (size, sub),
+                              order=1).get_fdata(dtype=np.float32) > 0.999
+    moved = resample_from_to(nib.Nifti1Image(noise, affine), (size, sub), order=1).get_fdata(dtype=np.float32)
+    return float(moved[inside].std()) if inside.sum() > 100 else 1.0
+
+
+def load_on_model_grid(model, image_path) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """(image (C, X, Y, Z), affine, resampling) with the image on the model's grid: an image of another voxel size,
+    orientation or obliquity is resampled (trilinear) onto RAS axes at the training voxel size, covering the
+    same field of view; `resampling` says from what (None when nothing was done): the voxel size and axes, the
+    noise per channel estimated on the scan's own grid (input_noise.sigma_hat, and sigma_z) and the share of it
+    the resampling keeps (interpolation_noise_gain), which input_noise.assess reports the noise from."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
+    grid = model_grid_box(model, affine, image.shape[1:])
+    if grid is None:
+        return image, affine, None
+    out_shape, target = grid
+    step = np.diag(target)[:3]
     resampled = np.stack([resample_from_to(nib.Nifti1Image(c, affine), (out_shape, target), order=1).get_fdata(
         dtype=np.float32) for c in image])
+    sigma = input_noise.sigma_hat(image)  # on the scan's own grid, where its noise is white: input_noise
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma_z = sigma / input_noise.brain_std(image)
     info = {"from_voxel_mm": [round(float(z), 3) for z in nib.affines.voxel_sizes(affine)], "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
+            "from_sigma": _figures(sigma), "from_sigma_z": _figures(sigma_z),
+            "noise_gain": round(interpolation_noise_gain(affine, image.shape[1:], out_shape, target), 4),
             "to_voxel_mm": [float(v) for v in step], "to_shape": list(out_shape)}
     logger.info("image resampled onto the model's grid: %s", info)
     return resampled, target, info
@@ -121,23 +163,26 @@ def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | 
     if amap is not None:
         return (amap, affine) if checks_for is None else (amap, affine, None)
     label = predict(model, image, device)
-    checks = None if checks_for is None else input_checks(image, input_voxel_mm(affine, resampled), *checks_for)
+    checks = None if checks_for is None else input_checks(image, input_voxel_mm(affine, resampled), *checks_for,
+                                                          resampled=resampled)
     if resampled is not None:
         label, affine = back_to_image_grid(label, affine, image_path), load_image_affine(image_path)
     return (label, affine) if checks is None else (label, affine, checks)
 
 
-def input_checks(image: np.ndarray | None, voxel: list[float] | None, model: str, version: str) -> dict:
+def input_checks(image: np.ndarray | None, voxel: list[float] | None, model: str, version: str,
+                 resampled: dict | None = None) -> dict:
     """The input checks of a label and all their flags in one list (`flags`): with the `image` it was segmented
-    from (C, X, Y, Z, on the model's grid), its noise against the noise the model version was measured to hold up
-    on (input_noise.assess: `input_noise`, flagged when above); with the input's `voxel` size (input_voxel_mm), its
-    slice thickness against the thickest slices measured to hold up (input_grid.assess: `input_grid`, flagged when
-    above). What the plain label answer carries (its params' `checks`) and the bundle's label entry (add_label)."""
-    from .. import input_grid, input_noise
+    from (C, X, Y, Z, on the model's grid; `resampled`: what load_on_model_grid did to the scan, if anything), its
+    noise against the noise the model version was measured to hold up on (input_noise.assess: `input_noise`,
+    flagged when above); with the input's `voxel` size (input_voxel_mm), its slice thickness against the thickest
+    slices measured to hold up (input_grid.assess: `input_grid`, flagged when above). What the plain label answer
+    carries (its params' `checks`) and the bundle's label entry (add_label)."""
+    from .. import input_grid
 
     out: dict = {}
     if image is not None:
-        out["input_noise"] = input_noise.assess(image, model, version, MODALITIES[: image.shape[0]])
+        out["input_noise"] = input_noise.assess(image, model, version, MODALITIES[: image.shape[0]], resampled=resampled)
     if voxel is not None:
         out["input_grid"] = input_grid.assess(voxel, model, version)
     out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
@@ -159,16 +204,17 @@ def input_voxel_mm(affine: np.ndarray, resampled: dict | None) -> list[float]:
 
 def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None,
               voxel: list[float] | None = None, mirrored: np.ndarray | None = None,
-              consistency_note: str | None = None) -> dict:
+              consistency_note: str | None = None, resampled: dict | None = None) -> dict:
     """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names; with the `image` it
-    was segmented from and the input's `voxel` size, the input checks (input_checks: `input_noise`, `input_grid`);
+    was segmented from (and `resampled`, what load_on_model_grid did to the scan) and the input's `voxel` size,
+    the input checks (input_checks: `input_noise`, `input_grid`);
     with the `mirrored` scan's label (mirror_label), how much the label agrees with it against the least agreement
     of a good segmentation measured for the model version (label_consistency.assess: `label_consistency`, flagged
     when below; `consistency_note` says why the measured thresholds do not apply)."""
     from .. import label_consistency
 
     model, version = w.manifest["model"], w.manifest["model_version"]
-    meta = {k: v for k, v in input_checks(image, voxel, model, version).items() if k != "flags"}
+    meta = {k: v for k, v in input_checks(image, voxel, model, version, resampled=resampled).items() if k != "flags"}
     if mirrored is not None:
         meta["label_consistency"] = label_consistency.assess(label_consistency.agreement(label, mirrored), model,
                                                              version, unmeasured=consistency_note)
