@@ -163,3 +163,36 @@ def test_the_tolerance_for_resampled_scans_and_how_its_flag_fares():
     assert rec["served"] == {"flagged": 3, "fell_and_flagged": 3, "held_and_flagged": 0}
     # left out: a is judged by b's tolerance (b held at 1 only: 0.12), b by a's (0.30): all four flagged
     assert rec["served_left_out"] == {"flagged": 4, "fell_and_flagged": 3, "held_and_flagged": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mlcsc", "sum"])
+def test_a_bundle_of_a_resampled_scan_reports_its_noise_from_its_own_grid(name, tmp_path):
+    """Both segmentation runners pass what the resampling did to the label's input checks: the manifest's
+    `resampled` holds the own-grid estimate and the gain, the label's `input_noise` the served figure from them."""
+    import importlib
+
+    import nibabel as nib
+    import torch
+
+    from sparsesight import bundle, models
+
+    rng = np.random.default_rng(2)
+    shape = (36, 40, 14)
+    brain = np.zeros(shape, bool)
+    brain[4:-4, 4:-4, 2:-2] = True
+    image = np.stack([np.where(brain, ndimage.gaussian_filter(rng.standard_normal(shape), 3) * 3000 + 500
+                               + 40 * rng.standard_normal(shape), 0) for _ in range(4)], -1).astype(np.float32)
+    path = tmp_path / "thick.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.diag([-1.3, 1.1, 2.7, 1.0])), str(path))
+    torch.manual_seed(0)
+    model = models.build(name)
+    model.spacing_mm = (1.0, 1.0, 1.0)
+    runner = importlib.import_module(f"sparsesight.runners.{name}")
+    out = runner.run_bundle(model, name, "sha256:test", str(path), "thick", tmp_path / "b.zip", outputs=["label"])
+    manifest = bundle.validate(out)
+    info = manifest["resampled"]
+    assert info["from_sigma"] == pytest.approx([40.0] * 4, rel=0.1) and 0.45 < info["noise_gain"] < 0.7
+    noise = next(o["input_noise"] for o in manifest["outputs"] if o["name"] == "label")
+    assert noise["noise_gain"] == info["noise_gain"] and noise["own_grid_sigma_z"]["FLAIR"] == info["from_sigma_z"][0]
+    assert noise["sigma_z"]["FLAIR"] < noise["own_grid_sigma_z"]["FLAIR"] and "resampled scans" in noise["note"]
