@@ -54,6 +54,11 @@ def sigma_hat(image: np.ndarray) -> np.ndarray:
     return np.array([np.median(np.abs(d[inside])) / MAD_TO_SIGMA if inside.any() else np.nan for d in detail])
 
 
+def figure(v) -> float | None:
+    """A manifest's figure: rounded to 4 decimals, None for a missing or non-finite one (JSON has no NaN)."""
+    return round(float(v), 4) if v is not None and np.isfinite(v) else None
+
+
 def brain_std(image: np.ndarray) -> np.ndarray:
     """The standard deviation of each channel over the brain (voxels non-zero in any channel); nan without one."""
     brain = np.any(image != 0, axis=0)
@@ -101,7 +106,6 @@ def assess(image: np.ndarray, model: str, version: str, modalities, table: dict 
     correlated = own and resampled["noise_gain"] < WHITE_GAIN  # type: ignore[index]
     tol = (tolerances(resampled=correlated) if table is None else table).get(model, {})
     measured = tol.get("version") == version
-    figure = lambda v: round(float(v), 4) if v is not None and np.isfinite(v) else None  # noqa: E731  (JSON: no NaN)
     method = "median |finest Haar detail| / 0.6745 inside the brain, over the brain's standard deviation"
     if own:
         method += (": on the scan's own grid, before it was resampled to the model's, times the share of white noise "

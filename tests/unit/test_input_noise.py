@@ -196,3 +196,16 @@ def test_a_bundle_of_a_resampled_scan_reports_its_noise_from_its_own_grid(name, 
     noise = next(o["input_noise"] for o in manifest["outputs"] if o["name"] == "label")
     assert noise["noise_gain"] == info["noise_gain"] and noise["own_grid_sigma_z"]["FLAIR"] == info["from_sigma_z"][0]
     assert noise["sigma_z"]["FLAIR"] < noise["own_grid_sigma_z"]["FLAIR"] and "resampled scans" in noise["note"]
+
+
+def test_the_demo_line_says_where_a_resampled_scans_noise_was_measured():
+    from sparsesight.demo import noise_line
+
+    def manifest(**noise):
+        return {"outputs": [{"name": "label", "input_noise": {"flags": [], **noise}}]}
+
+    line = noise_line(manifest(sigma_z_max=0.6, tolerance=0.453, noise_gain=0.54, flags=["too noisy"]))
+    assert line.startswith("sigma_z 0.600 (on the scan's own grid x 0.540") and "bench/noise_grid" in line
+    assert line.endswith("FLAGGED: too noisy")
+    assert "bench/noise_tolerance" in noise_line(manifest(sigma_z_max=0.3, tolerance=0.419))
+    assert "bench/noise_tolerance" in noise_line(manifest(sigma_z_max=0.3, tolerance=0.419, noise_gain=1.0))

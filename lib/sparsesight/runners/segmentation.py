@@ -69,11 +69,6 @@ def model_grid(model, affine: np.ndarray) -> np.ndarray | None:
     return np.diag([*spacing, 1.0])
 
 
-def _figures(values) -> list[float | None]:
-    """Rounded floats for a manifest (None for nan: JSON has none)."""
-    return [round(float(v), 4) if np.isfinite(v) else None for v in values]
-
-
 def model_grid_box(model, affine: np.ndarray, shape) -> tuple[tuple[int, ...], np.ndarray] | None:
     """(shape, affine) of the model's grid (model_grid) covering the field of view of an image of `shape` on
     `affine`, or None when the image is already on such a grid."""
@@ -131,7 +126,7 @@ def load_on_model_grid(model, image_path) -> tuple[np.ndarray, np.ndarray, dict 
     with np.errstate(invalid="ignore", divide="ignore"):
         sigma_z = sigma / input_noise.brain_std(image)
     info = {"from_voxel_mm": [round(float(z), 3) for z in nib.affines.voxel_sizes(affine)], "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
-            "from_sigma": _figures(sigma), "from_sigma_z": _figures(sigma_z),
+            "from_sigma": [input_noise.figure(v) for v in sigma], "from_sigma_z": [input_noise.figure(v) for v in sigma_z],
             "noise_gain": round(interpolation_noise_gain(affine, image.shape[1:], out_shape, target), 4),
             "to_voxel_mm": [float(v) for v in step], "to_shape": list(out_shape)}
     logger.info("image resampled onto the model's grid: %s", info)
