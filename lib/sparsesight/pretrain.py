@@ -163,7 +163,7 @@ def _onto_plain_grid(source: dict, image_out: str, label_out: str, downsample: i
     from .runners.segmentation import load_on_model_grid
 
     grid = SimpleNamespace(spacing_mm=(float(downsample),) * 3, n=len(MODALITIES))  # what load_on_model_grid reads
-    image, affine, _ = load_on_model_grid(grid, source["image"])
+    image, affine, _ = load_on_model_grid(grid, source["image"], noise=False)  # no torch in a forked worker
     ref = nib.load(source["label"])
     label = resample_from_to(ref, (image.shape[1:], affine), order=0).get_fdata().astype(np.uint8)
     nib.save(nib.Nifti1Image(np.moveaxis(np.round(image), 0, -1).astype(np.int16), affine), image_out)

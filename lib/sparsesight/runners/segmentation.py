@@ -105,12 +105,13 @@ def interpolation_noise_gain(affine: np.ndarray, shape, out_shape, target: np.nd
     return float(moved[inside].std()) if inside.sum() > 100 else 1.0
 
 
-def load_on_model_grid(model, image_path) -> tuple[np.ndarray, np.ndarray, dict | None]:
+def load_on_model_grid(model, image_path, noise: bool = True) -> tuple[np.ndarray, np.ndarray, dict | None]:
     """(image (C, X, Y, Z), affine, resampling) with the image on the model's grid: an image of another voxel size,
     orientation or obliquity is resampled (trilinear) onto RAS axes at the training voxel size, covering the
     same field of view; `resampling` says from what (None when nothing was done): the voxel size and axes, the
     noise per channel estimated on the scan's own grid (input_noise.sigma_hat, and sigma_z) and the share of it
-    the resampling keeps (interpolation_noise_gain), which input_noise.assess reports the noise from."""
+    the resampling keeps (interpolation_noise_gain), which input_noise.assess reports the noise from (not with
+    `noise` False: training data, made in forked worker processes where torch, which sigma_hat uses, can hang)."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
@@ -122,13 +123,16 @@ def load_on_model_grid(model, image_path) -> tuple[np.ndarray, np.ndarray, dict 
     step = np.diag(target)[:3]
     resampled = np.stack([resample_from_to(nib.Nifti1Image(c, affine), (out_shape, target), order=1).get_fdata(
         dtype=np.float32) for c in image])
-    sigma = input_noise.sigma_hat(image)  # on the scan's own grid, where its noise is white: input_noise
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sigma_z = sigma / input_noise.brain_std(image)
-    info = {"from_voxel_mm": [round(float(z), 3) for z in nib.affines.voxel_sizes(affine)], "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
-            "from_sigma": [input_noise.figure(v) for v in sigma], "from_sigma_z": [input_noise.figure(v) for v in sigma_z],
-            "noise_gain": round(interpolation_noise_gain(affine, image.shape[1:], out_shape, target), 4),
-            "to_voxel_mm": [float(v) for v in step], "to_shape": list(out_shape)}
+    info: dict = {"from_voxel_mm": [round(float(z), 3) for z in nib.affines.voxel_sizes(affine)],
+                  "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
+                  "to_voxel_mm": [float(v) for v in step], "to_shape": list(out_shape)}
+    if noise:
+        sigma = input_noise.sigma_hat(image)  # on the scan's own grid, where its noise is white: input_noise
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sigma_z = sigma / input_noise.brain_std(image)
+        info.update({"from_sigma": [input_noise.figure(v) for v in sigma],
+                     "from_sigma_z": [input_noise.figure(v) for v in sigma_z],
+                     "noise_gain": round(interpolation_noise_gain(affine, image.shape[1:], out_shape, target), 4)})
     logger.info("image resampled onto the model's grid: %s", info)
     return resampled, target, info
 
