@@ -209,3 +209,25 @@ def test_the_demo_line_says_where_a_resampled_scans_noise_was_measured():
     assert line.endswith("FLAGGED: too noisy")
     assert "bench/noise_tolerance" in noise_line(manifest(sigma_z_max=0.3, tolerance=0.419))
     assert "bench/noise_tolerance" in noise_line(manifest(sigma_z_max=0.3, tolerance=0.419, noise_gain=1.0))
+
+
+@pytest.mark.slow
+def test_the_noise_grid_bench_runs_in_a_small_form(tmp_path):
+    """bench/noise_grid end to end on one off-grid phantom, the shipped SUM, at the phantom's noise and twice it:
+    the record, its tolerance for resampled scans and the plot."""
+    import json
+
+    from sparsesight.bench import noise_grid
+
+    out, plot = tmp_path / "record.json", tmp_path / "plot.png"
+    assert noise_grid.main(["--models", "sum", "--cases", "1", "--factors", "1", "2", "--threads", "2",
+                            "--out", str(out), "--plot", str(plot)]) == 0
+    r = json.loads(out.read_text())
+    assert [c["factor"] for c in r["cases"]] == [1, 2] and plot.stat().st_size > 10_000
+    low, high = r["cases"]
+    assert high["sigma_z_own_grid"] > 1.5 * low["sigma_z_own_grid"]  # twice the noise, estimated on its own grid
+    assert high["sigma_z_resampled"] < 0.5 * high["sigma_z_own_grid"] and 0.4 < high["noise_gain"] < 0.7
+    m = r["models"]["sum"]
+    assert m["level"] in (1, 2) and m["sigma_z"] == pytest.approx(
+        next(x["sigma_z"] for x in m["rows"] if x["level"] == m["level"]), abs=1e-4)
+    assert m["flags"]["scans"] == 1 and r["command"].startswith("python -m sparsesight.bench.noise_grid")
