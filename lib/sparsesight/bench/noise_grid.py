@@ -157,11 +157,13 @@ def flag_record(rows: list[dict], model: str) -> dict:
                 "held_and_flagged": int(sum(a and not b for a, b in zip(flags, falls)))}
 
     tol_in = tolerance(level_rows(rows, model))["sigma_z"]
-    loo = {c: tolerance(level_rows(rows, model, leave_out=c))["sigma_z"] for c in {r["case"] for r in rows}}
+    cases = {r["case"] for r in rows}
     served = lambda r: r["models"][model]["sigma_z"]  # noqa: E731
     one_mm = tolerances().get(model, {}).get("sigma_z")
-    out = {"scans": len(judged), "fell": int(sum(f.values())), "served": score(lambda r: served(r) > tol_in),
-           "served_left_out": score(lambda r: served(r) > loo[r["case"]])}
+    out = {"scans": len(judged), "fell": int(sum(f.values())), "served": score(lambda r: served(r) > tol_in)}
+    if len(cases) > 1:  # one case left out leaves none to measure a tolerance on
+        loo = {c: tolerance(level_rows(rows, model, leave_out=c))["sigma_z"] for c in cases}
+        out["served_left_out"] = score(lambda r: served(r) > loo[r["case"]])
     if one_mm is not None:
         out["one_mm_tolerance"] = one_mm
         out["own_grid_vs_1mm"] = score(lambda r: r["sigma_z_own_grid"] > one_mm)
