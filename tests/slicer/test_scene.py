@@ -334,6 +334,36 @@ def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, 
         r[:2] for r in rows}
 
 
+def test_a_resampled_scans_noise_is_shown_with_where_it_was_estimated(mrml, tmp_path, monkeypatch):
+    """A scan resampled onto the model's grid has its noise estimated on its own grid, times the share of it the
+    resampling kept, against the tolerance measured on resampled scans (bench/noise_grid): Slicer's description
+    and the review page's table show the flag, the gain and the own-grid figures."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "apps" / "viewer"))
+    from sparsesight.input_noise import tolerances
+    from sparsesight.runners.segmentation import add_label
+    from sparsesight_viewer.session import ReviewSession
+
+    version = tolerances(resampled=True)["sum"]["version"]
+    rng = np.random.default_rng(0)
+    image = np.stack([np.full(SHAPE, 100.0) + 50 * rng.standard_normal(SHAPE) for _ in range(4)]).astype(np.float32)
+    # as load_on_model_grid reports a scan it resampled: sigma^ on the scan's own grid and the gain
+    resampled = {"from_voxel_mm": [1.2, 0.9, 1.3], "from_axes": "LPS", "from_sigma": [90.0] * 4,
+                 "from_sigma_z": [0.9] * 4, "noise_gain": 0.54}
+    w = BundleWriter("sum", version, "noisy", np.eye(4), SHAPE)
+    add_label(w, np.zeros(SHAPE, np.uint8), image, [1.2, 0.9, 1.3], resampled=resampled)
+    w.write(tmp_path / "b.zip")
+    node = S.load_bundle(mrml, tmp_path / "b.zip").nodes["label"]
+    flags = json.loads(node.GetAttribute(S.ATTR + "flags"))
+    assert len(flags) == 1 and "bench/noise_grid" in flags[0] and f"FLAGGED: {flags[0]}" in node.GetDescription()
+    session = ReviewSession(mrml, workdir=tmp_path / "work")
+    session._use(S.load_bundle(mrml, tmp_path / "b.zip"))
+    rows = set(session.metrics())
+    assert ("label", "input_noise.noise_gain", "0.54") in rows and ("label", "input_noise.flag", flags[0]) in rows
+    assert ("label", "input_noise.own_grid_sigma_z.FLAIR", "0.9") in rows
+    served = next(float(r[2]) for r in rows if r[:2] == ("label", "input_noise.sigma_z_max"))
+    assert served == pytest.approx(90 * 0.54 / image[0].std(), rel=0.02)
+
+
 def test_two_runs_are_two_folders_side_by_side(mrml, bundle):
     path, _ = bundle
     first, second = S.load_bundle(mrml, path), S.load_bundle(mrml, path)
