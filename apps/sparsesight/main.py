@@ -252,6 +252,7 @@ class MyApp(MONAILabelApp):
             request = dict(request)
             image = request.get("image")
             check_infer_request(request)
+            request.pop("series_grids", None)  # the datastore's word only, never the request's
             if isinstance(image, str):
                 if self._is_upload(image, request):
                     request.setdefault("image_id", "upload")
@@ -260,6 +261,10 @@ class MyApp(MONAILabelApp):
                 else:
                     self._check_image_id(image, datastore)
                     request["image_id"] = image
+                    # series a PACS study had resampled onto its reference's grid: their own grid and noise
+                    grids = (datastore or self.datastore()).get_image_info(image).get("series_grids")
+                    if grids:
+                        request["series_grids"] = grids
             if flag(request.get("bundle", False)):
                 request["save_label"] = False  # a bundle is not a label
             return super().infer(request, datastore)

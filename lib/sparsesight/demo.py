@@ -21,7 +21,6 @@ import requests
 from .bundle import read, validate
 from .data.io import load_label
 from .explain.quality import summary
-from .input_noise import WHITE_GAIN
 from .metrics import region_dice
 from .server import MonaiLabelServer
 
@@ -148,9 +147,7 @@ def noise_line(manifest: dict) -> str:
     tol = n.get("tolerance")
     gain = n.get("noise_gain")
     where = f" (on the scan's own grid x {gain:.3f}, what resampling it kept)" if gain is not None else ""
-    held = ("resampled phantoms (bench/noise_grid)" if gain is not None and gain < WHITE_GAIN
-            else "held-out phantoms (bench/noise_tolerance)")
-    return (f"sigma_z {n['sigma_z_max']:.3f}{where}; " + (f"held up to {tol:.3f} on {held}"
+    return (f"sigma_z {n['sigma_z_max']:.3f}{where}; " + (f"held up to {tol:.3f} on {n['tolerance_from']}"
                                                           if tol is not None else n.get("note", "tolerance not measured"))
             + ("; FLAGGED: " + "; ".join(n["flags"]) if n.get("flags") else ""))
 

@@ -31,6 +31,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from . import MODALITIES
 from .ops.haar import dwt
 
 MAD_TO_SIGMA = 0.6745  # median |N(0, 1)|
@@ -38,6 +39,9 @@ NOISE_DICE_DROP = 0.05  # the Dice a region may lose and still count as holding 
 TOLERANCE_FILE = "noise_tolerance.json"
 RESAMPLED_TOLERANCE_FILE = "noise_tolerance_resampled.json"
 WHITE_GAIN = 0.95  # a resampling that keeps more of white noise's sigma than this kept it white (a flip of axes)
+#: where a tolerance was measured, for noise kept white (False) and noise correlated by resampling (True)
+TOLERANCE_FROM = {False: "clean held-out phantoms (bench/noise_tolerance)",
+                  True: "phantoms on other grids with their own noise (bench/noise_grid)"}
 
 
 def sigma_hat(image: np.ndarray) -> np.ndarray:
@@ -81,48 +85,74 @@ def tolerances(resampled: bool = False) -> dict:
     return json.loads(path.read_text())["models"] if path.is_file() else {}
 
 
-def resampled_sigma_z(image: np.ndarray, sigma_own, gain: float) -> np.ndarray:
+def resampled_sigma_z(image: np.ndarray, sigma_own, gain) -> np.ndarray:
     """sigma_z per channel of a scan resampled onto the model's grid (`image`, (C, *S)): sigma^ estimated on its own
-    grid (`sigma_own`, the scan's units; None for a channel without an estimate) times the share `gain` of the
-    noise's standard deviation the resampling kept, over the brain's standard deviation on the model's grid."""
+    grid (`sigma_own`, the scan's units; None for a channel without an estimate) times the share `gain` (one, or
+    one per channel) of the noise's standard deviation the resampling kept, over the brain's standard deviation on
+    the model's grid."""
     own = np.array([np.nan if v is None else v for v in sigma_own], dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return own * gain / brain_std(image)
+        return own * np.asarray(gain, dtype=float) / brain_std(image)
+
+
+def channel_gains(resampled: dict, channels: int) -> np.ndarray:
+    """The share of white noise's sigma each of the first `channels` channels (in MODALITIES order) kept: the scan's
+    resampling (`noise_gain`), or for a series a PACS study had resampled onto the scan's grid first, both
+    resamplings (its `series` entry's `noise_gain`)."""
+    gains = np.full(channels, float(resampled["noise_gain"]))
+    for m, g in (resampled.get("series") or {}).items():
+        gains[MODALITIES.index(m)] = g["noise_gain"]
+    return gains
 
 
 def assess(image: np.ndarray, model: str, version: str, modalities, table: dict | None = None,
            resampled: dict | None = None) -> dict:
     """The manifest's `input_noise`: sigma_z per modality of `image` (the scan on the model's grid), its largest,
     the tolerance measured for this model version (None when it was not measured) and `flags` (empty when the
-    input is within it). `resampled`: what load_on_model_grid did to the scan, when it did (its `from_sigma` and
-    `noise_gain`): sigma_z is then resampled_sigma_z, the entry also says the sigma_z on the scan's own grid and
-    the gain, and the tolerance is the one measured on resampled scans (unless the gain is above WHITE_GAIN: voxel
-    centres moved onto voxel centres). `table`: the tolerances to compare with (default: the package's,
-    tolerances(resampled=...))."""
+    input is within it). `resampled`: what load_on_model_grid did to the scan, when it did (its `from_sigma`,
+    `noise_gain` and `series`): sigma_z is then resampled_sigma_z, the entry also says the sigma_z on the scan's
+    own grid and the gain, and a channel whose noise was correlated by resampling (gain at most WHITE_GAIN; above
+    it, voxel centres moved onto voxel centres) is compared with the tolerance measured on resampled scans, the
+    others with that of scans on the model's grid; `tolerance` is the one of the channel nearest to or furthest
+    above its own (with `tolerance_by_modality` when the channels differ), `tolerance_from` where it was measured.
+    `table`: the tolerances to compare
+    every channel with (default: the package's, tolerances(resampled=...))."""
     own = resampled is not None and "from_sigma" in resampled
-    s = resampled_sigma_z(image, resampled["from_sigma"], resampled["noise_gain"]) if own else sigma_z(image)
+    gains = channel_gains(resampled, len(modalities)) if own else np.ones(len(modalities))  # type: ignore[arg-type]
+    s = resampled_sigma_z(image, resampled["from_sigma"], gains) if own else sigma_z(image)  # type: ignore[index]
     worst = float(np.nanmax(s)) if np.isfinite(s).any() else float("nan")
     # voxel centres that land on voxel centres (a flip of axes) leave the noise white: the model-grid tolerance holds
-    correlated = own and resampled["noise_gain"] < WHITE_GAIN  # type: ignore[index]
-    tol = (tolerances(resampled=correlated) if table is None else table).get(model, {})
-    measured = tol.get("version") == version
+    correlated = [bool(own and g < WHITE_GAIN) for g in gains]
+    tols = [(tolerances(resampled=c) if table is None else table).get(model, {}) for c in correlated]
+    limit = [t.get("sigma_z") if t.get("version") == version else None for t in tols]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.array([v / t if t and np.isfinite(v) else -np.inf for v, t in zip(s, limit)])
+    key = int(np.argmax(ratio)) if np.isfinite(ratio).any() else int(np.nanargmax(np.nan_to_num(s, nan=-np.inf)))
     method = "median |finest Haar detail| / 0.6745 inside the brain, over the brain's standard deviation"
     if own:
         method += (": on the scan's own grid, before it was resampled to the model's, times the share of white noise "
                    "the resampling keeps (noise_gain)")
     out: dict = {"sigma_z": {m: figure(v) for m, v in zip(modalities, s)}, "sigma_z_max": figure(worst),
-                 "method": method, "tolerance": tol.get("sigma_z") if measured else None, "flags": []}
+                 "method": method, "tolerance": limit[key], "tolerance_from": TOLERANCE_FROM[correlated[key]],
+                 "flags": []}
     if own:
-        out["own_grid_sigma_z"] = {m: figure(v) for m, v in zip(modalities, resampled["from_sigma_z"])}
-        out["noise_gain"] = resampled["noise_gain"]
-    bench = "noise_grid" if correlated else "noise_tolerance"
-    if not measured:
-        out["note"] = (f"the noise tolerance of {model} {version[:19]} on {'resampled scans' if correlated else 'its grid'} "
-                       f"was not measured (python -m sparsesight.bench.{bench})")
-    elif np.isfinite(worst) and worst > tol["sigma_z"]:
+        out["own_grid_sigma_z"] = {m: figure(v) for m, v in zip(modalities, resampled["from_sigma_z"])}  # type: ignore[index]
+        out["noise_gain"] = resampled["noise_gain"]  # type: ignore[index]
+        if resampled.get("series"):  # type: ignore[union-attr]
+            out["noise_gain_by_modality"] = {m: float(g) for m, g in zip(modalities, gains)}
+    if len(set(limit)) > 1:
+        out["tolerance_by_modality"] = dict(zip(modalities, limit))
+    missing = sorted({"noise_grid" if c else "noise_tolerance" for c, t in zip(correlated, limit) if t is None})
+    if missing:
+        kinds = " and ".join("resampled scans" if b == "noise_grid" else "its grid" for b in missing)
+        out["note"] = (f"the noise tolerance of {model} {version[:19]} on {kinds} was not measured ("
+                       + ", ".join(f"python -m sparsesight.bench.{b}" for b in missing) + ")")
+    mixed = len(set(correlated)) > 1
+    for m, v, t, c in zip(modalities, s, limit, correlated):
+        if t is None or not np.isfinite(v) or v <= t or (not mixed and v < worst):
+            continue  # one flag for the worst channel, or (channels of both kinds) one per channel over its own
         out["flags"].append(
-            f"input noise sigma_z {worst:.3f} is above {tol['sigma_z']:.3f}, the most at which this model's Dice was "
-            f"measured to stay within {NOISE_DICE_DROP} of its Dice on "
-            + ("phantoms on other grids with their own noise (bench/noise_grid)" if correlated else
-               "clean held-out phantoms (bench/noise_tolerance)") + ": the segmentation may be wrong")
+            f"input noise sigma_z {v:.3f}{f' ({m})' if mixed else ''} is above {t:.3f}, the most at which this "
+            f"model's Dice was measured to stay within {NOISE_DICE_DROP} of its Dice on {TOLERANCE_FROM[c]}: "
+            f"the segmentation may be wrong")
     return out

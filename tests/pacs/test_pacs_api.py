@@ -119,6 +119,31 @@ def test_series_on_another_grid_is_resampled_onto_flair(server, pacs):
     np.testing.assert_allclose(image[::2, ::2, :, 3], t2, atol=1e-3)
 
 
+def test_a_resampled_series_is_checked_on_its_own_grid(trained, server, pacs):
+    """The T2 series, resampled onto FLAIR's grid when the study was assembled, keeps its own grid and noise in the
+    image info (series_grids), and the label's input checks read its noise and slices from there, not from the
+    interpolated channel; a client cannot set that info itself."""
+    uid = pacs.studies["resampled"]
+    info = server.get("/datastore/image/info", params={"image": uid}).json()
+    t2 = info["series_grids"]["T2"]
+    _, _, t2_affine = source_series(pacs, uid, "T2")
+    assert set(info["series_grids"]) == {"T2"} and t2["voxel_mm"] == pytest.approx(
+        np.linalg.norm(t2_affine[:3, :3], axis=0).tolist(), abs=TOL_MM)
+    r = server.post("/infer/mlcsc", params={"image": uid, "output": "json"})
+    assert r.status_code == 200, r.text
+    checks = r.json()["checks"]
+    noise, grid = checks["input_noise"], checks["input_grid"]
+    assert noise["own_grid_sigma_z"]["T2"] == t2["sigma_z"]
+    assert noise["noise_gain_by_modality"]["T2"] == pytest.approx(0.75, abs=0.05)  # 2x in plane, then a flip
+    assert noise["noise_gain_by_modality"]["FLAIR"] == pytest.approx(1.0, abs=0.02)
+    assert grid["series_voxel_mm"]["T2"] == t2["voxel_mm"] and grid["slice_mm"] == max(t2["voxel_mm"])
+    assert grid["slice_mm"] > max(grid["voxel_mm"])  # FLAIR's grid alone would not tell
+    r = server.put("/datastore/image/info", params={"image": uid},
+                   data={"info": json.dumps({"series_grids": {"T2": {**t2, "sigma": 0.0}}})})
+    assert r.status_code == 400 and "written by the server" in r.text
+    assert server.get("/datastore/image/info", params={"image": uid}).json()["series_grids"] == info["series_grids"]
+
+
 def test_a_path_that_is_not_dicomweb_is_a_pacs_error(pacs):
     with pytest.raises(web.PacsError, match="HTTP 404"):
         web.search_series(web.connect(pacs.url + "/not-dicom-web"), {"Modality": "MR"})

@@ -162,6 +162,14 @@ def test_put_label_then_train_changes_version(server):
     checks = r.json()["checks"]
     assert checks["input_noise"]["sigma_z_max"] > 0 and "not measured" in checks["input_noise"]["note"]
     assert len(checks["input_grid"]["voxel_mm"]) == 3 and checks["flags"] == []
+    # series grids are the datastore's word (a PACS study's), never the request's: a forged one changes nothing
+    forged = {"T2": {"shape": [4, 4, 4], "affine": np.diag([9.0, 9.0, 9.0, 1.0]).tolist(), "voxel_mm": [9.0] * 3,
+                     "sigma": 0.0, "sigma_z": 0.0}}
+    r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "json"},
+                    data={"params": json.dumps({"series_grids": forged})})
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"]["input_grid"] == checks["input_grid"]
+    assert r.json()["checks"]["input_noise"] == checks["input_noise"]
 
 
 # ---------------------------------------------------------------------------------------------- active learning
@@ -278,6 +286,12 @@ def _bad_inputs():
          "path"),
         ("image info: unknown image", lambda s: s.get("/datastore/image/info", params={"image": "case_999"}), 404,
          "case_999"),
+        # what the input checks trust (a PACS study's series grids and noise) is the server's to write
+        ("image info: series_grids", lambda s: s.put("/datastore/image/info", params={"image": "case_001"}, data={
+            "info": json.dumps({"series_grids": {"T2": {"sigma": 0}}})}), 400, "written by the server"),
+        ("upload: series_grids in its info", lambda s: s.put(
+            "/datastore/image", params={"image": "new_case"}, files={"file": ("new.nii.gz", image4d(s))},
+            data={"params": json.dumps({"series_grids": {}})}), 400, "written by the server"),
     ]
 
 

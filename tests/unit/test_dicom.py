@@ -89,7 +89,7 @@ def test_assemble_resamples_onto_the_reference_in_one_frame_of_reference():
     vols = {c: (x, affine) for c in ("FLAIR", "T1", "T1ce")}
     vols["T2"] = (x[::2], coarse)
     same = dict.fromkeys(vols, "for")
-    image, out_affine = study.assemble("st", vols, same)
+    image, out_affine, grids = study.assemble("st", vols, same)
     np.testing.assert_array_equal(out_affine, affine)
     assert image.shape == (10, 8, 6, 4)
     np.testing.assert_allclose(image[:9, ..., 3], x[:9], atol=1e-4)  # trilinear is exact on a linear ramp

@@ -199,16 +199,24 @@ def test_a_bundle_of_a_resampled_scan_reports_its_noise_from_its_own_grid(name, 
 
 
 def test_the_demo_line_says_where_a_resampled_scans_noise_was_measured():
+    """The demo prints the label's input_noise as assess wrote it: where the noise was estimated, and which bench
+    measured the tolerance it was held to (assess's tolerance_from)."""
     from sparsesight.demo import noise_line
 
-    def manifest(**noise):
-        return {"outputs": [{"name": "label", "input_noise": {"flags": [], **noise}}]}
+    image = _scan(30.0)
+    version = "sha256:abc"
+    table = {"sum": {"version": version, "sigma_z": 0.01}}
 
-    line = noise_line(manifest(sigma_z_max=0.6, tolerance=0.453, noise_gain=0.54, flags=["too noisy"]))
-    assert line.startswith("sigma_z 0.600 (on the scan's own grid x 0.540") and "bench/noise_grid" in line
-    assert line.endswith("FLAGGED: too noisy")
-    assert "bench/noise_tolerance" in noise_line(manifest(sigma_z_max=0.3, tolerance=0.419))
-    assert "bench/noise_tolerance" in noise_line(manifest(sigma_z_max=0.3, tolerance=0.419, noise_gain=1.0))
+    def line(gain=None):
+        resampled = None if gain is None else {"from_sigma": list(sigma_hat(image)), "from_sigma_z": [0.1, 0.1],
+                                               "noise_gain": gain}
+        entry = assess(image, "sum", version, ["FLAIR", "T1"], table, resampled=resampled)
+        return noise_line({"outputs": [{"name": "label", "input_noise": entry}]})
+
+    assert line(0.54).startswith("sigma_z ") and "(on the scan's own grid x 0.540" in line(0.54)
+    assert "bench/noise_grid" in line(0.54) and "FLAGGED: input noise sigma_z" in line(0.54)
+    assert "bench/noise_tolerance" in line() and "own grid" not in line()
+    assert "bench/noise_tolerance" in line(1.0)  # a flip of axes keeps the noise white
 
 
 @pytest.mark.slow
@@ -232,3 +240,148 @@ def test_the_noise_grid_bench_runs_in_a_small_form(tmp_path):
         next(x["sigma_z"] for x in m["rows"] if x["level"] == m["level"]), abs=1e-4)
     assert m["flags"]["scans"] == 1 and r["command"].startswith("python -m sparsesight.bench.noise_grid")
     assert "served_left_out" not in m["flags"]  # one case: none left to measure a tolerance on without it
+
+
+def _study(tmp_path, t2_sigma: float, flair_affine=None, contrast: float = 3000.0):
+    """A PACS-like study assembled as the PACS datastore does (data.dicom.study.assemble): FLAIR, T1, T1ce on a
+    1 mm grid with white noise of sigma 20, T2 acquired at 2 mm in plane with white noise of `t2_sigma`, resampled
+    onto FLAIR's grid (`contrast`: of the smooth anatomy). Returns the 4-channel file, the series_grids the
+    datastore records and the brain mask."""
+    import nibabel as nib
+
+    from sparsesight.data.dicom import study
+
+    rng = np.random.default_rng(4)
+    shape = (48, 48, 20)
+    brain = np.zeros(shape, bool)
+    brain[4:-4, 4:-4, 2:-2] = True
+    affine = np.eye(4) if flair_affine is None else flair_affine
+    anatomy = ndimage.gaussian_filter(rng.standard_normal(shape), 3) * contrast + 500
+    vols = {c: (np.where(brain, anatomy + 20 * rng.standard_normal(shape), 0).astype(np.float32), affine)
+            for c in ("FLAIR", "T1", "T1ce")}
+    coarse = affine.copy()
+    coarse[:3, :2] *= 2
+    half = brain[::2, ::2]
+    vols["T2"] = (np.where(half, anatomy[::2, ::2] + t2_sigma * rng.standard_normal(half.shape), 0)
+                  .astype(np.float32), coarse)
+    image, out_affine, grids = study.assemble("st", vols, dict.fromkeys(vols, "for"))
+    path = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(image, out_affine), str(path))
+    return path, grids, brain
+
+
+class _OneMillimetre:
+    spacing_mm = (1.0, 1.0, 1.0)
+    n = 4
+
+
+def test_a_series_resampled_when_its_study_was_assembled_reports_the_noise_of_its_own_grid(tmp_path):
+    """A PACS study's T2 on a coarser grid is resampled onto FLAIR's before the file is written: estimated there,
+    its noise looks far weaker. The datastore keeps the series' own grid and sigma^ (series_grids), and the checks
+    take them, with the share of white noise kept through the resampling (0.75 for a 2x in-plane upsampling:
+    half the voxels land on a source voxel, half between two), and its slices for the slice-thickness check."""
+    from sparsesight.runners.segmentation import input_checks, load_on_model_grid
+
+    path, grids, brain = _study(tmp_path, t2_sigma=200.0)
+    assert set(grids) == {"T2"} and grids["T2"]["sigma"] == pytest.approx(200.0, rel=0.1)
+    assert grids["T2"]["voxel_mm"] == [2.0, 2.0, 1.0] and grids["T2"]["shape"] == [24, 24, 20]
+    image, _, none = load_on_model_grid(_OneMillimetre(), path)  # the file is on the model's grid: nothing to say
+    assert none is None
+    image, affine, info = load_on_model_grid(_OneMillimetre(), path, series_grids=grids)
+    assert "from_voxel_mm" not in info and info["noise_gain"] == 1.0  # the file itself was not resampled
+    assert info["series"]["T2"]["from_voxel_mm"] == [2.0, 2.0, 1.0]
+    assert info["series"]["T2"]["noise_gain"] == pytest.approx(0.75, abs=0.03)
+    assert info["from_sigma"][3] == pytest.approx(grids["T2"]["sigma"], rel=1e-3)
+    assert info["from_sigma"][0] == pytest.approx(20.0, rel=0.1)  # FLAIR: its own grid is the file's
+    version = "sha256:abc"
+    table = {"sum": {"version": version, "sigma_z": 1.0}}
+    before = assess(image, "sum", version, list("ABCD"), table)  # the estimate on the file's grid
+    after = assess(image, "sum", version, list("ABCD"), table, resampled=info)
+    t2_std = image[3][np.any(image != 0, 0)].std()
+    assert after["sigma_z"]["D"] == pytest.approx(grids["T2"]["sigma"] * info["series"]["T2"]["noise_gain"] / t2_std,
+                                                  rel=1e-3)
+    assert before["sigma_z"]["D"] < after["sigma_z"]["D"] / 2  # interpolation hid most of it from the finest band
+    assert after["sigma_z"]["A"] == pytest.approx(before["sigma_z"]["A"], rel=0.02)
+    assert after["noise_gain_by_modality"] == {"A": 1.0, "B": 1.0, "C": 1.0, "D": info["series"]["T2"]["noise_gain"]}
+    between = {"sum": {"version": version, "sigma_z": (before["sigma_z"]["D"] + after["sigma_z"]["D"]) / 2}}
+    assert assess(image, "sum", version, list("ABCD"), between)["flags"] == []
+    assert len(assess(image, "sum", version, list("ABCD"), between, resampled=info)["flags"]) == 1
+    checks = input_checks(image, [1.0, 1.0, 1.0], "sum", version, resampled=info)
+    grid = checks["input_grid"]
+    assert grid["voxel_mm"] == [1.0, 1.0, 1.0] and grid["slice_mm"] == 2.0
+    assert grid["series_voxel_mm"] == {"T2": [2.0, 2.0, 1.0]}
+
+
+def test_series_grids_through_a_second_resampling_and_channels_of_both_kinds(tmp_path):
+    """A study whose reference grid is not the model's goes through two resamplings: the gain of both
+    (chained_noise_gain) is less than the first's alone. Its channels then hold noise of two kinds: FLAIR's is
+    white after a flip of axes, T2's correlated, and each is held to the tolerance measured for its kind."""
+    from sparsesight.runners.segmentation import load_on_model_grid
+
+    flipped = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flipped[:2, 3] = 47.0
+    path, grids, _ = _study(tmp_path, t2_sigma=200.0, flair_affine=flipped)
+    image, _, info = load_on_model_grid(_OneMillimetre(), path, series_grids=grids)
+    assert info["noise_gain"] == pytest.approx(1.0, abs=0.01)  # a flip: voxel centres onto voxel centres
+    assert info["series"]["T2"]["noise_gain"] == pytest.approx(0.75, abs=0.03)
+    # FLAIR on 1.3 x 1.1 x 1.2 mm: T2 goes 2x up onto it, then onto 1 mm. Smoothed noise loses less in the second
+    # step than white noise would: the product of the two white-noise gains would understate it
+    oblique = np.diag([1.3, 1.1, 1.2, 1.0])
+    path, grids, _ = _study(tmp_path, t2_sigma=200.0, flair_affine=oblique, contrast=0.0)
+    image, _, info = load_on_model_grid(_OneMillimetre(), path, series_grids=grids)
+    gain = info["series"]["T2"]["noise_gain"]
+    assert 0.45 < info["noise_gain"] < 0.7 and 0.75 * info["noise_gain"] + 0.05 < gain < 0.75
+    # and it is what the model sees: the T2 channel on the model's grid (flat anatomy, away from the brain's edge)
+    inner = ndimage.binary_erosion(np.all(image != 0, 0), iterations=3)
+    assert image[3][inner].std() == pytest.approx(grids["T2"]["sigma"] * gain, rel=0.05)
+
+    path, grids, _ = _study(tmp_path, t2_sigma=200.0, flair_affine=flipped)
+    image, _, info = load_on_model_grid(_OneMillimetre(), path, series_grids=grids)
+    version = "sha256:abc"
+    white = {"sum": {"version": version, "sigma_z": 0.01}}
+    correlated = {"sum": {"version": version, "sigma_z": 10.0}}
+    from sparsesight import input_noise
+
+    input_noise.tolerances.cache_clear()
+    real = input_noise.tolerances
+    try:  # the package's two tables, swapped for two that tell the kinds apart
+        input_noise.tolerances = lambda resampled=False: correlated if resampled else white  # type: ignore
+        out = input_noise.assess(image, "sum", version, list("ABCD"), resampled=info)
+    finally:
+        input_noise.tolerances = real
+    assert out["tolerance_by_modality"] == {"A": 0.01, "B": 0.01, "C": 0.01, "D": 10.0}
+    assert len(out["flags"]) == 3 and all("(D)" not in f and "noise_tolerance" in f for f in out["flags"])
+
+
+def test_malformed_series_grids_are_left_out():
+    """series_grids come from the datastore's image info; one that is not well formed (or would make the noise
+    simulation allocate a huge grid) is ignored, and its channel's noise is read on the file's grid."""
+    from sparsesight.runners.segmentation import MAX_SERIES_VOXELS, checked_series_grids
+
+    good = {"shape": [4, 4, 4], "affine": np.eye(4).tolist(), "voxel_mm": [1.0, 1.0, 1.0], "sigma": 2.0,
+            "sigma_z": 0.1}
+    huge = {**good, "shape": [MAX_SERIES_VOXELS, 2, 1]}
+    flat = {**good, "affine": np.diag([1.0, 1.0, 0.0, 1.0]).tolist()}
+    assert set(checked_series_grids({"T2": good, "T1": huge, "T1ce": flat, "PD": good, "FLAIR": {"shape": 3}},
+                                    4)) == {"T2"}
+    assert checked_series_grids("not a dict", 4) == {} and checked_series_grids({"T2": good}, 2) == {}
+
+
+@pytest.mark.slow
+def test_the_series_noise_bench_runs_in_a_small_form(tmp_path):
+    """bench/series_noise end to end on one 2 mm phantom at one noise level: the served T2 noise is the noise the
+    network sees, the estimate on the assembled file is not, and the record holds the tables' figures."""
+    import json
+
+    from sparsesight.bench import series_noise
+
+    out, png = tmp_path / "series_noise.json", tmp_path / "series_noise.png"
+    assert series_noise.main(["--cases", "1", "--factors", "3", "--downsample", "2", "--threads", "2",
+                              "--out", str(out), "--plot", str(png)]) == 0
+    r = json.loads(out.read_text())
+    assert len(r["rows"]) == len(series_noise.SERIES_GRIDS) and png.stat().st_size > 10_000
+    for row in r["rows"]:  # (the own-grid sigma^ of 4 mm voxels carries some anatomy: 5-12 % high here)
+        assert row["served_over_truth"] == pytest.approx(1.0, abs=0.15), row
+        assert row["before_over_truth"] < 0.6 and row["truth_over_put_in_x_gain"] == pytest.approx(1.0, abs=0.05)
+    assert r["command"].startswith("python -m sparsesight.bench.series_noise --cases 1")
+    assert series_noise.summary_lines(r)[1].startswith("served (its own grid x chained gain): ")

@@ -530,3 +530,21 @@ def test_label_consistency_thresholds_are_those_of_the_recorded_run_of_the_shipp
                 f"{len(wt['missed_aim_flagged_loo'])} of the {len(wt['missed_aim'])} segmentations below the WT aim")
 
     _check_tolerance_record("label_consistency.json", markdown_table, thresholds, sentences, command="`{}`")
+
+
+def test_series_noise_figures_are_those_of_the_recorded_run():
+    """The noise of a PACS study's series resampled onto FLAIR's grid (bench/series_noise): the READMEs quote its
+    table, summary and command."""
+    from sparsesight.bench.series_noise import markdown_table, summary_lines
+
+    r = json.loads((ROOT / "bench" / "results" / "series_noise.json").read_text())
+    bench = " ".join((ROOT / "bench" / "README.md").read_text().split())
+    for line in markdown_table(r) + summary_lines(r):
+        assert line in bench, line
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"`{r['command']}`" in bench and f"`{r['command']}`" in readme
+    b, s = r["summary"]["before"], r["summary"]["served"]
+    assert f"the T2's noise read {b['min']:.2f}-{b['max']:.2f} of the noise the network sees" in readme
+    assert f"`input_noise.noise_gain_by_modality`): {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}) of what" in readme
+    assert f"read {b['min']:.2f}-{b['max']:.2f} of what the network sees, from the series' own grid × the chained " \
+           f"gain {s['min']:.2f}-{s['max']:.2f}" in readme

@@ -45,6 +45,7 @@ from sparsesight.atomic import fsync_dir, write_durably
 from sparsesight.data import io as sio
 
 from .http_errors import (
+    BAD_REQUEST,
     CONFLICT,
     NOT_FOUND,
     UNPROCESSABLE,
@@ -58,6 +59,16 @@ from .http_errors import (
 logger = logging.getLogger(__name__)
 
 CHANNELS = 4  # FLAIR, T1, T1ce, T2 (docs/ARCHITECTURE.md, data conventions)
+#: image info only the server writes (a PACS study's resampled series, which the input checks trust)
+SERVER_INFO = ("series_grids",)
+
+
+def check_client_info(info) -> None:
+    """400 for image info that sets what only the server may (SERVER_INFO)."""
+    taken = sorted(k for k in SERVER_INFO if isinstance(info, dict) and k in info)
+    if taken:
+        raise refuse(BAD_REQUEST, f"image info {taken} is written by the server (a PACS study's series), not by a "
+                                  f"request")
 NIFTI_EXTENSIONS = ("*.nii.gz", "*.nii")
 TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # ".<name>.<uuid hex>.tmp": an interrupted write of ours
 STALE_UPLOAD_SECONDS = 3600  # our upload work folders in TMPDIR older than this belong to a dead process
@@ -234,6 +245,12 @@ class SparseSightDatastore(LocalDatastore):
     # ------------------------------------------------------------------ writes
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         with http_errors():
+            check_client_info(image_info)
+        return self._add_image(image_id, image_filename, image_info)
+
+    def _add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        """add_image with the server's own image info (SERVER_INFO) allowed."""
+        with http_errors():
             if not image_id:  # the stock endpoint passes the upload's file name stem when no id is given
                 image_id, _ = self._to_id(os.path.basename(image_filename))
             check_new_id(image_id)
@@ -339,6 +356,8 @@ class SparseSightDatastore(LocalDatastore):
         return info
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        with http_errors():
+            check_client_info(info)
         self._object(image_id)
         return super().update_image_info(image_id, info)
 

@@ -229,17 +229,19 @@ class PacsDatastore(SparseSightDatastore):
                 frames[channel] = str(instances[0].get("FrameOfReferenceUID", ""))
                 if channel == study.REFERENCE:
                     reference = instances[0]
-            image, affine = study.assemble(study_uid, volumes, frames, resample=self._resample)
+            image, affine, grids = study.assemble(study_uid, volumes, frames, resample=self._resample)
             info: Dict[str, Any] = {
                 "source": "pacs", "StudyInstanceUID": study_uid,
                 "series": {c: s.uid for c, s in chosen.items()}, "reference_series": chosen[study.REFERENCE].uid,
                 "PatientID": str(getattr(reference, "PatientID", "")),
                 "StudyDate": str(getattr(reference, "StudyDate", "")),
             }
+            if grids:  # series resampled onto the reference's grid: their own grid and noise, for the input checks
+                info["series_grids"] = grids
             with tempfile.TemporaryDirectory(prefix="sparsesight-pacs-") as work:
                 path = os.path.join(work, "image.nii.gz")
                 sio.save_nifti(image, affine, path)
-                super().add_image(study_uid, path, info)
+                self._add_image(study_uid, path, info)
             logger.info(f"fetched study {study_uid} from {self._url}: {image.shape}")
 
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:

@@ -46,3 +46,14 @@ def write_record(res: dict, name: str, argv, path: Path) -> None:
     res["command"] = " ".join([f"python -m sparsesight.bench.{name}", *(sys.argv[1:] if argv is None else argv)])
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(path, (json.dumps(res, indent=1) + "\n").encode())
+
+
+def publish(res: dict, name: str, argv, path: Path, plot=None, plot_path: Path | None = None, lines=()) -> None:
+    """A bench's ending: its record written (write_record), its plot drawn (`plot(res, plot_path)`), the lines of
+    each of `lines` (functions of the record: tables, summaries) printed, then where it all went."""
+    write_record(res, name, argv, path)
+    if plot is not None:
+        plot(res, plot_path)
+    for make in lines:
+        print("\n".join(make(res)))
+    print(f"written: {path}" + (f", {plot_path}" if plot is not None else ""))

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..input_noise import NOISE_DICE_DROP, sigma_z
-from . import setup_process, shipped_weights_parser, write_record
+from . import publish, setup_process, shipped_weights_parser
 from .noise_tolerance import tolerance
 
 logger = logging.getLogger(__name__)
@@ -262,12 +262,7 @@ def main(argv=None) -> int:
         p.error("--factors must be increasing and start at 1")
     setup_process(a.threads)
     res = run(a.models, a.cases, a.factors, a.seed)
-    write_record(res, "noise_grid", argv, a.out)
-    plot(res, a.plot)
-    print("\n".join(markdown_table(res)))
-    print("\n".join(flag_table(res)))
-    print("\n".join(summary_lines(res)))
-    print(f"written: {a.out}, {a.plot}")
+    publish(res, "noise_grid", argv, a.out, plot, a.plot, (markdown_table, flag_table, summary_lines))
     return 0
 
 

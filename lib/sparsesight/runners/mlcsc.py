@@ -62,10 +62,11 @@ def _params_plot(rows: list[dict]) -> bytes:
 
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None,
-               device="cpu", **options) -> Path:
+               device="cpu", series_grids: dict | None = None, **options) -> Path:
     """Segment `image_path` and write the result bundle (docs/ARCHITECTURE.md) with the model's interpretable outputs.
 
     `outputs` selects from BUNDLE_OUTPUTS (None: all). Volumes share the input's affine and shape.
+    `series_grids`: the own grids of series a PACS study had resampled onto one (segmentation.load_on_model_grid).
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS).
     """
     from ..explain import quality, served
@@ -85,7 +86,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     if unknown:
         raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)} "
                            f"(components:<modality> for one modality's components)")
-    image, affine, resampled = load_on_model_grid(model, image_path)  # the bundle lives on the model's grid
+    image, affine, resampled = load_on_model_grid(model, image_path,  # the bundle lives on the model's grid
+                                                series_grids=series_grids)
     shape = image.shape[1:]
     w = BundleWriter(name, version, image_id, affine, shape, modalities=list(MODALITIES))
     if resampled:

@@ -91,50 +91,134 @@ def interpolation_noise_gain(affine: np.ndarray, shape, out_shape, target: np.nd
     of unit white noise on the image's grid (`shape`, `affine`) resampled onto a block of `block`^3 voxels at the
     centre of the model's grid (`out_shape`, `target`), over the block's voxels inside the image. 1 when the grids
     coincide (a flip of axes), (2/3)^(3/2) = 0.54 on average for unaligned grids."""
+    return chained_noise_gain([(shape, affine), (out_shape, target)], block, seed)
+
+
+def chained_noise_gain(grids: list, block: int = 48, seed: int = 0) -> float:
+    """The share of white noise's standard deviation kept through trilinear resamplings from grid to grid
+    (`grids`: [(shape, affine), ...], the first the one the noise is white on): the std of unit white noise on
+    the first grid after it was resampled onto each next grid in turn, over a block of `block`^3 voxels at the
+    centre of the last grid (each grid between cut to the block's footprint) inside the first grid's field of view.
+    Two steps: a series resampled onto another's grid when a study is assembled (data.dicom.study.assemble),
+    then onto the model's grid; 1.0 when too few voxels are inside."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
+    (shape, affine), (out_shape, target) = grids[0], grids[-1]
+    target = np.asarray(target, dtype=float)
     start = [max(0, (n - block) // 2) for n in out_shape]
     size = tuple(min(block, n) for n in out_shape)
     sub = target.copy()
     sub[:3, 3] = target[:3, :3] @ np.array(start, dtype=float) + target[:3, 3]
+    chain = [_footprint(g, (size, sub)) for g in grids[1:-1]] + [(size, sub)]
     noise = np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
-    inside = resample_from_to(nib.Nifti1Image(np.ones(tuple(shape), np.float32), affine), (size, sub),
-                              order=1).get_fdata(dtype=np.float32) > 0.999
-    moved = resample_from_to(nib.Nifti1Image(noise, affine), (size, sub), order=1).get_fdata(dtype=np.float32)
-    return float(moved[inside].std()) if inside.sum() > 100 else 1.0
+    ones = np.ones(tuple(shape), np.float32)
+    here = np.asarray(affine, dtype=float)
+    for grid in chain:
+        noise = resample_from_to(nib.Nifti1Image(noise, here), grid, order=1).get_fdata(dtype=np.float32)
+        ones = resample_from_to(nib.Nifti1Image(ones, here), grid, order=1).get_fdata(dtype=np.float32)
+        here = grid[1]
+    inside = ones > 0.999
+    return float(noise[inside].std()) if inside.sum() > 100 else 1.0
 
 
-def load_on_model_grid(model, image_path, noise: bool = True) -> tuple[np.ndarray, np.ndarray, dict | None]:
+def _footprint(grid, block, margin: int = 2):
+    """The part of `grid` (shape, affine) that the trilinear resampling onto `block` (shape, affine) reads, with
+    `margin` voxels more: (shape, affine) of that sub-grid."""
+    shape, affine = tuple(int(n) for n in grid[0]), np.asarray(grid[1], dtype=float)
+    bshape, baffine = block
+    corners = np.array([[i, j, k, 1] for i in (0, bshape[0] - 1) for j in (0, bshape[1] - 1)
+                        for k in (0, bshape[2] - 1)], dtype=float)
+    ijk = (np.linalg.inv(affine) @ baffine @ corners.T)[:3]
+    lo = np.clip(np.floor(ijk.min(1)).astype(int) - margin, 0, np.array(shape) - 1)
+    hi = np.clip(np.ceil(ijk.max(1)).astype(int) + margin, 0, np.array(shape) - 1)
+    sub = affine.copy()
+    sub[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return tuple(int(n) for n in hi - lo + 1), sub
+
+
+def load_on_model_grid(model, image_path, noise: bool = True,
+                       series_grids: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
     """(image (C, X, Y, Z), affine, resampling) with the image on the model's grid: an image of another voxel size,
     orientation or obliquity is resampled (trilinear) onto RAS axes at the training voxel size, covering the
     same field of view; `resampling` says from what (None when nothing was done): the voxel size and axes, the
     noise per channel estimated on the scan's own grid (input_noise.sigma_hat, and sigma_z) and the share of it
     the resampling keeps (interpolation_noise_gain), which input_noise.assess reports the noise from (not with
-    `noise` False: training data, made in forked worker processes where torch, which sigma_hat uses, can hang)."""
+    `noise` False: training data, made in forked worker processes where torch, which sigma_hat uses, can hang).
+
+    `series_grids`: {channel: data.dicom.study.series_grid} of channels that were themselves resampled onto the
+    file's grid when a PACS study was assembled (the datastore's image info): their noise is taken from their own
+    grid, kept through both resamplings (chained_noise_gain), and `resampling` gets a `series` entry with their
+    voxel size and gain, even when the file itself is on the model's grid (then without `from_voxel_mm`)."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
     image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
     grid = model_grid_box(model, affine, image.shape[1:])
-    if grid is None:
+    series = checked_series_grids(series_grids, image.shape[0]) if noise else {}
+    if grid is None and not series:
         return image, affine, None
-    out_shape, target = grid
-    step = np.diag(target)[:3]
-    resampled = np.stack([resample_from_to(nib.Nifti1Image(c, affine), (out_shape, target), order=1).get_fdata(
-        dtype=np.float32) for c in image])
-    info: dict = {"from_voxel_mm": [round(float(z), 3) for z in nib.affines.voxel_sizes(affine)],
-                  "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
-                  "to_voxel_mm": [float(v) for v in step], "to_shape": list(out_shape)}
+    info: dict = {}
+    if grid is None:
+        out_shape, target, resampled = tuple(image.shape[1:]), affine, image
+    else:
+        out_shape, target = grid
+        resampled = np.stack([resample_from_to(nib.Nifti1Image(c, affine), (out_shape, target), order=1).get_fdata(
+            dtype=np.float32) for c in image])
+        info.update({"from_voxel_mm": [round(float(z), 3) for z in nib.affines.voxel_sizes(affine)],
+                     "from_axes": "".join(nib.orientations.aff2axcodes(affine)),
+                     "to_voxel_mm": [float(v) for v in np.diag(target)[:3]], "to_shape": list(out_shape)})
     if noise:
         sigma = input_noise.sigma_hat(image)  # on the scan's own grid, where its noise is white: input_noise
         with np.errstate(invalid="ignore", divide="ignore"):
             sigma_z = sigma / input_noise.brain_std(image)
+        gain = 1.0 if grid is None else interpolation_noise_gain(affine, image.shape[1:], out_shape, target)
+        for channel, g in series.items():  # resampled before the file was written: their own grid's figures
+            c = MODALITIES.index(channel)
+            sigma[c], sigma_z[c] = (np.nan if g[k] is None else g[k] for k in ("sigma", "sigma_z"))
+            steps = [(g["shape"], np.asarray(g["affine"])), (image.shape[1:], affine)]
+            if grid is not None:
+                steps.append((out_shape, target))
+            info.setdefault("series", {})[channel] = {"from_voxel_mm": g["voxel_mm"],
+                                                      "noise_gain": round(chained_noise_gain(steps), 4)}
         info.update({"from_sigma": [input_noise.figure(v) for v in sigma],
-                     "from_sigma_z": [input_noise.figure(v) for v in sigma_z],
-                     "noise_gain": round(interpolation_noise_gain(affine, image.shape[1:], out_shape, target), 4)})
+                     "from_sigma_z": [input_noise.figure(v) for v in sigma_z], "noise_gain": round(gain, 4)})
     logger.info("image resampled onto the model's grid: %s", info)
     return resampled, target, info
+
+
+def regridded(resampled: dict | None) -> bool:
+    """Whether load_on_model_grid resampled the file itself (not only reported its series' own grids)."""
+    return bool(resampled) and "to_shape" in resampled  # type: ignore[operator]
+
+
+#: the largest series grid a datastore's series_grids may name (its noise is simulated on it)
+MAX_SERIES_VOXELS = 512**3
+
+
+def checked_series_grids(grids, channels: int) -> dict:
+    """The well-formed entries of a datastore's series_grids (data.dicom.study.series_grid) for the first
+    `channels` modalities; one that is not (a channel, a 3D shape within MAX_SERIES_VOXELS, an invertible finite
+    affine, finite voxel sizes and sigmas) is left out with a warning, so the checks fall back to the file's grid."""
+    out: dict = {}
+    for channel, g in (grids or {}).items() if isinstance(grids, dict) else ():
+        try:
+            shape = [int(n) for n in g["shape"]]
+            a = np.asarray(g["affine"], dtype=float)
+            sig = [None if g[k] is None else float(g[k]) for k in ("sigma", "sigma_z")]
+            voxel = [float(v) for v in g["voxel_mm"]]
+            ok = (channel in MODALITIES[:channels] and len(shape) == 3 and min(shape) > 0
+                  and int(np.prod(shape)) <= MAX_SERIES_VOXELS and a.shape == (4, 4) and np.isfinite(a).all()
+                  and abs(np.linalg.det(a[:3, :3])) > 1e-9 and len(voxel) == 3 and np.isfinite(voxel).all()
+                  and all(v is None or (np.isfinite(v) and v >= 0) for v in sig))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if ok:
+            out[channel] = {"shape": shape, "affine": a, "voxel_mm": voxel, "sigma": sig[0], "sigma_z": sig[1]}
+        else:
+            logger.warning("series_grids entry %r is malformed; its channel's noise is estimated on the file's grid",
+                           channel)
+    return out
 
 
 def back_to_image_grid(label: np.ndarray, label_affine: np.ndarray, image_path) -> np.ndarray:
@@ -148,15 +232,17 @@ def back_to_image_grid(label: np.ndarray, label_affine: np.ndarray, image_path) 
                       dtype=np.uint8)
 
 
-def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | None = None, **options):
+def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | None = None,
+                 series_grids: dict | None = None, **options):
     """Label map (X, Y, Z) uint8 and affine of the 4-channel image file `image_path` (the infer task's default);
     an attribution map instead when `options` ask for one (explain.served: attribution=..., attribution_nifti).
     An image on another grid than the model's is segmented on the model's grid and the label put back on the
     image's grid (an attribution map stays on the model's grid, with its affine).
 
     `checks_for` = (model name, version): a third item, the input checks a bundle's label carries (input_checks:
-    noise and slice thickness against the tolerances measured for that version; None for an attribution map)."""
-    image, affine, resampled = load_on_model_grid(model, image_path)
+    noise and slice thickness against the tolerances measured for that version; None for an attribution map).
+    `series_grids`: of a PACS study whose series were resampled onto one grid (load_on_model_grid)."""
+    image, affine, resampled = load_on_model_grid(model, image_path, series_grids=series_grids)
     from ..explain.served import nifti_map
     amap = nifti_map(model.to(device), normalise(image).to(device), options)
     if amap is not None:
@@ -164,7 +250,7 @@ def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | 
     label = predict(model, image, device)
     checks = None if checks_for is None else input_checks(image, input_voxel_mm(affine, resampled), *checks_for,
                                                           resampled=resampled)
-    if resampled is not None:
+    if regridded(resampled):
         label, affine = back_to_image_grid(label, affine, image_path), load_image_affine(image_path)
     return (label, affine) if checks is None else (label, affine, checks)
 
@@ -174,8 +260,9 @@ def input_checks(image: np.ndarray | None, voxel: list[float] | None, model: str
     """The input checks of a label and all their flags in one list (`flags`): with the `image` it was segmented
     from (C, X, Y, Z, on the model's grid; `resampled`: what load_on_model_grid did to the scan, if anything), its
     noise against the noise the model version was measured to hold up on (input_noise.assess: `input_noise`,
-    flagged when above); with the input's `voxel` size (input_voxel_mm), its slice thickness against the thickest
-    slices measured to hold up (input_grid.assess: `input_grid`, flagged when above). What the plain label answer
+    flagged when above); with the input's `voxel` size (input_voxel_mm, and the voxel sizes of the series a PACS
+    study had resampled onto its grid), its slice thickness against the thickest slices measured to hold up
+    (input_grid.assess: `input_grid`, flagged when above). What the plain label answer
     carries (its params' `checks`) and the bundle's label entry (add_label)."""
     from .. import input_grid
 
@@ -183,7 +270,8 @@ def input_checks(image: np.ndarray | None, voxel: list[float] | None, model: str
     if image is not None:
         out["input_noise"] = input_noise.assess(image, model, version, MODALITIES[: image.shape[0]], resampled=resampled)
     if voxel is not None:
-        out["input_grid"] = input_grid.assess(voxel, model, version)
+        series = {c: g["from_voxel_mm"] for c, g in ((resampled or {}).get("series") or {}).items()}
+        out["input_grid"] = input_grid.assess(voxel, model, version, series=series or None)
     out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
     return out
 
@@ -198,7 +286,9 @@ def input_voxel_mm(affine: np.ndarray, resampled: dict | None) -> list[float]:
     """The voxel size of the image as it came in: before the resampling `load_on_model_grid` reported, if any."""
     import nibabel as nib
 
-    return list(resampled["from_voxel_mm"]) if resampled else [float(v) for v in nib.affines.voxel_sizes(affine)]
+    if resampled and "from_voxel_mm" in resampled:
+        return list(resampled["from_voxel_mm"])
+    return [float(v) for v in nib.affines.voxel_sizes(affine)]
 
 
 def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None,

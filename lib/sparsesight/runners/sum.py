@@ -85,12 +85,13 @@ def params_plot(rows: list[dict]) -> bytes:
 
 
 def run_bundle(model, name: str, version: str, image_path, image_id: str, out_path, outputs=None, device="cpu",
-               alpha=None, **options) -> Path:
+               alpha=None, series_grids: dict | None = None, **options) -> Path:
     """Segment `image_path` with SUM and write the result bundle (docs/ARCHITECTURE.md) with its denoising explanations.
 
     `outputs` selects from BUNDLE_OUTPUTS (None: all); `alpha` scales the thresholds (default: the model's, 1).
     `options`: attribution maps with their faithfulness (explain.served.INFER_OPTIONS), computed at that alpha.
     Volumes share the input's affine and shape; the manifest records alpha.
+    `series_grids`: the own grids of series a PACS study had resampled onto one (segmentation.load_on_model_grid).
     """
     from ..explain import quality, served
 
@@ -100,7 +101,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     unknown = sorted(set(wanted) - set(BUNDLE_OUTPUTS))
     if unknown:
         raise InvalidInput(f"unknown bundle outputs {unknown}; choose from {list(BUNDLE_OUTPUTS)}")
-    image, affine, resampled = segmentation.load_on_model_grid(model, image_path)  # on the model's grid
+    image, affine, resampled = segmentation.load_on_model_grid(model, image_path,  # on the model's grid
+                                                                series_grids=series_grids)
     w = BundleWriter(name, version, image_id, affine, image.shape[1:], modalities=list(MODALITIES), alpha=a)
     if resampled:
         w.manifest["resampled"] = resampled

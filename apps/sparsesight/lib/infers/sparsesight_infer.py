@@ -110,6 +110,8 @@ class SparseSightInfer(InferTask):
         # the model's own options, only those the request sets (the runner keeps its defaults otherwise)
         opts = {k: request[k] for k in self.options if k in request and request[k] is not None}
         params = {"model": self.name, "model_version": version, "image": image_id, "device": device, **opts}
+        if getattr(self.runner, "INPUT_CHECKS", False) and request.get("series_grids"):
+            opts["series_grids"] = request["series_grids"]  # set by the app from the datastore (a PACS study)
         if flag(request.get("bundle", False)):
             fd, out = tempfile.mkstemp(prefix=f"{self.name}-{image_id}-", suffix=".zip")
             os.close(fd)

@@ -117,13 +117,15 @@ def resample_onto(volume, affine, shape, ref_affine) -> np.ndarray:
 
 
 def assemble(study_uid: str, volumes: dict[str, tuple[np.ndarray, np.ndarray]], frames: dict[str, str],
-             resample: bool = True, reference: str = REFERENCE) -> tuple[np.ndarray, np.ndarray]:
-    """(channel-last 4D image in MODALITIES order, RAS affine) from {channel: (volume, affine)}.
+             resample: bool = True, reference: str = REFERENCE) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(channel-last 4D image in MODALITIES order, RAS affine, series_grids) from {channel: (volume, affine)}.
 
     ``frames``: {channel: FrameOfReferenceUID}. Series on other grids are resampled onto ``reference``'s grid
-    when ``resample`` and they share its frame of reference; otherwise InvalidInput naming them."""
+    when ``resample`` and they share its frame of reference; otherwise InvalidInput naming them. ``series_grids``:
+    {channel: series_grid(...)} of the resampled series (what the image alone no longer says: their own grid and
+    the noise on it, for the input checks, runners.segmentation.load_on_model_grid)."""
     ref_vol, ref_aff = volumes[reference]
-    channels = []
+    channels, grids = [], {}
     for channel in MODALITIES:
         vol, aff = volumes[channel]
         if not same_grid(vol.shape, aff, ref_vol.shape, ref_aff):
@@ -138,6 +140,23 @@ def assemble(study_uid: str, volumes: dict[str, tuple[np.ndarray, np.ndarray]], 
                 raise InvalidInput(
                     f"study {study_uid}: {channel} ({grid}) is on another grid than {reference} ({ref_grid}); "
                     f"resampling is off (--conf pacs_resample false)")
+            grids[channel] = series_grid(vol, aff)
             vol = resample_onto(vol, aff, ref_vol.shape, ref_aff)
         channels.append(np.asarray(vol, dtype=np.float32))
-    return np.stack(channels, axis=-1), ref_aff
+    return np.stack(channels, axis=-1), ref_aff, grids
+
+
+def series_grid(volume: np.ndarray, affine: np.ndarray) -> dict:
+    """A series' own grid (shape, RAS affine, voxel size) and the noise sigma^ estimated on it, where its noise is
+    still white (input_noise.sigma_hat; `sigma_z` over its brain's standard deviation): what a scan resampled
+    onto another series' grid needs to report its noise and slice thickness (JSON-ready)."""
+    from ... import input_noise
+
+    x = np.asarray(volume, dtype=np.float32)[None]
+    sigma = input_noise.sigma_hat(x)[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma_z = sigma / input_noise.brain_std(x)[0]
+    a = np.asarray(affine, dtype=float)
+    return {"shape": [int(n) for n in volume.shape], "affine": [[float(v) for v in row] for row in a],
+            "voxel_mm": [round(float(v), 3) for v in np.linalg.norm(a[:3, :3], axis=0)],
+            "sigma": float(sigma) if np.isfinite(sigma) else None, "sigma_z": input_noise.figure(sigma_z)}
