@@ -57,3 +57,16 @@ def publish(res: dict, name: str, argv, path: Path, plot=None, plot_path: Path |
     for make in lines:
         print("\n".join(make(res)))
     print(f"written: {path}" + (f", {plot_path}" if plot is not None else ""))
+
+
+def load_shipped(name: str):
+    """(model, checkpoint meta, model card) of the shipped weights of `name`, checked against their card as the
+    server checks them (model_card.verify): a bench of the shipped weights measures what is served."""
+    from .. import checkpoint, model_card
+    from ..pretrain import PRETRAINED
+
+    path = PRETRAINED / f"{name}.pt"
+    model, meta = checkpoint.load(path)
+    card = model_card.read(path)
+    model_card.verify(path, meta, card)
+    return model, meta, card

@@ -31,7 +31,7 @@ import torch
 
 from .. import REGIONS
 from ..label_consistency import AIMS
-from . import setup_process, shipped_weights_parser, write_record
+from . import load_shipped, setup_process, shipped_weights_parser, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +107,7 @@ def cases(seed: int, n_held_out: int, n_off_grid: int, work: Path, tmp: Path) ->
 
 
 def run(models: list[str], seed: int, n_held_out: int, n_off_grid: int, work: Path) -> dict:
-    from .. import checkpoint, model_card
     from ..metrics import region_dice
-    from ..pretrain import PRETRAINED
 
     out: dict = {"aims": AIMS, "mirror": "left-right", "models": {}}
     with tempfile.TemporaryDirectory(prefix="label_consistency_") as tmp:
@@ -118,9 +116,7 @@ def run(models: list[str], seed: int, n_held_out: int, n_off_grid: int, work: Pa
                        f"{n_off_grid} off-grid phantoms (random grids; the cards evaluate the first 4) and their "
                        f"tumours on the plain 1 mm grid")
         for name in models:
-            path = PRETRAINED / f"{name}.pt"
-            model, meta = checkpoint.load(path)
-            model_card.verify(path, meta, model_card.read(path))  # the shipped weights, as served
+            model, meta, _ = load_shipped(name)
             rows = []
             for k, it in enumerate(items, start=1):
                 seg = segment(model, it["image"])

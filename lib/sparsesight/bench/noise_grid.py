@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..input_noise import NOISE_DICE_DROP, sigma_z
-from . import publish, setup_process, shipped_weights_parser
+from . import load_shipped, publish, setup_process, shipped_weights_parser
 from .noise_tolerance import tolerance
 
 logger = logging.getLogger(__name__)
@@ -63,18 +63,15 @@ def noisy_on_own_grid(case, factor: float, rng: np.random.Generator) -> tuple[np
 def run(models: list[str], cases: int, factors: list[float], seed: int) -> dict:
     import nibabel as nib
 
-    from .. import checkpoint, model_card
     from ..data.phantom import make_case
     from ..data.phantom.dataset import case_seed
     from ..metrics import region_dice
-    from ..pretrain import OFF_GRID_SEED_OFFSET, PRETRAINED
+    from ..pretrain import OFF_GRID_SEED_OFFSET
     from ..runners.segmentation import load_on_model_grid, predict_file
 
     loaded = {}
     for name in models:
-        path = PRETRAINED / f"{name}.pt"
-        model, meta = checkpoint.load(path)
-        model_card.verify(path, meta, model_card.read(path))  # the shipped weights, as served
+        model, meta, _ = load_shipped(name)
         loaded[name] = (model.eval(), meta["version"])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

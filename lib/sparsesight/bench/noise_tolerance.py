@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..input_noise import NOISE_DICE_DROP, sigma_z
-from . import setup_process, shipped_weights_parser, write_record
+from . import load_shipped, setup_process, shipped_weights_parser, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +67,13 @@ def tolerance(rows: list[dict], drop: float = NOISE_DICE_DROP, key: str = "sigma
 
 
 def run(models: list[str], cases: int, levels: list[float], seed: int, work: Path) -> dict:
-    from .. import checkpoint, model_card
-    from ..pretrain import PRETRAINED, eval_split, items_of
+    from ..pretrain import eval_split, items_of
 
     items = items_of(eval_split(cases, 1, seed, work), "test")
     out: dict = {"data": f"{cases} held-out phantoms of the model cards (pretrain.eval_split, seed {seed}, 1 mm)",
                  "drop": NOISE_DICE_DROP, "levels": levels, "models": {}}
     for name in models:
-        path = PRETRAINED / f"{name}.pt"
-        model, meta = checkpoint.load(path)
-        model_card.verify(path, meta, model_card.read(path))  # the shipped weights, as served
+        model, meta, _ = load_shipped(name)
         logger.info("%s %s: %d cases x %d noise levels", name, meta["version"][:19], len(items), len(levels) + 1)
         rows = measure(model, items, levels, seed)
         out["models"][name] = {"version": meta["version"], **tolerance(rows), "rows": rows}

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from .. import CLASSES
-from . import setup_process, shipped_weights_parser, write_record
+from . import load_shipped, setup_process, shipped_weights_parser, write_record
 from .noise_tolerance import REGIONS
 
 logger = logging.getLogger(__name__)
@@ -78,19 +78,15 @@ def plain_grid_cases(seed: int, work: Path, dest: Path, cases: int | None = None
 
 
 def run(models: list[str], seed: int, work: Path, cases: int | None = None) -> dict:
-    from .. import checkpoint, model_card
     from ..data.io import load_label
     from ..metrics import grid_ceiling_dice, region_dice
-    from ..pretrain import OFF_GRID_SEED_OFFSET, PRETRAINED
+    from ..pretrain import OFF_GRID_SEED_OFFSET
     from ..runners.segmentation import predict_file
     from .active_learning import mean_interval
 
     loaded = {}
     for name in models:
-        path = PRETRAINED / f"{name}.pt"
-        model, meta = checkpoint.load(path)
-        card = model_card.read(path)
-        model_card.verify(path, meta, card)  # the shipped weights, as served
+        model, meta, card = load_shipped(name)
         loaded[name] = (model, meta["version"], {c["case"]: c for c in card["evaluation"]["per_case_off_grid"]})
     rows = []
     with tempfile.TemporaryDirectory(prefix="off_grid_ablation_") as tmp:

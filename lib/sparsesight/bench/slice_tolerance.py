@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from ..input_grid import SLICE_DICE_DROP
-from . import setup_process, shipped_weights_parser, write_record
+from . import load_shipped, setup_process, shipped_weights_parser, write_record
 from .noise_tolerance import REGIONS, plot_tolerance, tolerance
 
 logger = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def off_grid_points(cards: dict, seed: int, work: Path) -> dict:
 
 def run(models: list[str], cases: int, levels: list[float], axes: list[int], seed: int, work: Path,
         varied: bool = True) -> dict:
-    from .. import checkpoint, model_card
-    from ..pretrain import PRETRAINED, eval_split, items_of
+    from ..pretrain import eval_split, items_of
 
     items = items_of(eval_split(cases, 1, seed, work), "test")
     data = f"{cases} held-out phantoms of the model cards (pretrain.eval_split, seed {seed}, 1 mm)"
@@ -131,10 +130,7 @@ def run(models: list[str], cases: int, levels: list[float], axes: list[int], see
             data += f" and the {len(extra)} off-grid phantoms made on the plain 1 mm grid (off_grid_ablation)"
         out["data"] = data + f"; slices made thicker along each of the voxel axes {axes} in turn"
         for name in models:
-            path = PRETRAINED / f"{name}.pt"
-            model, meta = checkpoint.load(path)
-            cards[name] = model_card.read(path)
-            model_card.verify(path, meta, cards[name])  # the shipped weights, as served
+            model, meta, cards[name] = load_shipped(name)
             logger.info("%s %s: %d cases x %d slice thicknesses", name, meta["version"][:19], len(items),
                         len(levels) + 1)
             rows = measure(model, items, levels, axes, Path(tmp))
