@@ -311,11 +311,11 @@ def test_a_label_segmented_from_a_noisy_scan_is_flagged_where_it_is_shown(mrml, 
     version = tolerances()["sum"]["version"]  # the shipped weights' version, as the server names it
     rng = np.random.default_rng(0)
     image = np.stack([np.full(SHAPE, 100.0) + 50 * rng.standard_normal(SHAPE) for _ in range(4)]).astype(np.float32)
-    w = BundleWriter("sum", version, "noisy", np.eye(4), SHAPE)
+    w = BundleWriter("sum", version, "noisy", np.diag([1.0, 1.0, 8.0, 1.0]), SHAPE)
     mirrored = np.zeros(SHAPE, np.uint8)
     mirrored[: SHAPE[0] // 2] = 1  # the mirrored scan's label finds tumour where the label has none
     # and 8 mm slices (input_grid), and a label that changes when the scan is mirrored (label_consistency)
-    add_label(w, np.zeros(SHAPE, np.uint8), image, [1.0, 1.0, 8.0], mirrored=mirrored)
+    add_label(w, np.zeros(SHAPE, np.uint8), image, mirrored=mirrored)
     w.write(tmp_path / "b.zip")
     run = S.load_bundle(mrml, tmp_path / "b.zip")
     node = run.nodes["label"]
@@ -350,7 +350,7 @@ def test_a_resampled_scans_noise_is_shown_with_where_it_was_estimated(mrml, tmp_
     resampled = {"from_voxel_mm": [1.2, 0.9, 1.3], "from_axes": "LPS", "from_sigma": [90.0] * 4,
                  "from_sigma_z": [0.9] * 4, "noise_gain": 0.54}
     w = BundleWriter("sum", version, "noisy", np.eye(4), SHAPE)
-    add_label(w, np.zeros(SHAPE, np.uint8), image, [1.2, 0.9, 1.3], resampled=resampled)
+    add_label(w, np.zeros(SHAPE, np.uint8), image, resampled=resampled)
     w.write(tmp_path / "b.zip")
     node = S.load_bundle(mrml, tmp_path / "b.zip").nodes["label"]
     flags = json.loads(node.GetAttribute(S.ATTR + "flags"))

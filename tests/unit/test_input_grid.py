@@ -77,7 +77,7 @@ def test_the_plain_label_answer_carries_the_input_checks_and_all_their_flags():
     rng = np.random.default_rng(0)
     shape = (12, 10, 8)
     noisy = np.stack([100 + 50 * rng.standard_normal(shape) for _ in range(4)]).astype(np.float32)
-    bad = input_checks(noisy, [1.0, 1.0, 8.0], "sum", version)
+    bad = input_checks(noisy, np.diag([1.0, 1.0, 8.0, 1.0]), "sum", version)
     assert len(bad["flags"]) == 2 and bad["flags"] == bad["input_noise"]["flags"] + bad["input_grid"]["flags"]
     smooth = np.stack([np.broadcast_to(np.linspace(50, 150, shape[0])[:, None, None], shape)] * 4)
-    assert input_checks(smooth.astype(np.float32), [1.0, 1.0, 1.0], "sum", version)["flags"] == []
+    assert input_checks(smooth.astype(np.float32), np.eye(4), "sum", version)["flags"] == []

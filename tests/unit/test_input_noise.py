@@ -112,7 +112,8 @@ def test_a_resampled_scan_is_estimated_on_its_own_grid(tmp_path):
     loud = {"sum": {"version": version, "sigma_z": float(served["sigma_z_max"]) * 0.9}}
     assert len(assess(resampled, "sum", version, list("ABCD"), loud, resampled=info)["flags"]) == 1
     assert assess(resampled, "sum", version, list("ABCD"), loud)["flags"] == []  # the old estimate passed it
-    checks = input_checks(resampled, [1.3, 1.1, 2.7], "sum", version, resampled=info)
+    checks = input_checks(resampled, np.eye(4), "sum", version, resampled=info)
+    assert checks["input_grid"]["voxel_mm"] == [1.3, 1.1, 2.7]  # the scan's, before it was resampled
     assert checks["input_noise"]["noise_gain"] == info["noise_gain"]
     # the plain label answer's checks, through the served path
     import torch
@@ -306,7 +307,7 @@ def test_a_series_resampled_when_its_study_was_assembled_reports_the_noise_of_it
     between = {"sum": {"version": version, "sigma_z": (before["sigma_z"]["D"] + after["sigma_z"]["D"]) / 2}}
     assert assess(image, "sum", version, list("ABCD"), between)["flags"] == []
     assert len(assess(image, "sum", version, list("ABCD"), between, resampled=info)["flags"]) == 1
-    checks = input_checks(image, [1.0, 1.0, 1.0], "sum", version, resampled=info)
+    checks = input_checks(image, affine, "sum", version, resampled=info)
     grid = checks["input_grid"]
     assert grid["voxel_mm"] == [1.0, 1.0, 1.0] and grid["slice_mm"] == 2.0
     assert grid["series_voxel_mm"] == {"T2": [2.0, 2.0, 1.0]}

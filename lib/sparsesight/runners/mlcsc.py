@@ -17,7 +17,6 @@ from ..training import default_train_config
 from .segmentation import (
     add_label,
     add_probabilities,
-    input_voxel_mm,
     load_on_model_grid,
     mirror_label,
     normalise,
@@ -103,7 +102,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         label = interp["logits"][0].argmax(0).numpy().astype(np.uint8)
     else:
         label = predict(model, image, device)
-    add_label(w, label, image, input_voxel_mm(affine, resampled), resampled=resampled,
+    add_label(w, label, image, resampled=resampled,
               mirrored=mirror_label(model.to(device), xn.to(device), affine))
     classes = [CLASSES[c] for c in range(len(CLASSES))]
     # explanation quality (explain/quality.py, issue 16): in the manifest, in the entries it qualifies, as a table

@@ -248,30 +248,30 @@ def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | 
     if amap is not None:
         return (amap, affine) if checks_for is None else (amap, affine, None)
     label = predict(model, image, device)
-    checks = None if checks_for is None else input_checks(image, input_voxel_mm(affine, resampled), *checks_for,
-                                                          resampled=resampled)
+    checks = None if checks_for is None else input_checks(image, affine, *checks_for, resampled=resampled)
     if regridded(resampled):
         label, affine = back_to_image_grid(label, affine, image_path), load_image_affine(image_path)
     return (label, affine) if checks is None else (label, affine, checks)
 
 
-def input_checks(image: np.ndarray | None, voxel: list[float] | None, model: str, version: str,
+def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str, version: str,
                  resampled: dict | None = None) -> dict:
     """The input checks of a label and all their flags in one list (`flags`): with the `image` it was segmented
     from (C, X, Y, Z, on the model's grid; `resampled`: what load_on_model_grid did to the scan, if anything), its
     noise against the noise the model version was measured to hold up on (input_noise.assess: `input_noise`,
-    flagged when above); with the input's `voxel` size (input_voxel_mm, and the voxel sizes of the series a PACS
-    study had resampled onto its grid), its slice thickness against the thickest slices measured to hold up
-    (input_grid.assess: `input_grid`, flagged when above). What the plain label answer
-    carries (its params' `checks`) and the bundle's label entry (add_label)."""
+    flagged when above); with the image's `affine` (on the model's grid), the input's voxel size as it came in
+    (input_voxel_mm, and the voxel sizes of the series a PACS study had resampled onto its grid), its slice
+    thickness against the thickest slices measured to hold up (input_grid.assess: `input_grid`, flagged when
+    above). What the plain label answer carries (its params' `checks`) and the bundle's label entry (add_label)."""
     from .. import input_grid
 
     out: dict = {}
     if image is not None:
         out["input_noise"] = input_noise.assess(image, model, version, MODALITIES[: image.shape[0]], resampled=resampled)
-    if voxel is not None:
+    if affine is not None:
         series = {c: g["from_voxel_mm"] for c, g in ((resampled or {}).get("series") or {}).items()}
-        out["input_grid"] = input_grid.assess(voxel, model, version, series=series or None)
+        out["input_grid"] = input_grid.assess(input_voxel_mm(affine, resampled), model, version,
+                                              series=series or None)
     out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
     return out
 
@@ -292,18 +292,19 @@ def input_voxel_mm(affine: np.ndarray, resampled: dict | None) -> list[float]:
 
 
 def add_label(w: BundleWriter, label: np.ndarray, image: np.ndarray | None = None,
-              voxel: list[float] | None = None, mirrored: np.ndarray | None = None,
-              consistency_note: str | None = None, resampled: dict | None = None) -> dict:
-    """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names; with the `image` it
-    was segmented from (and `resampled`, what load_on_model_grid did to the scan) and the input's `voxel` size,
-    the input checks (input_checks: `input_noise`, `input_grid`);
+              mirrored: np.ndarray | None = None, consistency_note: str | None = None,
+              resampled: dict | None = None) -> dict:
+    """The label map (X, Y, Z) as the bundle's "label" labelmap with the tumour class names; the input checks
+    (input_checks: `input_noise` with the `image` it was segmented from, `input_grid` from the bundle's affine,
+    and `resampled`, what load_on_model_grid did to the scan);
     with the `mirrored` scan's label (mirror_label), how much the label agrees with it against the least agreement
     of a good segmentation measured for the model version (label_consistency.assess: `label_consistency`, flagged
     when below; `consistency_note` says why the measured thresholds do not apply)."""
     from .. import label_consistency
 
     model, version = w.manifest["model"], w.manifest["model_version"]
-    meta = {k: v for k, v in input_checks(image, voxel, model, version, resampled=resampled).items() if k != "flags"}
+    meta = {k: v for k, v in input_checks(image, w.affine, model, version, resampled=resampled).items()
+            if k != "flags"}
     if mirrored is not None:
         meta["label_consistency"] = label_consistency.assess(label_consistency.agreement(label, mirrored), model,
                                                              version, unmeasured=consistency_note)

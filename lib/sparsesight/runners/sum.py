@@ -112,8 +112,7 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
     interp = model.interpret(x, alpha=a)  # one whole-volume pass: the label is the argmax of what is shown
     label = interp["logits"][0].argmax(0).cpu().numpy().astype(np.uint8)
     trained = abs(a - float(model.alpha)) < 1e-9
-    segmentation.add_label(w, label, image, segmentation.input_voxel_mm(affine, resampled),
-                           resampled=resampled,
+    segmentation.add_label(w, label, image, resampled=resampled,
                            mirrored=segmentation.mirror_label(model, x, affine, alpha=a),
                            consistency_note=None if trained else f"the thresholds were measured at the trained "
                            f"alpha {float(model.alpha):g}, not at {a:g}")
