@@ -261,8 +261,11 @@ class MyApp(MONAILabelApp):
                 else:
                     self._check_image_id(image, datastore)
                     request["image_id"] = image
-                    # series a PACS study had resampled onto its reference's grid: their own grid and noise
-                    grids = (datastore or self.datastore()).get_image_info(image).get("series_grids")
+                    # series a PACS study had resampled onto its reference's grid: their own grid and noise,
+                    # known once the study is fetched (get_image_uri assembles it; the stock infer then reuses it)
+                    ds = datastore or self.datastore()
+                    ds.get_image_uri(image)
+                    grids = ds.get_image_info(image).get("series_grids")
                     if grids:
                         request["series_grids"] = grids
             if flag(request.get("bundle", False)):

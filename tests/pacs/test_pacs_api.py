@@ -144,6 +144,24 @@ def test_a_resampled_series_is_checked_on_its_own_grid(trained, server, pacs):
     assert server.get("/datastore/image/info", params={"image": uid}).json()["series_grids"] == info["series_grids"]
 
 
+@pytest.mark.slow
+def test_the_first_infer_on_a_study_checks_its_series_on_their_own_grids(pacs, tmp_path, start_pacs_server):
+    """A server that has not fetched the study yet (the shipped SUM weights, which resample the 4 mm study to
+    1 mm): the infer that fetches it already reads the resampled T2 from its own grid."""
+    srv = start_pacs_server(tmp_path, pacs.dicomweb, name="first-infer", conf={"models": "sum"})
+    try:
+        uid = pacs.studies["resampled"]
+        assert srv.get("/datastore/image/info", params={"image": uid}).json()["fetched"] is False
+        r = srv.post("/infer/sum", params={"image": uid, "output": "json"})
+        assert r.status_code == 200, r.text
+        checks = r.json()["checks"]
+        t2 = srv.get("/datastore/image/info", params={"image": uid}).json()["series_grids"]["T2"]
+        assert checks["input_noise"]["own_grid_sigma_z"]["T2"] == t2["sigma_z"]
+        assert checks["input_grid"]["series_voxel_mm"] == {"T2": t2["voxel_mm"]}
+    finally:
+        srv.process.stop()
+
+
 def test_a_path_that_is_not_dicomweb_is_a_pacs_error(pacs):
     with pytest.raises(web.PacsError, match="HTTP 404"):
         web.search_series(web.connect(pacs.url + "/not-dicom-web"), {"Modality": "MR"})
