@@ -115,11 +115,11 @@ def assess(image: np.ndarray, model: str, version: str, modalities, table: dict 
     it, voxel centres moved onto voxel centres) is compared with the tolerance measured on resampled scans, the
     others with that of scans on the model's grid; `tolerance` is the one of the channel nearest to or furthest
     above its own (with `tolerance_by_modality` when the channels differ), `tolerance_from` where it was measured.
-    `table`: the tolerances to compare
-    every channel with (default: the package's, tolerances(resampled=...))."""
-    own = resampled is not None and "from_sigma" in resampled
-    gains = channel_gains(resampled, len(modalities)) if own else np.ones(len(modalities))  # type: ignore[arg-type]
-    s = resampled_sigma_z(image, resampled["from_sigma"], gains) if own else sigma_z(image)  # type: ignore[index]
+    `table`: the tolerances to compare every channel with (default: the package's, tolerances(resampled=...))."""
+    r: dict = resampled or {}
+    own = "from_sigma" in r
+    gains = channel_gains(r, len(modalities)) if own else np.ones(len(modalities))
+    s = resampled_sigma_z(image, r["from_sigma"], gains) if own else sigma_z(image)
     worst = float(np.nanmax(s)) if np.isfinite(s).any() else float("nan")
     # voxel centres that land on voxel centres (a flip of axes) leave the noise white: the model-grid tolerance holds
     correlated = [bool(own and g < WHITE_GAIN) for g in gains]
@@ -136,9 +136,9 @@ def assess(image: np.ndarray, model: str, version: str, modalities, table: dict 
                  "method": method, "tolerance": limit[key], "tolerance_from": TOLERANCE_FROM[correlated[key]],
                  "flags": []}
     if own:
-        out["own_grid_sigma_z"] = {m: figure(v) for m, v in zip(modalities, resampled["from_sigma_z"])}  # type: ignore[index]
-        out["noise_gain"] = resampled["noise_gain"]  # type: ignore[index]
-        if resampled.get("series"):  # type: ignore[union-attr]
+        out["own_grid_sigma_z"] = {m: figure(v) for m, v in zip(modalities, r["from_sigma_z"])}
+        out["noise_gain"] = r["noise_gain"]
+        if r.get("series"):  # a PACS study's series resampled before the file was written: their own gains
             out["noise_gain_by_modality"] = {m: float(g) for m, g in zip(modalities, gains)}
     if len(set(limit)) > 1:
         out["tolerance_by_modality"] = dict(zip(modalities, limit))

@@ -169,6 +169,37 @@ def flag_record(rows: list[dict], model: str) -> dict:
     return out
 
 
+def slice_class(row: dict, split_mm: float) -> str:
+    """"thick" for a scan whose largest voxel side (its slice thickness) is above `split_mm`, else "thin"."""
+    return "thick" if max(row["voxel_mm"]) > split_mm else "thin"
+
+
+def slice_class_record(rows: list[dict], model: str, split_mm: float) -> dict:
+    """A tolerance per slice class (slice_class: thin, thick), each measured as the single one is on that class's
+    cases, and how its flag fares with each case left out of its own class's tolerance, beside the single
+    tolerance's (flag_record's served_left_out)."""
+    f = fell(rows, model)
+    judged = [r for r in rows if (r["case"], r["factor"]) in f]
+    served = lambda r: r["models"][model]["sigma_z"]  # noqa: E731
+    out: dict = {"split_mm": split_mm, "classes": {}}
+    loo: dict = {}
+    for cls in ("thin", "thick"):
+        of = [r for r in rows if slice_class(r, split_mm) == cls]
+        cases = sorted({r["case"] for r in of})
+        if not cases:
+            continue
+        out["classes"][cls] = {"cases": len(cases), **tolerance(level_rows(of, model))}
+        for c in cases:  # a class of one case has none left to measure its tolerance on
+            loo[c] = tolerance(level_rows(of, model, leave_out=c))["sigma_z"] if len(cases) > 1 else None
+    scored = [r for r in judged if loo.get(r["case"]) is not None]
+    flags = [served(r) > loo[r["case"]] for r in scored]
+    falls = [f[(r["case"], r["factor"])] for r in scored]
+    out["left_out"] = {"scans": len(scored), "fell": int(sum(falls)), "flagged": int(sum(flags)),
+                       "fell_and_flagged": int(sum(a and b for a, b in zip(flags, falls))),
+                       "held_and_flagged": int(sum(a and not b for a, b in zip(flags, falls)))}
+    return out
+
+
 def markdown_table(res: dict) -> list[str]:
     """bench/README's table: per case and factor the sigma_z estimates and each model's Dice."""
     names = list(res["models"])

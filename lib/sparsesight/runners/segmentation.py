@@ -98,23 +98,24 @@ def chained_noise_gain(grids: list, block: int = 48, seed: int = 0) -> float:
     """The share of white noise's standard deviation kept through trilinear resamplings from grid to grid
     (`grids`: [(shape, affine), ...], the first the one the noise is white on): the std of unit white noise on
     the first grid after it was resampled onto each next grid in turn, over a block of `block`^3 voxels at the
-    centre of the last grid (each grid between cut to the block's footprint) inside the first grid's field of view.
+    centre of the last grid (each grid before cut to what the next reads) inside the first grid's field of view.
     Two steps: a series resampled onto another's grid when a study is assembled (data.dicom.study.assemble),
     then onto the model's grid; 1.0 when too few voxels are inside."""
     import nibabel as nib
     from nibabel.processing import resample_from_to
 
-    (shape, affine), (out_shape, target) = grids[0], grids[-1]
-    target = np.asarray(target, dtype=float)
+    out_shape, target = grids[-1][0], np.asarray(grids[-1][1], dtype=float)
     start = [max(0, (n - block) // 2) for n in out_shape]
     size = tuple(min(block, n) for n in out_shape)
     sub = target.copy()
     sub[:3, 3] = target[:3, :3] @ np.array(start, dtype=float) + target[:3, 3]
-    chain = [_footprint(g, (size, sub)) for g in grids[1:-1]] + [(size, sub)]
+    chain = [(size, sub)]
+    for g in reversed(grids[:-1]):  # each grid cut to what the next one reads: no noise drawn where none is used
+        chain.insert(0, _footprint(g, chain[0]))
+    (shape, here) = chain[0]
     noise = np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
     ones = np.ones(tuple(shape), np.float32)
-    here = np.asarray(affine, dtype=float)
-    for grid in chain:
+    for grid in chain[1:]:
         noise = resample_from_to(nib.Nifti1Image(noise, here), grid, order=1).get_fdata(dtype=np.float32)
         ones = resample_from_to(nib.Nifti1Image(ones, here), grid, order=1).get_fdata(dtype=np.float32)
         here = grid[1]
