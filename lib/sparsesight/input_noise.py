@@ -14,7 +14,7 @@ scan noisier than any the weights were measured on is flagged in its bundle.
 
 A scan on another grid than the model's is resampled before it is segmented (runners.segmentation.
 load_on_model_grid), and interpolation turns its white noise into correlated noise that the finest band no longer
-holds: estimated on the resampled image, sigma^ came out 0.11-0.33 of the noise put in (bench/noise_grid.py). So
+holds: estimated on the resampled image, sigma^ came out 0.08-0.32 of the noise put in (bench/noise_grid.py). So
 sigma^ is estimated on the scan's own grid, where its noise is white, and times the share g of white noise's
 standard deviation the resampling keeps (runners.segmentation.interpolation_noise_gain: about 0.55 for unaligned
 grids, 1 for a mere flip of axes): the noise per voxel the network sees, in its z-scored units. Correlated noise

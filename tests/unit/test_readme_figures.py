@@ -548,3 +548,14 @@ def test_series_noise_figures_are_those_of_the_recorded_run():
     assert f"`input_noise.noise_gain_by_modality`): {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}) of what" in readme
     assert f"read {b['min']:.2f}-{b['max']:.2f} of what the network sees, from the series' own grid × the chained " \
            f"gain {s['min']:.2f}-{s['max']:.2f}" in readme
+
+
+def test_the_shipped_resampled_noise_tolerance_is_the_12_case_record_and_its_slice_classes_are_quoted():
+    """The package ships the 12-case run's record (bench/results/noise_grid_12) unchanged, and bench/README quotes
+    the per-slice-class tolerances derived from its rows (why there is one tolerance per model)."""
+    from sparsesight.bench.noise_grid import slice_class_table
+
+    shipped = (ROOT / "lib" / "sparsesight" / "data" / "noise_tolerance_resampled.json").read_text()
+    assert shipped == (ROOT / "bench" / "results" / "noise_grid_12" / "noise_grid.json").read_text()
+    bench = (ROOT / "bench" / "README.md").read_text()
+    assert [line for line in slice_class_table(json.loads(shipped)) if line not in bench] == []

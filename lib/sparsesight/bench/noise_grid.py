@@ -200,6 +200,26 @@ def slice_class_record(rows: list[dict], model: str, split_mm: float) -> dict:
     return out
 
 
+def slice_class_table(res: dict, splits=(1.8, 2.0, 2.2)) -> list[str]:
+    """bench/README's third table: a tolerance per slice class (slice_class_record) at a few splits, beside the
+    one tolerance, each judged with every case left out of its own tolerance."""
+    lines = ["| model | tolerance | thin: cases, noise ×, σ_z | thick: cases, noise ×, σ_z | scans that fell | "
+             "flagged | of them fell | flagged that held |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in res["models"].items():
+        one = m["flags"].get("served_left_out")
+        if one is not None:
+            lines.append(f"| {name} | one for all (σ_z {m['sigma_z']:.3f}) | | | {m['flags']['fell']} | "
+                         f"{one['flagged']} | {one['fell_and_flagged']} | {one['held_and_flagged']} |")
+        for split in splits:
+            rec = slice_class_record(res["cases"], name, split)
+            cls = [rec["classes"].get(c) for c in ("thin", "thick")]
+            cells = [f"{c['cases']}, {c['level']:g}, {c['sigma_z']:.3f}" if c else "–" for c in cls]
+            lo = rec["left_out"]
+            lines.append(f"| {name} | slices ≤ {split:g} mm / thicker | {cells[0]} | {cells[1]} | {lo['fell']} | "
+                         f"{lo['flagged']} | {lo['fell_and_flagged']} | {lo['held_and_flagged']} |")
+    return lines
+
+
 def markdown_table(res: dict) -> list[str]:
     """bench/README's table: per case and factor the sigma_z estimates and each model's Dice."""
     names = list(res["models"])
@@ -290,7 +310,7 @@ def main(argv=None) -> int:
         p.error("--factors must be increasing and start at 1")
     setup_process(a.threads)
     res = run(a.models, a.cases, a.factors, a.seed)
-    publish(res, "noise_grid", argv, a.out, plot, a.plot, (markdown_table, flag_table, summary_lines))
+    publish(res, "noise_grid", argv, a.out, plot, a.plot, (markdown_table, flag_table, slice_class_table, summary_lines))
     return 0
 
 
