@@ -386,3 +386,20 @@ def test_the_series_noise_bench_runs_in_a_small_form(tmp_path):
         assert row["before_over_truth"] < 0.6 and row["truth_over_put_in_x_gain"] == pytest.approx(1.0, abs=0.05)
     assert r["command"].startswith("python -m sparsesight.bench.series_noise --cases 1")
     assert series_noise.summary_lines(r)[1].startswith("served (its own grid x chained gain): ")
+
+
+def test_the_series_noise_flag_record_on_rows_worked_by_hand():
+    """bench/series_noise's judgement of the T2 noise flag: a scan fell when a region lost more than 0.05 from the
+    same case and T2 grid at the lowest factor."""
+    from sparsesight.bench.series_noise import flag_record, model_table
+
+    def row(case, grid, factor, wt, flagged):
+        return {"case": case, "grid": grid, "factor": factor,
+                "models": {"sum": {"dice": {"WT": wt, "TC": 0.8, "ET": 0.8}, "noise_flagged": flagged}}}
+
+    rows = [row("a", "g", 1, 0.9, False), row("a", "g", 4, 0.88, True), row("a", "g", 10, 0.7, True),
+            row("a", "h", 1, 0.6, False), row("a", "h", 4, 0.5, False), row("a", "h", 10, 0.61, False)]
+    rec = flag_record(rows, "sum")
+    assert rec == {"scans": 4, "fell": 2, "flagged": 2, "fell_and_flagged": 1, "held_and_flagged": 1,
+                   "largest_drop": 0.2}
+    assert model_table({"models": {"sum": rec}})[-1] == "| sum | 4 | 2 | 2 | 1 | 1 | 0.200 |"

@@ -535,11 +535,11 @@ def test_label_consistency_thresholds_are_those_of_the_recorded_run_of_the_shipp
 def test_series_noise_figures_are_those_of_the_recorded_run():
     """The noise of a PACS study's series resampled onto FLAIR's grid (bench/series_noise): the READMEs quote its
     table, summary and command."""
-    from sparsesight.bench.series_noise import markdown_table, summary_lines
+    from sparsesight.bench.series_noise import markdown_table, model_table, summary_lines
 
     r = json.loads((ROOT / "bench" / "results" / "series_noise.json").read_text())
     bench = " ".join((ROOT / "bench" / "README.md").read_text().split())
-    for line in markdown_table(r) + summary_lines(r):
+    for line in markdown_table(r) + summary_lines(r) + model_table(r):
         assert line in bench, line
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"`{r['command']}`" in bench and f"`{r['command']}`" in readme
@@ -548,6 +548,10 @@ def test_series_noise_figures_are_those_of_the_recorded_run():
     assert f"`input_noise.noise_gain_by_modality`): {s['median']:.2f} ({s['min']:.2f}-{s['max']:.2f}) of what" in readme
     assert f"read {b['min']:.2f}-{b['max']:.2f} of what the network sees, from the series' own grid × the chained " \
            f"gain {s['min']:.2f}-{s['max']:.2f}" in readme
+    m = r["models"]
+    assert (f"at 10× its noise SUM lost at most {m['sum']['largest_drop']:.3f} of a region's Dice, ML-CSC "
+            f"{m['mlcsc']['largest_drop']:.3f}), so the flag is conservative there: SUM's flagged {m['sum']['flagged']} of "
+            f"{m['sum']['scans']} noisier studies, {m['sum']['fell_and_flagged']} of which fell") in readme
 
 
 def test_the_shipped_resampled_noise_tolerance_is_the_12_case_record_and_its_slice_classes_are_quoted():

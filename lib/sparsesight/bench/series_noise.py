@@ -62,7 +62,7 @@ def _model_grid(mm: float):
     return SimpleNamespace(spacing_mm=(float(mm),) * 3, n=len(MODALITIES))  # what load_on_model_grid reads
 
 
-def run(cases: int, factors: list[float], seed: int, downsample: int = 1) -> dict:
+def run(cases: int, factors: list[float], seed: int, downsample: int = 1, models=()) -> dict:
     import nibabel as nib
     from nibabel.processing import resample_from_to
     from scipy import ndimage
@@ -72,8 +72,11 @@ def run(cases: int, factors: list[float], seed: int, downsample: int = 1) -> dic
     from ..data.phantom import make_case, rician_noise
     from ..data.phantom.dataset import case_seed
     from ..input_noise import sigma_hat
-    from ..runners.segmentation import load_on_model_grid
+    from ..metrics import region_dice
+    from ..runners.segmentation import load_on_model_grid, predict_file
+    from . import load_shipped
 
+    loaded = {name: load_shipped(name)[:2] for name in models}
     t2 = MODALITIES.index("T2")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +88,7 @@ def run(cases: int, factors: list[float], seed: int, downsample: int = 1) -> dic
             flip[:2, 3] = np.array(case.image.shape[:2]) - 1
             lps = np.asarray(case.affine, dtype=float) @ flip  # DICOM's axes: the same voxels, rows and columns reversed
             clean = case.image[::-1, ::-1].astype(np.float32)
+            truth_label = case.label[::-1, ::-1]
             brain = clean.any(-1)
             vols = {}
             for m, name in enumerate(MODALITIES[:t2]):
@@ -123,6 +127,17 @@ def run(cases: int, factors: list[float], seed: int, downsample: int = 1) -> dic
                                 "served %.1f (%.2f; own grid %.1f x gain %.3f)", row["case"], grid, factor, truth,
                                 row["before"], row["before_over_truth"], row["served"], row["served_over_truth"],
                                 row["sigma_own_grid"], gain)
+                    for name, (model, meta) in loaded.items():  # the served plain answer on the study
+                        label, _, checks = predict_file(model.eval(), Path(tmp) / "noisy.nii.gz", series_grids=grids,
+                                                        checks_for=(name, meta["version"]))
+                        noise = checks["input_noise"]
+                        row.setdefault("models", {})[name] = {
+                            "dice": region_dice(label, truth_label), "sigma_z_T2": noise["sigma_z"]["T2"],
+                            "tolerance_T2": (noise.get("tolerance_by_modality") or {}).get("T2", noise["tolerance"]),
+                            "noise_flagged": bool(noise["flags"])}
+                        logger.info("  %s: Dice %s, T2 sigma_z %.3f, noise flagged %s", name,
+                                    {k: round(v, 3) for k, v in row["models"][name]["dice"].items()},
+                                    noise["sigma_z"]["T2"], bool(noise["flags"]))
                     rows.append(row)
     out = {"data": f"{cases} plain held-out phantoms (seed {seed}, {downsample} mm) made without noise; FLAIR, T1, "
                    f"T1ce with the generator's Rician noise on its grid (LPS axes), the T2 on another grid with Rician noise "
@@ -133,7 +148,36 @@ def run(cases: int, factors: list[float], seed: int, downsample: int = 1) -> dic
                        **{k: ratios(rows, k, over=None) for k in ("own_grid_over_put_in", "truth_over_put_in_x_gain")}}}
     out["summary"]["noise_gain"] = {g: ratios([r for r in rows if r["grid"] == g], "noise_gain", over=None)
                                     for g in SERIES_GRIDS}
+    out["models"] = {name: {"version": meta["version"], **flag_record(rows, name)} for name, (_, meta) in loaded.items()}
     return out
+
+
+def flag_record(rows: list[dict], model: str) -> dict:
+    """How the T2 noise flag fares on the scans above the lowest factor: a scan *fell* when a region lost more than
+    NOISE_DICE_DROP from the same case and T2 grid at the lowest factor; with the largest drop seen."""
+    from ..input_noise import NOISE_DICE_DROP
+
+    low = min(r["factor"] for r in rows)
+    base = {(r["case"], r["grid"]): r["models"][model]["dice"] for r in rows if r["factor"] == low}
+    judged = [r for r in rows if r["factor"] != low]
+    drop = [max(base[(r["case"], r["grid"])][k] - r["models"][model]["dice"][k] for k in ("WT", "TC", "ET"))
+            for r in judged]
+    fell = [d > NOISE_DICE_DROP for d in drop]
+    flag = [r["models"][model]["noise_flagged"] for r in judged]
+    return {"scans": len(judged), "fell": int(sum(fell)), "flagged": int(sum(flag)),
+            "fell_and_flagged": int(sum(a and b for a, b in zip(fell, flag))),
+            "held_and_flagged": int(sum(b and not a for a, b in zip(fell, flag))),
+            "largest_drop": round(float(max(drop)), 4) if drop else None}
+
+
+def model_table(res: dict) -> list[str]:
+    """Per model: the T2 noise flag on the scans above the lowest factor, against the Dice."""
+    lines = ["| model | scans | fell | flagged | of them fell | flagged that held | largest Dice drop |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in res.get("models", {}).items():
+        lines.append(f"| {name} | {m['scans']} | {m['fell']} | {m['flagged']} | {m['fell_and_flagged']} | "
+                     f"{m['held_and_flagged']} | {m['largest_drop']:.3f} |")
+    return lines
 
 
 def summary_lines(res: dict) -> list[str]:
@@ -189,13 +233,15 @@ def main(argv=None) -> int:
     p.add_argument("--factors", type=float, nargs="+", default=[2.0, 5.0])
     p.add_argument("--seed", type=int, default=1000, help="the cards' held-out seed")
     p.add_argument("--downsample", type=int, default=1, help="phantoms (and the model's grid) at this many mm")
+    p.add_argument("--models", nargs="*", default=[], choices=["sum", "mlcsc"],
+                   help="shipped weights to segment each study with (Dice and the noise flag)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench/results/series_noise.json"))
     p.add_argument("--plot", type=Path, default=Path("bench/results/series_noise.png"))
     a = p.parse_args(argv)
     setup_process(a.threads)
-    res = run(a.cases, a.factors, a.seed, a.downsample)
-    publish(res, "series_noise", argv, a.out, plot, a.plot, (markdown_table, summary_lines))
+    res = run(a.cases, a.factors, a.seed, a.downsample, a.models)
+    publish(res, "series_noise", argv, a.out, plot, a.plot, (markdown_table, summary_lines, model_table))
     return 0
 
 
