@@ -138,6 +138,12 @@ def fell(rows: list[dict], model: str) -> dict:
             for r in rows if r["factor"] != 1 and r["case"] in base}
 
 
+def score_flags(flags: list[bool], falls: list[bool]) -> dict:
+    """How a flag fares on scans judged one by one: how many it flagged, of them how many fell, how many held."""
+    return {"flagged": int(sum(flags)), "fell_and_flagged": int(sum(a and b for a, b in zip(flags, falls))),
+            "held_and_flagged": int(sum(a and not b for a, b in zip(flags, falls)))}
+
+
 def flag_record(rows: list[dict], model: str) -> dict:
     """How a flag fares on the scans above factor 1, for the served sigma_z against the tolerance for resampled
     scans (in sample, and with each case left out of its own tolerance) and, for comparison, for the own-grid and
@@ -148,10 +154,7 @@ def flag_record(rows: list[dict], model: str) -> dict:
     judged = [r for r in rows if (r["case"], r["factor"]) in f]
 
     def score(flag) -> dict:
-        flags = [bool(flag(r)) for r in judged]
-        falls = [f[(r["case"], r["factor"])] for r in judged]
-        return {"flagged": int(sum(flags)), "fell_and_flagged": int(sum(a and b for a, b in zip(flags, falls))),
-                "held_and_flagged": int(sum(a and not b for a, b in zip(flags, falls)))}
+        return score_flags([bool(flag(r)) for r in judged], [f[(r["case"], r["factor"])] for r in judged])
 
     tol_in = tolerance(level_rows(rows, model))["sigma_z"]
     cases = {r["case"] for r in rows}
@@ -194,9 +197,7 @@ def slice_class_record(rows: list[dict], model: str, split_mm: float) -> dict:
     scored = [r for r in judged if loo.get(r["case"]) is not None]
     flags = [served(r) > loo[r["case"]] for r in scored]
     falls = [f[(r["case"], r["factor"])] for r in scored]
-    out["left_out"] = {"scans": len(scored), "fell": int(sum(falls)), "flagged": int(sum(flags)),
-                       "fell_and_flagged": int(sum(a and b for a, b in zip(flags, falls))),
-                       "held_and_flagged": int(sum(a and not b for a, b in zip(flags, falls)))}
+    out["left_out"] = {"scans": len(scored), "fell": int(sum(falls)), **score_flags(flags, falls)}
     return out
 
 

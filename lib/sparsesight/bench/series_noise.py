@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import publish, setup_process
-from .noise_grid import ratios
+from .noise_grid import ratios, score_flags
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ def run(cases: int, factors: list[float], seed: int, downsample: int = 1, models
                             "bench", {**vols, "T2": (series, aff)}, dict.fromkeys(MODALITIES, "for"))
                         path = Path(tmp) / f"{kind}.nii.gz"
                         nib.save(nib.Nifti1Image(image, affine), str(path))
-                        on_grid[kind] = load_on_model_grid(_model_grid(downsample), path,
+                        # the clean study is only the truth's reference: no noise estimate of its own
+                        on_grid[kind] = load_on_model_grid(_model_grid(downsample), path, noise=kind == "noisy",
                                                            series_grids=grids) + (grids,)
                     image, _, info, grids = on_grid["noisy"]
                     region = ndimage.binary_erosion(np.all(on_grid["clean"][0] != 0, 0), iterations=2)
@@ -164,9 +165,7 @@ def flag_record(rows: list[dict], model: str) -> dict:
             for r in judged]
     fell = [d > NOISE_DICE_DROP for d in drop]
     flag = [r["models"][model]["noise_flagged"] for r in judged]
-    return {"scans": len(judged), "fell": int(sum(fell)), "flagged": int(sum(flag)),
-            "fell_and_flagged": int(sum(a and b for a, b in zip(fell, flag))),
-            "held_and_flagged": int(sum(b and not a for a, b in zip(fell, flag))),
+    return {"scans": len(judged), "fell": int(sum(fell)), **score_flags(flag, fell),
             "largest_drop": round(float(max(drop)), 4) if drop else None}
 
 
@@ -205,7 +204,7 @@ def markdown_table(res: dict) -> list[str]:
 
 
 def plot(res: dict, path: Path) -> None:
-    from ..preview import pyplot
+    from ..preview import pyplot, save_png
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -220,9 +219,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set_ylabel("estimated")
     ax.set_title("A PACS study's T2 resampled onto FLAIR's grid: its noise estimate", fontsize=9)
     ax.legend(fontsize=6)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv=None) -> int:
