@@ -161,7 +161,19 @@ def grid_line(manifest: dict) -> str:
     return (" x ".join(f"{v:g}" for v in g["voxel_mm"]) + " mm; "
             + (f"held up to {tol:g} mm slices on held-out phantoms (bench/slice_tolerance)" if tol is not None
                else g.get("note", "tolerance not measured"))
+            + apparent_part(g)
             + ("; FLAGGED: " + "; ".join(g["flags"]) if g.get("flags") else ""))
+
+
+def apparent_part(g: dict) -> str:
+    """The slice thickness the input's noise says (input_grid.apparent_slice) and the reading measured to hold up on
+    upsampled scans, as a clause of grid_line ("" when the bundle has no reading)."""
+    if g.get("apparent_slice_mm") is None:
+        return ""
+    tol = g.get("apparent_tolerance_mm")
+    return (f"; its noise reads {g['apparent_slice_mm']:g} mm slices, "
+            + (f"held up to {tol:g} on upsampled phantoms (bench/upsampled_slices)" if tol is not None
+               else g.get("apparent_note", "tolerance not measured")))
 
 
 def consistency_line(manifest: dict) -> str:

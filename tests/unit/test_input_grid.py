@@ -81,3 +81,155 @@ def test_the_plain_label_answer_carries_the_input_checks_and_all_their_flags():
     assert len(bad["flags"]) == 2 and bad["flags"] == bad["input_noise"]["flags"] + bad["input_grid"]["flags"]
     smooth = np.stack([np.broadcast_to(np.linspace(50, 150, shape[0])[:, None, None], shape)] * 4)
     assert input_checks(smooth.astype(np.float32), np.eye(4), "sum", version)["flags"] == []
+
+
+# ------------------------------------------------------------------------------------------ upsampled thick slices
+UPSAMPLED = {"sum": {"version": "sha256:abc", "apparent_mm": 3.0}}
+
+
+def _brain_noise(shape=(48, 44, 40), channels=2, seed=0):
+    """White noise inside a smooth ellipsoid 'brain' on a zero background (what apparent_factor reads)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    brain = (grid**2).sum(0) < 0.8
+    anatomy = 100 + 20 * np.cos(3 * grid[0]) * np.sin(2 * grid[1])
+    return np.stack([np.where(brain, anatomy + 5 * rng.standard_normal(shape), 0) for _ in range(channels)]
+                    ).astype(np.float32)
+
+
+def _upsample(image, factor, axis, order):
+    from scipy import ndimage as ndi
+
+    keep = [slice(None)] * 3
+    keep[axis] = slice(None, None, factor)
+    zoom = [1.0] * 3
+    zoom[axis] = image.shape[axis + 1] / image[(0, *keep)].shape[axis]
+    return np.stack([ndi.zoom(c[tuple(keep)], zoom, order=order) for c in image])
+
+
+def test_white_noise_reads_one_voxel_along_every_axis():
+    from sparsesight.input_grid import apparent_factor
+
+    assert apparent_factor(_brain_noise()) == pytest.approx([1.0, 1.0, 1.0], abs=0.1)
+    assert apparent_factor(_brain_noise(shape=(48, 44, 12)))[2] is None  # too short an axis to read
+
+
+@pytest.mark.parametrize("factor,axis,order,low,high", [(4, 2, 1, 3.5, 7.0), (4, 0, 3, 2.5, 5.0), (2, 1, 1, 1.8, 3.5)])
+def test_noise_upsampled_along_an_axis_reads_about_the_factor_there(factor, axis, order, low, high):
+    """Linear upsampling reads above the factor, cubic below (input_grid's docstring; bench/upsampled_slices)."""
+    from sparsesight.input_grid import apparent_factor, apparent_slice
+
+    reading = apparent_factor(_upsample(_brain_noise(), factor, axis, order))
+    assert low <= reading[axis] <= high
+    assert apparent_slice(reading, [1.0, 1.0, 1.0])[1] == axis  # the thickest reading is the upsampled axis
+
+
+def test_an_apparent_slice_above_the_measured_reading_is_flagged_and_the_header_is_not_trusted():
+    ok = assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[1.0, 1.0, 2.9], upsampled_table=UPSAMPLED)
+    assert ok["flags"] == [] and ok["apparent_slice_mm"] == 2.9 and ok["apparent_tolerance_mm"] == 3.0
+    bad = assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[1.2, None, 4.5], upsampled_table=UPSAMPLED)
+    assert bad["apparent_axis"] == 2 and len(bad["flags"]) == 1
+    assert "upsampled from slices about 4.5 mm thick (its header says 1 mm)" in bad["flags"][0]
+    # a scan whose thick slices are on its own grid reads about 1 voxel there: the header's check is the one that speaks
+    thick = assess([1.0, 1.0, 5.0], "sum", "sha256:abc", TABLE, apparent=[1.0, 1.0, 1.1], upsampled_table=UPSAMPLED)
+    assert len(thick["flags"]) == 1 and "thicker than 2.50 mm" in thick["flags"][0]
+    other = assess([1.0, 1.0, 1.0], "sum", "sha256:retrained", TABLE, apparent=[1, 1, 5], upsampled_table=UPSAMPLED)
+    assert other["flags"] == [] and "not measured" in other["apparent_note"]
+
+
+def test_upsampled_tolerance_is_the_largest_reading_before_the_first_group_that_fell():
+    from sparsesight.bench.upsampled_slices import tolerance as upsampled_tolerance
+
+    def row(mm, et):
+        return {"apparent_mm": mm, "dice": {"WT": 0.95, "TC": 0.9, "ET": et}}
+
+    rows = [row(1.0, 0.90), row(2.6, 0.88), row(1.7, 0.89), row(4.2, 0.80), row(3.4, 0.87), row(5.0, 0.88)]
+    assert upsampled_tolerance(rows) == {"apparent_mm": 3.4, "fell": 1, "caught": 1, "false_flags": 1, "missed": 0}
+
+
+def test_the_served_path_reads_the_noise_on_the_scans_own_grid(tmp_path):
+    """An upsampled 1 mm scan (no resampling by the server) is read as it is; a scan the server resamples is read
+    before the resampling (load_on_model_grid's `from_apparent_factor`), which would correlate its noise."""
+    import nibabel as nib
+
+    from sparsesight.runners.segmentation import input_checks, load_on_model_grid
+
+    up = _upsample(_brain_noise(channels=4), 4, 2, 1)
+    version = tolerances()["sum"]["version"]
+    checks = input_checks(up, np.eye(4), "sum", version)
+    assert checks["input_grid"]["apparent_axis"] == 2 and checks["input_grid"]["apparent_slice_mm"] > 3
+    assert "looks upsampled along voxel axis 2" in checks["input_noise"]["upsampled_note"]
+    assert "upsampled_note" not in input_checks(_brain_noise(channels=4), np.eye(4), "sum", version)["input_noise"]
+
+    class Model:  # the model's grid: 1 mm RAS (segmentation.model_grid reads `spacing_mm`)
+        n, spacing_mm = 4, (1.0, 1.0, 1.0)
+
+    path = tmp_path / "white_1p5mm.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(_brain_noise(channels=4), 0, -1), np.diag([1.5, 1.5, 1.5, 1.0])), path)
+    image, affine, resampled = load_on_model_grid(Model(), path)
+    assert resampled["from_apparent_factor"] == pytest.approx([1.0, 1.0, 1.0], abs=0.1)
+    assert max(input_grid_of(image, affine, resampled, version)["apparent_factor"]) < 1.2
+
+
+def input_grid_of(image, affine, resampled, version):
+    from sparsesight.runners.segmentation import input_checks
+
+    return input_checks(image, affine, "sum", version, resampled=resampled)["input_grid"]
+
+
+def test_a_near_zero_background_is_cleared_and_an_exact_one_left_alone():
+    """Spline ringing leaves small values over the whole background; counted as brain, they moved the z-score and
+    SUM lost the tumour (bench/upsampled_slices). clear_background zeroes the background, not the brain."""
+    from sparsesight.transforms import clear_background
+
+    clean = _brain_noise(channels=3)
+    same, n = clear_background(clean)
+    assert n == 0 and same is clean
+    brain = (clean != 0).any(0)
+    ringing = _upsample(clean, 3, 2, 3)  # cubic splines: non-zero far outside the brain
+    assert (ringing != 0).any(0).mean() > 2 * brain.mean()
+    cleared, n = clear_background(ringing)
+    assert n > 0 and (cleared != 0).any(0).mean() < 1.3 * brain.mean()
+
+    def brain_mean(x):  # what the z-score of intensity_normalisation (non-zero voxels) is taken over
+        return x[0][(x != 0).any(0)].mean()
+
+    true = ringing[0][brain].mean()  # over the brain itself
+    assert brain_mean(ringing) < 0.4 * true  # the background counted as brain
+    assert brain_mean(cleared) == pytest.approx(true, rel=0.2)  # a shell of ringing > 5 % next to a sharp edge stays
+    assert abs(brain_mean(cleared) - true) < 0.3 * abs(brain_mean(ringing) - true)
+    inside = ndi_erode(brain)
+    assert np.array_equal(cleared[:, inside], ringing[:, inside])  # the brain is untouched
+    dark = clean.copy()
+    dark[:, 22:26, 20:24, 18:22] = 0.5  # a dark spot inside the brain is not background
+    assert clear_background(dark)[1] == 0
+    hot = clean.copy()
+    hot[:, 24, 22, 20] = 1e6  # nor does one hot voxel lift the threshold over the brain (a percentile, not the max)
+    assert clear_background(hot)[1] == 0
+
+
+def ndi_erode(mask):
+    from scipy import ndimage as ndi
+
+    return ndi.binary_erosion(mask, iterations=4)
+
+
+@pytest.mark.slow
+def test_the_upsampled_slices_bench_runs_in_a_small_form(tmp_path):
+    """bench/upsampled_slices end to end on one held-out phantom and the shipped SUM: the 1 mm scan and the scan made
+    with 4 mm slices then upsampled with cubic splines. The reading says about 4 mm where the header says 1, and the
+    upsampled scan is still segmented: its background of spline ringing is cleared (it lost SUM the whole tumour)."""
+    import json
+
+    from sparsesight.bench import upsampled_slices
+
+    out, plot = tmp_path / "record.json", tmp_path / "plot.png"
+    assert upsampled_slices.main(["--models", "sum", "--cases", "1", "--levels", "4", "--orders", "3", "--off-grid",
+                                  "0", "--threads", "2", "--out", str(out), "--plot", str(plot)]) == 0
+    r = json.loads(out.read_text())
+    clean, up = r["models"]["sum"]["rows"]
+    assert (clean["order"], up["level"], up["order"]) == (None, 4.0, 3) and plot.stat().st_size > 10_000
+    assert clean["apparent_mm"] == pytest.approx(1.0, abs=0.05) and 3.0 < up["apparent_mm"] < 6.0
+    assert r["readings"][1]["apparent_axis"] == 2
+    assert up["dice"]["WT"] > clean["dice"]["WT"] - 0.1
+    assert r["command"].startswith("python -m sparsesight.bench.upsampled_slices")

@@ -12,7 +12,7 @@ from .. import CLASSES, MODALITIES, input_noise
 from ..bundle import BundleWriter
 from ..data.io import load_image
 from ..errors import InvalidInput
-from ..transforms import intensity_normalisation
+from ..transforms import clear_background, intensity_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ def _footprint(grid, block, margin: int = 2):
 
 def load_on_model_grid(model, image_path, noise: bool = True,
                        series_grids: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict | None]:
-    """(image (C, X, Y, Z), affine, resampling) with the image on the model's grid: an image of another voxel size,
+    """(image (C, X, Y, Z), affine, resampling) with the image on the model's grid (its near-zero background set to 0
+    first: transforms.clear_background): an image of another voxel size,
     orientation or obliquity is resampled (trilinear) onto RAS axes at the training voxel size, covering the
     same field of view; `resampling` says from what (None when nothing was done): the voxel size and axes, the
     noise per channel estimated on the scan's own grid (input_noise.sigma_hat, and sigma_z) and the share of it
@@ -155,6 +156,9 @@ def load_on_model_grid(model, image_path, noise: bool = True,
     from nibabel.processing import resample_from_to
 
     image, affine = load_image(image_path, channels=getattr(model, "n", len(MODALITIES)))
+    image, cleared = clear_background(image)
+    if cleared:
+        logger.info("%d voxels of a near-zero background set to 0 (transforms.clear_background)", cleared)
     grid = model_grid_box(model, affine, image.shape[1:])
     series = checked_series_grids(series_grids, image.shape[0]) if noise else {}
     if grid is None and not series:
@@ -184,6 +188,10 @@ def load_on_model_grid(model, image_path, noise: bool = True,
                                                       "noise_gain": round(chained_noise_gain(steps), 4)}
         info.update({"from_sigma": [input_noise.figure(v) for v in sigma],
                      "from_sigma_z": [input_noise.figure(v) for v in sigma_z], "noise_gain": round(gain, 4)})
+        if grid is not None:  # read on the scan's own grid: the resampling correlates its noise (input_grid)
+            from .. import input_grid
+
+            info["from_apparent_factor"] = input_grid.apparent_factor(image)
     logger.info("image resampled onto the model's grid: %s", info)
     return resampled, target, info
 
@@ -263,7 +271,8 @@ def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str
     flagged when above); with the image's `affine` (on the model's grid), the input's voxel size as it came in
     (input_voxel_mm, and the voxel sizes of the series a PACS study had resampled onto its grid), its slice
     thickness against the thickest slices measured to hold up (input_grid.assess: `input_grid`, flagged when
-    above). What the plain label answer carries (its params' `checks`) and the bundle's label entry (add_label)."""
+    above), and the slice thickness its noise says (input_grid.apparent_factor, read on the scan's own grid: on
+    `image` when it was not resampled) against the reading measured to hold up on upsampled scans. What the plain label answer carries (its params' `checks`) and the bundle's label entry (add_label)."""
     from .. import input_grid
 
     out: dict = {}
@@ -271,8 +280,14 @@ def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str
         out["input_noise"] = input_noise.assess(image, model, version, MODALITIES[: image.shape[0]], resampled=resampled)
     if affine is not None:
         series = {c: g["from_voxel_mm"] for c, g in ((resampled or {}).get("series") or {}).items()}
+        apparent = (resampled or {}).get("from_apparent_factor") if regridded(resampled) else (
+            None if image is None else input_grid.apparent_factor(image))
         out["input_grid"] = input_grid.assess(input_voxel_mm(affine, resampled), model, version,
-                                              series=series or None)
+                                              series=series or None, apparent=apparent)
+        axis = out["input_grid"].get("apparent_axis")
+        if "input_noise" in out and axis is not None and (apparent[axis] or 0) >= input_grid.UPSAMPLED_MIN:
+            out["input_noise"]["upsampled_note"] = (  # the finest band misses noise correlated by the upsampling
+                f"the scan looks upsampled along voxel axis {axis} (input_grid): its noise reads lower than it is")
     out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
     return out
 

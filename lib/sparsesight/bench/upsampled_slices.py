@@ -1,0 +1,229 @@
+"""Benchmark: scans upsampled from thick slices before they were uploaded: what their noise says, and whether the
+shipped weights hold up on them (the tolerance their bundles flag against).
+
+    python -m sparsesight.bench.upsampled_slices [--models sum mlcsc] [--cases 2] [--levels 2 3 4 5 6]
+        [--orders 0 1 3] [--axis 2] [--threads 1] [--out lib/sparsesight/data/upsampled_tolerance.json]
+
+A scan of 5 mm slices interpolated onto 1 mm voxels before upload says 1 mm in its header, so the slice-thickness
+check (bench/slice_tolerance) passes it. On the held-out phantoms of the shipped models' cards (1 mm, case seeds
+never trained on), each case is re-made with slices `level` mm thick along voxel `--axis` (slice_tolerance.
+thick_case: the off-grid generator's slice profile), then upsampled back onto its own 1 mm grid with spline order
+0 (nearest), 1 (linear) or 3 (cubic), as users' tools do, and written with the 1 mm header. Per input: the reading
+of input_grid.apparent_factor (apparent_slice: the thickest apparent voxel, in mm, and its axis), and the served label's Dice against the 1 mm truth (the
+file is on the model's grid: nothing is resampled). Each (level, order) is one group, its reading and Dice the
+means over the cases. A model's tolerance is the largest reading up to which, going up in reading from the 1 mm
+scans, every group's Dice stayed within SLICE_DICE_DROP of the 1 mm Dice in every region; the record counts the
+groups that fell and read above it (caught) and the groups that held and read above it (false flags). Writes the
+JSON the package ships (input_grid.upsampled_tolerances) and a plot in bench/results (--plot).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..input_grid import SLACK, SLICE_DICE_DROP, apparent_factor, apparent_slice
+from ..transforms import clear_background
+from . import load_shipped, publish, setup_process, shipped_weights_parser
+from .noise_tolerance import REGIONS
+from .slice_tolerance import segment, thick_case
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "upsampled_tolerance.json"
+ORDER_NAMES: dict[int | None, str] = {0: "nearest", 1: "linear", 3: "cubic"}
+
+
+def upsampled_case(image: np.ndarray, label: np.ndarray, affine: np.ndarray, thickness_mm: float, axis: int,
+                   order: int) -> np.ndarray:
+    """The case (C, X, Y, Z) made with slices `thickness_mm` thick along `axis` (thick_case), then interpolated back
+    onto its own grid (`affine`, the label's shape) with spline `order`: a thick-slice scan upsampled before upload."""
+    from nibabel.processing import resample_from_to
+
+    thick, _, thick_affine = thick_case(image, label, affine, thickness_mm, axis)
+    return np.stack([resample_from_to(nib.Nifti1Image(c, thick_affine), (label.shape, affine), order=order,
+                                      mode="nearest").get_fdata(dtype=np.float32) for c in thick])
+
+
+def make_inputs(items: list[dict], levels: list[float], orders: list[int], axis: int, work: Path) -> list[dict]:
+    """The inputs every model is measured on, each written once as NIfTI under `work` with its reading: the 1 mm
+    scans (level 1, order None) and every (case, level, order)'s upsampled scan."""
+    from ..data.io import load_image, load_label
+
+    inputs = []
+    for it in items:
+        img, aff = load_image(it["image"])
+        lab = load_label(it["label"], spatial_shape=img.shape[1:])[0]
+        for level, order in [(1.0, None), *((lv, o) for lv in levels for o in orders)]:
+            if order is None:
+                x, path = img, Path(it["image"])
+            else:
+                x = upsampled_case(img, lab, aff, level, axis, order)
+                path = work / f"{it['id']}_{level:g}mm_order{order}.nii.gz"
+                nib.save(nib.Nifti1Image(np.moveaxis(x, 0, -1), aff), str(path))
+            factor = apparent_factor(clear_background(x)[0])  # as the served path reads it (load_on_model_grid)
+            mm, read_axis = apparent_slice(factor, list(nib.affines.voxel_sizes(aff)))
+            inputs.append({"case": it["id"], "level": level, "order": order, "path": path, "label": lab,
+                           "affine": aff, "factor": factor, "apparent_mm": mm, "apparent_axis": read_axis})
+            logger.info("%s, %g mm slices, %s: reads %s voxels", it["id"], level,
+                        ORDER_NAMES.get(order, "as made"), factor)
+    return inputs
+
+
+def groups(per_input: list[dict]) -> list[dict]:
+    """One row per (level, order), the 1 mm scans first: mean reading and mean Dice per region over the cases."""
+    keys = sorted({(r["level"], r["order"]) for r in per_input}, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
+    rows = []
+    for level, order in keys:
+        rs = [r for r in per_input if r["level"] == level and r["order"] == order]
+        rows.append({"level": level, "order": order, "interpolation": ORDER_NAMES.get(order, "none (1 mm scan)"),
+                     "apparent_mm": round(float(np.mean([r["apparent_mm"] for r in rs])), 3),
+                     "dice": {k: float(np.mean([r["dice"][k] for r in rs])) for k in REGIONS}})
+    return rows
+
+
+def tolerance(rows: list[dict], drop: float = SLICE_DICE_DROP) -> dict:
+    """The largest reading up to which every group (going up in reading from the 1 mm scans, rows[0]) kept every
+    region's Dice within `drop` of the 1 mm Dice; with the groups that fell and read above it (`caught`), those
+    that held and read above it (`false_flags`) and those that fell at or below it (`missed`: none by
+    construction while the readings rise with the Dice loss, counted to show where they do not)."""
+    clean = rows[0]["dice"]
+    fell = [any(clean[k] - r["dice"][k] > drop for k in REGIONS) for r in rows]
+    held = rows[0]["apparent_mm"]
+    for r, f in sorted(zip(rows[1:], fell[1:]), key=lambda p: p[0]["apparent_mm"]):
+        if f:
+            break
+        held = r["apparent_mm"]
+    above = [(r, f) for r, f in zip(rows[1:], fell[1:]) if r["apparent_mm"] > held]
+    return {"apparent_mm": held, "fell": int(sum(fell[1:])), "caught": sum(f for _, f in above),
+            "false_flags": sum(not f for _, f in above),
+            "missed": sum(f for r, f in zip(rows[1:], fell[1:]) if r["apparent_mm"] <= held)}
+
+
+def off_grid_readings(cases: int, seed: int, work: Path) -> list[dict]:
+    """The reading of each off-grid phantom of the cards (pretrain.eval_split, variety: random voxel sizes, slice
+    thickness and orientation, written on their own grids, not upsampled after): what scans that are what their
+    header says read."""
+    from ..data.io import load_image
+    from ..pretrain import eval_split, items_of
+
+    rows = []
+    for it in items_of(eval_split(cases, 1, seed, work, variety=True), "test"):
+        img, aff = load_image(it["image"])
+        voxel = [round(float(v), 3) for v in nib.affines.voxel_sizes(aff)]
+        factor = apparent_factor(clear_background(img)[0])  # as the served path reads it (load_on_model_grid)
+        mm, read_axis = apparent_slice(factor, voxel)
+        rows.append({"case": it["id"], "voxel_mm": voxel, "factor": factor, "apparent_mm": mm,
+                     "apparent_axis": read_axis})
+        logger.info("off-grid %s (voxels %s mm): reads %s voxels, %s mm", it["id"], voxel, factor, mm)
+    return rows
+
+
+def run(models: list[str], cases: int, levels: list[float], orders: list[int], axis: int, seed: int,
+        work: Path, off_grid: int = 0) -> dict:
+    from ..metrics import region_dice
+    from ..pretrain import eval_split, items_of
+
+    items = items_of(eval_split(cases, 1, seed, work), "test")
+    out: dict = {"drop": SLICE_DICE_DROP, "levels": levels, "orders": orders, "axis": axis,
+                 "data": f"{cases} held-out phantoms of the model cards (pretrain.eval_split, seed {seed}, 1 mm), "
+                         f"made with slices of each level thick along voxel axis {axis}, then upsampled back onto "
+                         f"their 1 mm grid with each spline order", "models": {}}
+    if off_grid:
+        out["off_grid"] = off_grid_readings(off_grid, seed, work)
+    with tempfile.TemporaryDirectory(prefix="upsampled_slices_") as tmp:
+        inputs = make_inputs(items, levels, orders, axis, Path(tmp))
+        out["readings"] = [{k: i[k] for k in ("case", "level", "order", "factor", "apparent_mm",
+                                                         "apparent_axis")} for i in inputs]
+        for name in models:
+            model, meta, _ = load_shipped(name)
+            logger.info("%s %s: %d inputs", name, meta["version"][:19], len(inputs))
+            per_input = []
+            for i in inputs:
+                pred, _ = segment(model, i["path"], i["label"], i["affine"])
+                per_input.append({"case": i["case"], "level": i["level"], "order": i["order"],
+                                  "apparent_mm": i["apparent_mm"], "dice": region_dice(pred, i["label"])})
+                logger.info("%s %s %g mm %s: reads %.2f mm, Dice %s", name, i["case"], i["level"],
+                            ORDER_NAMES.get(i["order"], "1 mm"), i["apparent_mm"],
+                            {k: round(v, 3) for k, v in per_input[-1]["dice"].items()})
+            rows = groups(per_input)
+            held = tolerance(rows)
+            over = [r["case"] for r in out.get("off_grid", []) if r["apparent_mm"] is not None
+                    and r["apparent_mm"] > held["apparent_mm"] * (1 + SLACK) and r["apparent_mm"] > max(r["voxel_mm"])]
+            out["models"][name] = {"version": meta["version"], **held, "off_grid_flagged": over, "rows": rows,
+                                   "per_input": per_input}
+    return out
+
+
+def markdown_table(res: dict) -> list[str]:
+    """bench/README's table: per model, level and interpolation, the reading and the Dice per region."""
+    lines = ["| model | slices mm | upsampled | reads mm | WT | TC | ET |", "|---|---|---|---|---|---|---|"]
+    for name, m in res["models"].items():
+        for r in m["rows"]:
+            d = r["dice"]
+            lines.append(f"| {name} | {r['level']:g} | {r['interpolation']} | {r['apparent_mm']:.2f} | "
+                         f"{d['WT']:.3f} | {d['TC']:.3f} | {d['ET']:.3f} |")
+    return lines
+
+
+def summary(res: dict) -> list[str]:
+    off = res.get("off_grid", [])
+    return [f"{name}: holds up to a reading of {m['apparent_mm']:g} mm; of {m['fell']} upsampled groups that fell, "
+            f"{m['caught']} read above it (flagged), {m['missed']} did not; {m['false_flags']} that held are flagged"
+            + (f"; {len(m['off_grid_flagged'])} of {len(off)} off-grid scans (not upsampled) would be flagged"
+               if off else "") for name, m in res["models"].items()]
+
+
+def plot(res: dict, path: Path) -> None:
+    """Dice per region against the reading, one panel per model, a marker per interpolation; the tolerance dashed."""
+    from ..preview import pyplot, save_png
+
+    plt = pyplot()
+    names = list(res["models"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
+    markers = {None: "s", 0: "v", 1: "o", 3: "^"}
+    for ax, name in zip(axes[0], names):
+        m = res["models"][name]
+        for k, colour in zip(REGIONS, ("C0", "C1", "C2")):
+            for order, mk in markers.items():
+                rs = [r for r in m["rows"] if r["order"] == order]
+                ax.plot([r["apparent_mm"] for r in rs], [r["dice"][k] for r in rs], mk, color=colour, ms=6,
+                        ls="-" if order is not None else "")
+            ax.plot([], [], "-", color=colour, label=k)
+        for order, mk in markers.items():
+            ax.plot([], [], mk, color="k", label=ORDER_NAMES.get(order, "1 mm scan"))
+        ax.axvline(m["apparent_mm"], color="k", ls="--", lw=1, label=f"tolerance {m['apparent_mm']:g} mm")
+        ax.set_xlabel("reading: apparent slice thickness (mm)")
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name} {m['version'][7:19]}: upsampled thick slices")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save_png(fig, path)
+
+
+def main(argv=None) -> int:
+    p = shipped_weights_parser(__doc__, DEFAULT_OUT, Path("bench/results/upsampled_slices.png"),
+                               seed_help=" (held-out seed = seed + 1000)")
+    p.add_argument("--cases", type=int, default=2)
+    p.add_argument("--levels", type=float, nargs="+", default=[2.0, 3.0, 4.0, 5.0, 6.0],
+                   help="slice thicknesses in mm, above 1 mm")
+    p.add_argument("--orders", type=int, nargs="+", default=[0, 1, 3], choices=[0, 1, 3],
+                   help="spline orders of the upsampling (0 nearest, 1 linear, 3 cubic)")
+    p.add_argument("--axis", type=int, default=2, choices=[0, 1, 2], help="the voxel axis made thick")
+    p.add_argument("--off-grid", type=int, default=4,
+                   help="also read the cards' first N off-grid phantoms (scans on their own grids; 0: none)")
+    a = p.parse_args(argv)
+    if any(v <= 1.0 for v in a.levels):
+        p.error("--levels must be above 1 mm")
+    setup_process(a.threads)
+    res = run(a.models, a.cases, sorted(a.levels), a.orders, a.axis, a.seed, a.work, a.off_grid)
+    publish(res, "upsampled_slices", argv, a.out, plot, a.plot, (markdown_table, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
