@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage as ndi
 import torch
 import torch.nn.functional as F
 from monai import transforms as mt
+from scipy import ndimage as ndi
 
 #: `augment` levels of the training recipe (training/segmentation.py's train_config)
 AUGMENT_LEVELS = ("light", "full", "thick")

@@ -145,6 +145,10 @@ def test_upsampled_tolerance_is_the_largest_reading_before_the_first_group_that_
 
     rows = [row(1.0, 0.90), row(2.6, 0.88), row(1.7, 0.89), row(4.2, 0.80), row(3.4, 0.87), row(5.0, 0.88)]
     assert upsampled_tolerance(rows) == {"apparent_mm": 3.4, "fell": 1, "caught": 1, "false_flags": 1, "missed": 0}
+    # a group that held at the very reading of one that fell does not lift the tolerance to that reading
+    rows = [row(1.0, 0.90), row(4.9, 0.87), row(5.1, 0.87), row(5.1, 0.80), row(6.4, 0.8)]
+    assert upsampled_tolerance(rows) == {"apparent_mm": 4.9, "fell": 2, "caught": 2, "false_flags": 1, "missed": 0}
+    assert upsampled_tolerance([row(1.0, 0.9), row(2.0, 0.8)])["apparent_mm"] == 1.0
 
 
 def test_the_served_path_reads_the_noise_on_the_scans_own_grid(tmp_path):

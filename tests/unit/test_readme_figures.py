@@ -494,6 +494,23 @@ def test_slice_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
                             lambda name, m: (f"`{name}` holds up to slices {m['slice_mm']:g} mm thick",))
 
 
+def test_upsampled_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
+    """The reading an upsampled scan is flagged against (bench/upsampled_slices) was measured on the shipped weights,
+    and the READMEs quote its table, its summary, its command and each model's tolerance and catch."""
+    from sparsesight.bench.upsampled_slices import markdown_table, summary
+    from sparsesight.input_grid import upsampled_tolerances
+
+    _check_tolerance_record("upsampled_tolerance.json", markdown_table, upsampled_tolerances, lambda name, m: (
+        f"`{name}` holds up on upsampled scans to a reading of {m['apparent_mm']:g} mm",), command="`{}`")
+    r = json.loads((ROOT / "lib" / "sparsesight" / "data" / "upsampled_tolerance.json").read_text())
+    bench = " ".join((ROOT / "bench" / "README.md").read_text().split())
+    assert all(line in bench for line in summary(r))
+    s, m = r["models"]["sum"], r["models"]["mlcsc"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"SUM's flag catches {s['caught']} of the {s['fell']} upsampled groups whose Dice fell (and "
+            f"{s['false_flags']} that held), ML-CSC's {m['caught']} of {m['fell']} (and {m['false_flags']} that held)") in readme
+
+
 def test_off_grid_ablation_is_that_of_the_shipped_cards():
     """The off-grid ablation ran the shipped weights, its random-grid Dice on the cards' off-grid cases are the
     cards' (the same split, segmented the same way), and bench/README quotes its table, intervals and command."""

@@ -86,17 +86,15 @@ def groups(per_input: list[dict]) -> list[dict]:
 
 
 def tolerance(rows: list[dict], drop: float = SLICE_DICE_DROP) -> dict:
-    """The largest reading up to which every group (going up in reading from the 1 mm scans, rows[0]) kept every
-    region's Dice within `drop` of the 1 mm Dice; with the groups that fell and read above it (`caught`), those
-    that held and read above it (`false_flags`) and those that fell at or below it (`missed`: none by
-    construction while the readings rise with the Dice loss, counted to show where they do not)."""
+    """The largest reading of a group that held (every region's Dice within `drop` of the 1 mm Dice, rows[0]) below
+    the lowest reading of a group that fell (the 1 mm scans' reading when none held below it); with the groups that
+    fell and read above it (`caught`), those that held and read above it (`false_flags`) and those that fell at or
+    below it (`missed`: none by construction, counted so that a change of rule would show)."""
     clean = rows[0]["dice"]
     fell = [any(clean[k] - r["dice"][k] > drop for k in REGIONS) for r in rows]
-    held = rows[0]["apparent_mm"]
-    for r, f in sorted(zip(rows[1:], fell[1:]), key=lambda p: p[0]["apparent_mm"]):
-        if f:
-            break
-        held = r["apparent_mm"]
+    first_fall = min((r["apparent_mm"] for r, f in zip(rows[1:], fell[1:]) if f), default=float("inf"))
+    held = max([rows[0]["apparent_mm"], *(r["apparent_mm"] for r, f in zip(rows[1:], fell[1:])
+                                          if not f and r["apparent_mm"] < first_fall)])
     above = [(r, f) for r, f in zip(rows[1:], fell[1:]) if r["apparent_mm"] > held]
     return {"apparent_mm": held, "fell": int(sum(fell[1:])), "caught": sum(f for _, f in above),
             "false_flags": sum(not f for _, f in above),
