@@ -16,8 +16,10 @@ low-frequency level, counted over the spectrum, of the image high-passed across 
 drops out) and returns t^ = 1 / (2 f_c) voxels: 1 for white noise, about t for a scan upsampled t times
 (measured on held-out phantoms with slices 2-6 mm thick upsampled onto 1 mm: 0.86-1.10 t for nearest neighbour,
 1.07-1.35 t for linear interpolation, whose response keeps more above the cut-off, 1.07-1.15 t for cubic splines,
-bench/upsampled_slices; it saturates near 7, where the cut-off reaches REFERENCE_BAND). The apparent voxel size is the header's times t^; `assess` compares the thickest with the
-reading measured to hold up on upsampled scans (data/upsampled_tolerance.json, bench/upsampled_slices).
+bench/upsampled_slices; it saturates near 7, where the cut-off reaches REFERENCE_BAND). The apparent voxel size
+is the header's times t^; `assess` compares the thickest with the reading measured to hold up on upsampled scans
+(data/upsampled_tolerance.json, bench/upsampled_slices). It is read on the scan's own grid: the server's own
+resampling would correlate the noise too (runners.segmentation.load_on_model_grid).
 """
 from __future__ import annotations
 
@@ -115,9 +117,10 @@ def assess(voxel: np.ndarray | list, model: str, version: str, table: dict | Non
     is then the thickest of them all, and `series_voxel_mm` lists them. `table`: the tolerances to compare with
     (default: the package's, tolerances()).
 
-    `apparent`: the input's apparent_factor per axis (on its own grid): `apparent_voxel_mm` is the voxel size its
-    noise says, and when an axis reads as upsampled (>= UPSAMPLED_MIN) beyond the reading measured to hold up on
-    upsampled scans (`upsampled_table`, default upsampled_tolerances(): `apparent_tolerance_mm`), it is flagged."""
+    `apparent`: the input's apparent_factor per axis (on its own grid): `apparent_slice_mm` is the thickest voxel
+    its noise says (apparent_slice, along `apparent_axis`), and when that axis reads as upsampled (>= UPSAMPLED_MIN)
+    beyond the reading measured to hold up on upsampled scans (`upsampled_table`, default upsampled_tolerances():
+    `apparent_tolerance_mm`), the label is flagged."""
     v = [round(float(x), 3) for x in voxel]
     own = {c: [round(float(x), 3) for x in mm] for c, mm in (series or {}).items()}
     thickest = max([*v, *(max(mm) for mm in own.values())])

@@ -8,12 +8,15 @@ A scan of 5 mm slices interpolated onto 1 mm voxels before upload says 1 mm in i
 check (bench/slice_tolerance) passes it. On the held-out phantoms of the shipped models' cards (1 mm, case seeds
 never trained on), each case is re-made with slices `level` mm thick along voxel `--axis` (slice_tolerance.
 thick_case: the off-grid generator's slice profile), then upsampled back onto its own 1 mm grid with spline order
-0 (nearest), 1 (linear) or 3 (cubic), as users' tools do, and written with the 1 mm header. Per input: the reading
-of input_grid.apparent_factor (apparent_slice: the thickest apparent voxel, in mm, and its axis), and the served label's Dice against the 1 mm truth (the
-file is on the model's grid: nothing is resampled). Each (level, order) is one group, its reading and Dice the
-means over the cases. A model's tolerance is the largest reading up to which, going up in reading from the 1 mm
-scans, every group's Dice stayed within SLICE_DICE_DROP of the 1 mm Dice in every region; the record counts the
-groups that fell and read above it (caught) and the groups that held and read above it (false flags). Writes the
+0 (nearest), 1 (linear) or 3 (cubic), as users' tools do, and written with the 1 mm header. Per input: the
+reading of input_grid.apparent_factor on the scan as the server loads it (its near-zero background cleared:
+transforms.clear_background; apparent_slice: the thickest apparent voxel, in mm, and its axis) and the served
+label's Dice against the 1 mm truth (the file is on the model's grid: nothing is resampled). Each (level, order)
+is one group, its reading and Dice the means over the cases. A model's tolerance (`tolerance`) is the largest
+reading of a group whose Dice stayed within SLICE_DICE_DROP of the 1 mm Dice in every region, below the lowest
+reading of a group that fell; the record counts the groups that fell and read above it (caught) and those that
+held and read above it (false flags). With --off-grid N, the cards' first N off-grid phantoms (on their own grids,
+not upsampled) are read too, and the record says which a model's tolerance would flag. Writes the
 JSON the package ships (input_grid.upsampled_tolerances) and a plot in bench/results (--plot).
 """
 from __future__ import annotations
