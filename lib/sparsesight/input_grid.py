@@ -146,6 +146,11 @@ def assess(voxel: np.ndarray | list, model: str, version: str, table: dict | Non
     return out
 
 
+def upsampled(factor: float | None) -> bool:
+    """Whether an axis's apparent_factor reads as upsampled (UPSAMPLED_MIN voxels or more)."""
+    return factor is not None and factor >= UPSAMPLED_MIN
+
+
 def apparent_slice(factors: list, voxel: list) -> tuple[float | None, int | None]:
     """(mm, axis) of the thickest apparent voxel (factor times voxel size) over the axes read; (None, None) without
     a reading. Only the thickest is kept: where the noise is weak beside the anatomy (a thick slice averages it
@@ -169,7 +174,7 @@ def assess_apparent(voxel: list, apparent: list, model: str, version: str, table
         return out
     out["apparent_tolerance_mm"] = tol["apparent_mm"]
     factor = None if axis is None else factors[axis]
-    if mm is not None and factor is not None and factor >= UPSAMPLED_MIN and mm > tol["apparent_mm"] * (1 + SLACK):
+    if mm is not None and upsampled(factor) and mm > tol["apparent_mm"] * (1 + SLACK):
         out["apparent_flags"].append(
             f"the noise along voxel axis {axis} is correlated over {factor:.1f} voxels: the scan looks "
             f"upsampled from slices about {mm:.1f} mm thick (its header says {voxel[axis]:g} mm), more than "

@@ -137,7 +137,8 @@ def clear_background(image: np.ndarray, share: float = BACKGROUND_SHARE) -> tupl
     non-zero voxels or more: dark voxels inside the brain are never touched, and a scan whose background is exactly
     0 but for a halo at the brain's edge is returned as it is."""
     nonzero = image != 0
-    if not nonzero.any():
+    brain = nonzero.any(0)  # the non-zero voxels of any channel, as the z-score and the checks take them
+    if not brain.any():
         return image, 0
     levels = []
     for c, nz in zip(image, nonzero):
@@ -145,13 +146,13 @@ def clear_background(image: np.ndarray, share: float = BACKGROUND_SHARE) -> tupl
         levels.append(share * float(np.percentile(v, 99)) if v.size else 0.0)
     near = np.all(np.abs(image) <= np.asarray(levels, dtype=image.dtype).reshape(-1, *[1] * (image.ndim - 1)),
                   axis=0)
-    if not (near & nonzero.any(0)).any():
+    if not (near & brain).any():
         return image, 0
     parts, _ = ndi.label(near)
     border = np.unique(np.concatenate([np.take(parts, i, axis=a).ravel() for a in range(parts.ndim) for i in (0, -1)]))
-    background = np.isin(parts, border[border > 0]) & nonzero.any(0)
+    background = np.isin(parts, border[border > 0]) & brain
     n = int(background.sum())
-    if n < NONZERO_BACKGROUND_MIN * np.count_nonzero(nonzero.any(0)):
+    if n < NONZERO_BACKGROUND_MIN * np.count_nonzero(brain):
         return image, 0
     out = image.copy()
     out[:, background] = 0

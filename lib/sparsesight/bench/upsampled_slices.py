@@ -51,6 +51,13 @@ def upsampled_case(image: np.ndarray, label: np.ndarray, affine: np.ndarray, thi
                                       mode="nearest").get_fdata(dtype=np.float32) for c in thick])
 
 
+def reading(image: np.ndarray, voxel: list) -> tuple[list, float | None, int | None]:
+    """(apparent_factor per axis, apparent slice mm, its axis) of a scan (C, X, Y, Z) of voxel size `voxel`, read
+    as the served path reads it: after load_on_model_grid has cleared its near-zero background."""
+    factor = apparent_factor(clear_background(image)[0])
+    return (factor, *apparent_slice(factor, voxel))
+
+
 def make_inputs(items: list[dict], levels: list[float], orders: list[int], axis: int, work: Path) -> list[dict]:
     """The inputs every model is measured on, each written once as NIfTI under `work` with its reading: the 1 mm
     scans (level 1, order None) and every (case, level, order)'s upsampled scan."""
@@ -67,8 +74,7 @@ def make_inputs(items: list[dict], levels: list[float], orders: list[int], axis:
                 x = upsampled_case(img, lab, aff, level, axis, order)
                 path = work / f"{it['id']}_{level:g}mm_order{order}.nii.gz"
                 nib.save(nib.Nifti1Image(np.moveaxis(x, 0, -1), aff), str(path))
-            factor = apparent_factor(clear_background(x)[0])  # as the served path reads it (load_on_model_grid)
-            mm, read_axis = apparent_slice(factor, list(nib.affines.voxel_sizes(aff)))
+            factor, mm, read_axis = reading(x, list(nib.affines.voxel_sizes(aff)))
             inputs.append({"case": it["id"], "level": level, "order": order, "path": path, "label": lab,
                            "affine": aff, "factor": factor, "apparent_mm": mm, "apparent_axis": read_axis})
             logger.info("%s, %g mm slices, %s: reads %s voxels", it["id"], level,
@@ -115,8 +121,7 @@ def off_grid_readings(cases: int, seed: int, work: Path) -> list[dict]:
     for it in items_of(eval_split(cases, 1, seed, work, variety=True), "test"):
         img, aff = load_image(it["image"])
         voxel = [round(float(v), 3) for v in nib.affines.voxel_sizes(aff)]
-        factor = apparent_factor(clear_background(img)[0])  # as the served path reads it (load_on_model_grid)
-        mm, read_axis = apparent_slice(factor, voxel)
+        factor, mm, read_axis = reading(img, voxel)
         rows.append({"case": it["id"], "voxel_mm": voxel, "factor": factor, "apparent_mm": mm,
                      "apparent_axis": read_axis})
         logger.info("off-grid %s (voxels %s mm): reads %s voxels, %s mm", it["id"], voxel, factor, mm)

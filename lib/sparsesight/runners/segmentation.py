@@ -285,7 +285,7 @@ def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str
         out["input_grid"] = input_grid.assess(input_voxel_mm(affine, resampled), model, version,
                                               series=series or None, apparent=apparent)
         axis = out["input_grid"].get("apparent_axis")
-        if "input_noise" in out and axis is not None and (apparent[axis] or 0) >= input_grid.UPSAMPLED_MIN:
+        if "input_noise" in out and axis is not None and input_grid.upsampled(apparent[axis]):
             out["input_noise"]["upsampled_note"] = (  # the finest band misses noise correlated by the upsampling
                 f"the scan looks upsampled along voxel axis {axis} (input_grid): its noise reads lower than it is")
     out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
