@@ -167,12 +167,16 @@ def grid_line(manifest: dict) -> str:
 
 def apparent_part(g: dict) -> str:
     """The slice thickness the input's noise says (input_grid.apparent_slice) and the reading measured to hold up on
-    upsampled scans, as a clause of grid_line ("" when the bundle has no reading)."""
+    upsampled scans (or on smoothed scans, when it reads alike along every axis), as a clause of grid_line ("" when
+    the bundle has no reading)."""
     if g.get("apparent_slice_mm") is None:
         return ""
     tol = g.get("apparent_tolerance_mm")
-    return (f"; its noise reads {g['apparent_slice_mm']:g} mm slices, "
-            + (f"held up to {tol:g} on upsampled phantoms (bench/upsampled_slices)" if tol is not None
+    kind = ("smoothed", "smoothed_scans") if g.get("apparent_pattern") == "smoothed" else (
+        "upsampled", "upsampled_slices")
+    return (f"; its noise reads {g['apparent_slice_mm']:g} mm slices"
+            + (" (smoothed in 3D)" if kind[0] == "smoothed" else "") + ", "
+            + (f"held up to {tol:g} on {kind[0]} phantoms (bench/{kind[1]})" if tol is not None
                else g.get("apparent_note", "tolerance not measured")))
 
 

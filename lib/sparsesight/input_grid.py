@@ -20,6 +20,11 @@ bench/upsampled_slices; it saturates near 7, where the cut-off reaches REFERENCE
 is the header's times t^; `assess` compares the thickest with the reading measured to hold up on upsampled scans
 (data/upsampled_tolerance.json, bench/upsampled_slices). It is read on the scan's own grid: the server's own
 resampling would correlate the noise too (runners.segmentation.load_on_model_grid).
+
+A scan whose noise was filtered in 3D (a Gaussian, a denoiser) or that has almost no noise reads high along every
+axis, not along one: `smoothed` tells that pattern apart (every axis read alike, within ISOTROPIC_RATIO), and
+`assess` compares such a scan with the reading measured to hold up on smoothed scans (data/smoothed_tolerance.json,
+bench/smoothed_scans) and says so in its flag, instead of calling it upsampled.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from .input_noise import MAD_TO_SIGMA, NOISE_DICE_DROP
 SLICE_DICE_DROP = NOISE_DICE_DROP  # the Dice a region may lose and still count as holding up
 TOLERANCE_FILE = "slice_tolerance.json"
 UPSAMPLED_TOLERANCE_FILE = "upsampled_tolerance.json"
+SMOOTHED_TOLERANCE_FILE = "smoothed_tolerance.json"
 #: the noise spectrum's level, relative to its level at low frequencies, that marks its cut-off (apparent_factor)
 CUTOFF_LEVEL = 0.25
 #: the frequencies (cycles per voxel) the low-frequency level is read from: above most of the anatomy's power,
@@ -42,6 +48,12 @@ CUTOFF_LEVEL = 0.25
 REFERENCE_BAND = (0.03, 0.07)
 #: an axis whose noise is correlated over fewer voxels than this counts as not upsampled
 UPSAMPLED_MIN = 1.5
+#: a scan whose every axis reads as upsampled, the thickest within this ratio of the thinnest, was smoothed in 3D
+#: (a filter, a denoiser) or has almost no noise, whose high frequencies are the anatomy's. Between the recorded
+#: readings: Gaussian, non-local means and noise-free phantoms read within 1.26 (bench/smoothed_scans); scans
+#: upsampled along one axis whose other axes read as upsampled too read at least 1.52 thicker along it
+#: (bench/upsampled_slices, slices thick along x, y or z)
+ISOTROPIC_RATIO = 1.4
 #: a voxel this much larger than the tolerance still counts as within it (scanners round slice thickness)
 SLACK = 0.02
 
@@ -57,6 +69,13 @@ def tolerances() -> dict:
 def upsampled_tolerances() -> dict:
     """{model: {"version", "apparent_mm", ...}} of data/upsampled_tolerance.json ({} when the package has none)."""
     path = resources.files("sparsesight") / "data" / UPSAMPLED_TOLERANCE_FILE
+    return json.loads(path.read_text())["models"] if path.is_file() else {}
+
+
+@lru_cache(maxsize=1)
+def smoothed_tolerances() -> dict:
+    """{model: {"version", "apparent_mm", ...}} of data/smoothed_tolerance.json ({} when the package has none)."""
+    path = resources.files("sparsesight") / "data" / SMOOTHED_TOLERANCE_FILE
     return json.loads(path.read_text())["models"] if path.is_file() else {}
 
 
@@ -109,7 +128,8 @@ def apparent_factor(image: np.ndarray) -> list[float | None]:
 
 
 def assess(voxel: np.ndarray | list, model: str, version: str, table: dict | None = None,
-           series: dict | None = None, apparent: list | None = None, upsampled_table: dict | None = None) -> dict:
+           series: dict | None = None, apparent: list | None = None, upsampled_table: dict | None = None,
+           smoothed_table: dict | None = None) -> dict:
     """The manifest's `input_grid`: the input's voxel size (before any resampling to the model's grid), its
     largest (the slice thickness of a 2D acquisition), the thickest slice measured to hold up for this model
     version (None when it was not measured) and `flags` (empty when the input is within it). `series`: {channel:
@@ -120,7 +140,9 @@ def assess(voxel: np.ndarray | list, model: str, version: str, table: dict | Non
     `apparent`: the input's apparent_factor per axis (on its own grid): `apparent_slice_mm` is the thickest voxel
     its noise says (apparent_slice, along `apparent_axis`), and when that axis reads as upsampled (>= UPSAMPLED_MIN)
     beyond the reading measured to hold up on upsampled scans (`upsampled_table`, default upsampled_tolerances():
-    `apparent_tolerance_mm`), the label is flagged."""
+    `apparent_tolerance_mm`), the label is flagged; a scan that reads alike along every axis (smoothed: filtered
+    or denoised in 3D, or almost noise-free) is compared with the reading measured on such scans instead
+    (`smoothed_table`, default smoothed_tolerances()) and flagged as smoothed (assess_apparent)."""
     v = [round(float(x), 3) for x in voxel]
     own = {c: [round(float(x), 3) for x in mm] for c, mm in (series or {}).items()}
     thickest = max([*v, *(max(mm) for mm in own.values())])
@@ -141,7 +163,7 @@ def assess(voxel: np.ndarray | list, model: str, version: str, table: dict | Non
             f"model's Dice was measured to stay within {SLICE_DICE_DROP} of its 1 mm Dice on held-out phantoms "
             f"(bench/slice_tolerance): the tumour core and enhancing rim may be missed")
     if apparent is not None:
-        out.update(assess_apparent(v, apparent, model, version, upsampled_table))
+        out.update(assess_apparent(v, apparent, model, version, upsampled_table, smoothed_table))
         out["flags"] += out.pop("apparent_flags")
     return out
 
@@ -149,6 +171,15 @@ def assess(voxel: np.ndarray | list, model: str, version: str, table: dict | Non
 def upsampled(factor: float | None) -> bool:
     """Whether an axis's apparent_factor reads as upsampled (UPSAMPLED_MIN voxels or more)."""
     return factor is not None and factor >= UPSAMPLED_MIN
+
+
+def smoothed(factors: list) -> bool:
+    """Whether apparent_factor's readings say the scan was smoothed in 3D (or has almost no noise) rather than
+    upsampled along one axis: every axis read, each as upsampled, the thickest within ISOTROPIC_RATIO of the
+    thinnest."""
+    read = [f for f in factors if f is not None]
+    return (len(read) == len(factors) == 3 and all(upsampled(f) for f in read)
+            and max(read) <= ISOTROPIC_RATIO * min(read))
 
 
 def apparent_slice(factors: list, voxel: list) -> tuple[float | None, int | None]:
@@ -162,22 +193,40 @@ def apparent_slice(factors: list, voxel: list) -> tuple[float | None, int | None
     return round(float(mm), 3), int(axis)
 
 
-def assess_apparent(voxel: list, apparent: list, model: str, version: str, table: dict | None = None) -> dict:
-    """assess's figures of the apparent slice thickness (apparent_slice of the `apparent` factors) and its flag."""
+def assess_apparent(voxel: list, apparent: list, model: str, version: str, table: dict | None = None,
+                    smoothed_table: dict | None = None) -> dict:
+    """assess's figures of the apparent slice thickness (apparent_slice of the `apparent` factors), its pattern
+    (`apparent_pattern`: "upsampled" along `apparent_axis`, "smoothed" in 3D (smoothed) or None) and its flag,
+    against the reading measured to hold up on scans of that pattern (`apparent_tolerance_mm`; `table`, default
+    upsampled_tolerances(), or `smoothed_table`, default smoothed_tolerances())."""
     factors = [None if f is None else round(float(f), 3) for f in apparent]
     mm, axis = apparent_slice(factors, voxel)
-    out: dict = {"apparent_factor": factors, "apparent_slice_mm": mm, "apparent_axis": axis, "apparent_flags": []}
-    tol = (upsampled_tolerances() if table is None else table).get(model, {})
+    factor = None if axis is None else factors[axis]
+    pattern = "smoothed" if smoothed(factors) else "upsampled" if upsampled(factor) else None
+    out: dict = {"apparent_factor": factors, "apparent_slice_mm": mm, "apparent_axis": axis,
+                 "apparent_pattern": pattern, "apparent_flags": []}
+    kind, bench = ("smoothed", "smoothed_scans") if pattern == "smoothed" else ("upsampled", "upsampled_slices")
+    tol = ((smoothed_tolerances() if smoothed_table is None else smoothed_table) if pattern == "smoothed" else
+           (upsampled_tolerances() if table is None else table)).get(model, {})
     if tol.get("version") != version:
-        out["apparent_note"] = (f"the tolerance of {model} {version[:19]} to upsampled scans was not measured "
-                                f"(python -m sparsesight.bench.upsampled_slices)")
+        out["apparent_note"] = (f"the tolerance of {model} {version[:19]} to {kind} scans was not measured "
+                                f"(python -m sparsesight.bench.{bench})")
         return out
     out["apparent_tolerance_mm"] = tol["apparent_mm"]
-    factor = None if axis is None else factors[axis]
-    if mm is not None and upsampled(factor) and mm > tol["apparent_mm"] * (1 + SLACK):
+    if pattern is None or mm is None or mm <= tol["apparent_mm"] * (1 + SLACK):
+        return out
+    if pattern == "upsampled":
         out["apparent_flags"].append(
             f"the noise along voxel axis {axis} is correlated over {factor:.1f} voxels: the scan looks "
             f"upsampled from slices about {mm:.1f} mm thick (its header says {voxel[axis]:g} mm), more than "
             f"{tol['apparent_mm']:.1f} mm, the most at which this model's Dice was measured to hold up on upsampled "
             f"held-out phantoms (bench/upsampled_slices): the tumour core and enhancing rim may be missed")
+    else:
+        read = [f for f in factors if f is not None]
+        out["apparent_flags"].append(
+            f"the noise is correlated over {min(read):.1f}-{max(read):.1f} voxels along every axis: the scan looks "
+            f"smoothed or denoised in 3D (or has almost no noise), as sharp as voxels of about {mm:.1f} mm (its "
+            f"header says {max(voxel):g} mm), more than {tol['apparent_mm']:.1f} mm, the most at which this model's "
+            f"Dice was measured to hold up on smoothed held-out phantoms (bench/smoothed_scans): the tumour's "
+            f"outline and enhancing rim may be blurred away")
     return out

@@ -2,15 +2,18 @@
 thick-slice cases that tolerance is measured on (bench/slice_tolerance.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from nibabel.affines import voxel_sizes
 
 from sparsesight.bench.noise_tolerance import tolerance
 from sparsesight.bench.slice_tolerance import thick_case
-from sparsesight.input_grid import assess, tolerances
+from sparsesight.input_grid import assess, smoothed_tolerances, tolerances, upsampled_tolerances
 from sparsesight.runners.segmentation import input_voxel_mm
 
+ROOT = Path(__file__).resolve().parents[2]
 TABLE = {"sum": {"version": "sha256:abc", "slice_mm": 2.5}}
 
 
@@ -37,10 +40,11 @@ def test_the_shipped_tolerances_belong_to_the_shipped_weights():
     from sparsesight import model_card
     from sparsesight.pretrain import PRETRAINED
 
-    table = tolerances()
+    table, up, smooth = tolerances(), upsampled_tolerances(), smoothed_tolerances()
     for m in ("sum", "mlcsc"):
         card = model_card.read(PRETRAINED / f"{m}.pt")
         assert table[m]["version"] == card["version"] and table[m]["slice_mm"] >= 1.0
+        assert up[m]["version"] == smooth[m]["version"] == card["version"]
 
 
 def test_slice_tolerance_is_the_thickest_level_that_held():
@@ -137,6 +141,64 @@ def test_an_apparent_slice_above_the_measured_reading_is_flagged_and_the_header_
     assert other["flags"] == [] and "not measured" in other["apparent_note"]
 
 
+# ------------------------------------------------------------------------------------------ smoothed in 3D
+SMOOTHED = {"sum": {"version": "sha256:abc", "apparent_mm": 4.0}}
+
+
+def test_noise_smoothed_in_3d_reads_alike_along_every_axis_and_is_not_called_upsampled():
+    """A Gaussian filter (or a denoiser, or no noise at all) correlates the noise along every axis: the reading is
+    high everywhere, unlike a scan upsampled along one axis, whose other axes read less (input_grid.smoothed)."""
+    from scipy import ndimage as ndi
+
+    from sparsesight.input_grid import ISOTROPIC_RATIO, apparent_factor, smoothed
+
+    blurred = apparent_factor(np.stack([ndi.gaussian_filter(c, 1.0) for c in _brain_noise()]))
+    assert min(blurred) >= 2.5 and max(blurred) <= 1.2 * min(blurred) and smoothed(blurred)
+    for factor, axis, order in [(4, 2, 1), (4, 0, 3), (3, 1, 0)]:
+        up = apparent_factor(_upsample(_brain_noise(), factor, axis, order))
+        assert not smoothed(up)
+        others = [f for a, f in enumerate(up) if a != axis and f is not None]
+        assert all(up[axis] > ISOTROPIC_RATIO * f for f in others)  # the thick axis stands out
+    assert not smoothed(apparent_factor(_brain_noise()))  # white noise: nothing to call smoothed
+    assert not smoothed([4.0, 4.0, None])  # an axis not read: no pattern over every axis
+
+
+def test_the_isotropy_ratio_tells_the_recorded_smoothed_scans_from_the_upsampled_ones():
+    """On the benches' records: every smoothed, denoised or noise-free phantom whose axes all read as upsampled is
+    called smoothed, and no scan upsampled along one axis (z in the shipped record; x and y in bench/results) is."""
+    import json
+
+    from sparsesight.input_grid import smoothed, upsampled
+
+    data = ROOT / "lib" / "sparsesight" / "data"
+    made = json.loads((data / "smoothed_tolerance.json").read_text())["readings"]
+    filtered = [r["factor"] for r in made if r["kind"] != "as made" and all(upsampled(f) for f in r["factor"])]
+    assert len(filtered) >= 10 and all(smoothed(f) for f in filtered)
+    ups = [r["factor"] for p in [data / "upsampled_tolerance.json", *sorted((ROOT / "bench" / "results").glob(
+        "upsampled_slices_axis*.json"))] for r in json.loads(p.read_text())["readings"] if r["order"] is not None]
+    assert len(ups) >= 30 and not any(smoothed(f) for f in ups)
+
+
+def test_a_smoothed_scan_is_flagged_against_the_smoothed_tolerance_and_told_apart_from_upsampling():
+    ok = assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[3.5, 3.3, 3.1], upsampled_table=UPSAMPLED,
+                smoothed_table=SMOOTHED)
+    # 3.5 mm is above the upsampled tolerance (3.0) but within the smoothed one (4.0): not flagged
+    assert ok["apparent_pattern"] == "smoothed" and ok["flags"] == [] and ok["apparent_tolerance_mm"] == 4.0
+    bad = assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[5.4, 5.3, 5.1], upsampled_table=UPSAMPLED,
+                 smoothed_table=SMOOTHED)
+    assert len(bad["flags"]) == 1 and "smoothed or denoised in 3D" in bad["flags"][0]
+    assert "upsampled" not in bad["flags"][0] and "5.1-5.4 voxels along every axis" in bad["flags"][0]
+    up = assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[2.3, 2.1, 4.5], upsampled_table=UPSAMPLED,
+                smoothed_table=SMOOTHED)
+    assert up["apparent_pattern"] == "upsampled" and "upsampled from slices about 4.5 mm" in up["flags"][0]
+    white = assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[1.0, 1.0, 1.1], upsampled_table=UPSAMPLED,
+                   smoothed_table=SMOOTHED)
+    assert white["apparent_pattern"] is None and white["flags"] == []
+    unmeasured = assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[5.4, 5.3, 5.1],
+                        upsampled_table=UPSAMPLED, smoothed_table={})
+    assert unmeasured["flags"] == [] and "smoothed_scans" in unmeasured["apparent_note"]
+
+
 def test_upsampled_tolerance_is_the_largest_reading_before_the_first_group_that_fell():
     from sparsesight.bench.upsampled_slices import tolerance as upsampled_tolerance
 
@@ -149,6 +211,42 @@ def test_upsampled_tolerance_is_the_largest_reading_before_the_first_group_that_
     rows = [row(1.0, 0.90), row(4.9, 0.87), row(5.1, 0.87), row(5.1, 0.80), row(6.4, 0.8)]
     assert upsampled_tolerance(rows) == {"apparent_mm": 4.9, "fell": 2, "caught": 2, "false_flags": 1, "missed": 0}
     assert upsampled_tolerance([row(1.0, 0.9), row(2.0, 0.8)])["apparent_mm"] == 1.0
+
+
+def test_runs_along_different_axes_combine_into_one_tolerance_over_all_their_groups():
+    """A reading that fell along one axis bounds the tolerance along all (upsampled_slices.combine); runs that do
+    not share their settings, weights or 1 mm scans, or repeat an axis, are refused."""
+    from sparsesight.bench.upsampled_slices import combine
+
+    def run(axis, groups, levels=(4.0, 5.0)):
+        rows = [{"level": 1.0, "order": None, "apparent_mm": 1.0, "dice": {"WT": 0.95, "TC": 0.9, "ET": 0.9}}]
+        rows += [{"level": lv, "order": 1, "apparent_mm": mm, "dice": {"WT": 0.95, "TC": 0.9, "ET": et}}
+                 for lv, (mm, et) in zip(levels, groups)]
+        per_input = [{"case": "c", "level": r["level"], "order": r["order"], "apparent_mm": r["apparent_mm"],
+                      "dice": r["dice"]} for r in rows]
+        readings = [{"case": "c", "level": r["level"], "order": r["order"], "factor": [1.0, 1.0, 1.0],
+                     "apparent_mm": r["apparent_mm"], "apparent_axis": axis} for r in rows]
+        return {"drop": 0.05, "levels": list(levels), "orders": [1], "axis": axis, "command": f"run {axis}",
+                "data": f"phantoms with slices thick along voxel axis {axis}, upsampled", "readings": readings,
+                "models": {"sum": {"version": "sha256:abc", "rows": rows, "per_input": per_input}}}
+
+    z, y = run(2, [(4.2, 0.89), (5.5, 0.80)]), run(1, [(4.0, 0.89), (4.5, 0.82)])  # y fell at 4.5, z held at 4.2
+    both = combine([z, y])
+    m = both["models"]["sum"]
+    assert m["apparent_mm"] == 4.2 and (m["fell"], m["caught"], m["missed"]) == (2, 2, 0)
+    assert combine([z])["models"]["sum"]["apparent_mm"] == 4.2  # z alone: the same here
+    assert combine([run(2, [(4.6, 0.89), (5.5, 0.80)]), y])["models"]["sum"]["apparent_mm"] == 4.0  # 4.6 > 4.5 fell
+    assert both["axes"] == [2, 1] and "along voxel axis 2, 1 in turn" in both["data"]
+    assert [r.get("axis") for r in m["rows"]] == [None, 2, 2, 1, 1] and len(m["per_input"]) == 5
+    assert len(both["readings"]) == 5 and both["combined_from"] == ["run 2", "run 1"]
+    with pytest.raises(ValueError, match="same axis twice"):
+        combine([z, z])
+    with pytest.raises(ValueError, match="levels"):
+        combine([z, run(1, [(4.0, 0.89)], levels=(3.0,))])
+    other = run(1, [(4.0, 0.89), (4.5, 0.82)])
+    other["models"]["sum"]["rows"][0]["dice"]["WT"] = 0.5
+    with pytest.raises(ValueError, match="1 mm Dice differ"):
+        combine([z, other])
 
 
 def test_the_served_path_reads_the_noise_on_the_scans_own_grid(tmp_path):
@@ -164,6 +262,12 @@ def test_the_served_path_reads_the_noise_on_the_scans_own_grid(tmp_path):
     assert checks["input_grid"]["apparent_axis"] == 2 and checks["input_grid"]["apparent_slice_mm"] > 3
     assert "looks upsampled along voxel axis 2" in checks["input_noise"]["upsampled_note"]
     assert "upsampled_note" not in input_checks(_brain_noise(channels=4), np.eye(4), "sum", version)["input_noise"]
+    from scipy import ndimage as ndi
+
+    blurred = input_checks(np.stack([ndi.gaussian_filter(c, 1.0) for c in _brain_noise(channels=4)]), np.eye(4),
+                           "sum", version)
+    assert blurred["input_grid"]["apparent_pattern"] == "smoothed" and "upsampled_note" not in blurred["input_noise"]
+    assert "smoothed or denoised in 3D" in blurred["input_noise"]["smoothed_note"]
 
     class Model:  # the model's grid: 1 mm RAS (segmentation.model_grid reads `spacing_mm`)
         n, spacing_mm = 4, (1.0, 1.0, 1.0)
@@ -212,6 +316,28 @@ def test_a_near_zero_background_is_cleared_and_an_exact_one_left_alone():
     assert clear_background(hot)[1] == 0
 
 
+@pytest.mark.slow
+def test_the_smoothed_scans_bench_runs_in_a_small_form(tmp_path):
+    """bench/smoothed_scans end to end on one held-out phantom and the shipped SUM: the scan as made, without noise
+    and Gaussian-smoothed. Without noise and smoothed, it reads high along every axis and is called smoothed."""
+    import json
+
+    from sparsesight.bench import smoothed_scans
+
+    out, plot = tmp_path / "record.json", tmp_path / "plot.png"
+    assert smoothed_scans.main(["--models", "sum", "--cases", "1", "--sigmas", "1", "--nlmeans", "1", "--threads",
+                                "2", "--out", str(out), "--plot", str(plot)]) == 0
+    r = json.loads(out.read_text())
+    rows = {row["kind"]: row for row in r["models"]["sum"]["rows"]}
+    assert list(rows) == ["as made", "noise-free", "nlmeans", "gaussian"] and plot.stat().st_size > 10_000
+    assert rows["as made"]["apparent_mm"] == pytest.approx(1.0, abs=0.05) and rows["as made"]["smoothed"] == 0
+    assert rows["noise-free"]["apparent_mm"] > 2.5 and rows["noise-free"]["smoothed"] == 1
+    assert rows["gaussian"]["apparent_mm"] > 3.5 and rows["gaussian"]["smoothed"] == 1
+    assert rows["nlmeans"]["apparent_mm"] < rows["noise-free"]["apparent_mm"]  # a denoiser leaves some noise
+    assert rows["noise-free"]["dice"]["WT"] > rows["as made"]["dice"]["WT"] - 0.05
+    assert r["command"].startswith("python -m sparsesight.bench.smoothed_scans")
+
+
 def ndi_erode(mask):
     from scipy import ndimage as ndi
 
@@ -237,3 +363,13 @@ def test_the_upsampled_slices_bench_runs_in_a_small_form(tmp_path):
     assert r["readings"][1]["apparent_axis"] == 2
     assert up["dice"]["WT"] > clean["dice"]["WT"] - 0.1
     assert r["command"].startswith("python -m sparsesight.bench.upsampled_slices")
+
+
+def test_the_demo_line_names_the_pattern_and_the_bench_its_reading_was_compared_with():
+    from sparsesight.demo import apparent_part
+
+    kw = dict(upsampled_table=UPSAMPLED, smoothed_table=SMOOTHED)
+    smooth = apparent_part(assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[3.5, 3.3, 3.1], **kw))
+    assert "(smoothed in 3D)" in smooth and "held up to 4 on smoothed phantoms (bench/smoothed_scans)" in smooth
+    up = apparent_part(assess([1.0, 1.0, 1.0], "sum", "sha256:abc", TABLE, apparent=[1.0, 1.0, 2.9], **kw))
+    assert "smoothed" not in up and "held up to 3 on upsampled phantoms (bench/upsampled_slices)" in up

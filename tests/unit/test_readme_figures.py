@@ -509,6 +509,27 @@ def test_upsampled_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights(
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert (f"SUM's flag catches {s['caught']} of the {s['fell']} upsampled groups whose Dice fell (and "
             f"{s['false_flags']} that held), ML-CSC's {m['caught']} of {m['fell']} (and {m['false_flags']} that held)") in readme
+    # the shipped record is the combination of the three runs in bench/results, one per slice axis, each of which
+    # bench/README quotes with what the shipped tolerance flags on it
+    from sparsesight.bench.upsampled_slices import combine, shipped_lines
+
+    runs = [json.loads((ROOT / "bench" / "results" / f"upsampled_slices_axis{a}.json").read_text()) for a in range(3)]
+    assert r["axes"] == [0, 1, 2] and combine(runs)["models"] == json.loads(json.dumps(r["models"]))
+    assert all(line in bench for run in runs for line in shipped_lines(run))
+
+
+def test_smoothed_tolerance_is_that_of_the_recorded_run_of_the_shipped_weights():
+    """The reading a scan smoothed in 3D is flagged against (bench/smoothed_scans) was measured on the shipped
+    weights, and the READMEs quote its table, its summary, its command and each model's tolerance."""
+    from sparsesight.bench.smoothed_scans import markdown_table, summary
+    from sparsesight.input_grid import smoothed_tolerances
+
+    _check_tolerance_record("smoothed_tolerance.json", markdown_table, smoothed_tolerances, lambda name, m: (
+        f"`{name}` holds up on smoothed scans to a reading of {m['apparent_mm']:g} mm",
+        f"`{name}` would flag {m['as_upsampled']['false_flags']} smoothed groups that held"), command="`{}`")
+    r = json.loads((ROOT / "lib" / "sparsesight" / "data" / "smoothed_tolerance.json").read_text())
+    bench = " ".join((ROOT / "bench" / "README.md").read_text().split())
+    assert all(line in bench for line in summary(r))
 
 
 def test_off_grid_ablation_is_that_of_the_shipped_cards():

@@ -3,6 +3,7 @@ shipped weights hold up on them (the tolerance their bundles flag against).
 
     python -m sparsesight.bench.upsampled_slices [--models sum mlcsc] [--cases 2] [--levels 2 3 4 5 6]
         [--orders 0 1 3] [--axis 2] [--threads 1] [--out lib/sparsesight/data/upsampled_tolerance.json]
+    python -m sparsesight.bench.upsampled_slices --combine RECORD [RECORD ...] [--out ...]
 
 A scan of 5 mm slices interpolated onto 1 mm voxels before upload says 1 mm in its header, so the slice-thickness
 check (bench/slice_tolerance) passes it. On the held-out phantoms of the shipped models' cards (1 mm, case seeds
@@ -18,9 +19,13 @@ reading of a group that fell; the record counts the groups that fell and read ab
 held and read above it (false flags). With --off-grid N, the cards' first N off-grid phantoms (on their own grids,
 not upsampled) are read too, and the record says which a model's tolerance would flag. Writes the
 JSON the package ships (input_grid.upsampled_tolerances) and a plot in bench/results (--plot).
+
+--combine makes one record of runs along different axes (`combine`): each model's tolerance is then chosen over
+the groups of every axis at once, so that a reading that fell along one axis bounds the tolerance along all.
 """
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -164,13 +169,61 @@ def run(models: list[str], cases: int, levels: list[float], orders: list[int], a
     return out
 
 
+#: the settings runs must share to be combined into one record
+COMBINED_KEYS = ("drop", "levels", "orders")
+
+
+def combine(records: list[dict]) -> dict:
+    """One record of runs along different axes (`records`, each one run's, as written): the same settings
+    (COMBINED_KEYS), models and weights; each row, reading and input tagged with its `axis`; the 1 mm rows (the same
+    scans in every run, so the same figures) once; each model's tolerance chosen over the groups of every axis at
+    once (`tolerance`); the off-grid readings of the run that made them."""
+    first = records[0]
+    axes = [r["axis"] for r in records]
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"--combine: runs along the same axis twice ({axes})")
+    for r in records[1:]:
+        differ = [k for k in COMBINED_KEYS if r[k] != first[k]]
+        if differ or {n: m["version"] for n, m in r["models"].items()} != {
+                n: m["version"] for n, m in first["models"].items()}:
+            raise ValueError(f"--combine: the run along axis {r['axis']} differs from the one along axis "
+                             f"{first['axis']} in {', '.join(differ) or 'its models or their weights'}")
+        for name, m in r["models"].items():
+            if m["rows"][0]["dice"] != first["models"][name]["rows"][0]["dice"]:
+                raise ValueError(f"--combine: {name}'s 1 mm Dice differ between the runs: not the same cases")
+    out: dict = {k: first[k] for k in COMBINED_KEYS}
+    out["axes"] = axes
+    out["data"] = first["data"].replace(f"along voxel axis {first['axis']}",
+                                        f"along voxel axis {', '.join(map(str, axes))} in turn (one run each)")
+    out["combined_from"] = [r["command"] for r in records]
+    off = next((r["off_grid"] for r in records if r.get("off_grid")), None)
+    if off:
+        out["off_grid"] = off
+    out["readings"] = [{**x, "axis": r["axis"]} for r in records for x in r["readings"]
+                       if x["order"] is not None or r is first]
+    out["models"] = {}
+    for name, m in first["models"].items():
+        rows = [m["rows"][0], *({**row, "axis": r["axis"]} for r in records for row in r["models"][name]["rows"][1:])]
+        held = tolerance(rows)
+        over = [r["case"] for r in off or [] if r["apparent_mm"] is not None
+                and r["apparent_mm"] > held["apparent_mm"] * (1 + SLACK) and r["apparent_mm"] > max(r["voxel_mm"])]
+        out["models"][name] = {"version": m["version"], **held, "off_grid_flagged": over, "rows": rows,
+                               "per_input": [{**i, "axis": r["axis"]} for r in records
+                                             for i in r["models"][name]["per_input"]
+                                             if i["order"] is not None or r is first]}
+    return out
+
+
 def markdown_table(res: dict) -> list[str]:
-    """bench/README's table: per model, level and interpolation, the reading and the Dice per region."""
-    lines = ["| model | slices mm | upsampled | reads mm | WT | TC | ET |", "|---|---|---|---|---|---|---|"]
+    """bench/README's table: per model, slice axis (x, y, z), level and interpolation, the reading and the Dice per
+    region."""
+    lines = ["| model | thick along | slices mm | upsampled | reads mm | WT | TC | ET |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, m in res["models"].items():
         for r in m["rows"]:
             d = r["dice"]
-            lines.append(f"| {name} | {r['level']:g} | {r['interpolation']} | {r['apparent_mm']:.2f} | "
+            along = "" if r["order"] is None else "xyz"[r.get("axis", res.get("axis", 2))]
+            lines.append(f"| {name} | {along} | {r['level']:g} | {r['interpolation']} | {r['apparent_mm']:.2f} | "
                          f"{d['WT']:.3f} | {d['TC']:.3f} | {d['ET']:.3f} |")
     return lines
 
@@ -183,32 +236,74 @@ def summary(res: dict) -> list[str]:
                if off else "") for name, m in res["models"].items()]
 
 
-def plot(res: dict, path: Path) -> None:
-    """Dice per region against the reading, one panel per model, a marker per interpolation; the tolerance dashed."""
+def against_shipped(res: dict) -> dict:
+    """Per model of a record (of slices made thick along another axis, say), what the served flag does with its
+    groups: those whose reading is above the shipped tolerance (input_grid.upsampled_tolerances, with the served
+    SLACK) among those that fell (`caught`, else `missed`) and those that held (`false_flags`). Models whose shipped
+    tolerance was measured on other weights are left out."""
+    from ..input_grid import upsampled_tolerances
+
+    out = {}
+    for name, m in res["models"].items():
+        tol = upsampled_tolerances().get(name, {})
+        if tol.get("version") != m["version"]:
+            continue
+        clean = m["rows"][0]["dice"]
+        fell = [any(clean[k] - r["dice"][k] > res["drop"] for k in REGIONS) for r in m["rows"][1:]]
+        above = [r["apparent_mm"] > tol["apparent_mm"] * (1 + SLACK) for r in m["rows"][1:]]
+        out[name] = {"apparent_mm": tol["apparent_mm"], "fell": sum(fell),
+                     "caught": sum(f and a for f, a in zip(fell, above)),
+                     "missed": sum(f and not a for f, a in zip(fell, above)),
+                     "false_flags": sum(a and not f for f, a in zip(fell, above))}
+    return out
+
+
+def shipped_lines(res: dict) -> list[str]:
+    """against_shipped in bench/README's words, one line per model."""
+    return [f"{name}, slices thick along voxel axis {res['axis']}: the shipped tolerance ({a['apparent_mm']:g} mm) "
+            f"flags {a['caught']} of the {a['fell']} groups whose Dice fell, misses {a['missed']}, and flags "
+            f"{a['false_flags']} that held" for name, a in against_shipped(res).items()]
+
+
+def plot_readings(res: dict, path: Path, series: dict, xlabel: str, title: str) -> None:
+    """Dice per region against the reading, one panel per model, one marker per series ({legend: (marker, the
+    rows' key and value, joined by a line)}); the model's tolerance dashed."""
     from ..preview import pyplot, save_png
 
     plt = pyplot()
     names = list(res["models"])
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
-    markers = {None: "s", 0: "v", 1: "o", 3: "^"}
     for ax, name in zip(axes[0], names):
         m = res["models"][name]
         for k, colour in zip(REGIONS, ("C0", "C1", "C2")):
-            for order, mk in markers.items():
-                rs = [r for r in m["rows"] if r["order"] == order]
+            for mk, (key, value), joined in series.values():
+                rs = [r for r in m["rows"] if r.get(key) == value]
                 ax.plot([r["apparent_mm"] for r in rs], [r["dice"][k] for r in rs], mk, color=colour, ms=6,
-                        ls="-" if order is not None else "")
+                        ls="-" if joined else "")
             ax.plot([], [], "-", color=colour, label=k)
-        for order, mk in markers.items():
-            ax.plot([], [], mk, color="k", label=ORDER_NAMES.get(order, "1 mm scan"))
+        for label, (mk, _, _) in series.items():
+            ax.plot([], [], mk, color="k", label=label)
         ax.axvline(m["apparent_mm"], color="k", ls="--", lw=1, label=f"tolerance {m['apparent_mm']:g} mm")
-        ax.set_xlabel("reading: apparent slice thickness (mm)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("Dice")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{name} {m['version'][7:19]}: upsampled thick slices")
+        ax.set_title(f"{name} {m['version'][7:19]}: {title}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     save_png(fig, path)
+
+
+def plot(res: dict, path: Path) -> None:
+    """plot_readings with a marker per interpolation (one run), or per slice axis (a combined record)."""
+    if "axes" in res:
+        series = {"1 mm scan": ("s", ("order", None), False)} | {
+            f"thick along {'xyz'[a]}": (mk, ("axis", a), False) for a, mk in zip(res["axes"], "v^o")}
+        title = "upsampled thick slices, all axes"
+    else:
+        series = {ORDER_NAMES.get(o, "1 mm scan"): (mk, ("order", o), o is not None)
+                  for o, mk in {None: "s", 0: "v", 1: "o", 3: "^"}.items()}
+        title = f"upsampled thick slices along axis {res['axis']}"
+    plot_readings(res, path, series, "reading: apparent slice thickness (mm)", title)
 
 
 def main(argv=None) -> int:
@@ -222,11 +317,19 @@ def main(argv=None) -> int:
     p.add_argument("--axis", type=int, default=2, choices=[0, 1, 2], help="the voxel axis made thick")
     p.add_argument("--off-grid", type=int, default=4,
                    help="also read the cards' first N off-grid phantoms (scans on their own grids; 0: none)")
+    p.add_argument("--combine", nargs="+", type=Path, metavar="RECORD", default=None,
+                   help="make one record of these runs' records (along different axes) instead of running")
     a = p.parse_args(argv)
     if any(v <= 1.0 for v in a.levels):
         p.error("--levels must be above 1 mm")
-    setup_process(a.threads)
-    res = run(a.models, a.cases, sorted(a.levels), a.orders, a.axis, a.seed, a.work, a.off_grid)
+    if a.combine:
+        try:
+            res = combine([json.loads(path.read_text()) for path in a.combine])
+        except (OSError, ValueError, KeyError) as e:
+            p.error(str(e))
+    else:
+        setup_process(a.threads)
+        res = run(a.models, a.cases, sorted(a.levels), a.orders, a.axis, a.seed, a.work, a.off_grid)
     publish(res, "upsampled_slices", argv, a.out, plot, a.plot, (markdown_table, summary))
     return 0
 

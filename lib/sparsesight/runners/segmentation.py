@@ -284,10 +284,14 @@ def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str
             None if image is None else input_grid.apparent_factor(image))
         out["input_grid"] = input_grid.assess(input_voxel_mm(affine, resampled), model, version,
                                               series=series or None, apparent=apparent)
-        axis = out["input_grid"].get("apparent_axis")
-        if "input_noise" in out and axis is not None and input_grid.upsampled(apparent[axis]):
+        g = out["input_grid"]
+        if "input_noise" in out and g.get("apparent_pattern") == "upsampled":
             out["input_noise"]["upsampled_note"] = (  # the finest band misses noise correlated by the upsampling
-                f"the scan looks upsampled along voxel axis {axis} (input_grid): its noise reads lower than it is")
+                f"the scan looks upsampled along voxel axis {g['apparent_axis']} (input_grid): its noise reads "
+                f"lower than it is")
+        elif "input_noise" in out and g.get("apparent_pattern") == "smoothed":
+            out["input_noise"]["smoothed_note"] = (  # what a filter or denoiser left, not the scan's own noise
+                "the scan looks smoothed or denoised in 3D (input_grid): its noise reads what the smoothing left")
     out["flags"] = [f for v in list(out.values()) for f in v["flags"]]
     return out
 
