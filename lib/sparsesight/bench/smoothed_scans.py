@@ -180,8 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--cases", type=int, default=2)
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.25, 1.5, 2.0],
                    help="Gaussian sigmas in voxels")
-    p.add_argument("--nlmeans", type=float, nargs="+", default=[1.0, 2.0],
-                   help="non-local means' sigma as multiples of the generator's noise sigma")
+    p.add_argument("--nlmeans", type=float, nargs="*", default=[1.0, 2.0],
+                   help="non-local means' sigma as multiples of the generator's noise sigma (none: leave it out)")
     a = p.parse_args(argv)
     if any(v <= 0 for v in a.sigmas + a.nlmeans):
         p.error("--sigmas and --nlmeans must be positive")
