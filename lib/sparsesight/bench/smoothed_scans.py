@@ -70,6 +70,8 @@ def make_inputs(ds_json: Path, sigmas: list[float], nlmeans_factors: list[float]
         img, aff = load_image(it["image"])
         lab = load_label(it["label"], spatial_shape=img.shape[1:])[0]
         clean = make_case(seed, 1, noise=False)
+        if clean.label.shape != lab.shape or not np.array_equal(clean.label, lab):
+            raise ValueError(f"{it['id']}: the case re-made from seed {seed} is not the held-out file's")
         sigma = [float(clean.params["noise_sigma"][m]) for m in MODALITIES]
         noise_free = np.moveaxis(clean.image, -1, 0).astype(np.float32)
         for kind, level, x in variants(img, noise_free, sigma, sigmas, nlmeans_factors):
