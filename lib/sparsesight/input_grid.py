@@ -110,12 +110,16 @@ def cutoff_factor(f: np.ndarray, power: np.ndarray) -> float:
     return 0.5 / max(f_c, 0.5 / (len(f) - 1))
 
 
-def apparent_factor(image: np.ndarray) -> list[float | None]:
+def apparent_factor(image: np.ndarray, channels: list[int] | None = None) -> list[float | None]:
     """Per voxel axis of `image` (C, X, Y, Z, on its own grid), over how many voxels its noise is correlated
-    (t^, module docstring): the median over channels; None along an axis too short (< 16 voxels) or where no
-    brain is left after erosion."""
+    (t^, module docstring): the median over `channels` (default: all); None along an axis too short (< 16 voxels)
+    or where no brain is left after erosion. A PACS study's series that the datastore resampled onto its grid are
+    left out by the caller (own_channels): their reading is that resampling's, and their own grids are reported
+    from their headers."""
     brain = np.any(image != 0, axis=0)
     inside = ndi.binary_erosion(brain, iterations=3)
+    if channels is not None:
+        image = image[list(channels)]
     out: list[float | None] = []
     for axis in range(3):
         if image.shape[axis + 1] < 16 or not inside.any():

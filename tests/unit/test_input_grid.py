@@ -279,6 +279,23 @@ def test_the_served_path_reads_the_noise_on_the_scans_own_grid(tmp_path):
     assert max(input_grid_of(image, affine, resampled, version)["apparent_factor"]) < 1.2
 
 
+def test_a_pacs_studys_series_resampled_onto_its_grid_are_left_out_of_the_reading():
+    """Series the datastore resampled onto the study's grid (resampled["series"]) read that resampling, not the
+    upload: the reading comes from the series on their own grid, and says which (`apparent_channels`); their own
+    voxel sizes are the header check's (series_voxel_mm)."""
+    from sparsesight.runners.segmentation import input_checks
+
+    version = tolerances()["sum"]["version"]
+    white = _brain_noise(channels=4)
+    study = np.concatenate([white[:1], _upsample(_brain_noise(channels=3, seed=1), 4, 2, 1)])  # T1, T1ce, T2 thick
+    assert input_checks(study, np.eye(4), "sum", version)["input_grid"]["apparent_pattern"] == "upsampled"
+    series = {m: {"from_voxel_mm": [1.0, 1.0, 4.0], "noise_gain": 0.5} for m in ("T1", "T1ce", "T2")}
+    g = input_checks(study, np.eye(4), "sum", version, resampled={"series": series})["input_grid"]
+    assert g["apparent_channels"] == ["FLAIR"] and g["apparent_factor"] == pytest.approx([1.0, 1.0, 1.0], abs=0.1)
+    assert g["apparent_pattern"] is None and g["series_voxel_mm"]["T2"] == [1.0, 1.0, 4.0]
+    assert "apparent_channels" not in input_checks(white, np.eye(4), "sum", version)["input_grid"]
+
+
 def input_grid_of(image, affine, resampled, version):
     from sparsesight.runners.segmentation import input_checks
 

@@ -191,9 +191,17 @@ def load_on_model_grid(model, image_path, noise: bool = True,
         if grid is not None:  # read on the scan's own grid: the resampling correlates its noise (input_grid)
             from .. import input_grid
 
-            info["from_apparent_factor"] = input_grid.apparent_factor(image)
+            info["from_apparent_factor"] = input_grid.apparent_factor(image, own_channels(info, image.shape[0]))
     logger.info("image resampled onto the model's grid: %s", info)
     return resampled, target, info
+
+
+def own_channels(resampled: dict | None, n: int) -> list[int] | None:
+    """The channels of an n-channel scan that are on their own grid: all but the series a PACS study resampled
+    onto its grid before the file was written (resampled["series"]); None (all) when there are none, or none left."""
+    series = (resampled or {}).get("series") or {}
+    own = [c for c in range(n) if MODALITIES[c] not in series]
+    return own if series and own else None
 
 
 def regridded(resampled: dict | None) -> bool:
@@ -281,10 +289,13 @@ def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str
     if affine is not None:
         series = {c: g["from_voxel_mm"] for c, g in ((resampled or {}).get("series") or {}).items()}
         apparent = (resampled or {}).get("from_apparent_factor") if regridded(resampled) else (
-            None if image is None else input_grid.apparent_factor(image))
+            None if image is None else input_grid.apparent_factor(image, own_channels(resampled, image.shape[0])))
         out["input_grid"] = input_grid.assess(input_voxel_mm(affine, resampled), model, version,
                                               series=series or None, apparent=apparent)
         g = out["input_grid"]
+        own = own_channels(resampled, len(MODALITIES) if image is None else image.shape[0])
+        if apparent is not None and own is not None:  # the series on their own grid, whose noise it read
+            g["apparent_channels"] = [MODALITIES[c] for c in own]
         if "input_noise" in out and g.get("apparent_pattern") == "upsampled":
             out["input_noise"]["upsampled_note"] = (  # the finest band misses noise correlated by the upsampling
                 f"the scan looks upsampled along voxel axis {g['apparent_axis']} (input_grid): its noise reads "
