@@ -280,7 +280,8 @@ def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str
     (input_voxel_mm, and the voxel sizes of the series a PACS study had resampled onto its grid), its slice
     thickness against the thickest slices measured to hold up (input_grid.assess: `input_grid`, flagged when
     above), and the slice thickness its noise says (input_grid.apparent_factor, read on the scan's own grid: on
-    `image` when it was not resampled) against the reading measured to hold up on upsampled scans. What the plain label answer carries (its params' `checks`) and the bundle's label entry (add_label)."""
+    `image` when it was not resampled; over the channels on their own grid, own_channels) against the reading
+    measured to hold up on upsampled (or smoothed) scans. What the plain label answer carries (its params' `checks`) and the bundle's label entry (add_label)."""
     from .. import input_grid
 
     out: dict = {}
