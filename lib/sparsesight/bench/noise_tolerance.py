@@ -111,14 +111,19 @@ def plot_tolerance(res: dict, path: Path, key: str, xlabel: str, what: str, tole
                 ax.plot([q[key] for q in pts], [q[k] for q in pts], "x", color=colour, ms=8)
         if (points or {}).get(name):
             ax.plot([], [], "kx", label="off-grid cases (card)")
-        ax.axvline(m[key], color="k", ls="--", lw=1, label=tolerance_label(m))
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("Dice")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{name} {m['version'][7:19]}: {what}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        dice_panel(ax, m[key], tolerance_label(m), xlabel, f"{name} {m['version'][7:19]}: {what}")
     save_png(fig, path)
+
+
+def dice_panel(ax, tolerance_x: float, tolerance_label: str, xlabel: str, title: str) -> None:
+    """The finish of a tolerance plot's panel: the tolerance as a dashed line, Dice on [0, 1], labels, grid, legend."""
+    ax.axvline(tolerance_x, color="k", ls="--", lw=1, label=tolerance_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot(res: dict, path: Path) -> None:

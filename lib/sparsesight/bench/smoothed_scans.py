@@ -30,10 +30,9 @@ from scipy import ndimage as ndi
 
 from .. import MODALITIES
 from ..input_grid import smoothed
-from . import load_shipped, publish, setup_process, shipped_weights_parser
+from . import publish, setup_process, shipped_weights_parser
 from .noise_tolerance import REGIONS
-from .slice_tolerance import segment
-from .upsampled_slices import plot_readings, reading, tolerance
+from .upsampled_slices import flag_counts, plot_readings, reading, segmented, tolerance
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +105,13 @@ def as_upsampled(rows: list[dict], name: str, version: str) -> dict | None:
     """What these groups would get against the tolerance of upsampled scans (input_grid.upsampled_tolerances, the
     one every reading was compared with before smoothed scans were told apart): how many that fell and how many
     that held read above it. None when that tolerance was measured on other weights."""
-    from ..input_grid import SLICE_DICE_DROP, upsampled_tolerances
+    from ..input_grid import upsampled_tolerances
 
     up = upsampled_tolerances().get(name, {})
     if up.get("version") != version:
         return None
-    clean = rows[0]["dice"]
-    above = [any(clean[k] - r["dice"][k] > SLICE_DICE_DROP for k in REGIONS) for r in rows[1:]
-             if r["apparent_mm"] > up["apparent_mm"]]
-    return {"apparent_mm": up["apparent_mm"], "caught": sum(above), "false_flags": len(above) - sum(above)}
+    counts = flag_counts(rows, up["apparent_mm"])
+    return {"apparent_mm": up["apparent_mm"], "caught": counts["caught"], "false_flags": counts["false_flags"]}
 
 
 def run(models: list[str], cases: int, sigmas: list[float], nlmeans_factors: list[float], seed: int,
@@ -132,18 +129,10 @@ def run(models: list[str], cases: int, sigmas: list[float], nlmeans_factors: lis
         out["readings"] = [{k: i[k] for k in ("case", "kind", "level", "factor", "apparent_mm", "apparent_axis",
                                                "smoothed")} for i in inputs]
         for name in models:
-            model, meta, _ = load_shipped(name)
-            logger.info("%s %s: %d inputs", name, meta["version"][:19], len(inputs))
-            per_input = []
-            for i in inputs:
-                _, dice = segment(model, i["path"], i["label"], i["affine"])
-                per_input.append({k: i[k] for k in ("case", "kind", "level", "apparent_mm", "smoothed")}
-                                 | {"dice": dice})
-                logger.info("%s %s %s %g: reads %.2f mm, Dice %s", name, i["case"], i["kind"], i["level"],
-                            i["apparent_mm"], {k: round(v, 3) for k, v in dice.items()})
+            version, per_input = segmented(name, inputs, ("case", "kind", "level", "apparent_mm", "smoothed"))
             rows = groups(per_input)
-            out["models"][name] = {"version": meta["version"], **tolerance(rows), "rows": rows,
-                                   "as_upsampled": as_upsampled(rows, name, meta["version"]), "per_input": per_input}
+            out["models"][name] = {"version": version, **tolerance(rows), "rows": rows,
+                                   "as_upsampled": as_upsampled(rows, name, version), "per_input": per_input}
     return out
 
 

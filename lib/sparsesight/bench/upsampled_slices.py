@@ -36,7 +36,7 @@ import numpy as np
 from ..input_grid import SLACK, SLICE_DICE_DROP, apparent_factor, apparent_slice
 from ..transforms import clear_background
 from . import load_shipped, publish, setup_process, shipped_weights_parser
-from .noise_tolerance import REGIONS
+from .noise_tolerance import REGIONS, dice_panel
 from .slice_tolerance import segment, thick_case
 
 logger = logging.getLogger(__name__)
@@ -99,20 +99,43 @@ def groups(per_input: list[dict]) -> list[dict]:
     return rows
 
 
+def fell(rows: list[dict], drop: float = SLICE_DICE_DROP) -> list[bool]:
+    """Per group after the first (rows[1:]), whether some region's Dice fell more than `drop` below the reference
+    group's (rows[0], the 1 mm scans)."""
+    clean = rows[0]["dice"]
+    return [any(clean[k] - r["dice"][k] > drop for k in REGIONS) for r in rows[1:]]
+
+
+def flag_counts(rows: list[dict], tolerance_mm: float, drop: float = SLICE_DICE_DROP, slack: float = 0.0) -> dict:
+    """What a flag above `tolerance_mm` (times 1 + `slack`) does with the groups after the first: of those that fell
+    (`fell`), how many read above it (`caught`) or not (`missed`), and how many that held read above it
+    (`false_flags`)."""
+    down = fell(rows, drop)
+    above = [r["apparent_mm"] > tolerance_mm * (1 + slack) for r in rows[1:]]
+    return {"fell": sum(down), "caught": sum(f and a for f, a in zip(down, above)),
+            "missed": sum(f and not a for f, a in zip(down, above)),
+            "false_flags": sum(a and not f for f, a in zip(down, above))}
+
+
 def tolerance(rows: list[dict], drop: float = SLICE_DICE_DROP) -> dict:
     """The largest reading of a group that held (every region's Dice within `drop` of the 1 mm Dice, rows[0]) below
     the lowest reading of a group that fell (the 1 mm scans' reading when none held below it); with the groups that
     fell and read above it (`caught`), those that held and read above it (`false_flags`) and those that fell at or
-    below it (`missed`: none by construction, counted so that a change of rule would show)."""
-    clean = rows[0]["dice"]
-    fell = [any(clean[k] - r["dice"][k] > drop for k in REGIONS) for r in rows]
-    first_fall = min((r["apparent_mm"] for r, f in zip(rows[1:], fell[1:]) if f), default=float("inf"))
-    held = max([rows[0]["apparent_mm"], *(r["apparent_mm"] for r, f in zip(rows[1:], fell[1:])
+    below it (`missed`: none by construction, counted so that a change of rule would show): flag_counts."""
+    down = fell(rows, drop)
+    first_fall = min((r["apparent_mm"] for r, f in zip(rows[1:], down) if f), default=float("inf"))
+    held = max([rows[0]["apparent_mm"], *(r["apparent_mm"] for r, f in zip(rows[1:], down)
                                           if not f and r["apparent_mm"] < first_fall)])
-    above = [(r, f) for r, f in zip(rows[1:], fell[1:]) if r["apparent_mm"] > held]
-    return {"apparent_mm": held, "fell": int(sum(fell[1:])), "caught": sum(f for _, f in above),
-            "false_flags": sum(not f for _, f in above),
-            "missed": sum(f for r, f in zip(rows[1:], fell[1:]) if r["apparent_mm"] <= held)}
+    counts = flag_counts(rows, held, drop)
+    return {"apparent_mm": held, "fell": counts["fell"], "caught": counts["caught"],
+            "false_flags": counts["false_flags"], "missed": counts["missed"]}
+
+
+def off_grid_flagged(off_grid: list[dict], tolerance_mm: float) -> list[str]:
+    """The off-grid phantoms (off_grid_readings) a tolerance would flag, as served (with SLACK): those whose reading
+    is above it and above their own thickest voxel."""
+    return [r["case"] for r in off_grid if r["apparent_mm"] is not None
+            and r["apparent_mm"] > tolerance_mm * (1 + SLACK) and r["apparent_mm"] > max(r["voxel_mm"])]
 
 
 def off_grid_readings(cases: int, seed: int, work: Path) -> list[dict]:
@@ -133,9 +156,22 @@ def off_grid_readings(cases: int, seed: int, work: Path) -> list[dict]:
     return rows
 
 
+def segmented(name: str, inputs: list[dict], keys: tuple) -> tuple[str, list[dict]]:
+    """(version, per input its `keys` and `dice`): the served label of the shipped `name` on every input (its file
+    `path`, scored against its `label` on its `affine`'s grid by slice_tolerance.segment)."""
+    model, meta, _ = load_shipped(name)
+    logger.info("%s %s: %d inputs", name, meta["version"][:19], len(inputs))
+    per_input = []
+    for i in inputs:
+        _, dice = segment(model, i["path"], i["label"], i["affine"])
+        per_input.append({k: i[k] for k in keys} | {"dice": dice})
+        logger.info("%s %s: reads %.2f mm, Dice %s", name, {k: i[k] for k in keys if k != "apparent_mm"},
+                    i["apparent_mm"], {k: round(v, 3) for k, v in dice.items()})
+    return meta["version"], per_input
+
+
 def run(models: list[str], cases: int, levels: list[float], orders: list[int], axis: int, seed: int,
         work: Path, off_grid: int = 0) -> dict:
-    from ..metrics import region_dice
     from ..pretrain import eval_split, items_of
 
     items = items_of(eval_split(cases, 1, seed, work), "test")
@@ -150,22 +186,12 @@ def run(models: list[str], cases: int, levels: list[float], orders: list[int], a
         out["readings"] = [{k: i[k] for k in ("case", "level", "order", "factor", "apparent_mm",
                                                          "apparent_axis")} for i in inputs]
         for name in models:
-            model, meta, _ = load_shipped(name)
-            logger.info("%s %s: %d inputs", name, meta["version"][:19], len(inputs))
-            per_input = []
-            for i in inputs:
-                pred, _ = segment(model, i["path"], i["label"], i["affine"])
-                per_input.append({"case": i["case"], "level": i["level"], "order": i["order"],
-                                  "apparent_mm": i["apparent_mm"], "dice": region_dice(pred, i["label"])})
-                logger.info("%s %s %g mm %s: reads %.2f mm, Dice %s", name, i["case"], i["level"],
-                            ORDER_NAMES.get(i["order"], "1 mm"), i["apparent_mm"],
-                            {k: round(v, 3) for k, v in per_input[-1]["dice"].items()})
+            version, per_input = segmented(name, inputs, ("case", "level", "order", "apparent_mm"))
             rows = groups(per_input)
             held = tolerance(rows)
-            over = [r["case"] for r in out.get("off_grid", []) if r["apparent_mm"] is not None
-                    and r["apparent_mm"] > held["apparent_mm"] * (1 + SLACK) and r["apparent_mm"] > max(r["voxel_mm"])]
-            out["models"][name] = {"version": meta["version"], **held, "off_grid_flagged": over, "rows": rows,
-                                   "per_input": per_input}
+            out["models"][name] = {"version": version, **held,
+                                   "off_grid_flagged": off_grid_flagged(out.get("off_grid", []), held["apparent_mm"]),
+                                   "rows": rows, "per_input": per_input}
     return out
 
 
@@ -205,9 +231,8 @@ def combine(records: list[dict]) -> dict:
     for name, m in first["models"].items():
         rows = [m["rows"][0], *({**row, "axis": r["axis"]} for r in records for row in r["models"][name]["rows"][1:])]
         held = tolerance(rows)
-        over = [r["case"] for r in off or [] if r["apparent_mm"] is not None
-                and r["apparent_mm"] > held["apparent_mm"] * (1 + SLACK) and r["apparent_mm"] > max(r["voxel_mm"])]
-        out["models"][name] = {"version": m["version"], **held, "off_grid_flagged": over, "rows": rows,
+        out["models"][name] = {"version": m["version"], **held,
+                               "off_grid_flagged": off_grid_flagged(off or [], held["apparent_mm"]), "rows": rows,
                                "per_input": [{**i, "axis": r["axis"]} for r in records
                                              for i in r["models"][name]["per_input"]
                                              if i["order"] is not None or r is first]}
@@ -248,13 +273,8 @@ def against_shipped(res: dict) -> dict:
         tol = upsampled_tolerances().get(name, {})
         if tol.get("version") != m["version"]:
             continue
-        clean = m["rows"][0]["dice"]
-        fell = [any(clean[k] - r["dice"][k] > res["drop"] for k in REGIONS) for r in m["rows"][1:]]
-        above = [r["apparent_mm"] > tol["apparent_mm"] * (1 + SLACK) for r in m["rows"][1:]]
-        out[name] = {"apparent_mm": tol["apparent_mm"], "fell": sum(fell),
-                     "caught": sum(f and a for f, a in zip(fell, above)),
-                     "missed": sum(f and not a for f, a in zip(fell, above)),
-                     "false_flags": sum(a and not f for f, a in zip(fell, above))}
+        out[name] = {"apparent_mm": tol["apparent_mm"],
+                     **flag_counts(m["rows"], tol["apparent_mm"], res["drop"], SLACK)}
     return out
 
 
@@ -283,13 +303,8 @@ def plot_readings(res: dict, path: Path, series: dict, xlabel: str, title: str) 
             ax.plot([], [], "-", color=colour, label=k)
         for label, (mk, _, _) in series.items():
             ax.plot([], [], mk, color="k", label=label)
-        ax.axvline(m["apparent_mm"], color="k", ls="--", lw=1, label=f"tolerance {m['apparent_mm']:g} mm")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("Dice")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{name} {m['version'][7:19]}: {title}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        dice_panel(ax, m["apparent_mm"], f"tolerance {m['apparent_mm']:g} mm", xlabel,
+                   f"{name} {m['version'][7:19]}: {title}")
     save_png(fig, path)
 
 

@@ -289,12 +289,12 @@ def input_checks(image: np.ndarray | None, affine: np.ndarray | None, model: str
         out["input_noise"] = input_noise.assess(image, model, version, MODALITIES[: image.shape[0]], resampled=resampled)
     if affine is not None:
         series = {c: g["from_voxel_mm"] for c, g in ((resampled or {}).get("series") or {}).items()}
+        own = own_channels(resampled, len(MODALITIES) if image is None else image.shape[0])
         apparent = (resampled or {}).get("from_apparent_factor") if regridded(resampled) else (
-            None if image is None else input_grid.apparent_factor(image, own_channels(resampled, image.shape[0])))
+            None if image is None else input_grid.apparent_factor(image, own))
         out["input_grid"] = input_grid.assess(input_voxel_mm(affine, resampled), model, version,
                                               series=series or None, apparent=apparent)
         g = out["input_grid"]
-        own = own_channels(resampled, len(MODALITIES) if image is None else image.shape[0])
         if apparent is not None and own is not None:  # the series on their own grid, whose noise it read
             g["apparent_channels"] = [MODALITIES[c] for c in own]
         if "input_noise" in out and g.get("apparent_pattern") == "upsampled":
