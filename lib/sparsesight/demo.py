@@ -208,6 +208,17 @@ def shipped_cards(folder: Path | None = None) -> dict:
     return cards
 
 
+def quality_record(manifest: dict) -> dict:
+    """What the demo printed of a bundle's explanation quality, for the record the README quotes: the verdict, the
+    flags, the summary lines and each measured set's per-modality figures."""
+    eq = manifest.get("explanation_quality", {})
+    return {"faithful": eq.get("faithful"), "summary": summary(eq),
+            "flags": [f for v in eq.values() if isinstance(v, dict) for f in v.get("flags", [])],
+            **{k: {mod: {key: v for key, v in m.items() if key not in ("flags", "faithful")}
+                   for mod, m in eq[k]["per_modality"].items()}
+               for k in ("reconstruction", "output_signal") if k in eq}}
+
+
 def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int | None = None,
                 pretrained: Path | None = None, record: Path | None = None) -> dict:
     """The shipped models on their cards' held-out split; returns {model: {"dice", "card_dice", "per_case",
@@ -277,7 +288,9 @@ def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int |
         from .atomic import replace_atomically
         summary_ = {"command": "make demo", "seconds": round(seconds, 1), "cases": [c["id"] for c in cases],
                     "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "models": {m: {k: results[m][k] for k in ("dice", "card_dice", "differs")} for m in SHIPPED}}
+                    "models": {m: {**{k: results[m][k] for k in ("dice", "card_dice", "differs")},
+                                   "explanation_quality": quality_record(results[m]["bundle"]["manifest"])}
+                               for m in SHIPPED}}
         replace_atomically(record, (json.dumps(summary_, indent=1) + "\n").encode())
     return results
 
@@ -339,6 +352,6 @@ def run(out: str = "out/demo", port: int | None = None, cases: int = 12, downsam
           "Dice " + ", ".join(f"{k} {v:.3f}" for k, v in sum_result["dice"].items()))
     print("      sum plots: " + ", ".join(str(p) for p in sum_result["pngs"]))
     for line in summary(sum_result["quality"]):
-        print(f"      sum explanation quality (ED_alpha(x)): {line}")
+        print(f"      sum explanation quality: {line}")
     print(f"      server log: {server.log_path}")
     return bundle_path

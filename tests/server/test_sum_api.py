@@ -51,6 +51,12 @@ def test_infer_bundle_with_alpha(server, trained, tmp_path):
     manifest = bundle.validate(path)
     assert manifest["model"] == "sum" and manifest["model_version"] == trained and manifest["alpha"] == 0.0
     names = {o["name"] for o in manifest["outputs"]}
+    # the reconstruction measured is ED_0(x) (the filter banks alone), shown as linear_reconstruction; ED_alpha(x)
+    # is measured as the signal entering the output layer: at alpha = 0 the shrinkages removed nothing
+    eq, entry = manifest["explanation_quality"], {o["name"]: o for o in manifest["outputs"]}
+    assert entry["linear_reconstruction/T1"]["quality"] == eq["reconstruction"]["per_modality"]["T1"]
+    assert entry["reconstruction/T1"]["quality"] == eq["output_signal"]["per_modality"]["T1"]
+    assert all(m["removed_by_shrinkage"] < 1e-5 for m in eq["output_signal"]["per_modality"].values())
     for expected in ("label", "probability/enhancing", "region/WT", "region/ET", "reconstruction/FLAIR", "linear_reconstruction/T2",
                      "shrinkage/encoder_0", "shrinkage/decoder_3", "response", "response_metrics", "alpha_sweep",
                      "alpha_sweep_plot", "params", "params_plot"):

@@ -130,3 +130,32 @@ def test_shrinkage_activity_counts_zeroed_coefficients_and_negative_thresholds()
     clean = quality.shrinkage_activity([0.5], ["encoder_0.0"], rows[:1])
     x = np.random.default_rng(0).uniform(1, 2, (1, 6, 6, 6))
     assert clean["flags"] == [] and quality.assess(x, x, ["FLAIR"], shrinkage=clean)["faithful"]
+
+
+def test_sums_output_signal_is_measured_as_a_map_not_as_a_reconstruction():
+    """SUM's ED_alpha(x) (the signal entering the output layer) is not held to the reconstruction aim: a signal that
+    keeps the tumour and pushes the rest of the brain down (the paper's Fig. 2) passes; one spilled outside the
+    brain is flagged; the share the shrinkages removed and the correlation with the tumour are what they are."""
+    x, _, brain, label = _case()
+    tumour = label.astype(bool)
+    linear = x.copy()  # ED_0(x) = x: the filter banks pass the image
+    signal = np.where(tumour, x, -0.5 * x)  # the tumour kept, the rest pushed below 0
+    s = quality.assess_output_signal(signal, linear, x, tumour, brain, MODS)
+    m = s["per_modality"]["FLAIR"]
+    assert s["faithful"] and s["flags"] == []
+    assert m["removed_by_shrinkage"] == pytest.approx(quality.relative_error(signal[0], x[0], brain))
+    assert m["tumour_correlation"] > m["image_tumour_correlation"] and m["energy_in_brain"] == 1.0
+    same = quality.assess_output_signal(linear, linear, x, tumour, brain, MODS)["per_modality"]["T1"]
+    assert same["removed_by_shrinkage"] == 0.0  # alpha = 0: nothing removed
+    assert same["tumour_correlation"] == pytest.approx(same["image_tumour_correlation"])
+    spilled = signal + 10.0 * ~brain  # energy outside the brain
+    bad = quality.assess_output_signal(spilled, linear, x, tumour, brain, MODS)
+    assert not bad["faithful"] and all("energy in brain" in f for f in bad["flags"])
+    # in the manifest beside the linear reconstruction: the verdict is theirs together, each flag names its set
+    q = quality.assess(x, linear, MODS, brain=brain, output_signal=bad)
+    assert q["reconstruction"]["faithful"] and not q["faithful"]
+    assert "signal entering the output layer: FLAIR: energy in brain" in quality.summary(q)[-1]
+    rows = [r for r in quality.table_rows(q) if r["set"] == "output_signal"]
+    assert {r["metric"] for r in rows} >= {"removed_by_shrinkage", "tumour_correlation", "energy_in_brain"}
+    assert [r["status"] for r in rows if r["metric"] == "energy_in_brain"] == ["FAIL", "FAIL"]
+    assert all(r["status"] == "" for r in rows if r["metric"] in ("removed_by_shrinkage", "tumour_correlation"))

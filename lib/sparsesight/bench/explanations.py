@@ -163,6 +163,16 @@ def _summary(cases: list[dict], kind: str) -> dict:
                                     default=float("nan")),
         "faithful_cases": sum(bool(e.get("faithful")) for e in q),
     }
+    sig = [m for e in q for m in e.get("output_signal", {}).get("per_modality", {}).values()]
+    if sig:  # SUM's ED_alpha(x) (its reconstruction above is ED_0(x), the filter banks alone)
+        s["output_signal"] = {
+            "removed_by_shrinkage_min": min(m["removed_by_shrinkage"] for m in sig),
+            "removed_by_shrinkage_max": max(m["removed_by_shrinkage"] for m in sig),
+            "tumour_correlation_gain_min": min(abs(m["tumour_correlation"]) - abs(m["image_tumour_correlation"])
+                                               for m in sig),
+            "energy_in_brain_min": min(m["energy_in_brain"] for m in sig),
+            "lattice_vs_image_max": max(m["lattice_share"] / max(m["image_lattice_share"], 1e-12) for m in sig),
+            "faithful_cases": sum(not e["output_signal"]["flags"] for e in q)}
     sh = q[0].get("shrinkage")
     if sh:  # SUM: is the soft-shrinkage shrinking?
         s["zeroed_share_mean"] = _mean(e["shrinkage"]["zeroed_share_mean"] for e in q)

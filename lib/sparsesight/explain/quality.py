@@ -1,10 +1,15 @@
 """Explanation-quality metrics of decomposing models (issue 16): does the explanation a bundle shows hold?
 
 A decomposition explains an image x (n modalities) by a reconstruction x^ (ML-CSC: sum_c Phi_c gamma_c, SUM:
-ED_alpha(x)) and, for ML-CSC, per-class components whose sum is x^. These functions measure, at every inference,
-whether that explanation is faithful; `assess_*` gather them with a `flags` list per metric set naming every aim
-(AIMS, issue 16) that is missed. A metric set with flags is *not faithful*: the runners write the sets into the
-bundle manifest (`explanation_quality`, and `quality` in the entries they qualify) and as the `quality` table.
+ED_{alpha=0}(x), what its filter banks alone pass, eq. 15) and, for ML-CSC, per-class components whose sum is x^.
+SUM also shows ED_alpha(x), the signal entering its output layer ("Inp. sig. O.L.", seed 003 Fig. 2): by the
+paper's account not a reconstruction (the shrinkages push the non-tumour image towards negative values and keep
+the tumour), so it is measured as a displayed map (energy in the brain, lattice) and described by what the
+shrinkages removed and how tumour-like it is (assess_output_signal), not held to the reconstruction aim.
+These functions measure, at every inference, whether an explanation is faithful; `assess_*` gather them with a
+`flags` list per metric set naming every aim (AIMS, issue 16) that is missed. A metric set with flags is *not
+faithful*: the runners write the sets into the bundle manifest (`explanation_quality`, and `quality` in the
+entries they qualify) and as the `quality` table.
 
 The brain mask B is the input's non-zero voxels over channels (any channel != 0): the phantoms are skull-stripped
 like BraTS, whose background is exactly 0, and the intensity normalisation leaves those voxels at 0.
@@ -27,6 +32,10 @@ AIMS = {
     "threshold_min": 0.0,             # every learned threshold lambda >= 0
     "step_norm_max": 1.0,             # mu ||D||^2 <= 1
 }
+
+
+#: how summary() names a metric set in front of its flags
+SET_NAMES = {"output_signal": "signal entering the output layer"}
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -206,16 +215,51 @@ def assess_reconstruction(recon: np.ndarray, image: np.ndarray, mask: np.ndarray
         f = []
         if not m["relative_error"] <= AIMS["relative_error_max"]:
             f.append(f"{mod}: relative error {m['relative_error']:.3g} > {AIMS['relative_error_max']:g}")
-        if not m["energy_in_brain"] >= AIMS["energy_in_brain_min"]:
-            f.append(f"{mod}: energy in brain {m['energy_in_brain']:.3g} < {AIMS['energy_in_brain_min']:g}")
-        if not m["lattice_share"] <= AIMS["lattice_share_max_vs_image"] * m["image_lattice_share"]:
-            f.append(f"{mod}: lattice share {m['lattice_share']:.3g} > {AIMS['lattice_share_max_vs_image']:g} x "
-                     f"the image's {m['image_lattice_share']:.3g}")
-        m["flags"] = f
-        m["faithful"] = not f
+        m["flags"] = f + display_flags(mod, m)
+        m["faithful"] = not m["flags"]
         per[mod] = m
-        flags += f
+        flags += m["flags"]
     return {"per_modality": per, "energy_in_brain": energy_in_mask(recon, mask), "flags": flags, "faithful": not flags}
+
+
+def display_flags(mod: str, m: Mapping) -> list[str]:
+    """The aims of any map shown over the image (m: energy_in_brain, lattice_share, image_lattice_share): its energy
+    lies in the brain and it carries no more stride-2 lattice than the image."""
+    f = []
+    if not m["energy_in_brain"] >= AIMS["energy_in_brain_min"]:
+        f.append(f"{mod}: energy in brain {m['energy_in_brain']:.3g} < {AIMS['energy_in_brain_min']:g}")
+    if not m["lattice_share"] <= AIMS["lattice_share_max_vs_image"] * m["image_lattice_share"]:
+        f.append(f"{mod}: lattice share {m['lattice_share']:.3g} > {AIMS['lattice_share_max_vs_image']:g} x "
+                 f"the image's {m['image_lattice_share']:.3g}")
+    return f
+
+
+def assess_output_signal(signal: np.ndarray, linear: np.ndarray, image: np.ndarray, tumour: np.ndarray,
+                         mask: np.ndarray, modalities: Sequence[str]) -> dict:
+    """SUM's ED_alpha(x) (n, X, Y, Z), the signal its output layer reads, per modality in the brain B:
+
+    - energy_in_brain, lattice_share, image_lattice_share with their aims (display_flags): a map drawn over the
+      image must not put its energy outside the brain or on the DWT's lattice;
+    - removed_by_shrinkage = ||ED_0(x) - ED_alpha(x)||_B / ||ED_0(x)||_B, the share the shrinkages took from what
+      the filter banks alone pass (`linear`, ED_{alpha=0}(x)); no aim (0 at alpha = 0);
+    - tumour_correlation, image_tumour_correlation: Pearson r of ED_alpha(x), and of the image, with the predicted
+      tumour (`tumour`, bool) over B: the paper's reading (seed 003, Fig. 2) is a signal "reminiscent of the area
+      delimited by the segmentation mask"; no aim (the output layer is a linear read-out of this signal, so on a
+      model that segments it is tumour-like by construction), nan without tumour in the label."""
+    per, flags = {}, []
+    t = np.asarray(tumour, dtype=np.float64)
+    for i, mod in enumerate(modalities):
+        s = signal[i]
+        m: dict = {"energy_in_brain": energy_in_mask(s, mask), "lattice_share": lattice_share(s),
+                   "image_lattice_share": lattice_share(image[i]),
+                   "removed_by_shrinkage": relative_error(s, linear[i], mask),
+                   "tumour_correlation": correlation(s, t, mask),
+                   "image_tumour_correlation": correlation(image[i], t, mask)}
+        m["flags"] = display_flags(mod, m)
+        m["faithful"] = not m["flags"]
+        per[mod] = m
+        flags += m["flags"]
+    return {"per_modality": per, "flags": flags, "faithful": not flags}
 
 
 def assess_localisation(components: np.ndarray, label: np.ndarray, mask: np.ndarray,
@@ -241,12 +285,12 @@ def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str
            components: np.ndarray | None = None, label: np.ndarray | None = None,
            classes: Mapping[int, str] | None = None, parameters: dict | None = None,
            brain: np.ndarray | None = None, step_residuals: Sequence[float] | None = None,
-           shrinkage: dict | None = None) -> dict:
+           shrinkage: dict | None = None, output_signal: dict | None = None) -> dict:
     """The manifest's `explanation_quality`: reconstruction metrics (when recon is given), the localisation of the
     components (when given with the label and classes) and a parameter check (when given), each with flags;
     `step_residuals` (||x^ - x||^2 / ||x||^2 after each unrolled step) is reported as `convergence`, unflagged;
     `faithful` when no set has a flag. `image` is the normalised input (n, X, Y, Z); `brain` the mask (default:
-    brain_mask(image))."""
+    brain_mask(image)); `output_signal`: SUM's assess_output_signal, kept as the set "output_signal"."""
     brain = brain_mask(image) if brain is None else brain
     out: dict = {"brain_mask": "voxels where any input channel is non-zero (skull-stripped input, as BraTS)",
                  "brain_voxels": int(brain.sum()), "aims": dict(AIMS)}
@@ -258,6 +302,8 @@ def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str
         out["parameters"] = parameters
     if shrinkage is not None:
         out["shrinkage"] = shrinkage
+    if output_signal is not None:
+        out["output_signal"] = output_signal
     if step_residuals is not None and len(step_residuals):
         r = [float(v) for v in step_residuals]
         out["convergence"] = {"residual_per_step": r,
@@ -270,16 +316,18 @@ def table_rows(quality: dict) -> list[dict]:
     """The `quality` table of a bundle: one row per measured value (set, scope, metric, value, aim, status)."""
     rows = []
     aims = quality.get("aims", AIMS)
-    rec = quality.get("reconstruction", {})
-    for mod, m in rec.get("per_modality", {}).items():
-        for key, aim in (("relative_error", f"<= {aims['relative_error_max']:g}"),
-                         ("relative_error_after_gain", ""), ("gain", ""), ("correlation", ""),
-                         ("energy_in_brain", f">= {aims['energy_in_brain_min']:g}"),
-                         ("lattice_share", f"<= {aims['lattice_share_max_vs_image']:g} x image"),
-                         ("image_lattice_share", "")):
-            failed = any(f.startswith(f"{mod}: {key.replace('_', ' ')}") for f in m["flags"])
-            rows.append({"set": "reconstruction", "scope": mod, "metric": key, "value": _fmt(m[key]), "aim": aim,
-                         "status": ("FAIL" if failed else "ok") if aim else ""})
+    display = (("energy_in_brain", f">= {aims['energy_in_brain_min']:g}"),
+               ("lattice_share", f"<= {aims['lattice_share_max_vs_image']:g} x image"), ("image_lattice_share", ""))
+    for name, keys in (("reconstruction", (("relative_error", f"<= {aims['relative_error_max']:g}"),
+                                           ("relative_error_after_gain", ""), ("gain", ""), ("correlation", ""),
+                                           *display)),
+                       ("output_signal", (*display, ("removed_by_shrinkage", ""), ("tumour_correlation", ""),
+                                          ("image_tumour_correlation", "")))):
+        for mod, m in quality.get(name, {}).get("per_modality", {}).items():
+            for key, aim in keys:
+                failed = any(f.startswith(f"{mod}: {key.replace('_', ' ')}") for f in m["flags"])
+                rows.append({"set": name, "scope": mod, "metric": key, "value": _fmt(m[key]), "aim": aim,
+                             "status": ("FAIL" if failed else "ok") if aim else ""})
     for name, m in quality.get("localisation", {}).get("per_class", {}).items():
         rows.append({"set": "localisation", "scope": name, "metric": "localisation_ratio",
                      "value": _fmt(m["localisation_ratio"]), "aim": f">= {aims['localisation_ratio_min']:g}",
@@ -313,10 +361,18 @@ def summary(quality: dict) -> list[str]:
     lines = []
     rec = quality.get("reconstruction", {}).get("per_modality", {})
     if rec:
-        lines.append("reconstruction (brain): " + "; ".join(
+        of = quality["reconstruction"].get("of")
+        lines.append(f"reconstruction ({of + ', ' if of else ''}brain): " + "; ".join(
             f"{mod} err {_fmt(m['relative_error'])} (after gain {_fmt(m['relative_error_after_gain'])}), "
             f"r {_fmt(m['correlation'])}, in brain {_fmt(m['energy_in_brain'])}, "
             f"lattice {_fmt(m['lattice_share'])} vs image {_fmt(m['image_lattice_share'])}" for mod, m in rec.items()))
+    sig = quality.get("output_signal", {}).get("per_modality", {})
+    if sig:
+        lines.append("signal entering the output layer (brain): " + "; ".join(
+            f"{mod} removed by the shrinkages {_fmt(m['removed_by_shrinkage'])}, r with the tumour "
+            f"{_fmt(m['tumour_correlation'])} (image {_fmt(m['image_tumour_correlation'])}), in brain "
+            f"{_fmt(m['energy_in_brain'])}, lattice {_fmt(m['lattice_share'])} vs image {_fmt(m['image_lattice_share'])}"
+            for mod, m in sig.items()))
     loc = quality.get("localisation", {}).get("per_class", {})
     if loc:
         lines.append("localisation ratio: " + ", ".join(f"{c} {_fmt(m['localisation_ratio'])}" for c, m in loc.items()))
@@ -324,7 +380,8 @@ def summary(quality: dict) -> list[str]:
     if p:
         lines.append(f"parameters: min lambda {_fmt(p['min_threshold'])} ({len(p['negative_thresholds'])} negative), "
                      f"max mu||D||^2 {_fmt(p['max_step_norm'])}")
-    flags = [f for v in quality.values() if isinstance(v, dict) for f in v.get("flags", [])]
+    flags = [f"{SET_NAMES.get(k, k)}: {f}" for k, v in quality.items() if isinstance(v, dict)
+             for f in v.get("flags", [])]
     lines.append(("faithful" if quality.get("faithful") else f"NOT FAITHFUL: {len(flags)} aims missed: ")
                  + "; ".join(flags[:6]) + (" ..." if len(flags) > 6 else ""))
     return lines
