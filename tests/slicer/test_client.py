@@ -48,6 +48,22 @@ def test_load_image_gives_one_volume_per_channel_in_the_files_geometry(server, l
     assert not list(logic.workdir.iterdir())  # the download is not kept
 
 
+def test_an_image_stored_uncompressed_loads_like_any_other(server, logic, tmp_path):
+    """An upload kept as .nii comes back uncompressed: it is saved under that suffix and read (a .nii.gz name had
+    every reader fail with "not a gzip file", in Slicer and in the browser viewer)."""
+    data, affine = stored_image(server, "case_002")
+    plain = tmp_path / "plain.nii"
+    nib.save(nib.Nifti1Image(data, affine), plain)
+    logic.client.upload_image(plain, "plain_case")
+    try:
+        assert (server.studies / "plain_case.nii").is_file()
+        channels = logic.load_image("plain_case")
+        np.testing.assert_allclose(S.array_from_volume(channels[3]), data[..., 3], atol=1e-4)
+        assert not list(logic.workdir.iterdir())
+    finally:
+        assert server.delete("/datastore/image", params={"id": "plain_case"}).status_code == 200
+
+
 def test_infer_bundle_to_scene_in_the_inputs_geometry(server, logic):
     channels = logic.load_image("case_001")
     steps = []

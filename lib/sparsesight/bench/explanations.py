@@ -143,8 +143,18 @@ def _figure(name: str, arrays: dict, path: Path) -> None:
 
 
 def _mean(vals) -> float:
+    return float(np.mean(_finite(vals)))
+
+
+def _finite(vals) -> list[float]:
+    """The finite values of `vals` (a manifest writes a non-finite figure as the string "nan"), or [nan]."""
     v = [float(x) for x in vals if x is not None and np.isfinite(float(x))]
-    return float(np.mean(v)) if v else float("nan")
+    return v or [float("nan")]
+
+
+def _ratio(a, b) -> float:
+    """a / b of two manifest figures (b floored at 1e-12)."""
+    return float(a) / max(float(b), 1e-12)
 
 
 def _summary(cases: list[dict], kind: str) -> dict:
@@ -153,25 +163,24 @@ def _summary(cases: list[dict], kind: str) -> dict:
     rec = [m for e in q for m in e.get("reconstruction", {}).get("per_modality", {}).values()]
     s: dict[str, Any] = {
         "dice": {k: _mean(c["dice"][k] for c in cases) for k in ("WT", "TC", "ET")},
-        "relative_error_max": max((m["relative_error"] for m in rec), default=float("nan")),
+        "relative_error_max": max(_finite(m["relative_error"] for m in rec)),
         "relative_error_mean": _mean(m["relative_error"] for m in rec),
-        "correlation_min": min((m["correlation"] for m in rec), default=float("nan")),
-        "energy_in_brain_min": min((m["energy_in_brain"] for m in rec), default=float("nan")),
-        "lattice_share_max": max((m["lattice_share"] for m in rec), default=float("nan")),
-        "image_lattice_share_max": max((m["image_lattice_share"] for m in rec), default=float("nan")),
-        "lattice_vs_image_max": max((m["lattice_share"] / max(m["image_lattice_share"], 1e-12) for m in rec),
-                                    default=float("nan")),
+        "correlation_min": min(_finite(m["correlation"] for m in rec)),
+        "energy_in_brain_min": min(_finite(m["energy_in_brain"] for m in rec)),
+        "lattice_share_max": max(_finite(m["lattice_share"] for m in rec)),
+        "image_lattice_share_max": max(_finite(m["image_lattice_share"] for m in rec)),
+        "lattice_vs_image_max": max(_finite(_ratio(m["lattice_share"], m["image_lattice_share"]) for m in rec)),
         "faithful_cases": sum(bool(e.get("faithful")) for e in q),
     }
     sig = [m for e in q for m in e.get("output_signal", {}).get("per_modality", {}).values()]
     if sig:  # SUM's ED_alpha(x) (its reconstruction above is ED_0(x), the filter banks alone)
+        gain = [abs(float(m["tumour_correlation"])) - abs(float(m["image_tumour_correlation"])) for m in sig]
+        removed = _finite(m["removed_by_shrinkage"] for m in sig)
         s["output_signal"] = {
-            "removed_by_shrinkage_min": min(m["removed_by_shrinkage"] for m in sig),
-            "removed_by_shrinkage_max": max(m["removed_by_shrinkage"] for m in sig),
-            "tumour_correlation_gain_min": min(abs(m["tumour_correlation"]) - abs(m["image_tumour_correlation"])
-                                               for m in sig),
-            "energy_in_brain_min": min(m["energy_in_brain"] for m in sig),
-            "lattice_vs_image_max": max(m["lattice_share"] / max(m["image_lattice_share"], 1e-12) for m in sig),
+            "removed_by_shrinkage_min": min(removed), "removed_by_shrinkage_max": max(removed),
+            "tumour_correlation_gain_min": min(_finite(gain)),
+            "energy_in_brain_min": min(_finite(m["energy_in_brain"] for m in sig)),
+            "lattice_vs_image_max": max(_finite(_ratio(m["lattice_share"], m["image_lattice_share"]) for m in sig)),
             "faithful_cases": sum(not e["output_signal"]["flags"] for e in q)}
     sh = q[0].get("shrinkage")
     if sh:  # SUM: is the soft-shrinkage shrinking?

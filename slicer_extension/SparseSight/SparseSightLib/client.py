@@ -28,6 +28,18 @@ import requests
 FINAL = "final"
 
 
+
+def save_nifti(content: bytes, path) -> Path:
+    """Write NIfTI bytes to `path` with the suffix their content has: .nii.gz when gzip-compressed, else .nii.
+    The datastore serves a file as it was stored, and an upload stored uncompressed is read back as .nii (a
+    .nii.gz name on it made every reader fail: "not a gzip file")."""
+    path = Path(path)
+    name = path.name
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else name
+    path = path.with_name(stem + (".nii.gz" if content[:2] == b"\x1f\x8b" else ".nii"))
+    path.write_bytes(content)
+    return path
+
 class ServerError(Exception):
     """A request the server refused or could not answer. `reason` is the server's own words."""
 
@@ -124,18 +136,15 @@ class SparseSightClient:
         return sorted(k for k, v in self.datastore().items() if tag in v.get("labels", {}))
 
     def download_image(self, image_id: str, path) -> Path:
-        """Save datastore image `image_id` to `path` (keep a .nii.gz / .nii suffix) and return it."""
+        """Save datastore image `image_id` as `path`, its suffix that of what the server sent (save_nifti), and
+        return where it went."""
         r = self._request("GET", "/datastore/image", params={"image": image_id})
-        path = Path(path)
-        path.write_bytes(r.content)
-        return path
+        return save_nifti(r.content, path)
 
     def download_label(self, image_id: str, path, tag: str = FINAL) -> Path:
-        """Save the stored label `tag` of `image_id` to `path` (keep a .nii.gz suffix) and return it."""
+        """Save the stored label `tag` of `image_id` as `path` (suffix as save_nifti) and return where it went."""
         r = self._request("GET", "/datastore/label", params={"label": image_id, "tag": tag})
-        path = Path(path)
-        path.write_bytes(r.content)
-        return path
+        return save_nifti(r.content, path)
 
     def upload_image(self, path, image_id: str) -> dict:
         """Add (or replace) image `image_id` in the datastore from the NIfTI file `path`."""
