@@ -347,7 +347,8 @@ def permuted_labels(items: list[dict]) -> list[dict]:
 def explanation_figures(model, item: dict) -> dict:
     """The explanation-quality figures of one held-out case (what the bundle's manifest reports): ML-CSC the
     relative reconstruction error of sum_c Phi_c gamma_c in the brain (mean over modalities) and the localisation
-    ratios, SUM the share of coefficients its shrinkages zero at alpha = 1 and the negative thresholds."""
+    ratios, SUM the share of coefficients its shrinkages zero at alpha = 1, the negative thresholds and the
+    relative error of its reconstruction ED_{alpha=0}(x), the filter banks alone (mean over modalities)."""
     from .explain import quality
     from .runners.segmentation import normalise
 
@@ -356,17 +357,21 @@ def explanation_figures(model, item: dict) -> dict:
     x = normalise(image)
     with torch.no_grad():
         interp = model.interpret(x)
+    brain = quality.brain_mask(image)
+
+    def reconstruction_error(recon) -> float:
+        rec = quality.assess_reconstruction(recon[0].numpy(), x[0].numpy(), brain, list(MODALITIES))
+        return round(float(np.mean([m["relative_error"] for m in rec["per_modality"].values()])), 4)
+
     if name_of(model) == "sum":
         s = quality.shrinkage_activity(interp["sparsity"].tolist(), list(interp["masks"]), model.parameter_table())
         return {"zeroed_share_mean": round(s["zeroed_share_mean"], 4), "negative_thresholds": s["negative_thresholds"],
-                "thresholds": s["thresholds"]}
-    brain = quality.brain_mask(image)
-    rec = quality.assess_reconstruction(interp["reconstruction"][0].numpy(), x[0].numpy(), brain, list(MODALITIES))
-    errors = [m["relative_error"] for m in rec["per_modality"].values()]
+                "thresholds": s["thresholds"], "linear_reconstruction_relative_error":
+                    reconstruction_error(interp["ed_linear"])}
     pred = interp["logits"][0].argmax(0).numpy()
     loc = quality.assess_localisation(interp["components"][0].numpy(), pred, brain,
                                       {c: n for c, n in enumerate(CLASS_NAMES) if c})
-    return {"reconstruction_relative_error": round(float(np.mean(errors)), 4),
+    return {"reconstruction_relative_error": reconstruction_error(interp["reconstruction"]),
             **{f"localisation_{n}": _finite(v["localisation_ratio"], 2) for n, v in loc["per_class"].items()}}
 
 
