@@ -214,9 +214,9 @@ def quality_record(manifest: dict) -> dict:
     eq = manifest.get("explanation_quality", {})
     return {"faithful": eq.get("faithful"), "summary": summary(eq),
             "flags": [f for v in eq.values() if isinstance(v, dict) for f in v.get("flags", [])],
-            **{k: {mod: {key: v for key, v in m.items() if key not in ("flags", "faithful")}
-                   for mod, m in eq[k]["per_modality"].items()}
-               for k in ("reconstruction", "output_signal") if k in eq}}
+            **{k: {part: {key: v for key, v in m.items() if key not in ("flags", "faithful")}
+                   for part, m in eq[k].get("per_modality", eq[k].get("per_class", {})).items()}
+               for k in ("reconstruction", "output_signal", "localisation", "code_localisation") if k in eq}}
 
 
 def run_shipped(out: str = "out/demo", port: int | None = None, max_cases: int | None = None,

@@ -128,6 +128,10 @@ def test_infer_bundle_is_valid(server, tmp_path):
     assert eq["parameters"]["step_norms"] and isinstance(eq["faithful"], bool)
     recon = next(o for o in manifest["outputs"] if o["name"] == "reconstruction/T1ce")
     assert isinstance(recon["quality"]["flags"], list) and "quality" in names
+    # every map that explains carries its figure: the code energy its localisation, the residual the reconstruction's
+    entry = {o["name"]: o for o in manifest["outputs"]}
+    assert entry["code_energy/enhancing"]["quality"] == eq["code_localisation"]["per_class"]["enhancing"]
+    assert entry["residual_energy"]["quality"] == eq["reconstruction"]
 
 
 def test_infer_bundle_selected_outputs(server, tmp_path):

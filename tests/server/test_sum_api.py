@@ -57,6 +57,11 @@ def test_infer_bundle_with_alpha(server, trained, tmp_path):
     assert entry["linear_reconstruction/T1"]["quality"] == eq["reconstruction"]["per_modality"]["T1"]
     assert entry["reconstruction/T1"]["quality"] == eq["output_signal"]["per_modality"]["T1"]
     assert all(m["removed_by_shrinkage"] < 1e-5 for m in eq["output_signal"]["per_modality"].values())
+    # each shrinkage map carries its level's zeroed share (at alpha = 0 only exact zeros: the background) and
+    # threshold check
+    sq = entry["shrinkage/encoder_0"]["quality"]
+    assert sq["zeroed_share"] == {k: eq["shrinkage"]["zeroed_share"][k] for k in ("encoder_0.0", "encoder_0.1")}
+    assert sq["negative_thresholds"] == 0 and sq["faithful"]
     for expected in ("label", "probability/enhancing", "region/WT", "region/ET", "reconstruction/FLAIR", "linear_reconstruction/T2",
                      "shrinkage/encoder_0", "shrinkage/decoder_3", "response", "response_metrics", "alpha_sweep",
                      "alpha_sweep_plot", "params", "params_plot"):

@@ -159,3 +159,24 @@ def test_sums_output_signal_is_measured_as_a_map_not_as_a_reconstruction():
     assert {r["metric"] for r in rows} >= {"removed_by_shrinkage", "tumour_correlation", "energy_in_brain"}
     assert [r["status"] for r in rows if r["metric"] == "energy_in_brain"] == ["FAIL", "FAIL"]
     assert all(r["status"] == "" for r in rows if r["metric"] in ("removed_by_shrinkage", "tumour_correlation"))
+
+
+def test_code_energy_and_shrinkage_maps_carry_their_figures():
+    """ML-CSC's code energy is judged like its components (localisation in the predicted class region); a SUM
+    shrinkage map carries its level's zeroed share and flags a threshold b < 0."""
+    x, comps, brain, label = _case()
+    energy = np.stack([~label.astype(bool) * 1.0, label * 9.0 + 0.01])  # class 1's evidence inside its region
+    q = quality.assess(x, comps.sum(0), MODS, label=label, classes={1: "tumour"}, brain=brain, code_energy=energy)
+    assert q["code_localisation"]["per_class"]["tumour"]["localisation_ratio"] == pytest.approx(901.0)
+    assert q["faithful"] and "code energy localisation: tumour 901" in "\n".join(quality.summary(q))
+    spread = quality.assess(x, comps.sum(0), MODS, label=label, classes={1: "tumour"}, brain=brain,
+                            code_energy=np.ones_like(energy))
+    assert not spread["faithful"] and "code energy: tumour: localisation ratio 1 < 5" in quality.summary(spread)[-1]
+    params = [{"layer": "encoder_0.0", "channels": 8, "negative": 0}, {"layer": "encoder_0.1", "channels": 8,
+                                                                      "negative": 3},
+              {"layer": "decoder_0.0", "channels": 8, "negative": 1}]
+    act = quality.shrinkage_activity([0.25, 0.5, 0.9], ["encoder_0.0", "encoder_0.1", "decoder_0.0"], params)
+    level = quality.shrinkage_level(act, params, "encoder_0")
+    assert level["zeroed_share"] == {"encoder_0.0": 0.75, "encoder_0.1": 0.5}
+    assert (level["negative_thresholds"], level["thresholds"]) == (3, 16) and not level["faithful"]
+    assert quality.shrinkage_level(act, params, "decoder_0")["negative_thresholds"] == 1

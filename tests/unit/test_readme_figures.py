@@ -193,6 +193,11 @@ def test_shipped_weights_figures_are_those_of_the_model_cards_and_the_recorded_d
     assert all(f"{mod} {sig[mod]['tumour_correlation']:.3f} against {sig[mod]['image_tumour_correlation']:.3f}" in flat
                for mod in ("FLAIR", "T2"))
     assert demo["models"]["mlcsc"]["explanation_quality"]["faithful"] is True
+    code = demo["models"]["mlcsc"]["explanation_quality"]["code_localisation"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"code energy on held-out case 0: oedema {code['oedema']['localisation_ratio']:.0f}, core "
+            f"{code['non-enhancing core']['localisation_ratio']:.0f}, enhancing "
+            f"{code['enhancing']['localisation_ratio']:.0f})") in readme
     for m, r in demo["models"].items():
         assert r["differs"] == [], f"the recorded demo's {m} Dice differ from its card"
         for region, v in r["dice"].items():

@@ -35,7 +35,7 @@ AIMS = {
 
 
 #: how summary() names a metric set in front of its flags
-SET_NAMES = {"output_signal": "signal entering the output layer"}
+SET_NAMES = {"output_signal": "signal entering the output layer", "code_localisation": "code energy"}
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -200,6 +200,18 @@ def shrinkage_activity(sparsity: Sequence[float], layers: Sequence[str], paramet
             "negative_thresholds": neg, "thresholds": total, "flags": flags}
 
 
+def shrinkage_level(activity: dict, parameters: Sequence[dict], level: str) -> dict:
+    """The quality object of SUM's map `shrinkage/<level>` (level "encoder_l" or "decoder_l"): the zeroed share of
+    each of the level's shrinkage layers (shrinkage_activity) and its thresholds b < 0, flagged (a shrinkage with
+    b < 0 boosts its coefficients: the map then shows no shrinkage there)."""
+    layers = {k: v for k, v in activity["zeroed_share"].items() if k.startswith(f"{level}.")}
+    rows = [r for r in parameters if str(r.get("layer", "")).startswith(f"{level}.")]
+    neg, total = sum(int(r["negative"]) for r in rows), sum(int(r["channels"]) for r in rows)
+    flags = [f"{level}: {neg} of {total} shrinkage thresholds b < 0 (they amplify instead of shrinking)"] if neg else []
+    return {"zeroed_share": layers, "negative_thresholds": neg, "thresholds": total, "flags": flags,
+            "faithful": not flags}
+
+
 def assess_reconstruction(recon: np.ndarray, image: np.ndarray, mask: np.ndarray,
                           modalities: Sequence[str]) -> dict:
     """Metrics of a reconstruction x^ (n, X, Y, Z) of the normalised image x (n, X, Y, Z) per modality, in the
@@ -285,12 +297,15 @@ def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str
            components: np.ndarray | None = None, label: np.ndarray | None = None,
            classes: Mapping[int, str] | None = None, parameters: dict | None = None,
            brain: np.ndarray | None = None, step_residuals: Sequence[float] | None = None,
-           shrinkage: dict | None = None, output_signal: dict | None = None) -> dict:
+           shrinkage: dict | None = None, output_signal: dict | None = None,
+           code_energy: np.ndarray | None = None) -> dict:
     """The manifest's `explanation_quality`: reconstruction metrics (when recon is given), the localisation of the
     components (when given with the label and classes) and a parameter check (when given), each with flags;
     `step_residuals` (||x^ - x||^2 / ||x||^2 after each unrolled step) is reported as `convergence`, unflagged;
     `faithful` when no set has a flag. `image` is the normalised input (n, X, Y, Z); `brain` the mask (default:
-    brain_mask(image)); `output_signal`: SUM's assess_output_signal, kept as the set "output_signal"."""
+    brain_mask(image)); `output_signal`: SUM's assess_output_signal, kept as the set "output_signal";
+    `code_energy` (m, X, Y, Z): ML-CSC's ||gamma_{c,L}||^2 per voxel, the evidence each class's read-out sums, with
+    the localisation ratio of each tumour class in its predicted region (set "code_localisation", same aim)."""
     brain = brain_mask(image) if brain is None else brain
     out: dict = {"brain_mask": "voxels where any input channel is non-zero (skull-stripped input, as BraTS)",
                  "brain_voxels": int(brain.sum()), "aims": dict(AIMS)}
@@ -298,6 +313,8 @@ def assess(image: np.ndarray, recon: np.ndarray | None, modalities: Sequence[str
         out["reconstruction"] = assess_reconstruction(recon, image, brain, modalities)
     if components is not None and label is not None and classes:
         out["localisation"] = assess_localisation(components, label, brain, classes)
+    if code_energy is not None and label is not None and classes:
+        out["code_localisation"] = assess_localisation(code_energy, label, brain, classes)
     if parameters is not None:
         out["parameters"] = parameters
     if shrinkage is not None:
@@ -328,10 +345,11 @@ def table_rows(quality: dict) -> list[dict]:
                 failed = any(f.startswith(f"{mod}: {key.replace('_', ' ')}") for f in m["flags"])
                 rows.append({"set": name, "scope": mod, "metric": key, "value": _fmt(m[key]), "aim": aim,
                              "status": ("FAIL" if failed else "ok") if aim else ""})
-    for name, m in quality.get("localisation", {}).get("per_class", {}).items():
-        rows.append({"set": "localisation", "scope": name, "metric": "localisation_ratio",
-                     "value": _fmt(m["localisation_ratio"]), "aim": f">= {aims['localisation_ratio_min']:g}",
-                     "status": "FAIL" if m["flags"] else "ok"})
+    for set_name in ("localisation", "code_localisation"):
+        for name, m in quality.get(set_name, {}).get("per_class", {}).items():
+            rows.append({"set": set_name, "scope": name, "metric": "localisation_ratio",
+                         "value": _fmt(m["localisation_ratio"]), "aim": f">= {aims['localisation_ratio_min']:g}",
+                         "status": "FAIL" if m["flags"] else "ok"})
     p = quality.get("parameters")
     if p:
         rows.append({"set": "parameters", "scope": "all", "metric": "min_threshold", "value": _fmt(p["min_threshold"]),
@@ -373,9 +391,10 @@ def summary(quality: dict) -> list[str]:
             f"{_fmt(m['tumour_correlation'])} (image {_fmt(m['image_tumour_correlation'])}), in brain "
             f"{_fmt(m['energy_in_brain'])}, lattice {_fmt(m['lattice_share'])} vs image {_fmt(m['image_lattice_share'])}"
             for mod, m in sig.items()))
-    loc = quality.get("localisation", {}).get("per_class", {})
-    if loc:
-        lines.append("localisation ratio: " + ", ".join(f"{c} {_fmt(m['localisation_ratio'])}" for c, m in loc.items()))
+    for set_name, what in (("localisation", "localisation ratio"), ("code_localisation", "code energy localisation")):
+        loc = quality.get(set_name, {}).get("per_class", {})
+        if loc:
+            lines.append(f"{what}: " + ", ".join(f"{c} {_fmt(m['localisation_ratio'])}" for c, m in loc.items()))
     p = quality.get("parameters")
     if p:
         lines.append(f"parameters: min lambda {_fmt(p['min_threshold'])} ({len(p['negative_thresholds'])} negative), "

@@ -111,7 +111,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
         components=None if interp is None else interp["components"][0].numpy(), label=label,
         classes={c: CLASSES[c] for c in range(1, len(CLASSES))}, brain=quality.brain_mask(image),
         parameters=quality.mlcsc_parameter_check(model) if hasattr(model, "learned") else None,
-        step_residuals=None if interp is None else interp.get("step_residuals", torch.zeros(0)).tolist()))
+        step_residuals=None if interp is None else interp.get("step_residuals", torch.zeros(0)).tolist(),
+        code_energy=None if interp is None else interp["code_energy"][0].numpy()))
     w.manifest["explanation_quality"] = eq
     if interp is not None:
         if "probabilities" in wanted:
@@ -132,11 +133,14 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                              quality=eq["reconstruction"]["per_modality"][mod])
         if "residual" in wanted:
             w.add_volume("residual_energy", interp["residual_energy"][0].numpy(), dtype=np.int16,
-                         description="sum_i (x_i - reconstruction_i)^2: how poorly the dictionaries explain each voxel")
+                         description="sum_i (x_i - reconstruction_i)^2: how poorly the dictionaries explain each voxel",
+                         quality=eq["reconstruction"])
         if "code_energy" in wanted:
             for c, cname in enumerate(classes):
                 w.add_volume(f"code_energy/{cname}", interp["code_energy"][0, c].numpy(), dtype=np.int16,
-                             description="||gamma_{c,L}||^2 per voxel (deepest sparse code energy)")
+                             description="||gamma_{c,L}||^2 per voxel (deepest sparse code energy: the evidence "
+                                         "the class's non-negative read-out sums)",
+                             **({"quality": eq["code_localisation"]["per_class"][cname]} if c else {}))
         if "sparsity" in wanted:
             sp = interp["sparsity"].numpy()
             layers = ["gamma_c"] + [f"gamma_c{l}" for l in range(1, sp.shape[0])]

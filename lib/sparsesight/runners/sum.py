@@ -152,10 +152,12 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                              quality=eq[measured]["per_modality"][mod])
     if "shrinkage" in wanted:
         surv = interp["survival"][0].cpu().numpy()
+        table = model.parameter_table()
         for k, layer in enumerate(model.survival_names()):
             w.add_volume(f"shrinkage/{layer}", surv[k], dtype=np.int16, colormap="probability", range=[0.0, 1.0],
                          description=f"fraction of the {layer} coefficients that survive the shrinkage "
-                                     f"|z| > alpha b (per voxel, over channels and the level's layers)")
+                                     f"|z| > alpha b (per voxel, over channels and the level's layers)",
+                         quality=quality.jsonable(quality.shrinkage_level(shrinkage, table, layer)))
     del interp
     if "response" in wanted or "response_metrics" in wanted:
         size = response.response_size(model)
