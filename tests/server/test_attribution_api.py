@@ -79,7 +79,39 @@ def test_bundle_holds_maps_with_faithfulness_and_plain_nifti_is_the_same_map(ser
     assert set(np.unique(lab)) <= {0, 1, 2, 3}
 
 
+def test_a_point_in_world_millimetres_explains_the_voxel_that_holds_it(server, tmp_path):
+    """attribution_point (a viewer's cursor, in the image's world mm) is the voxel of the bundle's grid that holds
+    it: the same map as attribution_region at that voxel; a point off the image is refused with the reason."""
+    import nibabel as nib
+
+    affine = nib.load(server.studies / "case_001.nii.gz").affine
+    ijk = (30, 28, 20)
+    xyz = (affine @ np.r_[ijk, 1.0])[:3] + 0.3  # off the voxel centre, inside the voxel
+    one = {"attribution": "gradient", "attribution_target": "WT", "attribution_steps": 1, "bundle": True,
+           "outputs": ["label"]}
+    maps = {}
+    for key, value in (("attribution_point", ",".join(f"{v:.3f}" for v in xyz)),
+                       ("attribution_region", ",".join(map(str, ijk)))):
+        r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "image"},
+                        data={"params": json.dumps({**one, key: value})})
+        assert r.status_code == 200, r.text
+        path = tmp_path / f"{key}.zip"
+        path.write_bytes(r.content)
+        entry = {o["name"]: o for o in bundle.validate(path)["outputs"]}["attribution/gradient/WT"]
+        b = bundle.read(path)
+        maps[key] = (b.volume("attribution/gradient/WT")[0], entry["region"])
+        b.close()
+    assert f"voxel {list(ijk)}" in maps["attribution_point"][1] and maps["attribution_point"][1].startswith("point")
+    np.testing.assert_allclose(maps["attribution_point"][0], maps["attribution_region"][0], rtol=1e-5, atol=1e-8)
+    far = (affine @ np.r_[-50, 0, 0, 1.0])[:3]
+    r = server.post("/infer/mlcsc", params={"image": "case_001", "output": "image"},
+                    data={"params": json.dumps({**one, "attribution_point": list(far)})})
+    assert 400 <= r.status_code < 500 and "lies outside the image" in r.text, r.text
+
+
 @pytest.mark.parametrize("params, reason", [
+    ({"attribution": "ig", "attribution_point": "1,2"}, "attribution_point must be three"),
+    ({"attribution": "ig", "attribution_point": "1,2,3", "attribution_region": "all"}, "not both"),
     ({"attribution": "lime"}, "unknown attribution method"),
     ({"attribution": "ig", "attribution_target": "tumour"}, "unknown attribution_target"),
     ({"attribution": "ig", "attribution_steps": 100000}, "attribution_steps"),

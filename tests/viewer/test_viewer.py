@@ -295,6 +295,31 @@ def test_threshold_and_submit_changes_the_stored_label_where_the_image_is_in_ran
     assert (before[inside] != 3).any(), "the threshold changed nothing (choose another range)"
 
 
+def test_the_voxel_under_the_cursor_is_explained_for_a_brats_region(page, server):
+    """Attribution of the whole tumour (WT) at the voxel the cursor points at: the page sends the cursor's world point
+    (attribution_point; the server places it on the grid the model saw) and shows the map."""
+    open_image(page, "case_000")
+    box = page.locator("#ss-views").bounding_box()
+    x, y = box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.75  # the axial view's centre: the tumour
+    page.mouse.move(x - 3, y)
+    page.mouse.move(x, y)
+    page.wait_for_function("() => /voxel \\(\\d+, \\d+, \\d+\\)/.test(document.querySelector('#ss-probe').textContent)",
+                           timeout=30_000)
+    away(page)
+    page.select_option("#ss-attribution", "gradient")
+    page.select_option("#ss-attr-target", "WT")
+    page.select_option("#ss-attr-at", "cursor")
+    page.fill("#ss-attr-steps", "1")
+    page.fill("#ss-outputs", "label")
+    click_action(page, "#ss-infer")
+    wait_status(page, "mlcsc on case_000")
+    overlays = page.eval_on_selector_all("#ss-overlay option", "els => els.map(e => e.value)")
+    assert "attribution/gradient/WT" in overlays, overlays
+    page.select_option("#ss-attr-at", "predicted")
+    page.select_option("#ss-attr-target", "enhancing")
+    page.fill("#ss-outputs", "")
+
+
 def test_next_sample_opens_an_unlabelled_image_and_switches_leave_no_nodes(page, server):
     objects = server.get("/datastore/?output=all").json()["objects"]  # other test folders may have added images
     unlabelled = {k for k, v in objects.items() if "final" not in v.get("labels", {})}

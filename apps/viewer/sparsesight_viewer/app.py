@@ -56,6 +56,7 @@ class ReviewApp:
         self.session = ReviewSession(self.slicer.scene)
         self._editor = self._editor_source = None
         self._probe_ijk = None
+        self._probe_ras: list[float] | None = None  # the cursor's last point on the image (world mm, RAS)
         self._training_task = None
         self._init_state(url, token, model)
         from .ui import build_page
@@ -75,7 +76,7 @@ class ReviewApp:
             "ss_opacity": 0.6, "ss_tables_html": "", "ss_metrics_html": "", "ss_plots": [], "ss_notes": [],
             "ss_probe_html": "", "ss_case_shown": 0, "ss_switched": 0, "ss_submitted": 0, "ss_edit_effect": "none",
             "ss_brush": 3.0, "ss_epochs": 1, "ss_training": "", "ss_bundle_path": "", "ss_busy": False,
-            "ss_label_visible": True, "ss_attribution": "", "ss_attr_target": "enhancing", "ss_attr_steps": 4,
+            "ss_label_visible": True, "ss_attribution": "", "ss_attr_target": "enhancing", "ss_attr_at": "predicted", "ss_attr_steps": 4,
             "ss_paint_segment": "enhancing", "ss_outputs": "", "ss_actions": 0, "ss_thr_min": "", "ss_thr_max": "",
             "ss_thr_image_range": "", "ss_scene_nodes": 0,
         })
@@ -147,17 +148,25 @@ class ReviewApp:
             if vr.has_vr_display_node(node):
                 vr.get_vr_display_node(node).SetVisibility(False)
 
-    def infer(self, model=None, attribution=None, target=None, steps=None, outputs=None):
+    def infer(self, model=None, attribution=None, target=None, steps=None, outputs=None, at=None):
         """Run the chosen model on the open image (all its outputs; attribution maps when a method is chosen and
-        the model offers them, see /info models.<name>.config)."""
+        the model offers them, see /info models.<name>.config), of the target class or region (WT, TC, ET) summed
+        over the voxels labelled so, or at the voxel under the cursor (`at` "cursor": its world point, which the
+        server places on the grid the model saw)."""
         self._take(ss_model=model, ss_attribution=attribution, ss_attr_target=target, ss_attr_steps=steps,
-                   ss_outputs=outputs)
+                   ss_outputs=outputs, ss_attr_at=at)
         model, method = self.state.ss_model, self.state.ss_attribution
         options = {}
         config = self.session.logic.info.get("models", {}).get(model, {}).get("config", {})
         if method and "attribution" in config:
             options = {"attribution": method, "attribution_target": self.state.ss_attr_target,
                        "attribution_steps": int(self.state.ss_attr_steps or 4)}
+            if self.state.ss_attr_at == "cursor":
+                if self._probe_ras is None:
+                    self.state.ss_error = "point at the image first: the map explains the voxel under the cursor"
+                    self.state.ss_actions += 1
+                    return
+                options["attribution_point"] = ",".join(f"{v:.3f}" for v in self._probe_ras)
         outputs = [o.strip() for o in str(self.state.ss_outputs or "").split(",") if o.strip()] or None
         if self._action(f"{model} on {self.session.image_id}", self.session.infer, model, outputs, **options):
             self._show_case()
@@ -397,7 +406,10 @@ class ReviewApp:
         if not crosshair.GetCursorPositionRAS(ras):
             return
         ijk = self.session.voxel(ras)
-        if ijk is None or ijk == self._probe_ijk:
+        if ijk is None:
+            return
+        self._probe_ras = [float(v) for v in ras]
+        if ijk == self._probe_ijk:
             return
         self._probe_ijk = ijk
         rows = self.session.probe(ras)

@@ -61,14 +61,18 @@ def build_page(app) -> None:
                         html.Option(title, value=value)
                 html.Span(" of ")
                 with html.Select(id="ss-attr-target", v_model=("ss_attr_target",)):
-                    for name in ("oedema", "non-enhancing core", "enhancing"):
+                    for name in ("oedema", "non-enhancing core", "enhancing", "WT", "TC", "ET"):
                         html.Option(name, value=name)
+                html.Span(" in ")
+                with html.Select(id="ss-attr-at", v_model=("ss_attr_at",)):
+                    html.Option("the voxels labelled so", value="predicted")
+                    html.Option("the voxel at the cursor", value="cursor")
                 html.Span(" steps ")
                 html.Input(id="ss-attr-steps", type="number", v_model_number=("ss_attr_steps",), style="width: 3em")
                 html.Input(id="ss-outputs", v_model=("ss_outputs",), style="width: 100%",
                            placeholder="outputs, e.g. label,components:T1ce,params (empty: all)")
                 button("Run inference", (app.infer, "[ss_model, ss_attribution, ss_attr_target, ss_attr_steps, "
-                                                    "ss_outputs]"), "ss-infer")
+                                                    "ss_outputs, ss_attr_at]"), "ss-infer")
                 html.Input(id="ss-bundle-path", v_model=("ss_bundle_path",), placeholder="bundle .zip on this machine",
                            style="width: 70%")
                 button("Open bundle", (app.open_bundle, "[ss_bundle_path]"), "ss-open-bundle")

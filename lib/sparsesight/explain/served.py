@@ -6,7 +6,10 @@ Infer options (INFER_OPTIONS, declared by each model's config in apps/sparsesigh
                         log sum_{c in S} exp z_c), comma-separated (default "enhancing")
   attribution_steps     path points of the path methods / SmoothGrad samples (default 16)
   attribution_baseline  zero (default, the seed's choice), min, max, blur, or a number
-  attribution_region    predicted (default: the voxels labelled with the target), all, or a voxel "i,j,k"
+  attribution_region    predicted (default: the voxels labelled with the target), all, or a voxel "i,j,k" of the
+                        grid the model saw (the bundle's)
+  attribution_point     a point "x,y,z" in world millimetres (the image's RAS, as a viewer's cursor gives it): the
+                        region is the voxel of the bundle's grid that holds it, whatever grid the image came on
   attribution_nifti     true: the plain NIfTI answer is the (first) map instead of the label, for stock clients
   attribution_sanity    true: also the sanity checks of every map (Adebayo et al. 2018): model randomisation (the
                         same method on a copy of the model with every layer re-initialised) and data randomisation
@@ -47,8 +50,8 @@ from .faithfulness import (
 from .gradients import BASELINES
 
 INFER_OPTIONS = {"attribution": "", "attribution_target": "enhancing", "attribution_steps": 16,
-                 "attribution_baseline": "zero", "attribution_region": "predicted", "attribution_nifti": False,
-                 "attribution_sanity": False}
+                 "attribution_baseline": "zero", "attribution_region": "predicted", "attribution_point": None,
+                 "attribution_nifti": False, "attribution_sanity": False}
 #: points of the deletion / insertion curves of a served map
 FAITHFULNESS_STEPS = 10
 
@@ -119,7 +122,11 @@ def parse_options(options: dict, classes: dict | None = None) -> dict | None:
                                f"got {region!r}") from None
     elif isinstance(region, list):
         region = tuple(int(v) for v in region)
+    point = parse_point(options.get("attribution_point"))
+    if point is not None and region != "predicted":
+        raise InvalidInput("give attribution_point or attribution_region, not both")
     return {"methods": methods, "targets": targets, "steps": steps_i, "baseline": baseline, "region": region,
+            "point": point,
             "nifti": flag(options.get("attribution_nifti", False)),
             "sanity": flag(options.get("attribution_sanity", False))}
 
@@ -177,6 +184,30 @@ def _record_check(q: dict, key: str, sane_key: str, result: dict, check: str, ag
                           f"its sign (Spearman {_rho(result['spearman'])}) is what differs")
 
 
+def parse_point(value) -> tuple[float, float, float] | None:
+    """attribution_point as three finite millimetre coordinates (None when not given), or InvalidInput."""
+    if value is None or value == "":
+        return None
+    try:
+        xyz = tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else str(value).split(",")))
+    except (TypeError, ValueError):
+        xyz = ()
+    if len(xyz) != 3 or not all(np.isfinite(xyz)):
+        raise InvalidInput(f"attribution_point must be three finite coordinates 'x,y,z' in mm; got {value!r}")
+    return xyz  # type: ignore[return-value]
+
+
+def point_voxel(point, affine: np.ndarray, shape) -> tuple[int, ...]:
+    """The voxel (i, j, k) of the grid (affine, shape) whose centre is nearest the world point, or InvalidInput
+    when the point lies outside that grid."""
+    ijk = np.linalg.solve(np.asarray(affine, dtype=np.float64), np.r_[np.asarray(point, dtype=np.float64), 1.0])[:3]
+    vox = tuple(int(v) for v in np.rint(ijk))
+    if not all(0 <= v < s for v, s in zip(vox, shape)):
+        raise InvalidInput(f"attribution_point {list(point)} mm lies outside the image (it falls at voxel "
+                           f"{[round(float(v), 1) for v in ijk]} of a {list(shape)} grid)")
+    return vox
+
+
 def add_attributions(writer, model, x: torch.Tensor, options: dict | None, classes: dict | None = None,
                      progress: bool = True, model_name: str | None = None) -> list[dict]:
     """Add the requested maps (with their faithfulness) to a BundleWriter; x is the normalised (1, C, *spatial)
@@ -188,6 +219,8 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
     if req is None:
         return []
     x = plain(x)
+    if req.get("point") is not None:  # world mm -> the voxel of the grid the model saw (the bundle's)
+        req = {**req, "region": point_voxel(req["point"], writer.affine, tuple(x.shape[2:]))}
     null = None
     if req.get("sanity"):
         null, info = _null_for(model, model_name)
@@ -200,6 +233,8 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
         cname = target_name(target, classes)
         # the region once (a forward pass of the whole image): every map, curve and check of this target uses it
         roi, region_desc = fixed_region(model.eval(), x, target, req["region"])
+        if req.get("point") is not None:
+            region_desc = f"point {[round(v, 2) for v in req['point']]} mm ({region_desc})"
         treq = {**req, "region": roi}
         refs = {k: deletion_insertion(model, x, m, target, region=roi, steps=FAITHFULNESS_STEPS)
                 for k, m in references.items()}
@@ -265,10 +300,15 @@ def quality_rows(scope: str, q: dict) -> list[dict]:
 
 
 def nifti_map(model, x: torch.Tensor, options: dict, classes: dict | None = None,
-              progress: bool = True) -> np.ndarray | None:
-    """The first requested map (*spatial) when attribution_nifti is set; None otherwise (answer the label)."""
+              progress: bool = True, affine: np.ndarray | None = None) -> np.ndarray | None:
+    """The first requested map (*spatial) when attribution_nifti is set; None otherwise (answer the label).
+    `affine`: of x's grid, where an attribution_point is placed."""
     req = parse_options(options, classes or CLASSES)
     if req is None or not req["nifti"]:
         return None
+    if req.get("point") is not None:
+        if affine is None:
+            raise InvalidInput("attribution_point needs the image's grid; give attribution_region 'i,j,k' instead")
+        req = {**req, "region": point_voxel(req["point"], affine, tuple(x.shape[2:]))}
     method, target = req["methods"][0], req["targets"][0]
     return voxel_map(compute(model, plain(x), req, method, target, progress), method)

@@ -261,7 +261,7 @@ def predict_file(model, image_path, device="cpu", checks_for: tuple[str, str] | 
     `series_grids`: of a PACS study whose series were resampled onto one grid (load_on_model_grid)."""
     image, affine, resampled = load_on_model_grid(model, image_path, series_grids=series_grids)
     from ..explain.served import nifti_map
-    amap = nifti_map(model.to(device), normalise(image).to(device), options)
+    amap = nifti_map(model.to(device), normalise(image).to(device), options, affine=affine)
     if amap is not None:
         return (amap, affine) if checks_for is None else (amap, affine, None)
     label = predict(model, image, device)
