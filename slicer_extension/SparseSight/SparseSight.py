@@ -74,6 +74,7 @@ class SparseSightParameterNode:
     wantAttributions: bool = False
     attributionMethod: Annotated[str, Choice(ATTRIBUTION_METHODS)] = "integrated_gradients"
     attributionClass: str = "enhancing"
+    attributionAtCrosshair: bool = False
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     epochs: Annotated[int, WithinRange(1, 1000)] = 2
 
@@ -181,7 +182,7 @@ class SparseSightWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fill(self.ui.modelComboBox, self.logic.models(), p.model)
             self._fill(self.ui.strategyComboBox, self.logic.strategies(), p.strategy)
             model = self.ui.modelComboBox.currentText
-            self._fill(self.ui.attributionClassComboBox, list(self.logic.classes(model).values()), p.attributionClass)
+            self._fill(self.ui.attributionClassComboBox, self.logic.attribution_targets(model), p.attributionClass)
             return info
 
         info = self._run(_("Connect"), connect)
@@ -227,8 +228,13 @@ class SparseSightWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             component_modalities=[p.componentModality] if p.componentModality != "all" else ())
         options = {}
         if p.wantAttributions:
-            # attribution maps are asked for by infer options (explain/served.py), not by output name
-            options = {"attribution": p.attributionMethod, "attribution_target": p.attributionClass}
+            # attribution maps are asked for by infer options (explain/served.py), not by output name; at the
+            # crosshair: its world point (Shift + mouse move sets it), placed by the server on the model's grid
+            point = None
+            if p.attributionAtCrosshair:
+                crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+                point = list(crosshair.GetCrosshairRAS()) if crosshair is not None else None
+            options = self.logic.attribution_options(p.attributionMethod, p.attributionClass, point)
         if not self.logic.is_segmentation(p.model):
             outputs = None  # reconstruction / parameter-map models: every output they have
         progress = slicer.util.createProgressDialog(labelText=_("Loading outputs"), maximum=100)

@@ -64,6 +64,21 @@ def test_an_image_stored_uncompressed_loads_like_any_other(server, logic, tmp_pa
         assert server.delete("/datastore/image", params={"id": "plain_case"}).status_code == 200
 
 
+def test_attribution_at_a_world_point_for_a_brats_region(server, logic):
+    """The module offers the BraTS regions as attribution targets and explains the voxel at the crosshair: its world
+    point goes to the server, which places it on the grid the model saw (the manifest names point and voxel)."""
+    assert logic.attribution_targets("mlcsc")[-3:] == ["WT", "TC", "ET"]
+    _, affine = stored_image(server, "case_001")
+    ijk = (30, 28, 20)
+    point = (affine @ np.r_[ijk, 1.0])[:3]
+    options = logic.attribution_options("gradient", "WT", point)
+    assert options["attribution_point"] == ",".join(f"{v:.3f}" for v in point)
+    run = logic.infer("mlcsc", "case_001", outputs=["label"], **options)
+    entry = next(o for o in run.manifest["outputs"] if o["name"] == "attribution/gradient/WT")
+    assert entry["region"].startswith("point") and f"voxel {list(ijk)}" in entry["region"]
+    assert "attribution/gradient/WT" in run.nodes
+
+
 def test_infer_bundle_to_scene_in_the_inputs_geometry(server, logic):
     channels = logic.load_image("case_001")
     steps = []

@@ -24,6 +24,9 @@ from .client import FINAL, ServerError, SparseSightClient, train_progress
 
 #: channel names of the 4D images (docs/ARCHITECTURE.md, data conventions); bundles may name them in "modalities"
 MODALITIES = ("FLAIR", "T1", "T1ce", "T2")
+#: the BraTS regions an attribution can target when a model has the three tumour classes (the server's REGIONS)
+BRATS_REGIONS = ("WT", "TC", "ET")
+BRATS_CLASSES = ("oedema", "non-enhancing core", "enhancing")
 
 #: output groups offered in the module, as the request's output names of the segmentation models
 OUTPUT_GROUPS = {
@@ -93,6 +96,21 @@ class SparseSightLogicCore:
         if isinstance(labels, dict):
             return {int(v): k for k, v in labels.items()}
         return {i + 1: name for i, name in enumerate(labels)}
+
+    def attribution_targets(self, model: str) -> list[str]:
+        """What an attribution map of `model` can explain: its classes, and the BraTS regions WT, TC, ET when it
+        has the three tumour classes."""
+        names = list(self.classes(model).values())
+        return names + (list(BRATS_REGIONS) if set(BRATS_CLASSES) <= set(names) else [])
+
+    @staticmethod
+    def attribution_options(method: str, target: str, point=None) -> dict:
+        """The infer options of one attribution map of `target`: over the voxels labelled so, or at the world point
+        `point` (RAS mm, e.g. the crosshair's), which the server places on the grid the model saw."""
+        options = {"attribution": method, "attribution_target": target}
+        if point is not None:
+            options["attribution_point"] = ",".join(f"{float(v):.3f}" for v in point)
+        return options
 
     # ------------------------------------------------------------------ images
     def load_image(self, image_id: str, channel_names=MODALITIES) -> list:
