@@ -315,6 +315,8 @@ def test_the_voxel_under_the_cursor_is_explained_for_a_brats_region(page, server
     wait_status(page, "mlcsc on case_000")
     overlays = page.eval_on_selector_all("#ss-overlay option", "els => els.map(e => e.value)")
     assert "attribution/gradient/WT" in overlays, overlays
+    metrics = page.inner_text("#ss-metrics")  # what the map explains is said beside its figures
+    assert re.search(r"attribution/gradient/WT\s+region\s+point \[.*\] mm \(voxel \[\d+, \d+, \d+\]\)", metrics), metrics
     page.select_option("#ss-attr-at", "predicted")
     page.select_option("#ss-attr-target", "enhancing")
     page.fill("#ss-outputs", "")

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 __all__ = ["FINAL", "MODALITIES", "Overlay", "ReviewSession", "ServerError", "TrainingState", "message"]
 
 #: metadata keys of an output that describe its display, not a measurement
+#: words of an entry that say what a map explains (an attribution map's class and region: the voxels labelled so,
+#: all, or a voxel or point a user picked), shown beside its figures
+_WHAT_KEYS = {"target", "region"}
 _DISPLAY_KEYS = {"range", "window", "classes", "colors", "colours", "colormap", "modalities", "description", "method",
                  "unit", "units", "shape", "dtype", "model", "model_version", "image"}
 
@@ -232,6 +235,8 @@ class ReviewSession:
                     continue
                 if _number(value):
                     rows.append((name, key, f"{value:.4g}"))
+                elif key in _WHAT_KEYS and isinstance(value, str):  # what a map explains: target, region
+                    rows.append((name, key, value))
                 elif isinstance(value, dict):
                     rows += [(name, f"{key}.{k}", f"{v:.4g}") for k, v in sorted(value.items()) if _number(v)]
                     # one level down: figures per region or modality (label_consistency.agreement.WT, ...)
