@@ -158,17 +158,22 @@ class ReviewApp:
         model, method = self.state.ss_model, self.state.ss_attribution
         options = {}
         config = self.session.logic.info.get("models", {}).get(model, {}).get("config", {})
-        if method and "attribution" in config:
-            options = {"attribution": method, "attribution_target": self.state.ss_attr_target,
+        attributions = bool(method and "attribution" in config)
+        at_cursor = attributions and self.state.ss_attr_at == "cursor"
+        if attributions:
+            point = self._probe_ras if at_cursor else None
+            options = {**self.session.logic.attribution_options(method, self.state.ss_attr_target, point),
                        "attribution_steps": int(self.state.ss_attr_steps or 4)}
-            if self.state.ss_attr_at == "cursor":
-                if self._probe_ras is None:
-                    self.state.ss_error = "point at the image first: the map explains the voxel under the cursor"
-                    self.state.ss_actions += 1
-                    return
-                options["attribution_point"] = ",".join(f"{v:.3f}" for v in self._probe_ras)
         outputs = [o.strip() for o in str(self.state.ss_outputs or "").split(",") if o.strip()] or None
-        if self._action(f"{model} on {self.session.image_id}", self.session.infer, model, outputs, **options):
+
+        def run():
+            from .session import ServerError
+
+            if at_cursor and self._probe_ras is None:
+                raise ServerError("point at the image first: the map explains the voxel under the cursor")
+            return self.session.infer(model, outputs, **options)
+
+        if self._action(f"{model} on {self.session.image_id}", run):
             self._show_case()
 
     def open_bundle(self, path=None):

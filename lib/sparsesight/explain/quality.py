@@ -193,11 +193,8 @@ def shrinkage_activity(sparsity: Sequence[float], layers: Sequence[str], paramet
     Returns zeroed_share per layer and overall, negative_thresholds (channels with b < 0 boost instead of
     shrinking) of all channels, and flags for negative thresholds (a shrinkage must have b >= 0)."""
     zeroed = {name: 1.0 - float(v) for name, v in zip(layers, sparsity)}
-    rows = [r for r in parameters if r.get("layer") != "alpha"]
-    neg, total = sum(int(r["negative"]) for r in rows), sum(int(r["channels"]) for r in rows)
-    flags = [f"{neg} of {total} shrinkage thresholds b < 0 (they amplify instead of shrinking)"] if neg else []
     return {"zeroed_share": zeroed, "zeroed_share_mean": float(np.mean(list(zeroed.values()))) if zeroed else math.nan,
-            "negative_thresholds": neg, "thresholds": total, "flags": flags}
+            **_negative_thresholds([r for r in parameters if r.get("layer") != "alpha"])}
 
 
 def shrinkage_level(activity: dict, parameters: Sequence[dict], level: str) -> dict:
@@ -205,11 +202,16 @@ def shrinkage_level(activity: dict, parameters: Sequence[dict], level: str) -> d
     each of the level's shrinkage layers (shrinkage_activity) and its thresholds b < 0, flagged (a shrinkage with
     b < 0 boosts its coefficients: the map then shows no shrinkage there)."""
     layers = {k: v for k, v in activity["zeroed_share"].items() if k.startswith(f"{level}.")}
-    rows = [r for r in parameters if str(r.get("layer", "")).startswith(f"{level}.")]
+    signs = _negative_thresholds([r for r in parameters if str(r.get("layer", "")).startswith(f"{level}.")],
+                                 f"{level}: ")
+    return {"zeroed_share": layers, **signs, "faithful": not signs["flags"]}
+
+
+def _negative_thresholds(rows: Sequence[dict], where: str = "") -> dict:
+    """negative_thresholds and thresholds (channels) of parameter_table rows, and the flag when any b < 0."""
     neg, total = sum(int(r["negative"]) for r in rows), sum(int(r["channels"]) for r in rows)
-    flags = [f"{level}: {neg} of {total} shrinkage thresholds b < 0 (they amplify instead of shrinking)"] if neg else []
-    return {"zeroed_share": layers, "negative_thresholds": neg, "thresholds": total, "flags": flags,
-            "faithful": not flags}
+    flags = [f"{where}{neg} of {total} shrinkage thresholds b < 0 (they amplify instead of shrinking)"] if neg else []
+    return {"negative_thresholds": neg, "thresholds": total, "flags": flags}
 
 
 def assess_reconstruction(recon: np.ndarray, image: np.ndarray, mask: np.ndarray,

@@ -208,6 +208,16 @@ def point_voxel(point, affine: np.ndarray, shape) -> tuple[int, ...]:
     return vox
 
 
+def placed(req: dict, affine: np.ndarray | None, shape) -> dict:
+    """`req` (parse_options) whose attribution_point, when given, is its region: the voxel of the grid (affine,
+    shape) that holds it (point_voxel); unchanged without a point."""
+    if req.get("point") is None:
+        return req
+    if affine is None:
+        raise InvalidInput("attribution_point needs the image's grid; give attribution_region 'i,j,k' instead")
+    return {**req, "region": point_voxel(req["point"], affine, shape)}
+
+
 def add_attributions(writer, model, x: torch.Tensor, options: dict | None, classes: dict | None = None,
                      progress: bool = True, model_name: str | None = None) -> list[dict]:
     """Add the requested maps (with their faithfulness) to a BundleWriter; x is the normalised (1, C, *spatial)
@@ -219,8 +229,7 @@ def add_attributions(writer, model, x: torch.Tensor, options: dict | None, class
     if req is None:
         return []
     x = plain(x)
-    if req.get("point") is not None:  # world mm -> the voxel of the grid the model saw (the bundle's)
-        req = {**req, "region": point_voxel(req["point"], writer.affine, tuple(x.shape[2:]))}
+    req = placed(req, writer.affine, tuple(x.shape[2:]))  # a point onto the grid the model saw (the bundle's)
     null = None
     if req.get("sanity"):
         null, info = _null_for(model, model_name)
@@ -306,9 +315,6 @@ def nifti_map(model, x: torch.Tensor, options: dict, classes: dict | None = None
     req = parse_options(options, classes or CLASSES)
     if req is None or not req["nifti"]:
         return None
-    if req.get("point") is not None:
-        if affine is None:
-            raise InvalidInput("attribution_point needs the image's grid; give attribution_region 'i,j,k' instead")
-        req = {**req, "region": point_voxel(req["point"], affine, tuple(x.shape[2:]))}
+    req = placed(req, affine, tuple(x.shape[2:]))
     method, target = req["methods"][0], req["targets"][0]
     return voxel_map(compute(model, plain(x), req, method, target, progress), method)

@@ -118,8 +118,8 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                            f"alpha {float(model.alpha):g}, not at {a:g}")
     # explanation quality (explain/quality.py): the reconstruction is ED_{alpha=0}(x), what the filter banks alone
     # pass (eq. 14-15, SUM_Rec's R_Rec); ED_alpha(x) is the signal the output layer reads, not a reconstruction
-    shrinkage = quality.shrinkage_activity(interp["sparsity"].tolist(), list(interp["masks"]),
-                                           model.parameter_table())
+    table = model.parameter_table()
+    shrinkage = quality.shrinkage_activity(interp["sparsity"].tolist(), list(interp["masks"]), table)
     xn, brain = x[0].cpu().numpy(), quality.brain_mask(image)
     ed, lin = interp["ed"][0].cpu().numpy(), interp["ed_linear"][0].cpu().numpy()
     signal = quality.assess_output_signal(ed, lin, xn, label > 0, brain, MODALITIES[: model.n])
@@ -152,7 +152,6 @@ def run_bundle(model, name: str, version: str, image_path, image_id: str, out_pa
                              quality=eq[measured]["per_modality"][mod])
     if "shrinkage" in wanted:
         surv = interp["survival"][0].cpu().numpy()
-        table = model.parameter_table()
         for k, layer in enumerate(model.survival_names()):
             w.add_volume(f"shrinkage/{layer}", surv[k], dtype=np.int16, colormap="probability", range=[0.0, 1.0],
                          description=f"fraction of the {layer} coefficients that survive the shrinkage "
