@@ -306,6 +306,10 @@ def test_the_voxel_under_the_cursor_is_explained_for_a_brats_region(page, server
     page.wait_for_function("() => /voxel \\(\\d+, \\d+, \\d+\\)/.test(document.querySelector('#ss-probe').textContent)",
                            timeout=30_000)
     away(page)
+    # the targets are the model's classes from /info, and the BraTS regions since it has the three tumour classes
+    labels = server.get("/info/").json()["models"]["mlcsc"]["labels"]
+    targets = page.eval_on_selector_all("#ss-attr-target option", "els => els.map(e => e.value)")
+    assert targets == sorted(labels, key=labels.get) + ["WT", "TC", "ET"], (targets, labels)
     page.select_option("#ss-attribution", "gradient")
     page.select_option("#ss-attr-target", "WT")
     page.select_option("#ss-attr-at", "cursor")

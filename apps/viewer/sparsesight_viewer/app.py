@@ -76,7 +76,8 @@ class ReviewApp:
             "ss_opacity": 0.6, "ss_tables_html": "", "ss_metrics_html": "", "ss_plots": [], "ss_notes": [],
             "ss_probe_html": "", "ss_case_shown": 0, "ss_switched": 0, "ss_submitted": 0, "ss_edit_effect": "none",
             "ss_brush": 3.0, "ss_epochs": 1, "ss_training": "", "ss_bundle_path": "", "ss_busy": False,
-            "ss_label_visible": True, "ss_attribution": "", "ss_attr_target": "enhancing", "ss_attr_at": "predicted", "ss_attr_steps": 4,
+            "ss_label_visible": True, "ss_attribution": "", "ss_attr_target": "enhancing", "ss_attr_targets": [],
+            "ss_attr_at": "predicted", "ss_attr_steps": 4,
             "ss_paint_segment": "enhancing", "ss_outputs": "", "ss_actions": 0, "ss_thr_min": "", "ss_thr_max": "",
             "ss_thr_image_range": "", "ss_scene_nodes": 0,
         })
@@ -85,6 +86,14 @@ class ReviewApp:
         s.change("ss_opacity")(lambda ss_opacity, **_: self._on_opacity(ss_opacity))
         s.change("ss_label_visible")(lambda ss_label_visible, **_: self._on_label_visible(ss_label_visible))
         s.change("ss_thr_min", "ss_thr_max")(lambda **_: self._on_threshold())
+        s.change("ss_model")(lambda ss_model, **_: self._on_model(ss_model))
+
+    def _on_model(self, model):
+        """What an attribution map of the chosen model can explain, from /info (as the Slicer module builds it)."""
+        targets = self.session.logic.attribution_targets(model) if model else []
+        self.state.ss_attr_targets = targets
+        if targets and self.state.ss_attr_target not in targets:
+            self.state.ss_attr_target = targets[0]
 
     def _action(self, what: str, fn, *args, **kw):
         """Run a page action: status says what happened, error its reason (the page stays usable)."""
@@ -118,6 +127,7 @@ class ReviewApp:
             if self.state.ss_model not in self.state.ss_models:
                 self.state.ss_model = "mlcsc" if "mlcsc" in self.state.ss_models else (self.state.ss_models or [""])[0]
             self.state.ss_strategies = sorted(info.get("strategies", {}))
+            self._on_model(self.state.ss_model)
             self._refresh_images()
             self.state.ss_connected = True
 

@@ -61,8 +61,8 @@ def build_page(app) -> None:
                         html.Option(title, value=value)
                 html.Span(" of ")
                 with html.Select(id="ss-attr-target", v_model=("ss_attr_target",)):
-                    for name in ("oedema", "non-enhancing core", "enhancing", "WT", "TC", "ET"):
-                        html.Option(name, value=name)
+                    # the model's classes and, when it has the three tumour classes, the BraTS regions (/info)
+                    html.Option("{{ t }}", v_for="t in ss_attr_targets", key="t", value=("t",))
                 html.Span(" in ")
                 with html.Select(id="ss-attr-at", v_model=("ss_attr_at",)):
                     html.Option("the voxels labelled so", value="predicted")
