@@ -200,6 +200,8 @@ def test_served_bundle_entries_carry_faithfulness(tmp_path, monkeypatch):
         flags = [f for f in q["flags"] if "model-randomisation" in f]
         assert len(flags) == (not q["sane"] or not q["magnitude_sane"])
         assert any(f.startswith("its magnitude fails") for f in flags) == (q["sane"] and not q["magnitude_sane"])
+        # what the map follows besides the model: the image (no distance: the region is the whole image)
+        assert -1 <= q["vs_image"] <= 1 and "abs_vs_region_distance" not in q
         # and the data randomisation: the same method on the null model (same configuration, other weights)
         assert q["data_sane"] == (abs(q["data_randomisation_spearman"]) <= Fa.SANITY_MAX_SPEARMAN)
         assert q["magnitude_data_sane"] == (abs(q["data_randomisation_spearman_abs"]) <= Fa.SANITY_MAX_SPEARMAN)
@@ -287,3 +289,73 @@ def test_null_model_cards_say_what_the_run_did():
     card = {"model": "sum", "kind": "null", "version": "v", "sha256": "s", "parameters": 1, "config": {},
             "training": {}, "evaluation": {"dice": {}}, "limits": null}
     assert "(null model of the data-randomisation check)" in model_card.markdown(card).splitlines()[0]
+
+
+def test_what_a_map_follows_besides_the_model():
+    """follows(): a map whose magnitude falls off with the distance to the region ranks with minus that distance
+    (Spearman 1), a map that is the image times a constant ranks with the image; no region, no distance."""
+    from scipy import ndimage
+
+    roi = np.zeros((12, 14, 10), bool)
+    roi[4:7, 5:9, 3:6] = True
+    dist = Fa.region_distance(roi, roi.shape)
+    assert dist[roi].max() == 0 and dist[~roi].min() == 1
+    np.testing.assert_allclose(dist, ndimage.distance_transform_edt(~roi))
+    assert Fa.region_distance("all", roi.shape) is None and Fa.region_distance(np.zeros_like(roi), roi.shape) is None
+    x = torch.randn(2, *roi.shape, generator=torch.Generator().manual_seed(0))
+    falling = torch.from_numpy(np.exp(-dist))[None].repeat(2, 1, 1, 1) * torch.tensor([1.0, -3.0]).view(2, 1, 1, 1)
+    f = Fa.follows(falling, x, dist)
+    assert f["abs_vs_region_distance"] == pytest.approx(1.0)
+    g = Fa.follows(-2.5 * x, x, None)
+    assert g["vs_image"] == pytest.approx(-1.0) and g["abs_vs_image"] == pytest.approx(1.0)
+    assert g["abs_vs_region_distance"] is None
+
+
+def test_a_failed_check_names_what_both_maps_share():
+    """shared_rankings(): the magnitude check's failure is put down to the region's distance only when both maps'
+    magnitudes follow it; the signed check's to the image only when both maps follow it with the same sign."""
+    def result(sane, magnitude_sane, a, b, a_abs=0.1, b_abs=0.1):
+        return {"sane": sane, "magnitude_sane": magnitude_sane,
+                "follows": {"abs_vs_region_distance": a[0], "vs_image": a[1], "abs_vs_image": a_abs},
+                "other_follows": {"abs_vs_region_distance": b[0], "vs_image": b[1], "abs_vs_image": b_abs}}
+
+    assert Fa.shared_rankings(result(True, False, (0.9, 0.1), (0.8, 0.0))) == ["region distance"]
+    assert Fa.shared_rankings(result(True, False, (0.9, 0.1), (0.4, 0.0))) == []  # only one of them
+    assert Fa.shared_rankings(result(True, True, (0.9, 0.1), (0.8, 0.0))) == []  # nothing failed
+    assert Fa.shared_rankings(result(False, True, (None, 0.7), (None, 0.65))) == ["image"]
+    assert Fa.shared_rankings(result(False, True, (None, 0.7), (None, -0.65))) == []  # opposite signs
+    assert Fa.shared_rankings(result(False, False, (0.95, -0.8), (0.9, -0.7))) == ["region distance", "image"]
+    assert Fa.shared_rankings(result(True, False, (0.2, 0.1), (0.1, 0.0), 0.8, 0.9)) == ["image magnitude"]
+    assert Fa.shared_rankings(result(True, True, (0.2, 0.1), (0.1, 0.0), 0.8, 0.9)) == []
+
+
+def test_a_map_that_is_the_image_fails_the_check_and_says_why():
+    """x * (a positive weight) for the trained model and for another one alike: the signed check fails, and the
+    flag says both maps follow the image (the input, not what the model learned)."""
+
+    class Gain(nn.Module):  # logit of class 1 = w * x summed over channels, per voxel; w > 0
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.rand(2) + 0.5)
+
+        def forward(self, x):
+            z1 = (x * self.w.view(1, -1, 1, 1, 1)).sum(1, keepdim=True)
+            return torch.cat([torch.zeros_like(z1), z1], 1)
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 10, 10, 10, generator=torch.Generator().manual_seed(1))
+    net, other = Gain(), Gain()
+    attr = A.attribute(net, x, "ig", 1, region="all", steps=4)
+    r = Fa.data_randomisation(net, other, x, attr, "ig", 1, region="all", steps=4)
+    assert r["sane"] is r["magnitude_sane"] is False and r["follows"]["vs_image"] > 0.9
+    assert r["shared"] == ["image magnitude", "image"]
+    q = {"flags": []}
+    served._record_check(q, "data_randomisation", "data_sane", r, "data-randomisation check", "the null model")
+    assert q["vs_image"] == r["follows"]["vs_image"] and "abs_vs_region_distance" not in q
+    assert "both maps follow the image" in q["flags"][0]
+    # the magnitude of the same maps (the image's magnitude) passes nothing either, and says so when asked alone
+    r2 = {**r, "sane": True}
+    q2 = {"flags": []}
+    served._record_check(q2, "data_randomisation", "data_sane", {**r2, "shared": Fa.shared_rankings(r2)},
+                         "data-randomisation check", "the null model")
+    assert q2["flags"][0].startswith("its magnitude fails") and "follow the image's magnitude" in q2["flags"][0]

@@ -66,7 +66,13 @@ TARGET = 3  # enhancing
 #: methods whose maps get the cascading model-randomisation check (Adebayo et al. 2018) in the shipped run
 SANITY_METHODS = ("integrated_gradients", "gradient")
 #: the figures of a sanity-check row (explain.faithfulness._against)
-CHECK_KEYS = ("spearman", "spearman_abs", "ssim_abs", "sane", "magnitude_sane")
+CHECK_KEYS = ("spearman", "spearman_abs", "ssim_abs", "sane", "magnitude_sane", "shared")
+
+
+def check_row(r: dict) -> dict:
+    """A sanity check's result as a flat row: its CHECK_KEYS and what the two maps follow besides the model
+    (faithfulness.follows: the map's, then the other model's as other_<key>)."""
+    return {**{k: r[k] for k in CHECK_KEYS}, **r["follows"], **{f"other_{k}": v for k, v in r["other_follows"].items()}}
 
 
 def ig_cost(model, x: torch.Tensor, steps: int, repeats: int = 3) -> dict:
@@ -173,7 +179,7 @@ def case_rows(name: str, model, x: torch.Tensor, label: np.ndarray, case: str, s
                 kw = {"steps": steps, **({"samples": steps} if m == "smoothgrad" else {})}
                 r = model_randomisation(model, x, maps[m][0], m, target, seed=seed, **kw)
                 randomised.append({"model": name, "case": case, "target": CLASSES[target], "method": SHORT.get(m, m),
-                                   **{k: r[k] for k in CHECK_KEYS}})
+                                   **check_row(r)})
                 logger.info("model randomisation %s", randomised[-1])
         maps.update({k: (v, 0.0) for k, v in refs.items()})
         for m, (a, secs) in maps.items():
@@ -236,17 +242,41 @@ def data_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targe
     card = read(null_models.NULL_DIR / f"{name}.pt") or {}
     null_info = {"version": info["version"], "command": card["training"]["command"],
                  "held_out_dice": card["evaluation"]["dice"]["held-out"], "served_version": meta["version"]}
+    rows = _check_rows(name, model, lambda x, attr, m, target, kw: data_randomisation(model, null, x, attr, m,
+                                                                                   target, **kw),
+                       "data randomisation", steps, n_eval, crop, targets, work)
+    return rows, null_info
+
+
+def _check_rows(name: str, model, check, what: str, steps: int, n_eval: int, crop: int, targets: list[int],
+                work: Path) -> list[dict]:
+    """check_row of `check`(x, the method's map, method, target, options) for every method and target of `model`
+    on the held-out crops (held_out_crops), one row each {model, case, target, method, ...}."""
     rows = []
     for case, x, _ in held_out_crops(n_eval, crop, work):
         for target in targets:
             for m in METHODS:
                 kw = {"steps": steps, **({"samples": steps} if m == "smoothgrad" else {})}
                 attr = attribute(model, x, m, target, progress=True, **kw)
-                r = data_randomisation(model, null, x, attr, m, target, **kw)
                 rows.append({"model": name, "case": case, "target": CLASSES[target], "method": SHORT[m],
-                             **{k: r[k] for k in CHECK_KEYS}})
-                logger.info("data randomisation %s", rows[-1])
-    return rows, null_info
+                             **check_row(check(x, attr, m, target, kw))})
+                logger.info("%s %s", what, rows[-1])
+    return rows
+
+
+def model_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targets: list[int], work: Path,
+                             seed: int = 0) -> tuple[list[dict], str]:
+    """The model-randomisation rows of shipped_table alone (every method against the same method on a copy of
+    the shipped model with every layer re-initialised), and the version of the weights measured."""
+    from ..checkpoint import load
+    from ..pretrain import PRETRAINED
+
+    model, meta = load(PRETRAINED / f"{name}.pt")
+    model.eval()
+    rows = _check_rows(name, model, lambda x, attr, m, target, kw: model_randomisation(model, x, attr, m, target,
+                                                                                    seed=seed, **kw),
+                       "model randomisation", steps, n_eval, crop, targets, work)
+    return rows, meta["version"]
 
 
 def _mean_rho(values: list) -> float | None:
@@ -254,22 +284,55 @@ def _mean_rho(values: list) -> float | None:
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
+def _groups(rows: list[dict], lead: dict[str, str]):
+    """(model, lead text, target, method, its rows over cases) of a check's rows, in their recorded order."""
+    for name, text in lead.items():
+        rs = [r for r in rows if r["model"] == name]
+        for target, method in dict.fromkeys((r["target"], r["method"]) for r in rs):
+            yield name, text, target, method, [r for r in rs if r["target"] == target and r["method"] == method]
+
+
 def check_table(rows: list[dict], lead: dict[str, str]) -> list[str]:
     """A sanity check's rows (model, target, method: the mean over cases) as bench/README.md quotes them;
     `lead` {model: text} fills the column after the model's name (the null model, or the randomisation)."""
     lines = [r"| model | against | target | method | Spearman of the map as shown | passes (\|ρ\| ≤ 0.3) "
              r"| Spearman of \|map\| | passes | SSIM of \|map\| |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, text in lead.items():
-        rs = [r for r in rows if r["model"] == name]
-        for target, method in dict.fromkeys((r["target"], r["method"]) for r in rs):
-            sel = [r for r in rs if r["target"] == target and r["method"] == method]
-            cells = []
-            for key in ("spearman", "spearman_abs"):  # judged on the mean itself, not on its rounded text
-                rho = _mean_rho([r[key] for r in sel])
-                cells += ["undefined" if rho is None else f"{rho:.3f}", "yes" if passes(rho) else "no"]
-            lines.append(f"| {name} | {text} | {target} | {method} | {' | '.join(cells)} | "
-                         f"{np.mean([r['ssim_abs'] for r in sel]):.3f} |")
+    for name, text, target, method, sel in _groups(rows, lead):
+        cells = []
+        for key in ("spearman", "spearman_abs"):  # judged on the mean itself, not on its rounded text
+            rho = _mean_rho([r[key] for r in sel])
+            cells += ["undefined" if rho is None else f"{rho:.3f}", "yes" if passes(rho) else "no"]
+        lines.append(f"| {name} | {text} | {target} | {method} | {' | '.join(cells)} | "
+                     f"{np.mean([r['ssim_abs'] for r in sel]):.3f} |")
     return lines
+
+
+def shared_table(rows: list[dict], lead: dict[str, str]) -> list[str]:
+    """What a check's two maps follow besides the model (mean over cases; faithfulness.follows): the Spearman of
+    |map| with minus the distance to the explained region, of |map| with |image| and of the map with the image,
+    each for the served model's map / the other model's; and in how many cases a failed check's two maps shared
+    each (faithfulness.shared_rankings)."""
+    lines = [r"| model | against | target | method | \|map\| vs −distance to the region | \|map\| vs \|image\| "
+             r"| map vs image | failed checks whose two maps share it |", "|---|---|---|---|---|---|---|---|"]
+    for name, text, target, method, sel in _groups(rows, lead):
+        if not all("vs_image" in r for r in sel):  # recorded before these figures existed
+            continue
+        cells = []
+        for key in ("abs_vs_region_distance", "abs_vs_image", "vs_image"):
+            pair = [_mean_rho([r[k] for r in sel]) for k in (key, f"other_{key}")]
+            cells.append(" / ".join("undefined" if v is None else f"{v:.2f}" for v in pair))
+        shared = [w for r in sel for w in r.get("shared", [])]
+        why = ", ".join(f"{w} ({shared.count(w)} of {len(sel)})" for w in dict.fromkeys(shared)) or "—"
+        lines.append(f"| {name} | {text} | {target} | {method} | {' | '.join(cells)} | {why} |")
+    return lines if len(lines) > 2 else []
+
+
+def shared_tables(res: dict) -> list[str]:
+    """shared_table of the model- and then the data-randomisation rows of a recorded run (bench/README.md)."""
+    rows = res.get("model_randomisation", [])
+    out = shared_table(rows, {n: "random initialisation" for n in dict.fromkeys(r["model"] for r in rows)})
+    d = res.get("data_randomisation") or {}
+    return out + shared_table(d.get("rows", []), {n: "null model" for n in d.get("null_models", {})})[2:]
 
 
 def data_randomisation_table(res: dict) -> list[str]:
@@ -281,6 +344,29 @@ def data_randomisation_table(res: dict) -> list[str]:
             " / ".join(f"{null['held_out_dice'][k]:.3f}" for k in ("WT", "TC", "ET")) + ")"
             for name, null in d["null_models"].items()}
     return check_table(d["rows"], lead)
+
+
+def run_model_randomisation(names, steps: int, n_eval: int, crop: int, targets: tuple[str, ...], out: str,
+                            seed: int = 0) -> dict:
+    """Part 4's model-randomisation rows alone, for `names`, merged into --out's attribution.json (made with the
+    same settings; every other part is kept as recorded); its command goes in `model_randomisation_commands`."""
+    target_ids = [{v: k for k, v in CLASSES.items()}[t] for t in targets]
+    path = Path(out) / "attribution.json"
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    settings = {"steps": steps, "crop": crop, "targets": list(targets)}
+    if {k: res.get(k) for k in settings} != settings:
+        raise SystemExit(f"--model-randomisation: {path} was made with other settings than {settings}")
+    rows = [r for r in res.get("model_randomisation", []) if r["model"] not in names]
+    cmd = "python -m sparsesight.bench.attribution " + " ".join(sys.argv[1:])
+    for n in names:
+        r, version = model_randomisation_rows(n, steps, n_eval, crop, target_ids, Path("out/pretrain"), seed)
+        if res.get("versions", {}).get(n) not in (None, version):
+            raise SystemExit(f"--model-randomisation: {path} measured {n} {res['versions'][n]}, not {version}")
+        rows += r
+    res["model_randomisation"] = rows
+    res["model_randomisation_commands"] = {**res.get("model_randomisation_commands", {}), **{n: cmd for n in names}}
+    return _record(path, res, "Model randomisation (every layer re-initialised): Spearman with the trained "
+                   "model's map (aim |rho| <= 0.3)", sanity_table(res))
 
 
 def run_data_randomisation(names, steps: int, n_eval: int, crop: int, targets: tuple[str, ...], out: str,
@@ -299,11 +385,16 @@ def run_data_randomisation(names, steps: int, n_eval: int, crop: int, targets: t
     res["data_randomisation"] = {"steps": steps, "crop": crop, "cases": n_eval, "rows": rows, "null_models": nulls,
                                  "commands": {**{k: v for k, v in old["commands"].items() if k not in names},
                                               **{n: cmd for n in names}}}
-    Path(out).mkdir(parents=True, exist_ok=True)
+    return _record(path, res, "Data randomisation (Adebayo et al. 2018 Sec. 3.2): Spearman with the map of the "
+                   "same model trained on permuted labels (aim |rho| <= 0.3)", data_randomisation_table(res))
+
+
+def _record(path: Path, res: dict, title: str, table: list[str]) -> dict:
+    """Write a check's merged attribution.json and print its table and what the maps share (shared_tables)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2))
-    print("Data randomisation (Adebayo et al. 2018 Sec. 3.2): Spearman with the map of the same model trained on "
-          "permuted labels (aim |rho| <= 0.3)")
-    print("\n".join(data_randomisation_table(res)))
+    print(title)
+    print("\n".join(table + [""] + shared_tables(res)))
     print(f"written: {path}")
     return res
 
@@ -434,6 +525,9 @@ def run(steps: int = 8, epochs: int = 3, downsample: int = 4, n_cases: int = 4, 
         res["memory"] = {**{n: v for n, v in old.get("memory", {}).items() if n in keep}, **res["memory"]}
         res["commands"] = {n: old.get("commands", {}).get(n) or _command_of(old, n) for n in keep}
         res["versions"] = {**{n: v for n, v in old.get("versions", {}).items() if n in keep}, **res.get("versions", {})}
+        if old.get("model_randomisation_commands"):  # rows of kept models rerun alone (--model-randomisation)
+            res["model_randomisation_commands"] = {n: c for n, c in old["model_randomisation_commands"].items()
+                                                   if n in keep}
         if old.get("data_randomisation"):  # part 5 (its own command) is kept; it names the weights it measured
             res["data_randomisation"] = old["data_randomisation"]
     cmd = "python -m sparsesight.bench.attribution " + " ".join(sys.argv[1:])
@@ -499,6 +593,9 @@ def main(argv=None):
     p.add_argument("--data-randomisation", action="store_true",
                    help="only the data-randomisation check of every method against the shipped null models, merged "
                         "into the attribution.json in --out")
+    p.add_argument("--model-randomisation", action="store_true",
+                   help="only the model-randomisation check of every method on the shipped weights, merged into the "
+                        "attribution.json in --out (made with the same --steps, --crop and --targets)")
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
@@ -509,6 +606,9 @@ def main(argv=None):
         return
     if a.data_randomisation:
         run_data_randomisation(a.models, a.steps, a.eval, a.crop, tuple(a.targets), a.out)
+        return
+    if a.model_randomisation:
+        run_model_randomisation(a.models, a.steps, a.eval, a.crop, tuple(a.targets), a.out)
         return
     run(a.steps, a.epochs, a.downsample, a.cases, a.eval, a.patch, a.full, a.out, names=a.models,
         weights=a.weights, crop=a.crop, targets=tuple(a.targets), merge=a.merge)

@@ -15,6 +15,11 @@ re-initialised from the model's own random initialisation (random_twin).
 
 Data randomisation (Adebayo et al. 2018, Sec. 3.2): the same comparison against a model of the same architecture
 trained with the same recipe on permuted labels (data_randomisation).
+
+What a map follows besides the model (`follows`): two model-free rankings that a map and the other model's map
+can share, which is why a check fails when it does. The magnitude of any map of a region's score falls off with
+the distance to that region (the receptive fields of its voxels; `abs_vs_region_distance`), and a map that
+multiplies by the input (IG and its variants: x * gradient) carries the image (`vs_image`, `abs_vs_image`).
 """
 from __future__ import annotations
 
@@ -264,16 +269,67 @@ def passes(rho: float | None) -> bool:
     return rho is not None and abs(rho) <= SANITY_MAX_SPEARMAN
 
 
+#: a rank correlation at least this strong (in absolute value) says that a map follows a model-free ranking
+FOLLOWS_MIN = 0.6
+
+
+def region_distance(roi, shape) -> np.ndarray | None:
+    """Euclidean distance (voxels) of every voxel of the grid `shape` to the explained region `roi` (a mask; 0
+    inside it); None for the whole image ("all") or an empty region."""
+    from scipy import ndimage
+
+    if isinstance(roi, str):
+        return None
+    m = np.asarray(roi).astype(bool).reshape(tuple(shape))
+    return ndimage.distance_transform_edt(~m) if m.any() else None
+
+
+def follows(amap: torch.Tensor, x: torch.Tensor, distance: np.ndarray | None) -> dict:
+    """What a map (C, *spatial) follows besides the model, as Spearman correlations of the map summed over
+    channels (as shown): `abs_vs_region_distance`, of |map| with minus the distance to the explained region (None
+    without a region); `vs_image`, of the map with the image x (C, *spatial) summed over its modalities;
+    `abs_vs_image`, of |map| with |that image|."""
+    m = amap.detach().cpu().double().numpy().sum(0)
+    img = x.detach().cpu().double().numpy().sum(0)
+    return {"abs_vs_region_distance": None if distance is None else _spearman(np.abs(m), -distance),
+            "vs_image": _spearman(m, img), "abs_vs_image": _spearman(np.abs(m), np.abs(img))}
+
+
+#: what a failed check's two maps can share: (the follows() key, the check it explains, its name)
+SHARED = (("abs_vs_region_distance", "magnitude_sane", "region distance"),
+          ("abs_vs_image", "magnitude_sane", "image magnitude"), ("vs_image", "sane", "image"))
+
+
+def shared_rankings(result: dict) -> list[str]:
+    """What a failed check's two maps share besides the model (SHARED; both maps follow it at |rho| >=
+    FOLLOWS_MIN with the same sign): 'region distance' and 'image magnitude' when their magnitudes fail the check
+    (magnitude_sane), 'image' when the maps as shown do (sane)."""
+    out = []
+    for key, verdict, name in SHARED:
+        a, b = result["follows"].get(key), result["other_follows"].get(key)
+        if not result[verdict] and a is not None and b is not None and min(abs(a), abs(b)) >= FOLLOWS_MIN \
+                and a * b > 0:
+            out.append(name)
+    return out
+
+
 def _against(model: nn.Module, other: nn.Module, x, attr, method: str, target, region, **options) -> dict:
     """similarity() of `attr` (model's map) with the same method's map for `other`, both on `model`'s target
-    region; `sane`: the map as shown passes (spearman); `magnitude_sane`: its magnitude does (spearman_abs)."""
+    region; `sane`: the map as shown passes (spearman); `magnitude_sane`: its magnitude does (spearman_abs);
+    `follows` / `other_follows`: what each map follows besides the model (follows()), and `shared`: which of
+    those a failed check's two maps share (shared_rankings)."""
     x = plain(x)
     xb = x if x.ndim >= 4 and x.shape[0] == 1 else x.unsqueeze(0)
     roi, _ = fixed_region(model.eval(), xb, target, region)
     amap = attribute(other.eval(), xb, method, target, region=roi, spatial_dims=xb.ndim - 2, **options)
     a = plain(attr)
-    sim = similarity(a[0] if a.ndim == xb.ndim else a, amap[0])
-    return {**sim, "sane": passes(sim["spearman"]), "magnitude_sane": passes(sim["spearman_abs"])}
+    a = a[0] if a.ndim == xb.ndim else a
+    sim = similarity(a, amap[0])
+    distance = region_distance(roi, xb.shape[2:])
+    out = {**sim, "sane": passes(sim["spearman"]), "magnitude_sane": passes(sim["spearman_abs"]),
+           "follows": follows(a, xb[0], distance), "other_follows": follows(amap[0], xb[0], distance)}
+    out["shared"] = shared_rankings(out)
+    return out
 
 
 def model_randomisation(model: nn.Module, x, attr, method: str, target, region="predicted", seed: int = 0,

@@ -175,13 +175,25 @@ def _record_check(q: dict, key: str, sane_key: str, result: dict, check: str, ag
     magnitude: magnitude_`sane_key`), and a flag for each that fails."""
     q[f"{key}_spearman"], q[f"{key}_spearman_abs"] = result["spearman"], result["spearman_abs"]
     q[sane_key], q[f"magnitude_{sane_key}"] = result["sane"], result["magnitude_sane"]
+    for k, v in result["follows"].items():  # model-free: the same for every check of this map
+        if v is not None:
+            q[k] = v
+    f, g = result["follows"], result["other_follows"]
     if not result["sane"]:
         q["flags"].append(f"fails the {check}: Spearman {_rho(result['spearman'])} (aim |rho| <= "
-                          f"{SANITY_MAX_SPEARMAN:g}) with the map of {against}")
+                          f"{SANITY_MAX_SPEARMAN:g}) with the map of {against}"
+                          + (f"; both maps follow the image (Spearman with it {_rho(f['vs_image'])} and "
+                             f"{_rho(g['vs_image'])}): what they share is the input"
+                             if "image" in result["shared"] else ""))
     elif not result["magnitude_sane"]:
         q["flags"].append(f"its magnitude fails the {check} (Spearman of |map| {_rho(result['spearman_abs'])} > "
-                          f"{SANITY_MAX_SPEARMAN:g}): the strength of the map is much the same for {against}; "
-                          f"its sign (Spearman {_rho(result['spearman'])}) is what differs")
+                          f"{SANITY_MAX_SPEARMAN:g}): the strength of the map is much the same for {against}"
+                          + "".join(f" (both {what}: Spearman {_rho(f[k])} and {_rho(g[k])})" for k, what, name in (
+                              ("abs_vs_region_distance", "fall off with the distance to the explained region",
+                               "region distance"),
+                              ("abs_vs_image", "follow the image's magnitude", "image magnitude"))
+                              if name in result["shared"])
+                          + f"; its sign (Spearman {_rho(result['spearman'])}) is what differs")
 
 
 def parse_point(value) -> tuple[float, float, float] | None:
