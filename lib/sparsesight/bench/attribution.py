@@ -226,8 +226,8 @@ def shipped_table(name: str, steps: int, n_eval: int, crop: int, targets: list[i
 
 def data_randomisation_rows(name: str, steps: int, n_eval: int, crop: int, targets: list[int], work: Path,
                             seed: int = 0) -> tuple[list[dict], dict]:
-    """Rows {model, case, target, method, spearman_abs, spearman, ssim_abs, sane} of every method on the shipped
-    model against its null model (null_models.find), on the held-out phantoms of its card cut as shipped_table
+    """Rows {model, case, target, method, check_row's figures} of every method on the shipped model against its
+    null model (null_models.find), on the held-out phantoms of its card cut as shipped_table
     cuts them; and the null model's {version, held-out Dice, training command} from its card."""
     from ..checkpoint import load
     from ..explain import null_models
