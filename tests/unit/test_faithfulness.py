@@ -359,3 +359,19 @@ def test_a_map_that_is_the_image_fails_the_check_and_says_why():
     served._record_check(q2, "data_randomisation", "data_sane", {**r2, "shared": Fa.shared_rankings(r2)},
                          "data-randomisation check", "the null model")
     assert q2["flags"][0].startswith("its magnitude fails") and "follow the image's magnitude" in q2["flags"][0]
+
+
+def test_distance_profile_of_a_map_that_falls_off_with_the_distance():
+    """bench.attribution.distance_profile: mean |map| per whole voxel of distance, as a share of the largest;
+    NaN where no voxel lies at that distance."""
+    from sparsesight.bench.attribution import distance_profile
+
+    roi = np.zeros((9, 9, 9), bool)
+    roi[4, 4, 4] = True
+    dist = Fa.region_distance(roi, roi.shape)
+    amap = torch.from_numpy(-2.0 * 0.5 ** dist)[None]  # (1, *spatial), signed: the profile is of |map|
+    prof = distance_profile(amap, dist, bins=12)
+    ring = np.floor(dist) == 1  # 1, sqrt 2, sqrt 3 voxels away
+    assert prof[0] == pytest.approx(1.0) and prof[1] == pytest.approx(float((0.5 ** dist[ring]).mean()))
+    assert all(a >= b for a, b in zip(prof[:7], prof[1:7]))  # falls off
+    assert math.isnan(prof[11])  # the farthest corner is sqrt(48) < 7 voxels away

@@ -247,6 +247,14 @@ def test_attribution_figures_are_those_of_the_recorded_attribution_bench():
     folder = ROOT / "apps" / "sparsesight" / "pretrained"
     shipped = {m: model_card.read(folder / f"{m}.pt")["version"] for m in ("mlcsc", "sum")}
     assert r["versions"] == shipped, "bench/results/attribution.json was measured on other weights: rerun it"
+    # the picture of what the magnitudes share, of the same weights, with the figures the README reads off it
+    dist = json.loads((ROOT / "bench" / "results" / "attribution_distance.json").read_text())
+    assert {p["version"] for p in dist["profiles"]} == set(shipped.values())
+    assert (ROOT / "bench" / "results" / "attribution_distance.png").stat().st_size > 10_000
+    flat = " ".join(text.split())
+    assert f"`{dist['command']}`" in flat
+    at = {k: max(p["profile"][k] for p in dist["profiles"]) for k in (5, 8)}
+    assert f"at most {at[5]:.3f} of its peak 5 voxels out and {at[8]:.3f} at 8 voxels" in flat
     assert {m: v["served_version"] for m, v in r["data_randomisation"]["null_models"].items()} == shipped
     readme = " ".join((ROOT / "README.md").read_text().split())
     cost = r["ig_cost"]

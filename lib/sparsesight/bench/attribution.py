@@ -399,6 +399,81 @@ def _record(path: Path, res: dict, title: str, table: list[str]) -> dict:
     return res
 
 
+#: the methods the distance picture draws: a plain gradient and a gradient times the input
+PROFILE_METHODS = ("gradient", "integrated_gradients")
+
+
+def distance_profile(amap: torch.Tensor, distance: np.ndarray, bins: int = 16) -> list[float]:
+    """Mean |map| (summed over channels, as shown) of the voxels at each whole distance 0..bins-1 (voxels) from
+    the explained region, as a share of its largest value (NaN where no voxel lies at that distance)."""
+    m = np.abs(amap.detach().cpu().double().numpy().sum(0)).ravel()
+    d = np.floor(distance).astype(np.int64).ravel()
+    keep = d < bins
+    sums, counts = np.bincount(d[keep], m[keep], bins), np.bincount(d[keep], minlength=bins)
+    prof = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    top = np.nanmax(prof) if np.isfinite(prof).any() else 1.0
+    return (prof / (top or 1.0)).tolist()
+
+
+def run_distance_plot(names, steps: int, crop: int, targets: tuple[str, ...], out: str, seed: int = 0) -> dict:
+    """The picture of what the magnitudes share (bench/README): on held-out case 0, |map| against the distance to
+    the explained region for the shipped model and its fully randomised copy (randomised_layers), per model,
+    target and PROFILE_METHODS; written to --out as attribution_distance.png and .json."""
+    from ..checkpoint import load
+    from ..explain.attribution import fixed_region
+    from ..explain.faithfulness import randomised_layers, region_distance
+    from ..pretrain import PRETRAINED
+
+    target_ids = [{v: k for k, v in CLASSES.items()}[t] for t in targets]
+    case, x, _ = next(held_out_crops(1, crop, Path("out/pretrain")))
+    xb = x if x.ndim == 5 else x.unsqueeze(0)
+    res: dict = {"command": "python -m sparsesight.bench.attribution " + " ".join(sys.argv[1:]), "case": case,
+                 "steps": steps, "crop": crop, "profiles": []}
+    for name in names:
+        model, meta = load(PRETRAINED / f"{name}.pt")
+        model.eval()
+        rand, layers = randomised_layers(model, seed)
+        for _, randomise in layers:
+            randomise()
+        for t in target_ids:
+            roi, _ = fixed_region(model, xb, t, "predicted")
+            distance = region_distance(roi, xb.shape[2:])
+            if distance is None:  # the model predicts none of this class on the case: no region to measure from
+                continue
+            for m in PROFILE_METHODS:
+                for which, net in (("trained", model), ("randomised", rand)):
+                    amap = attribute(net.eval(), xb, m, t, region=roi, steps=steps)[0]
+                    res["profiles"].append({"model": name, "version": meta["version"], "target": CLASSES[t],
+                                            "method": SHORT[m], "weights": which,
+                                            "profile": distance_profile(amap, distance)})
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "attribution_distance.json").write_text(json.dumps(res, indent=1))
+    _distance_png(res, out_dir / "attribution_distance.png")
+    print(f"written: {out_dir / 'attribution_distance.json'}, {out_dir / 'attribution_distance.png'}")
+    return res
+
+
+def _distance_png(res: dict, path: Path):
+    plt = pyplot()
+    rows = res["profiles"]
+    names, targets = list(dict.fromkeys(r["model"] for r in rows)), list(dict.fromkeys(r["target"] for r in rows))
+    fig, axes = plt.subplots(len(names), len(targets), figsize=(4.2 * len(targets), 3.2 * len(names)), squeeze=False)
+    for i, n in enumerate(names):
+        for j, t in enumerate(targets):
+            ax = axes[i][j]
+            for r in (r for r in rows if r["model"] == n and r["target"] == t):
+                ax.plot(r["profile"], ls="-" if r["weights"] == "trained" else "--",
+                        color="C0" if r["method"] == "gradient" else "C3", label=f"{r['method']}, {r['weights']}")
+            ax.set_title(f"{n}, {t} ({res['case']})", fontsize=9)
+            ax.set_xlabel("distance to the explained region (voxels)", fontsize=8)
+            ax.set_ylabel("mean |map| / its largest", fontsize=8)
+            ax.legend(fontsize=7)
+    fig.suptitle("what the magnitudes share: the maps of the trained and of the randomised model\nboth fall off "
+                 "within a few voxels of the explained region", fontsize=9)
+    save_png(fig, path)
+
+
 def _command_of(res: dict, name: str) -> str:
     """The command of a recorded run that stored its settings but not its command line."""
     cases = len({r["case"] for r in res["faithfulness_rows"] if r["model"] == name})
@@ -596,6 +671,9 @@ def main(argv=None):
     p.add_argument("--model-randomisation", action="store_true",
                    help="only the model-randomisation check of every method on the shipped weights, merged into the "
                         "attribution.json in --out (made with the same --steps, --crop and --targets)")
+    p.add_argument("--distance-plot", action="store_true",
+                   help="only the picture of |map| against the distance to the explained region, shipped and fully "
+                        "randomised weights, held-out case 0 (attribution_distance.png / .json in --out)")
     p.add_argument("--out", default="out/bench", help="where results go (recorded runs: --out bench/results)")
     p.add_argument("--_memory", help=argparse.SUPPRESS)
     p.add_argument("--_model", help=argparse.SUPPRESS)
@@ -606,6 +684,9 @@ def main(argv=None):
         return
     if a.data_randomisation:
         run_data_randomisation(a.models, a.steps, a.eval, a.crop, tuple(a.targets), a.out)
+        return
+    if a.distance_plot:
+        run_distance_plot(a.models, a.steps, a.crop, tuple(a.targets), a.out)
         return
     if a.model_randomisation:
         run_model_randomisation(a.models, a.steps, a.eval, a.crop, tuple(a.targets), a.out)
