@@ -19,6 +19,8 @@ def build_page(app) -> None:
     from trame.widgets import client, html
     from trame.widgets import vuetify3 as v
 
+    from sparsesight import CLASSES
+
     def button(text, fn, id_, disabled=None, **kw):
         return v.VBtn(text, id=id_, click=fn, size="small", classes="ma-1", variant="tonal",
                       disabled=disabled or ("ss_busy",), **kw)
@@ -105,7 +107,7 @@ def build_page(app) -> None:
                 button("Erase", (app.set_effect, "['erase', '', ss_brush]"), "ss-erase")
                 button("Stop", (app.set_effect, "['none', '']"), "ss-stop")
                 with html.Select(id="ss-paint-segment", v_model=("ss_paint_segment",)):
-                    for name in ("oedema", "non-enhancing core", "enhancing"):
+                    for name in (v for k, v in sorted(CLASSES.items()) if k):  # the stored labels' classes
                         html.Option(name, value=name)
                 with html.Div():
                     button("Threshold", (app.set_effect, "['threshold', ss_paint_segment]"), "ss-threshold")
