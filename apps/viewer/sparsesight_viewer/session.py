@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FINAL", "MODALITIES", "Overlay", "ReviewSession", "ServerError", "TrainingState", "message"]
 
-#: metadata keys of an output that describe its display, not a measurement
 #: words of an entry that say what a map explains (an attribution map's class and region: the voxels labelled so,
 #: all, or a voxel or point a user picked), shown beside its figures
 _WHAT_KEYS = {"target", "region"}
+#: metadata keys of an output that describe its display, not a measurement
 _DISPLAY_KEYS = {"range", "window", "classes", "colors", "colours", "colormap", "modalities", "description", "method",
                  "unit", "units", "shape", "dtype", "model", "model_version", "image"}
 

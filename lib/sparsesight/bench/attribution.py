@@ -417,11 +417,11 @@ def distance_profile(amap: torch.Tensor, distance: np.ndarray, bins: int = 16) -
 
 def run_distance_plot(names, steps: int, crop: int, targets: tuple[str, ...], out: str, seed: int = 0) -> dict:
     """The picture of what the magnitudes share (bench/README): on held-out case 0, |map| against the distance to
-    the explained region for the shipped model and its fully randomised copy (randomised_layers), per model,
+    the explained region for the shipped model and its fully randomised copy (fully_randomised), per model,
     target and PROFILE_METHODS; written to --out as attribution_distance.png and .json."""
     from ..checkpoint import load
     from ..explain.attribution import fixed_region
-    from ..explain.faithfulness import randomised_layers, region_distance
+    from ..explain.faithfulness import fully_randomised, region_distance
     from ..pretrain import PRETRAINED
 
     target_ids = [{v: k for k, v in CLASSES.items()}[t] for t in targets]
@@ -432,9 +432,7 @@ def run_distance_plot(names, steps: int, crop: int, targets: tuple[str, ...], ou
     for name in names:
         model, meta = load(PRETRAINED / f"{name}.pt")
         model.eval()
-        rand, layers = randomised_layers(model, seed)
-        for _, randomise in layers:
-            randomise()
+        rand = fully_randomised(model, seed)
         for t in target_ids:
             roi, _ = fixed_region(model, xb, t, "predicted")
             distance = region_distance(roi, xb.shape[2:])

@@ -215,6 +215,14 @@ def randomised_layers(model: nn.Module, seed: int = 0):
     return rand, steps
 
 
+def fully_randomised(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of `model` with every parameterised layer re-initialised (the last step of randomised_layers)."""
+    rand, layers = randomised_layers(model, seed)
+    for _, randomise in layers:
+        randomise()
+    return rand
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman rank correlation; None when either ranking is undefined (a constant map ranks nothing)."""
     from scipy.stats import spearmanr
@@ -295,9 +303,12 @@ def follows(amap: torch.Tensor, x: torch.Tensor, distance: np.ndarray | None) ->
             "vs_image": _spearman(m, img), "abs_vs_image": _spearman(np.abs(m), np.abs(img))}
 
 
-#: what a failed check's two maps can share: (the follows() key, the check it explains, its name)
-SHARED = (("abs_vs_region_distance", "magnitude_sane", "region distance"),
-          ("abs_vs_image", "magnitude_sane", "image magnitude"), ("vs_image", "sane", "image"))
+#: what a failed check's two maps can share: (the follows() key, the check it explains, its name, what both maps
+#: then do, as a flag says it)
+SHARED = (("abs_vs_region_distance", "magnitude_sane", "region distance",
+           "fall off with the distance to the explained region"),
+          ("abs_vs_image", "magnitude_sane", "image magnitude", "follow the image's magnitude"),
+          ("vs_image", "sane", "image", "follow the image"))
 
 
 def shared_rankings(result: dict) -> list[str]:
@@ -305,7 +316,7 @@ def shared_rankings(result: dict) -> list[str]:
     FOLLOWS_MIN with the same sign): 'region distance' and 'image magnitude' when their magnitudes fail the check
     (magnitude_sane), 'image' when the maps as shown do (sane)."""
     out = []
-    for key, verdict, name in SHARED:
+    for key, verdict, name, _ in SHARED:
         a, b = result["follows"].get(key), result["other_follows"].get(key)
         if not result[verdict] and a is not None and b is not None and min(abs(a), abs(b)) >= FOLLOWS_MIN \
                 and a * b > 0:
@@ -337,10 +348,7 @@ def model_randomisation(model: nn.Module, x, attr, method: str, target, region="
     """The last step of the cascade at once: `attr` against the same method's map for a copy of `model` whose
     every parameterised layer is re-initialised (on the trained model's target region). Returns similarity(),
     `sane` and `magnitude_sane` (_against)."""
-    rand, layers = randomised_layers(model, seed)
-    for _, randomise in layers:
-        randomise()
-    return _against(model, rand, x, attr, method, target, region, **options)
+    return _against(model, fully_randomised(model, seed), x, attr, method, target, region, **options)
 
 
 def data_randomisation(model: nn.Module, null_model: nn.Module, x, attr, method: str, target, region="predicted",

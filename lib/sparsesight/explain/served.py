@@ -39,6 +39,7 @@ from .attribution import SHORT, attribute, fixed_region, method_name, plain
 from .faithfulness import (
     FAITHFUL_MIN_GAIN,
     SANITY_MAX_SPEARMAN,
+    SHARED,
     assess,
     curves_png,
     data_randomisation,
@@ -179,20 +180,18 @@ def _record_check(q: dict, key: str, sane_key: str, result: dict, check: str, ag
         if v is not None:
             q[k] = v
     f, g = result["follows"], result["other_follows"]
+    shared = {verdict: [(key, words) for key, v, name, words in SHARED if v == verdict and name in result["shared"]]
+              for verdict in ("sane", "magnitude_sane")}
     if not result["sane"]:
         q["flags"].append(f"fails the {check}: Spearman {_rho(result['spearman'])} (aim |rho| <= "
                           f"{SANITY_MAX_SPEARMAN:g}) with the map of {against}"
-                          + (f"; both maps follow the image (Spearman with it {_rho(f['vs_image'])} and "
-                             f"{_rho(g['vs_image'])}): what they share is the input"
-                             if "image" in result["shared"] else ""))
+                          + "".join(f"; both maps {words} (Spearman with it {_rho(f[key])} and {_rho(g[key])}): "
+                                    f"what they share is the input" for key, words in shared["sane"]))
     elif not result["magnitude_sane"]:
         q["flags"].append(f"its magnitude fails the {check} (Spearman of |map| {_rho(result['spearman_abs'])} > "
                           f"{SANITY_MAX_SPEARMAN:g}): the strength of the map is much the same for {against}"
-                          + "".join(f" (both {what}: Spearman {_rho(f[k])} and {_rho(g[k])})" for k, what, name in (
-                              ("abs_vs_region_distance", "fall off with the distance to the explained region",
-                               "region distance"),
-                              ("abs_vs_image", "follow the image's magnitude", "image magnitude"))
-                              if name in result["shared"])
+                          + "".join(f" (both {words}: Spearman {_rho(f[key])} and {_rho(g[key])})"
+                                    for key, words in shared["magnitude_sane"])
                           + f"; its sign (Spearman {_rho(result['spearman'])}) is what differs")
 
 
